@@ -1,0 +1,53 @@
+"""`grid-agent`: the node daemon's entry point (options -> settings -> Agent.run)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import redis
+import typer
+
+from gridcore.connection import BrokerError, describe_error
+from gridcore.settings import SettingsError, load_settings
+
+app = typer.Typer(add_completion=False, help="Run this machine as a Science Grid node.")
+
+
+@app.command()
+def main(
+    config: Annotated[Optional[Path], typer.Option(help="Config file (TOML).")] = None,
+    redis_url: Annotated[Optional[str], typer.Option(help="Broker URL (redis://, rediss://).")] = None,
+    node: Annotated[Optional[str], typer.Option(help="Node name (default: host name).")] = None,
+    slots: Annotated[Optional[int], typer.Option(help="Worker slots (default: logical cores).")] = None,
+    queue: Annotated[Optional[list[str]], typer.Option(help="Queue to serve (repeatable).")] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="Node label (repeatable).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Publish inventory and heartbeats, and run jobs in worker slots."""
+    from agent.daemon import Agent, AgentError
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s grid-agent %(levelname)s %(message)s")
+    agent_over = {k: v for k, v in {"node_name": node, "slots": slots, "queues": queue, "labels": label}.items() if v}
+    try:
+        settings = load_settings(config, overrides={"redis_url": redis_url, "agent": agent_over})
+        agent = Agent(settings)
+        code = agent.run()
+    except (SettingsError, AgentError, BrokerError) as e:
+        typer.echo(f"grid-agent: {e}", err=True)
+        raise typer.Exit(2) from None
+    except redis.RedisError as e:
+        typer.echo(f"grid-agent: {describe_error(e, settings.redis_url)}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def run() -> None:
+    app(prog_name="grid-agent")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

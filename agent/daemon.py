@@ -1,0 +1,277 @@
+"""grid-agent: inventory, heartbeat, node-loss sweeps, and supervision of the worker slots.
+
+First SIGTERM (or Ctrl-C) is a warm stop: slots take nothing new and running jobs get
+`stop_grace` seconds to finish, then are killed and handed back. A second one is a cold stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import redis
+
+from agent import proctree, recovery
+from agent.inventory import Nvml, live_load, static_inventory
+from gridcore import events, keys
+from gridcore.connection import connect, resolve_url
+from gridcore.settings import Settings
+
+log = logging.getLogger("grid.agent")
+
+SLOT_RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
+"""Seconds before restarting a slot that died, by how many times it died in a row."""
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says why."""
+
+
+class Slot:
+    def __init__(self, index: int, name: str):
+        self.index = index
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+        self.deaths = 0
+        self.restart_at = 0.0
+
+
+class Agent:
+    def __init__(self, settings: Settings):
+        url, password = resolve_url(settings)
+        self.settings = settings.model_copy(update={"redis_url": url, "redis_password": password})
+        self.cfg = self.settings.agent
+        self.node = self.cfg.node_name
+        self.agent_id = uuid.uuid4().hex[:12]
+        self.conn = connect(self.settings)
+        self.nvml = Nvml()
+        self.slots: list[Slot] = []
+        self.stopping = False
+        self.cold = False
+        self.stop_deadline: float | None = None
+        self.inventory: dict = {}
+        self.marker_env = {
+            proctree.ENV_NODE: self.node,
+            proctree.ENV_AGENT: self.agent_id,
+            proctree.ENV_AGENT_PID: str(os.getpid()),
+        }
+        self.last_sweep = 0.0
+        self.broker_down_since: float | None = None
+
+    # ---- start --------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        if os.geteuid() == 0 and not self.cfg.allow_root:
+            raise AgentError(
+                "refusing to run jobs as root: run grid-agent as an ordinary user, "
+                "or set agent.allow_root = true in the config if you really mean it"
+            )
+        self.conn.ping()
+        self._check_broker_config()
+
+    def _check_broker_config(self) -> None:
+        try:
+            cfg = self.conn.config_get("maxmemory-policy")
+            aof = self.conn.config_get("appendonly")
+        except redis.ResponseError:
+            return  # CONFIG is often disabled for non-admin users: nothing to check
+        if cfg.get(b"maxmemory-policy", b"noeviction") != b"noeviction":
+            log.warning("broker maxmemory-policy is %s; the grid expects noeviction (jobs could be evicted)",
+                        cfg.get(b"maxmemory-policy").decode())
+        if aof.get(b"appendonly") != b"yes":
+            log.warning("broker appendonly is off; a broker restart can lose accepted jobs")
+
+    def reap_earlier_incarnations(self) -> int:
+        """Kill whatever an earlier agent for this node left running (slots and job trees)."""
+        leftovers = proctree.tagged({proctree.ENV_NODE: self.node}, exclude={proctree.ENV_AGENT: self.agent_id})
+        if not leftovers:
+            return 0
+        pids = set()
+        for p in leftovers:
+            try:
+                pids.add(int(p.environ().get(proctree.ENV_AGENT_PID, "0")))
+            except (psutil.Error, ValueError):
+                continue
+        for pid in pids:
+            if pid and pid != os.getpid() and _is_live_agent(pid):
+                raise AgentError(f"another grid-agent for node {self.node!r} is running (pid {pid})")
+        killed = 0
+        for agent_id in {p.environ().get(proctree.ENV_AGENT) for p in leftovers if p.is_running()}:
+            n, survivors = proctree.kill_tree(None, None, {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: agent_id},
+                                              grace=self.cfg.kill_grace)
+            killed += n
+            if survivors:
+                log.error("could not kill processes of an earlier incarnation: %s", survivors)
+        log.warning("killed %d process(es) left by an earlier incarnation on %s", killed, self.node)
+        return killed
+
+    def start(self) -> None:
+        self.preflight()
+        self.reap_earlier_incarnations()
+        now = self.broker_time()
+        lost = recovery.reclaim(self.conn, self.node, now, f"node lost: agent on {self.node} restarted",
+                                self.settings.result_ttl)
+        if lost:
+            log.warning("marked %d job(s) of the earlier incarnation lost", len(lost))
+        self.inventory = static_inventory(self.cfg, self.nvml)
+        n = self.cfg.slots or self.inventory["cpus"]
+        self.slots = [Slot(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
+        self.heartbeat(first=True)
+        for s in self.slots:
+            self.spawn(s)
+        self.conn.hset(keys.node(self.node), "ready", os.getpid())
+
+    # ---- slots --------------------------------------------------------------------------
+
+    def spawn(self, slot: Slot) -> None:
+        env = dict(os.environ)
+        env.update(self.marker_env)
+        args = [sys.executable, "-m", "agent.slot", "--slot", str(slot.index), "--name", slot.name,
+                "--parent", str(os.getpid())]
+        if slot.index == 0:
+            args.append("--scheduler")  # RQ's scheduler moves retries with backoff back in line
+        slot.proc = subprocess.Popen(args, stdin=subprocess.PIPE, env=env)
+        payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env}
+        slot.proc.stdin.write(json.dumps(payload).encode())
+        slot.proc.stdin.close()
+
+    def supervise(self) -> None:
+        now = time.monotonic()
+        for s in self.slots:
+            if s.proc is None or s.proc.poll() is None:
+                continue
+            if self.stopping:
+                continue
+            if s.restart_at == 0.0:
+                s.deaths += 1
+                delay = SLOT_RESTART_BACKOFF[min(s.deaths - 1, len(SLOT_RESTART_BACKOFF) - 1)]
+                log.warning("slot %d exited with %s; restarting in %ss", s.index, s.proc.returncode, delay)
+                s.restart_at = now + delay
+            elif now >= s.restart_at:
+                s.restart_at = 0.0
+                s.name = f"{self.node}.{self.agent_id}.{s.index}.{s.deaths}"
+                self.spawn(s)
+
+    def signal_slots(self, sig: int) -> None:
+        for s in self.slots:
+            if s.proc and s.proc.poll() is None:
+                try:
+                    s.proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    def all_slots_exited(self) -> bool:
+        return all(s.proc is None or s.proc.poll() is not None for s in self.slots)
+
+    # ---- heartbeat ----------------------------------------------------------------------
+
+    def broker_time(self) -> float:
+        sec, usec = self.conn.time()
+        return sec + usec / 1e6
+
+    def heartbeat(self, first: bool = False) -> None:
+        now = self.broker_time()
+        prev = self.conn.zscore(keys.NODES, self.node)
+        fields = {
+            "load": json.dumps(live_load(self.nvml)),
+            "slots": len(self.slots),
+            "hb_interval": self.cfg.heartbeat_interval,
+            "node_timeout": self.cfg.node_timeout,
+            "agent_pid": os.getpid(),
+            "agent_id": self.agent_id,
+            "hostname": socket.gethostname(),
+            "queues": json.dumps(self.cfg.queues),
+        }
+        if first:
+            fields["inventory"] = json.dumps(self.inventory)
+            fields["started"] = now
+            fields["ready"] = ""
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.NODES, {self.node: now})
+            pipe.hset(keys.node(self.node), mapping=fields)
+            if first:
+                pipe.hsetnx(keys.node(self.node), "draining", "0")
+                kind = "node_joined" if prev is None else "node_back"
+                events.emit(pipe, now, kind, node=self.node,
+                            message=f"{len(self.slots)} slots, {len(self.inventory.get('gpus', []))} GPUs")
+            elif prev is not None and now - prev > self.cfg.node_timeout:
+                events.emit(pipe, now, "node_back", node=self.node, message=f"after {now - prev:.0f}s silent")
+            pipe.execute()
+        if now - self.last_sweep >= max(self.cfg.node_timeout / 3, self.cfg.heartbeat_interval):
+            self.last_sweep = now
+            recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl)
+
+    # ---- main loop ----------------------------------------------------------------------
+
+    def request_stop(self, signum, frame) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + self.cfg.stop_grace
+            log.warning("warm stop: finishing running jobs for up to %ss (signal again to stop now)",
+                        self.cfg.stop_grace)
+            self.signal_slots(signal.SIGTERM)
+        else:
+            self.cold_stop()
+
+    def cold_stop(self) -> None:
+        if not self.cold:
+            self.cold = True
+            log.warning("cold stop: killing running jobs and handing them back")
+            self.signal_slots(signal.SIGUSR1)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        interval = self.cfg.heartbeat_interval
+        next_beat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + interval
+                try:
+                    self.heartbeat()
+                    if self.broker_down_since is not None:
+                        log.warning("broker is back after %.0fs", now - self.broker_down_since)
+                        self.broker_down_since = None
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    if self.broker_down_since is None:
+                        self.broker_down_since = now
+                        log.error("broker unreachable (%s); running jobs go on, retrying", e)
+            self.supervise()
+            if self.stopping:
+                if self.stop_deadline is not None and now >= self.stop_deadline:
+                    self.cold_stop()
+                if self.all_slots_exited():
+                    break
+            time.sleep(min(0.1, max(0.0, next_beat - time.monotonic())))
+        self.leave()
+        return 0
+
+    def leave(self) -> None:
+        try:
+            now = self.broker_time()
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.hset(keys.node(self.node), mapping={"ready": "", "slots": 0})
+                # An orderly exit is not a node loss: age the heartbeat past the timeout.
+                pipe.zadd(keys.NODES, {self.node: now - self.cfg.node_timeout - 1})
+                events.emit(pipe, now, "node_left", node=self.node, message="agent stopped")
+                pipe.execute()
+        except redis.RedisError as e:
+            log.error("could not record the agent's exit: %s", e)
+
+
+def _is_live_agent(pid: int) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE and any("agent" in a for a in p.cmdline())
+    except psutil.Error:
+        return False

@@ -1,0 +1,326 @@
+"""GridWorker: an RQ worker slot that runs verified shell jobs without forking a horse.
+
+RQ's forking Worker buys nothing when the job is itself a subprocess, and its SimpleWorker
+neither heartbeats during a job nor obeys stop commands. This one runs the job in-process
+through the runner, which heartbeats, watches for cancel, and kills the whole tree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker, WorkerStatus
+from rq.worker.base import StopRequested
+
+from agent import runner
+from agent.verify import Gatekeeper
+from gridcore import events, keys
+from gridcore.dependencies import fail_dependents
+from gridcore.signing import Refused
+
+log = logging.getLogger("grid.slot")
+
+DRAIN_POLL = 1.0
+"""Seconds between looks at the drain flag while a slot is held idle."""
+
+
+def refuse_raw(conn, queue_name: str, job_id: str, reason: str, ttl: int) -> None:
+    """Fail a job whose record can't even be decoded, touching only plain hash fields."""
+    sec, usec = conn.time()
+    now = sec + usec / 1e6
+    with conn.pipeline() as pipe:
+        pipe.lrem(Queue(queue_name, connection=conn).intermediate_queue_key, 0, job_id)
+        pipe.hset(keys.rq_job(job_id), mapping={"status": JobStatus.FAILED.value, "exc_info": reason})
+        pipe.zadd(FailedJobRegistry(queue_name, connection=conn).key, {job_id: now + ttl})
+        pipe.set(keys.result(job_id), json.dumps({"reason": reason, "end": now, "exit_code": None}), ex=ttl)
+        events.emit(pipe, now, "refused", job=job_id, message=reason)
+        pipe.execute()
+
+
+class GridQueue(Queue):
+    """A queue whose dequeue turns an undecodable job into a refusal instead of a crash."""
+
+    result_ttl = 7 * 24 * 3600
+
+    @classmethod
+    def _fetch_dequeued_job(cls, connection, queue_key, job_id, job_class=None, serializer=None,
+                            death_penalty_class=None):
+        try:
+            return super()._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
+                                               serializer=serializer, death_penalty_class=death_penalty_class)
+        except Exception as e:  # noqa: BLE001 - a hostile record must not kill the slot
+            name = queue_key.removeprefix(Queue.redis_queue_namespace_prefix)
+            reason = f"refused: job record is not a JSON grid job ({type(e).__name__})"
+            log.warning("job %s: %s", job_id, reason)
+            refuse_raw(connection, name, job_id, reason, cls.result_ttl)
+            return None
+
+
+class GridWorker(SimpleWorker):
+    queue_class = GridQueue
+
+    def __init__(self, queues, *, connection, name: str, node: str, slot: int, settings, gate: Gatekeeper,
+                 marker_env: dict[str, str]):
+        super().__init__(queues, connection=connection, name=name, serializer=JSONSerializer,
+                         queue_class=GridQueue, default_result_ttl=settings.result_ttl)
+        self.node = node
+        self.slot = slot
+        self.settings = settings
+        self.gate = gate
+        self.marker_env = marker_env
+        self.cancel_event = threading.Event()
+        self.stop_reason: list[str] = []
+        self.busy = False
+        self.cold = False
+        GridQueue.result_ttl = settings.result_ttl
+
+    # ---- signals and commands -----------------------------------------------------------
+
+    def _install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self._warm_stop)
+        signal.signal(signal.SIGUSR1, self._cold_stop)
+        # Ctrl-C in the agent's terminal reaches us too; the agent decides what it means.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _warm_stop(self, signum, frame):
+        self._stop_requested = True
+        if not self.busy:
+            raise StopRequested()
+
+    def _cold_stop(self, signum, frame):
+        self._stop_requested = True
+        self.cold = True
+        if self.busy:
+            self.stop_reason.append("shutdown")
+            self.cancel_event.set()
+        else:
+            raise StopRequested()
+
+    def kill_horse(self, sig=None):
+        """RQ's stop-job command (from the pubsub thread): cancel the running job."""
+        if self.busy:
+            self.stop_reason.append("canceled")
+            self.cancel_event.set()
+
+    def request_stop_execution(self, execution_id: str):
+        self.kill_horse()
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        # One round trip instead of RQ's three.
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipe)
+            pipe.execute()
+
+    # ---- the job ------------------------------------------------------------------------
+
+    def broker_time(self) -> float:
+        sec, usec = self.connection.time()
+        return sec + usec / 1e6
+
+    def execute_job(self, job: Job, queue: Queue):
+        if self._held_for_drain(job, queue):
+            return
+        now = self.broker_time()
+        try:
+            envelope, signer = self.gate.check(job, now)
+        except Refused as e:
+            self._refuse(job, queue, f"refused: {e}", now)
+            return
+        execution = self.prepare_execution(job)
+        try:
+            self._perform(job, queue, execution, envelope, now)
+        finally:
+            self.busy = False
+            self.set_state(WorkerStatus.IDLE)
+
+    def _held_for_drain(self, job: Job, queue: Queue) -> bool:
+        """A draining node puts the job back at the front and takes nothing until resumed."""
+        if self.connection.hget(keys.node(self.node), "draining") != b"1":
+            return False
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+            pipe.lpush(queue.key, job.id)
+            pipe.execute()
+        while self.connection.hget(keys.node(self.node), "draining") == b"1" and not self._stop_requested:
+            self.heartbeat()
+            time.sleep(DRAIN_POLL)
+        return True
+
+    def _refuse(self, job: Job, queue: Queue, reason: str, now: float) -> None:
+        log.warning("job %s: %s", job.id, reason)
+        ttl = self.settings.result_ttl
+        record = {"reason": reason, "end": now, "exit_code": None, "node": self.node}
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            pipe.hset(job.key, "exc_info", reason)
+            job.failed_job_registry.add(job, ttl=ttl, exc_string=reason, pipeline=pipe)
+            pipe.set(keys.result(job.id), json.dumps(record), ex=ttl)
+            pipe.rpush(keys.attempts(job.id), json.dumps(record))
+            events.emit(pipe, now, "refused", job=job.id, node=self.node, message=reason)
+            pipe.execute()
+
+    def _perform(self, job: Job, queue: Queue, execution, envelope: dict[str, Any], now: float) -> None:
+        self.busy = True
+        self.cancel_event.clear()
+        self.stop_reason.clear()
+        if self.connection.exists(keys.cancel(job.id)):
+            self.stop_reason.append("canceled")
+            self.cancel_event.set()
+        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        from rq.utils import now as rq_now
+
+        job.started_at = rq_now()
+        run = {"node": self.node, "slot": self.slot, "worker": self.name, "started": now}
+        job.meta["run"] = run
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hset(job.key, "meta", self.serializer.dumps(job.meta))
+            pipe.hset(keys.node_running(self.node), job.id, self.slot)
+            pipe.hset(keys.ACTIVE, job.id, json.dumps(run))
+            pipe.zadd(keys.node_jobs(self.node), {job.id: now})
+            pipe.delete(keys.output(job.id))
+            events.emit(pipe, now, "started", job=job.id, node=self.node, message=f"slot {self.slot}")
+            pipe.execute()
+        ctx = runner.RunContext(
+            conn=self.connection,
+            job_id=job.id,
+            node=self.node,
+            slot=self.slot,
+            log_dir=self.settings.log_dir,
+            output_budget=self.settings.agent.output_budget,
+            log_cap=self.settings.agent.log_cap,
+            kill_grace=self.settings.agent.kill_grace,
+            marker_env=self.marker_env,
+            broker_time=self.broker_time,
+            heartbeat=lambda: self._job_heartbeat(job, execution),
+            cancel=self.cancel_event,
+            stop_reason=self.stop_reason,
+            ttl=self.settings.result_ttl,
+        )
+        try:
+            record = runner.execute(envelope, ctx)
+        except Exception as e:  # noqa: BLE001 - an agent bug fails the job, loudly, not the slot
+            log.exception("job %s: runner error", job.id)
+            end = self.broker_time()
+            record = {"node": self.node, "slot": self.slot, "start": now, "end": end, "duration": end - now,
+                      "exit_code": None, "signal": None, "reason": f"agent error: {type(e).__name__}: {e}",
+                      "stdout": "", "stderr": "", "stdout_bytes": 0, "stderr_bytes": 0, "dropped_bytes": 0}
+        sink = record.pop("_sink", None)
+        outcome = record.pop("outcome", None)
+        job.ended_at = rq_now()
+        if outcome == "fenced" or not self._owns(self.connection.hget(keys.ACTIVE, job.id)):
+            log.warning("job %s: reclaimed by the grid while running here; result discarded", job.id)
+            self.executions.pop(execution.id, None)
+            return
+        if outcome == "shutdown":
+            self._hand_back(job, queue, execution, record, sink)
+            return
+        self._write_end(job, record, sink, outcome)
+        if outcome == "canceled":
+            self._finalize_canceled(job, execution, record)
+        elif record.get("exit_code") == 0:
+            self._finalize_success(job, queue, execution, _public(record))
+        else:
+            job._status = JobStatus.FAILED
+            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
+            self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,
+                                    exc_string=record.get("reason") or "failed", execution=execution)
+            self._after_failure(job, record)
+
+    def _job_heartbeat(self, job: Job, execution) -> str | None:
+        """Keep RQ's heartbeats alive; say whether to stop (canceled, or fenced off)."""
+        self.maintain_heartbeats(job, execution)
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.cancel(job.id))
+            pipe.hget(keys.ACTIVE, job.id)
+            canceled, active = pipe.execute()
+        if canceled:
+            return "canceled"
+        if not self._owns(active):
+            return "fenced"
+        return None
+
+    def _owns(self, active: bytes | None) -> bool:
+        # The node-loss sweep removes a lost job's ACTIVE entry: a copy still running here
+        # after that is stale and must neither go on nor record a result.
+        if not active:
+            return False
+        try:
+            return json.loads(active).get("worker") == self.name
+        except ValueError:
+            return False
+
+    def _write_end(self, job: Job, record: dict[str, Any], sink, outcome: str | None) -> None:
+        ttl = self.settings.result_ttl
+        kind = outcome or ("finished" if record.get("exit_code") == 0 else "failed")
+        with self.connection.pipeline(transaction=False) as pipe:
+            if sink is not None:
+                sink.write_pending(pipe)
+            pipe.xadd(keys.output(job.id), runner.end_marker(record), maxlen=runner.STREAM_MAXLEN, approximate=True)
+            pipe.expire(keys.output(job.id), ttl)
+            pipe.set(keys.result(job.id), json.dumps(_public(record)), ex=ttl)
+            pipe.rpush(keys.attempts(job.id), json.dumps(_attempt(record)))
+            pipe.expire(keys.attempts(job.id), ttl)
+            pipe.hdel(keys.node_running(self.node), job.id)
+            pipe.hdel(keys.ACTIVE, job.id)
+            pipe.delete(keys.cancel(job.id))
+            events.emit(pipe, record["end"], kind, job=job.id, node=self.node,
+                        message=record.get("reason") or "exit code 0")
+            pipe.execute()
+
+    def _after_failure(self, job: Job, record: dict[str, Any]) -> None:
+        status = job.get_status(refresh=True)
+        now = record.get("end") or self.broker_time()
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            with self.connection.pipeline(transaction=False) as pipe:
+                events.emit(pipe, now, "retried", job=job.id, node=self.node,
+                            message=f"after {record.get('reason')}; {job.retries_left} retries left")
+                pipe.execute()
+        elif status == JobStatus.FAILED:
+            fail_dependents(self.connection, job.id, now, self.settings.result_ttl)
+
+    def _finalize_canceled(self, job: Job, execution, record: dict[str, Any]) -> None:
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            job.set_status(JobStatus.CANCELED, pipeline=pipe)
+            pipe.hset(job.key, "ended_at", job.ended_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+            CanceledJobRegistry(job.origin, connection=self.connection).add(
+                job, ttl=self.settings.result_ttl, pipeline=pipe)
+            pipe.execute()
+        fail_dependents(self.connection, job.id, record["end"], self.settings.result_ttl)
+
+    def _hand_back(self, job: Job, queue: Queue, execution, record: dict[str, Any], sink) -> None:
+        """Cold stop: the job was killed because the agent is going away; put it back in line."""
+        note = f"attempt on {self.node} stopped by agent shutdown; job handed back to the queue"
+        with self.connection.pipeline() as pipe:
+            if sink is not None:
+                sink.write_pending(pipe)
+            pipe.xadd(keys.output(job.id), {"s": "n", "d": note.encode()})
+            pipe.rpush(keys.attempts(job.id), json.dumps({**_attempt(record), "reason": "agent shutdown"}))
+            pipe.hdel(keys.node_running(self.node), job.id)
+            pipe.hdel(keys.ACTIVE, job.id)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            job.set_status(JobStatus.QUEUED, pipeline=pipe)
+            pipe.lpush(queue.key, job.id)
+            events.emit(pipe, record["end"], "requeued", job=job.id, node=self.node, message=note)
+            pipe.execute()
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def _attempt(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in ("node", "slot", "start", "end", "duration", "exit_code", "signal", "reason")}
+

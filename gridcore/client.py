@@ -1,0 +1,673 @@
+"""`Grid`: the client API used by the CLI, the console and Python callers.
+
+Read calls are bounded (one page, one pipeline) and never write to the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.command import send_stop_job_command
+from rq.dependency import Dependency
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from gridcore import events, keys
+from gridcore.connection import connect
+from gridcore.models import (
+    RQ_TO_STATE,
+    GpuInfo,
+    Job,
+    JobSpec,
+    JobState,
+    Node,
+    NodeState,
+    OutputChunk,
+)
+from gridcore.settings import Settings, load_settings
+from gridcore.signing import ENVELOPE_VERSION, AuthorizedKeys, Refused, Signer, load_private_key, verify
+
+SERIALIZER = JSONSerializer
+"""Jobs are JSON only: a broker writer must never get code execution through pickle."""
+
+LOST_RETRIES = 1
+"""Extra attempts a job gets when its node is lost (on top of its own retries)."""
+
+COMMAND_PREVIEW = 2000
+"""Characters of the command kept in job meta for listings."""
+
+_JOB_FIELDS = (b"status", b"origin", b"meta", b"description", b"worker_name", b"enqueued_at")
+
+
+class GridError(Exception):
+    """An operation failed for a reason the user can act on; the message says which."""
+
+
+class JobNotFound(GridError):
+    pass
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    name: str
+    queued: int
+    running: int
+    scheduled: int
+    waiting: int
+    finished: int
+    failed: int
+    canceled: int
+    workers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    time: float
+    kind: str
+    job: str | None
+    node: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _s(v: bytes | str | None) -> str | None:
+    if v is None:
+        return None
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+
+def _json(v: bytes | str | None) -> Any:
+    if not v:
+        return None
+    try:
+        return json.loads(v)
+    except ValueError:
+        return None
+
+
+def node_state(age: float | None, hb_interval: float, node_timeout: float, draining: bool) -> NodeState:
+    """up / stale / down from heartbeat age (broker time); draining only while alive."""
+    if age is None or age > node_timeout:
+        return NodeState.DOWN
+    if age > max(3 * hb_interval, 2.0):
+        return NodeState.STALE
+    return NodeState.DRAINING if draining else NodeState.UP
+
+
+class Grid:
+    """A handle on one grid (one broker)."""
+
+    def __init__(self, connection: redis.Redis, settings: Settings | None = None, signer: Signer | None = None):
+        self.redis = connection
+        self.settings = settings or load_settings()
+        self._signer = signer
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None) -> Grid:
+        settings = settings or load_settings()
+        return cls(connect(settings), settings)
+
+    # ---- time and signing ---------------------------------------------------------------
+
+    def broker_time(self) -> float:
+        """Seconds since the epoch by the broker's clock (the grid's only clock)."""
+        sec, usec = self.redis.time()
+        return sec + usec / 1_000_000
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            self._signer = Signer(load_private_key(self.settings.key_path), self.settings.submitter)
+        return self._signer
+
+    def _envelope(self, spec: JobSpec, job_id: str, queue: str, now: float, attempts: int) -> dict[str, Any]:
+        return {
+            "v": ENVELOPE_VERSION,
+            "job_id": job_id,
+            "command": spec.command,
+            "argv": list(spec.argv) if spec.argv is not None else None,
+            "cwd": spec.cwd,
+            "env": dict(spec.env),
+            "timeout": spec.timeout,
+            "resources": spec.resources.to_dict(),
+            "queue": queue,
+            "submitter": self.signer.name,
+            "issued_at": now,
+            "expires_at": now + self.settings.envelope_ttl,
+            "nonce": secrets.token_hex(16),
+            "max_attempts": attempts,
+        }
+
+    # ---- submit -------------------------------------------------------------------------
+
+    def route(self, spec: JobSpec) -> str:
+        """The RQ queue a job goes to: its node's queue when pinned, else its queue."""
+        if spec.resources.node:
+            return keys.node_queue(spec.resources.node)
+        return spec.queue
+
+    def submit(self, spec: JobSpec, *, job_id: str | None = None) -> str:
+        """Sign and enqueue one job; return its id."""
+        return self.submit_many([spec], job_ids=[job_id] if job_id else None)[0]
+
+    def submit_many(self, specs: Sequence[JobSpec], *, job_ids: Sequence[str] | None = None) -> list[str]:
+        """Sign and enqueue several jobs with one broker clock reading."""
+        now = self.broker_time()
+        ids = list(job_ids) if job_ids else [uuid.uuid4().hex for _ in specs]
+        for spec, job_id in zip(specs, ids, strict=True):
+            self._enqueue(spec, job_id, now)
+        return ids
+
+    def _enqueue(self, spec: JobSpec, job_id: str, now: float) -> None:
+        queue_name = self.route(spec)
+        attempts = 1 + spec.retries + LOST_RETRIES
+        signed = self.signer.sign(self._envelope(spec, job_id, queue_name, now, attempts))
+        meta = {
+            "grid": 1,
+            "name": spec.name or spec.display_command[:80],
+            "command": spec.display_command[:COMMAND_PREVIEW],
+            "submitter": self.signer.name,
+            "submitted": now,
+            "resources": spec.resources.to_dict(),
+            "tags": list(spec.tags),
+            "group": spec.group,
+            "params": spec.params,
+            "priority": spec.priority,
+            "retries": spec.retries,
+            "retry_backoff": list(spec.retry_backoff),
+            "after_on": spec.after_on,
+            "timeout": spec.timeout,
+        }
+        q = Queue(queue_name, connection=self.redis, serializer=SERIALIZER)
+        # RQ's own timeout only sizes heartbeats here: the runner enforces the real one.
+        rq_timeout = int(spec.timeout + self.settings.agent.kill_grace + 60) if spec.timeout else -1
+        retry = None
+        if spec.retries:
+            retry = Retry(max=spec.retries, interval=list(spec.retry_backoff) or 0)
+        depends = None
+        if spec.after:
+            depends = Dependency(jobs=list(spec.after), allow_failure=spec.after_on == "any", enqueue_at_front=False)
+        q.enqueue_call(
+            func=keys.RUNNER_FUNC,
+            args=(signed,),
+            job_id=job_id,
+            timeout=rq_timeout,
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.result_ttl,
+            description=meta["name"],
+            meta=meta,
+            retry=retry,
+            depends_on=depends,
+        )
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.JOBS, {job_id: now})
+            pipe.sadd(keys.QUEUES, queue_name)
+            if spec.group:
+                pipe.zadd(keys.group_jobs(spec.group), {job_id: int(spec.params.get("_cell", 0))})
+            events.emit(pipe, now, "submitted", job=job_id, message=meta["name"])
+            pipe.execute()
+
+    # ---- read ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """One job with everything `grid show` prints."""
+        jobs = self._fetch([job_id], detail=True)
+        if not jobs:
+            raise JobNotFound(f"no job {job_id!r} on this grid")
+        return jobs[0]
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.redis.exists(keys.rq_job(job_id)))
+
+    def _fetch(self, ids: Sequence[str], detail: bool = False) -> list[Job]:
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hmget(keys.rq_job(jid), _JOB_FIELDS)
+                pipe.get(keys.result(jid))
+                if detail:
+                    pipe.lrange(keys.attempts(jid), 0, -1)
+                    pipe.smembers(keys.rq_job(jid) + ":dependencies")
+            replies = pipe.execute()
+        step = 4 if detail else 2
+        out = []
+        for i, jid in enumerate(ids):
+            fields, result = replies[i * step], replies[i * step + 1]
+            if fields[0] is None:
+                continue  # expired or deleted since it was indexed
+            attempts = ()
+            waiting_on: tuple[str, ...] = ()
+            if detail:
+                attempts = tuple(a for a in (_json(x) for x in replies[i * step + 2]) if isinstance(a, dict))
+                waiting_on = tuple(sorted(_s(x) or "" for x in replies[i * step + 3]))
+            out.append(self._job_from(jid, fields, _json(result), attempts, waiting_on))
+        return out
+
+    def _job_from(self, jid, fields, result, attempts, waiting_on) -> Job:
+        status, origin, meta_raw, description, worker_name, enqueued_at = (_s(f) for f in fields)
+        meta = _json(meta_raw) or {}
+        result = result if isinstance(result, dict) else {}
+        state = RQ_TO_STATE.get(status or "", JobState.QUEUED)
+        if state is JobState.WAITING or state is JobState.QUEUED:
+            waiting_on = waiting_on if state is JobState.WAITING else ()
+        run = meta.get("run") or {}
+        return Job(
+            id=jid,
+            name=str(meta.get("name") or description or ""),
+            state=state,
+            queue=origin or "",
+            command=str(meta.get("command") or ""),
+            node=result.get("node") or run.get("node"),
+            slot=result.get("slot", run.get("slot")),
+            submitter=meta.get("submitter"),
+            exit_code=result.get("exit_code"),
+            signal=result.get("signal"),
+            reason=result.get("reason") or meta.get("reason"),
+            enqueued_at=meta.get("submitted"),
+            started_at=result.get("start") or run.get("started"),
+            ended_at=result.get("end"),
+            duration=result.get("duration"),
+            stdout=result.get("stdout", ""),
+            stderr=result.get("stderr", ""),
+            stdout_bytes=result.get("stdout_bytes", 0),
+            stderr_bytes=result.get("stderr_bytes", 0),
+            dropped_bytes=result.get("dropped_bytes", 0),
+            log_path=result.get("log_path"),
+            group=meta.get("group"),
+            params=meta.get("params") or {},
+            tags=tuple(meta.get("tags") or ()),
+            resources=meta.get("resources") or {},
+            timeout=meta.get("timeout"),
+            retries_left=meta.get("retries"),
+            attempts=attempts,
+            waiting_on=waiting_on,
+            gpus=tuple(run.get("gpus") or result.get("gpus") or ()),
+        )
+
+    def queue_names(self) -> list[str]:
+        names = {_s(n) for n in self.redis.smembers(keys.QUEUES)}
+        for k in self.redis.smembers(keys.RQ_QUEUES):
+            names.add(_s(k).removeprefix("rq:queue:"))
+        return sorted(n for n in names if n)
+
+    def _state_ids(self, state: JobState, queue: str, n: int) -> list[tuple[str, float]]:
+        """Up to n (id, score) pairs of one queue in one state, newest first; read-only."""
+        if state is JobState.QUEUED:
+            ids = [_s(x) for x in self.redis.lrange(keys.rq_queue(queue), -n, -1)]
+            return [(i, float(-pos)) for pos, i in enumerate(reversed(ids))]
+        rows = self.redis.zrevrange(keys.rq_registry(state.value, queue), 0, n - 1, withscores=True)
+        # StartedJobRegistry entries are "<job id>:<execution id>".
+        return [(_s(m).split(":")[0], s) for m, s in rows]
+
+    def _state_count(self, state: JobState, queues: Iterable[str]) -> int:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for q in queues:
+                if state is JobState.QUEUED:
+                    pipe.llen(keys.rq_queue(q))
+                else:
+                    pipe.zcard(keys.rq_registry(state.value, q))
+            return sum(pipe.execute())
+
+    def list(
+        self,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        node: str | None = None,
+        group: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Job], int]:
+        """One page of jobs, newest first, and the total matching count.
+
+        The most selective index drives paging (group, node, state, else all jobs); other
+        filters are applied to that page, so a combined filter can return a short page.
+        """
+        state = JobState(state) if isinstance(state, str) else state
+        limit = max(1, min(limit, 1000))
+        if group:
+            total = self.redis.zcard(keys.group_jobs(group))
+            ids = [_s(x) for x in self.redis.zrange(keys.group_jobs(group), offset, offset + limit - 1)]
+        elif node:
+            total = self.redis.zcard(keys.node_jobs(node))
+            ids = [_s(x) for x in self.redis.zrevrange(keys.node_jobs(node), offset, offset + limit - 1)]
+        elif state is not None:
+            queues = [queue] if queue else self.queue_names()
+            total = self._state_count(state, queues)
+            pairs: list[tuple[str, float]] = []
+            for q in queues:
+                pairs.extend(self._state_ids(state, q, offset + limit))
+            ids = [i for i, _ in pairs]
+            jobs = self._fetch(ids)
+            jobs.sort(key=lambda j: j.enqueued_at or 0, reverse=True)
+            return jobs[offset : offset + limit], total
+        elif queue:
+            # A queue with no state filter: every state of that queue, read from the index.
+            total = sum(self.queue_stats(queue).to_dict()[s.value] for s in JobState)
+            ids = [_s(x) for x in self.redis.zrevrange(keys.JOBS, 0, 4 * (offset + limit))]
+            jobs = [j for j in self._fetch(ids) if j.queue == queue]
+            return jobs[offset : offset + limit], total
+        else:
+            total = self.redis.zcard(keys.JOBS)
+            ids = [_s(x) for x in self.redis.zrevrange(keys.JOBS, offset, offset + limit - 1)]
+        jobs = self._fetch(ids)
+        if state is not None:
+            jobs = [j for j in jobs if j.state is state]
+        if queue:
+            jobs = [j for j in jobs if j.queue == queue]
+        return jobs, total
+
+    def queue_stats(self, name: str) -> QueueStats:
+        return self.queues([name])[0]
+
+    def queues(self, names: Sequence[str] | None = None) -> list[QueueStats]:
+        """Per queue: job counts by state and the workers listening."""
+        names = list(names) if names is not None else self.queue_names()
+        order = [s for s in JobState if s is not JobState.QUEUED]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for q in names:
+                pipe.llen(keys.rq_queue(q))
+                for s in order:
+                    pipe.zcard(keys.rq_registry(s.value, q))
+                pipe.scard(keys.rq_workers_of(q))
+            r = pipe.execute()
+        out = []
+        width = len(order) + 2
+        for i, q in enumerate(names):
+            row = r[i * width : (i + 1) * width]
+            counts = dict(zip([s.value for s in order], row[1:-1], strict=True))
+            out.append(QueueStats(name=q, queued=row[0], workers=row[-1], **counts))
+        return out
+
+    # ---- nodes --------------------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        """Every node that ever heartbeated, with its state by heartbeat age (broker time)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.zrange(keys.NODES, 0, -1, withscores=True)
+            now_raw, members = pipe.execute()
+        now = now_raw[0] + now_raw[1] / 1e6
+        names = [_s(m) for m, _ in members]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for n in names:
+                pipe.hgetall(keys.node(n))
+                pipe.hgetall(keys.node_running(n))
+            r = pipe.execute()
+        out = []
+        for i, (name, (_, score)) in enumerate(zip(names, members, strict=True)):
+            h = {_s(k): _s(v) for k, v in r[2 * i].items()}
+            running = tuple(sorted(_s(k) for k in r[2 * i + 1]))
+            out.append(self._node_from(name, h, running, now - score))
+        return out
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes() if n.name == name), None)
+
+    @staticmethod
+    def _node_from(name: str, h: dict[str, str], running: tuple[str, ...], age: float) -> Node:
+        inv = _json(h.get("inventory")) or {}
+        load = _json(h.get("load")) or {}
+        draining = h.get("draining") == "1"
+        hb = float(h.get("hb_interval") or 2.0)
+        timeout = float(h.get("node_timeout") or 30.0)
+        gpus_live = {g.get("index"): g for g in (load.get("gpus") or []) if isinstance(g, dict)}
+        gpus = []
+        for g in inv.get("gpus") or []:
+            if isinstance(g, dict):
+                merged = {**g, **gpus_live.get(g.get("index"), {})}
+                gpus.append(GpuInfo.from_dict(merged))
+        return Node(
+            name=name,
+            state=node_state(age, hb, timeout, draining),
+            heartbeat_age=max(age, 0.0),
+            cpus=int(inv.get("cpus") or 0),
+            cpus_physical=inv.get("cpus_physical"),
+            cpu_model=str(inv.get("cpu_model") or ""),
+            load=tuple(load.get("loadavg") or ()),
+            cpu_percent=load.get("cpu_percent"),
+            memory_total=int(inv.get("memory_total") or 0),
+            memory_used=int(load.get("memory_used") or 0),
+            disk_total=int(inv.get("disk_total") or 0),
+            disk_used=int(load.get("disk_used") or 0),
+            gpus=tuple(gpus),
+            driver_version=inv.get("driver_version"),
+            cuda_version=inv.get("cuda_version"),
+            labels=tuple(inv.get("labels") or ()),
+            slots_total=int(h.get("slots") or 0),
+            slots_busy=len(running),
+            running=running,
+            draining=draining,
+            drain_reason=h.get("drain_reason") or None,
+            agent_pid=int(h["agent_pid"]) if h.get("agent_pid") else None,
+            hostname=h.get("hostname"),
+            queues=tuple(_json(h.get("queues")) or ()),
+            started_at=float(h["started"]) if h.get("started") else None,
+        )
+
+    def drain(self, node: str, reason: str = "") -> None:
+        """Stop a node taking new jobs; what it runs finishes."""
+        if not self.redis.exists(keys.node(node)):
+            raise GridError(f"no node {node!r} on this grid")
+        now = self.broker_time()
+        with self.redis.pipeline() as pipe:
+            pipe.hset(keys.node(node), mapping={"draining": "1", "drain_reason": reason or "drained by operator"})
+            events.emit(pipe, now, "node_draining", node=node, message=reason or "drained by operator")
+            pipe.execute()
+
+    def resume(self, node: str) -> None:
+        if not self.redis.exists(keys.node(node)):
+            raise GridError(f"no node {node!r} on this grid")
+        now = self.broker_time()
+        with self.redis.pipeline() as pipe:
+            pipe.hset(keys.node(node), mapping={"draining": "0", "drain_reason": ""})
+            events.emit(pipe, now, "node_resumed", node=node, message="taking jobs again")
+            pipe.execute()
+
+    # ---- output -------------------------------------------------------------------------
+
+    def tail(self, job_id: str, after: str = "0-0", count: int = 1000, block_ms: int | None = None) -> list[OutputChunk]:
+        """Output chunks after stream id `after` (resume by passing the last chunk's id)."""
+        key = keys.output(job_id)
+        if block_ms is not None:
+            reply = self.redis.xread({key: after}, count=count, block=block_ms)
+            entries = reply[0][1] if reply else []
+        else:
+            entries = self.redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
+        return [_chunk(eid, fields) for eid, fields in entries]
+
+    # ---- control ------------------------------------------------------------------------
+
+    def _rq_job(self, job_id: str) -> RQJob:
+        try:
+            return RQJob.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
+        except NoSuchJobError:
+            raise JobNotFound(f"no job {job_id!r} on this grid") from None
+
+    def state(self, job_id: str) -> JobState:
+        status = self.redis.hget(keys.rq_job(job_id), "status")
+        if status is None:
+            raise JobNotFound(f"no job {job_id!r} on this grid")
+        return RQ_TO_STATE.get(_s(status), JobState.QUEUED)
+
+    def cancel(self, job_id: str, wait: float = 15.0) -> JobState:
+        """Cancel a queued, waiting, scheduled or running job; return the state it reached.
+
+        A running job is killed (whole process tree) by its agent; this waits up to `wait`
+        seconds for the agent to confirm by moving the job to `canceled`.
+        """
+        state = self.state(job_id)
+        if state.terminal:
+            return state
+        now = self.broker_time()
+        # The flag first: a job dequeued between our read and our cancel still sees it.
+        self.redis.set(keys.cancel(job_id), "1", ex=7 * 24 * 3600)
+        if state is not JobState.RUNNING:
+            job = self._rq_job(job_id)
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                pass  # already canceled by a concurrent call
+            else:
+                state = self.state(job_id)
+                if state is JobState.CANCELED:
+                    self._record_cancel(job_id, now, "canceled before it started")
+                    self.fail_dependents(job_id, now)
+                    return state
+        try:
+            send_stop_job_command(self.redis, job_id, serializer=SERIALIZER)
+        except (InvalidJobOperation, NoSuchJobError):
+            pass  # not started yet, or already done: the flag covers both
+        deadline = time.monotonic() + wait
+        while True:
+            state = self.state(job_id)
+            if state.terminal or time.monotonic() > deadline:
+                return state
+            time.sleep(0.05)
+
+    def _record_cancel(self, job_id: str, now: float, message: str) -> None:
+        record = {"reason": "canceled", "end": now, "exit_code": None, "signal": None}
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.result(job_id), json.dumps(record), ex=self.settings.result_ttl, nx=True)
+            events.emit(pipe, now, "canceled", job=job_id, message=message)
+            pipe.execute()
+
+    def fail_dependents(self, job_id: str, now: float) -> list[str]:
+        """Mark every job that needs `job_id` to succeed as failed ('dependency failed')."""
+        from gridcore.dependencies import fail_dependents
+
+        return fail_dependents(self.redis, job_id, now, self.settings.result_ttl)
+
+    def requeue(self, job_id: str) -> None:
+        """Run a failed or canceled job again: its envelope is re-signed by this submitter."""
+        state = self.state(job_id)
+        if state not in (JobState.FAILED, JobState.CANCELED):
+            raise GridError(f"job {job_id} is {state.value}; only failed or canceled jobs can be requeued")
+        job = self._rq_job(job_id)
+        if job.func_name != keys.RUNNER_FUNC or not job.args:
+            raise GridError(f"job {job_id} is not a grid job")
+        envelope = self._verified_envelope(job.args[0])
+        now = self.broker_time()
+        envelope.update(
+            issued_at=now,
+            expires_at=now + self.settings.envelope_ttl,
+            nonce=secrets.token_hex(16),
+            submitter=self.signer.name,
+        )
+        job.args = (self.signer.sign(envelope),)
+        meta = dict(job.meta)
+        meta.pop("reason", None)
+        meta.pop("run", None)
+        meta["requeued_by"] = self.signer.name
+        job.meta = meta
+        registry = job.failed_job_registry if state is JobState.FAILED else job.canceled_job_registry
+        with self.redis.pipeline() as pipe:
+            job.save(pipeline=pipe)
+            pipe.delete(keys.result(job_id), keys.output(job_id), keys.cancel(job_id))
+            events.emit(pipe, now, "requeued", job=job_id, message=f"by {self.signer.name}")
+            pipe.execute()
+        try:
+            registry.requeue(job_id)
+        except InvalidJobOperation as e:
+            raise GridError(f"cannot requeue {job_id}: {e}") from None
+
+    def _verified_envelope(self, signed: Any) -> dict[str, Any]:
+        # Re-signing what the broker holds would launder a tampered command: verify first,
+        # against the authorized keys here and this submitter's own key.
+        ak = AuthorizedKeys(self.settings.authorized_keys_path)
+        try:
+            envelope, _ = verify(signed, ak)
+            return envelope
+        except Refused as first:
+            if isinstance(signed, dict) and signed.get("kid") == self.signer.kid:
+                own = _OwnKey(self.signer)
+                try:
+                    return verify(signed, own)[0]
+                except Refused as e:
+                    raise GridError(f"will not requeue: stored envelope fails verification ({e})") from None
+            raise GridError(f"will not requeue: cannot verify the stored envelope ({first})") from None
+
+    def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.1) -> dict[str, JobState]:
+        """Block until every job is terminal (or timeout); return their states."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        states: dict[str, JobState] = {}
+        while True:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for jid in job_ids:
+                    pipe.hget(keys.rq_job(jid), "status")
+                raw = pipe.execute()
+            for jid, s in zip(job_ids, raw, strict=True):
+                if s is None:
+                    raise JobNotFound(f"no job {jid!r} on this grid")
+                states[jid] = RQ_TO_STATE.get(_s(s), JobState.QUEUED)
+            if all(s.terminal for s in states.values()):
+                return states
+            if deadline is not None and time.monotonic() > deadline:
+                return states
+            time.sleep(poll)
+
+    # ---- events -------------------------------------------------------------------------
+
+    def events(self, count: int = 100, before: str = "+") -> list[Event]:
+        """The newest grid events, newest first."""
+        rows = self.redis.xrevrange(keys.EVENTS, max=before, count=count)
+        out = []
+        for eid, f in rows:
+            f = {_s(k): _s(v) for k, v in f.items()}
+            out.append(
+                Event(
+                    id=_s(eid),
+                    time=float(f.get("t") or 0),
+                    kind=f.get("kind") or "",
+                    job=f.get("job") or None,
+                    node=f.get("node") or None,
+                    message=f.get("msg") or "",
+                )
+            )
+        return out
+
+
+class _OwnKey(AuthorizedKeys):
+    """Authorized-keys view holding only the submitter's own public key."""
+
+    def __init__(self, signer: Signer):
+        self._signer = signer
+
+    def lookup(self, kid: str):
+        if kid != self._signer.kid:
+            raise Refused(f"signing key {kid} is not this submitter's")
+        return self._signer.key.public_key(), self._signer.name
+
+
+def _chunk(eid: bytes | str, fields: dict) -> OutputChunk:
+    f = {_s(k): v for k, v in fields.items()}
+    kind = _s(f.get("s")) or "o"
+    eid = _s(eid)
+    if kind == "x":
+        code = _s(f.get("code"))
+        sig = _s(f.get("sig"))
+        return OutputChunk(
+            id=eid,
+            stream="end",
+            exit_code=int(code) if code not in (None, "") else None,
+            signal=int(sig) if sig not in (None, "") else None,
+            reason=_s(f.get("reason")) or None,
+        )
+    name = {"o": "stdout", "e": "stderr", "n": "note"}.get(kind, "note")
+    data = f.get("d") or b""
+    return OutputChunk(id=eid, stream=name, data=data if isinstance(data, bytes) else data.encode())

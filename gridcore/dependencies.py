@@ -1,0 +1,47 @@
+"""Dependency failure propagation: RQ leaves a child of a failed parent deferred forever."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+from gridcore import events, keys
+
+
+def fail_dependents(conn: redis.Redis, job_id: str, now: float, ttl: int) -> list[str]:
+    """Fail (reason 'dependency failed') every waiting job that needed `job_id` to succeed.
+
+    Children that accept any outcome (`on: any`) are left to RQ, which releases them.
+    Returns the ids failed, transitively.
+    """
+    failed: list[str] = []
+    todo = [job_id]
+    while todo:
+        parent = todo.pop()
+        for raw in conn.smembers(keys.rq_dependents(parent)):
+            dep_id = raw.decode()
+            try:
+                dep = RQJob.fetch(dep_id, connection=conn, serializer=JSONSerializer)
+            except NoSuchJobError:
+                continue
+            if dep.get_status(refresh=False) != JobStatus.DEFERRED:
+                continue
+            if dep.meta.get("after_on", "success") == "any":
+                continue
+            reason = f"dependency failed: {parent}"
+            record = {"reason": "dependency failed", "detail": reason, "end": now, "exit_code": None}
+            with conn.pipeline() as pipe:
+                dep.deferred_job_registry.remove(dep, pipeline=pipe)
+                dep.set_status(JobStatus.FAILED, pipeline=pipe)
+                dep.failed_job_registry.add(dep, ttl=ttl, exc_string=reason, pipeline=pipe)
+                pipe.set(keys.result(dep_id), json.dumps(record), ex=ttl)
+                events.emit(pipe, now, "failed", job=dep_id, message=reason)
+                pipe.execute()
+            failed.append(dep_id)
+            todo.append(dep_id)
+    return failed

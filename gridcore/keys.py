@@ -1,0 +1,153 @@
+"""Every Redis key and channel the grid writes, in one place.
+
+RQ owns its own `rq:*` keys (jobs, queues, registries, workers); everything the grid adds
+lives under `grid:`. Builders take plain strings and return `str` keys.
+"""
+
+from __future__ import annotations
+
+PREFIX = "grid"
+
+RUNNER_FUNC = "agent.runner.run_task"
+"""The only job function an agent will execute; anything else is refused before import."""
+
+NODES = f"{PREFIX}:nodes"
+"""Sorted set: node name -> last heartbeat (broker time, seconds)."""
+
+EVENTS = f"{PREFIX}:events"
+"""Stream of grid events (submitted, started, finished, failed, canceled, node up/down...)."""
+
+JOBS = f"{PREFIX}:jobs"
+"""Sorted set: every job id -> submit time (broker time); the newest-first index for paging."""
+
+GROUPS = f"{PREFIX}:groups"
+"""Sorted set: group (sweep) id -> submit time."""
+
+QUEUES = f"{PREFIX}:queues"
+"""Set of queue names the grid has ever routed to (RQ's own rq:queues forgets empty ones)."""
+
+ACTIVE = f"{PREFIX}:active"
+"""Hash: running job id -> JSON {node, slot, worker, started}; the source for node-loss sweeps."""
+
+NONCES = f"{PREFIX}:nonces"
+"""Prefix for replay-protection keys: one `grid:nonces:<nonce>` per executed envelope."""
+
+
+def node(name: str) -> str:
+    """Hash: a node's inventory, live load and flags (draining)."""
+    return f"{PREFIX}:node:{name}"
+
+
+def node_jobs(name: str) -> str:
+    """Sorted set: job ids that ran on a node -> start time (broker time)."""
+    return f"{PREFIX}:node:{name}:jobs"
+
+
+def node_running(name: str) -> str:
+    """Hash: job id -> slot index, for jobs running on a node right now."""
+    return f"{PREFIX}:node:{name}:running"
+
+
+def node_gpus(name: str) -> str:
+    """Hash: GPU index -> job id holding it on that node."""
+    return f"{PREFIX}:node:{name}:gpus"
+
+
+def node_queue(name: str) -> str:
+    """RQ queue name (not a key) for jobs pinned to one node."""
+    return f"node.{name}"
+
+
+def output(job_id: str) -> str:
+    """Stream of a job's live output chunks and its end marker."""
+    return f"{PREFIX}:out:{job_id}"
+
+
+def result(job_id: str) -> str:
+    """String: the job's small JSON result record (exit code, signal, tails, times...)."""
+    return f"{PREFIX}:result:{job_id}"
+
+
+def attempts(job_id: str) -> str:
+    """List: one JSON record per finished attempt (node, exit code, reason)."""
+    return f"{PREFIX}:attempts:{job_id}"
+
+
+def cancel(job_id: str) -> str:
+    """String flag: cancel requested for a running job (read by the runner each heartbeat)."""
+    return f"{PREFIX}:cancel:{job_id}"
+
+
+def nonce(value: str) -> str:
+    """String: marks a signed envelope's nonce as used."""
+    return f"{NONCES}:{value}"
+
+
+def group(group_id: str) -> str:
+    """Hash: a sweep group's metadata (name, size, parameters, max_parallel)."""
+    return f"{PREFIX}:group:{group_id}"
+
+
+def group_jobs(group_id: str) -> str:
+    """Sorted set: job ids of one group -> cell index."""
+    return f"{PREFIX}:group:{group_id}:jobs"
+
+
+def group_slots(group_id: str) -> str:
+    """Set: job ids of a throttled group that currently hold one of its max_parallel slots."""
+    return f"{PREFIX}:group:{group_id}:slots"
+
+
+# RQ's own keys, derived from RQ's templates so a change in RQ shows up here only.
+def rq_job(job_id: str) -> str:
+    """RQ's job hash."""
+    return f"rq:job:{job_id}"
+
+
+def rq_queue(queue: str) -> str:
+    """RQ's list of queued job ids."""
+    return f"rq:queue:{queue}"
+
+
+def rq_dependents(job_id: str) -> str:
+    """RQ's set of job ids waiting on this job."""
+    return f"rq:job:{job_id}:dependents"
+
+
+def rq_workers_of(queue: str) -> str:
+    """RQ's set of worker keys listening on a queue."""
+    return f"rq:workers:{queue}"
+
+
+RQ_QUEUES = "rq:queues"
+"""RQ's set of queue keys."""
+
+RQ_WORKERS = "rq:workers"
+"""RQ's set of registered worker keys."""
+
+
+def rq_registry(state: str, queue: str) -> str:
+    """RQ's registry sorted set holding a queue's jobs in one state (not `queued`)."""
+    from rq.registry import (
+        CanceledJobRegistry,
+        DeferredJobRegistry,
+        FailedJobRegistry,
+        FinishedJobRegistry,
+        ScheduledJobRegistry,
+        StartedJobRegistry,
+    )
+
+    cls = {
+        "running": StartedJobRegistry,
+        "finished": FinishedJobRegistry,
+        "failed": FailedJobRegistry,
+        "waiting": DeferredJobRegistry,
+        "scheduled": ScheduledJobRegistry,
+        "canceled": CanceledJobRegistry,
+    }[state]
+    return cls.key_template.format(queue)
+
+
+def reclaim_lock(node_name: str) -> str:
+    """String lock: one agent at a time reclaims a down node's jobs."""
+    return f"{PREFIX}:lock:reclaim:{node_name}"
