@@ -58,7 +58,11 @@ class Agent:
         self.cold = False
         self.stop_deadline: float | None = None
         self.inventory: dict = {}
+        # Two grids (brokers) on one machine may both have a node of this name: scope by grid.
+        self.conn.set(keys.GRID_ID, uuid.uuid4().hex, nx=True)
+        self.grid_id = _text(self.conn.get(keys.GRID_ID))
         self.marker_env = {
+            proctree.ENV_GRID: self.grid_id,
             proctree.ENV_NODE: self.node,
             proctree.ENV_AGENT: self.agent_id,
             proctree.ENV_AGENT_PID: str(os.getpid()),
@@ -83,15 +87,18 @@ class Agent:
             aof = self.conn.config_get("appendonly")
         except redis.ResponseError:
             return  # CONFIG is often disabled for non-admin users: nothing to check
-        if cfg.get(b"maxmemory-policy", b"noeviction") != b"noeviction":
+        # redis-py decodes CONFIG GET replies itself, whatever decode_responses says.
+        cfg = {_text(k): _text(v) for k, v in {**cfg, **aof}.items()}
+        if cfg.get("maxmemory-policy", "noeviction") != "noeviction":
             log.warning("broker maxmemory-policy is %s; the grid expects noeviction (jobs could be evicted)",
-                        cfg.get(b"maxmemory-policy").decode())
-        if aof.get(b"appendonly") != b"yes":
+                        cfg["maxmemory-policy"])
+        if cfg.get("appendonly") != "yes":
             log.warning("broker appendonly is off; a broker restart can lose accepted jobs")
 
     def reap_earlier_incarnations(self) -> int:
         """Kill whatever an earlier agent for this node left running (slots and job trees)."""
-        leftovers = proctree.tagged({proctree.ENV_NODE: self.node}, exclude={proctree.ENV_AGENT: self.agent_id})
+        mine = {proctree.ENV_GRID: self.grid_id, proctree.ENV_NODE: self.node}
+        leftovers = proctree.tagged(mine, exclude={proctree.ENV_AGENT: self.agent_id})
         if not leftovers:
             return 0
         pids = set()
@@ -105,7 +112,7 @@ class Agent:
                 raise AgentError(f"another grid-agent for node {self.node!r} is running (pid {pid})")
         killed = 0
         for agent_id in {p.environ().get(proctree.ENV_AGENT) for p in leftovers if p.is_running()}:
-            n, survivors = proctree.kill_tree(None, None, {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: agent_id},
+            n, survivors = proctree.kill_tree(None, None, {**mine, proctree.ENV_AGENT: agent_id},
                                               grace=self.cfg.kill_grace)
             killed += n
             if survivors:
@@ -127,7 +134,20 @@ class Agent:
         self.heartbeat(first=True)
         for s in self.slots:
             self.spawn(s)
+        self.wait_slots_registered()
         self.conn.hset(keys.node(self.node), "ready", os.getpid())
+
+    def wait_slots_registered(self, timeout: float = 60.0) -> None:
+        """'ready' means every slot is a registered RQ worker listening on its queues."""
+        deadline = time.monotonic() + timeout
+        wanted = {f"rq:worker:{s.name}".encode() for s in self.slots}
+        while time.monotonic() < deadline:
+            if wanted <= self.conn.smembers(keys.RQ_WORKERS):
+                return
+            if any(s.proc.poll() is not None for s in self.slots):
+                raise AgentError("a worker slot exited during start; see the log above")
+            time.sleep(0.05)
+        raise AgentError(f"worker slots did not register within {timeout:g}s")
 
     # ---- slots --------------------------------------------------------------------------
 
@@ -267,6 +287,10 @@ class Agent:
                 pipe.execute()
         except redis.RedisError as e:
             log.error("could not record the agent's exit: %s", e)
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def _is_live_agent(pid: int) -> bool:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import psutil
 
+ENV_GRID = "GRID_JOB_GRID"
+"""Identity of the grid (broker) the agent serves: `grid:id`."""
 ENV_NODE = "GRID_JOB_NODE"
 """Node name of the agent that started the process."""
 ENV_AGENT = "GRID_JOB_AGENT"

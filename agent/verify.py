@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import json
+
 import redis
 from rq.job import Job
+from rq.worker import Worker
 
 from gridcore import keys
 from gridcore.settings import AgentSettings
@@ -14,6 +17,13 @@ from gridcore.signing import AuthorizedKeys, Refused, verify
 
 CLOCK_SKEW = 120.0
 """Seconds of tolerance on issued-at/expiry, against broker time."""
+
+SPENT = 1 << 40
+"""Nonce counter value of an envelope whose job is done: any further use is a replay."""
+
+
+class AlreadyRunning(Refused):
+    """A second copy of a job that a live slot is running; the running one must not be touched."""
 
 
 class Gatekeeper:
@@ -61,13 +71,35 @@ class Gatekeeper:
         if not isinstance(nonce, str) or len(nonce) < 16:
             raise Refused("envelope has no nonce")
         max_attempts = int(envelope.get("max_attempts") or 1)
+        # Before counting an attempt, so a twin can't use up the real job's retries.
+        self._not_running(job.id)
         with self.conn.pipeline() as pipe:
             pipe.incr(keys.nonce(nonce))
             pipe.expireat(keys.nonce(nonce), int(expires + 2 * CLOCK_SKEW))
             used, _ = pipe.execute()
+        if used > SPENT:
+            raise Refused("replayed envelope: its job already ended")
         if used > max_attempts:
             raise Refused(f"replayed envelope (attempt {used} of at most {max_attempts})")
         return envelope, signer or envelope.get("submitter") or ""
+
+    def spend(self, envelope: dict[str, Any]) -> None:
+        """The job is done for good: no attempt of this envelope may ever run again."""
+        nonce, expires = envelope["nonce"], envelope["expires_at"]
+        self.conn.set(keys.nonce(nonce), SPENT, exat=int(expires + 2 * CLOCK_SKEW))
+
+    def _not_running(self, job_id: str) -> None:
+        # Retries and node-loss requeues come after the last attempt left ACTIVE (or its slot died).
+        active = self.conn.hget(keys.ACTIVE, job_id)
+        if not active:
+            return
+        try:
+            run = json.loads(active)
+        except ValueError:
+            return
+        worker = run.get("worker") if isinstance(run, dict) else None
+        if isinstance(worker, str) and self.conn.exists(Worker.redis_worker_namespace_prefix + worker):
+            raise AlreadyRunning(f"job is already running on {run.get('node')} (a second copy of its envelope)")
 
     def _policy(self, envelope: dict[str, Any]) -> None:
         policy = self.cfg.policy

@@ -22,7 +22,8 @@ from rq.worker import SimpleWorker, WorkerStatus
 from rq.worker.base import StopRequested
 
 from agent import runner
-from agent.verify import Gatekeeper
+from agent.safejob import GridJob
+from agent.verify import AlreadyRunning, Gatekeeper
 from gridcore import events, keys
 from gridcore.dependencies import fail_dependents
 from gridcore.signing import Refused
@@ -49,6 +50,7 @@ def refuse_raw(conn, queue_name: str, job_id: str, reason: str, ttl: int) -> Non
 class GridQueue(Queue):
     """A queue whose dequeue turns an undecodable job into a refusal instead of a crash."""
 
+    job_class = GridJob
     result_ttl = 7 * 24 * 3600
 
     @classmethod
@@ -67,11 +69,12 @@ class GridQueue(Queue):
 
 class GridWorker(SimpleWorker):
     queue_class = GridQueue
+    job_class = GridJob  # registries and sweeps built from this worker never call a record's callbacks
 
     def __init__(self, queues, *, connection, name: str, node: str, slot: int, settings, gate: Gatekeeper,
                  marker_env: dict[str, str]):
         super().__init__(queues, connection=connection, name=name, serializer=JSONSerializer,
-                         queue_class=GridQueue, default_result_ttl=settings.result_ttl)
+                         queue_class=GridQueue, job_class=GridJob, default_result_ttl=settings.result_ttl)
         self.node = node
         self.slot = slot
         self.settings = settings
@@ -134,6 +137,9 @@ class GridWorker(SimpleWorker):
         now = self.broker_time()
         try:
             envelope, signer = self.gate.check(job, now)
+        except AlreadyRunning as e:
+            self._drop_twin(job, queue, f"refused: {e}", now)
+            return
         except Refused as e:
             self._refuse(job, queue, f"refused: {e}", now)
             return
@@ -168,6 +174,14 @@ class GridWorker(SimpleWorker):
             job.failed_job_registry.add(job, ttl=ttl, exc_string=reason, pipeline=pipe)
             pipe.set(keys.result(job.id), json.dumps(record), ex=ttl)
             pipe.rpush(keys.attempts(job.id), json.dumps(record))
+            events.emit(pipe, now, "refused", job=job.id, node=self.node, message=reason)
+            pipe.execute()
+
+    def _drop_twin(self, job: Job, queue: Queue, reason: str, now: float) -> None:
+        """Discard a duplicate of a running job; the record belongs to the running copy."""
+        log.warning("job %s: %s", job.id, reason)
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
             events.emit(pipe, now, "refused", job=job.id, node=self.node, message=reason)
             pipe.execute()
 
@@ -226,6 +240,8 @@ class GridWorker(SimpleWorker):
         if outcome == "shutdown":
             self._hand_back(job, queue, execution, record, sink)
             return
+        if outcome == "canceled" or record.get("exit_code") == 0 or not job.should_retry:
+            self.gate.spend(envelope)  # before the end is visible, so no replay slips in between
         self._write_end(job, record, sink, outcome)
         if outcome == "canceled":
             self._finalize_canceled(job, execution, record)

@@ -11,6 +11,9 @@ PREFIX = "grid"
 RUNNER_FUNC = "agent.runner.run_task"
 """The only job function an agent will execute; anything else is refused before import."""
 
+GRID_ID = f"{PREFIX}:id"
+"""String: this grid's random identity, set by the first agent (scopes process markers)."""
+
 NODES = f"{PREFIX}:nodes"
 """Sorted set: node name -> last heartbeat (broker time, seconds)."""
 

@@ -1,0 +1,73 @@
+"""One place that turns failures into a one-line message and an exit code (never a traceback)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import click
+import redis
+
+from gridcore.client import GridError, JobNotFound
+from gridcore.connection import BrokerError, describe_error
+
+
+class CliError(Exception):
+    """A failure the command itself detected, with its exit code."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _known_errors() -> list[tuple[type[BaseException], int]]:
+    from gridcore.localgrid import LocalGridError
+    from gridcore.settings import SettingsError
+    from gridcore.signing import SigningError
+
+    errors: list[tuple[type[BaseException], int]] = [
+        (JobNotFound, 2), (SettingsError, 2), (SigningError, 2), (BrokerError, 1), (LocalGridError, 1),
+        (GridError, 1),
+    ]
+    try:
+        from descriptors.errors import DescriptorError
+
+        errors.insert(0, (DescriptorError, 2))
+    except ImportError:
+        pass
+    return errors
+
+
+def handle_errors(run: Callable[[], object]) -> int:
+    """Run a click/typer app in non-standalone mode; return the process exit code."""
+    try:
+        result = run()
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        sys.stderr.write("grid: aborted\n")
+        return 1
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except CliError as e:
+        sys.stderr.write(f"grid: {e}\n")
+        return e.code
+    except redis.RedisError as e:
+        sys.stderr.write(f"grid: {describe_error(e)}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - known failures become one line; others too, with their type
+        for cls, code in _known_errors():
+            if isinstance(e, cls):
+                text = str(e)
+                if hasattr(e, "problems"):
+                    text = "\n".join(getattr(e, "problems")) or text
+                sys.stderr.write(f"grid: {text}\n")
+                return code
+        sys.stderr.write(f"grid: internal error: {type(e).__name__}: {e}\n")
+        return 1
