@@ -107,7 +107,7 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
     if json_out:
         _print_json(st)
         return
-    if not st["broker"]:
+    if not st["broker"] or not st["broker"]["pid"]:
         render.echo("local grid: not running (start it with `grid up`)")
         raise typer.Exit(1)
     b = st["broker"]
@@ -136,10 +136,10 @@ def _parse_memory(text: str | None) -> int:
         return 0
     from gridcore.units import parse_size
 
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise CliError(f"--memory {text!r}: {e}", 2) from None
+    size = parse_size(text)
+    if size is None:
+        raise CliError(f'--memory {text!r}: not a size like "16GB"', 2)
+    return size
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -316,6 +316,7 @@ def requeue(
     all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed job (in --queue).")] = False,
     queue: Annotated[Optional[str], typer.Option()] = None,
     reason: Annotated[Optional[str], typer.Option(help="With --all-failed: only jobs whose reason contains this.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Every failed or canceled cell of this sweep group.")] = None,
 ) -> None:
     """Run failed or canceled jobs again."""
     grid = _state(ctx).grid
@@ -323,11 +324,44 @@ def requeue(
     if all_failed:
         jobs, _ = grid.list(state=JobState.FAILED, queue=queue, limit=1000)
         ids += [j.id for j in jobs if not reason or reason in (j.reason or "")]
+    if group:
+        cells = grid.group(group)["jobs"]
+        ids += [j.id for j in grid._fetch(cells) if j.state in (JobState.FAILED, JobState.CANCELED)]
     if not ids:
         raise CliError("nothing to requeue: give job ids or --all-failed", 2)
     for jid in ids:
         grid.requeue(jid)
         render.echo(f"{jid} requeued")
+
+
+@app.command()
+def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Why a job is not running yet: for a job waiting for room, each node's failing requirement."""
+    lines = _state(ctx).grid.why(job_id)
+    if json_out:
+        _print_json({"id": job_id, "why": lines})
+        return
+    for line in lines:
+        render.echo(render.clean(line, 500))
+
+
+@app.command()
+def plan(ctx: typer.Context, files: list[Path], json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Where each task of descriptor files would go now (nothing is submitted)."""
+    from cli.descriptor_submit import load_planned, plan_planned
+
+    plan_planned(_state(ctx).grid, load_planned(files), json_out=json_out)
+
+
+@app.command()
+def groups(ctx: typer.Context, limit: Annotated[int, typer.Option()] = 20,
+           json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Sweep groups, newest first: counts by state and progress."""
+    gs = _state(ctx).grid.groups(limit=limit)
+    if json_out:
+        _print_json([{k: v for k, v in g.items() if k != "jobs"} for g in gs])
+        return
+    render.groups_table(gs)
 
 
 @app.command()

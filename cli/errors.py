@@ -8,7 +8,7 @@ from collections.abc import Callable
 import click
 import redis
 
-from gridcore.client import GridError, JobNotFound
+from gridcore.client import GridError, JobNotFound, Unplaceable
 from gridcore.connection import BrokerError, describe_error
 
 
@@ -26,7 +26,7 @@ def _known_errors() -> list[tuple[type[BaseException], int]]:
     from gridcore.signing import SigningError
 
     errors: list[tuple[type[BaseException], int]] = [
-        (JobNotFound, 2), (SettingsError, 2), (SigningError, 2), (BrokerError, 1), (LocalGridError, 1),
+        (JobNotFound, 2), (Unplaceable, 2), (SettingsError, 2), (SigningError, 2), (BrokerError, 1), (LocalGridError, 1),
         (GridError, 1),
     ]
     try:

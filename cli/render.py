@@ -11,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gridcore.models import Job, Node
-from gridcore.units import format_duration, format_size
+from gridcore.units import format_duration
+from gridcore.units import format_size as _size
 
 out = Console(highlight=False, soft_wrap=False)
 errc = Console(stderr=True, highlight=False)
@@ -19,6 +20,10 @@ errc = Console(stderr=True, highlight=False)
 STATE_STYLE = {"finished": "green", "failed": "red", "running": "cyan", "canceled": "yellow",
                "queued": "white", "waiting": "magenta", "scheduled": "blue",
                "up": "green", "stale": "yellow", "down": "red", "draining": "magenta"}
+
+
+def format_size(n: int | float | None) -> str:
+    return "-" if n is None else _size(int(n))
 
 
 def clean(value: object, limit: int = 200) -> str:
@@ -144,4 +149,16 @@ def events_table(evs) -> None:
     for e in evs:
         t.add_row(_ts(e.time), Text(clean(e.kind, 20)), Text((e.job or "-")[:12]), Text(clean(e.node or "-", 20)),
                   Text(clean(e.message, 80)))
+    out.print(t)
+
+
+def groups_table(gs) -> None:
+    t = Table(box=None, pad_edge=False)
+    for col in ("GROUP", "NAME", "SIZE", "RUNNING", "QUEUED", "FINISHED", "FAILED", "PROGRESS"):
+        t.add_column(col, no_wrap=True)
+    for g in gs:
+        c = g["counts"]
+        t.add_row(g["id"][:12], Text(clean(g["name"], 30)), str(g["size"]), str(c["running"]),
+                  str(c["queued"] + c["waiting"] + c["scheduled"]), str(c["finished"]), str(c["failed"]),
+                  f"{g['progress'] * 100:.0f}%")
     out.print(t)

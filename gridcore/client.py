@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 from rq.command import send_stop_job_command
-from rq.dependency import Dependency
+from rq.job import Dependency
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
@@ -32,6 +32,7 @@ from gridcore.models import (
     Node,
     NodeState,
     OutputChunk,
+    Resources,
 )
 from gridcore.settings import Settings, load_settings
 from gridcore.signing import ENVELOPE_VERSION, AuthorizedKeys, Refused, Signer, load_private_key, verify
@@ -54,6 +55,10 @@ class GridError(Exception):
 
 class JobNotFound(GridError):
     pass
+
+
+class Unplaceable(GridError):
+    """No node of the grid could ever run the request (too many GPUs, an unknown label...)."""
 
 
 @dataclass(frozen=True)
@@ -155,26 +160,66 @@ class Grid:
 
     # ---- submit -------------------------------------------------------------------------
 
-    def route(self, spec: JobSpec) -> str:
-        """The RQ queue a job goes to: its node's queue when pinned, else its queue."""
-        if spec.resources.node:
-            return keys.node_queue(spec.resources.node)
-        return spec.queue
+    @staticmethod
+    def is_plain(spec: JobSpec, max_parallel: int | None = None) -> bool:
+        """A job any slot of its queue may take: one CPU, nothing else asked for."""
+        r = spec.resources
+        return (r.cpus <= 1 and not r.gpus and not r.memory and not r.labels and not r.node
+                and not spec.priority and not max_parallel)
+
+    def route(self, spec: JobSpec, max_parallel: int | None = None) -> str:
+        """The RQ queue a job goes to: its queue when plain, else the placement queue."""
+        return spec.queue if self.is_plain(spec, max_parallel) else keys.PENDING_QUEUE
+
+    def check_placeable(self, specs: Sequence[JobSpec]) -> None:
+        """Refuse a request no node of the grid could ever run, with the reason."""
+        from gridcore.placement import never_fits
+
+        if all(self.is_plain(s) for s in specs):
+            return
+        nodes = self.nodes()
+        for spec in specs:
+            reason = never_fits(spec.resources, nodes)
+            if reason:
+                raise Unplaceable(f"{spec.name or spec.display_command[:60]}: no node can ever run this: {reason}")
 
     def submit(self, spec: JobSpec, *, job_id: str | None = None) -> str:
         """Sign and enqueue one job; return its id."""
         return self.submit_many([spec], job_ids=[job_id] if job_id else None)[0]
 
-    def submit_many(self, specs: Sequence[JobSpec], *, job_ids: Sequence[str] | None = None) -> list[str]:
-        """Sign and enqueue several jobs with one broker clock reading."""
+    def submit_many(self, specs: Sequence[JobSpec], *, job_ids: Sequence[str] | None = None,
+                    groups: dict[str, dict[str, Any]] | None = None) -> list[str]:
+        """Sign and enqueue several jobs with one broker clock reading.
+
+        `groups` describes sweep groups by id: {"name", "max_parallel", "params"}.
+        """
+        self.check_placeable(specs)
         now = self.broker_time()
         ids = list(job_ids) if job_ids else [uuid.uuid4().hex for _ in specs]
+        groups = groups or {}
+        sizes: dict[str, int] = {}
+        for spec in specs:
+            if spec.group:
+                sizes[spec.group] = sizes.get(spec.group, 0) + 1
+        if sizes:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for gid, n in sizes.items():
+                    info = groups.get(gid, {})
+                    pipe.hset(keys.group(gid), mapping={
+                        "name": info.get("name") or gid, "size": n, "submitted": now,
+                        "max_parallel": info.get("max_parallel") or 0, "submitter": self.signer.name,
+                        "axes": json.dumps(info.get("axes") or {}),
+                    })
+                    pipe.expire(keys.group(gid), self.settings.result_ttl)
+                    pipe.zadd(keys.GROUPS, {gid: now})
+                pipe.execute()
         for spec, job_id in zip(specs, ids, strict=True):
-            self._enqueue(spec, job_id, now)
+            mp = groups.get(spec.group, {}).get("max_parallel") if spec.group else None
+            self._enqueue(spec, job_id, now, mp)
         return ids
 
-    def _enqueue(self, spec: JobSpec, job_id: str, now: float) -> None:
-        queue_name = self.route(spec)
+    def _enqueue(self, spec: JobSpec, job_id: str, now: float, max_parallel: int | None = None) -> None:
+        queue_name = self.route(spec, max_parallel)
         attempts = 1 + spec.retries + LOST_RETRIES
         signed = self.signer.sign(self._envelope(spec, job_id, queue_name, now, attempts))
         meta = {
@@ -192,6 +237,8 @@ class Grid:
             "retry_backoff": list(spec.retry_backoff),
             "after_on": spec.after_on,
             "timeout": spec.timeout,
+            "queue": spec.queue,
+            "max_parallel": max_parallel,
         }
         q = Queue(queue_name, connection=self.redis, serializer=SERIALIZER)
         # RQ's own timeout only sizes heartbeats here: the runner enforces the real one.
@@ -271,7 +318,7 @@ class Grid:
             id=jid,
             name=str(meta.get("name") or description or ""),
             state=state,
-            queue=origin or "",
+            queue=meta.get("queue") or origin or "",
             command=str(meta.get("command") or ""),
             node=result.get("node") or run.get("node"),
             slot=result.get("slot", run.get("slot")),
@@ -393,6 +440,39 @@ class Grid:
             counts = dict(zip([s.value for s in order], row[1:-1], strict=True))
             out.append(QueueStats(name=q, queued=row[0], workers=row[-1], **counts))
         return out
+
+    # ---- sweep groups -------------------------------------------------------------------
+
+    def groups(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Newest sweep groups with their job counts by state."""
+        gids = [_s(g) for g in self.redis.zrevrange(keys.GROUPS, offset, offset + limit - 1)]
+        return [self.group(g) for g in gids]
+
+    def group(self, group_id: str) -> dict[str, Any]:
+        """One sweep group: name, size, max_parallel, counts by state, and its cells."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.group(group_id))
+            pipe.zrange(keys.group_jobs(group_id), 0, -1)
+            info, ids = pipe.execute()
+        if not info:
+            raise GridError(f"no sweep group {group_id!r} on this grid")
+        info = {_s(k): _s(v) for k, v in info.items()}
+        ids = [_s(i) for i in ids]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hget(keys.rq_job(jid), "status")
+            statuses = pipe.execute()
+        counts: dict[str, int] = {s.value: 0 for s in JobState}
+        for st in statuses:
+            counts[RQ_TO_STATE.get(_s(st) or "", JobState.QUEUED).value] += 1
+        size = int(info.get("size") or len(ids))
+        done = counts["finished"] + counts["failed"] + counts["canceled"]
+        return {
+            "id": group_id, "name": info.get("name") or group_id, "size": size,
+            "max_parallel": int(info.get("max_parallel") or 0) or None, "submitted": float(info.get("submitted") or 0),
+            "submitter": info.get("submitter"), "axes": _json(info.get("axes")) or [], "counts": counts,
+            "progress": done / size if size else 0.0, "jobs": ids,
+        }
 
     # ---- nodes --------------------------------------------------------------------------
 
@@ -526,6 +606,7 @@ class Grid:
             else:
                 state = self.state(job_id)
                 if state is JobState.CANCELED:
+                    self._release(job)
                     self._record_cancel(job_id, now, "canceled before it started")
                     self.fail_dependents(job_id, now)
                     return state
@@ -539,6 +620,56 @@ class Grid:
             if state.terminal or time.monotonic() > deadline:
                 return state
             time.sleep(0.05)
+
+    def _release(self, job: RQJob) -> None:
+        """Give back a placed job's reservation and throttle slot."""
+        placement = job.meta.get("placement") or {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            if placement.get("node"):
+                pipe.hdel(keys.node_held(placement["node"]), job.id)
+            if job.meta.get("group"):
+                pipe.srem(keys.group_slots(job.meta["group"]), job.id)
+            pipe.hdel(keys.WHY, job.id)
+            pipe.execute()
+
+    def why(self, job_id: str) -> list[str]:
+        """Why a job is not running, in plain words (per node for a job waiting for placement)."""
+        from gridcore.placement import Fit, explain
+
+        job = self.get(job_id)
+        if job.state is JobState.RUNNING:
+            return [f"running on {job.node}"]
+        if job.state.terminal:
+            return [f"{job.state.value}" + (f": {job.reason}" if job.reason else "")]
+        if job.state is JobState.WAITING:
+            return [f"waiting for {', '.join(job.waiting_on) or 'its dependencies'}"]
+        if job.state is JobState.SCHEDULED:
+            return ["scheduled for a later retry"]
+        origin = _s(self.redis.hget(keys.rq_job(job_id), "origin")) or ""
+        if origin != keys.PENDING_QUEUE:
+            nodes = [n for n in self.nodes() if job.queue in (n.queues or ()) or origin.startswith("node.")]
+            if origin.startswith("node."):
+                return [f"placed on {origin[5:]}; waiting for a free slot there"]
+            up = [n for n in nodes if n.state.value in ("up", "draining")]
+            if not up:
+                return [f"no node serving queue {job.queue!r} is up"]
+            busy = all(n.slots_busy >= n.slots_total for n in up)
+            return ["queued; every slot serving it is busy" if busy else "queued; a slot should take it shortly"]
+        stored = _s(self.redis.hget(keys.WHY, job_id))
+        nodes = self.nodes()
+        held = self.committed(nodes)
+        res = Resources.from_dict(job.resources)
+        lines = [str(v) for v in explain(res, nodes, held, queue=job.queue) if v.fit is not Fit.NOW]
+        if stored and stored.startswith("throttled"):
+            lines.insert(0, stored)
+        return lines or ["waiting for the next placement pass"]
+
+    def committed(self, nodes: Sequence[Node] | None = None):
+        """node name -> what running and placed jobs hold there (placement.Committed)."""
+        from gridcore.reservations import Reservations
+
+        nodes = self.nodes() if nodes is None else nodes
+        return Reservations(self.redis).committed([n.name for n in nodes])
 
     def _record_cancel(self, job_id: str, now: float, message: str) -> None:
         record = {"reason": "canceled", "end": now, "exit_code": None, "signal": None}

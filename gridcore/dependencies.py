@@ -34,7 +34,8 @@ def fail_dependents(conn: redis.Redis, job_id: str, now: float, ttl: int) -> lis
             if dep.meta.get("after_on", "success") == "any":
                 continue
             reason = f"dependency failed: {parent}"
-            record = {"reason": "dependency failed", "detail": reason, "end": now, "exit_code": None}
+            record = {"reason": "dependency failed", "reason_kind": "dependency", "detail": reason, "end": now,
+                      "exit_code": None}
             with conn.pipeline() as pipe:
                 dep.deferred_job_registry.remove(dep, pipeline=pipe)
                 dep.set_status(JobStatus.FAILED, pipeline=pipe)

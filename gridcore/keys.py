@@ -154,3 +154,18 @@ def rq_registry(state: str, queue: str) -> str:
 def reclaim_lock(node_name: str) -> str:
     """String lock: one agent at a time reclaims a down node's jobs."""
     return f"{PREFIX}:lock:reclaim:{node_name}"
+
+
+def node_held(name: str) -> str:
+    """Hash: job id -> JSON of the cpus, memory and GPU indices it holds on the node."""
+    return f"{PREFIX}:node:{name}:held"
+
+
+PENDING_QUEUE = "grid.pending"
+"""RQ queue (no slot listens) where jobs wait for placement: resources, priority, throttles."""
+
+NEGOTIATOR_LOCK = f"{PREFIX}:lock:negotiator"
+"""String lock: one agent at a time runs the placement pass."""
+
+WHY = f"{PREFIX}:why"
+"""Hash: pending job id -> why it is not placed yet (per node, plain words)."""

@@ -1,0 +1,166 @@
+"""Redis ACL users for the grid's roles: operator, agent (one per node) and viewer.
+
+Key patterns are built from `gridcore.keys`, so a key added there is either covered here or
+visibly missing. What each role may do:
+
+- viewer: read commands only, on `grid:*` and `rq:*`; no channels. `gridtui --read-only`.
+- operator: read and write `grid:*` and `rq:*`, publish RQ's stop-job commands; no admin
+  commands (ACL, CONFIG, FLUSH*, KEYS, DEBUG, ...).
+- agent <node>: read everything of the grid; write RQ's keys (job records, queues, registries,
+  workers: an RQ worker writes all of them), its own node's keys, job output/results/attempts,
+  replay counters, and the coordination keys every live agent shares (heartbeat set, events,
+  active jobs, every node's `running`/`held` hashes and sweep slots: agents place pending jobs
+  on other nodes and reclaim a dead node's jobs). It cannot write another node's inventory,
+  flags, job list or GPUs, and holds no signing key, so it cannot make any node run anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import redis
+
+from gridcore import keys
+
+ROLES = ("operator", "agent", "viewer")
+"""The roles `grid acl` knows, in the order it prints them."""
+
+USER_PREFIX = "grid-"
+"""Default prefix of the ACL user names (grid-operator, grid-viewer, grid-agent-<node>)."""
+
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+"""Node names an ACL can name exactly: no glob characters, no ':' that would nest keys."""
+
+CONNECTION = (
+    "+ping", "+hello", "+auth", "+select", "+echo", "+reset", "+time",
+    # INFO is "dangerous" to Redis, but RQ reads the server version with it on every enqueue.
+    "+info",
+    "+client|setname", "+client|getname", "+client|id", "+client|info",
+)
+"""Commands every role needs to connect and to read broker time (after `-@dangerous`)."""
+
+# `-function`: the grid loads no Redis Functions, and FUNCTION FLUSH/DELETE would break other users.
+SCRIPTS = ("+eval", "+evalsha", "+script|load", "+script|exists")
+"""RQ's Lua scripts (scheduler locks, unique enqueue); ACLs still check the keys they touch."""
+
+ANY = "*"
+
+
+class AclError(Exception):
+    """A bad node name, password or role; the message names it."""
+
+
+@dataclass(frozen=True)
+class AclUser:
+    """One ACL user: its name, role and rules (everything after the password)."""
+
+    name: str
+    role: str
+    node: str | None
+    rules: tuple[str, ...]
+
+    def setuser_args(self, password: str | None) -> list[str]:
+        """Arguments of ACL SETUSER; with no password the user exists but cannot log in."""
+        args = [self.name, "reset", "on"]
+        if password is not None:
+            args.append(">" + password)
+        return args + list(self.rules)
+
+    def line(self, password: str | None = None) -> str:
+        """The ACL SETUSER command as text; a given password appears only as its SHA-256."""
+        args = [self.name, "reset", "on"]
+        if password is not None:
+            args.append("#" + hashlib.sha256(password.encode()).hexdigest())
+        return "ACL SETUSER " + " ".join(args + list(self.rules))
+
+
+def viewer_rules() -> tuple[str, ...]:
+    return ("+@read", "-@dangerous", *CONNECTION, "%R~grid:*", "%R~rq:*", "resetchannels")
+
+
+def operator_rules() -> tuple[str, ...]:
+    return (
+        "+@read", "+@write", "+@transaction", "-@dangerous", "-function", *CONNECTION, *SCRIPTS, "+publish",
+        "~grid:*", "~rq:*", "resetchannels", "&rq:pubsub:*",
+    )
+
+
+def agent_write_keys(node: str) -> tuple[str, ...]:
+    """Grid key patterns an agent for `node` writes (read-write); it reads all of `grid:*`."""
+    check_node(node)
+    own = (keys.node(node), keys.node(node) + ":*")
+    # Any live agent places pending jobs on other nodes and reclaims a dead node's jobs.
+    coordination = (
+        keys.node_running(ANY), keys.node_held(ANY), keys.group_slots(ANY),
+        keys.NODES, keys.EVENTS, keys.ACTIVE, keys.GRID_ID, keys.WHY,
+        keys.NEGOTIATOR_LOCK, keys.reclaim_lock(ANY),
+    )
+    per_job = (keys.output(ANY), keys.result(ANY), keys.attempts(ANY), keys.cancel(ANY), keys.nonce(ANY))
+    return own + coordination + per_job
+
+
+def agent_rules(node: str) -> tuple[str, ...]:
+    # One pattern must carry both read and write for read-modify commands (INCR, HINCRBY...).
+    writable = tuple("~" + p for p in agent_write_keys(node))
+    return (
+        "+@read", "+@write", "+@transaction", "-@dangerous", "-function", *CONNECTION, *SCRIPTS,
+        "+subscribe", "+unsubscribe",
+        "~rq:*", "%R~grid:*", *writable,
+        # RQ workers listen on rq:pubsub:<worker name>; the agent names its workers <node>.<id>.<slot>.
+        "resetchannels", f"&rq:pubsub:{node}.*",
+    )
+
+
+def check_node(node: str) -> str:
+    if not NODE_NAME.fullmatch(node):
+        raise AclError(f"node name {node!r} can't be used in an ACL (letters, digits, '.', '_', '-' only)")
+    return node
+
+
+def users(nodes: Iterable[str] = (), roles: Iterable[str] = ROLES, prefix: str = USER_PREFIX) -> list[AclUser]:
+    """The users for the given roles; the agent role gives one user per node."""
+    out: list[AclUser] = []
+    roles = list(roles)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise AclError(f"unknown role {unknown[0]!r} (roles: {', '.join(ROLES)})")
+    for role in ROLES:
+        if role not in roles:
+            continue
+        if role == "agent":
+            out += [AclUser(f"{prefix}agent-{check_node(n)}", "agent", n, agent_rules(n)) for n in nodes]
+        elif role == "operator":
+            out.append(AclUser(f"{prefix}operator", "operator", None, operator_rules()))
+        else:
+            out.append(AclUser(f"{prefix}viewer", "viewer", None, viewer_rules()))
+    return out
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def apply(conn: redis.Redis, accounts: Iterable[AclUser], passwords: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Install the users (replacing same-named ones); return name -> password (given or generated)."""
+    passwords = dict(passwords or {})
+    out: dict[str, str] = {}
+    for u in accounts:
+        pw = passwords.get(u.name) or generate_password()
+        if any(c.isspace() for c in pw):
+            raise AclError(f"password for {u.name} contains whitespace")
+        conn.execute_command("ACL", "SETUSER", *u.setuser_args(pw))
+        out[u.name] = pw
+    return out
+
+
+def persist(conn: redis.Redis) -> str | None:
+    """ACL SAVE, so the users survive a restart; return why not when the server can't."""
+    try:
+        conn.execute_command("ACL", "SAVE")
+        return None
+    except redis.ResponseError as e:
+        return str(e)

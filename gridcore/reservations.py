@@ -1,0 +1,72 @@
+"""What each running or placed job holds on its node, reserved atomically in the broker.
+
+One hash per node (`grid:node:<n>:held`): job id -> {"cpus", "memory", "gpus"}. A Lua script
+sums it and adds a job only if the node's declared cpus, memory and GPUs are not exceeded, so
+the placement loop and the slots can never overcommit a node between them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import redis
+
+from gridcore import keys
+from gridcore.models import Resources
+from gridcore.placement import Committed
+
+_RESERVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+local cpus, mem, used = 0, 0, {}
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local h = cjson.decode(v)
+  cpus = cpus + h.cpus
+  mem = mem + h.memory
+  for _, g in ipairs(h.gpus) do used[g] = true end
+end
+local need_cpus, need_mem = tonumber(ARGV[2]), tonumber(ARGV[3])
+if cpus + need_cpus > tonumber(ARGV[5]) + 1e-9 then return 0 end
+if tonumber(ARGV[6]) > 0 and need_mem > 0 and mem + need_mem > tonumber(ARGV[6]) then return 0 end
+for _, g in ipairs(cjson.decode(ARGV[4])) do if used[g] then return 0 end end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[7])
+return 1
+"""
+
+
+class Reservations:
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+        self._reserve = conn.register_script(_RESERVE)
+
+    def reserve(self, node: str, job_id: str, res: Resources, gpus: Sequence[int], cap_cpus: float,
+                cap_memory: int) -> bool:
+        """Hold `res` (and these GPU indices) on `node` for `job_id` if it fits; idempotent."""
+        entry = json.dumps({"cpus": res.cpus, "memory": res.memory, "gpus": list(gpus)})
+        ok = self._reserve(keys=[keys.node_held(node)],
+                           args=[job_id, res.cpus, res.memory, json.dumps(list(gpus)), cap_cpus, cap_memory, entry])
+        return bool(ok)
+
+    def committed(self, nodes: Sequence[str]) -> dict[str, Committed]:
+        """node -> the sum of what its running and placed jobs hold."""
+        out = {}
+        for node, jobs in self.held(nodes).items():
+            c = Committed()
+            for e in jobs.values():
+                c = c.plus(Resources(cpus=e.get("cpus", 0), memory=e.get("memory", 0)), e.get("gpus", []))
+            out[node] = c
+        return out
+
+    def held(self, nodes: Sequence[str]) -> dict[str, dict[str, dict]]:
+        """node -> job id -> what it holds."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for n in nodes:
+                pipe.hgetall(keys.node_held(n))
+            rows = pipe.execute()
+        return {n: {k.decode(): json.loads(v) for k, v in row.items()} for n, row in zip(nodes, rows, strict=True)}
+
+
+def release(pipe, node: str | None, job_id: str) -> None:
+    """Give back what a job held (in the caller's pipeline)."""
+    if node:
+        pipe.hdel(keys.node_held(node), job_id)

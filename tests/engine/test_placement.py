@@ -1,0 +1,126 @@
+"""Resources, GPU slots, sweeps with a throttle, dependencies, priority and drain — for real."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from gridcore.client import Unplaceable
+from gridcore.models import JobSpec, JobState, Resources
+
+TWO_GPUS = [{"index": 0, "name": "Test GPU", "uuid": "GPU-aaaa", "memory_total": 16_000_000_000},
+            {"index": 1, "name": "Test GPU", "uuid": "GPU-bbbb", "memory_total": 16_000_000_000}]
+
+
+def max_overlap(jobs) -> int:
+    points = sorted([(j.started_at, 1) for j in jobs] + [(j.ended_at, -1) for j in jobs])
+    cur = best = 0
+    for _, d in points:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def test_sweep_throttle_never_exceeds_max_parallel(grid, agents):
+    agents("node-a", slots=3, cpus=3)
+    agents("node-b", slots=3, cpus=3)
+    gid = uuid.uuid4().hex
+    specs = [JobSpec(command=f"sleep 0.3; echo cell {i}", name=f"cell[{i}]", group=gid, params={"i": i, "_cell": i})
+             for i in range(24)]
+    ids = grid.submit_many(specs, groups={gid: {"name": "cells", "max_parallel": 4}})
+    states = grid.wait(ids, timeout=120)
+    assert all(s is JobState.FINISHED for s in states.values())
+    jobs = [grid.get(i) for i in ids]
+    assert max_overlap(jobs) <= 4
+    assert {j.node for j in jobs} == {"node-a", "node-b"}
+    g = grid.group(gid)
+    assert g["counts"]["finished"] == 24 and g["progress"] == 1.0
+
+
+def test_two_gpu_jobs_get_different_gpus_side_by_side(grid, agents):
+    agents("gpu-node", slots=4, gpus=TWO_GPUS)
+    cmd = 'echo "gpus=$CUDA_VISIBLE_DEVICES"; sleep 1.5'
+    ids = [grid.submit(JobSpec(command=cmd, resources=Resources(gpus=1))) for _ in range(2)]
+    cpu = grid.submit(JobSpec(command='echo "gpus=[$CUDA_VISIBLE_DEVICES]"'))
+    assert all(s is JobState.FINISHED for s in grid.wait(ids + [cpu], timeout=60).values())
+    a, b = (grid.get(i) for i in ids)
+    assert {a.stdout.strip(), b.stdout.strip()} == {"gpus=0", "gpus=1"}
+    assert max_overlap([a, b]) == 2
+    assert grid.get(cpu).stdout.strip() == "gpus=[]"  # a CPU job sees no GPU
+
+
+def test_impossible_request_is_refused_at_submit(grid, agents):
+    agents("gpu-node", slots=2, gpus=TWO_GPUS)
+    with pytest.raises(Unplaceable, match="3 GPUs"):
+        grid.submit(JobSpec(command="true", resources=Resources(gpus=3)))
+    with pytest.raises(Unplaceable, match="a100"):
+        grid.submit(JobSpec(command="true", resources=Resources(labels=("a100",))))
+
+
+def test_waiting_job_says_why_per_node(grid, agents):
+    agents("gpu-node", slots=4, gpus=TWO_GPUS)
+    holders = [grid.submit(JobSpec(command="sleep 30", resources=Resources(gpus=1))) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while not all(grid.state(h) is JobState.RUNNING for h in holders):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    waiting = grid.submit(JobSpec(command="true", resources=Resources(gpus=2)))
+    time.sleep(1.5)
+    assert grid.state(waiting) is JobState.QUEUED
+    why = " ".join(grid.why(waiting))
+    assert "gpu-node" in why and "needs 2 GPUs free, has 0" in why
+    for h in holders:
+        grid.cancel(h)
+    assert grid.wait([waiting], timeout=30)[waiting] is JobState.FINISHED
+
+
+def test_child_of_failed_parent_fails_at_once(grid, agents):
+    agents("node-a", slots=2)
+    parent = grid.submit(JobSpec(command="exit 1"))
+    child = grid.submit(JobSpec(command="echo never", after=(parent,)))
+    grandchild = grid.submit(JobSpec(command="echo never", after=(child,)))
+    tolerant = grid.submit(JobSpec(command="echo ran", after=(parent,), after_on="any"))
+    states = grid.wait([parent, child, grandchild, tolerant], timeout=30)
+    assert states[child] is JobState.FAILED and states[grandchild] is JobState.FAILED
+    assert grid.get(child).reason == "dependency failed"
+    assert states[tolerant] is JobState.FINISHED and grid.get(tolerant).stdout == "ran\n"
+
+
+def test_dependency_runs_after_parent_succeeds(grid, agents):
+    agents("node-a", slots=2)
+    parent = grid.submit(JobSpec(command="sleep 0.5; echo parent"))
+    child = grid.submit(JobSpec(command="echo child", after=(parent,)))
+    assert grid.state(child) is JobState.WAITING
+    assert grid.wait([child], timeout=30)[child] is JobState.FINISHED
+    assert grid.get(child).started_at >= grid.get(parent).ended_at
+
+
+def test_priority_orders_waiting_jobs(grid, agents):
+    agents("node-a", slots=1, cpus=1)
+    blocker = grid.submit(JobSpec(command="sleep 1.5", resources=Resources(cpus=1, memory=1000)))
+    time.sleep(0.5)
+    low = grid.submit(JobSpec(command="true", priority=1, name="low"))
+    high = grid.submit(JobSpec(command="true", priority=10, name="high"))
+    grid.wait([blocker, low, high], timeout=30)
+    assert grid.get(high).started_at < grid.get(low).started_at
+
+
+def test_drained_node_takes_nothing_new(grid, agents):
+    agents("node-a", slots=1)
+    grid.drain("node-a", "maintenance")
+    assert grid.node("node-a").state.value == "draining"
+    jid = grid.submit(JobSpec(command="true"))
+    time.sleep(2)
+    assert grid.state(jid) is JobState.QUEUED
+    grid.resume("node-a")
+    assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED
+
+
+def test_multi_cpu_jobs_never_overcommit(grid, agents):
+    agents("node-a", slots=4, cpus=2)
+    ids = [grid.submit(JobSpec(command="sleep 0.4", resources=Resources(cpus=2))) for _ in range(3)]
+    assert all(s is JobState.FINISHED for s in grid.wait(ids, timeout=60).values())
+    assert max_overlap([grid.get(i) for i in ids]) == 1
