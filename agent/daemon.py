@@ -19,8 +19,11 @@ import uuid
 import psutil
 import redis
 
-from agent import proctree, recovery
+from agent import cgroup, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
+from agent.negotiator import Negotiator
+from agent.outage import BROKER_ERRORS
+from gridcore.client import Grid
 from gridcore import events, keys
 from gridcore.connection import connect, resolve_url
 from gridcore.settings import Settings
@@ -29,6 +32,10 @@ log = logging.getLogger("grid.agent")
 
 SLOT_RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
 """Seconds before restarting a slot that died, by how many times it died in a row."""
+SLOT_STABLE = 60.0
+"""Seconds a slot must have run for its next death to count as a first one again."""
+BROKER_SOCKET_TIMEOUT = 10.0
+"""Seconds the agent waits on one broker reply, so a cut network can't freeze supervision."""
 
 
 class AgentError(Exception):
@@ -42,6 +49,8 @@ class Slot:
         self.proc: subprocess.Popen | None = None
         self.deaths = 0
         self.restart_at = 0.0
+        self.spawned_at = 0.0
+        self.dead_name: str | None = None  # a slot that died with jobs still to recover
 
 
 class Agent:
@@ -51,7 +60,7 @@ class Agent:
         self.cfg = self.settings.agent
         self.node = self.cfg.node_name
         self.agent_id = uuid.uuid4().hex[:12]
-        self.conn = connect(self.settings)
+        self.conn = connect(self.settings, socket_timeout=BROKER_SOCKET_TIMEOUT)
         self.nvml = Nvml()
         self.slots: list[Slot] = []
         self.stopping = False
@@ -68,7 +77,13 @@ class Agent:
             proctree.ENV_AGENT_PID: str(os.getpid()),
         }
         self.last_sweep = 0.0
+        self.negotiator = Negotiator(Grid(self.conn, self.settings), owner=f"{self.node}.{self.agent_id}")
         self.broker_down_since: float | None = None
+        self.watch = recovery.NodeWatch()
+        self.last_beat_ok: float | None = None  # monotonic time of the last heartbeat that got through
+        self.broker_run_id: str | None = None
+        self.ready = False
+        self.republish = False  # after an outage: the broker may have lost the node hash (no AOF)
 
     # ---- start --------------------------------------------------------------------------
 
@@ -122,6 +137,8 @@ class Agent:
 
     def start(self) -> None:
         self.preflight()
+        if cgroup.adopt_v2():  # before any slot exists: only a cgroup the agent has to itself
+            log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()
         now = self.broker_time()
         lost = recovery.reclaim(self.conn, self.node, now, f"node lost: agent on {self.node} restarted",
@@ -136,6 +153,7 @@ class Agent:
             self.spawn(s)
         self.wait_slots_registered()
         self.conn.hset(keys.node(self.node), "ready", os.getpid())
+        self.ready = True
 
     def wait_slots_registered(self, timeout: float = 60.0) -> None:
         """'ready' means every slot is a registered RQ worker listening on its queues."""
@@ -159,26 +177,52 @@ class Agent:
         if slot.index == 0:
             args.append("--scheduler")  # RQ's scheduler moves retries with backoff back in line
         slot.proc = subprocess.Popen(args, stdin=subprocess.PIPE, env=env)
-        payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env}
+        slot.spawned_at = time.monotonic()
+        capacity = {"cpus": self.inventory["cpus"], "memory": self.inventory["memory_total"],
+                    "gpus": [g["index"] for g in self.inventory["gpus"]]}
+        payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env,
+                   "capacity": capacity}
         slot.proc.stdin.write(json.dumps(payload).encode())
         slot.proc.stdin.close()
 
     def supervise(self) -> None:
         now = time.monotonic()
         for s in self.slots:
+            if s.dead_name and self.broker_down_since is None:
+                self.recover_slot(s)
             if s.proc is None or s.proc.poll() is None:
                 continue
             if self.stopping:
                 continue
             if s.restart_at == 0.0:
+                s.dead_name = s.name
+                if now - s.spawned_at > SLOT_STABLE:
+                    s.deaths = 0  # it had been running fine: a fresh death, not a crash loop
                 s.deaths += 1
                 delay = SLOT_RESTART_BACKOFF[min(s.deaths - 1, len(SLOT_RESTART_BACKOFF) - 1)]
                 log.warning("slot %d exited with %s; restarting in %ss", s.index, s.proc.returncode, delay)
                 s.restart_at = now + delay
-            elif now >= s.restart_at:
+            elif now >= s.restart_at and self.broker_down_since is None:
+                # A slot cannot register while the broker is away: it restarts once it is back.
                 s.restart_at = 0.0
                 s.name = f"{self.node}.{self.agent_id}.{s.index}.{s.deaths}"
                 self.spawn(s)
+
+    def recover_slot(self, s: Slot) -> None:
+        """A slot died under a live agent: kill what it ran and reclaim it, as for a lost node."""
+        try:
+            ids = recovery.jobs_of(self.conn, self.node, s.dead_name)
+            mine = {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: self.agent_id}
+            for jid in ids:
+                proctree.kill_tree(None, None, {**mine, proctree.ENV_JOB: jid}, grace=self.cfg.kill_grace)
+            if ids:
+                recovery.reclaim(self.conn, self.node, self.broker_time(),
+                                 f"node lost: worker slot {s.index} on {self.node} died", self.settings.result_ttl,
+                                 worker=s.dead_name)
+                log.warning("slot %d died holding job(s) %s: reclaimed", s.index, ", ".join(ids))
+            s.dead_name = None
+        except BROKER_ERRORS:
+            pass  # tried again on the next round
 
     def signal_slots(self, sig: int) -> None:
         for s in self.slots:
@@ -214,20 +258,50 @@ class Agent:
             fields["inventory"] = json.dumps(self.inventory)
             fields["started"] = now
             fields["ready"] = ""
+        elif self.republish:
+            fields["inventory"] = json.dumps(self.inventory)
+            fields["ready"] = os.getpid() if self.ready else ""
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.NODES, {self.node: now})
             pipe.hset(keys.node(self.node), mapping=fields)
-            if first:
+            if first or self.republish:
                 pipe.hsetnx(keys.node(self.node), "draining", "0")
+            if first:
                 kind = "node_joined" if prev is None else "node_back"
                 events.emit(pipe, now, kind, node=self.node,
                             message=f"{len(self.slots)} slots, {len(self.inventory.get('gpus', []))} GPUs")
             elif prev is not None and now - prev > self.cfg.node_timeout:
                 events.emit(pipe, now, "node_back", node=self.node, message=f"after {now - prev:.0f}s silent")
             pipe.execute()
+        self.republish = False
+        mono = time.monotonic()
+        gap = max(2 * self.cfg.heartbeat_interval + 1, self.cfg.node_timeout / 2)
+        if self.last_beat_ok is not None and mono - self.last_beat_ok > gap:
+            # This agent itself was cut off or frozen: what it saw of others meanwhile is void.
+            self.watch.reset()
+        self.last_beat_ok = mono
+        try:
+            self.negotiator.run_once()
+        except redis.RedisError:
+            raise
+        except Exception:  # noqa: BLE001 - a placement bug must not take the node down; it is logged
+            log.exception("placement pass failed")
         if now - self.last_sweep >= max(self.cfg.node_timeout / 3, self.cfg.heartbeat_interval):
             self.last_sweep = now
-            recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl)
+            self._note_broker_restart()
+            recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl,
+                                      watch=self.watch)
+
+    def _note_broker_restart(self) -> None:
+        """A restarted broker means every node missed heartbeats: watch them all afresh."""
+        try:
+            run_id = _text(self.conn.info("server").get("run_id") or "")
+        except redis.ResponseError:
+            return  # INFO denied by ACL: the heartbeat-gap and outage checks still apply
+        if self.broker_run_id is not None and run_id != self.broker_run_id:
+            log.warning("the broker restarted; giving every node %ss to heartbeat again", self.cfg.node_timeout)
+            self.watch.reset()
+        self.broker_run_id = run_id
 
     # ---- main loop ----------------------------------------------------------------------
 
@@ -262,10 +336,15 @@ class Agent:
                     if self.broker_down_since is not None:
                         log.warning("broker is back after %.0fs", now - self.broker_down_since)
                         self.broker_down_since = None
-                except (redis.ConnectionError, redis.TimeoutError) as e:
+                        self.broker_back()
+                except BROKER_ERRORS as e:
+                    self.watch.reset()
                     if self.broker_down_since is None:
                         self.broker_down_since = now
+                        self.republish = True
                         log.error("broker unreachable (%s); running jobs go on, retrying", e)
+                except redis.RedisError:
+                    log.exception("heartbeat failed")  # a bad reply must not take the node's jobs down
             self.supervise()
             if self.stopping:
                 if self.stop_deadline is not None and now >= self.stop_deadline:
@@ -275,6 +354,14 @@ class Agent:
             time.sleep(min(0.1, max(0.0, next_beat - time.monotonic())))
         self.leave()
         return 0
+
+    def broker_back(self) -> None:
+        """Slots that died while the broker was away restart now, without crash-loop backoff."""
+        now = time.monotonic()
+        for s in self.slots:
+            if s.restart_at:
+                s.restart_at = now
+                s.deaths = 0
 
     def leave(self) -> None:
         try:

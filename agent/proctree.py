@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -85,9 +85,17 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             pass
 
 
-def collect(pgid: int | None, root: psutil.Process | None, marker: dict[str, str] | None) -> list[psutil.Process]:
-    """Everything that belongs to a tree: group members, descendants, marked processes."""
+def collect(pgid: int | None, root: psutil.Process | None, marker: dict[str, str] | None,
+            members: Callable[[], Iterable[int]] | None = None) -> list[psutil.Process]:
+    """Everything that belongs to a tree: group members, descendants, marked processes, and
+    the pids `members` lists (the job's cgroup, which nothing can leave)."""
     found: dict[int, psutil.Process] = {}
+    if members is not None:
+        for pid in members():
+            try:
+                found[pid] = psutil.Process(pid)
+            except psutil.Error:
+                continue
     if pgid is not None:
         for p in group_members(pgid):
             found[p.pid] = p
@@ -110,13 +118,15 @@ def kill_tree(
     marker: dict[str, str] | None = None,
     grace: float = 3.0,
     reap=None,
+    members: Callable[[], Iterable[int]] | None = None,
 ) -> tuple[int, list[int]]:
     """TERM the tree, wait `grace`, KILL what is left, rescan; return (signaled, survivors).
 
     `reap` is called while waiting so the caller can collect its own child (else it stays
-    a zombie and looks alive).
+    a zombie and looks alive). Before KILL the tree is stopped, so a process that keeps
+    forking cannot add children between a scan and the kill.
     """
-    procs = collect(pgid, root, marker)
+    procs = collect(pgid, root, marker, members)
     signaled = len(procs)
     if pgid is not None:
         try:
@@ -132,13 +142,16 @@ def kill_tree(
         if not procs and (pgid is None or not group_alive(pgid)):
             break
         time.sleep(0.02)
-    for _ in range(5):
+    for _ in range(8):
         if reap:
             reap()
-        procs = _alive(collect(pgid, None, marker) + procs)
+        procs = _alive(collect(pgid, None, marker, members) + procs)
         if not procs:
             return signaled, []
         signaled += len(procs)
+        _signal_all(procs, signal.SIGSTOP)
+        procs = _alive(collect(pgid, None, marker, members) + procs)  # children forked before the stop
+        _signal_all(procs, signal.SIGSTOP)
         if pgid is not None:
             try:
                 os.killpg(pgid, signal.SIGKILL)
@@ -148,4 +161,4 @@ def kill_tree(
         psutil.wait_procs(procs, timeout=1.0)
     if reap:
         reap()
-    return signaled, [p.pid for p in _alive(collect(pgid, None, marker) + procs)]
+    return signaled, [p.pid for p in _alive(collect(pgid, None, marker, members) + procs)]

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     gate = Gatekeeper(conn, AuthorizedKeys(settings.authorized_keys_path), settings.agent)
     worker = GridWorker(
         queues, connection=conn, name=args.name, node=node, slot=args.slot, settings=settings, gate=gate,
-        marker_env=marker_env,
+        marker_env=marker_env, capacity=data.get("capacity"),
     )
     worker.work(logging_level="WARNING", with_scheduler=args.scheduler)
     return 0

@@ -26,6 +26,10 @@ class AlreadyRunning(Refused):
     """A second copy of a job that a live slot is running; the running one must not be touched."""
 
 
+class NotNow(Exception):
+    """A valid job this slot can't start yet (its node is full); not a refusal."""
+
+
 class Gatekeeper:
     def __init__(self, conn: redis.Redis, authorized: AuthorizedKeys, cfg: AgentSettings):
         self.conn = conn
@@ -50,8 +54,12 @@ class Gatekeeper:
             raise Refused("job names webhooks")
         return job.args[0]
 
-    def check(self, job: Job, now: float) -> tuple[dict[str, Any], str]:
-        """Verify signature, identity, time window, policy and replay; return (envelope, signer)."""
+    def check(self, job: Job, now: float, before_attempt=None) -> tuple[dict[str, Any], str]:
+        """Verify signature, identity, time window, policy and replay; return (envelope, signer).
+
+        `before_attempt(envelope)` runs after verification and before an attempt is counted;
+        returning False raises NotNow (the job goes back in line, no attempt used).
+        """
         signed = self.check_shape(job)
         envelope, signer = verify(signed, self.authorized)
         if envelope.get("job_id") != job.id:
@@ -66,13 +74,16 @@ class Gatekeeper:
         cmd, argv = envelope.get("command"), envelope.get("argv")
         if not ((isinstance(cmd, str) and cmd) or (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv))):
             raise Refused("envelope has no command")
+        _check_types(envelope)
         self._policy(envelope)
         nonce = envelope.get("nonce")
         if not isinstance(nonce, str) or len(nonce) < 16:
             raise Refused("envelope has no nonce")
-        max_attempts = int(envelope.get("max_attempts") or 1)
-        # Before counting an attempt, so a twin can't use up the real job's retries.
+        max_attempts = envelope.get("max_attempts") or 1
+        # Before counting an attempt (or reserving), so a twin can't use up the real job's retries.
         self._not_running(job.id)
+        if before_attempt is not None and not before_attempt(envelope):
+            raise NotNow("not enough free resources on this node right now")
         with self.conn.pipeline() as pipe:
             pipe.incr(keys.nonce(nonce))
             pipe.expireat(keys.nonce(nonce), int(expires + 2 * CLOCK_SKEW))
@@ -117,3 +128,21 @@ class Gatekeeper:
             bad = sorted(set(envelope.get("env") or {}) - set(policy.env_allow))
             if bad:
                 raise Refused(f"environment variables not allowed on this node: {', '.join(bad)}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_types(envelope: dict[str, Any]) -> None:
+    """Fields the policy and the runner compare must have their types, or the slot would crash."""
+    timeout, env, cwd = envelope.get("timeout"), envelope.get("env"), envelope.get("cwd")
+    attempts = envelope.get("max_attempts")
+    if timeout is not None and not (_number(timeout) and timeout > 0):
+        raise Refused("envelope has a malformed timeout")
+    if env is not None and not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+        raise Refused("envelope has a malformed env")
+    if cwd is not None and not isinstance(cwd, str):
+        raise Refused("envelope has a malformed cwd")
+    if attempts is not None and not (isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1):
+        raise Refused("envelope has a malformed max_attempts")

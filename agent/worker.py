@@ -19,19 +19,23 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
-from rq.worker.base import StopRequested
 
-from agent import runner
+from agent import claim, runner, settle
+from agent.outage import BROKER_ERRORS, BrokerClock, OutageTolerantLoop
 from agent.safejob import GridJob
-from agent.verify import AlreadyRunning, Gatekeeper
+from agent.verify import AlreadyRunning, Gatekeeper, NotNow
 from gridcore import events, keys
 from gridcore.dependencies import fail_dependents
+from gridcore.models import Resources
+from gridcore.reservations import Reservations
 from gridcore.signing import Refused
 
 log = logging.getLogger("grid.slot")
 
 DRAIN_POLL = 1.0
 """Seconds between looks at the drain flag while a slot is held idle."""
+COLD_SETTLE_WAIT = 10.0
+"""Seconds a cold-stopped slot keeps trying to record a job's end while the broker is away."""
 
 
 def refuse_raw(conn, queue_name: str, job_id: str, reason: str, ttl: int) -> None:
@@ -42,7 +46,8 @@ def refuse_raw(conn, queue_name: str, job_id: str, reason: str, ttl: int) -> Non
         pipe.lrem(Queue(queue_name, connection=conn).intermediate_queue_key, 0, job_id)
         pipe.hset(keys.rq_job(job_id), mapping={"status": JobStatus.FAILED.value, "exc_info": reason})
         pipe.zadd(FailedJobRegistry(queue_name, connection=conn).key, {job_id: now + ttl})
-        pipe.set(keys.result(job_id), json.dumps({"reason": reason, "end": now, "exit_code": None}), ex=ttl)
+        pipe.set(keys.result(job_id), json.dumps({"reason": reason, "reason_kind": "refused", "end": now,
+                                                  "exit_code": None}), ex=ttl)
         events.emit(pipe, now, "refused", job=job_id, message=reason)
         pipe.execute()
 
@@ -67,12 +72,12 @@ class GridQueue(Queue):
             return None
 
 
-class GridWorker(SimpleWorker):
+class GridWorker(OutageTolerantLoop, SimpleWorker):
     queue_class = GridQueue
     job_class = GridJob  # registries and sweeps built from this worker never call a record's callbacks
 
     def __init__(self, queues, *, connection, name: str, node: str, slot: int, settings, gate: Gatekeeper,
-                 marker_env: dict[str, str]):
+                 marker_env: dict[str, str], capacity: dict[str, Any] | None = None):
         super().__init__(queues, connection=connection, name=name, serializer=JSONSerializer,
                          queue_class=GridQueue, job_class=GridJob, default_result_ttl=settings.result_ttl)
         self.node = node
@@ -84,6 +89,14 @@ class GridWorker(SimpleWorker):
         self.stop_reason: list[str] = []
         self.busy = False
         self.cold = False
+        self.cold_at = 0.0
+        self.clock = BrokerClock(connection)
+        capacity = capacity or {}
+        self.cap_cpus = float(capacity.get("cpus") or 1e9)
+        self.cap_memory = int(capacity.get("memory") or 0)
+        self.has_gpus = bool(capacity.get("gpus"))
+        self.reservations = Reservations(connection)
+        self.gpus: list[int] = []
         GridQueue.result_ttl = settings.result_ttl
 
     # ---- signals and commands -----------------------------------------------------------
@@ -94,19 +107,19 @@ class GridWorker(SimpleWorker):
         # Ctrl-C in the agent's terminal reaches us too; the agent decides what it means.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    # Handlers only set flags (the idle loop wakes every second to see them): raising into a
+    # BLPOP that has just handed this slot a job would lose the job.
     def _warm_stop(self, signum, frame):
         self._stop_requested = True
-        if not self.busy:
-            raise StopRequested()
 
     def _cold_stop(self, signum, frame):
         self._stop_requested = True
+        if not self.cold:
+            self.cold_at = time.monotonic()
         self.cold = True
         if self.busy:
             self.stop_reason.append("shutdown")
             self.cancel_event.set()
-        else:
-            raise StopRequested()
 
     def kill_horse(self, sig=None):
         """RQ's stop-job command (from the pubsub thread): cancel the running job."""
@@ -121,26 +134,66 @@ class GridWorker(SimpleWorker):
         # One round trip instead of RQ's three.
         if pipeline is not None:
             return super().heartbeat(timeout, pipeline)
-        with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(timeout, pipe)
-            pipe.execute()
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                super().heartbeat(timeout, pipe)
+                pipe.execute()
+        except BROKER_ERRORS as e:
+            log.debug("slot heartbeat skipped: %s", e)  # the idle loop waits for the broker
+
+    def run_maintenance_tasks(self):
+        # A corrupt or hostile record in a registry would otherwise end the slot at every start:
+        # one HSET by any broker writer would keep every node off the queue.
+        try:
+            super().run_maintenance_tasks()
+        except Exception:  # noqa: BLE001
+            from rq.utils import now as rq_now
+
+            log.exception("slot %s: registry maintenance failed; trying again next interval", self.name)
+            self.last_cleaned_at = rq_now()
 
     # ---- the job ------------------------------------------------------------------------
 
     def broker_time(self) -> float:
-        sec, usec = self.connection.time()
-        return sec + usec / 1e6
+        return self.clock.now()
 
     def execute_job(self, job: Job, queue: Queue):
+        # Until the job's process starts, a broker failure puts the job back in line (never
+        # lost, never failed by an outage); after that nothing raises one (runner, settle).
+        self.settled = None  # settle.settle sets it to the job's id once the job ran here
+        try:
+            if not self.cold:  # a stopping slot hands the job straight back
+                self._execute_job(job, queue)
+                if self.settled != job.id:
+                    self._drop_claim(job)  # refused, a twin, put back: it did not start here
+                return
+        except BROKER_ERRORS as e:
+            log.warning("job %s: not started (%s)", job.id, e)
+        self.busy = False
+        ex = next((x.id for x in self.executions.values() if x.job_id == job.id), None)
+        settle.requeue_unstarted(self, job, queue, ex)
+
+    def _drop_claim(self, job: Job) -> None:
+        try:
+            claim.release(self, job.id)
+        except BROKER_ERRORS:
+            pass  # a stale claim is harmless: recovery requeues only a job still queued and in no queue
+
+    def _execute_job(self, job: Job, queue: Queue):
         if self._held_for_drain(job, queue):
             return
         now = self.broker_time()
         try:
-            envelope, signer = self.gate.check(job, now)
+            envelope, signer = self.gate.check(job, now, before_attempt=lambda env: self._reserve(job, env))
+        except NotNow:
+            self._put_back(job, queue)
+            return
         except AlreadyRunning as e:
+            # The running copy holds the reservation under the same job id: leave it be.
             self._drop_twin(job, queue, f"refused: {e}", now)
             return
         except Refused as e:
+            self._release(job.id)
             self._refuse(job, queue, f"refused: {e}", now)
             return
         execution = self.prepare_execution(job)
@@ -149,6 +202,26 @@ class GridWorker(SimpleWorker):
         finally:
             self.busy = False
             self.set_state(WorkerStatus.IDLE)
+
+    def _reserve(self, job: Job, envelope: dict[str, Any]) -> bool:
+        """Hold the job's signed resources (and its placed GPUs) on this node, if they fit."""
+        res = Resources.from_dict(envelope.get("resources"))
+        placement = job.meta.get("placement") or {}
+        self.gpus = [int(g) for g in placement.get("gpus") or []] if placement.get("node") == self.node else []
+        if res.gpus and len(self.gpus) != res.gpus:
+            return False  # GPU jobs come placed by the negotiator; a stray copy waits
+        return self.reservations.reserve(self.node, job.id, res, self.gpus, self.cap_cpus, self.cap_memory)
+
+    def _release(self, job_id: str) -> None:
+        self.connection.hdel(keys.node_held(self.node), job_id)
+
+    def _put_back(self, job: Job, queue: Queue) -> None:
+        """The node is full for this job: back to the front of its queue for another slot."""
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+            pipe.lpush(queue.key, job.id)
+            pipe.execute()
+        time.sleep(0.25)  # let a slot elsewhere take it before this one looks again
 
     def _held_for_drain(self, job: Job, queue: Queue) -> bool:
         """A draining node puts the job back at the front and takes nothing until resumed."""
@@ -166,7 +239,7 @@ class GridWorker(SimpleWorker):
     def _refuse(self, job: Job, queue: Queue, reason: str, now: float) -> None:
         log.warning("job %s: %s", job.id, reason)
         ttl = self.settings.result_ttl
-        record = {"reason": reason, "end": now, "exit_code": None, "node": self.node}
+        record = {"reason": reason, "reason_kind": "refused", "end": now, "exit_code": None, "node": self.node}
         with self.connection.pipeline() as pipe:
             pipe.lrem(queue.intermediate_queue_key, 0, job.id)
             job.set_status(JobStatus.FAILED, pipeline=pipe)
@@ -189,6 +262,9 @@ class GridWorker(SimpleWorker):
         self.busy = True
         self.cancel_event.clear()
         self.stop_reason.clear()
+        if self.cold:  # a cold stop that came before `busy` was set
+            self.stop_reason.append("shutdown")
+            self.cancel_event.set()
         if self.connection.exists(keys.cancel(job.id)):
             self.stop_reason.append("canceled")
             self.cancel_event.set()
@@ -196,7 +272,8 @@ class GridWorker(SimpleWorker):
         from rq.utils import now as rq_now
 
         job.started_at = rq_now()
-        run = {"node": self.node, "slot": self.slot, "worker": self.name, "started": now}
+        run = {"node": self.node, "slot": self.slot, "worker": self.name, "started": now,
+               "gpus": [str(g) for g in self.gpus]}
         job.meta["run"] = run
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hset(job.key, "meta", self.serializer.dumps(job.meta))
@@ -221,6 +298,9 @@ class GridWorker(SimpleWorker):
             cancel=self.cancel_event,
             stop_reason=self.stop_reason,
             ttl=self.settings.result_ttl,
+            cgroup_tag=self.name,
+            # A job sees exactly the GPUs it holds; one that asked for none sees none.
+            extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpus))} if self.has_gpus or self.gpus else {},
         )
         try:
             record = runner.execute(envelope, ctx)
@@ -229,30 +309,18 @@ class GridWorker(SimpleWorker):
             end = self.broker_time()
             record = {"node": self.node, "slot": self.slot, "start": now, "end": end, "duration": end - now,
                       "exit_code": None, "signal": None, "reason": f"agent error: {type(e).__name__}: {e}",
+                      "reason_kind": "error",
                       "stdout": "", "stderr": "", "stdout_bytes": 0, "stderr_bytes": 0, "dropped_bytes": 0}
         sink = record.pop("_sink", None)
         outcome = record.pop("outcome", None)
         job.ended_at = rq_now()
-        if outcome == "fenced" or not self._owns(self.connection.hget(keys.ACTIVE, job.id)):
-            log.warning("job %s: reclaimed by the grid while running here; result discarded", job.id)
-            self.executions.pop(execution.id, None)
-            return
-        if outcome == "shutdown":
-            self._hand_back(job, queue, execution, record, sink)
-            return
-        if outcome == "canceled" or record.get("exit_code") == 0 or not job.should_retry:
-            self.gate.spend(envelope)  # before the end is visible, so no replay slips in between
-        self._write_end(job, record, sink, outcome)
-        if outcome == "canceled":
-            self._finalize_canceled(job, execution, record)
-        elif record.get("exit_code") == 0:
-            self._finalize_success(job, queue, execution, _public(record))
-        else:
-            job._status = JobStatus.FAILED
-            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
-            self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,
-                                    exc_string=record.get("reason") or "failed", execution=execution)
-            self._after_failure(job, record)
+        # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/settle.py.
+        settle.settle(self, job, queue, execution, envelope, record, sink, outcome, give_up=self._settle_give_up)
+
+    def _settle_give_up(self) -> bool:
+        # Once the agent is gone (cold stop), wait a while for the broker, then leave the job
+        # to the node's next agent, which reclaims it.
+        return self.cold and time.monotonic() - self.cold_at > COLD_SETTLE_WAIT
 
     def _job_heartbeat(self, job: Job, execution) -> str | None:
         """Keep RQ's heartbeats alive; say whether to stop (canceled, or fenced off)."""
@@ -277,23 +345,27 @@ class GridWorker(SimpleWorker):
         except ValueError:
             return False
 
-    def _write_end(self, job: Job, record: dict[str, Any], sink, outcome: str | None) -> None:
+    def _write_end(self, job: Job, record: dict[str, Any], sink, outcome: str | None, pipe) -> None:
+        """Queue the attempt's end on `pipe` (a transaction run by agent/settle.py)."""
         ttl = self.settings.result_ttl
         kind = outcome or ("finished" if record.get("exit_code") == 0 else "failed")
-        with self.connection.pipeline(transaction=False) as pipe:
-            if sink is not None:
-                sink.write_pending(pipe)
-            pipe.xadd(keys.output(job.id), runner.end_marker(record), maxlen=runner.STREAM_MAXLEN, approximate=True)
-            pipe.expire(keys.output(job.id), ttl)
-            pipe.set(keys.result(job.id), json.dumps(_public(record)), ex=ttl)
-            pipe.rpush(keys.attempts(job.id), json.dumps(_attempt(record)))
-            pipe.expire(keys.attempts(job.id), ttl)
-            pipe.hdel(keys.node_running(self.node), job.id)
-            pipe.hdel(keys.ACTIVE, job.id)
-            pipe.delete(keys.cancel(job.id))
-            events.emit(pipe, record["end"], kind, job=job.id, node=self.node,
-                        message=record.get("reason") or "exit code 0")
-            pipe.execute()
+        if sink is not None:
+            sink.write_pending(pipe)
+        pipe.xadd(keys.output(job.id), runner.end_marker(record), id=sink.next_id() if sink is not None else "*",
+                  maxlen=runner.STREAM_MAXLEN, approximate=True)
+        pipe.expire(keys.output(job.id), ttl)
+        pipe.set(keys.result(job.id), json.dumps(_public(record)), ex=ttl)
+        pipe.rpush(keys.attempts(job.id), json.dumps(_attempt(record)))
+        pipe.expire(keys.attempts(job.id), ttl)
+        # Not gone yet: if this slot dies before RQ's bookkeeping, recovery finishes it.
+        pipe.hset(keys.node_running(self.node), job.id, claim.ENDED + self.name)
+        pipe.hdel(keys.ACTIVE, job.id)
+        pipe.hdel(keys.node_held(self.node), job.id)
+        if job.meta.get("group"):
+            pipe.srem(keys.group_slots(job.meta["group"]), job.id)
+        pipe.delete(keys.cancel(job.id))
+        events.emit(pipe, record["end"], kind, job=job.id, node=self.node,
+                    message=record.get("reason") or "exit code 0")
 
     def _after_failure(self, job: Job, record: dict[str, Any]) -> None:
         status = job.get_status(refresh=True)
@@ -314,23 +386,23 @@ class GridWorker(SimpleWorker):
             CanceledJobRegistry(job.origin, connection=self.connection).add(
                 job, ttl=self.settings.result_ttl, pipeline=pipe)
             pipe.execute()
-        fail_dependents(self.connection, job.id, record["end"], self.settings.result_ttl)
 
-    def _hand_back(self, job: Job, queue: Queue, execution, record: dict[str, Any], sink) -> None:
-        """Cold stop: the job was killed because the agent is going away; put it back in line."""
+    def _hand_back(self, job: Job, queue: Queue, execution, record: dict[str, Any], sink, pipe) -> None:
+        """Cold stop: the job was killed because the agent is going away; put it back in line.
+
+        Queued on `pipe`, a transaction run by agent/settle.py."""
         note = f"attempt on {self.node} stopped by agent shutdown; job handed back to the queue"
-        with self.connection.pipeline() as pipe:
-            if sink is not None:
-                sink.write_pending(pipe)
-            pipe.xadd(keys.output(job.id), {"s": "n", "d": note.encode()})
-            pipe.rpush(keys.attempts(job.id), json.dumps({**_attempt(record), "reason": "agent shutdown"}))
-            pipe.hdel(keys.node_running(self.node), job.id)
-            pipe.hdel(keys.ACTIVE, job.id)
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            job.set_status(JobStatus.QUEUED, pipeline=pipe)
-            pipe.lpush(queue.key, job.id)
-            events.emit(pipe, record["end"], "requeued", job=job.id, node=self.node, message=note)
-            pipe.execute()
+        if sink is not None:
+            sink.write_pending(pipe)
+        pipe.xadd(keys.output(job.id), {"s": "n", "d": note.encode()}, id=sink.next_id() if sink is not None else "*")
+        pipe.rpush(keys.attempts(job.id), json.dumps({**_attempt(record), "reason": "agent shutdown"}))
+        pipe.hdel(keys.node_running(self.node), job.id)
+        pipe.hdel(keys.ACTIVE, job.id)
+        pipe.hdel(keys.node_held(self.node), job.id)
+        self.cleanup_execution(job, pipeline=pipe, execution=execution)
+        job.set_status(JobStatus.QUEUED, pipeline=pipe)
+        pipe.lpush(queue.key, job.id)
+        events.emit(pipe, record["end"], "requeued", job=job.id, node=self.node, message=note)
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
@@ -338,5 +410,6 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _attempt(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in ("node", "slot", "start", "end", "duration", "exit_code", "signal", "reason")}
+    return {k: record.get(k) for k in ("node", "slot", "start", "end", "duration", "exit_code", "signal", "reason",
+                                       "reason_kind", "run_id")}
 

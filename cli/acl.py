@@ -43,9 +43,9 @@ def main(
         accounts = acl.users(node or [], role or acl.ROLES, prefix)
     except acl.AclError as e:
         raise CliError(str(e), 2) from None
+    given = _passwords(password, {u.name for u in accounts})
     if (role is None or "agent" in role) and not node:
         typer.echo("grid acl: no --node given, so no agent users", err=True)
-    given = _passwords(password, {u.name for u in accounts})
     if not apply:
         if as_json:
             typer.echo(json.dumps([{"name": u.name, "role": u.role, "node": u.node, "command": u.line(given.get(u.name))}

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import click
 import redis
+from typer.exceptions import TyperException
 
 from gridcore.client import GridError, JobNotFound, Unplaceable
 from gridcore.connection import BrokerError, describe_error
@@ -50,6 +51,9 @@ def handle_errors(run: Callable[[], object]) -> int:
         return 1
     except click.ClickException as e:
         e.show()
+        return 2
+    except TyperException as e:  # typer vendors click: its usage errors are not click's
+        sys.stderr.write(f"grid: {e.format_message() if hasattr(e, 'format_message') else e}\n")
         return 2
     except CliError as e:
         sys.stderr.write(f"grid: {e}\n")

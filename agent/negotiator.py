@@ -1,0 +1,112 @@
+"""The placement pass: move jobs that need resources, a priority or a throttle onto a node.
+
+Jobs with anything beyond the plainest needs wait in the `grid.pending` RQ queue (no slot
+listens to it). One agent at a time (under a lock) reads a bounded window of it each
+heartbeat, orders it by priority then age, and for each job picks a node where it fits now,
+reserves its cpus/memory/GPUs there atomically and moves it to that node's queue. A job that
+fits nowhere now keeps a plain-words reason per node, shown by `grid why` and the console.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import redis
+
+from gridcore import keys
+from gridcore.client import Grid, _json
+from gridcore.models import Resources
+from gridcore.placement import Committed, Fit, choose_node, explain
+from gridcore.reservations import Reservations
+
+log = logging.getLogger("grid.negotiator")
+
+WINDOW = 500
+"""Pending jobs looked at per pass (bounded work however long the queue is)."""
+
+_MOVE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], 'origin', ARGV[2], 'meta', ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[4], KEYS[2])
+redis.call('HDEL', KEYS[5], ARGV[1])
+if ARGV[4] ~= '' then redis.call('SADD', ARGV[4], ARGV[1]) end
+return 1
+"""
+
+
+class Negotiator:
+    def __init__(self, grid: Grid, owner: str):
+        self.grid = grid
+        self.conn: redis.Redis = grid.redis
+        self.owner = owner
+        self.reservations = Reservations(self.conn)
+        self._move = self.conn.register_script(_MOVE)
+
+    def run_once(self) -> int:
+        """One pass if no other agent is doing one; returns how many jobs were placed."""
+        if not self.conn.set(keys.NEGOTIATOR_LOCK, self.owner, nx=True, ex=15):
+            return 0
+        try:
+            return self._pass()
+        finally:
+            if self.conn.get(keys.NEGOTIATOR_LOCK) == self.owner.encode():
+                self.conn.delete(keys.NEGOTIATOR_LOCK)
+
+    def _pass(self) -> int:
+        pending = keys.rq_queue(keys.PENDING_QUEUE)
+        ids = [i.decode() for i in self.conn.lrange(pending, 0, WINDOW - 1)]
+        if not ids:
+            return 0
+        with self.conn.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hget(keys.rq_job(jid), "meta")
+            metas = [(_json(m) or {}) for m in pipe.execute()]
+        nodes = self.grid.nodes()
+        committed = self.reservations.committed([n.name for n in nodes])
+        by_name = {n.name: n for n in nodes}
+        order = sorted(zip(ids, metas, strict=True), key=lambda x: (-int(x[1].get("priority") or 0),
+                                                                    x[1].get("submitted") or 0))
+        groups: dict[str, tuple[int, int]] = {}
+        placed = 0
+        whys: dict[str, str] = {}
+        for jid, meta in order:
+            res = Resources.from_dict(meta.get("resources"))
+            queue = meta.get("queue") or "default"
+            group = meta.get("group")
+            if group and meta.get("max_parallel"):
+                if group not in groups:
+                    groups[group] = (int(meta["max_parallel"]), self.conn.scard(keys.group_slots(group)))
+                limit, running = groups[group]
+                if running >= limit:
+                    whys[jid] = f"throttled: {running} of this sweep running (max_parallel {limit})"
+                    continue
+            choice = choose_node(res, nodes, committed, queue=queue)
+            if choice is None:
+                verdicts = explain(res, nodes, committed, queue=queue)
+                whys[jid] = "; ".join(str(v) for v in verdicts if v.fit is not Fit.NOW) or "no node is up"
+                continue
+            node = by_name[choice.node]
+            if not self.reservations.reserve(node.name, jid, res, choice.gpus, node.cpus or 1e9,
+                                             node.memory_total):
+                whys[jid] = f"{node.name}: resources taken meanwhile"
+                continue
+            meta["placement"] = {"node": node.name, "gpus": list(choice.gpus)}
+            meta.pop("why", None)
+            nq = keys.node_queue(node.name)
+            moved = self._move(
+                keys=[pending, keys.rq_queue(nq), keys.rq_job(jid), keys.RQ_QUEUES, keys.WHY],
+                args=[jid, nq, json.dumps(meta), keys.group_slots(group) if group else ""],
+            )
+            if not moved:  # canceled meanwhile: give the reservation back
+                self.conn.hdel(keys.node_held(node.name), jid)
+                continue
+            committed[node.name] = committed.get(node.name, Committed()).plus(res, choice.gpus)
+            if group and group in groups:
+                limit, running = groups[group]
+                groups[group] = (limit, running + 1)
+            placed += 1
+        if whys:
+            self.conn.hset(keys.WHY, mapping=whys)
+        return placed

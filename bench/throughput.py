@@ -1,0 +1,172 @@
+"""Jobs/s and submit->start latency: the seed scaffold (plain `rq worker`) vs one grid-agent.
+
+One invocation, one freshly started broker, the same N trivial jobs (`true` and `echo`) for
+each contender. Prints a table and, last, one JSON object with every figure.
+
+    python bench/throughput.py [--jobs 1000] [--latency-samples 200] [--broker redis|valkey]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import redis
+from rq import Queue
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gridcore.client import Grid  # noqa: E402
+from gridcore.models import JobSpec  # noqa: E402
+from gridcore.settings import load_settings  # noqa: E402
+from gridcore.signing import generate_key  # noqa: E402
+from tests.brokers import Broker, available_kinds  # noqa: E402
+
+COMMANDS = ["true", "echo 'a line of output from a trivial job'"]
+
+
+def _ts(v: bytes | None) -> float:
+    return datetime.fromisoformat(v.decode().replace("Z", "+00:00")).timestamp() if v else 0.0
+
+
+def drain_span(r: redis.Redis, ids: list[str]) -> float:
+    """Seconds from the first job's start to the last job's end (RQ's own timestamps)."""
+    with r.pipeline(transaction=False) as p:
+        for i in ids:
+            p.hmget(f"rq:job:{i}", "started_at", "ended_at")
+        rows = p.execute()
+    starts = [_ts(s) for s, _ in rows if s]
+    ends = [_ts(e) for _, e in rows if e]
+    return max(ends) - min(starts)
+
+
+def wait_done(r: redis.Redis, ids: list[str], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    while pending:
+        with r.pipeline(transaction=False) as p:
+            for i in pending:
+                p.hget(f"rq:job:{i}", "status")
+            st = p.execute()
+        pending = [i for i, s in zip(pending, st) if s not in (b"finished", b"failed")]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} jobs did not finish")
+        time.sleep(0.05)
+
+
+def seed_run(broker: Broker, n: int, workers: int) -> dict:
+    r = broker.client()
+    r.flushdb()
+    q = Queue("default", connection=r)
+    ids = [q.enqueue("seed_task.run_shell_task", COMMANDS[i % 2]).id for i in range(n)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "bench"))
+    procs = [subprocess.Popen([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", broker.url, "-q",
+                               "default"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(workers)]
+    wait_done(r, ids)
+    for p in procs:
+        p.wait(60)
+    span = drain_span(r, ids)
+    lat = seed_latency(broker, env)
+    return {"jobs_per_s": n / span, "span_s": span, **lat}
+
+
+def seed_latency(broker: Broker, env: dict, samples: int = 0) -> dict:
+    r = broker.client()
+    r.flushdb()
+    q = Queue("default", connection=r)
+    worker = subprocess.Popen([sys.executable, "-m", "rq.cli", "worker", "-u", broker.url, "-q", "default"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        lat = []
+        for _ in range(samples or ARGS.latency_samples):
+            job = q.enqueue("seed_task.run_shell_task", "true")
+            wait_done(r, [job.id])
+            enq, start = r.hmget(job.key, "enqueued_at", "started_at")
+            lat.append((_ts(start) - _ts(enq)) * 1000)
+        return _pcts(lat)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def _pcts(lat: list[float]) -> dict:
+    lat.sort()
+    return {"latency_p50_ms": statistics.median(lat), "latency_p99_ms": lat[int(len(lat) * 0.99) - 1]}
+
+
+def agent_run(broker: Broker, n: int, home: Path) -> dict:
+    r = broker.client()
+    r.flushdb()
+    settings = load_settings(overrides={"redis_url": broker.url})
+    grid = Grid(r, settings)
+    specs = [JobSpec(command=COMMANDS[i % 2]) for i in range(n)]
+    ids = grid.submit_many(specs)
+    cfg = home / "agent.toml"
+    cfg.write_text(f'redis_url = "{broker.url}"\n[agent]\nnode_name = "bench"\nallow_root = true\n')
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_done(r, ids)
+        span = drain_span(r, ids)
+        slots = int(r.hget("grid:node:bench", "slots") or 0)
+        lat = []
+        for _ in range(ARGS.latency_samples):
+            jid = grid.submit(JobSpec(command="true"))
+            wait_done(r, [jid])
+            j = grid.get(jid)
+            lat.append((j.started_at - j.enqueued_at) * 1000)
+        return {"jobs_per_s": n / span, "span_s": span, "slots": slots, **_pcts(lat)}
+    finally:
+        agent.terminate()
+        agent.wait(60)
+
+
+def main() -> None:
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("--jobs", type=int, default=1000)
+    p.add_argument("--latency-samples", type=int, default=200)
+    p.add_argument("--broker", choices=sorted(available_kinds()), default="redis" if "redis" in available_kinds() else None)
+    ARGS = p.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="grid-bench-"))
+    os.environ["GRID_CONFIG_DIR"] = str(home / "config")
+    os.environ["GRID_DATA_DIR"] = str(home / "data")
+    generate_key(home / "config" / "keys" / "id_ed25519", "bench")
+    (home / "config" / "authorized_keys").write_text((home / "config" / "keys" / "id_ed25519.pub").read_text())
+    broker = Broker(kind=ARGS.broker, binary=available_kinds()[ARGS.broker]).start(appendonly=True)
+    try:
+        cores = psutil.cpu_count(logical=True)
+        seed1 = seed_run(broker, ARGS.jobs, 1)
+        seed_n = seed_run(broker, ARGS.jobs, cores)
+        agent = agent_run(broker, ARGS.jobs, home)
+    finally:
+        broker.stop()
+    result = {
+        "jobs": ARGS.jobs, "broker": ARGS.broker, "cores": cores,
+        "seed_1_worker": seed1, f"seed_{cores}_workers": seed_n, "agent": agent,
+        "ratio_vs_seed_1_worker": agent["jobs_per_s"] / seed1["jobs_per_s"],
+        "ratio_vs_seed_equal_workers": agent["jobs_per_s"] / seed_n["jobs_per_s"],
+    }
+    print(f"{'contender':<22}{'jobs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, row in (("seed, 1 rq worker", seed1), (f"seed, {cores} rq workers", seed_n),
+                      (f"grid-agent, {agent['slots']} slots", agent)):
+        print(f"{name:<22}{row['jobs_per_s']:>10.1f}{row['latency_p50_ms']:>10.2f}{row['latency_p99_ms']:>10.2f}")
+    print(f"agent / seed(1 worker) = {result['ratio_vs_seed_1_worker']:.2f}x; "
+          f"agent / seed({cores} workers) = {result['ratio_vs_seed_equal_workers']:.2f}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

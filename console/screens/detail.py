@@ -1,0 +1,218 @@
+"""Job detail: every field `grid show` prints, and the live output pane."""
+
+from __future__ import annotations
+
+import json
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from console import format as fmt
+from console.output import OutputBuffer
+from console.sanitize import clean
+from console.screens.base import GridScreen
+from console.widgets.output import OutputView
+from gridcore.models import Job, JobState
+
+
+def job_fields(job: Job, now: float) -> Text:
+    """Label/value lines; empty fields are left out so 24 rows go further."""
+    rows: list[tuple[str, str, str]] = [
+        ("id", job.id, "bold"),
+        ("name", job.name, ""),
+        ("state", job.state.value + (f" — {job.reason}" if job.reason else ""), fmt.STATE_STYLE.get(job.state, "")),
+        ("command", job.command, ""),
+        ("queue", job.queue, ""),
+        ("node", f"{job.node or ''}" + (f" slot {job.slot}" if job.slot is not None else ""), ""),
+        ("submitter", job.submitter or "", ""),
+        ("submitted", f"{fmt.stamp(job.enqueued_at)} ({fmt.ago(job.enqueued_at, now)} ago)" if job.enqueued_at else "", ""),
+        ("started", fmt.stamp(job.started_at), ""),
+        ("ended", fmt.stamp(job.ended_at), ""),
+        ("runtime", fmt.runtime(job, now), ""),
+        ("exit", fmt.exit_status(job), "red" if job.exit_code else ""),
+        ("timeout", fmt.duration(job.timeout) if job.timeout else "", ""),
+        ("retries left", "" if job.retries_left is None else str(job.retries_left), ""),
+        ("resources", _compact(job.resources), ""),
+        ("gpus", ", ".join(map(str, job.gpus)), ""),
+        ("group", job.group or "", ""),
+        ("params", _compact(job.params), ""),
+        ("tags", ", ".join(map(str, job.tags)), ""),
+        ("waiting on", ", ".join(map(str, job.waiting_on)), "yellow"),
+        ("output", f"stdout {fmt.size(job.stdout_bytes)}, stderr {fmt.size(job.stderr_bytes)}"
+         if job.stdout_bytes or job.stderr_bytes else "", ""),
+        ("dropped", f"{fmt.size(job.dropped_bytes)} over the output budget" if job.dropped_bytes else "", "yellow"),
+        ("log", job.log_path or "", ""),
+    ]
+    for i, a in enumerate(job.attempts, 1):
+        rows.append((f"attempt {i}", _compact(a), "dim"))
+    t = Text()
+    for name, value, style in rows:
+        if not value:
+            continue
+        if t:
+            t.append("\n")
+        t.append(f"{name:>12} ", style="bold dim")
+        t.append(clean(value, 2000 if name == "command" else 300), style=style if isinstance(style, str) else "")
+    return t
+
+
+def _compact(d) -> str:
+    if not d:
+        return ""
+    try:
+        return json.dumps(d, separators=(",", ":"), sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return str(d)
+
+
+class JobDetailScreen(GridScreen):
+    """Pushed over the jobs view; the poller reads this job and its new output."""
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="detail.back"),
+        Binding("c", "cancel", "Cancel", id="detail.cancel"),
+        Binding("r", "requeue", "Requeue", id="detail.requeue"),
+        Binding("y", "copy_id", "Copy id", id="detail.copy"),
+        Binding("i", "toggle_fields", "Fields", id="detail.fields"),
+    ]
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.job: Job | None = None
+        self.buffer = OutputBuffer()
+        self.fresh = True  # the next tick also measures output the broker trimmed
+        self._fallback_done = False
+        self._trim_noted = False
+        self._shown_version = 0
+
+    def compose(self) -> ComposeResult:
+        yield from self.compose_top()
+        with VerticalScroll(id="fields-box"):
+            yield Static(Text(f"loading job {clean(self.job_id, 64)}…"), id="fields")
+        yield Static(id="output-status", classes="status-line")
+        yield OutputView(self.buffer, id="output")
+        yield from self.compose_bottom()
+
+    def on_mount(self) -> None:
+        self.query_one(OutputView).focus()
+        self._status()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        allowed = super().check_action(action, parameters)
+        if not allowed or self.job is None:
+            return allowed
+        if action == "cancel":
+            return not self.job.state.terminal
+        if action == "requeue":
+            return self.job.state in (JobState.FAILED, JobState.CANCELED)
+        return True
+
+    # ---- snapshot -----------------------------------------------------------------------
+
+    def apply(self, snap) -> None:
+        if not super().apply(snap) or snap.request.job_id != self.job_id:
+            return
+        if snap.request.after != self.buffer.cursor:
+            return  # read for an older cursor (the pane was reset); the next tick rereads
+        view = self.query_one(OutputView)
+        if snap.request.fresh:
+            self.fresh = False
+            if snap.trimmed_entries and not self._trim_noted:
+                self._trim_noted = True
+                self.buffer.note(f"{snap.trimmed_entries:,} earlier output chunks were trimmed by the broker")
+        for chunk in snap.chunks:
+            if chunk.stream in ("stdout", "stderr"):
+                self.buffer.feed(chunk.stream, chunk.data, chunk.id)
+            elif chunk.stream == "end":
+                self.buffer.finish()
+                self.buffer.note(_end_line(chunk), chunk.id)
+            else:
+                self.buffer.note(clean(chunk.data, 500), chunk.id)
+        if snap.job_missing:
+            self.query_one("#fields", Static).update(
+                Text(f"job {clean(self.job_id, 64)} is no longer on the grid (expired or deleted)", style="yellow"))
+        elif snap.job is not None:
+            changed = self.job != snap.job
+            self.job = snap.job
+            if changed:
+                self.query_one("#fields", Static).update(job_fields(snap.job, snap.now))
+                self.refresh_bindings()
+            self._fallback(snap)
+        if self.buffer.version != self._shown_version:
+            self._shown_version = self.buffer.version
+            view.written()
+        self._status()
+
+    def _fallback(self, snap) -> None:
+        """A finished job whose live stream is gone: show the tails kept in its result."""
+        job = snap.job
+        if self._fallback_done or not job.state.terminal or snap.chunks or len(self.buffer) or self.fresh:
+            return
+        self._fallback_done = True
+        if job.stdout or job.stderr:
+            self.buffer.note("live output has expired; the last KiB of each stream from the result:")
+            if job.stdout:
+                self.buffer.feed("stdout", str(job.stdout).encode())
+            if job.stderr:
+                self.buffer.feed("stderr", str(job.stderr).encode())
+            self.buffer.finish()
+        else:
+            self.buffer.note("no output was recorded")
+
+    @on(OutputView.Changed)
+    def _status(self) -> None:
+        view = self.query_one(OutputView)
+        b = self.buffer
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f"{len(b) + b.trimmed:,} lines")
+        if b.trimmed:
+            t.append(f" ({b.trimmed:,} earliest dropped from view)", style="yellow")
+        if self.job is not None and self.job.dropped_bytes:
+            t.append(f" │ {fmt.size(self.job.dropped_bytes)} over budget, full log on the node", style="yellow")
+        if view.follow and not view.unseen:
+            t.append(" │ following", style="green")
+        elif view.unseen:
+            t.append(f" │ paused, {view.unseen:,} new below — end to follow", style="bold yellow")
+        else:
+            t.append(" │ paused — f or end to follow", style="yellow")
+        self.query_one("#output-status", Static).update(t)
+
+    # ---- actions ------------------------------------------------------------------------
+
+    def action_cancel(self) -> None:
+        if self.job is not None:
+            self.app.confirm_cancel([self.job])
+
+    def action_requeue(self) -> None:
+        if self.job is not None:
+            self.app.confirm_requeue([self.job], after=self._reset_output)
+
+    def _reset_output(self) -> None:
+        # A requeued job starts a new output stream from scratch.
+        self.buffer = OutputBuffer()
+        self.fresh = True
+        self._fallback_done = False
+        self._trim_noted = False
+        self._shown_version = 0
+        self.query_one(OutputView).reset(self.buffer)
+
+    def action_copy_id(self) -> None:
+        self.app.copy_id(self.job_id)
+
+    def action_toggle_fields(self) -> None:
+        self.query_one("#fields-box").toggle_class("-expanded")
+
+
+def _end_line(chunk) -> str:
+    if chunk.reason:
+        what = clean(chunk.reason, 100)
+    elif chunk.signal:
+        what = f"killed by signal {chunk.signal}"
+    else:
+        what = f"exit code {chunk.exit_code}"
+    return f"end of output: {what}"

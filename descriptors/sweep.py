@@ -1,0 +1,45 @@
+"""Sweep expansion: the cartesian product of parameter axes, substituted where `{axis}` appears."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+MAX_CELLS = 10_000
+"""Most jobs one swept task may expand to; past this it is surely a mistake in the axes."""
+
+# `${name}` is the shell's, so a `{` right after `$` never starts a placeholder.
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def cell_count(axes: Mapping[str, Sequence[Any]]) -> int:
+    """How many jobs the axes expand to."""
+    return math.prod(len(v) for v in axes.values())
+
+
+def cells(axes: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
+    """Every combination, the last axis varying fastest (as the axes were written)."""
+    names = list(axes)
+    for combo in itertools.product(*(axes[n] for n in names)):
+        yield dict(zip(names, combo, strict=True))
+
+
+def render(value: Any) -> str:
+    """A sweep value as it appears in a command: strings as is, true/false and numbers as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def placeholders(text: str) -> set[str]:
+    """Names written `{name}` in text (shell `${name}` excluded)."""
+    return set(_PLACEHOLDER.findall(text))
+
+
+def substitute(text: str, cell: Mapping[str, Any]) -> str:
+    """Replace `{axis}` for the axes of this cell; other braces are left for the shell."""
+    return _PLACEHOLDER.sub(lambda m: render(cell[m.group(1)]) if m.group(1) in cell else m.group(0), text)

@@ -1,0 +1,150 @@
+"""gridcore.placement on constructed nodes: fits now, later, never, and the words for why."""
+
+import pytest
+
+from gridcore.models import GpuInfo, Node, NodeState, Resources
+from gridcore.placement import Committed, Fit, NodeVerdict, choose_gpus, choose_node, explain, never_fits, verdict
+
+GB = 10**9
+
+
+def node(name, *, state=NodeState.UP, cpus=8, mem=32, gpus=0, labels=(), slots=4, busy=0, **kw):
+    return Node(name=name, state=state, heartbeat_age=1.0, cpus=cpus, memory_total=mem * GB,
+                gpus=tuple(GpuInfo(index=i, name="A100") for i in range(gpus)), labels=tuple(labels),
+                slots_total=slots, slots_busy=busy, running=tuple(f"j{i}" for i in range(busy)), **kw)
+
+
+GRID = [
+    node("node-a", gpus=2, labels=("a100", "cuda")),
+    node("node-b", mem=32),
+    node("node-c", state=NodeState.DRAINING, draining=True),
+    node("node-d", state=NodeState.DOWN),
+    node("node-e", labels=("cuda",)),
+    node("node-f", gpus=2),
+]
+
+
+def by_node(verdicts):
+    return {v.node: v for v in verdicts}
+
+
+def test_plain_words_per_node():
+    res = Resources(cpus=2, gpus=1, memory=24 * GB, labels=("a100",))
+    committed = {"node-a": Committed(cpus=2, memory=8 * GB, gpus=frozenset({1}), jobs=1)}
+    v = by_node(explain(res, GRID, committed))
+    assert v["node-a"] == NodeVerdict("node-a", Fit.NOW, (), (0,))
+    assert str(v["node-b"]) == 'node-b: lacks label "a100"; needs 1 GPU, has 0'
+    assert str(v["node-e"]) == 'node-e: lacks label "a100"; needs 1 GPU, has 0'
+    assert v["node-f"].fit is Fit.NEVER
+
+
+def test_memory_and_state_reasons():
+    res = Resources(memory=24 * GB)
+    committed = {"node-b": Committed(memory=22 * GB, cpus=1, jobs=1)}
+    v = by_node(explain(res, GRID, committed))
+    assert str(v["node-b"]) == "node-b: needs 24GB free, has 10GB"
+    assert v["node-b"].fit is Fit.LATER
+    assert str(v["node-c"]) == "node-c: draining"
+    assert str(v["node-d"]) == "node-d: down"
+    assert v["node-c"].fit is v["node-d"].fit is Fit.LATER
+    assert v["node-a"].fit is Fit.NOW
+
+
+def test_gpu_count_reasons():
+    res = Resources(gpus=3)
+    assert str(verdict(res, GRID[5])) == "node-f: needs 3 GPUs, has 2"
+    two = Resources(gpus=2)
+    held = Committed(gpus=frozenset({0}), jobs=1)
+    assert str(verdict(two, GRID[5], held)) == "node-f: needs 2 GPUs free, has 1"
+
+
+def test_cpu_slot_and_drain_reason_words():
+    n = node("node-g", cpus=4, slots=2, busy=2, state=NodeState.DRAINING, draining=True, drain_reason="new disk")
+    v = verdict(Resources(cpus=3), n, Committed(cpus=2))
+    assert v.fit is Fit.LATER
+    assert v.reasons == ("draining (new disk)", "all 2 slots busy", "needs 3 CPUs free, has 2")
+    assert str(verdict(Resources(cpus=6), n)) == "node-g: needs 6 CPUs, has 4"
+    stale = node("node-h", state=NodeState.STALE)
+    assert str(verdict(Resources(), stale)) == "node-h: stale (no heartbeat for 1s)"
+
+
+def test_fractional_cpus_fill_a_node_exactly():
+    n = node("node-x", cpus=1)
+    assert verdict(Resources(cpus=0.3), n, Committed(cpus=0.1 + 0.6)).fit is Fit.NOW
+
+
+def test_pinned_and_queue():
+    res = Resources(node="node-b")
+    v = by_node(explain(res, GRID, {}))
+    assert v["node-b"].fit is Fit.NOW
+    assert str(v["node-a"]) == 'node-a: the job is pinned to "node-b"'
+    q = node("node-q", queues=("gpu",))
+    assert str(verdict(Resources(), q, queue="default")) == 'node-q: does not serve queue "default"'
+    assert verdict(Resources(), q, queue="gpu").fit is Fit.NOW
+
+
+def test_unknown_inventory_is_not_a_refusal():
+    n = node("node-z", cpus=0, mem=0)
+    assert verdict(Resources(cpus=64, memory=10**12), n).fit is Fit.NOW
+
+
+def test_explain_orders_fitting_nodes_first():
+    fits = [v.fit for v in explain(Resources(), GRID, {})]
+    assert fits == sorted(fits, key=[Fit.NOW, Fit.LATER, Fit.NEVER].index)
+
+
+@pytest.mark.parametrize(("res", "reason"), [
+    (Resources(gpus=3), "needs 3 GPUs; the largest node has 2"),
+    (Resources(labels=("h100",)), 'no node has label "h100"'),
+    (Resources(labels=("h100", "ib", "cuda")), 'no node has labels "h100", "ib"'),
+    (Resources(node="node-z"), 'no node named "node-z" on this grid'),
+    (Resources(node="node-b", gpus=1), 'node "node-b" can never run it: needs 1 GPU, has 0'),
+    (Resources(cpus=9), "needs 9 CPUs; the largest node has 8"),
+    (Resources(memory=64 * GB), "needs 64GB memory; the largest node has 32GB"),
+])
+def test_never_fits(res, reason):
+    assert never_fits(res, GRID) == reason
+
+
+def test_never_fits_combination_lists_each_node():
+    grid = [node("node-a", gpus=2), node("node-b", labels=("cuda",))]
+    assert never_fits(Resources(gpus=1, labels=("cuda",)), grid) == (
+        'no node has all of it: node-a: lacks label "cuda"; node-b: needs 1 GPU, has 0')
+
+
+def test_could_fit_is_not_refused():
+    assert never_fits(Resources(gpus=2, labels=("a100",)), GRID) is None
+    assert never_fits(Resources(node="node-d"), GRID) is None  # down, but it may come back
+    assert never_fits(Resources(gpus=8), []) is None  # no node has joined yet
+
+
+def test_choose_gpus():
+    gpus = [GpuInfo(index=i) for i in (3, 0, 1, 2)]
+    assert choose_gpus(0, gpus, set()) == []
+    assert choose_gpus(1, gpus, {0}) == [1]
+    assert choose_gpus(2, gpus, {0, 2}) == [1, 3]
+    assert choose_gpus(3, gpus, {0, 2}) is None
+    assert choose_gpus(2, [0, 1], {1}) is None
+
+
+def test_two_one_gpu_jobs_get_different_gpus():
+    n = node("node-a", gpus=2)
+    held = {}
+    taken = []
+    for _ in range(2):
+        v = choose_node(Resources(gpus=1), [n], held)
+        taken.extend(v.gpus)
+        held["node-a"] = held.get("node-a", Committed()).plus(Resources(gpus=1), v.gpus)
+    assert sorted(taken) == [0, 1]
+    assert choose_node(Resources(gpus=1), [n], held) is None
+
+
+def test_choose_node_keeps_gpu_nodes_for_gpu_jobs():
+    grid = [node("node-a", gpus=2), node("node-b")]
+    assert choose_node(Resources(), grid, {}).node == "node-b"
+    assert choose_node(Resources(gpus=1), grid, {}).node == "node-a"
+
+
+def test_committed_plus():
+    c = Committed(cpus=1, memory=GB, gpus=frozenset({0}), jobs=1).plus(Resources(cpus=2, memory=GB), [1])
+    assert c == Committed(cpus=3, memory=2 * GB, gpus=frozenset({0, 1}), jobs=2)

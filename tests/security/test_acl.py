@@ -1,0 +1,167 @@
+"""Roles on a real broker with the users `grid acl --apply` installs.
+
+The agent runs with its own node's user; the operator and the viewer use the client API with
+theirs. Every denied call must be denied by the broker (NOPERM), not by politeness.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from cli.app import app
+from cli.errors import handle_errors
+from gridcore import acl, keys
+from gridcore.client import Grid
+from gridcore.connection import connect
+from gridcore.models import JobSpec, JobState
+from gridcore.signing import SigningError
+from tests.security import forge
+
+
+@pytest.fixture
+def users(r, node):
+    """ACL users for operator, viewer and agents of `node` and `<node>-b`; name -> (user, password)."""
+    accounts = acl.users([node, f"{node}-b"])
+    passwords = acl.apply(r, accounts)
+    yield {u.node or u.role: (u.name, passwords[u.name]) for u in accounts}
+    for u in accounts:
+        r.execute_command("ACL", "DELUSER", u.name)
+
+
+def as_user(settings, cred, **over) -> Grid:
+    s = settings.model_copy(update={"redis_username": cred[0], "redis_password": cred[1], **over})
+    return Grid(connect(s), s)
+
+
+@pytest.fixture
+def agent_as_user(agents, node, users, monkeypatch):
+    """A real agent for `node`, logged in as that node's ACL user (settings from GRID_* env)."""
+    def start(**cfg):
+        monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
+        monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
+        try:
+            return agents(node, slots=2, **cfg)
+        finally:
+            monkeypatch.delenv("GRID_REDIS_USERNAME")
+            monkeypatch.delenv("GRID_REDIS_PASSWORD")
+    return start
+
+
+def denied(call) -> None:
+    with pytest.raises(redis.ResponseError) as e:
+        call()
+    # Inside MULTI the NOPERM comes at queue time and EXEC reports the discarded transaction.
+    assert isinstance(e.value, redis.exceptions.NoPermissionError) or "NOPERM" in str(e.value) \
+        or "previous errors" in str(e.value), repr(e.value)
+
+
+def no_permission_errors(agent) -> None:
+    text = agent.log.read_text()
+    assert "NOPERM" not in text and "Traceback" not in text, text[-3000:]
+
+
+def test_operator_and_agent_users_run_the_grid(settings, users, agent_as_user, node, tmp_path):
+    agent = agent_as_user()
+    op = as_user(settings, users["operator"])
+    ok = op.submit(JobSpec(command="echo hello"))
+    bad = op.submit(JobSpec(command="echo partial; exit 3"))
+    long = op.submit(JobSpec(command="sleep 30"))
+    states = op.wait([ok, bad], timeout=30)
+    assert states == {ok: JobState.FINISHED, bad: JobState.FAILED}
+    assert op.get(ok).stdout == "hello\n" and op.get(ok).node == node
+    assert op.wait([long], timeout=0)[long] in (JobState.QUEUED, JobState.RUNNING)
+    assert op.cancel(long, wait=20) is JobState.CANCELED
+    op.requeue(bad)
+    assert op.wait([bad], timeout=30)[bad] is JobState.FAILED and op.get(bad).exit_code == 3
+    op.drain(node, "maintenance")
+    op.resume(node)
+    again = op.submit(JobSpec(command="true"))
+    assert op.wait([again], timeout=30)[again] is JobState.FINISHED
+    # The operator is not a broker admin.
+    denied(lambda: op.redis.execute_command("ACL", "SETUSER", "mallory", "on", ">x", "+@all", "~*"))
+    denied(lambda: op.redis.flushall())
+    denied(lambda: op.redis.config_set("appendonly", "no"))
+    no_permission_errors(agent)
+
+
+def test_viewer_reads_everything_and_changes_nothing(settings, grid, users, agent_as_user, node):
+    agent = agent_as_user()
+    done = grid.submit(JobSpec(command="echo visible"))
+    assert grid.wait([done], timeout=30)[done] is JobState.FINISHED, (grid.get(done), agent.log.read_text()[-3000:])
+    queued = grid.submit(JobSpec(command="true", queue="parked"))  # no slot serves it: stays queued
+    viewer = as_user(settings, users["viewer"])
+    # Every read the CLI and the console make; any write among them would be refused here.
+    job = viewer.get(done)
+    assert job.stdout == "visible\n" and job.state is JobState.FINISHED
+    jobs, total = viewer.list()
+    assert total == 2 and {j.id for j in jobs} == {done, queued}
+    assert viewer.list(state=JobState.FINISHED)[0][0].id == done
+    assert viewer.list(node=node)[0][0].id == done
+    assert b"visible" in b"".join(c.data for c in viewer.tail(done))
+    assert viewer.tail(done, block_ms=10)
+    assert [n.name for n in viewer.nodes()] == [node]
+    assert {q.name for q in viewer.queues()} >= {"default", "parked"}
+    assert viewer.events() and viewer.wait([done], timeout=1)[done] is JobState.FINISHED
+    # ...and nothing that changes the grid.
+    denied(lambda: viewer.submit(JobSpec(command="echo nope")))
+    denied(lambda: viewer.cancel(queued))
+    denied(lambda: viewer.drain(node))
+    denied(lambda: viewer.redis.set(keys.cancel(queued), "1"))
+    denied(lambda: viewer.redis.lpush(keys.rq_queue("default"), "x"))
+    denied(lambda: viewer.redis.delete(keys.rq_job(done)))
+    denied(lambda: viewer.redis.publish(f"rq:pubsub:{node}.x.0", "{}"))
+    assert grid.state(queued) is JobState.QUEUED and grid.redis.llen(keys.rq_queue("default")) == 0
+
+
+def test_viewer_uses_the_cli_read_commands_only(settings, grid, users, agent_as_user, node, monkeypatch, capsys):
+    agent_as_user()
+    done = grid.submit(JobSpec(command="echo visible"))
+    assert grid.wait([done], timeout=30)[done] is JobState.FINISHED
+    parked = grid.submit(JobSpec(command="true", queue="parked"))
+    monkeypatch.setenv("GRID_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("GRID_REDIS_USERNAME", users["viewer"][0])
+    monkeypatch.setenv("GRID_REDIS_PASSWORD", users["viewer"][1])
+
+    def cli(*args):
+        capsys.readouterr()
+        code = handle_errors(lambda: app(list(args), prog_name="grid", standalone_mode=False))
+        return (code, *capsys.readouterr())
+
+    for args in (("ls", "--json"), ("show", "--json", done), ("nodes", "--json"), ("logs", done),
+                 ("wait", done, "--timeout", "1")):
+        code, out, err = cli(*args)
+        assert code == 0 and out and err == "", (args, err)
+    for args in (("submit", "--", "echo", "nope"), ("cancel", parked), ("drain", node)):
+        code, out, err = cli(*args)
+        assert code == 1 and err.count("\n") == 1 and "denied" in err, (args, err)
+    assert grid.state(parked) is JobState.QUEUED
+
+
+def test_agent_user_cannot_make_jobs_run_nor_touch_other_nodes(settings, grid, users, agent_as_user, node, tmp_path):
+    agent = agent_as_user()
+    me = as_user(settings, users[node], key_file=str(tmp_path / "no-such-key"))
+    # It holds no signing key...
+    with pytest.raises(SigningError):
+        me.submit(JobSpec(command="true"))
+    # ...and what it can write to RQ without one is refused by every agent, its own included.
+    marker = tmp_path / "marker"
+    jid = uuid.uuid4().hex
+    forged = forge.stranger(tmp_path / "made-up").sign(forge.envelope(grid, f"touch {marker}", jid))
+    Queue("default", connection=me.redis, serializer=JSONSerializer).enqueue_call(
+        func=keys.RUNNER_FUNC, args=(forged,), job_id=jid)
+    assert me.wait([jid], timeout=30)[jid] is JobState.FAILED
+    assert "not authorized" in me.get(jid).reason and not marker.exists()
+    # Other nodes' keys are not its to write, nor the grid's job index, nor other workers' channels.
+    other = f"{node}-b"
+    for key in (keys.node(other), keys.node(node + "x"), keys.node_jobs(other), keys.node_gpus(other)):
+        denied(lambda key=key: me.redis.hset(key, "draining", "1"))
+    denied(lambda: me.redis.zadd(keys.JOBS, {"x": 1}))
+    denied(lambda: me.redis.publish(f"rq:pubsub:{other}.x.0", "{}"))
+    denied(lambda: me.redis.execute_command("ACL", "LIST"))
+    denied(lambda: me.redis.flushdb())
+    no_permission_errors(agent)
