@@ -286,6 +286,11 @@ class BrokerLink(threading.Thread):
         self.join(LINK_JOIN)
 
 
+def _ensure_started(link: BrokerLink) -> None:
+    if link.ident is None:
+        link.start()
+
+
 def build_env(envelope: dict[str, Any], ctx: RunContext) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRID_")}
     env.update({str(k): str(v) for k, v in (envelope.get("env") or {}).items()})
@@ -367,8 +372,10 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                       duration=round(end - start, 6))
         return _finish(record, sink, ctx)
 
+    # Most jobs in a big sweep end within milliseconds; their output goes out with the end
+    # record. The flusher thread costs a few ms to start and join, so it starts only once a
+    # job has run for a flush interval or has output to send early.
     link = BrokerLink(ctx, sink)
-    link.start()
     members = cg.pids if cg is not None else None
     killed_for: str | None = None
     kill_info: tuple[int, list[int]] | None = None
@@ -393,10 +400,13 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                         key.fileobj.close()
                         open_fds -= 1
                 if sink.urgent():
+                    _ensure_started(link)
                     link.wake.set()
             else:
                 time.sleep(0.01)
             now = time.monotonic()
+            if now - t0 >= FLUSH_INTERVAL:
+                _ensure_started(link)
             if proc.poll() is not None:
                 if not open_fds:
                     break
@@ -410,13 +420,15 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                 elif timeout and now - t0 > timeout:
                     killed_for = "timeout"
                 if killed_for:
+                    _ensure_started(link)
                     link.wake.set()
                     kill_info = proctree.kill_tree(
                         proc.pid, psutil.Process(proc.pid) if proc.poll() is None else None,
                         {proctree.ENV_JOB: ctx.job_id}, ctx.kill_grace, reap=proc.poll, members=members,
                     )
     finally:
-        link.stop()
+        if link.ident is not None:
+            link.stop()
         sel.close()
         for f in (proc.stdout, proc.stderr):
             if not f.closed:

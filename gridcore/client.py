@@ -354,6 +354,7 @@ class Grid:
             exit_code=result.get("exit_code"),
             signal=result.get("signal"),
             reason=result.get("reason") or meta.get("reason"),
+            reason_kind=result.get("reason_kind"),
             enqueued_at=meta.get("submitted"),
             started_at=result.get("start") or run.get("started"),
             ended_at=result.get("end"),
@@ -704,7 +705,7 @@ class Grid:
         return Reservations(self.redis).committed([n.name for n in nodes])
 
     def _record_cancel(self, job_id: str, now: float, message: str) -> None:
-        record = {"reason": "canceled", "end": now, "exit_code": None, "signal": None}
+        record = {"reason": "canceled", "reason_kind": "canceled", "end": now, "exit_code": None, "signal": None}
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.result(job_id), json.dumps(record), ex=self.settings.result_ttl, nx=True)
             events.emit(pipe, now, "canceled", job=job_id, message=message)

@@ -130,6 +130,7 @@ class Job:
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None
+    reason_kind: str | None = None  # exit, signal, timeout, oom, lost, dependency, refused, canceled
     enqueued_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
