@@ -253,8 +253,9 @@ class Poller:
                                   limit=req.limit)
         window, _ = self.grid.list(state=req.state, queue=req.queue, node=req.node, offset=0, limit=TEXT_WINDOW)
         needle = req.text.lower()
+        # Failure reasons match too: `state:failed lost` finds what a dead node took down.
         hits = [j for j in window if needle in j.name.lower() or needle in j.command.lower()
-                or j.id.startswith(needle)]
+                or j.id.startswith(needle) or needle in (j.reason or "").lower() or needle == j.reason_kind]
         return hits[req.offset : req.offset + req.limit], len(hits)
 
     def _read_progress(self, ids: list[str]) -> dict[str, float]:
