@@ -60,12 +60,12 @@ def _state(s: str) -> Text:
 
 def jobs_table(jobs: list[Job], total: int, offset: int) -> None:
     t = Table(box=None, pad_edge=False)
-    for col in ("ID", "NAME", "STATE", "QUEUE", "NODE", "SUBMITTED", "RUNTIME", "EXIT", "REASON"):
+    for col in ("ID", "NAME", "STATE", "QUEUE", "NODE", "SUBMITTER", "SUBMITTED", "RUNTIME", "EXIT", "REASON"):
         t.add_column(col, no_wrap=True, overflow="ellipsis")
     for j in jobs:
         runtime = j.duration
         t.add_row(Text(j.id[:12]), Text(clean(j.name, 40)), _state(j.state.value), Text(clean(j.queue, 20)),
-                  Text(clean(j.node or "-", 20)), Text(_ts(j.enqueued_at)), Text(format_duration(runtime)),
+                  Text(clean(j.node or "-", 20)), Text(clean(j.submitter or "-", 24)), Text(_ts(j.enqueued_at)), Text(format_duration(runtime)),
                   Text("-" if j.exit_code is None else str(j.exit_code)), Text(clean(j.reason or "", 40)))
     out.print(t)
     out.print(Text(f"{offset + 1 if jobs else 0}-{offset + len(jobs)} of {total}", style="dim"))
