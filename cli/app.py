@@ -326,7 +326,7 @@ def requeue(
         ids += [j.id for j in jobs if not reason or reason in (j.reason or "")]
     if group:
         cells = grid.group(group)["jobs"]
-        ids += [j.id for j in grid._fetch(cells) if j.state in (JobState.FAILED, JobState.CANCELED)]
+        ids += [j.id for j in grid.get_many(cells) if j.state in (JobState.FAILED, JobState.CANCELED)]
     if not ids:
         raise CliError("nothing to requeue: give job ids or --all-failed", 2)
     for jid in ids:

@@ -306,6 +306,10 @@ class Grid:
             raise JobNotFound(f"no job {job_id!r} on this grid")
         return jobs[0]
 
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        """Several jobs in one pipeline (list fields only); ids that no longer exist are skipped."""
+        return self._fetch(job_ids)
+
     def exists(self, job_id: str) -> bool:
         return bool(self.redis.exists(keys.rq_job(job_id)))
 
@@ -679,12 +683,14 @@ class Grid:
         if job.state is JobState.SCHEDULED:
             return ["scheduled for a later retry"]
         origin = _s(self.redis.hget(keys.rq_job(job_id), "origin")) or ""
+        if origin.startswith("node."):
+            return [f"placed on {origin[5:]}; waiting for a free slot there"]
         if origin != keys.PENDING_QUEUE:
-            nodes = [n for n in self.nodes() if job.queue in (n.queues or ()) or origin.startswith("node.")]
-            if origin.startswith("node."):
-                return [f"placed on {origin[5:]}; waiting for a free slot there"]
-            up = [n for n in nodes if n.state.value in ("up", "draining")]
+            serving = [n for n in self.nodes() if job.queue in (n.queues or ())]
+            up = [n for n in serving if n.state is NodeState.UP]
             if not up:
+                if any(n.state is NodeState.DRAINING for n in serving):
+                    return [f"every node serving queue {job.queue!r} that is up is draining"]
                 return [f"no node serving queue {job.queue!r} is up"]
             busy = all(n.slots_busy >= n.slots_total for n in up)
             return ["queued; every slot serving it is busy" if busy else "queued; a slot should take it shortly"]

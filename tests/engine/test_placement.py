@@ -115,6 +115,7 @@ def test_drained_node_takes_nothing_new(grid, agents):
     jid = grid.submit(JobSpec(command="true"))
     time.sleep(2)
     assert grid.state(jid) is JobState.QUEUED
+    assert "draining" in " ".join(grid.why(jid))
     grid.resume("node-a")
     assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED
 
