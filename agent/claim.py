@@ -18,6 +18,8 @@ in line, a started job is lost and retried, an ended one gets its bookkeeping fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from gridcore import keys
 
 PREFIX = "claim:"
@@ -26,16 +28,37 @@ ENDED = "ended:"
 """Value of a running-hash entry for a job whose end is recorded, RQ's bookkeeping pending."""
 
 _POP = """
-local n = #KEYS - 1
+local n = #KEYS - 2
+local t = redis.call('TIME')
+if redis.call('HGET', KEYS[n + 2], 'draining') == '1' then return {'', '', {}, t[1], t[2], '', 0, 1} end
 for i = 1, n do
   local id = redis.call('LPOP', KEYS[i])
   if id then
-    redis.call('HSET', KEYS[#KEYS], id, ARGV[1])
-    return {KEYS[i], id, redis.call('HGETALL', ARGV[2] .. id)}
+    redis.call('HSET', KEYS[n + 1], id, ARGV[1])
+    redis.call('HDEL', ARGV[5], id)
+    return {KEYS[i], id, redis.call('HGETALL', ARGV[2] .. id), t[1], t[2],
+            redis.call('HGET', ARGV[3], id) or '', redis.call('EXISTS', ARGV[4] .. id), 0}
   end
 end
-return false
+return {'', '', {}, t[1], t[2], '', 0, 0}
 """
+"""Pop and claim, and in the same step read what the slot's start needs: broker TIME, the
+node's drain flag (a draining node pops nothing), the job's `grid:active` entry (a copy
+still running elsewhere?) and its cancel flag; and drop its priority entry (it no longer
+waits). One round trip instead of five."""
+
+DRAINING = "draining"
+"""What `pop` returns while the node is draining: nothing was taken."""
+
+
+@dataclass
+class Taken:
+    """What the pop script read about the job it took, besides the job itself."""
+
+    job_id: str
+    active: bytes | None
+    canceled: bool
+
 
 _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -48,15 +71,21 @@ def marker(worker) -> str:
 
 
 def pop(worker):
-    """(job, queue) from the first non-empty queue of the worker, claimed; None if all are empty."""
+    """(job, queue) from the first non-empty queue of the worker, claimed; None if all are
+    empty; DRAINING if the node is draining. Sets `worker.taken` and anchors its clock."""
     conn = worker.connection
     script = conn.register_script(_POP)
     qkeys = [q.key for q in worker._ordered_queues]
     while True:
-        got = script(keys=[*qkeys, keys.node_running(worker.node)], args=[marker(worker), keys.rq_job("")])
-        if not got:
+        got = script(keys=[*qkeys, keys.node_running(worker.node), keys.node(worker.node)],
+                     args=[marker(worker), keys.rq_job(""), keys.ACTIVE, keys.cancel(""), keys.PRIORITY])
+        worker.clock.anchor(int(got[3]), int(got[4]))
+        if int(got[7]):
+            return DRAINING
+        if not got[1]:
             return None
         queue_key, job_id = got[0].decode(), got[1].decode()
+        worker.taken = Taken(job_id, got[5] or None, bool(int(got[6])))
         result = _restore(worker, queue_key, job_id, got[2])
         if result is None:  # the record is gone or unreadable: RQ's own fetch (and its refusal)
             result = worker.queue_class._fetch_dequeued_job(

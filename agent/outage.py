@@ -54,32 +54,56 @@ def until_broker(fn: Callable[[], T], what: str, give_up: Callable[[], bool] | N
         return out
 
 
+ANCHOR_AGE = 5.0
+"""Seconds a broker TIME reading serves as the clock's anchor before TIME is asked again."""
+
+
 class BrokerClock:
     """Broker `TIME`, or while the broker is away, the local clock plus the last known offset.
 
     The grid compares times from the broker only; an estimate is better than failing a job's
-    start or end record because the broker was restarting at that moment.
+    start or end record because the broker was restarting at that moment. A reading that came
+    with another reply (the slot's pop script returns TIME) anchors the clock: for a few
+    seconds after it, now() is that reading plus the elapsed monotonic time, which is still
+    the broker's clock, without a round trip per timestamp.
     """
 
     def __init__(self, conn: redis.Redis):
         self.conn = conn
         self.offset: float | None = None
+        self._anchor: tuple[float, float] | None = None  # (broker time, local monotonic time)
         self._lock = threading.Lock()
 
+    def anchor(self, sec: int, usec: int) -> float:
+        """Take a broker TIME reply read elsewhere as the current broker time; return it."""
+        t = sec + usec / 1e6
+        with self._lock:
+            self._anchor = (t, time.monotonic())
+            self.offset = t - time.time()
+        return t
+
     def now(self) -> float:
+        anchor = self._anchor
+        if anchor is not None:
+            elapsed = time.monotonic() - anchor[1]
+            if elapsed < ANCHOR_AGE:
+                return anchor[0] + elapsed
         try:
             sec, usec = self.conn.time()
         except BROKER_ERRORS:
             with self._lock:
                 return time.time() + (self.offset or 0.0)
-        t = sec + usec / 1e6
-        with self._lock:
-            self.offset = t - time.time()
-        return t
+        return self.anchor(sec, usec)
 
 
 DEQUEUE_WAKE = 1
 """Seconds an idle slot blocks in BLPOP before it looks at stop requests and heartbeats again."""
+
+SUSPENSION_CHECK = 1.0
+"""Seconds between a slot's looks at RQ's suspend flag."""
+
+DRAIN_POLL = 1.0
+"""Seconds between looks at the drain flag while the node is draining."""
 
 RECONNECT_BACKOFF = (0.25, 0.5, 1.0, 2.0, 5.0)
 """Seconds between an idle slot's attempts to reach the broker again (the last one repeats)."""
@@ -112,11 +136,19 @@ class OutageTolerantLoop:
                 if failures:
                     claim.requeue_own(self)  # a pop whose reply the outage swallowed
                 result = claim.pop(self)  # pop and claim in one step
+                if result is claim.DRAINING:
+                    # A draining node finishes what it runs and takes nothing new (until resumed).
+                    if timeout is None:
+                        return None
+                    time.sleep(DRAIN_POLL)
+                    continue
                 if result is None and timeout is None:
                     return None  # burst mode: the queues are empty
                 if result is None:
                     claim.wait(self, DEQUEUE_WAKE)
                     result = claim.pop(self)
+                    if result is claim.DRAINING:
+                        continue
             except BROKER_ERRORS as e:
                 if failures == 0:
                     log.warning("slot %s: broker unreachable (%s); waiting for it", self.name, e)
@@ -152,8 +184,12 @@ class OutageTolerantLoop:
         super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
 
     def check_for_suspension(self, burst):
+        # RQ asks before every job; `rq suspend` taking a second to reach a slot is fine.
+        if time.monotonic() - getattr(self, "_suspension_checked", 0.0) < SUSPENSION_CHECK:
+            return
         try:
             super().check_for_suspension(burst)
+            self._suspension_checked = time.monotonic()
         except BROKER_ERRORS:
             pass  # the idle loop waits for the broker
 

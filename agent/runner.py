@@ -300,6 +300,14 @@ def build_env(envelope: dict[str, Any], ctx: RunContext) -> dict[str, str]:
     return env
 
 
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when `pid` exits (Linux >= 5.3), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 def describe_signal(sig: int) -> str:
     try:
         return f"killed by signal {sig} ({signal.Signals(sig).name})"
@@ -384,11 +392,21 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         os.set_blocking(f.fileno(), False)
         sel.register(f, selectors.EVENT_READ, name)
     open_fds = 2
+    # The pipes close a moment before the process can be reaped; a pidfd wakes the loop at
+    # the exit itself instead of a polling sleep (most jobs of a big sweep end right here).
+    pidfd = _pidfd(proc.pid)
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ, "x")
     exited_at: float | None = None
     try:
         while True:
-            if open_fds:
+            if open_fds or pidfd is not None:
                 for key, _ in sel.select(timeout=FLUSH_INTERVAL / 2):
+                    if key.data == "x":  # exited: readable from now on, so stop watching it
+                        sel.unregister(pidfd)
+                        os.close(pidfd)
+                        pidfd = None
+                        continue
                     try:
                         data = os.read(key.fileobj.fileno(), READ_SIZE)
                     except BlockingIOError:
@@ -430,6 +448,8 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         if link.ident is not None:
             link.stop()
         sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
         for f in (proc.stdout, proc.stderr):
             if not f.closed:
                 f.close()

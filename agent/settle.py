@@ -23,10 +23,11 @@ from typing import Any
 import redis
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.worker import WorkerStatus
 
-from agent import claim, runner
+from agent import claim, guarded, runner
 from agent.outage import GaveUp, until_broker
-from agent.verify import CLOCK_SKEW, SPENT
+from agent.verify import SPENT, nonce_expiry
 from gridcore import keys
 from gridcore.dependencies import fail_dependents
 
@@ -84,6 +85,14 @@ def settle(worker, job: Job, queue: Queue, execution, envelope: dict[str, Any], 
     worker.settled = job.id  # the job ran here: its claim was replaced by its start
     what = f"job {job.id}"
     try:
+        if outcome is None and record.get("exit_code") == 0 and _plain_success(job):
+            done = until_broker(lambda: _record_success(worker, job, queue, execution, envelope, record, sink),
+                                f"{what}: recording its end", give_up)
+            if done is not None:
+                if not done:
+                    log.warning("%s: reclaimed by the grid while running here; result discarded", what)
+                worker.executions.pop(execution.id, None)
+                return
         owned = until_broker(lambda: _record_end(worker, job, queue, execution, envelope, record, sink, outcome),
                              f"{what}: recording its end", give_up)
         if not owned:
@@ -105,6 +114,45 @@ def is_final(job: Job, record: dict[str, Any], outcome: str | None) -> bool:
     return outcome == "canceled" or record.get("exit_code") == 0 or not job.should_retry
 
 
+def _plain_success(job: Job) -> bool:
+    """A success that RQ would only record: no repeats and no rate limit to act on."""
+    return job.repeats_left is None and not job.has_rate_limit
+
+
+def _record_success(worker, job, queue, execution, envelope, record, sink) -> bool | None:
+    """The whole end of a successful attempt in one script: the grid's records and RQ's.
+
+    True: recorded (now, or by an earlier try whose reply was lost). False: the job was
+    reclaimed from this slot; nothing written. None: RQ has more to do than record (the job
+    has dependents, or is no longer `started`): the caller takes the stepwise path.
+    """
+    pipe = guarded.recorder(worker.connection)
+    pipe.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
+    worker._write_end(job, record, sink, None, pipe, rq_done=True)
+    # RQ's own success bookkeeping, as Worker.handle_job_success writes it (minus dependents,
+    # which the script's guard rules out, and callbacks, which a grid job never has).
+    worker.increment_successful_job_count(pipeline=pipe)
+    worker.increment_total_working_time(job.ended_at - job.started_at, pipe)
+    job._result = {k: v for k, v in record.items() if not k.startswith("_")}
+    result_ttl = job.get_result_ttl(worker.default_result_ttl)
+    job._handle_success(result_ttl, pipeline=pipe, worker_name=worker.name, execution_id=execution.id,
+                        execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+    job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+    execution.delete(job=job, pipeline=pipe)
+    worker.set_state(WorkerStatus.IDLE, pipeline=pipe)
+    ok, detail = worker._end_script(
+        keys=[keys.ACTIVE, job.key, job.dependents_key, keys.attempts(job.id)],
+        args=[job.id, worker.name, *guarded.packed(worker.connection, pipe)])
+    if ok == 2:
+        return None
+    if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
+        return _run_id(detail or None) == record["run_id"]
+    for err in guarded.errors(detail):
+        log.error("job %s: recording its end: %s", job.id, err)
+    job._status = JobStatus.FINISHED
+    return True
+
+
 def _record_end(worker, job, queue, execution, envelope, record, sink, outcome) -> bool:
     with worker.connection.pipeline() as pipe:
         while True:
@@ -118,8 +166,7 @@ def _record_end(worker, job, queue, execution, envelope, record, sink, outcome) 
                 else:
                     if is_final(job, record, outcome) and envelope.get("nonce"):
                         # In the same transaction: no replay slips in before the end is visible.
-                        pipe.set(keys.nonce(envelope["nonce"]), SPENT,
-                                 exat=int(envelope["expires_at"] + 2 * CLOCK_SKEW))
+                        pipe.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
                     worker._write_end(job, record, sink, outcome, pipe)
                 for err in runner.reply_errors(pipe.execute(raise_on_error=False)):
                     log.error("job %s: recording its end: %s", job.id, err)

@@ -60,6 +60,22 @@ class Gatekeeper:
         `before_attempt(envelope)` runs after verification and before an attempt is counted;
         returning False raises NotNow (the job goes back in line, no attempt used).
         """
+        envelope, signer = self.verify(job, now)
+        # Before counting an attempt (or reserving), so a twin can't use up the real job's retries.
+        if before_attempt is not None and not before_attempt(envelope):
+            raise NotNow("not enough free resources on this node right now")
+        nonce = envelope["nonce"]
+        with self.conn.pipeline() as pipe:
+            pipe.incr(keys.nonce(nonce))
+            pipe.expireat(keys.nonce(nonce), nonce_expiry(envelope))
+            used, _ = pipe.execute()
+        judge_attempt(used, envelope)
+        return envelope, signer
+
+    def verify(self, job: Job, now: float, active: bytes | None | object = ...) -> tuple[dict[str, Any], str]:
+        """Everything but counting the attempt: shape, signature, identity, window, policy, and
+        that no live slot runs this job. `active` is the job's `grid:active` entry if the caller
+        already read it (the slot's pop does); otherwise it is read here."""
         signed = self.check_shape(job)
         envelope, signer = verify(signed, self.authorized)
         if envelope.get("job_id") != job.id:
@@ -79,29 +95,15 @@ class Gatekeeper:
         nonce = envelope.get("nonce")
         if not isinstance(nonce, str) or len(nonce) < 16:
             raise Refused("envelope has no nonce")
-        max_attempts = envelope.get("max_attempts") or 1
-        # Before counting an attempt (or reserving), so a twin can't use up the real job's retries.
-        self._not_running(job.id)
-        if before_attempt is not None and not before_attempt(envelope):
-            raise NotNow("not enough free resources on this node right now")
-        with self.conn.pipeline() as pipe:
-            pipe.incr(keys.nonce(nonce))
-            pipe.expireat(keys.nonce(nonce), int(expires + 2 * CLOCK_SKEW))
-            used, _ = pipe.execute()
-        if used > SPENT:
-            raise Refused("replayed envelope: its job already ended")
-        if used > max_attempts:
-            raise Refused(f"replayed envelope (attempt {used} of at most {max_attempts})")
+        self._not_running(job.id, self.conn.hget(keys.ACTIVE, job.id) if active is ... else active)
         return envelope, signer or envelope.get("submitter") or ""
 
     def spend(self, envelope: dict[str, Any]) -> None:
         """The job is done for good: no attempt of this envelope may ever run again."""
-        nonce, expires = envelope["nonce"], envelope["expires_at"]
-        self.conn.set(keys.nonce(nonce), SPENT, exat=int(expires + 2 * CLOCK_SKEW))
+        self.conn.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
 
-    def _not_running(self, job_id: str) -> None:
+    def _not_running(self, job_id: str, active: bytes | None) -> None:
         # Retries and node-loss requeues come after the last attempt left ACTIVE (or its slot died).
-        active = self.conn.hget(keys.ACTIVE, job_id)
         if not active:
             return
         try:
@@ -128,6 +130,20 @@ class Gatekeeper:
             bad = sorted(set(envelope.get("env") or {}) - set(policy.env_allow))
             if bad:
                 raise Refused(f"environment variables not allowed on this node: {', '.join(bad)}")
+
+
+def nonce_expiry(envelope: dict[str, Any]) -> int:
+    """When an envelope's attempt counter may go: after the envelope itself is void."""
+    return int(envelope["expires_at"] + 2 * CLOCK_SKEW)
+
+
+def judge_attempt(used: int, envelope: dict[str, Any]) -> None:
+    """Refuse an attempt whose count (after counting it) shows a replay."""
+    if used > SPENT:
+        raise Refused("replayed envelope: its job already ended")
+    max_attempts = envelope.get("max_attempts") or 1
+    if used > max_attempts:
+        raise Refused(f"replayed envelope (attempt {used} of at most {max_attempts})")
 
 
 def _number(v: Any) -> bool:

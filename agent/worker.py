@@ -15,25 +15,27 @@ import time
 from typing import Any
 
 from rq import Queue
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from agent import claim, runner, settle
+from agent import claim, guarded, runner, settle
 from agent.outage import BROKER_ERRORS, BrokerClock, OutageTolerantLoop
 from agent.safejob import GridJob
-from agent.verify import AlreadyRunning, Gatekeeper, NotNow
+from agent.verify import SPENT, AlreadyRunning, Gatekeeper, judge_attempt, nonce_expiry
 from gridcore import events, keys
 from gridcore.dependencies import fail_dependents
 from gridcore.models import Resources
-from gridcore.reservations import Reservations
+from gridcore.reservations import reserve_args
 from gridcore.signing import Refused
 
 log = logging.getLogger("grid.slot")
 
-DRAIN_POLL = 1.0
-"""Seconds between looks at the drain flag while a slot is held idle."""
+BEAT_EVERY = 1.0
+"""Seconds between a slot's own RQ worker heartbeats outside a job's start and end."""
 COLD_SETTLE_WAIT = 10.0
 """Seconds a cold-stopped slot keeps trying to record a job's end while the broker is away."""
 
@@ -95,7 +97,11 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         self.cap_cpus = float(capacity.get("cpus") or 1e9)
         self.cap_memory = int(capacity.get("memory") or 0)
         self.has_gpus = bool(capacity.get("gpus"))
-        self.reservations = Reservations(connection)
+        self.taken: claim.Taken | None = None  # what the last pop read besides the job
+        self.start_canceled = False
+        self._beat_at = 0.0
+        self._start_script = connection.register_script(guarded.START)
+        self._end_script = connection.register_script(guarded.END)
         self.gpus: list[int] = []
         GridQueue.result_ttl = settings.result_ttl
 
@@ -131,15 +137,27 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         self.kill_horse()
 
     def heartbeat(self, timeout=None, pipeline=None):
-        # One round trip instead of RQ's three.
         if pipeline is not None:
+            self._beat_at = time.monotonic()
             return super().heartbeat(timeout, pipeline)
+        # RQ beats before and after every job; its worker key lives for minutes, so once a
+        # second is plenty, and a slot running thousands of tiny jobs saves two round trips each.
+        if time.monotonic() - self._beat_at < BEAT_EVERY:
+            return None
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 super().heartbeat(timeout, pipe)
+                # The state too: set_state skips repeats, and this restores it after a broker loss.
+                pipe.hset(self.key, "state", self._state)
                 pipe.execute()
+            self._beat_at = time.monotonic()
         except BROKER_ERRORS as e:
             log.debug("slot heartbeat skipped: %s", e)  # the idle loop waits for the broker
+
+    def set_state(self, state, pipeline=None):
+        if pipeline is None and state == self._state:
+            return  # unchanged; the heartbeat rewrites it every second anyway
+        super().set_state(state, pipeline)
 
     def run_maintenance_tasks(self):
         # A corrupt or hostile record in a registry would otherwise end the slot at every start:
@@ -147,8 +165,6 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         try:
             super().run_maintenance_tasks()
         except Exception:  # noqa: BLE001
-            from rq.utils import now as rq_now
-
             log.exception("slot %s: registry maintenance failed; trying again next interval", self.name)
             self.last_cleaned_at = rq_now()
 
@@ -180,14 +196,11 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
             pass  # a stale claim is harmless: recovery requeues only a job still queued and in no queue
 
     def _execute_job(self, job: Job, queue: Queue):
-        if self._held_for_drain(job, queue):
-            return
+        taken = self.taken if self.taken is not None and self.taken.job_id == job.id else None
         now = self.broker_time()
         try:
-            envelope, signer = self.gate.check(job, now, before_attempt=lambda env: self._reserve(job, env))
-        except NotNow:
-            self._put_back(job, queue)
-            return
+            envelope, signer = self.gate.verify(job, now, taken.active if taken is not None else ...)
+            execution = self._start(job, envelope, now)
         except AlreadyRunning as e:
             # The running copy holds the reservation under the same job id: leave it be.
             self._drop_twin(job, queue, f"refused: {e}", now)
@@ -196,21 +209,60 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
             self._release(job.id)
             self._refuse(job, queue, f"refused: {e}", now)
             return
-        execution = self.prepare_execution(job)
+        if execution is None:
+            self._put_back(job, queue)
+            return
         try:
             self._perform(job, queue, execution, envelope, now)
         finally:
             self.busy = False
             self.set_state(WorkerStatus.IDLE)
 
-    def _reserve(self, job: Job, envelope: dict[str, Any]) -> bool:
-        """Hold the job's signed resources (and its placed GPUs) on this node, if they fit."""
+    def _start(self, job: Job, envelope: dict[str, Any], now: float) -> Execution | None:
+        """Hold the job's resources, count the attempt and mark it started, in one script.
+
+        Returns the execution, or None when the node has no room for it now (nothing written);
+        raises Refused for a replayed envelope. RQ's own start records (execution, started
+        registry, job and worker state) are written by RQ's methods, recorded for the script.
+        """
         res = Resources.from_dict(envelope.get("resources"))
         placement = job.meta.get("placement") or {}
         self.gpus = [int(g) for g in placement.get("gpus") or []] if placement.get("node") == self.node else []
         if res.gpus and len(self.gpus) != res.gpus:
-            return False  # GPU jobs come placed by the negotiator; a stray copy waits
-        return self.reservations.reserve(self.node, job.id, res, self.gpus, self.cap_cpus, self.cap_memory)
+            return None  # GPU jobs come placed by the negotiator; a stray copy waits
+        pipe = guarded.recorder(self.connection)
+        ttl = self.get_heartbeat_ttl(job)
+        execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        self.heartbeat(ttl, pipeline=pipe)
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        pipe.persist(job.key)
+        run = {"node": self.node, "slot": self.slot, "worker": self.name, "started": now,
+               "gpus": [str(g) for g in self.gpus]}
+        job.meta["run"] = run
+        pipe.hset(job.key, "meta", self.serializer.dumps(job.meta))
+        pipe.hset(keys.node_running(self.node), job.id, self.slot)
+        pipe.hset(keys.ACTIVE, job.id, json.dumps(run))
+        pipe.zadd(keys.node_jobs(self.node), {job.id: now})
+        pipe.delete(keys.output(job.id))
+        events.emit(pipe, now, "started", job=job.id, node=self.node, message=f"slot {self.slot}")
+        args = [*reserve_args(job.id, res, self.gpus, self.cap_cpus, self.cap_memory), nonce_expiry(envelope),
+                envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.connection, pipe)]
+        # Known before the reply: if the reply is lost, the hand-back undoes this execution.
+        self.executions[execution.id] = execution
+        ok, used, errs, canceled = self._start_script(
+            keys=[keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(job.id)], args=args)
+        if ok <= 0:
+            self.executions.pop(execution.id, None)
+        if ok == 0:
+            return None
+        if ok < 0:
+            judge_attempt(used, envelope)
+            raise Refused(f"replayed envelope (attempt {used})")  # judge_attempt always raises here
+        for err in guarded.errors(errs):
+            log.error("job %s: recording its start: %s", job.id, err)
+        self.start_canceled = bool(canceled)
+        return execution
 
     def _release(self, job_id: str) -> None:
         self.connection.hdel(keys.node_held(self.node), job_id)
@@ -222,19 +274,6 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
             pipe.lpush(queue.key, job.id)
             pipe.execute()
         time.sleep(0.25)  # let a slot elsewhere take it before this one looks again
-
-    def _held_for_drain(self, job: Job, queue: Queue) -> bool:
-        """A draining node puts the job back at the front and takes nothing until resumed."""
-        if self.connection.hget(keys.node(self.node), "draining") != b"1":
-            return False
-        with self.connection.pipeline() as pipe:
-            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
-            pipe.lpush(queue.key, job.id)
-            pipe.execute()
-        while self.connection.hget(keys.node(self.node), "draining") == b"1" and not self._stop_requested:
-            self.heartbeat()
-            time.sleep(DRAIN_POLL)
-        return True
 
     def _refuse(self, job: Job, queue: Queue, reason: str, now: float) -> None:
         log.warning("job %s: %s", job.id, reason)
@@ -265,24 +304,9 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         if self.cold:  # a cold stop that came before `busy` was set
             self.stop_reason.append("shutdown")
             self.cancel_event.set()
-        if self.connection.exists(keys.cancel(job.id)):
+        if self.start_canceled:  # canceled while it was being taken: started only to end at once
             self.stop_reason.append("canceled")
             self.cancel_event.set()
-        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
-        from rq.utils import now as rq_now
-
-        job.started_at = rq_now()
-        run = {"node": self.node, "slot": self.slot, "worker": self.name, "started": now,
-               "gpus": [str(g) for g in self.gpus]}
-        job.meta["run"] = run
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hset(job.key, "meta", self.serializer.dumps(job.meta))
-            pipe.hset(keys.node_running(self.node), job.id, self.slot)
-            pipe.hset(keys.ACTIVE, job.id, json.dumps(run))
-            pipe.zadd(keys.node_jobs(self.node), {job.id: now})
-            pipe.delete(keys.output(job.id))
-            events.emit(pipe, now, "started", job=job.id, node=self.node, message=f"slot {self.slot}")
-            pipe.execute()
         ctx = runner.RunContext(
             conn=self.connection,
             job_id=job.id,
@@ -345,8 +369,10 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         except ValueError:
             return False
 
-    def _write_end(self, job: Job, record: dict[str, Any], sink, outcome: str | None, pipe) -> None:
-        """Queue the attempt's end on `pipe` (a transaction run by agent/settle.py)."""
+    def _write_end(self, job: Job, record: dict[str, Any], sink, outcome: str | None, pipe,
+                   rq_done: bool = False) -> None:
+        """Queue the attempt's end on `pipe` (run by agent/settle.py). `rq_done`: RQ's own end
+        records are in the same atomic step, so the job leaves the node's running hash now."""
         ttl = self.settings.result_ttl
         kind = outcome or ("finished" if record.get("exit_code") == 0 else "failed")
         if sink is not None:
@@ -357,8 +383,10 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         pipe.set(keys.result(job.id), json.dumps(_public(record)), ex=ttl)
         pipe.rpush(keys.attempts(job.id), json.dumps(_attempt(record)))
         pipe.expire(keys.attempts(job.id), ttl)
-        # Not gone yet: if this slot dies before RQ's bookkeeping, recovery finishes it.
-        pipe.hset(keys.node_running(self.node), job.id, claim.ENDED + self.name)
+        if rq_done:
+            pipe.hdel(keys.node_running(self.node), job.id)
+        else:  # not gone yet: if this slot dies before RQ's bookkeeping, recovery finishes it
+            pipe.hset(keys.node_running(self.node), job.id, claim.ENDED + self.name)
         pipe.hdel(keys.ACTIVE, job.id)
         pipe.hdel(keys.node_held(self.node), job.id)
         if job.meta.get("group"):

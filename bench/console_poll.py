@@ -1,6 +1,10 @@
 """Benchmark: the console's poll tick and table refresh at 100 and 100,000 jobs, and output latency.
 
     .venv/bin/python bench/console_poll.py [--jobs 100000] [--nodes 200] [--stream-seconds 30]
+    .venv/bin/python bench/console_poll.py --stream-seconds 600   # the 10-minute RSS soak
+
+The rq-dashboard comparison needs the bench extra (`pip install -e '.[bench]'`); without it
+that part is skipped. `--stream-seconds 0` skips the output/RSS part.
 
 Starts its own broker (never the machine's 6379). Jobs are written in bulk as copies of a
 real submitted job (same hash fields, same signed envelope size) spread over the registries;
@@ -32,7 +36,7 @@ import redis  # noqa: E402
 
 from console.app import make_app  # noqa: E402
 from console.filters import JobFilter  # noqa: E402
-from console.poller import Poller, Request  # noqa: E402
+from console.poller import NODES_EVERY, Poller, Request  # noqa: E402
 from gridcore import keys  # noqa: E402
 from gridcore.client import Grid  # noqa: E402
 from gridcore.models import JobSpec, JobState  # noqa: E402
@@ -139,28 +143,57 @@ class Heartbeats:
         self.go.set()
 
 
-def server_stats(r: redis.Redis) -> tuple[int, int]:
-    calls = sum(v["calls"] for k, v in r.info("commandstats").items())
+def server_stats(r: redis.Redis, per_command: bool = False):
+    """(commands served, bytes sent) so far; with per_command, also {command: calls}."""
+    stats = r.info("commandstats")
+    calls = sum(v["calls"] for v in stats.values())
     out = r.info("stats")["total_net_output_bytes"]
+    if per_command:
+        return calls, out, {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
     return calls, out
 
 
-def measure_tick(r, grid, req: Request, rounds: int = 20) -> dict:
-    """Median wall time, commands and bytes of Poller.read for one request."""
+_INFO_BYTES: int | None = None
+
+
+def info_overhead(r: redis.Redis) -> int:
+    """Bytes the measuring INFO calls themselves add to a before/after delta (measured once)."""
+    global _INFO_BYTES
+    if _INFO_BYTES is None:
+        deltas = []
+        for _ in range(5):
+            _, b0 = server_stats(r)
+            _, b1 = server_stats(r)
+            deltas.append(b1 - b0)
+        _INFO_BYTES = int(statistics.median(deltas))
+    return _INFO_BYTES
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
+
+
+def measure_tick(r, grid, req: Request, rounds: int = 20, nodes_due: bool = False) -> dict:
+    """Median (and p95) wall time, commands and bytes of Poller.read for one request.
+
+    The poller rereads the nodes every NODES_EVERY seconds whatever the view; rounds here run
+    faster than that, so a view other than nodes is measured without it unless `nodes_due`.
+    """
     poller = Poller(app=None, grid=grid, request=lambda: req)
     poller.read(req)  # warm: connections, node cache
+    overhead = info_overhead(r)
     times, cmds, sent = [], [], []
     for _ in range(rounds):
-        poller._nodes = None if req.view == "nodes" else poller._nodes
+        poller._nodes = None if req.view == "nodes" or nodes_due else poller._nodes
         c0, b0 = server_stats(r)
         t0 = time.perf_counter()
         snap = poller.read(req)
         times.append(time.perf_counter() - t0)
         c1, b1 = server_stats(r)
-        cmds.append(c1 - c0 - 1)  # minus the second INFO commandstats
-        sent.append(b1 - b0)
-    return {"ms": statistics.median(times) * 1000, "commands": statistics.median(cmds),
-            "bytes": statistics.median(sent), "snapshot": snap}
+        cmds.append(c1 - c0 - 1)  # minus the first call's INFO stats (INFO commandstats excludes itself)
+        sent.append(b1 - b0 - overhead)  # minus the INFO replies themselves
+    return {"ms": statistics.median(times) * 1000, "p95_ms": p95(times) * 1000,
+            "commands": statistics.median(cmds), "bytes": statistics.median(sent), "snapshot": snap}
 
 
 async def measure_refresh(settings, grid, snaps, rounds: int = 10) -> tuple[float, float]:
@@ -184,6 +217,10 @@ async def measure_refresh(settings, grid, snaps, rounds: int = 10) -> tuple[floa
                 await pilot.pause()
             out.append(statistics.median(times) * 1000)
     return out[0], out[1]
+
+
+RSS_EVERY = 5.0
+"""Seconds between the console's RSS samples while output streams."""
 
 
 async def measure_output(settings, grid, r, seconds: float, jobs: int = 10, rate: int = 1000) -> dict:
@@ -210,7 +247,8 @@ async def measure_output(settings, grid, r, seconds: float, jobs: int = 10, rate
                 await asyncio.sleep(0.01)
             live_from = time.time_ns()  # lines written before the pane was open are backlog, not latency
             seen = 0
-            t_end = time.monotonic() + seconds
+            t_start = time.monotonic()
+            t_end = t_start + seconds
             while time.monotonic() < t_end:
                 await asyncio.sleep(0.02)
                 lines = detail.buffer.lines
@@ -222,8 +260,9 @@ async def measure_output(settings, grid, r, seconds: float, jobs: int = 10, rate
                         if t >= live_from:
                             buckets[min(10_000, max(0, (now_ns - t) // 1_000_000))] += 1
                 seen = total
-                if not rss or time.monotonic() - rss[-1][0] > 5:
-                    rss.append((time.monotonic(), proc.memory_info().rss))
+                if not rss or time.monotonic() - t_start - rss[-1][0] >= RSS_EVERY:
+                    rss.append((time.monotonic() - t_start, proc.memory_info().rss))
+            rss.append((time.monotonic() - t_start, proc.memory_info().rss))  # the end of the run
     finally:
         for w in procs:
             w.terminate()
@@ -238,8 +277,7 @@ async def measure_output(settings, grid, r, seconds: float, jobs: int = 10, rate
                 return float(ms)
         return float("nan")
 
-    return {"lines": count, "p50": pct(0.5), "p95": pct(0.95), "rss_start": rss[0][1] if rss else 0, "rss_end": rss[-1][1] if rss else 0,
-            "rss_samples": [b for _, b in rss]}
+    return {"lines": count, "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "rss": rss}
 
 
 WRITER = """
@@ -257,30 +295,119 @@ while time.monotonic() < end:
 """One job's output in the agent's format: a raw-bytes chunk every ~100 ms, MAXLEN-capped."""
 
 
-def rq_dashboard_compare(url: str, tick_ms: float) -> None:
+DASHBOARD_ROUNDS = 30
+
+
+def rq_dashboard_compare(r: redis.Redis, grid: Grid, url: str, refresh_ms: float = 0.0, queue: str = "default",
+                         rounds: int = DASHBOARD_ROUNDS) -> dict | None:
+    """rq-dashboard's jobs JSON against the console's tick, same data, registry and page size.
+
+    Both in this process, no network: the dashboard through Flask's test client (its route
+    opens its own Redis connection per request, as it does when served), the console through
+    `Poller.read`. The console's request is the jobs view filtered to the same queue's failed
+    registry, newest first, PAGE_SIZE rows; its tick also reads the queue counts and the clock,
+    which the dashboard's jobs endpoint does not. Commands and bytes are counted on the server.
+    """
     try:
         import rq_dashboard  # noqa: F401
-        from flask import Flask
+        from rq_dashboard.cli import make_flask_app
+        from rq_dashboard.web import setup_rq_connection
     except ImportError:
-        print("rq-dashboard: skipped (not installed here; `pip install rq-dashboard` to compare)")
-        return
-    from rq_dashboard.cli import make_flask_app  # type: ignore[attr-defined]
+        print("\nrq-dashboard: skipped (not installed; `pip install -e '.[bench]'` to compare)")
+        return None
+    from importlib.metadata import version
 
-    app: Flask = make_flask_app(None, None, None, None)
+    from console.poller import PAGE_SIZE
+
+    req = Request(view="jobs", state=JobState.FAILED, queue=queue)
+    console = measure_tick(r, grid, req, rounds=rounds)
+    console_ids = [j.id for j in console["snapshot"].jobs]
+
+    app = make_flask_app(None, None, None, None)
     app.config["RQ_DASHBOARD_REDIS_URL"] = [url]
+    app.config["DEPRECATED_OPTIONS"] = []
+    setup_rq_connection(app)  # what `rq-dashboard` does before serving
     client = app.test_client()
-    rules = [str(rule) for rule in app.url_map.iter_rules() if "jobs" in str(rule) and "json" in str(rule)]
-    print(f"rq-dashboard JSON routes: {rules}")
-    path = "/0/data/jobs/default/failed/50/desc/1.json"
-    client.get(path)
-    times = []
-    for _ in range(10):
+    # The dashboard's own page asks for this URL: order "dsc" is its "Descending" (newest first).
+    path = f"/0/data/jobs/{queue}/failed/{PAGE_SIZE}/dsc/1.json"
+    overhead = info_overhead(r)
+    for _ in range(2):  # warm: imports, url map, lazy Flask state
+        client.get(path)
+    times, cmds, sent = [], [], []
+    breakdown: dict[str, int] = {}
+    rows: list[dict] = []
+    for i in range(rounds):
+        c0, b0, per0 = server_stats(r, per_command=True)
         t0 = time.perf_counter()
         resp = client.get(path)
         times.append(time.perf_counter() - t0)
-    ms = statistics.median(times) * 1000
-    print(f"rq-dashboard {path}: {resp.status_code}, {ms:.1f} ms (ratio console tick / dashboard: "
-          f"{tick_ms / ms:.2f})")
+        c1, b1, per1 = server_stats(r, per_command=True)
+        if resp.status_code != 200:
+            raise RuntimeError(f"rq-dashboard {path} answered {resp.status_code}: {resp.get_data(as_text=True)[:300]}")
+        rows = resp.get_json()["jobs"]
+        if not rows:
+            raise RuntimeError(f"rq-dashboard {path} returned no jobs: nothing to compare")
+        cmds.append(c1 - c0 - 1)
+        sent.append(b1 - b0 - overhead)
+        if i == rounds // 2:
+            breakdown = {k: per1.get(k, 0) - per0.get(k, 0) for k in per1}
+            breakdown["info"] = breakdown.get("info", 0) - 1
+            breakdown = {k: v for k, v in breakdown.items() if v > 0}
+    dash_ids = [row["id"] for row in rows]
+    same = len(set(dash_ids) & set(console_ids))
+    dash = {"ms": statistics.median(times) * 1000, "p95_ms": p95(times) * 1000,
+            "commands": statistics.median(cmds), "bytes": statistics.median(sent)}
+    total = r.zcard(keys.rq_registry("failed", queue))
+    print(f"\nrq-dashboard {version('rq-dashboard')} (rq {version('rq')}, Flask {version('flask')}) vs the console, "
+          f"{queue!r} failed registry ({total:,} jobs), page of {PAGE_SIZE}, newest first, {rounds} requests each:")
+    print(f"  dashboard GET {path}: {len(rows)} rows, {dash['ms']:.2f} ms median, {dash['p95_ms']:.2f} ms p95, "
+          f"{dash['commands']:.0f} commands, {dash['bytes'] / 1024:.1f} KiB read")
+    by_count = sorted(breakdown.items(), key=lambda kv: -kv[1])
+    print("    commands in one request: " + ", ".join(f"{k} {v}" for k, v in by_count))
+    print(f"  console tick (jobs view, state failed, queue {queue}): {len(console_ids)} rows, "
+          f"{console['ms']:.2f} ms median, {console['p95_ms']:.2f} ms p95, {console['commands']:.0f} commands, "
+          f"{console['bytes'] / 1024:.1f} KiB read")
+    print(f"  same jobs on both pages: {same} of {len(dash_ids)}")
+    print(f"  ratio dashboard / console tick: {dash['ms'] / console['ms']:.2f}x median, "
+          f"{dash['p95_ms'] / console['p95_ms']:.2f}x p95; commands {dash['commands'] / console['commands']:.2f}x, "
+          f"bytes {dash['bytes'] / console['bytes']:.2f}x")
+    if refresh_ms:
+        print(f"  ratio dashboard / console tick + table refresh ({refresh_ms:.2f} ms; the dashboard's figure has no "
+              f"rendering in it): {dash['ms'] / (console['ms'] + refresh_ms):.2f}x median")
+    return {"dashboard": dash, "console": console, "rows": len(rows), "same": same, "breakdown": breakdown}
+
+
+def slope_per_min(samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of RSS samples (seconds, bytes), in MiB per minute."""
+    if len(samples) < 2:
+        return 0.0
+    xs = [t for t, _ in samples]
+    ys = [b / 2**20 for _, b in samples]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def report_rss(rss: list[tuple[float, int]], seconds: float) -> None:
+    """First/last/max, the slope over the run and after warm-up (the pane's line cap filling)."""
+    if not rss:
+        print("console RSS: no samples")
+        return
+    mib = [b / 2**20 for _, b in rss]
+    warm = min(60.0, seconds / 4)
+    after = [(t, b) for t, b in rss if t >= warm]
+    print(f"console RSS ({len(rss)} samples every {RSS_EVERY:.0f}s over {rss[-1][0]:.0f}s): "
+          f"first {mib[0]:.1f} MiB, last {mib[-1]:.1f} MiB, min {min(mib):.1f}, max {max(mib):.1f}; "
+          f"slope {slope_per_min(rss):+.3f} MiB/min overall")
+    if len(after) >= 2:
+        a = [b / 2**20 for _, b in after]
+        grow = slope_per_min(after) * (after[-1][0] - after[0][0]) / 60
+        flat = abs(grow) <= max(2.0, 0.02 * a[0])
+        print(f"  after {warm:.0f}s warm-up: first {a[0]:.1f} MiB, last {a[-1]:.1f}, max {max(a):.1f}; "
+              f"slope {slope_per_min(after):+.3f} MiB/min ({grow:+.1f} MiB over the rest of the run) -> "
+              + ("flat" if flat else "GROWS") + " (flat: fitted growth within max(2 MiB, 2%))")
+    step = max(1, round(60 / RSS_EVERY))
+    print("  per minute (MiB): " + ", ".join(f"{t:.0f}s {b / 2**20:.1f}" for t, b in rss[::step]))
 
 
 def main() -> int:
@@ -289,7 +416,8 @@ def main() -> int:
     p.add_argument("--small", type=int, default=100)
     p.add_argument("--mid", type=int, default=10_000)
     p.add_argument("--nodes", type=int, default=200)
-    p.add_argument("--stream-seconds", type=float, default=30.0, help="600 for the 10-minute RSS soak")
+    p.add_argument("--stream-seconds", type=float, default=30.0,
+                   help="seconds of streaming output (600 for the 10-minute RSS soak; 0 skips it)")
     args = p.parse_args()
 
     setup_home()
@@ -301,7 +429,8 @@ def main() -> int:
         settings = load_settings(overrides={"redis_url": broker.url, "submitter": "bench@grid"})
         r = broker.client()
         grid = Grid(redis.Redis.from_url(broker.url), settings)
-        print(f"broker: {kind} on {broker.url}; nodes: {args.nodes} via Agent.heartbeat")
+        print(f"broker: {kind} {r.info('server').get('redis_version')} on {broker.url}; "
+              f"nodes: {args.nodes} via Agent.heartbeat; {os.cpu_count()} CPUs")
         hb = Heartbeats(broker.url, args.nodes)
         results = {}
         sizes = (args.small, args.mid, args.jobs)
@@ -312,13 +441,14 @@ def main() -> int:
             populate(r, grid, n)
             print(f"\n{n:,} jobs written in {time.perf_counter() - t0:.1f}s")
             res = {}
-            for label, req in [
-                ("jobs page", Request(view="jobs")),
-                ("failed page", Request(view="jobs", state=JobState.FAILED)),
-                ("queues", Request(view="queues")),
-                ("nodes", Request(view="nodes")),
+            for label, req, due in [
+                ("jobs page", Request(view="jobs"), False),
+                ("failed page", Request(view="jobs", state=JobState.FAILED), False),
+                ("queues", Request(view="queues"), False),
+                ("nodes", Request(view="nodes"), False),
+                ("jobs+nodes", Request(view="jobs"), True),  # one jobs tick in NODES_EVERY s
             ]:
-                m = measure_tick(r, grid, req)
+                m = measure_tick(r, grid, req, nodes_due=due)
                 res[label] = m
                 print(f"  tick {label:12s} {m['ms']:7.2f} ms  {m['commands']:5.0f} commands  {m['bytes'] / 1024:8.1f} KiB")
             snaps = [res["jobs page"]["snapshot"], res["failed page"]["snapshot"]]
@@ -326,7 +456,9 @@ def main() -> int:
             res["refresh_ms"] = refresh
             print(f"  table refresh (diff + full render, 200x50): {refresh:.2f} ms steady, "
                   f"{replaced:.2f} ms when every row changes")
-            print(f"  tick + refresh: {res['jobs page']['ms'] + refresh:.2f} ms (target <= 50)")
+            print(f"  tick + refresh: {res['jobs page']['ms'] + refresh:.2f} ms (target <= 50); "
+                  f"{res['jobs+nodes']['ms'] + refresh:.2f} ms on the tick that also rereads the nodes "
+                  f"(one every {NODES_EVERY:.0f}s)")
             results[n] = res
             hb.resume()
         small, big = results[args.small], results[args.jobs]
@@ -335,18 +467,20 @@ def main() -> int:
         print(f"\nratio {args.jobs:,} / {args.small:,} jobs, tick + refresh: {total_big / total_small:.2f}x (target <= 2)")
         print("commands per tick at " + " / ".join(f"{n:,}" for n in sizes) + " jobs "
               "(pages are short at the smallest size; past a full page the count must not grow):")
-        for label in ("jobs page", "failed page", "queues", "nodes"):
+        for label in ("jobs page", "failed page", "queues", "nodes", "jobs+nodes"):
             counts = [results[n][label]["commands"] for n in sizes]
             verdict = "flat" if counts[-1] <= counts[-2] + 1 else "GROWS"
             print(f"  {label:12s}: " + " / ".join(f"{c:.0f}" for c in counts) + f"  ({verdict})")
 
-        hb.pause()
-        out = asyncio.run(measure_output(settings, grid, r, args.stream_seconds))
-        print(f"\noutput: {out['lines']:,} lines seen in {args.stream_seconds:.0f}s from 10 jobs x 1000 lines/s "
-              f"(one open); line-to-pane p50 {out['p50']:.0f} ms, p95 {out['p95']:.0f} ms (target <= 250)")
-        print(f"console RSS: {out['rss_start'] / 2**20:.1f} MiB -> {out['rss_end'] / 2**20:.1f} MiB "
-              f"(samples: {', '.join(f'{b / 2**20:.0f}' for b in out['rss_samples'])})")
-        rq_dashboard_compare(broker.url, big["failed page"]["ms"])
+        hb.pause()  # the comparison counts commands server-wide: no heartbeats in between
+        rq_dashboard_compare(r, grid, broker.url, refresh_ms=big["refresh_ms"])
+
+        if args.stream_seconds > 0:
+            out = asyncio.run(measure_output(settings, grid, r, args.stream_seconds))
+            print(f"\noutput: {out['lines']:,} lines seen in {args.stream_seconds:.0f}s from 10 jobs x 1000 lines/s "
+                  f"(one open); line-to-pane p50 {out['p50']:.0f} ms, p95 {out['p95']:.0f} ms, p99 {out['p99']:.0f} ms "
+                  "(target p95 <= 250)")
+            report_rss(out["rss"], args.stream_seconds)
     finally:
         if hb:
             hb.stop.set()

@@ -325,8 +325,7 @@ def requeue(
         jobs, _ = grid.list(state=JobState.FAILED, queue=queue, limit=1000)
         ids += [j.id for j in jobs if not reason or reason in (j.reason or "")]
     if group:
-        cells = grid.group(group)["jobs"]
-        ids += [j.id for j in grid.get_many(cells) if j.state in (JobState.FAILED, JobState.CANCELED)]
+        ids += grid.failed_cells(group)
     if not ids:
         raise CliError("nothing to requeue: give job ids or --all-failed", 2)
     for jid in ids:

@@ -19,10 +19,12 @@ from console.screens.base import WRITE_ACTIONS, GridScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import JobDetailScreen
 from console.screens.events import EventsScreen
+from console.screens.groups import GroupsScreen
 from console.screens.jobs import JobsScreen
 from console.screens.nodes import NodesScreen
 from console.screens.queues import QueuesScreen
 from console.screens.submit import Submission, SubmitScreen
+from console.screens.sweep import SweepGridScreen, cell_label
 from gridcore.client import Grid, GridError
 from gridcore.connection import describe_error, redact
 from gridcore.models import Job, JobState
@@ -36,15 +38,19 @@ REQUEUE_ALL_CAP = 10_000
 CANCEL_WAIT = 10.0
 """Seconds a cancel waits for the agent to confirm a running job is dead."""
 
-VIEWS = ("jobs", "queues", "nodes", "events")
+CONFIRM_LISTED = 8
+"""Jobs named in a confirmation before '… and N more'."""
+
+VIEWS = ("jobs", "queues", "nodes", "events", "groups")
 
 
 class GridApp(App[None]):
-    """Views switch with 1-4 (or the command palette); `?` lists every key."""
+    """Views switch with 1-5 (or the command palette); `?` lists every key."""
 
     CSS_PATH = "grid.tcss"
     TITLE = "Science Grid"
-    MODES = {"jobs": JobsScreen, "queues": QueuesScreen, "nodes": NodesScreen, "events": EventsScreen}
+    MODES = {"jobs": JobsScreen, "queues": QueuesScreen, "nodes": NodesScreen, "events": EventsScreen,
+             "groups": GroupsScreen}
     DEFAULT_MODE = "jobs"
 
     BINDINGS = [
@@ -52,6 +58,8 @@ class GridApp(App[None]):
         Binding("2", "view('queues')", "Queues", id="view.queues"),
         Binding("3", "view('nodes')", "Nodes", id="view.nodes"),
         Binding("4", "view('events')", "Events", id="view.events"),
+        # Off the footer, which has no room left at 80 columns; `?` and the palette list it.
+        Binding("5", "view('groups')", "Sweep groups", id="view.groups", show=False),
         Binding("question_mark", "help", "Keys", id="app.help"),
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True, id="app.force_quit"),
@@ -69,6 +77,7 @@ class GridApp(App[None]):
         self.where = where or redact(settings.redis_url) or "local grid"
         self.filter = JobFilter()
         self.offset = 0
+        self.groups_offset = 0  # the groups view's page
         self.last_snapshot: Snapshot | None = None
         self.poller = Poller(self, grid, self.current_request, interval=poll_interval)
         self.autostart = autostart
@@ -101,15 +110,24 @@ class GridApp(App[None]):
     def current_request(self) -> Request:
         """What the poller should read next (called on the UI thread)."""
         detail = next((s for s in reversed(self.screen_stack) if isinstance(s, JobDetailScreen)), None)
+        sweep = next((s for s in reversed(self.screen_stack) if isinstance(s, SweepGridScreen)), None)
         f = self.filter
         # Only what is visible is read: with a job open, its output has the tick to itself.
-        view = "detail" if isinstance(self.screen, JobDetailScreen) else (self.current_mode or "jobs")
+        if isinstance(self.screen, JobDetailScreen):
+            view = "detail"
+        elif sweep is not None and detail is None:
+            view = "group"  # also under its retry confirmation, which shows what it will requeue
+        else:
+            view = self.current_mode or "jobs"
         return Request(
             view=view, state=f.state, queue=f.queue, node=f.node, text=f.text,
             offset=self.offset, limit=self.page_size,
             job_id=detail.job_id if detail else None,
             after=detail.buffer.cursor if detail else "0-0",
             fresh=detail.fresh if detail else False,
+            groups_offset=self.groups_offset,
+            group_id=sweep.group_id if sweep else None,
+            cells_offset=sweep.cells_offset if sweep else 0,
         )
 
     def on_poller_polled(self, message: Poller.Polled) -> None:
@@ -180,6 +198,11 @@ class GridApp(App[None]):
         self.push_screen(JobDetailScreen(job_id))
         self.poller.poll_now()
 
+    def open_group(self, group_id: str, name: str = "") -> None:
+        """The parameter grid of one sweep, over the groups view."""
+        self.push_screen(SweepGridScreen(group_id, name))
+        self.poller.poll_now()
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for name in VIEWS:
@@ -189,6 +212,9 @@ class GridApp(App[None]):
             yield SystemCommand("Submit job", "Open the submit form", self.action_submit)
             yield SystemCommand("Requeue failed", "Requeue every failed job in the current filter",
                                 lambda: self.requeue_failed_in(self.filter))
+            if isinstance(screen, (GroupsScreen, SweepGridScreen)):
+                yield SystemCommand("Retry failed cells", "Requeue every failed or canceled cell of this sweep",
+                                    screen.action_retry_failed)
             yield SystemCommand("Demo jobs", "Submit demo jobs: a progress bar, a failure, a long job",
                                 self.action_demo)
 
@@ -278,17 +304,49 @@ class GridApp(App[None]):
         self.push_screen(ConfirmScreen(title, _job_list(jobs), yes="Requeue"), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _requeue(self, ids: Sequence[str]) -> None:
-        ok = 0
+    def _requeue(self, ids: Sequence[str], noun: str = "job") -> None:
+        ok, failed = 0, 0
         for jid in ids:
             try:
                 self.grid.requeue(jid)
                 ok += 1
             except Exception as e:  # noqa: BLE001
-                self._fail(f"requeue {jid[:8]} failed", e)
+                failed += 1
+                if failed <= CONFIRM_LISTED:  # each named, up to a screenful
+                    self._fail(f"requeue {jid[:8]} failed", e)
         if ok:
-            self._tell(f"requeued {ok} job{'s' if ok > 1 else ''}", title="requeued")
+            self._tell(f"requeued {ok} {noun}{'s' if ok > 1 else ''}", title="requeued")
+        if failed:
+            self._tell(f"{failed} {noun}{'s' if failed > 1 else ''} of {len(ids)} could not be requeued",
+                       severity="error")
         self.call_from_thread(self.poller.poll_now)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def retry_failed_cells(self, group_id: str, name: str = "") -> None:
+        """Every failed or canceled cell of a sweep (`grid requeue --group`), after a confirmation."""
+        if self.read_only:
+            return
+        label = clean(name or group_id, 60)
+        try:
+            ids = self.grid.failed_cells(group_id)
+            shown = self.grid.get_many(ids[:CONFIRM_LISTED])
+        except Exception as e:  # noqa: BLE001
+            self._fail(f"could not read sweep {label}", e)
+            return
+        if not ids:
+            self._tell(f"no failed or canceled cells in sweep {label}", severity="warning")
+            return
+        body = Text("\n").join(cell_label(j) for j in shown)
+        if len(ids) > len(shown):
+            body.append(f"\n… and {len(ids) - len(shown):,} more")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._requeue(ids, noun="cell")
+
+        n = len(ids)
+        title = f"Retry {n:,} failed cell{'s' if n > 1 else ''} of sweep {label}?"
+        self.call_from_thread(self.push_screen, ConfirmScreen(title, body, yes="Retry cells"), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
     def requeue_failed_in(self, flt: JobFilter) -> None:
@@ -353,9 +411,9 @@ class GridApp(App[None]):
         self._tell(f"{'draining' if drain else 'resumed'} {node}")
         self.call_from_thread(self.poller.poll_now)
 
-    def copy_id(self, job_id: str) -> None:
-        self.copy_to_clipboard(job_id)
-        self.notify(f"copied {clean(job_id, 64)}", title="job id", markup=False)
+    def copy_id(self, value: str, what: str = "job id") -> None:
+        self.copy_to_clipboard(value)
+        self.notify(f"copied {clean(value, 64)}", title=what, markup=False)
 
     # ---- notifications (safe from any thread) -------------------------------------------
 
@@ -373,7 +431,7 @@ class GridApp(App[None]):
         self.notify(clean(detail, 300), title=what, severity="error", markup=False, timeout=10)
 
 
-def _job_list(jobs: Sequence[Job], shown: int = 8) -> Text:
+def _job_list(jobs: Sequence[Job], shown: int = CONFIRM_LISTED) -> Text:
     t = Text()
     for j in jobs[:shown]:
         if t:

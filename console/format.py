@@ -106,3 +106,18 @@ def fixed(value: object, digits: int = 1, missing: str = "-") -> str:
     """A number with `digits` decimals, or `missing` when it isn't one."""
     v = num(value)
     return missing if v is None else f"{v:.{digits}f}"
+
+
+def bar(fraction: object, width: int = 8) -> str:
+    """A progress bar `width` cells wide, in whole cells: ███░░░░░."""
+    f = num(fraction)
+    f = 0.0 if f is None else min(1.0, max(0.0, f))
+    full = int(f * width + 1e-9)
+    return "█" * full + "░" * (width - full)
+
+
+def percent(fraction: object) -> str:
+    """0.4567 -> ' 45%'; a bar's number, floor so 100% means every cell is done."""
+    f = num(fraction)
+    f = 0.0 if f is None else min(1.0, max(0.0, f))
+    return f"{int(f * 100 + 1e-9):3d}%"

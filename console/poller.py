@@ -21,7 +21,7 @@ from textual.timer import Timer
 
 from console.progress import latest_of_chunks
 from gridcore import keys
-from gridcore.client import Event, Grid, QueueStats
+from gridcore.client import Event, Grid, GridError, QueueStats
 from gridcore.connection import BrokerError, describe_error
 from gridcore.models import Job, JobState, Node, OutputChunk
 
@@ -45,6 +45,9 @@ OUTPUT_BLOCK_MS = 200
 PROGRESS_CHUNKS = 4
 """Newest output chunks read per visible running job to find its progress."""
 
+GROUPS_PAGE = 20
+"""Sweep groups read per tick for the groups view (each one's cells are counted by state)."""
+
 EVENTS_COUNT = 200
 """Newest events read per tick for the events view."""
 
@@ -61,7 +64,7 @@ BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ResponseError,
 class Request:
     """What the UI shows right now, read on the UI thread when a tick starts."""
 
-    view: str = "jobs"  # jobs | queues | nodes | events | detail (a job open over the jobs view)
+    view: str = "jobs"  # jobs | queues | nodes | events | groups | group (one open) | detail (a job open)
     state: JobState | None = None
     queue: str | None = None
     node: str | None = None
@@ -71,6 +74,9 @@ class Request:
     job_id: str | None = None  # the job open in the detail screen
     after: str = "0-0"  # its output stream cursor
     fresh: bool = False  # the output pane was just opened: also measure trimming
+    groups_offset: int = 0  # the page of the groups view
+    group_id: str | None = None  # the sweep group open in the parameter grid
+    cells_offset: int = 0  # the page of its cells
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,11 @@ class Snapshot:
     progress: dict[str, float] = field(default_factory=dict)
     nodes: tuple[Node, ...] | None = None
     events: tuple[Event, ...] | None = None
+    groups: tuple[dict, ...] | None = None  # Grid.groups() records, one page
+    groups_total: int = 0
+    group: dict | None = None  # the open group's record (counts of every cell)
+    cells: tuple[Job, ...] | None = None  # one page of its cells, in cell order
+    group_missing: bool = False
     job: Job | None = None
     job_missing: bool = False
     chunks: tuple[OutputChunk, ...] = ()
@@ -238,6 +249,11 @@ class Poller:
             out["progress"] = self._read_progress([j.id for j in jobs if j.state is JobState.RUNNING])
         elif req.view == "events":
             out["events"] = tuple(g.events(count=EVENTS_COUNT))
+        elif req.view == "groups":
+            out["groups"] = tuple(g.groups(limit=GROUPS_PAGE, offset=req.groups_offset))
+            out["groups_total"] = g.group_count()
+        elif req.view == "group" and req.group_id:
+            out.update(self._read_group(req))
         if req.job_id:
             try:
                 out["job"] = g.get(req.job_id)
@@ -246,6 +262,15 @@ class Poller:
                     raise
                 out["job_missing"] = True
         return Snapshot(**out)
+
+    def _read_group(self, req: Request) -> dict:
+        try:
+            group = self.grid.group(req.group_id)
+        except GridError:
+            return {"group_missing": True}  # expired, or a bad id
+        cells = self.grid.get_many(group["jobs"][req.cells_offset : req.cells_offset + req.limit])
+        progress = self._read_progress([j.id for j in cells if j.state is JobState.RUNNING])
+        return {"group": group, "cells": tuple(cells), "progress": progress}
 
     def _read_jobs(self, req: Request) -> tuple[list[Job], int]:
         if not req.text:

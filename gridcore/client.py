@@ -35,6 +35,7 @@ from gridcore.models import (
     OutputChunk,
     Resources,
 )
+from gridcore.priority import PrioritizedQueue
 from gridcore.settings import Settings, load_settings
 from gridcore.signing import ENVELOPE_VERSION, AuthorizedKeys, Refused, Signer, load_private_key, verify
 
@@ -47,7 +48,7 @@ LOST_RETRIES = 1
 COMMAND_PREVIEW = 2000
 """Characters of the command kept in job meta for listings."""
 
-_JOB_FIELDS = (b"status", b"origin", b"meta", b"description", b"worker_name", b"enqueued_at")
+_JOB_FIELDS = (b"status", b"origin", b"meta", b"description", b"worker_name", b"enqueued_at", b"retries_left")
 
 
 class GridError(Exception):
@@ -133,6 +134,18 @@ def _list(v: Any) -> list:
     return v if isinstance(v, list) else []
 
 
+def rq_retry_intervals(spec: JobSpec) -> int | list[int]:
+    """RQ's Retry interval(s) for the spec's backoff: one per retry, the last value repeating.
+
+    RQ reads its list from the end when there are more retries than values (the first value
+    repeats), and schedules on whole seconds rounded down (a retry could start up to a second
+    early): give it one value per retry, each a second longer, so no retry starts before its
+    backoff."""
+    b = spec.retry_backoff or (0,)
+    waits = [(s + 1 if s > 0 else 0) for s in (b[min(i, len(b) - 1)] for i in range(spec.retries))]
+    return waits if len(set(waits)) > 1 else (waits or [0])[0]
+
+
 def node_state(age: float | None, hb_interval: float, node_timeout: float, draining: bool) -> NodeState:
     """up / stale / down from heartbeat age (broker time); draining only while alive."""
     if age is None or age > node_timeout:
@@ -149,6 +162,7 @@ class Grid:
         self.redis = connection
         self.settings = settings or load_settings()
         self._signer = signer
+        self._server_version: tuple[int, int, int] | None = None
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Grid:
@@ -193,7 +207,7 @@ class Grid:
         """A job any slot of its queue may take: one CPU, nothing else asked for."""
         r = spec.resources
         return (r.cpus <= 1 and not r.gpus and not r.memory and not r.labels and not r.node
-                and not spec.priority and not max_parallel)
+                and not max_parallel)
 
     def route(self, spec: JobSpec, max_parallel: int | None = None) -> str:
         """The RQ queue a job goes to: its queue when plain, else the placement queue."""
@@ -246,6 +260,15 @@ class Grid:
             self._enqueue(spec, job_id, now, mp)
         return ids
 
+    def _queue(self, name: str, priority: int) -> Queue:
+        """A queue to enqueue one job on; a plain queue inserts it by priority."""
+        q = (Queue(name, connection=self.redis, serializer=SERIALIZER) if name == keys.PENDING_QUEUE
+             else PrioritizedQueue(name, connection=self.redis, serializer=SERIALIZER, priority=priority))
+        # A new RQ Queue asks the server's version (INFO) before its first enqueue: once is enough.
+        q.redis_server_version = self._server_version or q.get_redis_server_version()
+        self._server_version = q.redis_server_version
+        return q
+
     def _enqueue(self, spec: JobSpec, job_id: str, now: float, max_parallel: int | None = None) -> None:
         queue_name = self.route(spec, max_parallel)
         attempts = 1 + spec.retries + LOST_RETRIES
@@ -268,28 +291,29 @@ class Grid:
             "queue": spec.queue,
             "max_parallel": max_parallel,
         }
-        q = Queue(queue_name, connection=self.redis, serializer=SERIALIZER)
+        q = self._queue(queue_name, spec.priority)
         # RQ's own timeout only sizes heartbeats here: the runner enforces the real one.
         rq_timeout = int(spec.timeout + self.settings.agent.kill_grace + 60) if spec.timeout else -1
-        retry = None
-        if spec.retries:
-            retry = Retry(max=spec.retries, interval=list(spec.retry_backoff) or 0)
+        retry = Retry(max=spec.retries, interval=rq_retry_intervals(spec)) if spec.retries else None
         depends = None
         if spec.after:
             depends = Dependency(jobs=list(spec.after), allow_failure=spec.after_on == "any", enqueue_at_front=False)
-        q.enqueue_call(
-            func=keys.RUNNER_FUNC,
-            args=(signed,),
-            job_id=job_id,
-            timeout=rq_timeout,
-            result_ttl=self.settings.result_ttl,
-            failure_ttl=self.settings.result_ttl,
-            description=meta["name"],
-            meta=meta,
-            retry=retry,
-            depends_on=depends,
-        )
-        with self.redis.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline() as pipe:
+            # One transaction for the job and the grid's records of it; RQ checks dependencies
+            # with a WATCH of its own, so a job that has some is enqueued by RQ on its own.
+            q.enqueue_call(
+                func=keys.RUNNER_FUNC,
+                args=(signed,),
+                job_id=job_id,
+                timeout=rq_timeout,
+                result_ttl=self.settings.result_ttl,
+                failure_ttl=self.settings.result_ttl,
+                description=meta["name"],
+                meta=meta,
+                retry=retry,
+                depends_on=depends,
+                pipeline=None if depends else pipe,
+            )
             pipe.zadd(keys.JOBS, {job_id: now})
             pipe.sadd(keys.QUEUES, queue_name)
             if spec.group:
@@ -339,7 +363,7 @@ class Grid:
         return out
 
     def _job_from(self, jid, fields, result, attempts, waiting_on) -> Job:
-        status, origin, meta_raw, description, worker_name, enqueued_at = (_s(f) for f in fields)
+        status, origin, meta_raw, description, worker_name, enqueued_at, retries_left = (_s(f) for f in fields)
         meta = _json(meta_raw) or {}
         result = result if isinstance(result, dict) else {}
         state = RQ_TO_STATE.get(status or "", JobState.QUEUED)
@@ -374,7 +398,8 @@ class Grid:
             tags=tuple(meta.get("tags") or ()),
             resources=meta.get("resources") or {},
             timeout=meta.get("timeout"),
-            retries_left=meta.get("retries"),
+            # RQ counts retries down as it schedules them; a job without retries has no counter.
+            retries_left=_int(retries_left) if retries_left is not None else _int(meta.get("retries")),
             attempts=attempts,
             waiting_on=waiting_on,
             gpus=tuple(run.get("gpus") or result.get("gpus") or ()),
@@ -477,35 +502,62 @@ class Grid:
     # ---- sweep groups -------------------------------------------------------------------
 
     def groups(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        """Newest sweep groups with their job counts by state."""
+        """Newest sweep groups with their job counts by state (two round trips for the page)."""
         gids = [_s(g) for g in self.redis.zrevrange(keys.GROUPS, offset, offset + limit - 1)]
-        return [self.group(g) for g in gids]
+        return [g for g in self._groups(gids) if g is not None]  # a group whose record expired is left out
+
+    def group_count(self) -> int:
+        """Sweep groups in the index (paging total; expired ones count until trimmed)."""
+        return int(self.redis.zcard(keys.GROUPS))
 
     def group(self, group_id: str) -> dict[str, Any]:
         """One sweep group: name, size, max_parallel, counts by state, and its cells."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.group(group_id))
-            pipe.zrange(keys.group_jobs(group_id), 0, -1)
-            info, ids = pipe.execute()
-        if not info:
+        found = self._groups([group_id])[0]
+        if found is None:
             raise GridError(f"no sweep group {group_id!r} on this grid")
-        info = {_s(k): _s(v) for k, v in info.items()}
-        ids = [_s(i) for i in ids]
+        return found
+
+    def failed_cells(self, group_id: str) -> list[str]:
+        """Ids of the failed or canceled cells of a group, in cell order (what a retry requeues)."""
+        ids = self.group(group_id)["jobs"]
+        retry = (JobState.FAILED, JobState.CANCELED)
+        return [jid for jid, st in zip(ids, self._cell_states(ids), strict=True) if st in retry]
+
+    def _cell_states(self, ids: Sequence[str]) -> list[JobState]:
         with self.redis.pipeline(transaction=False) as pipe:
             for jid in ids:
                 pipe.hget(keys.rq_job(jid), "status")
-            statuses = pipe.execute()
-        counts: dict[str, int] = {s.value: 0 for s in JobState}
-        for st in statuses:
-            counts[RQ_TO_STATE.get(_s(st) or "", JobState.QUEUED).value] += 1
-        size = int(info.get("size") or len(ids))
-        done = counts["finished"] + counts["failed"] + counts["canceled"]
-        return {
-            "id": group_id, "name": info.get("name") or group_id, "size": size,
-            "max_parallel": int(info.get("max_parallel") or 0) or None, "submitted": float(info.get("submitted") or 0),
-            "submitter": info.get("submitter"), "axes": _json(info.get("axes")) or [], "counts": counts,
-            "progress": done / size if size else 0.0, "jobs": ids,
-        }
+            return [RQ_TO_STATE.get(_s(st) or "", JobState.QUEUED) for st in pipe.execute()]
+
+    def _groups(self, gids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Each group's record and counts, None where it is gone; one pipeline for every cell."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for gid in gids:
+                pipe.hgetall(keys.group(gid))
+                pipe.zrange(keys.group_jobs(gid), 0, -1)
+            replies = pipe.execute()
+        cells = [[_s(i) for i in replies[2 * n + 1]] for n in range(len(gids))]
+        states = iter(self._cell_states([jid for ids in cells for jid in ids]))
+        out: list[dict[str, Any] | None] = []
+        for n, gid in enumerate(gids):
+            raw, ids = replies[2 * n], cells[n]
+            counts: dict[str, int] = {s.value: 0 for s in JobState}
+            for _ in ids:
+                counts[next(states).value] += 1
+            if not raw:
+                out.append(None)
+                continue
+            info = {_s(k): _s(v) for k, v in raw.items()}
+            size = _int(info.get("size")) or len(ids)
+            done = counts["finished"] + counts["failed"] + counts["canceled"]
+            out.append({
+                "id": gid, "name": info.get("name") or gid, "size": size,
+                "max_parallel": _int(info.get("max_parallel")) or None,
+                "submitted": _float(info.get("submitted")) or 0.0,
+                "submitter": info.get("submitter"), "axes": _json(info.get("axes")) or [], "counts": counts,
+                "progress": done / size if size else 0.0, "jobs": ids,
+            })
+        return out
 
     # ---- nodes --------------------------------------------------------------------------
 
@@ -667,6 +719,7 @@ class Grid:
             if job.meta.get("group"):
                 pipe.srem(keys.group_slots(job.meta["group"]), job.id)
             pipe.hdel(keys.WHY, job.id)
+            pipe.hdel(keys.PRIORITY, job.id)
             pipe.execute()
 
     def why(self, job_id: str) -> list[str]:

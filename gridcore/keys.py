@@ -32,6 +32,9 @@ QUEUES = f"{PREFIX}:queues"
 ACTIVE = f"{PREFIX}:active"
 """Hash: running job id -> JSON {node, slot, worker, started}; the source for node-loss sweeps."""
 
+PRIORITY = f"{PREFIX}:priority"
+"""Hash: waiting job id -> its priority, for jobs other than priority 0 (gridcore/priority.py)."""
+
 NONCES = f"{PREFIX}:nonces"
 """Prefix for replay-protection keys: one `grid:nonces:<nonce>` per executed envelope."""
 

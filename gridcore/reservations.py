@@ -16,22 +16,27 @@ from gridcore import keys
 from gridcore.models import Resources
 from gridcore.placement import Committed
 
-_RESERVE = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
-local cpus, mem, used = 0, 0, {}
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  local h = cjson.decode(v)
-  cpus = cpus + h.cpus
-  mem = mem + h.memory
-  for _, g in ipairs(h.gpus) do used[g] = true end
+RESERVE_FN = """
+local function reserve(held, id, need_cpus, need_mem, gpus, cap_cpus, cap_mem, entry)
+  if redis.call('HEXISTS', held, id) == 1 then return 1 end
+  local cpus, mem, used = 0, 0, {}
+  for _, v in ipairs(redis.call('HVALS', held)) do
+    local h = cjson.decode(v)
+    cpus = cpus + h.cpus
+    mem = mem + h.memory
+    for _, g in ipairs(h.gpus) do used[g] = true end
+  end
+  need_cpus, need_mem = tonumber(need_cpus), tonumber(need_mem)
+  if cpus + need_cpus > tonumber(cap_cpus) + 1e-9 then return 0 end
+  if tonumber(cap_mem) > 0 and need_mem > 0 and mem + need_mem > tonumber(cap_mem) then return 0 end
+  for _, g in ipairs(cjson.decode(gpus)) do if used[g] then return 0 end end
+  redis.call('HSET', held, id, entry)
+  return 1
 end
-local need_cpus, need_mem = tonumber(ARGV[2]), tonumber(ARGV[3])
-if cpus + need_cpus > tonumber(ARGV[5]) + 1e-9 then return 0 end
-if tonumber(ARGV[6]) > 0 and need_mem > 0 and mem + need_mem > tonumber(ARGV[6]) then return 0 end
-for _, g in ipairs(cjson.decode(ARGV[4])) do if used[g] then return 0 end end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[7])
-return 1
 """
+"""Lua: hold a job's resources on a node if they fit (1), else 0; shared with the slot's start script."""
+
+_RESERVE = RESERVE_FN + "return reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])\n"
 
 
 class Reservations:
@@ -42,9 +47,7 @@ class Reservations:
     def reserve(self, node: str, job_id: str, res: Resources, gpus: Sequence[int], cap_cpus: float,
                 cap_memory: int) -> bool:
         """Hold `res` (and these GPU indices) on `node` for `job_id` if it fits; idempotent."""
-        entry = json.dumps({"cpus": res.cpus, "memory": res.memory, "gpus": list(gpus)})
-        ok = self._reserve(keys=[keys.node_held(node)],
-                           args=[job_id, res.cpus, res.memory, json.dumps(list(gpus)), cap_cpus, cap_memory, entry])
+        ok = self._reserve(keys=[keys.node_held(node)], args=reserve_args(job_id, res, gpus, cap_cpus, cap_memory))
         return bool(ok)
 
     def committed(self, nodes: Sequence[str]) -> dict[str, Committed]:
@@ -64,6 +67,12 @@ class Reservations:
                 pipe.hgetall(keys.node_held(n))
             rows = pipe.execute()
         return {n: {k.decode(): json.loads(v) for k, v in row.items()} for n, row in zip(nodes, rows, strict=True)}
+
+
+def reserve_args(job_id: str, res: Resources, gpus: Sequence[int], cap_cpus: float, cap_memory: int) -> list:
+    """The arguments of RESERVE_FN's `reserve`, after the held hash's key."""
+    entry = json.dumps({"cpus": res.cpus, "memory": res.memory, "gpus": list(gpus)})
+    return [job_id, res.cpus, res.memory, json.dumps(list(gpus)), cap_cpus, cap_memory, entry]
 
 
 def release(pipe, node: str | None, job_id: str) -> None:

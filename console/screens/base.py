@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from console.poller import Snapshot
 
 WRITE_ACTIONS = frozenset(
-    {"submit", "cancel", "requeue", "requeue_failed", "drain", "resume", "toggle_select", "demo"}
+    {"submit", "cancel", "requeue", "requeue_failed", "retry_failed", "drain", "resume", "toggle_select", "demo"}
 )
 """Actions that change the grid (or only make sense before one): hidden when read-only."""
 
@@ -46,7 +47,10 @@ class GridScreen(Screen):
         """Show the shared part of a snapshot; True when the subclass should show its own."""
         if not self.is_mounted:
             return False  # pushed but not composed yet: the next tick reaches it
-        banner = self.query_one(Banner)
+        try:
+            banner = self.query_one(Banner)
+        except NoMatches:
+            return False  # being composed or dismissed right now: the next tick reaches it
         if snap.error:
             banner.show_error(snap.error, snap.retry_in, snap.attempt)
             self.add_class("-stale")
@@ -55,3 +59,23 @@ class GridScreen(Screen):
         self.remove_class("-stale")
         self.query_one(Summary).show(self.app.where, snap, self.app.read_only)
         return True
+
+
+class PagedScreen(GridScreen):
+    """A screen that shows one page of rows; `[` and `]` bind to `page(-1)` and `page(1)`."""
+
+    def page_position(self) -> tuple[int, int, int]:
+        """(offset of the page shown, page size, rows in all)."""
+        raise NotImplementedError
+
+    def show_page(self, offset: int) -> None:
+        """Forget the rows shown and read the page at `offset` now."""
+        raise NotImplementedError
+
+    def action_page(self, step: int) -> None:
+        offset, size, total = self.page_position()
+        new = max(0, offset + step * size)
+        if step > 0 and new >= total:
+            self.app.bell()
+        elif new != offset:
+            self.show_page(new)

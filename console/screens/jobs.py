@@ -12,7 +12,7 @@ from console import format as fmt
 from console.filters import FilterError, JobFilter, parse
 from console.progress import label
 from console.sanitize import clean, text
-from console.screens.base import GridScreen
+from console.screens.base import PagedScreen
 from console.widgets.table import Column, KeyedTable
 from gridcore.models import Job, JobState
 
@@ -59,7 +59,7 @@ class FilterInput(Input):
         self.screen._close_filter()
 
 
-class JobsScreen(GridScreen):
+class JobsScreen(PagedScreen):
     """The default view."""
 
     BINDINGS = [
@@ -223,21 +223,13 @@ class JobsScreen(GridScreen):
 
     def set_filter(self, new: JobFilter) -> None:
         self.app.filter = new
-        self.app.offset = 0
-        self.jobs = {}
-        self.query_one(JobsTable).sync([])
-        self._show_status()
-        self.app.poller.poll_now()
+        self.show_page(0)
 
-    def action_page(self, step: int) -> None:
-        size = self.app.page_size
-        new = max(0, self.app.offset + step * size)
-        if step > 0 and new >= self.total:
-            self.app.bell()
-            return
-        if new == self.app.offset:
-            return
-        self.app.offset = new
+    def page_position(self) -> tuple[int, int, int]:
+        return self.app.offset, self.app.page_size, self.total
+
+    def show_page(self, offset: int) -> None:
+        self.app.offset = offset
         self.jobs = {}
         self.query_one(JobsTable).sync([])
         self._show_status()

@@ -75,6 +75,12 @@ class KeyedTable(DataTable):
     def on_resize(self) -> None:
         self._layout_columns()
 
+    def set_columns(self, columns: Sequence[Column]) -> None:
+        """Change the column set (e.g. a sweep's axes, known after the first read); rows are kept."""
+        if list(columns) != self.all_columns:
+            self.all_columns = list(columns)
+            self._layout_columns()
+
     def _layout_columns(self) -> None:
         width = self.scrollable_content_region.width or self.size.width
         if width <= 0:

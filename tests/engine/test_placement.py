@@ -100,11 +100,12 @@ def test_dependency_runs_after_parent_succeeds(grid, agents):
 
 def test_priority_orders_waiting_jobs(grid, agents):
     agents("node-a", slots=1, cpus=1)
-    blocker = grid.submit(JobSpec(command="sleep 1.5", resources=Resources(cpus=1, memory=1000)))
+    blocker = grid.submit(JobSpec(command="sleep 1.5", resources=Resources(cpus=1, memory=2**30)))
     time.sleep(0.5)
     low = grid.submit(JobSpec(command="true", priority=1, name="low"))
     high = grid.submit(JobSpec(command="true", priority=10, name="high"))
-    grid.wait([blocker, low, high], timeout=30)
+    states = grid.wait([blocker, low, high], timeout=30)
+    assert set(states.values()) == {JobState.FINISHED}, states
     assert grid.get(high).started_at < grid.get(low).started_at
 
 

@@ -1,0 +1,90 @@
+"""Commands recorded on a pipeline, run by one Lua script only if its guard holds.
+
+A job's start and end each touch a dozen keys: RQ's own records (written by RQ's methods,
+which take a pipeline) and the grid's. As separate calls, or WATCH + read + MULTI, that is
+many round trips per job, and a slot's throughput on trivial jobs is bounded by them. Here
+RQ's methods and ours queue onto an ordinary pipeline that is never executed; its commands
+travel as the arguments of one script, which first checks its guard (the node has room and
+the envelope is not replayed; this slot still owns the job) and then runs them. A script
+runs atomically, so the guard and the writes are one step, as a WATCH transaction would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from gridcore.reservations import RESERVE_FN
+
+RUN_FN = """
+local function run_recorded(i)
+  local errs = {}
+  local n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do
+    local argc = tonumber(ARGV[i]); i = i + 1
+    local r = redis.pcall(unpack(ARGV, i, i + argc - 1))
+    i = i + argc
+    if type(r) == 'table' and r.err then errs[#errs + 1] = r.err end
+  end
+  return errs
+end
+"""
+"""Lua: run the recorded commands packed into ARGV from index i (count, then argc + args each).
+A failing command is reported, not fatal: the rest still run, as in MULTI/EXEC."""
+
+START = RESERVE_FN + RUN_FN + """
+-- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag
+-- ARGV: job id, cpus, memory, gpus (JSON), node cpus, node memory, held entry,
+--       nonce expiry (unix s), max attempts, spent mark, then the recorded start
+if reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 0 then
+  return {0, 0, {}, 0}
+end
+local used = redis.call('INCR', KEYS[2])
+redis.call('EXPIREAT', KEYS[2], ARGV[8])
+if used > tonumber(ARGV[10]) or used > tonumber(ARGV[9]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return {-1, used, {}, 0}
+end
+return {1, used, run_recorded(11), redis.call('EXISTS', KEYS[3])}
+"""
+"""Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
+whether the job's cancel flag is set, read in the same atomic step as the start."""
+
+END = RUN_FN + """
+-- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list
+-- ARGV: job id, this slot's worker name, then the recorded end
+local active = redis.call('HGET', KEYS[1], ARGV[1])
+local ok, run = false, nil
+if active then ok, run = pcall(cjson.decode, active) end
+if not (ok and type(run) == 'table' and run['worker'] == ARGV[2]) then
+  return {0, redis.call('LINDEX', KEYS[4], -1) or ''}
+end
+if redis.call('HGET', KEYS[2], 'status') ~= 'started' or redis.call('SCARD', KEYS[3]) > 0 then
+  return {2, ''}
+end
+return {1, run_recorded(3)}
+"""
+"""Record a job's end while this slot still owns it and nothing waits on it in RQ."""
+
+
+def recorder(conn: redis.Redis) -> redis.client.Pipeline:
+    """A pipeline to queue commands on; it is read by `packed`, never executed."""
+    return conn.pipeline(transaction=True)
+
+
+def packed(conn: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
+    """The pipeline's queued commands as script arguments: count, then argc and args each."""
+    encode = conn.get_encoder().encode
+    out: list[Any] = [len(pipe.command_stack)]
+    for args, _options in pipe.command_stack:
+        out.append(len(args))
+        out.extend(encode(a) for a in args)
+    pipe.reset()
+    return out
+
+
+def errors(reply: Sequence[Any]) -> list[str]:
+    """The error replies of the recorded commands a script ran."""
+    return [e.decode(errors="replace") if isinstance(e, bytes) else str(e) for e in reply]
