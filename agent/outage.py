@@ -5,7 +5,6 @@ a broker clock that keeps ticking (estimated) while the broker cannot be asked.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -13,6 +12,7 @@ from typing import TypeVar
 import redis
 
 from agent import claim
+from gridcore import clock
 
 log = logging.getLogger("grid.outage")
 
@@ -54,46 +54,19 @@ def until_broker(fn: Callable[[], T], what: str, give_up: Callable[[], bool] | N
         return out
 
 
-ANCHOR_AGE = 5.0
-"""Seconds a broker TIME reading serves as the clock's anchor before TIME is asked again."""
+class BrokerClock(clock.BrokerClock):
+    """The grid's clock (gridcore/clock.py) that keeps ticking while the broker is away.
 
-
-class BrokerClock:
-    """Broker `TIME`, or while the broker is away, the local clock plus the last known offset.
-
-    The grid compares times from the broker only; an estimate is better than failing a job's
-    start or end record because the broker was restarting at that moment. A reading that came
-    with another reply (the slot's pop script returns TIME) anchors the clock: for a few
-    seconds after it, now() is that reading plus the elapsed monotonic time, which is still
-    the broker's clock, without a round trip per timestamp.
+    An estimate (local clock plus the last known offset) is better than failing a job's
+    start or end record because the broker was restarting at that moment.
     """
 
-    def __init__(self, conn: redis.Redis):
-        self.conn = conn
-        self.offset: float | None = None
-        self._anchor: tuple[float, float] | None = None  # (broker time, local monotonic time)
-        self._lock = threading.Lock()
-
-    def anchor(self, sec: int, usec: int) -> float:
-        """Take a broker TIME reply read elsewhere as the current broker time; return it."""
-        t = sec + usec / 1e6
-        with self._lock:
-            self._anchor = (t, time.monotonic())
-            self.offset = t - time.time()
-        return t
-
     def now(self) -> float:
-        anchor = self._anchor
-        if anchor is not None:
-            elapsed = time.monotonic() - anchor[1]
-            if elapsed < ANCHOR_AGE:
-                return anchor[0] + elapsed
         try:
-            sec, usec = self.conn.time()
+            return super().now()
         except BROKER_ERRORS:
             with self._lock:
                 return time.time() + (self.offset or 0.0)
-        return self.anchor(sec, usec)
 
 
 DEQUEUE_WAKE = 1

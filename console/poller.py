@@ -23,7 +23,7 @@ from console.progress import latest_of_chunks
 from gridcore import keys
 from gridcore.client import Event, Grid, GridError, QueueStats
 from gridcore.connection import BrokerError, describe_error
-from gridcore.models import Job, JobState, Node, OutputChunk
+from gridcore.models import Job, JobState, Node, NodeState, OutputChunk
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -52,7 +52,7 @@ EVENTS_COUNT = 200
 """Newest events read per tick for the events view."""
 
 NODES_EVERY = 10.0
-"""Seconds between node reads while the nodes view is hidden (the header still counts them)."""
+"""Seconds between reads of the node states while the nodes view is hidden (the summary counts them)."""
 
 BACKOFF_MAX = 30.0
 """Longest wait between reconnect attempts while the broker is down."""
@@ -89,7 +89,8 @@ class Snapshot:
     jobs: tuple[Job, ...] | None = None
     total: int = 0
     progress: dict[str, float] = field(default_factory=dict)
-    nodes: tuple[Node, ...] | None = None
+    nodes: tuple[Node, ...] | None = None  # read in full on the nodes view only
+    node_states: dict[str, NodeState] | None = None  # every node's state, for the summary line
     events: tuple[Event, ...] | None = None
     groups: tuple[dict, ...] | None = None  # Grid.groups() records, one page
     groups_total: int = 0
@@ -130,7 +131,7 @@ class Poller:
         self._full = True
         self._timer: Timer | None = None
         self._nodes_at = 0.0
-        self._nodes: tuple[Node, ...] | None = None
+        self._node_states: dict[str, NodeState] | None = None
         self._tables_at = 0.0
         self._last: Snapshot | None = None
         self.stopped = False
@@ -234,15 +235,19 @@ class Poller:
         if req.job_id:
             out.update(self._read_output(req, block=output_only))
         if output_only:
-            return Snapshot(**out, now=last.now, queues=last.queues, nodes=self._nodes, job=last.job)
+            return Snapshot(**out, now=last.now, queues=last.queues, node_states=self._node_states, job=last.job)
         self._tables_at = mono
         out["now"] = g.broker_time()
         out["queues"] = tuple(g.queues())
-        stale = mono - self._nodes_at >= NODES_EVERY and req.view != "detail"
-        if req.view == "nodes" or self._nodes is None or stale:
-            self._nodes = tuple(g.nodes())
+        if req.view == "nodes":
+            out["nodes"] = tuple(g.nodes())
+            self._node_states = {n.name: n.state for n in out["nodes"]}
             self._nodes_at = mono
-        out["nodes"] = self._nodes
+        elif self._node_states is None or (mono - self._nodes_at >= NODES_EVERY and req.view != "detail"):
+            # Other views only count nodes: states are a few bytes a node, inventories kilobytes.
+            self._node_states = g.node_states()
+            self._nodes_at = mono
+        out["node_states"] = self._node_states
         if req.view == "jobs":
             jobs, total = self._read_jobs(req)
             out["jobs"], out["total"] = tuple(jobs), total

@@ -23,6 +23,7 @@ from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
 from gridcore import events, keys
+from gridcore.clock import BrokerClock
 from gridcore.connection import connect
 from gridcore.models import (
     RQ_TO_STATE,
@@ -49,6 +50,13 @@ COMMAND_PREVIEW = 2000
 """Characters of the command kept in job meta for listings."""
 
 _JOB_FIELDS = (b"status", b"origin", b"meta", b"description", b"worker_name", b"enqueued_at", b"retries_left")
+
+_NODE_FIELDS = ("inventory", "load", "draining", "drain_reason", "hb_interval", "node_timeout", "slots", "agent_pid",
+                "hostname", "queues", "started")
+"""The node hash fields a `Node` is made of (the agent's bookkeeping fields are not read)."""
+
+_STATE_FIELDS = ("hb_interval", "node_timeout", "draining")
+"""The node hash fields its state needs besides the heartbeat age."""
 
 
 class GridError(Exception):
@@ -163,6 +171,7 @@ class Grid:
         self.settings = settings or load_settings()
         self._signer = signer
         self._server_version: tuple[int, int, int] | None = None
+        self.clock = BrokerClock(connection)
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Grid:
@@ -173,8 +182,7 @@ class Grid:
 
     def broker_time(self) -> float:
         """Seconds since the epoch by the broker's clock (the grid's only clock)."""
-        sec, usec = self.redis.time()
-        return sec + usec / 1_000_000
+        return self.clock.now()
 
     @property
     def signer(self) -> Signer:
@@ -411,14 +419,43 @@ class Grid:
             names.add(_s(k).removeprefix("rq:queue:"))
         return sorted(n for n in names if n)
 
-    def _state_ids(self, state: JobState, queue: str, n: int) -> list[tuple[str, float]]:
-        """Up to n (id, score) pairs of one queue in one state, newest first; read-only."""
+    def _state_ids(self, state: JobState, queues: Sequence[str], n: int) -> list[str]:
+        """Up to n ids of each queue in one state, queue by queue, each newest first; one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for q in queues:
+                if state is JobState.QUEUED:
+                    pipe.lrange(keys.rq_queue(q), -n, -1)
+                else:
+                    pipe.zrevrange(keys.rq_registry(state.value, q), 0, n - 1)
+            replies = pipe.execute()
         if state is JobState.QUEUED:
-            ids = [_s(x) for x in self.redis.lrange(keys.rq_queue(queue), -n, -1)]
-            return [(i, float(-pos)) for pos, i in enumerate(reversed(ids))]
-        rows = self.redis.zrevrange(keys.rq_registry(state.value, queue), 0, n - 1, withscores=True)
+            return [_s(x) for ids in replies for x in reversed(ids)]
         # StartedJobRegistry entries are "<job id>:<execution id>".
-        return [(_s(m).split(":")[0], s) for m, s in rows]
+        return [_s(m).split(":")[0] for rows in replies for m in rows]
+
+    def _state_page(self, state: JobState, queues: Sequence[str], offset: int, limit: int) -> list[Job]:
+        """Jobs offset..offset+limit of one state, newest submitted first, reading only those in full.
+
+        Each queue's newest offset+limit ids are ranked by their submit time in `grid:jobs` (the
+        `submitted` of their meta), then only the page's records are read. A record that expired
+        while its id sat in a registry is skipped, before the page (EXISTS) as on it.
+        """
+        ids = self._state_ids(state, queues, offset + limit)
+        if not ids:
+            return []
+        submitted = self.redis.zmscore(keys.JOBS, ids)
+        ranked = [ids[k] for k in sorted(range(len(ids)), key=lambda k: -(submitted[k] or 0))]
+        pos, skip = 0, offset
+        while skip and pos < len(ranked):
+            batch = ranked[pos : pos + skip]
+            pos += len(batch)
+            skip -= self.redis.exists(*(keys.rq_job(i) for i in batch))
+        page: list[Job] = []
+        while len(page) < limit and pos < len(ranked):
+            batch = ranked[pos : pos + limit - len(page)]
+            pos += len(batch)
+            page.extend(self._fetch(batch))
+        return page
 
     def _state_count(self, state: JobState, queues: Iterable[str]) -> int:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -453,14 +490,7 @@ class Grid:
             ids = [_s(x) for x in self.redis.zrevrange(keys.node_jobs(node), offset, offset + limit - 1)]
         elif state is not None:
             queues = [queue] if queue else self.queue_names()
-            total = self._state_count(state, queues)
-            pairs: list[tuple[str, float]] = []
-            for q in queues:
-                pairs.extend(self._state_ids(state, q, offset + limit))
-            ids = [i for i, _ in pairs]
-            jobs = self._fetch(ids)
-            jobs.sort(key=lambda j: j.enqueued_at or 0, reverse=True)
-            return jobs[offset : offset + limit], total
+            return self._state_page(state, queues, offset, limit), self._state_count(state, queues)
         elif queue:
             # A queue with no state filter: every state of that queue, read from the index.
             total = sum(self.queue_stats(queue).to_dict()[s.value] for s in JobState)
@@ -563,23 +593,39 @@ class Grid:
 
     def nodes(self) -> list[Node]:
         """Every node that ever heartbeated, with its state by heartbeat age (broker time)."""
+        beats = self._heartbeats()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name, _ in beats:
+                pipe.hmget(keys.node(name), _NODE_FIELDS)
+                pipe.hkeys(keys.node_running(name))
+            r = pipe.execute()
+        out = []
+        for i, (name, age) in enumerate(beats):
+            h = {f: _s(v) for f, v in zip(_NODE_FIELDS, r[2 * i], strict=True) if v is not None}
+            running = tuple(sorted(_s(k) for k in r[2 * i + 1]))
+            out.append(self._node_from(name, h, running, age))
+        return out
+
+    def node_states(self) -> dict[str, NodeState]:
+        """Every node's state, as `nodes()` gives it, without its inventory, load or jobs."""
+        beats = self._heartbeats()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name, _ in beats:
+                pipe.hmget(keys.node(name), _STATE_FIELDS)
+            r = pipe.execute()
+        out = {}
+        for (name, age), (hb, timeout, draining) in zip(beats, r, strict=True):
+            out[name] = node_state(age, _float(_s(hb)) or 2.0, _float(_s(timeout)) or 30.0, _s(draining) == "1")
+        return out
+
+    def _heartbeats(self) -> list[tuple[str, float]]:
+        """(name, heartbeat age in broker seconds) of every node, oldest heartbeat first."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.zrange(keys.NODES, 0, -1, withscores=True)
             now_raw, members = pipe.execute()
         now = now_raw[0] + now_raw[1] / 1e6
-        names = [_s(m) for m, _ in members]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for n in names:
-                pipe.hgetall(keys.node(n))
-                pipe.hgetall(keys.node_running(n))
-            r = pipe.execute()
-        out = []
-        for i, (name, (_, score)) in enumerate(zip(names, members, strict=True)):
-            h = {_s(k): _s(v) for k, v in r[2 * i].items()}
-            running = tuple(sorted(_s(k) for k in r[2 * i + 1]))
-            out.append(self._node_from(name, h, running, now - score))
-        return out
+        return [(_s(m), now - score) for m, score in members]
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes() if n.name == name), None)

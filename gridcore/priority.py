@@ -63,6 +63,7 @@ class PrioritizedQueue(Queue):
     def push_job_id(self, job_id: str, pipeline=None, at_front: bool = False):
         if at_front:
             return super().push_job_id(job_id, pipeline=pipeline, at_front=True)
-        script = self.connection.register_script(_PUSH)
-        return script(keys=[self.key, keys.PRIORITY], args=[job_id, int(self.priority)],
-                      client=pipeline if pipeline is not None else self.connection)
+        # EVAL, not EVALSHA: a pipeline holding a registered script first asks SCRIPT EXISTS,
+        # a round trip per submit; the server caches the compiled body by its hash anyway.
+        conn = pipeline if pipeline is not None else self.connection
+        return conn.eval(_PUSH, 2, self.key, keys.PRIORITY, job_id, int(self.priority))

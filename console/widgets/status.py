@@ -32,9 +32,9 @@ class Summary(Static):
         t.append("grid ", style="bold")
         t.append(clean(where, 60))
         if snap is not None and not snap.error:
-            nodes = snap.nodes or ()
-            up = sum(1 for n in nodes if n.state in (NodeState.UP, NodeState.DRAINING))
-            t.append(f" │ nodes {up}/{len(nodes)} up")
+            states = snap.node_states.values() if snap.node_states is not None else [n.state for n in snap.nodes or ()]
+            up = sum(1 for s in states if s in (NodeState.UP, NodeState.DRAINING))
+            t.append(f" │ nodes {up}/{len(states)} up")
             counts = {s: 0 for s in (JobState.QUEUED, JobState.RUNNING, JobState.FAILED)}
             for q in snap.queues:
                 counts[JobState.QUEUED] += q.queued
