@@ -11,16 +11,14 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import redis
 import typer
 
 from cli import render
 from cli.errors import CliError, handle_errors
-from gridcore.client import Grid, GridError, JobNotFound
-from gridcore.connection import BrokerError, connect, resolve_url
+from gridcore.client import Grid
+from gridcore.connection import connect
 from gridcore.models import JobSpec, JobState, Resources
-from gridcore.settings import Settings, SettingsError, load_settings
-from gridcore.signing import SigningError
+from gridcore.settings import Settings, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Science Grid: run and watch jobs on the lab's machines.")
