@@ -20,24 +20,32 @@ from gridcore.reservations import RESERVE_FN
 
 RUN_FN = """
 local function run_recorded(i)
-  local errs = {}
-  local n = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, n do
-    local argc = tonumber(ARGV[i]); i = i + 1
-    local r = redis.pcall(unpack(ARGV, i, i + argc - 1))
-    i = i + argc
+  local errs, nums = {}, {}
+  for x in string.gmatch(ARGV[i], '%d+') do nums[#nums + 1] = tonumber(x) end
+  local blob, k, pos = ARGV[i + 1], 2, 1
+  for _ = 1, nums[1] do
+    local argc = nums[k]; k = k + 1
+    local cmd = {}
+    for a = 1, argc do
+      cmd[a] = string.sub(blob, pos, pos + nums[k] - 1)
+      pos = pos + nums[k]; k = k + 1
+    end
+    local r = redis.pcall(unpack(cmd))
     if type(r) == 'table' and r.err then errs[#errs + 1] = r.err end
   end
   return errs
 end
 """
-"""Lua: run the recorded commands packed into ARGV from index i (count, then argc + args each).
-A failing command is reported, not fatal: the rest still run, as in MULTI/EXEC."""
+"""Lua: run the recorded commands packed into ARGV[i] (the numbers: command count, then each
+command's argc and its arguments' lengths) and ARGV[i + 1] (the arguments, concatenated).
+Two script arguments instead of one per command argument: redis-py's per-argument packing
+was the largest single cost of a slot's start and end. A failing command is reported, not
+fatal: the rest still run, as in MULTI/EXEC."""
 
 START = RESERVE_FN + RUN_FN + """
 -- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag
 -- ARGV: job id, cpus, memory, gpus (JSON), node cpus, node memory, held entry,
---       nonce expiry (unix s), max attempts, spent mark, then the recorded start
+--       nonce expiry (unix s), max attempts, spent mark, then the recorded start (2 args)
 if reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 0 then
   return {0, 0, {}, 0}
 end
@@ -54,7 +62,7 @@ whether the job's cancel flag is set, read in the same atomic step as the start.
 
 END = RUN_FN + """
 -- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list
--- ARGV: job id, this slot's worker name, then the recorded end
+-- ARGV: job id, this slot's worker name, then the recorded end (2 args)
 local active = redis.call('HGET', KEYS[1], ARGV[1])
 local ok, run = false, nil
 if active then ok, run = pcall(cjson.decode, active) end
@@ -75,14 +83,18 @@ def recorder(conn: redis.Redis) -> redis.client.Pipeline:
 
 
 def packed(conn: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
-    """The pipeline's queued commands as script arguments: count, then argc and args each."""
+    """The pipeline's queued commands as the two script arguments RUN_FN reads."""
     encode = conn.get_encoder().encode
-    out: list[Any] = [len(pipe.command_stack)]
+    nums: list[int] = [len(pipe.command_stack)]
+    parts: list[bytes] = []
     for args, _options in pipe.command_stack:
-        out.append(len(args))
-        out.extend(encode(a) for a in args)
+        nums.append(len(args))
+        for a in args:
+            b = encode(a)
+            nums.append(len(b))
+            parts.append(b)
     pipe.reset()
-    return out
+    return [",".join(map(str, nums)), b"".join(parts)]
 
 
 def errors(reply: Sequence[Any]) -> list[str]:

@@ -27,7 +27,7 @@ from rq.worker import WorkerStatus
 
 from agent import claim, guarded, runner
 from agent.outage import GaveUp, until_broker
-from agent.verify import SPENT, nonce_expiry
+from agent.verify import spend
 from gridcore import keys
 from gridcore.dependencies import fail_dependents
 
@@ -127,7 +127,7 @@ def _record_success(worker, job, queue, execution, envelope, record, sink) -> bo
     has dependents, or is no longer `started`): the caller takes the stepwise path.
     """
     pipe = guarded.recorder(worker.connection)
-    pipe.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
+    spend(pipe, envelope)
     worker._write_end(job, record, sink, None, pipe, rq_done=True)
     # RQ's own success bookkeeping, as Worker.handle_job_success writes it (minus dependents,
     # which the script's guard rules out, and callbacks, which a grid job never has).
@@ -166,7 +166,7 @@ def _record_end(worker, job, queue, execution, envelope, record, sink, outcome) 
                 else:
                     if is_final(job, record, outcome) and envelope.get("nonce"):
                         # In the same transaction: no replay slips in before the end is visible.
-                        pipe.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
+                        spend(pipe, envelope)
                     worker._write_end(job, record, sink, outcome, pipe)
                 for err in runner.reply_errors(pipe.execute(raise_on_error=False)):
                     log.error("job %s: recording its end: %s", job.id, err)

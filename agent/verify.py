@@ -26,10 +26,6 @@ class AlreadyRunning(Refused):
     """A second copy of a job that a live slot is running; the running one must not be touched."""
 
 
-class NotNow(Exception):
-    """A valid job this slot can't start yet (its node is full); not a refusal."""
-
-
 class Gatekeeper:
     def __init__(self, conn: redis.Redis, authorized: AuthorizedKeys, cfg: AgentSettings):
         self.conn = conn
@@ -53,24 +49,6 @@ class Gatekeeper:
         if getattr(job, "webhooks", None):
             raise Refused("job names webhooks")
         return job.args[0]
-
-    def check(self, job: Job, now: float, before_attempt=None) -> tuple[dict[str, Any], str]:
-        """Verify signature, identity, time window, policy and replay; return (envelope, signer).
-
-        `before_attempt(envelope)` runs after verification and before an attempt is counted;
-        returning False raises NotNow (the job goes back in line, no attempt used).
-        """
-        envelope, signer = self.verify(job, now)
-        # Before counting an attempt (or reserving), so a twin can't use up the real job's retries.
-        if before_attempt is not None and not before_attempt(envelope):
-            raise NotNow("not enough free resources on this node right now")
-        nonce = envelope["nonce"]
-        with self.conn.pipeline() as pipe:
-            pipe.incr(keys.nonce(nonce))
-            pipe.expireat(keys.nonce(nonce), nonce_expiry(envelope))
-            used, _ = pipe.execute()
-        judge_attempt(used, envelope)
-        return envelope, signer
 
     def verify(self, job: Job, now: float, active: bytes | None | object = ...) -> tuple[dict[str, Any], str]:
         """Everything but counting the attempt: shape, signature, identity, window, policy, and
@@ -97,10 +75,6 @@ class Gatekeeper:
             raise Refused("envelope has no nonce")
         self._not_running(job.id, self.conn.hget(keys.ACTIVE, job.id) if active is ... else active)
         return envelope, signer or envelope.get("submitter") or ""
-
-    def spend(self, envelope: dict[str, Any]) -> None:
-        """The job is done for good: no attempt of this envelope may ever run again."""
-        self.conn.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
 
     def _not_running(self, job_id: str, active: bytes | None) -> None:
         # Retries and node-loss requeues come after the last attempt left ACTIVE (or its slot died).
@@ -135,6 +109,11 @@ class Gatekeeper:
 def nonce_expiry(envelope: dict[str, Any]) -> int:
     """When an envelope's attempt counter may go: after the envelope itself is void."""
     return int(envelope["expires_at"] + 2 * CLOCK_SKEW)
+
+
+def spend(pipe, envelope: dict[str, Any]) -> None:
+    """The job is done for good: no attempt of this envelope may ever run again (on `pipe`)."""
+    pipe.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
 
 
 def judge_attempt(used: int, envelope: dict[str, Any]) -> None:
