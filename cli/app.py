@@ -148,6 +148,9 @@ def submit(
     queue: Annotated[Optional[str], typer.Option(help="Queue.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds before the job is killed.")] = None,
     retries: Annotated[int, typer.Option(help="Retries after a failure.")] = 0,
+    backoff: Annotated[Optional[list[int]], typer.Option(
+        help="Seconds before a retry (repeatable: one per retry, the last repeating).")] = None,
+    priority: Annotated[int, typer.Option(help="Order within the queue: higher first (default 0).")] = 0,
     cwd: Annotated[Optional[str], typer.Option(help="Working directory on the node.")] = None,
     env: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE (repeatable).")] = None,
     cpus: Annotated[float, typer.Option(help="CPUs needed.")] = 1.0,
@@ -179,6 +182,8 @@ def submit(
             env=_parse_env(env),
             timeout=timeout,
             retries=retries,
+            retry_backoff=tuple(backoff or ()),
+            priority=priority,
             resources=Resources(cpus=cpus, gpus=gpus, memory=_parse_memory(memory), labels=tuple(label or ()),
                                 node=node),
             after=tuple(after or ()),

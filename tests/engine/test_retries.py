@@ -130,6 +130,28 @@ def test_cli_retries_option(cli, agents, tmp_path):
     assert [r[:3] for r in attempt_rows(human)] == [["1", "node-a", "6"], ["2", "node-a", "0"]], human
 
 
+def test_cli_backoff_and_priority_options(cli, grid, agents):
+    agents("node-a", slots=1)
+    jid = cli("submit", "--retries", "2", "--backoff", "1", "--backoff", "2", "--", "exit 5", check=True).stdout.strip()
+    assert cli("wait", jid, "--timeout", "60").returncode == 1
+    job, _ = shown(cli, jid)
+    assert [a["exit_code"] for a in job["attempts"]] == [5, 5, 5]
+    first, second = gaps(job["attempts"])
+    assert first >= 1.0 and second >= 2.0, (first, second)
+    # Behind a busy slot, the higher --priority runs first whatever the submit order (the
+    # blocker outlasts three CLI start-ups, about a second each).
+    blocker = grid.submit(JobSpec(command="sleep 6"))
+    while grid.state(blocker) is not JobState.RUNNING:
+        time.sleep(0.05)
+    low = cli("submit", "--priority", "-1", "--", "true", check=True).stdout.strip()
+    plain = cli("submit", "--", "true", check=True).stdout.strip()
+    high = cli("submit", "--priority", "3", "--", "true", check=True).stdout.strip()
+    assert grid.state(blocker) is JobState.RUNNING
+    assert cli("wait", blocker, low, plain, high, "--timeout", "60").returncode == 0
+    starts = [grid.get(j).started_at for j in (high, plain, low)]
+    assert starts == sorted(starts), starts
+
+
 def test_retry_goes_behind_jobs_already_waiting(grid, agents):
     """A retry waits its backoff, and meanwhile the queue moves on: it never blocks the slot."""
     agents("node-a", slots=1)
