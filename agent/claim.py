@@ -6,10 +6,19 @@ powered off), or a reply lost to a broker restart, leaves the job `queued` and n
 
 So a slot pops and claims in one step: a script moves the first job of its queues into the
 node's running hash (`grid:node:<n>:running`, value `claim:<worker>`), where node-loss
-recovery finds it and puts it back in line. An idle slot waits with a command that pops
-nothing (BLMOVE of a queue onto itself), so a reply lost to a broker restart loses nothing.
-It waits on its pool queue (where plain submissions go); its node queue (placed and pinned
-jobs) is looked at every time it wakes, at least once a second.
+recovery finds it and puts it back in line.
+
+An idle slot waits on its pool queue (where plain submissions go) with a BLMOVE that takes
+the first job into the node's taking list (`grid:node:<n>:taking`), and the pop script then
+claims it from there. Taking, not just watching: a push wakes one waiting slot, not every
+idle slot of every node (each of which would run the pop script for nothing, on the same
+cores as the one that got the job). A job in the taking list is in no queue for a moment;
+every slot of the node pops from that list, so a lost BLMOVE reply (broker restart) or a
+slot that died there loses nothing: the node's next pop takes it, a draining node puts it
+back where it was in its queue, and node-loss recovery does the same for a dead node. The
+node queue (placed and pinned jobs) comes before it and is looked at every time a slot
+wakes, at least once a second; a job taken from there sends the taken one back to its queue
+rather than keep it waiting on this node.
 
 A job's entry in that hash goes claim -> slot index (started) -> `ended:<worker>` (its end
 is recorded, RQ's bookkeeping not yet done) -> gone. Recovery acts on each: a claim goes back
@@ -21,31 +30,70 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gridcore import keys
+from gridcore.priority import PUT_BACK
 
 PREFIX = "claim:"
 """Value of a running-hash entry for a job a slot took but has not started yet."""
 ENDED = "ended:"
 """Value of a running-hash entry for a job whose end is recorded, RQ's bookkeeping pending."""
 
-_POP = """
-local n = #KEYS - 2
-local t = redis.call('TIME')
-if redis.call('HGET', KEYS[n + 2], 'draining') == '1' then return {'', '', {}, t[1], t[2], '', 0, 1} end
-for i = 1, n do
-  local id = redis.call('LPOP', KEYS[i])
-  if id then
-    redis.call('HSET', KEYS[n + 1], id, ARGV[1])
-    redis.call('HDEL', ARGV[5], id)
-    return {KEYS[i], id, redis.call('HGETALL', ARGV[2] .. id), t[1], t[2],
-            redis.call('HGET', ARGV[3], id) or '', redis.call('EXISTS', ARGV[4] .. id), 0}
+_GIVE_BACK = PUT_BACK + """
+local function give_back(taking, job_prefix, queue_prefix, prio_key)
+  local n = 0
+  while true do
+    local id = redis.call('RPOP', taking)
+    if not id then return n end
+    local h = redis.call('HMGET', job_prefix .. id, 'origin', 'status')
+    if h[1] and h[2] == 'queued' then
+      put_back(queue_prefix .. h[1], prio_key, id)
+      n = n + 1
+    end
   end
+end
+"""
+"""Lua: put every job of a taking list back where it was in its queue (ahead of the jobs of
+its priority that came after it), in the order it was taken; a job canceled or gone
+meanwhile is no longer queued and is dropped."""
+
+_POP = _GIVE_BACK + """
+local n = #KEYS - 3
+local t = redis.call('TIME')
+if redis.call('HGET', KEYS[n + 3], 'draining') == '1' then
+  give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5])
+  return {'', '', {}, t[1], t[2], '', 0, 1}
+end
+local function claimed(q, id)
+  redis.call('HSET', KEYS[n + 2], id, ARGV[1])
+  redis.call('HDEL', ARGV[5], id)
+  return {q, id, redis.call('HGETALL', ARGV[2] .. id), t[1], t[2],
+          redis.call('HGET', ARGV[3], id) or '', redis.call('EXISTS', ARGV[4] .. id), 0}
+end
+local id = redis.call('LPOP', KEYS[2])
+if id then  -- the slot's first queue (its node's) goes first; what a wait took goes back
+  give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5])
+  return claimed(KEYS[2], id)
+end
+while true do
+  id = redis.call('LPOP', KEYS[1])
+  if not id then break end
+  local h = redis.call('HMGET', ARGV[2] .. id, 'origin', 'status')
+  if h[1] and h[2] ~= 'canceled' then return claimed(ARGV[6] .. h[1], id) end
+end
+for i = 3, n + 1 do
+  id = redis.call('LPOP', KEYS[i])
+  if id then return claimed(KEYS[i], id) end
 end
 return {'', '', {}, t[1], t[2], '', 0, 0}
 """
-"""Pop and claim, and in the same step read what the slot's start needs: broker TIME, the
-node's drain flag (a draining node pops nothing), the job's `grid:active` entry (a copy
-still running elsewhere?) and its cancel flag; and drop its priority entry (it no longer
-waits). One round trip instead of five."""
+"""Pop and claim: from the slot's first queue (its node's: placed and pinned jobs), else what
+the node's waits took (skipping a job canceled or deleted while it lay there; any other is
+judged by the slot, as one from a queue: a twin of a running job is refused), else its other
+queues in order. A job from the node queue sends what the waits took back to its queue, for
+another slot, rather than keep it waiting here. In the same step, read what
+the slot's start needs: broker TIME, the node's drain flag (a draining node pops nothing and
+gives back what its waits took), the job's `grid:active` entry (a copy still running
+elsewhere?) and its cancel flag; and drop its priority entry (it no longer waits). One round
+trip instead of five."""
 
 DRAINING = "draining"
 """What `pop` returns while the node is draining: nothing was taken."""
@@ -77,8 +125,10 @@ def pop(worker):
     script = conn.register_script(_POP)
     qkeys = [q.key for q in worker._ordered_queues]
     while True:
-        got = script(keys=[*qkeys, keys.node_running(worker.node), keys.node(worker.node)],
-                     args=[marker(worker), keys.rq_job(""), keys.ACTIVE, keys.cancel(""), keys.PRIORITY])
+        got = script(keys=[keys.node_taking(worker.node), *qkeys, keys.node_running(worker.node),
+                           keys.node(worker.node)],
+                     args=[marker(worker), keys.rq_job(""), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
+                           worker.queue_class.redis_queue_namespace_prefix])
         worker.clock.anchor(int(got[3]), int(got[4]))
         if int(got[7]):
             return DRAINING
@@ -113,11 +163,21 @@ def _restore(worker, queue_key: str, job_id: str, flat: list):
 
 
 def wait(worker, timeout: float) -> None:
-    """Block until the slot's pool queue has a job, or `timeout` seconds; take nothing."""
+    """Block until the slot's pool queue has a job, or `timeout` seconds; a job that comes is
+    moved to the node's taking list, for the pop that follows (or any slot's next pop)."""
     queues = worker._ordered_queues
     key = (queues[1] if len(queues) > 1 else queues[0]).key
-    # Moving the last element to the end of the same list leaves the list as it was.
-    worker.connection.blmove(key, key, timeout, src="RIGHT", dest="RIGHT")
+    worker.connection.blmove(key, keys.node_taking(worker.node), timeout, src="LEFT", dest="RIGHT")
+
+
+def give_back(conn, node: str) -> int:
+    """Put the jobs a node's slots took off their queues, unclaimed, back where they were in
+    their queues (the node is gone); how many went back."""
+    from rq.queue import Queue
+
+    script = conn.register_script(_GIVE_BACK + "return give_back(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+    return int(script(keys=[keys.node_taking(node)],
+                      args=[keys.rq_job(""), Queue.redis_queue_namespace_prefix, keys.PRIORITY]))
 
 
 def release(worker, job_id: str, value: str | None = None) -> None:

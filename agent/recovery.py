@@ -282,7 +282,7 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
         if silent is not None and silent < node_timeout:
             continue
         running = conn.hlen(keys.node_running(node))
-        if not running and not conn.llen(keys.rq_queue(keys.node_queue(node))):
+        if not (running or conn.llen(keys.rq_queue(keys.node_queue(node))) or conn.llen(keys.node_taking(node))):
             continue
         if not conn.set(keys.reclaim_lock(node), me, nx=True, ex=30):
             continue
@@ -292,6 +292,8 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
                     events.emit(pipe, now, "node_down", node=node, message=f"no heartbeat for {age:.0f}s")
                     pipe.execute()
                 reclaimed += reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl)
+            if claim.give_back(conn, node):
+                log.warning("node %s: jobs it took off their queues, unclaimed, are back in line", node)
             replace_queued(conn, node)
         finally:
             conn.delete(keys.reclaim_lock(node))

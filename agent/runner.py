@@ -356,7 +356,6 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     # job: only a job with a memory limit gets a group of its own.
     cgroups = job_cgroups() if limit else None
     cg = cgroups.create(f"{ctx.job_id}.{ctx.cgroup_tag or os.getpid()}", limit) if cgroups else None
-    node_ooms = cgroup.node_oom_kills() if cg is None else None
     try:
         if cg is not None:
             _check_program(argv[0], cwd, env)
@@ -383,6 +382,9 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     # Most jobs in a big sweep end within milliseconds; their output goes out with the end
     # record. The flusher thread costs a few ms to start and join, so it starts only once a
     # job has run for a flush interval or has output to send early.
+    # The node's OOM-kill count, to tell an OOM kill of a job without a cgroup: read once the
+    # process runs (a /proc read is not worth delaying its start for).
+    node_ooms = cgroup.node_oom_kills() if cg is None else None
     link = BrokerLink(ctx, sink)
     members = cg.pids if cg is not None else None
     killed_for: str | None = None

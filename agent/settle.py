@@ -30,6 +30,7 @@ from agent.outage import GaveUp, until_broker
 from agent.verify import spend
 from gridcore import keys
 from gridcore.dependencies import fail_dependents
+from gridcore.priority import reposition
 
 log = logging.getLogger("grid.settle")
 
@@ -188,6 +189,8 @@ def _finish_rq(worker, job, queue, execution, record, outcome) -> None:
     job.ended_at = ended
     if job.get_status(refresh=False) != JobStatus.STARTED:
         return  # an earlier try got through
+    # RQ enqueues the dependents this end releases at the back of their queues.
+    dependents = worker.connection.smembers(job.dependents_key)
     if outcome == "canceled":
         worker._finalize_canceled(job, execution, record)
     elif record.get("exit_code") == 0:
@@ -197,6 +200,8 @@ def _finish_rq(worker, job, queue, execution, record, outcome) -> None:
         worker.handle_execution_ended(job, queue, job.failure_callback_timeout)
         worker.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,
                                   exc_string=record.get("reason") or "failed", execution=execution)
+    if dependents:
+        reposition(worker.connection, dependents)
     if worker.connection.hget(job.key, "status") == JobStatus.STARTED.value.encode():
         worker.connection.ping()  # RQ logs and swallows a failed write: if the broker is away, retry
         log.error("job %s: RQ did not record its end state", job.id)

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from rq import Queue
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
@@ -22,13 +23,14 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from agent import claim, guarded, runner, settle
+from agent import claim, guarded, runner, scheduler, settle
 from agent.outage import BROKER_ERRORS, BrokerClock, OutageTolerantLoop
 from agent.safejob import GridJob
 from agent.verify import SPENT, AlreadyRunning, Gatekeeper, judge_attempt, nonce_expiry
 from gridcore import events, keys
 from gridcore.dependencies import fail_dependents
 from gridcore.models import Resources
+from gridcore.priority import PrioritizedQueue
 from gridcore.reservations import reserve_args
 from gridcore.signing import Refused
 
@@ -54,11 +56,16 @@ def refuse_raw(conn, queue_name: str, job_id: str, reason: str, ttl: int) -> Non
         pipe.execute()
 
 
-class GridQueue(Queue):
-    """A queue whose dequeue turns an undecodable job into a refusal instead of a crash."""
+class GridQueue(PrioritizedQueue):
+    """A queue whose dequeue turns an undecodable job into a refusal instead of a crash, and
+    whose enqueue (a retry with no backoff) puts the job where its priority says."""
 
     job_class = GridJob
     result_ttl = 7 * 24 * 3600
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("priority", None)  # each job's own, from its record
+        super().__init__(*args, **kwargs)
 
     @classmethod
     def _fetch_dequeued_job(cls, connection, queue_key, job_id, job_class=None, serializer=None,
@@ -158,6 +165,10 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         if pipeline is None and state == self._state:
             return  # unchanged; the heartbeat rewrites it every second anyway
         super().set_state(state, pipeline)
+
+    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=DEFAULT_LOGGING_DATE_FORMAT,
+                         log_format=DEFAULT_LOGGING_FORMAT):
+        scheduler.start(self, burst, logging_level, date_format, log_format)
 
     def run_maintenance_tasks(self):
         # A corrupt or hostile record in a registry would otherwise end the slot at every start:

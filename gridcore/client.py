@@ -36,7 +36,7 @@ from gridcore.models import (
     OutputChunk,
     Resources,
 )
-from gridcore.priority import PrioritizedQueue
+from gridcore.priority import PrioritizedQueue, reposition
 from gridcore.settings import Settings, load_settings
 from gridcore.signing import ENVELOPE_VERSION, AuthorizedKeys, Refused, Signer, load_private_key, verify
 
@@ -855,6 +855,7 @@ class Grid:
             registry.requeue(job_id)
         except InvalidJobOperation as e:
             raise GridError(f"cannot requeue {job_id}: {e}") from None
+        reposition(self.redis, [job_id])  # RQ put it at the back: where its priority says
 
     def _verified_envelope(self, signed: Any) -> dict[str, Any]:
         # Re-signing what the broker holds would launder a tampered command: verify first,

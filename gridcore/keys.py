@@ -54,6 +54,11 @@ def node_running(name: str) -> str:
     return f"{PREFIX}:node:{name}:running"
 
 
+def node_taking(name: str) -> str:
+    """List: job ids an idle slot of a node took off its pool queue and has not claimed yet."""
+    return f"{PREFIX}:node:{name}:taking"
+
+
 def node_gpus(name: str) -> str:
     """Hash: GPU index -> job id holding it on that node."""
     return f"{PREFIX}:node:{name}:gpus"

@@ -173,21 +173,23 @@ def test_a_slot_that_dies_mid_job_has_its_job_reclaimed(agents, grid, r, cleanup
     assert a.proc.poll() is None
 
 
-@pytest.mark.parametrize("died", ["after its claim", "after RQ marked it started"])
+@pytest.mark.parametrize("died", ["after its wait took it", "after its claim", "after RQ marked it started"])
 def test_a_claimed_job_of_a_dead_node_goes_back_in_line(agents, grid, r, cleanup_jobs, died):
     """A node died between taking a job off the queue and starting it: the job is not lost."""
     jid = grid.submit(JobSpec(command="echo rescued"))
     cleanup_jobs.append(jid)
     queue = keys.rq_queue("default")
     sec, _ = r.time()
-    # What a slot of node "ghost" leaves when it dies right after its claim-pop...
-    assert r.lpop(queue) == jid.encode()
-    r.hset(keys.node_running("ghost"), jid, "claim:ghost.0.0")
-    if died != "after its claim":  # ... or once RQ's prepare_job_execution went through
+    if died == "after its wait took it":  # an idle slot's BLMOVE moved it; no claim yet
+        assert r.lmove(queue, keys.node_taking("ghost"), "LEFT", "RIGHT") == jid.encode()
+    else:  # what a slot of node "ghost" leaves when it dies right after its claim-pop...
+        assert r.lpop(queue) == jid.encode()
+        r.hset(keys.node_running("ghost"), jid, "claim:ghost.0.0")
+    if died == "after RQ marked it started":  # ... or once RQ's prepare_job_execution went through
         r.hset(keys.rq_job(jid), "status", "started")
         r.zadd(keys.rq_registry("running", "default"), {f"{jid}:exec1": sec + 600})
     r.zadd(keys.NODES, {"ghost": sec - 60})
     agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
     states = assert_accounted(r, grid, [jid], timeout=30)
     assert states[jid] is JobState.FINISHED and grid.get(jid).stdout == "rescued\n"
-    assert not r.hexists(keys.node_running("ghost"), jid)
+    assert not r.hexists(keys.node_running("ghost"), jid) and not r.llen(keys.node_taking("ghost"))

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from gridcore import keys
 from gridcore.client import Unplaceable
 from gridcore.models import JobSpec, JobState, Resources
 
@@ -119,6 +120,30 @@ def test_drained_node_takes_nothing_new(grid, agents):
     assert "draining" in " ".join(grid.why(jid))
     grid.resume("node-a")
     assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED
+
+
+def test_jobs_an_idle_slot_took_as_its_node_drained_go_back_in_line(grid, agents, r):
+    """An idle slot's wait moves the job it wakes for into the node's taking list; if the node
+    is draining by the time the slot would claim it, it goes back where it was in its queue,
+    in order (a job canceled meanwhile is dropped, not run)."""
+    agents("node-a", slots=1)
+    grid.drain("node-a", "maintenance")
+    first, canceled, second, third = (grid.submit(JobSpec(command="true", name=n))
+                                      for n in ("first", "canceled", "second", "third"))
+    queue, taking = keys.rq_queue("default"), keys.node_taking("node-a")
+    for _ in range(3):  # what the slot's BLMOVE had taken just before the drain
+        r.lmove(queue, taking, "LEFT", "RIGHT")
+    assert grid.cancel(canceled) is JobState.CANCELED
+    deadline = time.monotonic() + 10
+    while r.llen(taking) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [i.decode() for i in r.lrange(queue, 0, -1)] == [first, second, third]
+    grid.resume("node-a")
+    states = grid.wait([first, second, third], timeout=30)
+    assert set(states.values()) == {JobState.FINISHED}, states
+    started = [grid.get(i).started_at for i in (first, second, third)]
+    assert started == sorted(started)
+    assert grid.state(canceled) is JobState.CANCELED and not grid.get(canceled).attempts
 
 
 def test_multi_cpu_jobs_never_overcommit(grid, agents):

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from descriptors import load_text, to_specs
+from gridcore import keys
 from gridcore.client import rq_retry_intervals
 from gridcore.models import JobSpec, JobState
 from tests.engine.test_cli import grid_cli
@@ -163,6 +164,19 @@ def test_retry_goes_behind_jobs_already_waiting(grid, agents):
     assert first["end"] <= grid.get(other).started_at < second["start"]
 
 
+def wait_running(grid, jid: str) -> str:
+    deadline = time.monotonic() + 20
+    while grid.state(jid) is not JobState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return jid
+
+
+def busy_slot(grid, agents, command: str = "sleep 1.5") -> str:
+    """One agent with one slot, busy with a job (returned) for a while."""
+    agents("node-a", slots=1, cpus=1)
+    return wait_running(grid, grid.submit(JobSpec(command=command, name="blocker")))
+
+
 # Priorities 1 and 10 behind a busy slot: test_placement.py::test_priority_orders_waiting_jobs.
 # The cases here mix in the default priority 0 and negative ones (gridcore/priority.py).
 
@@ -175,11 +189,7 @@ def wait_finished(grid, ids) -> None:
 
 @pytest.mark.parametrize(("low_priority", "high_priority"), [(0, 10), (-5, 0)])
 def test_priority_with_the_default_priority_behind_a_busy_slot(grid, agents, low_priority, high_priority):
-    agents("node-a", slots=1, cpus=1)
-    blocker = grid.submit(JobSpec(command="sleep 1.5"))
-    deadline = time.monotonic() + 20
-    while grid.state(blocker) is not JobState.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.05)
+    blocker = busy_slot(grid, agents)
     low = grid.submit(JobSpec(command="true", name="low", priority=low_priority))
     high = grid.submit(JobSpec(command="true", name="high", priority=high_priority))
     wait_finished(grid, [blocker, low, high])
@@ -195,3 +205,45 @@ def test_priority_when_the_agent_starts_after_submit(grid, agents, low_priority,
     wait_finished(grid, lows + highs)
     started = {grid.get(jid).name: grid.get(jid).started_at for jid in lows + highs}
     assert max(started[f"high{i}"] for i in range(3)) < min(started[f"low{i}"] for i in range(3)), started
+
+
+# A job that comes back to its queue keeps its priority: the retry with no backoff (the slot's
+# own queue class), the retry after a backoff (RQ's scheduler), a requeue, a released dependent.
+
+
+FAILS_ONCE = 'if [ -e "$MARK" ]; then echo second; else touch "$MARK"; exit 3; fi'
+
+
+@pytest.mark.parametrize("backoff", [(), (1,)])
+def test_a_retry_goes_back_where_its_priority_puts_it(grid, agents, tmp_path, backoff):
+    blocker = busy_slot(grid, agents)
+    # With a backoff, lows that last long enough to be still waiting when the retry is due.
+    lows = [grid.submit(JobSpec(command="sleep 1" if backoff else "true", name=f"low{i}")) for i in range(6)]
+    high = grid.submit(JobSpec(command=FAILS_ONCE, name="high", priority=5, retries=1, retry_backoff=backoff,
+                               env={"MARK": str(tmp_path / "mark")}))
+    wait_finished(grid, [blocker, high, *lows])
+    first, second = grid.get(high).attempts
+    starts = sorted(grid.get(j).started_at for j in lows)
+    assert first["exit_code"] == 3 and first["end"] <= starts[0]  # the first try went first
+    if not backoff:  # straight back to the front, ahead of every waiting low
+        assert second["start"] < starts[0]
+    else:  # back after its backoff (RQ: up to 2 s late), ahead of the lows still waiting then
+        assert second["start"] - first["end"] >= 1 and second["start"] < starts[-1]
+
+
+def test_a_requeued_job_goes_back_where_its_priority_puts_it(grid, agents, r):
+    agents("node-a", slots=1, cpus=1)
+    high = grid.submit(JobSpec(command="exit 1", name="high", priority=5))
+    assert grid.wait([high], timeout=30)[high] is JobState.FAILED
+    wait_running(grid, grid.submit(JobSpec(command="sleep 1.5", name="blocker")))
+    lows = [grid.submit(JobSpec(command="true", name=f"low{i}")) for i in range(2)]
+    grid.requeue(high)
+    assert [j.decode() for j in r.lrange(keys.rq_queue("default"), 0, -1)] == [high, *lows]
+
+
+def test_a_released_dependent_goes_where_its_priority_puts_it(grid, agents):
+    parent = busy_slot(grid, agents, "sleep 1.5; echo parent")
+    lows = [grid.submit(JobSpec(command="true", name=f"low{i}")) for i in range(2)]
+    child = grid.submit(JobSpec(command="true", name="child", priority=5, after=(parent,)))
+    wait_finished(grid, [parent, child, *lows])
+    assert grid.get(parent).ended_at <= grid.get(child).started_at < min(grid.get(j).started_at for j in lows)

@@ -1,0 +1,49 @@
+"""RQ's scheduler, run by one slot of each node, with the grid's priority order.
+
+RQ's scheduler puts a job whose time has come (a retry whose backoff is over) at the back of
+its queue with a plain RQ queue. This one then moves each such job to where its priority
+puts it (gridcore/priority.py), which for the usual job, already in place, is a look at the
+queue's tail.
+"""
+
+from __future__ import annotations
+
+from rq.scheduler import RQScheduler
+from rq.utils import current_timestamp
+
+from gridcore.priority import reposition
+
+
+class GridScheduler(RQScheduler):
+    def enqueue_scheduled_jobs(self):
+        if not self._scheduled_job_registries and self._acquired_locks:
+            self.prepare_registries()
+        # Read a scheduling interval ahead: whatever RQ's own read, a moment later, finds due
+        # is in this list (a job that is not due yet is still scheduled and left alone).
+        horizon = current_timestamp() + max(1, int(self.interval))
+        due = [job_id for registry in self._scheduled_job_registries
+               for job_id in registry.get_jobs_to_schedule(horizon)]
+        super().enqueue_scheduled_jobs()
+        if due:
+            reposition(self.connection, due)
+
+
+def start(worker, burst: bool, logging_level, date_format: str, log_format: str) -> None:
+    """RQ's Worker._start_scheduler with this scheduler class (RQ names its own there)."""
+    worker.scheduler = GridScheduler(
+        worker.queues, connection=worker.connection,
+        logging_level=logging_level if logging_level is not None else worker.log.level,
+        date_format=date_format, log_format=log_format, serializer=worker.serializer,
+    )
+    worker.scheduler.acquire_locks()
+    if not worker.scheduler.acquired_locks:
+        return
+    if not burst:
+        worker.scheduler.start()
+        return
+    try:
+        worker.scheduler.register_birth()
+        worker.scheduler.enqueue_scheduled_jobs()
+    finally:
+        worker.scheduler.release_locks()
+        worker.scheduler.register_death()
