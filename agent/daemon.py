@@ -19,7 +19,7 @@ import uuid
 import psutil
 import redis
 
-from agent import cgroup, proctree, recovery
+from agent import cgroup, claim, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import BROKER_ERRORS
@@ -365,6 +365,11 @@ class Agent:
 
     def leave(self) -> None:
         try:
+            # Every slot has exited, so what their waits took and no pop claimed (a slot
+            # stopped cold right after its BLMOVE) is in no queue: put it back now rather than
+            # leave it to another node's loss sweep, or to this node's restart.
+            if n := claim.give_back(self.conn, self.node):
+                log.info("gave back %d job(s) taken but not started", n)
             now = self.broker_time()
             with self.conn.pipeline(transaction=False) as pipe:
                 pipe.hset(keys.node(self.node), mapping={"ready": "", "slots": 0})

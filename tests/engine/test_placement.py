@@ -146,6 +146,25 @@ def test_jobs_an_idle_slot_took_as_its_node_drained_go_back_in_line(grid, agents
     assert grid.state(canceled) is JobState.CANCELED and not grid.get(canceled).attempts
 
 
+def test_a_stopping_agent_gives_back_what_its_slots_took(grid, agents, r):
+    """A job an idle slot's wait took just before the slot stopped (a cold stop, a kill) is in
+    no queue; the agent puts it back as it leaves instead of leaving it for another node's
+    node-loss sweep, or, on a one-node grid, for its own restart."""
+    agent = agents("node-a", slots=1)
+    busy = grid.submit(JobSpec(command="sleep 1.5", name="busy"))
+    deadline = time.monotonic() + 10
+    while grid.state(busy) is not JobState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert grid.state(busy) is JobState.RUNNING
+    took = grid.submit(JobSpec(command="true", name="took"))
+    queue, taking = keys.rq_queue("default"), keys.node_taking("node-a")
+    assert r.lmove(queue, taking, "LEFT", "RIGHT").decode() == took  # the wait had taken it
+    assert agent.stop() == 0
+    assert r.llen(taking) == 0
+    assert [i.decode() for i in r.lrange(queue, 0, -1)] == [took]
+    assert grid.state(busy) is JobState.FINISHED and grid.state(took) is JobState.QUEUED
+
+
 def test_multi_cpu_jobs_never_overcommit(grid, agents):
     agents("node-a", slots=4, cpus=2)
     ids = [grid.submit(JobSpec(command="sleep 0.4", resources=Resources(cpus=2))) for _ in range(3)]
