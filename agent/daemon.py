@@ -158,9 +158,9 @@ class Agent:
     def wait_slots_registered(self, timeout: float = 60.0) -> None:
         """'ready' means every slot is a registered RQ worker listening on its queues."""
         deadline = time.monotonic() + timeout
-        wanted = {f"rq:worker:{s.name}".encode() for s in self.slots}
+        wanted = {keys.rq_worker(s.name).encode() for s in self.slots}
         while time.monotonic() < deadline:
-            if wanted <= self.conn.smembers(keys.RQ_WORKERS):
+            if wanted <= self.conn.smembers(keys.rq_workers()):
                 return
             if any(s.proc.poll() is not None for s in self.slots):
                 raise AgentError("a worker slot exited during start; see the log above")

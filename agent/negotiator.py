@@ -96,7 +96,7 @@ class Negotiator:
             meta.pop("why", None)
             nq = keys.node_queue(node.name)
             moved = self._move(
-                keys=[pending, keys.rq_queue(nq), keys.rq_job(jid), keys.RQ_QUEUES, keys.WHY],
+                keys=[pending, keys.rq_queue(nq), keys.rq_job(jid), keys.rq_queues(), keys.WHY],
                 args=[jid, nq, json.dumps(meta), keys.group_slots(group) if group else ""],
             )
             if not moved:  # canceled meanwhile: give the reservation back

@@ -35,7 +35,7 @@ import psutil  # noqa: E402
 import redis  # noqa: E402
 
 from console.app import make_app  # noqa: E402
-from console.filters import JobFilter  # noqa: E402
+from gridcore.jobfilter import JobFilter  # noqa: E402
 from console.poller import NODES_EVERY, Poller, Request  # noqa: E402
 from gridcore import keys  # noqa: E402
 from gridcore.client import Grid  # noqa: E402
@@ -96,7 +96,7 @@ def populate(r: redis.Redis, grid: Grid, n: int, queues=("default", "gpu")) -> N
     pipe.execute()
     for q in queues:
         r.sadd(keys.QUEUES, q)
-        r.sadd(keys.RQ_QUEUES, f"rq:queue:{q}")
+        r.sadd(keys.rq_queues(), f"rq:queue:{q}")
 
 
 class Heartbeats:

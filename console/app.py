@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Sequence
 
 from rich.text import Text
@@ -12,7 +13,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 
-from console.filters import JobFilter
+from gridcore.jobfilter import JobFilter
 from console.poller import PAGE_SIZE, Poller, Request, Snapshot
 from console.sanitize import clean
 from console.screens.base import WRITE_ACTIONS, GridScreen
@@ -362,9 +363,8 @@ class GridApp(App[None]):
                 if not jobs:
                     break
                 offset += len(jobs)
-                needle = flt.text.lower()
-                ids.extend(j.id for j in jobs if j.state is JobState.FAILED and (
-                    not needle or needle in j.name.lower() or needle in j.command.lower()))
+                wanted = replace(flt, state=JobState.FAILED)
+                ids.extend(j.id for j in jobs if wanted.matches(j))
         except Exception as e:  # noqa: BLE001
             self._fail("could not list failed jobs", e)
             return

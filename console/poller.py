@@ -20,9 +20,9 @@ from textual.message import Message
 from textual.timer import Timer
 
 from console.progress import latest_of_chunks
-from gridcore import keys
 from gridcore.client import Event, Grid, GridError, QueueStats
 from gridcore.connection import BrokerError, describe_error
+from gridcore.jobfilter import JobFilter
 from gridcore.models import Job, JobState, Node, NodeState, OutputChunk
 
 if TYPE_CHECKING:
@@ -282,28 +282,17 @@ class Poller:
             return self.grid.list(state=req.state, queue=req.queue, node=req.node, offset=req.offset,
                                   limit=req.limit)
         window, _ = self.grid.list(state=req.state, queue=req.queue, node=req.node, offset=0, limit=TEXT_WINDOW)
-        needle = req.text.lower()
-        # Failure reasons match too: `state:failed lost` finds what a dead node took down.
-        hits = [j for j in window if needle in j.name.lower() or needle in j.command.lower()
-                or j.id.startswith(needle) or needle in (j.reason or "").lower() or needle == j.reason_kind]
+        flt = JobFilter(state=req.state, queue=req.queue, node=req.node, text=req.text)
+        hits = [j for j in window if flt.matches(j)]
         return hits[req.offset : req.offset + req.limit], len(hits)
 
     def _read_progress(self, ids: list[str]) -> dict[str, float]:
         """Latest progress of each visible running job: a few newest chunks each, one pipeline."""
         if not ids:
             return {}
-        with self.grid.redis.pipeline(transaction=False) as pipe:
-            for jid in ids:
-                pipe.xrevrange(keys.output(jid), count=PROGRESS_CHUNKS)
-            replies = pipe.execute()
         out = {}
-        for jid, entries in zip(ids, replies, strict=True):
-            chunks = []
-            for _, fields in reversed(entries):
-                kind = fields.get(b"s", b"o")
-                if kind in (b"o", b"e"):
-                    chunks.append((kind.decode(), fields.get(b"d") or b""))
-            value = latest_of_chunks(chunks)
+        for jid, chunks in self.grid.latest_output(ids, PROGRESS_CHUNKS).items():
+            value = latest_of_chunks([(c.stream[0], c.data) for c in chunks if c.stream in ("stdout", "stderr")])
             if value is not None:
                 out[jid] = value
         return out
@@ -312,24 +301,10 @@ class Poller:
         g = self.grid
         out: dict = {}
         if req.fresh:
-            out["trimmed_entries"] = self._trimmed(req.job_id)
+            out["trimmed_entries"] = g.output_trimmed(req.job_id)
         chunks = g.tail(req.job_id, after=req.after, count=OUTPUT_BATCH)
         if not chunks and block:
             chunks = g.tail(req.job_id, after=req.after, count=OUTPUT_BATCH, block_ms=OUTPUT_BLOCK_MS)
         out["chunks"] = tuple(chunks)
         out["more_output"] = len(chunks) >= OUTPUT_BATCH
         return out
-
-    def _trimmed(self, job_id: str) -> int:
-        """Entries the broker dropped from the head of the stream (MAXLEN) before we read it."""
-        key = keys.output(job_id)
-        if not self.grid.redis.exists(key):
-            return 0  # no stream (yet, or any more); XINFO would answer with an error
-        try:
-            info = self.grid.redis.xinfo_stream(key)
-        except redis.ResponseError:
-            return 0  # expired between the two calls
-        added = info.get("entries-added")
-        if added is None:
-            return 0
-        return max(0, int(added) - int(info.get("length") or 0))

@@ -415,8 +415,8 @@ class Grid:
 
     def queue_names(self) -> list[str]:
         names = {_s(n) for n in self.redis.smembers(keys.QUEUES)}
-        for k in self.redis.smembers(keys.RQ_QUEUES):
-            names.add(_s(k).removeprefix("rq:queue:"))
+        for k in self.redis.smembers(keys.rq_queues()):
+            names.add(_s(k).removeprefix(keys.rq_queue_prefix()))
         return sorted(n for n in names if n)
 
     def _state_ids(self, state: JobState, queues: Sequence[str], n: int) -> list[str]:
@@ -705,6 +705,29 @@ class Grid:
         else:
             entries = self.redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
         return [_chunk(eid, fields) for eid, fields in entries]
+
+    def latest_output(self, job_ids: Sequence[str], count: int) -> dict[str, list[OutputChunk]]:
+        """The newest `count` output entries of each job, oldest first; one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for jid in job_ids:
+                pipe.xrevrange(keys.output(jid), count=count)
+            replies = pipe.execute()
+        return {jid: [_chunk(eid, fields) for eid, fields in reversed(entries)]
+                for jid, entries in zip(job_ids, replies, strict=True)}
+
+    def output_trimmed(self, job_id: str) -> int:
+        """Entries the broker dropped from the head of a job's output stream (MAXLEN)."""
+        key = keys.output(job_id)
+        if not self.redis.exists(key):
+            return 0  # no stream (yet, or any more); XINFO would answer with an error
+        try:
+            info = self.redis.xinfo_stream(key)
+        except redis.ResponseError:
+            return 0  # expired between the two calls
+        added = info.get("entries-added")
+        if added is None:
+            return 0
+        return max(0, int(added) - int(info.get("length") or 0))
 
     # ---- control ------------------------------------------------------------------------
 

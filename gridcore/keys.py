@@ -109,32 +109,83 @@ def group_slots(group_id: str) -> str:
     return f"{PREFIX}:group:{group_id}:slots"
 
 
-# RQ's own keys, derived from RQ's templates so a change in RQ shows up here only.
+# RQ's own keys, derived from RQ's own constants and templates, so a change in RQ shows up
+# here only. RQ is imported on first use: commands that never touch an RQ key start faster.
+
+
 def rq_job(job_id: str) -> str:
     """RQ's job hash."""
-    return f"rq:job:{job_id}"
+    from rq.job import Job
+
+    return Job.key_for(job_id)
 
 
-def rq_queue(queue: str) -> str:
-    """RQ's list of queued job ids."""
-    return f"rq:queue:{queue}"
+def rq_job_prefix() -> str:
+    """What RQ puts before a job id to make its hash's key (for scripts that build keys)."""
+    from rq.job import Job
+
+    return Job.redis_job_namespace_prefix
 
 
 def rq_dependents(job_id: str) -> str:
     """RQ's set of job ids waiting on this job."""
-    return f"rq:job:{job_id}:dependents"
+    from rq.job import Job
+
+    return Job.dependents_key_for(job_id)
+
+
+def rq_dependencies(job_id: str) -> str:
+    """RQ's set of job ids this job waits on (RQ's own spelling, double colon included)."""
+    from rq.job import Job
+
+    return f"{Job.redis_job_namespace_prefix}:{job_id}:dependencies"
+
+
+def rq_queue(queue: str) -> str:
+    """RQ's list of queued job ids."""
+    return rq_queue_prefix() + queue
+
+
+def rq_queue_prefix() -> str:
+    """What RQ puts before a queue name to make its list's key."""
+    from rq.queue import Queue
+
+    return Queue.redis_queue_namespace_prefix
+
+
+def rq_intermediate(queue: str) -> str:
+    """RQ's list of a queue's jobs that a worker popped and has not started yet."""
+    from rq.intermediate_queue import IntermediateQueue
+
+    return IntermediateQueue.get_intermediate_queue_key(rq_queue(queue))
+
+
+def rq_queues() -> str:
+    """RQ's set of queue keys."""
+    from rq.queue import Queue
+
+    return Queue.redis_queues_keys
+
+
+def rq_workers() -> str:
+    """RQ's set of registered worker keys."""
+    from rq.worker_registration import REDIS_WORKER_KEYS
+
+    return REDIS_WORKER_KEYS
+
+
+def rq_worker(name: str) -> str:
+    """RQ's hash of one worker (exists while the worker is alive)."""
+    from rq.worker import Worker
+
+    return Worker.redis_worker_namespace_prefix + name
 
 
 def rq_workers_of(queue: str) -> str:
     """RQ's set of worker keys listening on a queue."""
-    return f"rq:workers:{queue}"
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-
-RQ_QUEUES = "rq:queues"
-"""RQ's set of queue keys."""
-
-RQ_WORKERS = "rq:workers"
-"""RQ's set of registered worker keys."""
+    return WORKERS_BY_QUEUE_KEY % queue
 
 
 def rq_registry(state: str, queue: str) -> str:

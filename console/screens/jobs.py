@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.widgets import Input, Static
 
 from console import format as fmt
-from console.filters import FilterError, JobFilter, parse
+from gridcore.jobfilter import FilterError, JobFilter, parse
 from console.progress import label
 from console.sanitize import clean, text
 from console.screens.base import PagedScreen

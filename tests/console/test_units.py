@@ -6,7 +6,7 @@ import pytest
 from rich.text import Text
 
 from console import progress
-from console.filters import FilterError, JobFilter, parse
+from gridcore.jobfilter import FilterError, JobFilter, parse
 from console.output import OutputBuffer
 from console.sanitize import MAX_LINE, clean, clean_line, text
 from console.screens.submit import parse_timeout, validate
