@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from agent import claim
 from agent.safejob import GridJob
 from gridcore import events, keys
-from gridcore.client import LOST_RETRIES, node_state
+from gridcore.models import LOST_RETRIES, node_state
 from gridcore.dependencies import fail_dependents
 from gridcore.models import NodeState
 

@@ -26,6 +26,7 @@ from gridcore import events, keys
 from gridcore.clock import BrokerClock
 from gridcore.connection import connect
 from gridcore.models import (
+    LOST_RETRIES,
     RQ_TO_STATE,
     GpuInfo,
     Job,
@@ -35,6 +36,7 @@ from gridcore.models import (
     NodeState,
     OutputChunk,
     Resources,
+    node_state,
 )
 from gridcore.priority import PrioritizedQueue, reposition
 from gridcore.settings import Settings, load_settings
@@ -42,9 +44,6 @@ from gridcore.signing import ENVELOPE_VERSION, AuthorizedKeys, Refused, Signer, 
 
 SERIALIZER = JSONSerializer
 """Jobs are JSON only: a broker writer must never get code execution through pickle."""
-
-LOST_RETRIES = 1
-"""Extra attempts a job gets when its node is lost (on top of its own retries)."""
 
 COMMAND_PREVIEW = 2000
 """Characters of the command kept in job meta for listings."""
@@ -152,15 +151,6 @@ def rq_retry_intervals(spec: JobSpec) -> int | list[int]:
     b = spec.retry_backoff or (0,)
     waits = [(s + 1 if s > 0 else 0) for s in (b[min(i, len(b) - 1)] for i in range(spec.retries))]
     return waits if len(set(waits)) > 1 else (waits or [0])[0]
-
-
-def node_state(age: float | None, hb_interval: float, node_timeout: float, draining: bool) -> NodeState:
-    """up / stale / down from heartbeat age (broker time); draining only while alive."""
-    if age is None or age > node_timeout:
-        return NodeState.DOWN
-    if age > max(3 * hb_interval, 2.0):
-        return NodeState.STALE
-    return NodeState.DRAINING if draining else NodeState.UP
 
 
 class Grid:

@@ -44,6 +44,19 @@ class NodeState(str, enum.Enum):
     DRAINING = "draining"
 
 
+LOST_RETRIES = 1
+"""Extra attempts a job gets when its node is lost (on top of its own retries)."""
+
+
+def node_state(age: float | None, hb_interval: float, node_timeout: float, draining: bool) -> NodeState:
+    """up / stale / down from heartbeat age (broker time); draining only while alive."""
+    if age is None or age > node_timeout:
+        return NodeState.DOWN
+    if age > max(3 * hb_interval, 2.0):
+        return NodeState.STALE
+    return NodeState.DRAINING if draining else NodeState.UP
+
+
 @dataclass(frozen=True)
 class Resources:
     """What a job needs from a node."""

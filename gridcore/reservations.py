@@ -75,7 +75,14 @@ def reserve_args(job_id: str, res: Resources, gpus: Sequence[int], cap_cpus: flo
     return [job_id, res.cpus, res.memory, json.dumps(list(gpus)), cap_cpus, cap_memory, entry]
 
 
-def release(pipe, node: str | None, job_id: str) -> None:
-    """Give back what a job held (in the caller's pipeline)."""
+def release(pipe, job_id: str, node: str | None = None, group: str | None = None) -> None:
+    """Give back what a job holds while it waits or runs, on the caller's pipeline: its
+    reservation on `node`, its sweep's throttle slot (`group`), and its placement-reason and
+    priority entries. The one place that does this; the attempt's `grid:active` entry is the
+    attempt's own to drop (only while it still owns the job)."""
     if node:
         pipe.hdel(keys.node_held(node), job_id)
+    if group:
+        pipe.srem(keys.group_slots(group), job_id)
+    pipe.hdel(keys.WHY, job_id)
+    pipe.hdel(keys.PRIORITY, job_id)
