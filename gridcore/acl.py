@@ -79,13 +79,13 @@ class AclUser:
 
 
 def viewer_rules() -> tuple[str, ...]:
-    return ("+@read", "-@dangerous", *CONNECTION, "%R~grid:*", "%R~rq:*", "resetchannels")
+    return ("+@read", "-@dangerous", *CONNECTION, "%R~" + keys.GRID_PATTERN, "%R~" + keys.rq_pattern(), "resetchannels")
 
 
 def operator_rules() -> tuple[str, ...]:
     return (
         "+@read", "+@write", "+@transaction", "-@dangerous", "-function", *CONNECTION, *SCRIPTS, "+publish",
-        "~grid:*", "~rq:*", "resetchannels", "&rq:pubsub:*",
+        "~" + keys.GRID_PATTERN, "~" + keys.rq_pattern(), "resetchannels", "&" + keys.rq_pubsub("*"),
     )
 
 
@@ -109,9 +109,9 @@ def agent_rules(node: str) -> tuple[str, ...]:
     return (
         "+@read", "+@write", "+@transaction", "-@dangerous", "-function", *CONNECTION, *SCRIPTS,
         "+subscribe", "+unsubscribe",
-        "~rq:*", "%R~grid:*", *writable,
+        "~" + keys.rq_pattern(), "%R~" + keys.GRID_PATTERN, *writable,
         # RQ workers listen on rq:pubsub:<worker name>; the agent names its workers <node>.<id>.<slot>.
-        "resetchannels", f"&rq:pubsub:{node}.*",
+        "resetchannels", "&" + keys.rq_pubsub(f"{node}.*"),
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -12,6 +10,7 @@ from rq.registry import DeferredJobRegistry
 from rq.serializers import JSONSerializer
 
 from gridcore import events, keys
+from gridcore.records import JobMeta, Result, salvage, text
 
 
 def fail_dependents(conn: redis.Redis, job_id: str, now: float, ttl: int) -> list[str]:
@@ -25,23 +24,24 @@ def fail_dependents(conn: redis.Redis, job_id: str, now: float, ttl: int) -> lis
     while todo:
         parent = todo.pop()
         for raw in conn.smembers(keys.rq_dependents(parent)):
-            dep_id = raw.decode()
+            dep_id = text(raw)
             try:
                 dep = RQJob.fetch(dep_id, connection=conn, serializer=JSONSerializer)
             except NoSuchJobError:
                 continue
             if dep.get_status(refresh=False) != JobStatus.DEFERRED:
                 continue
-            if dep.meta.get("after_on", "success") == "any":
+            # An unreadable `after_on` counts as the default: the child needed its parent to succeed.
+            meta = salvage(JobMeta, conn.hget(keys.rq_job(dep_id), "meta"), f"{keys.rq_job(dep_id)} meta", [])
+            if meta is not None and meta.after_on == "any":
                 continue
             reason = f"dependency failed: {parent}"
-            record = {"reason": "dependency failed", "reason_kind": "dependency", "detail": reason, "end": now,
-                      "exit_code": None}
+            record = Result(reason="dependency failed", reason_kind="dependency", detail=reason, end=now)
             with conn.pipeline() as pipe:
                 DeferredJobRegistry(dep.origin, connection=conn, serializer=JSONSerializer).remove(dep, pipeline=pipe)
                 dep.set_status(JobStatus.FAILED, pipeline=pipe)
                 dep.failed_job_registry.add(dep, ttl=ttl, exc_string=reason, pipeline=pipe)
-                pipe.set(keys.result(dep_id), json.dumps(record), ex=ttl)
+                pipe.set(keys.result(dep_id), record.encode(), ex=ttl)
                 events.emit(pipe, now, "failed", job=dep_id, message=reason)
                 pipe.execute()
             failed.append(dep_id)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 PREFIX = "grid"
 
+GRID_PATTERN = f"{PREFIX}:*"
+"""Pattern matching every key the grid writes (ACL rules)."""
+
 RUNNER_FUNC = "agent.runner.run_task"
 """The only job function an agent will execute; anything else is refused before import."""
 
@@ -50,7 +53,7 @@ def node_jobs(name: str) -> str:
 
 
 def node_running(name: str) -> str:
-    """Hash: job id -> slot index, for jobs running on a node right now."""
+    """Hash: job id -> its records.RunningEntry (claimed, started on a slot, ended), while on a node."""
     return f"{PREFIX}:node:{name}:running"
 
 
@@ -92,6 +95,11 @@ def cancel(job_id: str) -> str:
 def nonce(value: str) -> str:
     """String: marks a signed envelope's nonce as used."""
     return f"{NONCES}:{value}"
+
+
+def queue_jobs(queue: str) -> str:
+    """Sorted set: job ids submitted to a queue -> submit time (broker time); pages `grid ls --queue`."""
+    return f"{PREFIX}:queue:{queue}:jobs"
 
 
 def group(group_id: str) -> str:
@@ -208,6 +216,20 @@ def rq_registry(state: str, queue: str) -> str:
         "canceled": CanceledJobRegistry,
     }[state]
     return cls.key_template.format(queue)
+
+
+def rq_pattern() -> str:
+    """Pattern matching every key RQ writes (its namespace is the first part of its job keys)."""
+    from rq.job import Job
+
+    return Job.redis_job_namespace_prefix.split(":")[0] + ":*"
+
+
+def rq_pubsub(worker: str) -> str:
+    """RQ's pub/sub channel of one worker (stop-job commands); a pattern when `worker` has a `*`."""
+    from rq.command import PUBSUB_CHANNEL_TEMPLATE
+
+    return PUBSUB_CHANNEL_TEMPLATE % worker
 
 
 def reclaim_lock(node_name: str) -> str:

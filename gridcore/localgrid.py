@@ -21,7 +21,9 @@ from typing import Any
 
 import redis
 
+from gridcore import keys
 from gridcore.connection import local_state_path, read_local_state
+from gridcore.records import NodeRecord
 from gridcore.settings import Settings, config_dir
 from gridcore.signing import AuthorizedKeys, generate_key
 
@@ -156,7 +158,8 @@ def _wait_agent_ready(state: dict[str, Any], node: str, pid: int) -> None:
             log = local_state_path().parent / "agent.log"
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
             raise LocalGridError(f"local agent exited at start: {tail.strip()}")
-        if client.hget(f"grid:node:{node}", "ready") == str(pid).encode():
+        ready = client.hget(keys.node(node), "ready")
+        if ready is not None and NodeRecord.decode({"ready": ready}, keys.node(node)).ready == str(pid):
             return
         time.sleep(0.1)
     raise LocalGridError("local agent did not report ready")

@@ -163,14 +163,13 @@ class Job:
     attempts: tuple[dict[str, Any], ...] = ()
     waiting_on: tuple[str, ...] = ()
     gpus: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # corrupt records read for this job, each naming its key and field
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["state"] = self.state.value
-        d["tags"] = list(self.tags)
-        d["attempts"] = list(self.attempts)
-        d["waiting_on"] = list(self.waiting_on)
-        d["gpus"] = list(self.gpus)
+        for k in ("tags", "attempts", "waiting_on", "gpus", "problems"):
+            d[k] = list(d[k])
         return d
 
 
@@ -224,11 +223,12 @@ class Node:
     hostname: str | None = None
     queues: tuple[str, ...] = ()
     started_at: float | None = None
+    problems: tuple[str, ...] = ()  # fields of its hash that could not be read, each named
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["state"] = self.state.value
-        for k in ("load", "labels", "running", "queues"):
+        for k in ("load", "labels", "running", "queues", "problems"):
             d[k] = list(d[k])
         d["gpus"] = [asdict(g) for g in self.gpus]
         return d
@@ -244,3 +244,36 @@ class OutputChunk:
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One queue's job counts by state and the workers listening on it."""
+
+    name: str
+    queued: int
+    running: int
+    scheduled: int
+    waiting: int
+    finished: int
+    failed: int
+    canceled: int
+    workers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the grid's event log, with its stream id."""
+
+    id: str
+    time: float
+    kind: str
+    job: str | None
+    node: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gridcore.models import GpuInfo, Node, NodeState, Resources
+from gridcore.models import GpuInfo, JobSpec, Node, NodeState, Resources
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,12 @@ class Committed:
     def plus(self, res: Resources, gpus: Iterable[int] = ()) -> Committed:
         """This plus one more job holding `res` (and these GPU indices)."""
         return Committed(self.cpus + res.cpus, self.memory + res.memory, self.gpus | frozenset(gpus), self.jobs + 1)
+
+
+def is_plain(spec: JobSpec, max_parallel: int | None = None) -> bool:
+    """A job any slot of its queue may take: one CPU, nothing else asked for (it skips placement)."""
+    r = spec.resources
+    return r.cpus <= 1 and not r.gpus and not r.memory and not r.labels and not r.node and not max_parallel
 
 
 class Fit(str, enum.Enum):

@@ -124,6 +124,39 @@ def lenient(cls: type[R], raw: bytes | str | None, key: str, problems: list[str]
         return None
 
 
+def salvage(cls: type[R], raw: bytes | str | None, key: str, problems: list[str]) -> R | None:
+    """`cls.decode`, keeping what can be read: each bad top-level field is dropped and named in
+    `problems`; None for a missing record, or one that is not a readable JSON object at all."""
+    if raw is None:
+        return None
+    try:
+        return cls.decode(raw, key)
+    except CorruptRecord as first:
+        data = None
+        if len(raw) <= cls.MAX_BYTES:
+            try:
+                data = json.loads(raw)
+            except (ValueError, RecursionError):
+                data = None
+        if not isinstance(data, dict):
+            problems.append(str(first))
+            return None
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        bad = {str(err["loc"][0]): err["msg"] for err in e.errors() if err["loc"]}
+    problems.extend(str(CorruptRecord(key, field, msg)) for field, msg in bad.items())
+    try:
+        return cls.model_validate({k: v for k, v in data.items() if k not in bad})
+    except ValidationError:
+        return None  # a required field is among the bad ones
+
+
+def text(v: bytes | str | None) -> str:
+    """A string from the broker (ids, names, RQ's own fields) as text; bad UTF-8 replaced."""
+    return _text(v)
+
+
 # ---- jobs ----------------------------------------------------------------------------------
 
 
@@ -420,6 +453,11 @@ class NodeRecord:
                 out["queues"] = tuple(str(q)[:256] for q in queues[:256])
         out["draining"] = h.get("draining") == "1"
         return cls(**out, problems=tuple(problems))
+
+    @staticmethod
+    def drain_fields(draining: bool, reason: str = "") -> dict[str, str]:
+        """The fields an operator sets to drain a node (with why) or to let it take jobs again."""
+        return {"draining": "1" if draining else "0", "drain_reason": reason[:256] if draining else ""}
 
     def gpus(self) -> tuple[GpuInfo, ...]:
         """The inventory's GPUs with their live memory and utilization from the load."""

@@ -15,6 +15,7 @@ import redis
 from gridcore import keys
 from gridcore.models import Resources
 from gridcore.placement import Committed
+from gridcore.records import HeldEntry, salvage, text
 
 RESERVE_FN = """
 local function reserve(held, id, need_cpus, need_mem, gpus, cap_cpus, cap_mem, entry)
@@ -50,28 +51,35 @@ class Reservations:
         ok = self._reserve(keys=[keys.node_held(node)], args=reserve_args(job_id, res, gpus, cap_cpus, cap_memory))
         return bool(ok)
 
-    def committed(self, nodes: Sequence[str]) -> dict[str, Committed]:
-        """node -> the sum of what its running and placed jobs hold."""
+    def committed(self, nodes: Sequence[str], problems: list[str] | None = None) -> dict[str, Committed]:
+        """node -> the sum of what its running and placed jobs hold (unreadable entries named in `problems`)."""
         out = {}
-        for node, jobs in self.held(nodes).items():
+        for node, jobs in self.held(nodes, problems).items():
             c = Committed()
             for e in jobs.values():
-                c = c.plus(Resources(cpus=e.get("cpus", 0), memory=e.get("memory", 0)), e.get("gpus", []))
+                c = c.plus(Resources(cpus=e.cpus, memory=e.memory), e.gpus)
             out[node] = c
         return out
 
-    def held(self, nodes: Sequence[str]) -> dict[str, dict[str, dict]]:
-        """node -> job id -> what it holds."""
+    def held(self, nodes: Sequence[str], problems: list[str] | None = None) -> dict[str, dict[str, HeldEntry]]:
+        """node -> job id -> what it holds; an unreadable entry holds what could be read of it."""
         with self.conn.pipeline(transaction=False) as pipe:
             for n in nodes:
                 pipe.hgetall(keys.node_held(n))
             rows = pipe.execute()
-        return {n: {k.decode(): json.loads(v) for k, v in row.items()} for n, row in zip(nodes, rows, strict=True)}
+        seen: list[str] = []
+        out = {}
+        for n, row in zip(nodes, rows, strict=True):
+            out[n] = {text(k): salvage(HeldEntry, v, f"{keys.node_held(n)} {text(k)}", seen) or HeldEntry()
+                      for k, v in row.items()}
+        if problems is not None:
+            problems.extend(seen)
+        return out
 
 
 def reserve_args(job_id: str, res: Resources, gpus: Sequence[int], cap_cpus: float, cap_memory: int) -> list:
     """The arguments of RESERVE_FN's `reserve`, after the held hash's key."""
-    entry = json.dumps({"cpus": res.cpus, "memory": res.memory, "gpus": list(gpus)})
+    entry = HeldEntry(cpus=res.cpus, memory=res.memory, gpus=list(gpus)).encode()
     return [job_id, res.cpus, res.memory, json.dumps(list(gpus)), cap_cpus, cap_memory, entry]
 
 

@@ -106,3 +106,19 @@ def test_one_filter_matches_what_the_console_shows():
     assert parse("abcdef").matches(lost) and not parse("abcdef").matches(exit1)
     assert not JobFilter(state=JobState.RUNNING).matches(lost)
     assert JobFilter(queue="default", text="FIT").matches(exit1)
+
+
+def test_salvage_keeps_the_readable_fields_and_names_each_bad_one():
+    problems: list[str] = []
+    r = records.salvage(Result, b'{"exit_code": "x", "signal": 999, "node": "n1"}', "grid:result:j", problems)
+    assert (r.node, r.exit_code, r.signal) == ("n1", None, None)
+    assert [p.split(" field ")[1].split(":")[0] for p in problems] == ["exit_code", "signal"]
+    assert records.salvage(Result, b"nope", "grid:result:k", problems) is None and "grid:result:k" in problems[-1]
+    assert records.salvage(Result, None, "k", problems) is None and len(problems) == 3
+    assert records.salvage(ActiveEntry, b'{"node": "a"}', "k", problems) is None  # its required fields are missing
+
+
+def test_drain_fields_round_trip():
+    drained = NodeRecord.decode(NodeRecord.drain_fields(True, "maintenance"), "grid:node:a")
+    assert drained.draining and drained.drain_reason == "maintenance"
+    assert not NodeRecord.decode(NodeRecord.drain_fields(False, "ignored"), "grid:node:a").drain_reason

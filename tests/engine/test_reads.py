@@ -6,7 +6,7 @@ import json
 
 from gridcore import keys
 from gridcore.client import Grid
-from gridcore.models import JobSpec, JobState, NodeState
+from gridcore.models import JobSpec, JobState, NodeState, Resources
 
 
 def beat(r, grid: Grid, name: str, age: float, **fields) -> None:
@@ -41,9 +41,13 @@ def test_nodes_reads_every_field_a_node_shows(r, grid):
     beat(r, grid, "up", 0, draining="1", drain_reason="maintenance")
     r.hset(keys.node_running("up"), mapping={"j2": 1, "j1": 0})
     (node,) = grid.nodes()
-    h = {k.decode(): v.decode() for k, v in r.hgetall(keys.node("up")).items()}
-    assert node == Grid._node_from("up", h, ("j1", "j2"), node.heartbeat_age)
-    assert node.gpus[0].utilization == 40 and node.drain_reason == "maintenance" and node.slots_busy == 2
+    assert node.state is NodeState.DRAINING and node.draining and node.drain_reason == "maintenance"
+    assert (node.cpus, node.memory_total, node.memory_used, node.labels) == (8, 2**34, 2**30, ("big",))
+    assert node.load == (0.5, 0.4, 0.3) and node.slots_total == 4 and node.slots_busy == 2
+    assert node.running == ("j1", "j2") and node.queues == ("default",) and node.hostname == "h"
+    assert node.agent_pid == 123 and node.started_at == 1.0 and not node.problems
+    (gpu,) = node.gpus
+    assert (gpu.index, gpu.name, gpu.memory_total, gpu.utilization) == (0, "Test GPU", 2**33, 40)
 
 
 def fail(r, jid: str, queue: str, score: float) -> None:
@@ -102,3 +106,20 @@ def test_console_reads_nodes_in_full_on_the_nodes_view_only(r, grid):
     nodes = poller.read(Request(view="nodes"))
     assert [n.name for n in nodes.nodes] == ["down", "up"] and nodes.nodes[1].gpus[0].name == "Test GPU"
     assert nodes.node_states == {"down": NodeState.DOWN, "up": NodeState.UP}
+
+
+def test_a_queue_pages_through_its_own_jobs_behind_newer_jobs_of_other_queues(grid):
+    small = [grid.submit(JobSpec(command="true", queue="small")) for _ in range(4)]
+    small.append(grid.submit(JobSpec(command="true", queue="small", resources=Resources(cpus=2))))  # placed
+    grid.submit_many([JobSpec(command="true") for _ in range(60)])
+    pages = [grid.list(queue="small", offset=offset, limit=2) for offset in (0, 2, 4, 6)]
+    assert [j.id for jobs, _ in pages for j in jobs] == small[::-1]
+    assert [total for _, total in pages] == [5, 5, 5, 5]
+
+
+def test_a_waiting_job_names_the_jobs_it_waits_on(grid):
+    parent = grid.submit(JobSpec(command="true"))  # no agent: it stays queued
+    child = grid.submit(JobSpec(command="true", after=(parent,)))
+    job = grid.get(child)
+    assert job.state is JobState.WAITING and job.waiting_on == (parent,)
+    assert grid.why(child) == [f"waiting for {parent}"]

@@ -14,7 +14,7 @@ import pytest
 
 from descriptors import load_text, to_specs
 from gridcore import keys
-from gridcore.client import rq_retry_intervals
+from gridcore.submission import rq_retry_intervals
 from gridcore.models import JobSpec, JobState
 from tests.engine.test_cli import grid_cli
 

@@ -35,7 +35,7 @@ def index(r: redis.Redis, job_id: str) -> None:
 
 def envelope(grid: Grid, command: str, job_id: str, queue: str = "default", **over: Any) -> dict[str, Any]:
     """An envelope exactly as the client builds it, with fields overridden."""
-    env = grid._envelope(JobSpec(command=command, queue=queue), job_id, queue, grid.broker_time(), 2)
+    env = grid.submission.envelope(JobSpec(command=command, queue=queue), job_id, queue, grid.broker_time(), 2)
     env.update(over)
     return env
 

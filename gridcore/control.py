@@ -1,0 +1,187 @@
+"""Changing what the grid does: cancel, requeue, drain and resume nodes, fail a job's dependents."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.registry import CanceledJobRegistry
+
+from gridcore import dependencies, events, keys, reservations
+from gridcore.clock import BrokerClock
+from gridcore.errors import GridError, JobNotFound
+from gridcore.models import JobState
+from gridcore.priority import reposition
+from gridcore.reads import Reads
+from gridcore.records import CorruptRecord, Envelope, JobMeta, NodeRecord, Result, salvage, text
+from gridcore.settings import Settings
+from gridcore.signing import AuthorizedKeys, Refused, Signer, verify
+from gridcore.submission import SERIALIZER
+
+CANCEL_FLAG_TTL = 7 * 24 * 3600
+"""Seconds a cancel request stays readable by a slot that has not started the job yet."""
+
+
+class Control:
+    """The operator's writes on one grid."""
+
+    def __init__(self, conn: redis.Redis, settings: Settings, clock: BrokerClock, signer: Callable[[], Signer],
+                 reads: Reads):
+        self.redis = conn
+        self.settings = settings
+        self.clock = clock
+        self._signer = signer
+        self.reads = reads
+
+    def _rq_job(self, job_id: str) -> RQJob:
+        try:
+            return RQJob.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
+        except NoSuchJobError:
+            raise JobNotFound(f"no job {job_id!r} on this grid") from None
+
+    # ---- jobs ---------------------------------------------------------------------------
+
+    def cancel(self, job_id: str, wait: float = 15.0) -> JobState:
+        """Cancel a queued, waiting, scheduled or running job; return the state it reached.
+
+        A running job is killed (whole process tree) by its agent; this waits up to `wait`
+        seconds for the agent to confirm by moving the job to `canceled`.
+        """
+        state = self.reads.state(job_id)
+        if state.terminal:
+            return state
+        now = self.clock.now()
+        # The flag first: a job dequeued between our read and our cancel still sees it.
+        self.redis.set(keys.cancel(job_id), "1", ex=CANCEL_FLAG_TTL)
+        if state is not JobState.RUNNING:
+            job = self._rq_job(job_id)
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                pass  # already canceled by a concurrent call
+            else:
+                state = self.reads.state(job_id)
+                if state is JobState.CANCELED:
+                    self._canceled_before_start(job_id, now)
+                    self.fail_dependents(job_id, now)
+                    return state
+        try:
+            send_stop_job_command(self.redis, job_id, serializer=SERIALIZER)
+        except (InvalidJobOperation, NoSuchJobError):
+            pass  # not started yet, or already done: the flag covers both
+        deadline = time.monotonic() + wait
+        while True:
+            state = self.reads.state(job_id)
+            if state.terminal or time.monotonic() > deadline:
+                return state
+            time.sleep(0.05)
+
+    def _canceled_before_start(self, job_id: str, now: float) -> None:
+        """Give back what the job held while it waited, and record why it ended."""
+        unread: list[str] = []
+        meta = salvage(JobMeta, self.redis.hget(keys.rq_job(job_id), "meta"), f"{keys.rq_job(job_id)} meta", unread)
+        if meta is not None and not unread:
+            nodes = [meta.placement.node if meta.placement else None]
+        else:  # an unreadable meta does not say where it was placed: give back its hold on every node
+            nodes = [text(n) for n in self.redis.zrange(keys.NODES, 0, -1)] or [None]
+        record = Result(reason="canceled", reason_kind="canceled", end=now)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                reservations.release(pipe, job_id, node=node, group=meta.group if meta else None)
+            pipe.set(keys.result(job_id), record.encode(), ex=self.settings.result_ttl, nx=True)
+            events.emit(pipe, now, "canceled", job=job_id, message="canceled before it started")
+            pipe.execute()
+
+    def fail_dependents(self, job_id: str, now: float) -> list[str]:
+        """Mark every job that needs `job_id` to succeed as failed ('dependency failed')."""
+        return dependencies.fail_dependents(self.redis, job_id, now, self.settings.result_ttl)
+
+    def requeue(self, job_id: str) -> None:
+        """Run a failed or canceled job again: its envelope is re-signed by this submitter."""
+        state = self.reads.state(job_id)
+        if state not in (JobState.FAILED, JobState.CANCELED):
+            raise GridError(f"job {job_id} is {state.value}; only failed or canceled jobs can be requeued")
+        job = self._rq_job(job_id)
+        if job.func_name != keys.RUNNER_FUNC or not job.args:
+            raise GridError(f"job {job_id} is not a grid job")
+        signer = self._signer()
+        now = self.clock.now()
+        envelope = self._verified_envelope(job.args[0], job_id).model_copy(update={
+            "issued_at": now, "expires_at": now + self.settings.envelope_ttl, "nonce": secrets.token_hex(16),
+            "submitter": signer.name,
+        })
+        try:
+            meta = JobMeta.decode(self.redis.hget(keys.rq_job(job_id), "meta"), f"{keys.rq_job(job_id)} meta")
+        except CorruptRecord as e:
+            raise GridError(f"will not requeue {job_id}: {e}") from None
+        job.args = (signer.sign(envelope.model_dump(mode="json")),)
+        job.meta = meta.model_copy(update={"reason": None, "run": None, "requeued_by": signer.name}).model_dump(
+            mode="json", exclude_none=True)
+        registry = (job.failed_job_registry if state is JobState.FAILED
+                    else CanceledJobRegistry(job.origin, connection=self.redis, serializer=SERIALIZER))
+        with self.redis.pipeline() as pipe:
+            job.save(pipeline=pipe)
+            pipe.delete(keys.result(job_id), keys.output(job_id), keys.cancel(job_id))
+            events.emit(pipe, now, "requeued", job=job_id, message=f"by {signer.name}")
+            pipe.execute()
+        try:
+            registry.requeue(job_id)
+        except InvalidJobOperation as e:
+            raise GridError(f"cannot requeue {job_id}: {e}") from None
+        reposition(self.redis, [job_id])  # RQ put it at the back: where its priority says
+
+    def _verified_envelope(self, signed: Any, job_id: str) -> Envelope:
+        # Re-signing what the broker holds would launder a tampered command: verify first,
+        # against the authorized keys here and this submitter's own key.
+        ak = AuthorizedKeys(self.settings.authorized_keys_path)
+        signer = self._signer()
+        try:
+            envelope, _ = verify(signed, ak)
+        except Refused as first:
+            if not (isinstance(signed, dict) and signed.get("kid") == signer.kid):
+                raise GridError(f"will not requeue: cannot verify the stored envelope ({first})") from None
+            try:
+                envelope, _ = verify(signed, _OwnKey(signer))
+            except Refused as e:
+                raise GridError(f"will not requeue: stored envelope fails verification ({e})") from None
+        try:
+            return Envelope.from_dict(envelope, f"{keys.rq_job(job_id)} envelope")
+        except CorruptRecord as e:
+            raise GridError(f"will not requeue: {e}") from None
+
+    # ---- nodes --------------------------------------------------------------------------
+
+    def drain(self, node: str, reason: str = "") -> None:
+        """Stop a node taking new jobs; what it runs finishes."""
+        self._set_drain(node, True, reason or "drained by operator", "node_draining")
+
+    def resume(self, node: str) -> None:
+        """Let a drained node take jobs again."""
+        self._set_drain(node, False, "taking jobs again", "node_resumed")
+
+    def _set_drain(self, node: str, draining: bool, message: str, event: str) -> None:
+        if not self.redis.exists(keys.node(node)):
+            raise GridError(f"no node {node!r} on this grid")
+        now = self.clock.now()
+        with self.redis.pipeline() as pipe:
+            pipe.hset(keys.node(node), mapping=NodeRecord.drain_fields(draining, message))
+            events.emit(pipe, now, event, node=node, message=message)
+            pipe.execute()
+
+
+class _OwnKey(AuthorizedKeys):
+    """Authorized-keys view holding only the submitter's own public key."""
+
+    def __init__(self, signer: Signer):
+        self._signer = signer
+
+    def lookup(self, kid: str):
+        if kid != self._signer.kid:
+            raise Refused(f"signing key {kid} is not this submitter's")
+        return self._signer.key.public_key(), self._signer.name

@@ -1,0 +1,360 @@
+"""`Reads`: every read of the grid's jobs, queues, sweep groups, nodes, output and events.
+
+Usable with just a broker connection (the agent's placement pass reads nodes through it).
+Each call is bounded (one page, one pipeline or a few) and none writes to the broker; RQ's
+registry cleanup is never triggered from here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from gridcore import events, keys
+from gridcore.errors import GridError, JobNotFound
+from gridcore.jobfilter import JobFilter
+from gridcore.models import Event, Job, JobState, Node, NodeState, OutputChunk, QueueStats
+from gridcore.records import NODE_FIELDS, GroupRecord, decode_output, text
+from gridcore.views import JOB_FIELDS, STATE_FIELDS, job_state, job_view, node_view, node_view_state
+
+ATTEMPTS_READ = 1000
+"""Newest attempt records `get` reads of one job (an envelope allows at most 1000 attempts)."""
+
+FILTER_WINDOW = 1000
+"""Newest jobs a text filter is matched against: the broker has no full-text index."""
+
+FIND_ALL_CAP = 10_000
+"""Most jobs `find_all` reads (what `grid requeue --all-failed` considers at once)."""
+
+
+class Reads:
+    """The grid's reads on one connection."""
+
+    def __init__(self, conn: redis.Redis):
+        self.redis = conn
+
+    # ---- jobs ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """One job with everything `grid show` prints: its attempts and what it waits on too."""
+        jobs = self._fetch([job_id], detail=True)
+        if not jobs:
+            raise JobNotFound(f"no job {job_id!r} on this grid")
+        return jobs[0]
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        """Several jobs in one pipeline (list fields only); ids that no longer exist are skipped."""
+        return self._fetch(job_ids)
+
+    def exists(self, job_id: str) -> bool:
+        """Is there a job with this id (not expired)?"""
+        return bool(self.redis.exists(keys.rq_job(job_id)))
+
+    def _fetch(self, ids: Sequence[str], detail: bool = False) -> list[Job]:
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hmget(keys.rq_job(jid), JOB_FIELDS)
+                pipe.get(keys.result(jid))
+                if detail:
+                    pipe.lrange(keys.attempts(jid), -ATTEMPTS_READ, -1)
+                    pipe.smembers(keys.rq_dependencies(jid))
+            replies = pipe.execute()
+        step = 4 if detail else 2
+        out = []
+        for i, jid in enumerate(ids):
+            fields, result = replies[i * step], replies[i * step + 1]
+            if fields[0] is None:
+                continue  # expired or deleted since it was indexed
+            more = replies[i * step + 2 : i * step + 4] if detail else (None, ())
+            out.append(job_view(jid, fields, result, *more))
+        return out
+
+    def state(self, job_id: str) -> JobState:
+        """A job's state alone (one field read)."""
+        status = self.redis.hget(keys.rq_job(job_id), "status")
+        if status is None:
+            raise JobNotFound(f"no job {job_id!r} on this grid")
+        return job_state(job_id, status)
+
+    def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.1) -> dict[str, JobState]:
+        """Block until every job is terminal (or timeout); return their states."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for jid in job_ids:
+                    pipe.hget(keys.rq_job(jid), "status")
+                raw = pipe.execute()
+            states: dict[str, JobState] = {}
+            for jid, s in zip(job_ids, raw, strict=True):
+                if s is None:
+                    raise JobNotFound(f"no job {jid!r} on this grid")
+                states[jid] = job_state(jid, s)
+            if all(s.terminal for s in states.values()):
+                return states
+            if deadline is not None and time.monotonic() > deadline:
+                return states
+            time.sleep(poll)
+
+    # ---- listing ------------------------------------------------------------------------
+
+    def list(self, state: JobState | str | None = None, queue: str | None = None, node: str | None = None,
+             group: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Job], int]:
+        """One page of jobs, newest first, and the total matching count.
+
+        The most selective index drives paging (group, node, state, queue, else all jobs); other
+        filters are applied to that page, so a combined filter can return a short page.
+        """
+        state = JobState(state) if isinstance(state, str) else state
+        limit = max(1, min(limit, 1000))
+        if state is not None and not group and not node:
+            queues = [queue] if queue else self.queue_names()
+            return self._state_page(state, queues, offset, limit), self._state_count(state, queues)
+        if group:  # cell order, not newest first
+            index, ids = keys.group_jobs(group), self.redis.zrange(keys.group_jobs(group), offset, offset + limit - 1)
+        else:
+            index = keys.node_jobs(node) if node else keys.queue_jobs(queue) if queue else keys.JOBS
+            ids = self.redis.zrevrange(index, offset, offset + limit - 1)
+        jobs = self._fetch([text(x) for x in ids])
+        if state is not None:
+            jobs = [j for j in jobs if j.state is state]
+        if queue and (group or node):
+            jobs = [j for j in jobs if j.queue == queue]
+        return jobs, int(self.redis.zcard(index))
+
+    def _state_ids(self, state: JobState, queues: Sequence[str], n: int) -> list[str]:
+        """Up to n ids of each queue in one state, queue by queue, each newest first; one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for q in queues:
+                if state is JobState.QUEUED:
+                    pipe.lrange(keys.rq_queue(q), -n, -1)
+                else:
+                    pipe.zrevrange(keys.rq_registry(state.value, q), 0, n - 1)
+            replies = pipe.execute()
+        if state is JobState.QUEUED:
+            return [text(x) for ids in replies for x in reversed(ids)]
+        # StartedJobRegistry entries are "<job id>:<execution id>".
+        return [text(m).split(":")[0] for rows in replies for m in rows]
+
+    def _state_page(self, state: JobState, queues: Sequence[str], offset: int, limit: int) -> list[Job]:
+        """Jobs offset..offset+limit of one state, newest submitted first, reading only those in full.
+
+        Each queue's newest offset+limit ids are ranked by their submit time in `grid:jobs` (the
+        `submitted` of their meta), then only the page's records are read. A record that expired
+        while its id sat in a registry is skipped, before the page (EXISTS) as on it.
+        """
+        ids = self._state_ids(state, queues, offset + limit)
+        if not ids:
+            return []
+        submitted = self.redis.zmscore(keys.JOBS, ids)
+        ranked = [ids[k] for k in sorted(range(len(ids)), key=lambda k: -(submitted[k] or 0))]
+        pos, skip = 0, offset
+        while skip and pos < len(ranked):
+            batch = ranked[pos : pos + skip]
+            pos += len(batch)
+            skip -= self.redis.exists(*(keys.rq_job(i) for i in batch))
+        page: list[Job] = []
+        while len(page) < limit and pos < len(ranked):
+            batch = ranked[pos : pos + limit - len(page)]
+            pos += len(batch)
+            page.extend(self._fetch(batch))
+        return page
+
+    def _state_count(self, state: JobState, queues: Iterable[str]) -> int:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for q in queues:
+                if state is JobState.QUEUED:
+                    pipe.llen(keys.rq_queue(q))
+                else:
+                    pipe.zcard(keys.rq_registry(state.value, q))
+            return sum(pipe.execute())
+
+    def find(self, flt: JobFilter, offset: int = 0, limit: int = 50) -> tuple[list[Job], int]:
+        """One page of the jobs a typed filter selects, and how many it selects. State, queue and
+        node page through the indexes; text is matched on the newest FILTER_WINDOW of those."""
+        if not flt.text:
+            return self.list(state=flt.state, queue=flt.queue, node=flt.node, offset=offset, limit=limit)
+        window, _ = self.list(state=flt.state, queue=flt.queue, node=flt.node, limit=FILTER_WINDOW)
+        hits = [j for j in window if flt.matches(j)]
+        return hits[offset : offset + limit], len(hits)
+
+    def find_all(self, flt: JobFilter, cap: int = FIND_ALL_CAP) -> list[Job]:
+        """The jobs the filter selects among the newest `cap` its state, queue and node select."""
+        hits: list[Job] = []
+        offset, total = 0, 1
+        while offset < min(total, cap):
+            page, total = self.list(state=flt.state, queue=flt.queue, node=flt.node, offset=offset,
+                                    limit=min(1000, cap - offset))
+            hits += [j for j in page if flt.matches(j)]
+            offset += 1000
+        return hits
+
+    # ---- queues -------------------------------------------------------------------------
+
+    def queue_names(self) -> list[str]:
+        """Every queue the grid routed to, and every queue RQ knows."""
+        names = {text(n) for n in self.redis.smembers(keys.QUEUES)}
+        for k in self.redis.smembers(keys.rq_queues()):
+            names.add(text(k).removeprefix(keys.rq_queue_prefix()))
+        return sorted(n for n in names if n)
+
+    def queue_stats(self, name: str) -> QueueStats:
+        """One queue's counts by state and its workers."""
+        return self.queues([name])[0]
+
+    def queues(self, names: Sequence[str] | None = None) -> list[QueueStats]:
+        """Per queue: job counts by state and the workers listening."""
+        names = list(names) if names is not None else self.queue_names()
+        order = [s for s in JobState if s is not JobState.QUEUED]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for q in names:
+                pipe.llen(keys.rq_queue(q))
+                for s in order:
+                    pipe.zcard(keys.rq_registry(s.value, q))
+                pipe.scard(keys.rq_workers_of(q))
+            r = pipe.execute()
+        out = []
+        width = len(order) + 2
+        for i, q in enumerate(names):
+            row = r[i * width : (i + 1) * width]
+            counts = dict(zip([s.value for s in order], row[1:-1], strict=True))
+            out.append(QueueStats(name=q, queued=row[0], workers=row[-1], **counts))
+        return out
+
+    # ---- sweep groups -------------------------------------------------------------------
+
+    def groups(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Newest sweep groups with their job counts by state (two round trips for the page)."""
+        gids = [text(g) for g in self.redis.zrevrange(keys.GROUPS, offset, offset + limit - 1)]
+        return [g for g in self._groups(gids) if g is not None]  # a group whose record expired is left out
+
+    def group_count(self) -> int:
+        """Sweep groups in the index (paging total; expired ones count until trimmed)."""
+        return int(self.redis.zcard(keys.GROUPS))
+
+    def group(self, group_id: str) -> dict[str, Any]:
+        """One sweep group: name, size, max_parallel, counts by state, and its cells."""
+        found = self._groups([group_id])[0]
+        if found is None:
+            raise GridError(f"no sweep group {group_id!r} on this grid")
+        return found
+
+    def failed_cells(self, group_id: str) -> list[str]:
+        """Ids of the failed or canceled cells of a group, in cell order (what a retry requeues)."""
+        ids = self.group(group_id)["jobs"]
+        retry = (JobState.FAILED, JobState.CANCELED)
+        return [jid for jid, st in zip(ids, self._cell_states(ids), strict=True) if st in retry]
+
+    def _cell_states(self, ids: Sequence[str]) -> list[JobState]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hget(keys.rq_job(jid), "status")
+            return [job_state(jid, st) for jid, st in zip(ids, pipe.execute(), strict=True)]
+
+    def _groups(self, gids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Each group's record and counts, None where it is gone; one pipeline for every cell."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for gid in gids:
+                pipe.hgetall(keys.group(gid))
+                pipe.zrange(keys.group_jobs(gid), 0, -1)
+            replies = pipe.execute()
+        cells = [[text(i) for i in replies[2 * n + 1]] for n in range(len(gids))]
+        states = iter(self._cell_states([jid for ids in cells for jid in ids]))
+        out: list[dict[str, Any] | None] = []
+        for n, gid in enumerate(gids):
+            raw, ids = replies[2 * n], cells[n]
+            counts: dict[str, int] = {s.value: 0 for s in JobState}
+            for _ in ids:
+                counts[next(states).value] += 1
+            if not raw:
+                out.append(None)
+                continue
+            rec = GroupRecord.decode(raw, keys.group(gid), gid)
+            size = rec.size or len(ids)
+            done = counts["finished"] + counts["failed"] + counts["canceled"]
+            out.append({
+                "id": gid, "name": rec.name, "size": size, "max_parallel": rec.max_parallel or None,
+                "submitted": rec.submitted, "submitter": rec.submitter or None, "axes": rec.axes or [],
+                "counts": counts, "progress": done / size if size else 0.0, "jobs": ids,
+            })
+        return out
+
+    # ---- nodes --------------------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        """Every node that ever heartbeated, with its state by heartbeat age (broker time)."""
+        beats = self._heartbeats()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name, _ in beats:
+                pipe.hmget(keys.node(name), NODE_FIELDS)
+                pipe.hkeys(keys.node_running(name))
+            r = pipe.execute()
+        return [node_view(name, dict(zip(NODE_FIELDS, r[2 * i], strict=True)), r[2 * i + 1], age)
+                for i, (name, age) in enumerate(beats)]
+
+    def node_states(self) -> dict[str, NodeState]:
+        """Every node's state, as `nodes()` gives it, without its inventory, load or jobs."""
+        beats = self._heartbeats()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name, _ in beats:
+                pipe.hmget(keys.node(name), STATE_FIELDS)
+            r = pipe.execute()
+        return {name: node_view_state(name, dict(zip(STATE_FIELDS, fields, strict=True)), age)
+                for (name, age), fields in zip(beats, r, strict=True)}
+
+    def _heartbeats(self) -> list[tuple[str, float]]:
+        """(name, heartbeat age in broker seconds) of every node, oldest heartbeat first."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.zrange(keys.NODES, 0, -1, withscores=True)
+            now_raw, members = pipe.execute()
+        now = now_raw[0] + now_raw[1] / 1e6
+        return [(text(m), now - score) for m, score in members]
+
+    def node(self, name: str) -> Node | None:
+        """One node by name, or None."""
+        return next((n for n in self.nodes() if n.name == name), None)
+
+    # ---- output and events --------------------------------------------------------------
+
+    def tail(self, job_id: str, after: str = "0-0", count: int = 1000,
+             block_ms: int | None = None) -> list[OutputChunk]:
+        """Output chunks after stream id `after` (resume by passing the last chunk's id)."""
+        key = keys.output(job_id)
+        if block_ms is not None:
+            reply = self.redis.xread({key: after}, count=count, block=block_ms)
+            entries = reply[0][1] if reply else []
+        else:
+            entries = self.redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
+        return [decode_output(eid, fields, key) for eid, fields in entries]
+
+    def latest_output(self, job_ids: Sequence[str], count: int) -> dict[str, list[OutputChunk]]:
+        """The newest `count` output entries of each job, oldest first; one pipeline."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for jid in job_ids:
+                pipe.xrevrange(keys.output(jid), count=count)
+            replies = pipe.execute()
+        return {jid: [decode_output(eid, fields, keys.output(jid)) for eid, fields in reversed(entries)]
+                for jid, entries in zip(job_ids, replies, strict=True)}
+
+    def output_trimmed(self, job_id: str) -> int:
+        """Entries the broker dropped from the head of a job's output stream (MAXLEN)."""
+        key = keys.output(job_id)
+        if not self.redis.exists(key):
+            return 0  # no stream (yet, or any more); XINFO would answer with an error
+        try:
+            info = self.redis.xinfo_stream(key)
+        except redis.ResponseError:
+            return 0  # expired between the two calls
+        added = info.get("entries-added")
+        if added is None:
+            return 0
+        return max(0, int(added) - int(info.get("length") or 0))
+
+    def events(self, count: int = 100, before: str = "+") -> list[Event]:
+        """The newest grid events, newest first."""
+        return events.newest(self.redis, count, before)

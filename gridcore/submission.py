@@ -1,0 +1,171 @@
+"""Submitting jobs: the signed envelope, the job's meta, routing, and the enqueue itself."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from rq import Queue, Retry
+from rq.job import Dependency
+from rq.serializers import JSONSerializer
+
+from gridcore import events, keys
+from gridcore.clock import BrokerClock
+from gridcore.errors import GridError
+from gridcore.explain import Explainer
+from gridcore.models import LOST_RETRIES, JobSpec
+from gridcore.placement import is_plain
+from gridcore.priority import PrioritizedQueue
+from gridcore.records import ENVELOPE_VERSION, Envelope, GroupRecord, JobMeta, ResourcesRecord
+from gridcore.settings import Settings
+from gridcore.signing import Signer
+
+SERIALIZER = JSONSerializer
+"""Jobs are JSON only: a broker writer must never get code execution through pickle."""
+
+COMMAND_PREVIEW = 2000
+"""Characters of the command kept in job meta for listings."""
+
+
+def rq_retry_intervals(spec: JobSpec) -> int | list[int]:
+    """RQ's Retry interval(s) for the spec's backoff: one per retry, the last value repeating.
+
+    RQ reads its list from the end when there are more retries than values (the first value
+    repeats), and schedules on whole seconds rounded down (a retry could start up to a second
+    early): give it one value per retry, each a second longer, so no retry starts before its
+    backoff."""
+    b = spec.retry_backoff or (0,)
+    waits = [(s + 1 if s > 0 else 0) for s in (b[min(i, len(b) - 1)] for i in range(spec.retries))]
+    return waits if len(set(waits)) > 1 else (waits or [0])[0]
+
+
+def route(spec: JobSpec, max_parallel: int | None = None) -> str:
+    """The RQ queue a job goes to: its queue when plain, else the placement queue."""
+    return spec.queue if is_plain(spec, max_parallel) else keys.PENDING_QUEUE
+
+
+def _record(build: Callable[[], Any], what: str) -> Any:
+    """A record built from what the submitter asked for; a value out of its bounds is refused."""
+    try:
+        return build()
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise GridError(f"{what}: {field}: {first['msg']}") from None
+
+
+class Submission:
+    """Signs and enqueues jobs on one grid."""
+
+    def __init__(self, conn: redis.Redis, settings: Settings, clock: BrokerClock, signer: Callable[[], Signer],
+                 explainer: Explainer):
+        self.redis = conn
+        self.settings = settings
+        self.clock = clock
+        self._signer = signer
+        self.explainer = explainer
+        self._server_version: tuple[int, int, int] | None = None
+
+    def envelope(self, spec: JobSpec, job_id: str, queue: str, now: float, attempts: int) -> dict[str, Any]:
+        """What the submitter signs for one job: everything that decides what runs, where, how often."""
+        return _record(lambda: Envelope(
+            v=ENVELOPE_VERSION, job_id=job_id, command=spec.command,
+            argv=list(spec.argv) if spec.argv is not None else None, cwd=spec.cwd, env=dict(spec.env),
+            timeout=spec.timeout, resources=ResourcesRecord.of(spec.resources), queue=queue,
+            submitter=self._signer().name, issued_at=now, expires_at=now + self.settings.envelope_ttl,
+            nonce=secrets.token_hex(16), max_attempts=attempts,
+        ), f"job {job_id}").model_dump(mode="json")
+
+    def submit(self, spec: JobSpec, *, job_id: str | None = None) -> str:
+        """Sign and enqueue one job; return its id."""
+        return self.submit_many([spec], job_ids=[job_id] if job_id else None)[0]
+
+    def submit_many(self, specs: Sequence[JobSpec], *, job_ids: Sequence[str] | None = None,
+                    groups: dict[str, dict[str, Any]] | None = None) -> list[str]:
+        """Sign and enqueue several jobs with one broker clock reading.
+
+        `groups` describes sweep groups by id: {"name", "max_parallel", "axes"}.
+        """
+        self.explainer.check_placeable(specs)
+        now = self.clock.now()
+        ids = list(job_ids) if job_ids else [uuid.uuid4().hex for _ in specs]
+        groups = groups or {}
+        sizes: dict[str, int] = {}
+        for spec in specs:
+            if spec.group:
+                sizes[spec.group] = sizes.get(spec.group, 0) + 1
+        if sizes:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for gid, n in sizes.items():
+                    info = groups.get(gid, {})
+                    record = GroupRecord(name=info.get("name") or gid, size=n, submitted=now,
+                                         max_parallel=info.get("max_parallel") or 0, submitter=self._signer().name,
+                                         axes=info.get("axes") or {})
+                    pipe.hset(keys.group(gid), mapping=record.encode())
+                    pipe.expire(keys.group(gid), self.settings.result_ttl)
+                    pipe.zadd(keys.GROUPS, {gid: now})
+                pipe.execute()
+        for spec, job_id in zip(specs, ids, strict=True):
+            mp = groups.get(spec.group, {}).get("max_parallel") if spec.group else None
+            self._enqueue(spec, job_id, now, mp)
+        return ids
+
+    def meta(self, spec: JobSpec, now: float, max_parallel: int | None) -> JobMeta:
+        """The grid's part of the RQ job: what listings show and the placement pass reads."""
+        signer = self._signer()
+        return _record(lambda: JobMeta(
+            name=spec.name or spec.display_command[:80], command=spec.display_command[:COMMAND_PREVIEW],
+            submitter=signer.name, submitted=now, resources=ResourcesRecord.of(spec.resources),
+            tags=list(spec.tags), group=spec.group, params=spec.params, priority=spec.priority,
+            retries=spec.retries, retry_backoff=list(spec.retry_backoff), after_on=spec.after_on,
+            timeout=spec.timeout, queue=spec.queue, max_parallel=max_parallel,
+        ), spec.name or spec.display_command[:60])
+
+    def _queue(self, name: str, priority: int) -> Queue:
+        """A queue to enqueue one job on; a plain queue inserts it by priority."""
+        q = (Queue(name, connection=self.redis, serializer=SERIALIZER) if name == keys.PENDING_QUEUE
+             else PrioritizedQueue(name, connection=self.redis, serializer=SERIALIZER, priority=priority))
+        # A new RQ Queue asks the server's version (INFO) before its first enqueue: once is enough.
+        q.redis_server_version = self._server_version or q.get_redis_server_version()
+        self._server_version = q.redis_server_version
+        return q
+
+    def _enqueue(self, spec: JobSpec, job_id: str, now: float, max_parallel: int | None = None) -> None:
+        queue_name = route(spec, max_parallel)
+        meta = self.meta(spec, now, max_parallel)
+        signed = self._signer().sign(self.envelope(spec, job_id, queue_name, now, 1 + spec.retries + LOST_RETRIES))
+        q = self._queue(queue_name, spec.priority)
+        # RQ's own timeout only sizes heartbeats here: the runner enforces the real one.
+        rq_timeout = int(spec.timeout + self.settings.agent.kill_grace + 60) if spec.timeout else -1
+        retry = Retry(max=spec.retries, interval=rq_retry_intervals(spec)) if spec.retries else None
+        depends = None
+        if spec.after:
+            depends = Dependency(jobs=list(spec.after), allow_failure=spec.after_on == "any", enqueue_at_front=False)
+        with self.redis.pipeline() as pipe:
+            # One transaction for the job and the grid's records of it; RQ checks dependencies
+            # with a WATCH of its own, so a job that has some is enqueued by RQ on its own.
+            q.enqueue_call(
+                func=keys.RUNNER_FUNC,
+                args=(signed,),
+                job_id=job_id,
+                timeout=rq_timeout,
+                result_ttl=self.settings.result_ttl,
+                failure_ttl=self.settings.result_ttl,
+                description=meta.name,
+                # Unset fields are left out, as Lua scripts read this too (a JSON null is truthy there).
+                meta=meta.model_dump(mode="json", exclude_none=True),
+                retry=retry,
+                depends_on=depends,
+                pipeline=None if depends else pipe,
+            )
+            pipe.zadd(keys.JOBS, {job_id: now})
+            pipe.zadd(keys.queue_jobs(spec.queue), {job_id: now})
+            pipe.sadd(keys.QUEUES, queue_name)
+            if spec.group:
+                pipe.zadd(keys.group_jobs(spec.group), {job_id: int(spec.params.get("_cell", 0))})
+            events.emit(pipe, now, "submitted", job=job_id, message=meta.name)
+            pipe.execute()
