@@ -6,45 +6,21 @@ names what is wrong. Every read command takes --json.
 
 from __future__ import annotations
 
-import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from cli import render
+from cli.context import State, print_json, shared
 from cli.errors import CliError, handle_errors
-from gridcore.client import Grid
-from gridcore.connection import connect
+from gridcore.jobfilter import FilterError, JobFilter, parse
 from gridcore.models import JobSpec, JobState, Resources
-from gridcore.settings import Settings, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Science Grid: run and watch jobs on the lab's machines.")
-
-
-class State:
-    """Options shared by every command; the broker is only contacted when a command needs it."""
-
-    def __init__(self, config: Path | None, redis_url: str | None):
-        self.config = config
-        self.redis_url = redis_url
-        self._settings: Settings | None = None
-        self._grid: Grid | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(self.config, overrides={"redis_url": self.redis_url})
-        return self._settings
-
-    @property
-    def grid(self) -> Grid:
-        if self._grid is None:
-            self._grid = Grid(connect(self.settings), self.settings)
-            self._grid.redis.ping()
-        return self._grid
 
 
 @app.callback()
@@ -54,66 +30,6 @@ def main(
     redis_url: Annotated[Optional[str], typer.Option(help="Broker URL (overrides config and GRID_REDIS_URL).")] = None,
 ) -> None:
     ctx.obj = State(config, redis_url)
-
-
-def _state(ctx: typer.Context) -> State:
-    return ctx.obj
-
-
-def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-# ---- the embedded local grid ------------------------------------------------------------
-
-
-@app.command()
-def up(ctx: typer.Context, slots: Annotated[Optional[int], typer.Option(help="Worker slots.")] = None,
-       json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Start the embedded local grid (private broker + one agent) if it is not running."""
-    from gridcore import localgrid
-
-    settings = load_settings(_state(ctx).config)
-    state = localgrid.ensure_up(settings, slots=slots)
-    st = localgrid.status()
-    if json_out:
-        _print_json(st)
-        return
-    started = state.get("started_now") or []
-    render.echo(f"local grid {'started' if started else 'already running'}: broker {st['broker']['kind']} "
-                f"at {st['broker']['url']} (pid {st['broker']['pid']}), node {state['node']} "
-                f"(agent pid {state['agent_pid']})")
-    if state.get("running_as_root"):
-        render.echo("note: the local agent runs jobs as root, because you started it as root")
-
-
-@app.command()
-def down(ctx: typer.Context) -> None:
-    """Stop the embedded local grid (running jobs get a grace period, then are handed back)."""
-    from gridcore import localgrid
-
-    localgrid.down()
-    render.echo("local grid stopped (its data stays in the data dir)")
-
-
-@app.command()
-def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The embedded local grid: broker URL and pid, each local agent's node and pid."""
-    from gridcore import localgrid
-
-    st = localgrid.status()
-    if json_out:
-        _print_json(st)
-        return
-    if not st["broker"] or not st["broker"]["pid"]:
-        render.echo("local grid: not running (start it with `grid up`)")
-        raise typer.Exit(1)
-    b = st["broker"]
-    render.echo(f"broker: {b['kind']} {b['url']} pid {b['pid']} ({'up' if b['alive'] else 'down'})")
-    for a in st["agents"]:
-        render.echo(f"agent: node {a['node']} pid {a['pid']} ({'up' if a['alive'] else 'down'})")
-    if not st["running"]:
-        raise typer.Exit(1)
 
 
 # ---- jobs -------------------------------------------------------------------------------
@@ -164,7 +80,7 @@ def submit(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Submit a command (or descriptor files with -f); print the job id."""
-    st = _state(ctx)
+    st = shared(ctx)
     if file:
         from cli.descriptor_submit import submit_files
 
@@ -197,9 +113,29 @@ def submit(
         return
     jid = st.grid.submit(spec)
     if json_out:
-        _print_json({"id": jid})
+        print_json({"id": jid})
     else:
         sys.stdout.write(jid + "\n")
+
+
+FILTER_HELP = "What the console's / takes: state:failed queue:gpu node:a words (name, command, reason)."
+"""Help of every --filter option: one filter language for the console and the CLI."""
+
+
+def _filter(query: str, **options: str | None) -> JobFilter:
+    """The filter typed in `query`, with --state/--queue/--node filling the parts it leaves out."""
+    try:
+        flt = parse(query)
+    except FilterError as e:
+        raise CliError(f"--filter: {e}", 2) from None
+    for part, value in options.items():
+        typed = getattr(flt, part)
+        typed = typed.value if isinstance(typed, JobState) else typed
+        if value and typed and value != typed:
+            raise CliError(f"--{part} {value} and the filter's {part}:{typed} disagree", 2)
+        if value and not typed:
+            flt = replace(flt, **{part: JobState(value) if part == "state" else value})
+    return flt
 
 
 @app.command("ls")
@@ -209,6 +145,7 @@ def ls(
     queue: Annotated[Optional[str], typer.Option()] = None,
     node: Annotated[Optional[str], typer.Option()] = None,
     group: Annotated[Optional[str], typer.Option(help="A sweep group id.")] = None,
+    filter_: Annotated[Optional[str], typer.Option("--filter", help=FILTER_HELP)] = None,
     limit: Annotated[int, typer.Option()] = 50,
     offset: Annotated[int, typer.Option()] = 0,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -219,9 +156,15 @@ def ls(
             state = JobState(state).value
         except ValueError:
             raise CliError(f"--state {state!r}: expected one of {', '.join(s.value for s in JobState)}", 2) from None
-    jobs, total = _state(ctx).grid.list(state=state, queue=queue, node=node, group=group, offset=offset, limit=limit)
+    grid = shared(ctx).grid
+    if filter_ is None:
+        jobs, total = grid.list(state=state, queue=queue, node=node, group=group, offset=offset, limit=limit)
+    elif group:
+        raise CliError("--filter and --group: list the group's cells, or filter every job, not both", 2)
+    else:
+        jobs, total = grid.find(_filter(filter_, state=state, queue=queue, node=node), offset, limit)
     if json_out:
-        _print_json({"total": total, "jobs": [j.to_dict() for j in jobs]})
+        print_json({"total": total, "jobs": [j.to_dict() for j in jobs]})
         return
     render.jobs_table(jobs, total, offset)
 
@@ -229,9 +172,9 @@ def ls(
 @app.command()
 def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Everything about one job."""
-    job = _state(ctx).grid.get(job_id)
+    job = shared(ctx).grid.get(job_id)
     if json_out:
-        _print_json(job.to_dict())
+        print_json(job.to_dict())
         return
     render.job_detail(job)
 
@@ -243,7 +186,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until the job ends; exit with its code.")] = False,
 ) -> None:
     """Print a job's output (stdout to stdout, stderr to stderr, raw bytes)."""
-    grid = _state(ctx).grid
+    grid = shared(ctx).grid
     grid.get(job_id)  # a clear message for an unknown id
     after = "0-0"
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -279,9 +222,9 @@ def wait(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Wait for jobs to end; exit 0 only if every one finished with exit code 0."""
-    states = _state(ctx).grid.wait(job_ids, timeout=timeout)
+    states = shared(ctx).grid.wait(job_ids, timeout=timeout)
     if json_out:
-        _print_json({k: v.value for k, v in states.items()})
+        print_json({k: v.value for k, v in states.items()})
     else:
         for jid, s in states.items():
             render.echo(f"{jid} {s.value}")
@@ -295,7 +238,7 @@ def wait(
 def cancel(ctx: typer.Context, job_ids: list[str],
            wait_s: Annotated[float, typer.Option("--wait", help="Seconds to wait for confirmation.")] = 15.0) -> None:
     """Cancel queued, waiting, scheduled or running jobs (a running job's whole process tree)."""
-    grid = _state(ctx).grid
+    grid = shared(ctx).grid
     failed = False
     for jid in job_ids:
         before = grid.state(jid)
@@ -316,21 +259,27 @@ def cancel(ctx: typer.Context, job_ids: list[str],
 def requeue(
     ctx: typer.Context,
     job_ids: Annotated[Optional[list[str]], typer.Argument()] = None,
-    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed job (in --queue).")] = False,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed job (of the newest 10,000).")] = False,
+    filter_: Annotated[Optional[str], typer.Option("--filter", help="With --all-failed: " + FILTER_HELP)] = None,
     queue: Annotated[Optional[str], typer.Option()] = None,
     reason: Annotated[Optional[str], typer.Option(help="With --all-failed: only jobs whose reason contains this.")] = None,
     group: Annotated[Optional[str], typer.Option(help="Every failed or canceled cell of this sweep group.")] = None,
 ) -> None:
     """Run failed or canceled jobs again."""
-    grid = _state(ctx).grid
+    if (filter_ is not None or reason) and not all_failed:
+        raise CliError("--filter and --reason select among --all-failed: add --all-failed", 2)
+    grid = shared(ctx).grid
     ids = list(job_ids or [])
     if all_failed:
-        jobs, _ = grid.list(state=JobState.FAILED, queue=queue, limit=1000)
+        flt = _filter(filter_ or "", queue=queue)
+        if flt.state not in (None, JobState.FAILED):
+            raise CliError(f"--all-failed requeues failed jobs; the filter asks for state:{flt.state.value}", 2)
+        jobs = grid.find_all(replace(flt, state=JobState.FAILED))
         ids += [j.id for j in jobs if not reason or reason in (j.reason or "")]
     if group:
         ids += grid.failed_cells(group)
     if not ids:
-        raise CliError("nothing to requeue: give job ids or --all-failed", 2)
+        raise CliError("nothing to requeue: give job ids, --all-failed or --group", 2)
     for jid in ids:
         grid.requeue(jid)
         render.echo(f"{jid} requeued")
@@ -339,9 +288,9 @@ def requeue(
 @app.command()
 def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Why a job is not running yet: for a job waiting for room, each node's failing requirement."""
-    lines = _state(ctx).grid.why(job_id)
+    lines = shared(ctx).grid.why(job_id)
     if json_out:
-        _print_json({"id": job_id, "why": lines})
+        print_json({"id": job_id, "why": lines})
         return
     for line in lines:
         render.echo(render.clean(line, 500))
@@ -352,16 +301,16 @@ def plan(ctx: typer.Context, files: list[Path], json_out: Annotated[bool, typer.
     """Where each task of descriptor files would go now (nothing is submitted)."""
     from cli.descriptor_submit import load_planned, plan_planned
 
-    plan_planned(_state(ctx).grid, load_planned(files), json_out=json_out)
+    plan_planned(shared(ctx).grid, load_planned(files), json_out=json_out)
 
 
 @app.command()
 def groups(ctx: typer.Context, limit: Annotated[int, typer.Option()] = 20,
            json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Sweep groups, newest first: counts by state and progress."""
-    gs = _state(ctx).grid.groups(limit=limit)
+    gs = shared(ctx).grid.groups(limit=limit)
     if json_out:
-        _print_json([{k: v for k, v in g.items() if k != "jobs"} for g in gs])
+        print_json([{k: v for k, v in g.items() if k != "jobs"} for g in gs])
         return
     render.groups_table(gs)
 
@@ -369,9 +318,9 @@ def groups(ctx: typer.Context, limit: Annotated[int, typer.Option()] = 20,
 @app.command()
 def nodes(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every node: state from heartbeat age, CPUs, memory, GPUs, labels, slots."""
-    ns = _state(ctx).grid.nodes()
+    ns = shared(ctx).grid.nodes()
     if json_out:
-        _print_json([n.to_dict() for n in ns])
+        print_json([n.to_dict() for n in ns])
         return
     render.nodes_table(ns)
 
@@ -379,9 +328,9 @@ def nodes(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
 @app.command()
 def queues(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Job counts by state per queue, and the workers serving it."""
-    qs = _state(ctx).grid.queues()
+    qs = shared(ctx).grid.queues()
     if json_out:
-        _print_json([q.to_dict() for q in qs])
+        print_json([q.to_dict() for q in qs])
         return
     render.queues_table(qs)
 
@@ -390,9 +339,9 @@ def queues(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
 def events(ctx: typer.Context, count: Annotated[int, typer.Option()] = 50,
            json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """What happened on the grid, newest first."""
-    evs = _state(ctx).grid.events(count=count)
+    evs = shared(ctx).grid.events(count=count)
     if json_out:
-        _print_json([e.to_dict() for e in evs])
+        print_json([e.to_dict() for e in evs])
         return
     render.events_table(evs)
 
@@ -400,31 +349,25 @@ def events(ctx: typer.Context, count: Annotated[int, typer.Option()] = 50,
 @app.command()
 def drain(ctx: typer.Context, node: str, reason: Annotated[str, typer.Option()] = "") -> None:
     """Let a node finish what it runs and take nothing new."""
-    _state(ctx).grid.drain(node, reason)
+    shared(ctx).grid.drain(node, reason)
     render.echo(f"{node} draining")
 
 
 @app.command()
 def resume(ctx: typer.Context, node: str) -> None:
     """Let a drained node take jobs again."""
-    _state(ctx).grid.resume(node)
+    shared(ctx).grid.resume(node)
     render.echo(f"{node} taking jobs")
 
 
 def _register_subcommands() -> None:
-    """Sub-commands that live in their own modules."""
-    from cli import tasks
+    """Commands that live in their own modules."""
+    from cli import acl, local, tasks, trust
 
-    app.command("validate")(tasks.validate)
-    app.command("schema")(tasks.schema)
-    for mod, name in (("cli.keys", "keys"), ("cli.acl", "acl")):
-        try:
-            m = __import__(mod, fromlist=["app"])
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        app.add_typer(m.app, name=name)
+    for command in (local.up, local.down, local.status, tasks.validate, tasks.schema):
+        app.command(command.__name__)(command)
+    app.add_typer(trust.app, name="keys")
+    app.add_typer(acl.app, name="acl")
 
 
 _register_subcommands()

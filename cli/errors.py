@@ -9,7 +9,7 @@ import click
 import redis
 from typer.exceptions import TyperException
 
-from gridcore.client import GridError, JobNotFound, Unplaceable
+from gridcore.errors import GridError, JobNotFound, Unplaceable
 from gridcore.connection import BrokerError, describe_error
 
 

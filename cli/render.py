@@ -69,6 +69,9 @@ def jobs_table(jobs: list[Job], total: int, offset: int) -> None:
                   Text("-" if j.exit_code is None else str(j.exit_code)), Text(clean(j.reason or "", 40)))
     out.print(t)
     out.print(Text(f"{offset + 1 if jobs else 0}-{offset + len(jobs)} of {total}", style="dim"))
+    unreadable = [j.id[:12] for j in jobs if j.problems]
+    if unreadable:
+        out.print(Text(f"unreadable records for {', '.join(unreadable)}: `grid show ID` names them", style="yellow"))
 
 
 def job_detail(j: Job) -> None:
@@ -96,7 +99,8 @@ def job_detail(j: Job) -> None:
         for col in ("#", "NODE", "EXIT", "SIGNAL", "REASON", "DURATION"):
             a.add_column(col)
         for i, at in enumerate(j.attempts, 1):
-            a.add_row(str(i), Text(clean(at.get("node") or "-")), str(at.get("exit_code", "-")),
+            code = at.get("exit_code")
+            a.add_row(str(i), Text(clean(at.get("node") or "-")), "-" if code is None else str(code),
                       str(at.get("signal") or "-"), Text(clean(at.get("reason") or "ok")),
                       format_duration(at.get("duration")))
         out.print(a)
@@ -104,6 +108,15 @@ def job_detail(j: Job) -> None:
         if text:
             out.print(Text(f"--- {name} ---", style="dim"))
             out.print(Text("".join(c if c.isprintable() or c in "\n\t" else "�" for c in text)))
+    problems(j.problems)
+
+
+def problems(lines, who: str = "") -> None:
+    """Records that could not be read, each on one unwrapped line (they name key and field)."""
+    if lines:
+        out.print(Text(f"--- problems{who} ---", style="yellow"))
+    for line in lines:
+        out.print(Text(clean(line, 500)), soft_wrap=True)
 
 
 def _signame(n: int) -> str:
@@ -129,6 +142,8 @@ def nodes_table(nodes: list[Node]) -> None:
                   f"{format_size(n.memory_used)}/{format_size(n.memory_total)}", Text(gpus),
                   Text(clean(",".join(n.labels), 40) or "-"), f"{n.slots_busy}/{n.slots_total}")
     out.print(t)
+    for n in nodes:
+        problems(n.problems, f" of node {clean(n.name, 30)}")
 
 
 def queues_table(qs) -> None:

@@ -1,0 +1,48 @@
+"""What every `grid` command shares: its options, the settings, the broker (on first need)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from gridcore.client import Grid
+from gridcore.connection import connect
+from gridcore.settings import Settings, load_settings
+
+
+class State:
+    """Options shared by every command; the broker is only contacted when a command needs it."""
+
+    def __init__(self, config: Path | None, redis_url: str | None):
+        self.config = config
+        self.redis_url = redis_url
+        self._settings: Settings | None = None
+        self._grid: Grid | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings from the config file, the environment and --redis-url."""
+        if self._settings is None:
+            self._settings = load_settings(self.config, overrides={"redis_url": self.redis_url})
+        return self._settings
+
+    @property
+    def grid(self) -> Grid:
+        """The grid, connected (and pinged) on first use."""
+        if self._grid is None:
+            self._grid = Grid(connect(self.settings), self.settings)
+            self._grid.redis.ping()
+        return self._grid
+
+
+def shared(ctx: typer.Context) -> State:
+    """The shared state of the running command."""
+    return ctx.obj
+
+
+def print_json(data) -> None:
+    """Machine-readable output of --json."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
