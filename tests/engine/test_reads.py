@@ -123,3 +123,32 @@ def test_a_waiting_job_names_the_jobs_it_waits_on(grid):
     job = grid.get(child)
     assert job.state is JobState.WAITING and job.waiting_on == (parent,)
     assert grid.why(child) == [f"waiting for {parent}"]
+
+
+def placed(r, grid, node: str) -> str:
+    """A job the placement pass put on `node` and that waits there for a slot."""
+    from gridcore.records import HeldEntry, JobMeta, Placement
+
+    jid = grid.submit(JobSpec(command="true", resources=Resources(cpus=2)))
+    meta = JobMeta.decode(r.hget(keys.rq_job(jid), "meta"), "meta")
+    r.hset(keys.rq_job(jid), "meta", meta.model_copy(update={"placement": Placement(node=node)}).encode())
+    r.hset(keys.node_held(node), jid, HeldEntry(cpus=2).encode())
+    r.hset(keys.WHY, jid, "n1: all 1 slot busy")
+    return jid
+
+
+def test_canceling_a_placed_job_gives_back_what_it_held(r, grid):
+    jid = placed(r, grid, "n1")
+    assert grid.committed(grid.nodes()) == {} and grid.cancel(jid) is JobState.CANCELED
+    assert not r.hexists(keys.node_held("n1"), jid) and not r.hexists(keys.WHY, jid)
+    assert grid.get(jid).reason == "canceled"
+
+
+def test_canceling_a_placed_job_with_unreadable_meta_gives_back_its_hold_everywhere(r, grid):
+    beat(r, grid, "n1", 0)
+    beat(r, grid, "n2", 0)
+    jid = placed(r, grid, "n2")
+    r.hset(keys.rq_job(jid), "meta", b"{garbage")
+    assert grid.committed()["n2"].cpus == 2
+    assert grid.cancel(jid) is JobState.CANCELED
+    assert not r.hexists(keys.node_held("n2"), jid) and grid.committed()["n2"].cpus == 0
