@@ -210,7 +210,7 @@ async def measure_refresh(settings, grid, snaps, rounds: int = 10) -> tuple[floa
             times = []
             for i in range(rounds):
                 snap = pick(i)
-                app.filter = JobFilter(state=snap.request.state)  # else the table ignores it as stale
+                app.jobs_screen.filter = JobFilter(state=snap.request.state)  # else the table ignores it as stale
                 t0 = time.perf_counter()
                 app.apply_snapshot(snap)
                 app.screen._compositor.render_update(full=True)  # what the next frame costs

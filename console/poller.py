@@ -15,13 +15,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-import redis
 from textual.message import Message
 from textual.timer import Timer
 
 from console.progress import latest_of_chunks
 from gridcore.client import Event, Grid, GridError, QueueStats
-from gridcore.connection import BrokerError, describe_error
+from gridcore.connection import BROKER_FAILURES, describe_error
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Job, JobState, Node, NodeState, OutputChunk
 
@@ -56,8 +55,6 @@ NODES_EVERY = 10.0
 
 BACKOFF_MAX = 30.0
 """Longest wait between reconnect attempts while the broker is down."""
-
-BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, BrokerError, OSError)
 
 
 @dataclass(frozen=True)
@@ -134,11 +131,13 @@ class Poller:
         self._node_states: dict[str, NodeState] | None = None
         self._tables_at = 0.0
         self._last: Snapshot | None = None
+        self.live = False  # started: until then (a test's frozen app) nothing is read
         self.stopped = False
 
     # ---- scheduling (UI thread) ---------------------------------------------------------
 
     def start(self) -> None:
+        self.live = True
         self.poll_now()
 
     def stop(self) -> None:
@@ -148,7 +147,7 @@ class Poller:
 
     def poll_now(self) -> None:
         """Tick as soon as possible (after the running tick, if one is running)."""
-        if self.stopped:
+        if self.stopped or not self.live:
             return
         self._full = True  # an explicit refresh rereads everything, not only new output
         if self.running:
@@ -208,7 +207,7 @@ class Poller:
         try:
             snap = self.read(req, full)
             self.failures = 0
-        except BROKER_ERRORS as e:
+        except BROKER_FAILURES as e:
             self.failures += 1
             delay = min(BACKOFF_MAX, 2 ** (self.failures - 1))
             snap = Snapshot(request=req, error=describe_error(e, self.grid.settings.redis_url), retry_in=delay,
@@ -263,7 +262,7 @@ class Poller:
             try:
                 out["job"] = g.get(req.job_id)
             except Exception as e:  # noqa: BLE001 - JobNotFound: expired or deleted
-                if isinstance(e, BROKER_ERRORS):
+                if isinstance(e, BROKER_FAILURES):
                     raise
                 out["job_missing"] = True
         return Snapshot(**out)

@@ -16,6 +16,13 @@ class BrokerError(Exception):
     """The broker can't be reached or refused us; the message says which and where."""
 
 
+BROKER_FAILURES: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.ResponseError, BrokerError, OSError,
+)
+"""Errors that say the broker, not the caller, failed a request: unreachable, timed out, or it
+refused the command (an ACL, a script error); what `describe_error` puts in words."""
+
+
 def local_state_path() -> Path:
     """Where `grid up` records the embedded grid's URL, password and pids."""
     return data_dir() / "local" / "state.json"

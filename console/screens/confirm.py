@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -9,9 +11,30 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from console.sanitize import clean
+from gridcore.models import Job
+
+CONFIRM_LISTED = 8
+"""Jobs named in a confirmation before '… and N more'."""
+
+
+def job_list(jobs: Sequence[Job], shown: int = CONFIRM_LISTED) -> Text:
+    """`id8  name  state` per job, the first `shown` of them, for a confirmation's body."""
+    t = Text()
+    for j in jobs[:shown]:
+        if t:
+            t.append("\n")
+        t.append(j.id[:8], style="bold")
+        t.append(f"  {clean(j.name, 50)}  ")
+        t.append(j.state.value, style="dim")
+    if len(jobs) > shown:
+        t.append(f"\n… and {len(jobs) - shown} more")
+    return t
+
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Dismisses with True on y/enter, False on n/escape."""
+    """Dismisses with True on y, False on n or escape; enter presses the focused button,
+    which starts on No: a confirmation defaults to the safe answer."""
 
     BINDINGS = [
         Binding("y", "answer(True)", "Yes", id="confirm.yes"),

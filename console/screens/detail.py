@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from rich.text import Text
 from textual import on
@@ -12,9 +13,11 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from console import format as fmt
+from console.messages import CancelRequested, RequeueRequested
 from console.output import OutputBuffer
 from console.sanitize import clean
-from console.screens.base import GridScreen
+from console.screens.base import ConsoleContext, GridScreen
+from console.screens.confirm import job_list
 from console.widgets.output import OutputView
 from gridcore.models import Job, JobState
 
@@ -72,6 +75,7 @@ def _compact(d) -> str:
 class JobDetailScreen(GridScreen):
     """Pushed over the jobs view; the poller reads this job and its new output."""
 
+    VIEW = "detail"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="detail.back"),
         Binding("c", "cancel", "Cancel", id="detail.cancel"),
@@ -80,8 +84,8 @@ class JobDetailScreen(GridScreen):
         Binding("i", "toggle_fields", "Fields", id="detail.fields"),
     ]
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__()
+    def __init__(self, ctx: ConsoleContext, job_id: str) -> None:
+        super().__init__(ctx)
         self.job_id = job_id
         self.job: Job | None = None
         self.buffer = OutputBuffer()
@@ -114,11 +118,14 @@ class JobDetailScreen(GridScreen):
 
     # ---- snapshot -----------------------------------------------------------------------
 
-    def apply(self, snap) -> None:
+    def request(self, base):
+        return replace(super().request(base), job_id=self.job_id, after=self.buffer.cursor, fresh=self.fresh)
+
+    def apply(self, snap) -> bool:
         if not super().apply(snap) or snap.request.job_id != self.job_id:
-            return
+            return False
         if snap.request.after != self.buffer.cursor:
-            return  # read for an older cursor (the pane was reset); the next tick rereads
+            return False  # read for an older cursor (the pane was reset); the next tick rereads
         view = self.query_one(OutputView)
         if snap.request.fresh:
             self.fresh = False
@@ -147,6 +154,7 @@ class JobDetailScreen(GridScreen):
             self._shown_version = self.buffer.version
             view.written()
         self._status()
+        return True
 
     def _fallback(self, snap) -> None:
         """A finished job whose live stream is gone: show the tails kept in its result."""
@@ -186,11 +194,18 @@ class JobDetailScreen(GridScreen):
 
     def action_cancel(self) -> None:
         if self.job is not None:
-            self.app.confirm_cancel([self.job])
+            self.confirm("Cancel 1 job?", job_list([self.job]), "Cancel jobs",
+                         lambda: self.post_message(CancelRequested((self.job_id,))))
 
     def action_requeue(self) -> None:
-        if self.job is not None:
-            self.app.confirm_requeue([self.job], after=self._reset_output)
+        if self.job is None:
+            return
+
+        def confirmed() -> None:
+            self.post_message(RequeueRequested((self.job_id,)))
+            self._reset_output()
+
+        self.confirm("Requeue 1 job?", job_list([self.job]), "Requeue", confirmed)
 
     def _reset_output(self) -> None:
         # A requeued job starts a new output stream from scratch.
@@ -202,7 +217,7 @@ class JobDetailScreen(GridScreen):
         self.query_one(OutputView).reset(self.buffer)
 
     def action_copy_id(self) -> None:
-        self.app.copy_id(self.job_id)
+        self.copy(self.job_id)
 
     def action_toggle_fields(self) -> None:
         self.query_one("#fields-box").toggle_class("-expanded")

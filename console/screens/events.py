@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.widgets import Static
 
 from console.sanitize import text
-from console.screens.base import GridScreen
+from console.screens.base import Rows, TableScreen
 from console.widgets.table import Column, KeyedTable
 
 COLUMNS = [
@@ -31,19 +29,14 @@ class EventsTable(KeyedTable):
     pass
 
 
-class EventsScreen(GridScreen):
-    def compose(self) -> ComposeResult:
-        yield from self.compose_top()
-        yield Static(Text("events, newest first │ ? keys"), classes="status-line")
-        yield EventsTable(COLUMNS, id="events-table")
-        yield from self.compose_bottom()
+class EventsScreen(TableScreen):
+    VIEW = NAME = "events"
+    TABLE = EventsTable
+    COLUMNS = COLUMNS
 
-    def on_mount(self) -> None:
-        self.query_one(EventsTable).focus()
-
-    def apply(self, snap) -> None:
-        if not super().apply(snap) or snap.events is None:
-            return
+    def take(self, snap) -> Rows | None:
+        if snap.events is None:
+            return None
         rows = []
         for e in snap.events:
             kind = text(e.kind, 20)
@@ -55,4 +48,7 @@ class EventsScreen(GridScreen):
                 "node": text(e.node),
                 "message": text(e.message, 300),
             }))
-        self.query_one(EventsTable).sync(rows)
+        return rows
+
+    def status(self) -> Text:
+        return Text("events, newest first │ ? keys")

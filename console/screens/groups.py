@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from dataclasses import replace
+
 from rich.text import Text
-from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Static
 
 from console import format as fmt
+from console.messages import GroupSelected, RetryCellsRequested
 from console.poller import GROUPS_PAGE
 from console.sanitize import clean, text
-from console.screens.base import PagedScreen
+from console.screens.base import PagedScreen, Rows
 from console.widgets.table import Column, KeyedTable
 
 COLUMNS = [
@@ -88,6 +88,9 @@ class GroupsTable(KeyedTable):
 class GroupsScreen(PagedScreen):
     """The groups view: the newest sweeps, one page at a time."""
 
+    VIEW = NAME = "groups"
+    TABLE = GroupsTable
+    COLUMNS = COLUMNS
     BINDINGS = [
         Binding("R", "retry_failed", "Retry failed", id="groups.retry_failed"),
         Binding("y", "copy_id", "Copy id", id="groups.copy", show=False),
@@ -95,68 +98,43 @@ class GroupsScreen(PagedScreen):
         Binding("left_square_bracket", "page(-1)", "Prev page", id="groups.prev_page", show=False),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.groups: dict[str, dict] = {}
-        self.total = 0
+    @property
+    def page_size(self) -> int:
+        return GROUPS_PAGE
 
-    def compose(self) -> ComposeResult:
-        yield from self.compose_top()
-        yield Static(id="groups-status", classes="status-line")
-        yield GroupsTable(COLUMNS, id="groups-table")
-        yield from self.compose_bottom()
+    def request(self, base):
+        return replace(super().request(base), groups_offset=self.page_start)
 
-    def on_mount(self) -> None:
-        self.query_one(GroupsTable).focus()
-        self._show_status()
-
-    def apply(self, snap) -> None:
-        if not super().apply(snap) or snap.groups is None or snap.request.view != "groups":
-            return
-        if snap.request.groups_offset != self.app.groups_offset:
-            return  # read for another page; this page's read is on its way
+    def take(self, snap) -> Rows | None:
+        if snap.groups is None or snap.request.view != "groups":
+            return None
+        if snap.request.groups_offset != self.page_start:
+            return None  # read for another page; this page's read is on its way
         self.total = snap.groups_total
-        self.groups = {g["id"]: g for g in snap.groups}
-        with self.app.batch_update():
-            self.query_one(GroupsTable).sync([(g["id"], group_cells(g, snap.now)) for g in snap.groups])
-        self._show_status()
+        self.items = {g["id"]: g for g in snap.groups}
+        return [(g["id"], group_cells(g, snap.now)) for g in snap.groups]
 
-    def _show_status(self) -> None:
-        off, n = self.app.groups_offset, len(self.groups)
+    def status(self) -> Text:
+        off, n = self.page_start, len(self.items)
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f"sweeps {off + 1}–{off + n} of {self.total:,}" if n else "no sweep groups yet")
         t.append(" │ enter: parameter grid")
-        if not self.app.read_only:
+        if not self.ctx.read_only:
             t.append(" │ R: retry failed cells")
         t.append(" │ ? keys", style="dim")
-        self.query_one("#groups-status", Static).update(t)
+        return t
 
-    def cursor_group(self) -> dict | None:
-        key = self.query_one(GroupsTable).cursor_key
-        return self.groups.get(key) if key else None
-
-    @on(GroupsTable.RowSelected)
-    def _open(self, event: GroupsTable.RowSelected) -> None:
-        group = self.groups.get(event.row_key.value or "")
+    def open_row(self, key: str) -> None:
+        group = self.items.get(key)
         if group:
-            self.app.open_group(group["id"], str(group.get("name") or ""))
+            self.post_message(GroupSelected(group["id"], str(group.get("name") or "")))
 
     def action_retry_failed(self) -> None:
-        group = self.cursor_group()
+        group = self.cursor_item()
         if group:
-            self.app.retry_failed_cells(group["id"], clean(group.get("name"), 60))
+            self.post_message(RetryCellsRequested(group["id"], clean(group.get("name"), 60)))
 
     def action_copy_id(self) -> None:
-        group = self.cursor_group()
+        group = self.cursor_item()
         if group:
-            self.app.copy_id(group["id"], what="group id")
-
-    def page_position(self) -> tuple[int, int, int]:
-        return self.app.groups_offset, GROUPS_PAGE, self.total
-
-    def show_page(self, offset: int) -> None:
-        self.app.groups_offset = offset
-        self.groups = {}
-        self.query_one(GroupsTable).sync([])
-        self._show_status()
-        self.app.poller.poll_now()
+            self.copy(group["id"], what="group id")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
+
 from rich.text import Text
 from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Input, Static
+from textual.widget import Widget
+from textual.widgets import Input
 
 from console import format as fmt
-from gridcore.jobfilter import FilterError, JobFilter, parse
+from console.messages import CancelRequested, JobSelected, RequeueFailedRequested, RequeueRequested
 from console.progress import label
 from console.sanitize import clean, text
-from console.screens.base import PagedScreen
+from console.screens.base import ConsoleContext, PagedScreen, Rows
+from console.screens.confirm import job_list
 from console.widgets.table import Column, KeyedTable
+from gridcore.jobfilter import FilterError, JobFilter, parse
 from gridcore.models import Job, JobState
 
 COLUMNS = [
@@ -56,14 +61,17 @@ class FilterInput(Input):
     BINDINGS = [Binding("escape", "close", "Close", show=False)]
 
     def action_close(self) -> None:
-        self.screen._close_filter()
+        self.screen.close_filter()
 
 
 class JobsScreen(PagedScreen):
-    """The default view."""
+    """The default view; it owns the filter, the page and the selection."""
 
+    VIEW = NAME = "jobs"
+    TABLE = JobsTable
+    COLUMNS = COLUMNS
     BINDINGS = [
-        Binding("s", "submit", "Submit", id="jobs.submit"),
+        Binding("s", "app.submit", "Submit", id="jobs.submit"),
         Binding("c", "cancel", "Cancel", id="jobs.cancel"),
         Binding("space", "toggle_select", "Select", id="jobs.select"),
         Binding("r", "requeue", "Requeue", id="jobs.requeue"),
@@ -77,43 +85,40 @@ class JobsScreen(PagedScreen):
         Binding("escape", "unselect", "Unselect", id="jobs.unselect", show=False),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, ctx: ConsoleContext) -> None:
+        super().__init__(ctx)
+        self.filter = JobFilter()
         self.selected: set[str] = set()
-        self.jobs: dict[str, Job] = {}
-        self.total = 0
+        self._snap = None  # the snapshot the rows were drawn from, to redraw the selection
 
-    def compose(self) -> ComposeResult:
-        yield from self.compose_top()
-        yield Static(id="jobs-status", classes="status-line")
+    def compose_head(self) -> Iterable[Widget]:
+        yield from super().compose_head()
         yield FilterInput(placeholder="filter: state:failed queue:NAME node:NAME text…  (enter applies, esc closes)",
-                    id="filter-input", classes="-hidden")
-        yield JobsTable(COLUMNS, id="jobs-table")
-        yield from self.compose_bottom()
-
-    def on_mount(self) -> None:
-        self.query_one(JobsTable).focus()
-        self._show_status()
+                          id="filter-input", classes="-hidden")
 
     # ---- snapshot -----------------------------------------------------------------------
 
-    def apply(self, snap) -> None:
-        if not super().apply(snap) or snap.jobs is None or snap.request.view != "jobs":
-            return
-        req, f = snap.request, self.app.filter
-        if (req.offset, req.state, req.queue, req.node, req.text) != (self.app.offset, f.state, f.queue, f.node, f.text):
-            return  # read for an earlier page or filter; the one for this one is on its way
-        self.total = snap.total
-        self.jobs = {j.id: j for j in snap.jobs}
-        rows = [(j.id, job_cells(j, snap.now, snap.progress.get(j.id), j.id in self.selected)) for j in snap.jobs]
-        with self.app.batch_update():
-            self.query_one(JobsTable).sync(rows)
-        self._show_status()
+    def request(self, base):
+        f = self.filter
+        return replace(super().request(base), state=f.state, queue=f.queue, node=f.node, text=f.text,
+                       offset=self.page_start)
 
-    def _show_status(self) -> None:
-        f = self.app.filter
-        off = self.app.offset
-        n = len(self.jobs)
+    def take(self, snap) -> Rows | None:
+        if snap.jobs is None or snap.request.view != "jobs":
+            return None
+        req, f = snap.request, self.filter
+        if (req.offset, req.state, req.queue, req.node, req.text) != (self.page_start, f.state, f.queue, f.node, f.text):
+            return None  # read for an earlier page or filter; the one for this one is on its way
+        self._snap = snap
+        self.total = snap.total
+        self.items = {j.id: j for j in snap.jobs}
+        return self._rows(snap)
+
+    def _rows(self, snap) -> Rows:
+        return [(j.id, job_cells(j, snap.now, snap.progress.get(j.id), j.id in self.selected)) for j in snap.jobs]
+
+    def status(self) -> Text:
+        f, off, n = self.filter, self.page_start, len(self.items)
         t = Text(no_wrap=True, overflow="ellipsis")
         if n:
             t.append(f"jobs {off + 1}–{off + n} of {self.total:,}")
@@ -127,77 +132,79 @@ class JobsScreen(PagedScreen):
         if self.selected:
             t.append(f" │ {len(self.selected)} selected", style="bold")
         t.append(" │ ? keys", style="dim")
-        self.query_one("#jobs-status", Static).update(t)
+        return t
 
     # ---- helpers ------------------------------------------------------------------------
-
-    def _cursor_job(self) -> Job | None:
-        key = self.query_one(JobsTable).cursor_key
-        return self.jobs.get(key) if key else None
 
     def _targets(self) -> list[Job]:
         """Selected jobs if any (still on this page or not), else the job under the cursor."""
         if self.selected:
-            return [self.jobs.get(i) or _placeholder(i) for i in sorted(self.selected)]
-        job = self._cursor_job()
+            return [self.items.get(i) or _placeholder(i) for i in sorted(self.selected)]
+        job = self.cursor_item()
         return [job] if job else []
 
-    def _resync_selection(self) -> None:
-        snap = self.app.last_snapshot
-        if snap is not None and snap.jobs is not None:
-            self.apply(snap)
-        self._show_status()
+    def _redraw_selection(self) -> None:
+        if self._snap is not None and self.items:
+            self.table.sync(self._rows(self._snap))
+        self.show_status()
 
     # ---- actions ------------------------------------------------------------------------
 
-    @on(JobsTable.RowSelected)
-    def _open(self, event: JobsTable.RowSelected) -> None:
-        if event.row_key.value:
-            self.app.open_job(event.row_key.value)
-
-    def action_submit(self) -> None:
-        self.app.action_submit()
+    def open_row(self, key: str) -> None:
+        self.post_message(JobSelected(key))
 
     def action_toggle_select(self) -> None:
-        job = self._cursor_job()
+        job = self.cursor_item()
         if job is None:
             return
         self.selected.symmetric_difference_update({job.id})
-        table = self.query_one(JobsTable)
-        self._resync_selection()
+        table = self.table
+        self._redraw_selection()
         if table.cursor_row < table.row_count - 1:
             table.move_cursor(row=table.cursor_row + 1)
 
     def action_unselect(self) -> None:
         if self.selected:
             self.selected.clear()
-            self._resync_selection()
+            self._redraw_selection()
 
     def action_cancel(self) -> None:
         jobs = [j for j in self._targets() if not j.state.terminal]
         if not jobs:
-            self.app.notify("nothing to cancel: the job has already ended", severity="warning", markup=False)
+            self.notify("nothing to cancel: the job has already ended", severity="warning", markup=False)
             return
-        self.app.confirm_cancel(jobs, after=self.action_unselect)
+
+        def confirmed() -> None:
+            self.post_message(CancelRequested(tuple(j.id for j in jobs)))
+            self.action_unselect()
+
+        title = f"Cancel {len(jobs)} job{'s' if len(jobs) > 1 else ''}?"
+        self.confirm(title, job_list(jobs), "Cancel jobs", confirmed)
 
     def action_requeue(self) -> None:
         jobs = [j for j in self._targets() if j.state in (JobState.FAILED, JobState.CANCELED)]
         if not jobs:
-            self.app.notify("only failed or canceled jobs can be requeued", severity="warning", markup=False)
+            self.notify("only failed or canceled jobs can be requeued", severity="warning", markup=False)
             return
-        self.app.confirm_requeue(jobs, after=self.action_unselect)
+
+        def confirmed() -> None:
+            self.post_message(RequeueRequested(tuple(j.id for j in jobs)))
+            self.action_unselect()
+
+        title = f"Requeue {len(jobs)} job{'s' if len(jobs) > 1 else ''}?"
+        self.confirm(title, job_list(jobs), "Requeue", confirmed)
 
     def action_requeue_failed(self) -> None:
-        self.app.requeue_failed_in(self.app.filter)
+        self.post_message(RequeueFailedRequested(self.filter))
 
     def action_copy_id(self) -> None:
-        job = self._cursor_job()
+        job = self.cursor_item()
         if job:
-            self.app.copy_id(job.id)
+            self.copy(job.id)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter-input", Input)
-        box.value = self.app.filter.describe()
+        box.value = self.filter.describe()
         box.remove_class("-hidden")
         box.focus()
 
@@ -206,34 +213,25 @@ class JobsScreen(PagedScreen):
         try:
             new = parse(event.value)
         except FilterError as e:
-            self.app.notify(str(e), severity="error", markup=False)
+            self.notify(str(e), severity="error", markup=False)
             return
-        self._close_filter()
+        self.close_filter()
         self.set_filter(new)
 
-    def _close_filter(self) -> None:
+    def close_filter(self) -> None:
         self.query_one("#filter-input", Input).add_class("-hidden")
-        self.query_one(JobsTable).focus()
+        self.table.focus()
 
     def action_cycle_state(self) -> None:
-        self.set_filter(self.app.filter.next_state())
+        self.set_filter(self.filter.next_state())
 
     def action_clear_filter(self) -> None:
         self.set_filter(JobFilter())
 
     def set_filter(self, new: JobFilter) -> None:
-        self.app.filter = new
+        """Show the first page of the jobs `new` matches."""
+        self.filter = new
         self.show_page(0)
-
-    def page_position(self) -> tuple[int, int, int]:
-        return self.app.offset, self.app.page_size, self.total
-
-    def show_page(self, offset: int) -> None:
-        self.app.offset = offset
-        self.jobs = {}
-        self.query_one(JobsTable).sync([])
-        self._show_status()
-        self.app.poller.poll_now()
 
 
 def _placeholder(job_id: str) -> Job:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.text import Text
 from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.widget import Widget
 from textual.widgets import Static
 
 from console import format as fmt
+from console.messages import DrainRequested, NodeSelected, ResumeRequested
 from console.sanitize import clean, text
-from console.screens.base import GridScreen
+from console.screens.base import Rows, TableScreen
 from console.widgets.table import Column, KeyedTable
 from gridcore.models import Node
 
@@ -87,57 +90,51 @@ class NodesTable(KeyedTable):
     pass
 
 
-class NodesScreen(GridScreen):
+class NodesScreen(TableScreen):
+    VIEW = NAME = "nodes"
+    TABLE = NodesTable
+    COLUMNS = COLUMNS
     BINDINGS = [
         Binding("d", "drain", "Drain", id="nodes.drain"),
         Binding("u", "resume", "Resume", id="nodes.resume"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.nodes: dict[str, Node] = {}
-
-    def compose(self) -> ComposeResult:
-        yield from self.compose_top()
-        yield Static(Text("nodes │ enter: jobs of a node │ ? keys"), classes="status-line")
-        yield NodesTable(COLUMNS, id="nodes-table")
+    def compose_tail(self) -> Iterable[Widget]:
         with VerticalScroll(id="node-detail-box"):
             yield Static(id="node-detail")
-        yield from self.compose_bottom()
 
-    def on_mount(self) -> None:
-        self.query_one(NodesTable).focus()
+    def take(self, snap) -> Rows | None:
+        if snap.nodes is None:
+            return None
+        self.items = {n.name: n for n in snap.nodes}
+        return [(n.name, node_cells(n)) for n in snap.nodes]
 
-    def apply(self, snap) -> None:
-        if not super().apply(snap) or snap.nodes is None:
-            return
-        self.nodes = {n.name: n for n in snap.nodes}
-        self.query_one(NodesTable).sync([(n.name, node_cells(n)) for n in snap.nodes])
-        self._show_detail()
+    def status(self) -> Text:
+        return Text("nodes │ enter: jobs of a node │ ? keys")
 
-    def _cursor_node(self) -> Node | None:
-        key = self.query_one(NodesTable).cursor_key
-        return self.nodes.get(key) if key else None
-
-    def _show_detail(self) -> None:
-        node = self._cursor_node()
-        self.query_one("#node-detail", Static).update(node_detail(node) if node else Text("no nodes yet"))
+    def apply(self, snap) -> bool:
+        shown = super().apply(snap)
+        if shown:
+            self._show_detail()
+        return shown
 
     @on(NodesTable.RowHighlighted)
-    def _highlighted(self) -> None:
-        self._show_detail()
+    def _show_detail(self) -> None:
+        node = self.cursor_item()
+        self.query_one("#node-detail", Static).update(node_detail(node) if node else Text("no nodes yet"))
 
-    @on(NodesTable.RowSelected)
-    def _selected(self, event: NodesTable.RowSelected) -> None:
-        if event.row_key.value:
-            self.app.show_jobs(node=event.row_key.value)
+    def open_row(self, key: str) -> None:
+        self.post_message(NodeSelected(key))
 
     def action_drain(self) -> None:
-        node = self._cursor_node()
-        if node:
-            self.app.confirm_drain(node.name)
+        node = self.cursor_item()
+        if node is None:
+            return
+        body = Text(f"{clean(node.name)} stops taking new jobs; what it runs now finishes.")
+        self.confirm(f"Drain node {clean(node.name, 40)}?", body, "Drain",
+                     lambda: self.post_message(DrainRequested(node.name)))
 
     def action_resume(self) -> None:
-        node = self._cursor_node()
+        node = self.cursor_item()
         if node:
-            self.app.resume_node(node.name)
+            self.post_message(ResumeRequested(node.name))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Static
 
+from console.messages import QueueSelected
 from console.sanitize import text
-from console.screens.base import GridScreen
+from console.screens.base import Rows, TableScreen
 from console.widgets.table import Column, KeyedTable
 
 COLUMNS = [
@@ -33,42 +31,33 @@ class QueuesTable(KeyedTable):
     pass
 
 
-class QueuesScreen(GridScreen):
+class QueuesScreen(TableScreen):
+    VIEW = NAME = "queues"
+    TABLE = QueuesTable
+    COLUMNS = COLUMNS
     BINDINGS = [Binding("enter", "open_queue", "Jobs in queue", id="queues.open", show=False)]
 
-    def compose(self) -> ComposeResult:
-        yield from self.compose_top()
-        yield Static(Text("queues │ enter: the jobs of a queue │ ? keys"), classes="status-line")
-        yield QueuesTable(COLUMNS, id="queues-table")
-        yield from self.compose_bottom()
+    def take(self, snap) -> Rows:
+        self.items = {q.name: q for q in snap.queues}
+        return [(q.name, {
+            "name": text(q.name),
+            "queued": _n(q.queued, "cyan"),
+            "running": _n(q.running, "green"),
+            "scheduled": _n(q.scheduled),
+            "waiting": _n(q.waiting, "yellow"),
+            "finished": _n(q.finished),
+            "failed": _n(q.failed, "bold red"),
+            "canceled": _n(q.canceled),
+            "workers": _n(q.workers, "" if q.workers else "red"),
+        }) for q in snap.queues]
 
-    def on_mount(self) -> None:
-        self.query_one(QueuesTable).focus()
+    def status(self) -> Text:
+        return Text("queues │ enter: the jobs of a queue │ ? keys")
 
-    def apply(self, snap) -> None:
-        if not super().apply(snap):
-            return
-        rows = []
-        for q in snap.queues:
-            rows.append((q.name, {
-                "name": text(q.name),
-                "queued": _n(q.queued, "cyan"),
-                "running": _n(q.running, "green"),
-                "scheduled": _n(q.scheduled),
-                "waiting": _n(q.waiting, "yellow"),
-                "finished": _n(q.finished),
-                "failed": _n(q.failed, "bold red"),
-                "canceled": _n(q.canceled),
-                "workers": _n(q.workers, "" if q.workers else "red"),
-            }))
-        self.query_one(QueuesTable).sync(rows)
-
-    @on(QueuesTable.RowSelected)
-    def _selected(self, event: QueuesTable.RowSelected) -> None:
-        if event.row_key.value:
-            self.app.show_jobs(queue=event.row_key.value)
+    def open_row(self, key: str) -> None:
+        self.post_message(QueueSelected(key))
 
     def action_open_queue(self) -> None:
-        key = self.query_one(QueuesTable).cursor_key
+        key = self.table.cursor_key
         if key:
-            self.app.show_jobs(queue=key)
+            self.open_row(key)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from rich.text import Text
-from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.widget import Widget
 from textual.widgets import Static
 
 from console import format as fmt
+from console.messages import JobSelected, RetryCellsRequested
 from console.progress import label
 from console.sanitize import clean, text
-from console.screens.base import PagedScreen
+from console.screens.base import ConsoleContext, PagedScreen, Rows
 from console.screens.groups import counts, done_of, progress_text
 from console.widgets.table import Column, KeyedTable
 from descriptors.sweep import render
@@ -134,6 +135,10 @@ class CellsTable(KeyedTable):
 class SweepGridScreen(PagedScreen):
     """Pushed from the groups view; the poller reads this group and one page of its cells."""
 
+    VIEW = "group"
+    NAME = "cells"
+    TABLE = CellsTable
+    COLUMNS = TAIL
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="sweep.back"),
         Binding("R", "retry_failed", "Retry failed", id="sweep.retry_failed"),
@@ -142,84 +147,60 @@ class SweepGridScreen(PagedScreen):
         Binding("left_square_bracket", "page(-1)", "Prev page", id="sweep.prev_page", show=False),
     ]
 
-    def __init__(self, group_id: str, name: str = "") -> None:
-        super().__init__()
+    def __init__(self, ctx: ConsoleContext, group_id: str, name: str = "") -> None:
+        super().__init__(ctx)
         self.group_id = group_id
         self.name_hint = name
-        self.cells_offset = 0
         self.group: dict | None = None
-        self.cells: dict[str, Job] = {}
         self.missing = False
 
-    def compose(self) -> ComposeResult:
-        yield from self.compose_top()
-        loading = Text(f"loading sweep {clean(self.name_hint or self.group_id, 60)}…\n")
-        yield Static(loading, id="sweep-info")
-        yield Static(id="cells-status", classes="status-line")
-        yield CellsTable(TAIL, id="cells-table")
-        yield from self.compose_bottom()
+    def compose_head(self) -> Iterable[Widget]:
+        yield Static(Text(f"loading sweep {clean(self.name_hint or self.group_id, 60)}…\n"), id="sweep-info")
+        yield from super().compose_head()
 
-    def on_mount(self) -> None:
-        self.query_one(CellsTable).focus()
-        self._show_status()
+    def request(self, base):
+        return replace(super().request(base), group_id=self.group_id, cells_offset=self.page_start)
 
-    def apply(self, snap) -> None:
+    def take(self, snap) -> Rows | None:
         req = snap.request
-        if not super().apply(snap) or req.view != "group" or req.group_id != self.group_id:
-            return
+        if req.view != "group" or req.group_id != self.group_id:
+            return None
         if snap.group_missing:
-            self.missing, self.group, self.cells = True, None, {}
+            self.missing, self.group, self.items, self.total = True, None, {}, 0
             self.query_one("#sweep-info", Static).update(
                 Text(f"sweep group {clean(self.group_id, 40)} is no longer on the grid (expired or removed)\n",
                      style="yellow"))
-            self.query_one(CellsTable).sync([])
-            self._show_status()
-            return
-        if snap.group is None or snap.cells is None or req.cells_offset != self.cells_offset:
-            return
+            return []
+        if snap.group is None or snap.cells is None or req.cells_offset != self.page_start:
+            return None
         self.missing = False
         self.group = snap.group
-        self.cells = {j.id: j for j in snap.cells}
+        self.total = len(snap.group["jobs"])
+        self.items = {j.id: j for j in snap.cells}
         axes = axes_of(snap.group, snap.cells)
-        table = self.query_one(CellsTable)
-        rows = [(j.id, cell_row(j, req.cells_offset + i, axes, snap.now, snap.progress.get(j.id)))
+        self.query_one("#sweep-info", Static).update(group_header(snap.group, snap.now))
+        self.table.set_columns(columns_for(axes, snap.cells))
+        return [(j.id, cell_row(j, req.cells_offset + i, axes, snap.now, snap.progress.get(j.id)))
                 for i, j in enumerate(snap.cells)]
-        with self.app.batch_update():
-            self.query_one("#sweep-info", Static).update(group_header(snap.group, snap.now))
-            table.set_columns(columns_for(axes, snap.cells))
-            table.sync(rows)
-        self._show_status()
 
-    def _show_status(self) -> None:
-        n, size = len(self.cells), len(self.group["jobs"]) if self.group else 0
+    def status(self) -> Text:
+        n = len(self.items)
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f"cells {self.cells_offset + 1}–{self.cells_offset + n} of {size:,}" if n else "no cells on this page")
+        t.append(f"cells {self.page_start + 1}–{self.page_start + n} of {self.total:,}" if n else "no cells on this page")
         t.append(" │ enter: job")
-        if not self.app.read_only:
+        if not self.ctx.read_only:
             t.append(" │ R: retry failed cells")
         t.append(" │ esc: back │ ? keys", style="dim")
-        self.query_one("#cells-status", Static).update(t)
+        return t
 
-    @on(CellsTable.RowSelected)
-    def _open(self, event: CellsTable.RowSelected) -> None:
-        if event.row_key.value:
-            self.app.open_job(event.row_key.value)
+    def open_row(self, key: str) -> None:
+        self.post_message(JobSelected(key))
 
     def action_retry_failed(self) -> None:
         name = self.group.get("name") if self.group else self.name_hint
-        self.app.retry_failed_cells(self.group_id, clean(name or self.group_id, 60))
+        self.post_message(RetryCellsRequested(self.group_id, clean(name or self.group_id, 60)))
 
     def action_copy_id(self) -> None:
-        key = self.query_one(CellsTable).cursor_key
+        key = self.table.cursor_key
         if key:
-            self.app.copy_id(key)
-
-    def page_position(self) -> tuple[int, int, int]:
-        return self.cells_offset, self.app.page_size, len(self.group["jobs"]) if self.group else 0
-
-    def show_page(self, offset: int) -> None:
-        self.cells_offset = offset
-        self.cells = {}
-        self.query_one(CellsTable).sync([])
-        self._show_status()
-        self.app.poller.poll_now()
+            self.copy(key)

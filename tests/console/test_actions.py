@@ -74,6 +74,20 @@ async def test_cancel_asks_first(make, grid):
         assert rows(app.screen.query_one(JobsTable))[0]["state"] == "canceled"
 
 
+async def test_enter_in_a_confirmation_is_no(make, grid):
+    jid = grid.submit(JobSpec(command="sleep 100", name="victim"))
+    app = make()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert app.screen.focused.id == "no"  # the safe answer is the default
+        await pilot.press("enter")
+        await wait_workers(app, pilot)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert grid.state(jid) is JobState.QUEUED
+
+
 async def test_multi_select_cancel(make, grid):
     ids = [grid.submit(JobSpec(command="sleep 100", name=f"j{i}")) for i in range(4)]
     app = make()
@@ -119,7 +133,7 @@ async def test_read_only_hides_actions_and_never_writes(make, grid, r, broker, s
         async with app.run_test(size=(80, 24)) as pilot:
             await settle(app, pilot)
             footer_keys = {b.binding.action for b in app.screen.active_bindings.values() if b.enabled}
-            assert not footer_keys & {"submit", "cancel", "requeue", "toggle_select"}
+            assert not footer_keys & {"app.submit", "cancel", "requeue", "toggle_select"}
             for key in ("s", "c", "space", "r", "R", "y"):
                 await pilot.press(key)
                 await pilot.pause()

@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 from textual.widgets import KeyPanel
 
+from console.messages import RetryCellsRequested
 from console.poller import GROUPS_PAGE, Request
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import JobDetailScreen
@@ -152,7 +153,7 @@ async def test_read_only_console_refuses_retry(make, grid, r, settings, tmp_path
                 assert not isinstance(app.screen, ConfirmScreen)
             # The grid itself is readable.
             assert [r["state"] for r in rows(app.screen.query_one(CellsTable))] == ["canceled", "queued"]
-            app.retry_failed_cells(gid)  # even when called directly (the palette), nothing is asked
+            app.post_message(RetryCellsRequested(gid))  # even when asked for directly, nothing is asked
             await wait_workers(app, pilot)
             assert not isinstance(app.screen, ConfirmScreen)
     finally:
@@ -184,7 +185,7 @@ async def test_groups_view_reads_one_page(make, grid):
         assert table.row_count == GROUPS_PAGE
         await pilot.press("right_square_bracket")
         await settle(app, pilot)
-        assert table.row_count == 3 and app.groups_offset == GROUPS_PAGE
+        assert table.row_count == 3 and app.screen.page_start == GROUPS_PAGE
         assert f"sweeps {GROUPS_PAGE + 1}–{n} of {n}" in str(app.screen.query_one("#groups-status").render())
 
 
@@ -253,7 +254,7 @@ async def test_sweep_grid_80x24():
     group = frozen_groups()[0]
     async with app.run_test(size=(80, 24)) as pilot:
         app.switch_mode("groups")
-        app.push_screen(SweepGridScreen(group["id"], group["name"]))
+        app.push_screen(SweepGridScreen(app.context, group["id"], group["name"]))
         await pilot.pause()
         cells = frozen_cells()
         group = group | {"jobs": [c.id for c in cells] * 3}

@@ -37,7 +37,7 @@ async def test_nodes_view_shows_live_agents(make, agents):
         assert "gpu0 Test GPU" in detail and "big" in detail
         await pilot.press("enter")
         await settle(app, pilot)
-        assert app.current_mode == "jobs" and app.filter.node == "node-a"
+        assert app.current_mode == "jobs" and app.screen.filter.node == "node-a"
 
 
 async def test_output_progress_and_cancel_of_a_running_job(make, grid, agents):

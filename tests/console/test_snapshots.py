@@ -116,7 +116,7 @@ async def test_detail_with_output_80x24():
     app = frozen_app()
     job = jobs()[0]
     async with app.run_test(size=(80, 24)) as pilot:
-        app.push_screen(JobDetailScreen(job.id))
+        app.push_screen(JobDetailScreen(app.context, job.id))
         await pilot.pause()
         chunks = (
             OutputChunk("1-0", "stdout", b"epoch 1\n\x1b[31mnot red\x1b[0m \xff\n"),

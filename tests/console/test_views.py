@@ -57,7 +57,7 @@ async def test_filters_state_text_and_clear(make, grid):
         for _ in range(5):  # running -> queued -> failed -> finished -> canceled
             await pilot.press("f")
         await settle(app, pilot)
-        assert app.filter.state.value == "canceled"
+        assert app.screen.filter.state.value == "canceled"
         assert [r["id"] for r in rows(table)] == [ids[0][:8]]
         await pilot.press("x")
         await pilot.press("slash")
@@ -114,7 +114,7 @@ async def test_queues_view_counts_and_opens_jobs(make, grid):
             await pilot.press("up")
         await pilot.press("enter")
         await settle(app, pilot)
-        assert app.current_mode == "jobs" and app.filter.queue == "gpu"
+        assert app.current_mode == "jobs" and app.screen.filter.queue == "gpu"
         assert {r["queue"] for r in rows(app.screen.query_one(JobsTable))} == {"gpu"}
 
 
