@@ -164,7 +164,7 @@ def test_a_slot_that_dies_mid_job_has_its_job_reclaimed(agents, grid, r, cleanup
     cleanup_jobs.append(jid)
     wait_for(lambda: running_on(r, jid) == "node-a" and job_procs(jid), 20, "the job to run")
     first = {p.pid for p in job_procs(jid)}
-    slot = next(p for p in psutil.Process(a.proc.pid).children() if "agent.slot" in " ".join(p.cmdline()))
+    slot = next(p for p in psutil.Process(a.proc.pid).children() if "agent.slotmain" in " ".join(p.cmdline()))
     slot.kill()  # the slot process alone; its job runs on in its own session until the agent acts
     states = assert_accounted(r, grid, [jid], timeout=40)
     assert states[jid] is JobState.FINISHED and grid.get(jid).stdout == "second try\n"

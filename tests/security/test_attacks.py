@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import UnixSignalDeathPenalty
 from rq.webhook import Webhook
 
-from agent.safejob import GridJob
+from agent.rqadapter.jobs import GridJob
 from gridcore import keys
 from gridcore.models import JobSpec, JobState
 from gridcore.signing import AuthorizedKeys, Signer, canonical, generate_key
