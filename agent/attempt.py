@@ -60,6 +60,7 @@ from gridcore.signing import Refused
 
 log = logging.getLogger("grid.attempt")
 
+
 @dataclass(frozen=True)
 class Capacity:
     """What the node has for the reservation check at a job's start."""

@@ -104,17 +104,15 @@ class NodeWatch:
 
 def replace_queued(conn: redis.Redis, node: str) -> int:
     """Send jobs the grid had placed on a down node (not yet started) back to placement."""
-    nq = keys.rq_queue(keys.node_queue(node))
+    nq = keys.node_queue(node)
     moved = 0
-    for raw in conn.lrange(nq, 0, -1):
+    for raw in conn.lrange(keys.rq_queue(nq), 0, -1):
         job_id = raw.decode()
         meta = lenient(JobMeta, conn.hget(keys.rq_job(job_id), "meta"), f"{keys.rq_job(job_id)} meta")
         if meta is None or meta.placement is None or meta.resources.node:
             continue  # pinned by the user to this node: it waits for the node
         with conn.pipeline() as pipe:
-            pipe.lrem(nq, 1, job_id)
-            pipe.hset(keys.rq_job(job_id), "origin", keys.PENDING_QUEUE)
-            pipe.rpush(keys.rq_queue(keys.PENDING_QUEUE), job_id)
+            RQBook.move_waiting(pipe, job_id, nq, keys.PENDING_QUEUE)
             release(pipe, job_id, node, meta.group)
             pipe.execute()
         moved += 1

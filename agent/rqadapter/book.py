@@ -237,6 +237,13 @@ class RQBook:
         job.set_status(JobStatus.FAILED, pipeline=pipe)
         job.failed_job_registry.add(job, ttl=self.result_ttl, exc_string=reason, pipeline=pipe)
 
+    @staticmethod
+    def move_waiting(pipe, job_id: str, src: str, dest: str) -> None:
+        """Queue on `pipe`: a waiting job leaves queue `src` for the back of `dest`, its new origin."""
+        pipe.lrem(keys.rq_queue(src), 1, job_id)
+        pipe.hset(keys.rq_job(job_id), "origin", dest)
+        pipe.rpush(keys.rq_queue(dest), job_id)
+
     def requeue_claimed(self, pipe, job: Job, started: list[bytes], queued: bool) -> None:
         """Queue on `pipe`: a claimed job that never ran waits again as it was (front of its queue)."""
         if started:
