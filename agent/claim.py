@@ -31,11 +31,7 @@ from dataclasses import dataclass
 
 from gridcore import keys
 from gridcore.priority import PUT_BACK
-
-PREFIX = "claim:"
-"""Value of a running-hash entry for a job a slot took but has not started yet."""
-ENDED = "ended:"
-"""Value of a running-hash entry for a job whose end is recorded, RQ's bookkeeping pending."""
+from gridcore.records import ActiveEntry, RunningEntry, lenient
 
 _GIVE_BACK = PUT_BACK + """
 local function give_back(taking, job_prefix, queue_prefix, prio_key)
@@ -96,16 +92,27 @@ elsewhere?) and its cancel flag; and drop its priority entry (it no longer waits
 trip instead of five."""
 
 DRAINING = "draining"
-"""What `pop` returns while the node is draining: nothing was taken."""
+"""What `GridWorker`'s pop returns while the node is draining: nothing was taken."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Taken:
-    """What the pop script read about the job it took, besides the job itself."""
+    """A job the pop script claimed, with what it read about it in the same step."""
 
+    queue_key: str
     job_id: str
-    active: bytes | None
+    fields: dict[bytes, bytes]  # the job's RQ hash; empty when the record is gone
+    active: ActiveEntry | None  # a copy of the job running elsewhere, if any
     canceled: bool
+
+
+@dataclass(frozen=True)
+class Popped:
+    """What one pop found: broker TIME (sec, usec), the drain flag, and the job it took if any."""
+
+    time: tuple[int, int]
+    draining: bool
+    taken: Taken | None
 
 
 _RELEASE = """
@@ -114,76 +121,44 @@ return 0
 """
 
 
-def marker(worker) -> str:
-    return PREFIX + worker.name
+def marker(worker: str) -> str:
+    """The running-hash value of a job `worker` claimed and has not started yet."""
+    return RunningEntry("claimed", worker=worker).encode()
 
 
-def pop(worker):
-    """(job, queue) from the first non-empty queue of the worker, claimed; None if all are
-    empty; DRAINING if the node is draining. Sets `worker.taken` and anchors its clock."""
-    conn = worker.connection
+def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
+    """Pop and claim the first job of `queue_keys` (the node queue first) for `worker`."""
     script = conn.register_script(_POP)
-    qkeys = [q.key for q in worker._ordered_queues]
-    while True:
-        got = script(keys=[keys.node_taking(worker.node), *qkeys, keys.node_running(worker.node),
-                           keys.node(worker.node)],
-                     args=[marker(worker), keys.rq_job(""), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
-                           worker.queue_class.redis_queue_namespace_prefix])
-        worker.clock.anchor(int(got[3]), int(got[4]))
-        if int(got[7]):
-            return DRAINING
-        if not got[1]:
-            return None
-        queue_key, job_id = got[0].decode(), got[1].decode()
-        worker.taken = Taken(job_id, got[5] or None, bool(int(got[6])))
-        result = _restore(worker, queue_key, job_id, got[2])
-        if result is None:  # the record is gone or unreadable: RQ's own fetch (and its refusal)
-            result = worker.queue_class._fetch_dequeued_job(
-                conn, queue_key, job_id, job_class=worker.job_class, serializer=worker.serializer,
-                death_penalty_class=worker.death_penalty_class,
-            )
-        if result is not None:
-            return result
-        release(worker, job_id)  # gone, or refused as undecodable: nothing to start
+    got = script(keys=[keys.node_taking(node), *queue_keys, keys.node_running(node), keys.node(node)],
+                 args=[marker(worker), keys.rq_job_prefix(), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
+                       keys.rq_queue_prefix()])
+    time = (int(got[3]), int(got[4]))
+    if int(got[7]) or not got[1]:
+        return Popped(time, bool(int(got[7])), None)
+    job_id = got[1].decode()
+    flat = got[2]
+    active = lenient(ActiveEntry, got[5] or None, f"{keys.ACTIVE} field {job_id}")
+    return Popped(time, False, Taken(got[0].decode(), job_id, dict(zip(flat[::2], flat[1::2])), active,
+                                     bool(int(got[6]))))
 
 
-def _restore(worker, queue_key: str, job_id: str, flat: list):
-    """(job, queue) from the hash the pop script returned, saving RQ's separate fetch."""
-    if not flat:
-        return None
-    try:
-        job = worker.job_class(job_id, connection=worker.connection, serializer=worker.serializer)
-        job.restore(dict(zip(flat[::2], flat[1::2])))
-    except Exception:  # noqa: BLE001 - RQ's fetch path decides what an unreadable record means
-        return None
-    queue = worker.queue_class.from_queue_key(queue_key, connection=worker.connection, job_class=worker.job_class,
-                                              serializer=worker.serializer,
-                                              death_penalty_class=worker.death_penalty_class)
-    return job, queue
-
-
-def wait(worker, timeout: float) -> None:
-    """Block until the slot's pool queue has a job, or `timeout` seconds; a job that comes is
-    moved to the node's taking list, for the pop that follows (or any slot's next pop)."""
-    queues = worker._ordered_queues
-    key = (queues[1] if len(queues) > 1 else queues[0]).key
-    worker.connection.blmove(key, keys.node_taking(worker.node), timeout, src="LEFT", dest="RIGHT")
+def wait(conn, node: str, queue_key: str, timeout: float) -> None:
+    """Block until the pool queue `queue_key` has a job, or `timeout` seconds; a job that comes
+    is moved to the node's taking list, for the pop that follows (or any slot's next pop)."""
+    conn.blmove(queue_key, keys.node_taking(node), timeout, src="LEFT", dest="RIGHT")
 
 
 def give_back(conn, node: str) -> int:
     """Put the jobs a node's slots took off their queues, unclaimed, back where they were in
     their queues (the node is gone); how many went back."""
-    from rq.queue import Queue
-
     script = conn.register_script(_GIVE_BACK + "return give_back(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
     return int(script(keys=[keys.node_taking(node)],
-                      args=[keys.rq_job(""), Queue.redis_queue_namespace_prefix, keys.PRIORITY]))
+                      args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY]))
 
 
-def release(worker, job_id: str, value: str | None = None) -> None:
-    """Drop this worker's entry for a job (by default its claim) if it is still `value`."""
-    worker.connection.register_script(_RELEASE)(keys=[keys.node_running(worker.node)],
-                                                 args=[job_id, value or marker(worker)])
+def release(conn, node: str, job_id: str, value: str) -> None:
+    """Drop a job's entry in the node's running hash if it is still `value` (a claim, an end)."""
+    conn.register_script(_RELEASE)(keys=[keys.node_running(node)], args=[job_id, value])
 
 
 _REQUEUE = """
@@ -205,15 +180,13 @@ def requeue(conn, node: str, job_id: str, value: str) -> bool:
     Only while the claim is still `value` and the job still `queued` and in no queue: safe
     to repeat, and a no-op for a job that started, ended or was put back meanwhile.
     """
-    from rq.queue import Queue
-
     script = conn.register_script(_REQUEUE)
     return bool(script(keys=[keys.node_running(node), keys.rq_job(job_id)],
-                       args=[job_id, value, Queue.redis_queue_namespace_prefix]))
+                       args=[job_id, value, keys.rq_queue_prefix()]))
 
 
-def requeue_own(worker) -> int:
+def requeue_own(conn, node: str, worker: str) -> int:
     """An idle slot's claims are stale (a pop whose reply was lost): put those jobs back."""
-    mine = marker(worker).encode()
-    stale = [k.decode() for k, v in worker.connection.hgetall(keys.node_running(worker.node)).items() if v == mine]
-    return sum(requeue(worker.connection, worker.node, jid, mine.decode()) for jid in stale)
+    mine = marker(worker)
+    stale = [k.decode() for k, v in conn.hgetall(keys.node_running(node)).items() if v == mine.encode()]
+    return sum(requeue(conn, node, jid, mine) for jid in stale)

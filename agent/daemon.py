@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from importlib import metadata
 
 import psutil
 import redis
@@ -22,10 +23,11 @@ import redis
 from agent import cgroup, claim, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
-from agent.outage import BROKER_ERRORS
-from gridcore.client import Grid
+from agent.outage import OUTAGE_ERRORS
 from gridcore import events, keys
+from gridcore.client import Grid
 from gridcore.connection import connect, resolve_url
+from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
 from gridcore.settings import Settings
 
 log = logging.getLogger("grid.agent")
@@ -42,7 +44,20 @@ class AgentError(Exception):
     """The agent cannot start; the message says why."""
 
 
-class Slot:
+def _version() -> str | None:
+    try:
+        return metadata.version("science-grid")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+VERSION = _version()
+"""This agent's package version, published in its node's hash (nodes are upgraded one at a time)."""
+
+
+class SlotProcess:
+    """The agent's handle on one slot process (agent/slotmain.py), which it spawns and restarts."""
+
     def __init__(self, index: int, name: str):
         self.index = index
         self.name = name
@@ -62,11 +77,11 @@ class Agent:
         self.agent_id = uuid.uuid4().hex[:12]
         self.conn = connect(self.settings, socket_timeout=BROKER_SOCKET_TIMEOUT)
         self.nvml = Nvml()
-        self.slots: list[Slot] = []
+        self.slots: list[SlotProcess] = []
         self.stopping = False
         self.cold = False
         self.stop_deadline: float | None = None
-        self.inventory: dict = {}
+        self.inventory = Inventory()
         # Two grids (brokers) on one machine may both have a node of this name: scope by grid.
         self.conn.set(keys.GRID_ID, uuid.uuid4().hex, nx=True)
         self.grid_id = _text(self.conn.get(keys.GRID_ID))
@@ -145,15 +160,22 @@ class Agent:
                                 self.settings.result_ttl)
         if lost:
             log.warning("marked %d job(s) of the earlier incarnation lost", len(lost))
-        self.inventory = static_inventory(self.cfg, self.nvml)
-        n = self.cfg.slots or self.inventory["cpus"]
-        self.slots = [Slot(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
+        self.read_inventory()
+        n = self.cfg.slots or self.inventory.cpus
+        self.slots = [SlotProcess(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
         self.heartbeat(first=True)
         for s in self.slots:
             self.spawn(s)
         self.wait_slots_registered()
-        self.conn.hset(keys.node(self.node), "ready", os.getpid())
         self.ready = True
+        self.conn.hset(keys.node(self.node), mapping=_pick(NodeRecord(ready=str(os.getpid())), "ready"))
+
+    def read_inventory(self) -> None:
+        """What this node has (detected, or declared in the config), as its hash publishes it."""
+        try:
+            self.inventory = Inventory.from_dict(static_inventory(self.cfg, self.nvml), "this node's inventory")
+        except CorruptRecord as e:
+            raise AgentError(f"{e} (check the agent config's cpus, memory and gpus)") from None
 
     def wait_slots_registered(self, timeout: float = 60.0) -> None:
         """'ready' means every slot is a registered RQ worker listening on its queues."""
@@ -169,17 +191,17 @@ class Agent:
 
     # ---- slots --------------------------------------------------------------------------
 
-    def spawn(self, slot: Slot) -> None:
+    def spawn(self, slot: SlotProcess) -> None:
         env = dict(os.environ)
         env.update(self.marker_env)
-        args = [sys.executable, "-m", "agent.slot", "--slot", str(slot.index), "--name", slot.name,
+        args = [sys.executable, "-m", "agent.slotmain", "--slot", str(slot.index), "--name", slot.name,
                 "--parent", str(os.getpid())]
         if slot.index == 0:
             args.append("--scheduler")  # RQ's scheduler moves retries with backoff back in line
         slot.proc = subprocess.Popen(args, stdin=subprocess.PIPE, env=env)
         slot.spawned_at = time.monotonic()
-        capacity = {"cpus": self.inventory["cpus"], "memory": self.inventory["memory_total"],
-                    "gpus": [g["index"] for g in self.inventory["gpus"]]}
+        capacity = {"cpus": self.inventory.cpus, "memory": self.inventory.memory_total,
+                    "gpus": [g.index for g in self.inventory.gpus]}
         payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env,
                    "capacity": capacity}
         slot.proc.stdin.write(json.dumps(payload).encode())
@@ -208,7 +230,7 @@ class Agent:
                 s.name = f"{self.node}.{self.agent_id}.{s.index}.{s.deaths}"
                 self.spawn(s)
 
-    def recover_slot(self, s: Slot) -> None:
+    def recover_slot(self, s: SlotProcess) -> None:
         """A slot died under a live agent: kill what it ran and reclaim it, as for a lost node."""
         try:
             ids = recovery.jobs_of(self.conn, self.node, s.dead_name)
@@ -221,7 +243,7 @@ class Agent:
                                  worker=s.dead_name)
                 log.warning("slot %d died holding job(s) %s: reclaimed", s.index, ", ".join(ids))
             s.dead_name = None
-        except BROKER_ERRORS:
+        except OUTAGE_ERRORS:
             pass  # tried again on the next round
 
     def signal_slots(self, sig: int) -> None:
@@ -241,26 +263,26 @@ class Agent:
         sec, usec = self.conn.time()
         return sec + usec / 1e6
 
+    def node_record(self, started: float | None = None) -> NodeRecord:
+        """This node's hash as the agent publishes it (without `draining`, which operators set)."""
+        load = lenient_load(live_load(self.nvml))
+        return NodeRecord(inventory=self.inventory, load=load, slots=len(self.slots),
+                          hb_interval=self.cfg.heartbeat_interval, node_timeout=self.cfg.node_timeout,
+                          agent_pid=os.getpid(), agent_id=self.agent_id, hostname=socket.gethostname(),
+                          queues=tuple(self.cfg.queues), started=started, ready=str(os.getpid()) if self.ready else "",
+                          version=VERSION)
+
     def heartbeat(self, first: bool = False) -> None:
         now = self.broker_time()
         prev = self.conn.zscore(keys.NODES, self.node)
-        fields = {
-            "load": json.dumps(live_load(self.nvml)),
-            "slots": len(self.slots),
-            "hb_interval": self.cfg.heartbeat_interval,
-            "node_timeout": self.cfg.node_timeout,
-            "agent_pid": os.getpid(),
-            "agent_id": self.agent_id,
-            "hostname": socket.gethostname(),
-            "queues": json.dumps(self.cfg.queues),
-        }
+        record = self.node_record(started=now if first else None)
+        names = ["load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
+                 "version"]
         if first:
-            fields["inventory"] = json.dumps(self.inventory)
-            fields["started"] = now
-            fields["ready"] = ""
+            names += ["inventory", "started", "ready"]
         elif self.republish:
-            fields["inventory"] = json.dumps(self.inventory)
-            fields["ready"] = os.getpid() if self.ready else ""
+            names += ["inventory", "ready"]
+        fields = _pick(record, *names)
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.NODES, {self.node: now})
             pipe.hset(keys.node(self.node), mapping=fields)
@@ -269,7 +291,7 @@ class Agent:
             if first:
                 kind = "node_joined" if prev is None else "node_back"
                 events.emit(pipe, now, kind, node=self.node,
-                            message=f"{len(self.slots)} slots, {len(self.inventory.get('gpus', []))} GPUs")
+                            message=f"{len(self.slots)} slots, {len(self.inventory.gpus)} GPUs")
             elif prev is not None and now - prev > self.cfg.node_timeout:
                 events.emit(pipe, now, "node_back", node=self.node, message=f"after {now - prev:.0f}s silent")
             pipe.execute()
@@ -337,7 +359,7 @@ class Agent:
                         log.warning("broker is back after %.0fs", now - self.broker_down_since)
                         self.broker_down_since = None
                         self.broker_back()
-                except BROKER_ERRORS as e:
+                except OUTAGE_ERRORS as e:
                     self.watch.reset()
                     if self.broker_down_since is None:
                         self.broker_down_since = now
@@ -372,13 +394,27 @@ class Agent:
                 log.info("gave back %d job(s) taken but not started", n)
             now = self.broker_time()
             with self.conn.pipeline(transaction=False) as pipe:
-                pipe.hset(keys.node(self.node), mapping={"ready": "", "slots": 0})
+                pipe.hset(keys.node(self.node), mapping=_pick(NodeRecord(), "ready", "slots"))
                 # An orderly exit is not a node loss: age the heartbeat past the timeout.
                 pipe.zadd(keys.NODES, {self.node: now - self.cfg.node_timeout - 1})
                 events.emit(pipe, now, "node_left", node=self.node, message="agent stopped")
                 pipe.execute()
         except redis.RedisError as e:
             log.error("could not record the agent's exit: %s", e)
+
+
+def _pick(record: NodeRecord, *names: str) -> dict[str, str]:
+    fields = record.encode()
+    return {n: fields[n] for n in names}
+
+
+def lenient_load(data: dict) -> Load:
+    """The live load as a record; a reading out of range is logged and published empty."""
+    try:
+        return Load.from_dict(data, "this node's load")
+    except CorruptRecord as e:
+        log.warning("%s", e)
+        return Load()
 
 
 def _text(v: bytes | str) -> str:

@@ -7,6 +7,7 @@ RQ's methods and ours queue onto an ordinary pipeline that is never executed; it
 travel as the arguments of one script, which first checks its guard (the node has room and
 the envelope is not replayed; this slot still owns the job) and then runs them. A script
 runs atomically, so the guard and the writes are one step, as a WATCH transaction would be.
+Also here: the other scripts that write an attempt's records only while this slot owns it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import redis
 
+from gridcore.records import OWNER_FN
 from gridcore.reservations import RESERVE_FN
 
 RUN_FN = """
@@ -60,13 +62,10 @@ return {1, used, run_recorded(11), redis.call('EXISTS', KEYS[3])}
 """Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
 whether the job's cancel flag is set, read in the same atomic step as the start."""
 
-END = RUN_FN + """
+END = OWNER_FN + RUN_FN + """
 -- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list
 -- ARGV: job id, this slot's worker name, then the recorded end (2 args)
-local active = redis.call('HGET', KEYS[1], ARGV[1])
-local ok, run = false, nil
-if active then ok, run = pcall(cjson.decode, active) end
-if not (ok and type(run) == 'table' and run['worker'] == ARGV[2]) then
+if owner_of(KEYS[1], ARGV[1]) ~= ARGV[2] then
   return {0, redis.call('LINDEX', KEYS[4], -1) or ''}
 end
 if redis.call('HGET', KEYS[2], 'status') ~= 'started' or redis.call('SCARD', KEYS[3]) > 0 then
@@ -100,3 +99,32 @@ def packed(conn: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
 def errors(reply: Sequence[Any]) -> list[str]:
     """The error replies of the recorded commands a script ran."""
     return [e.decode(errors="replace") if isinstance(e, bytes) else str(e) for e in reply]
+
+
+REQUEUE_UNSTARTED = OWNER_FN + """
+-- KEYS: the job's queue, its RQ hash, the node's running hash, grid:active, RQ's taken list
+--       of the queue, the node's held hash, the queue's started registry
+-- ARGV: job id, its started-registry member ('' none), this slot's worker name,
+--       '1' to give back what it holds on the node, this slot's claim
+local id = ARGV[1]
+local owner = owner_of(KEYS[4], id)
+if owner ~= nil then
+  if owner ~= ARGV[3] then
+    -- Another slot runs this job: ours was a second copy; only our claim goes.
+    if redis.call('HGET', KEYS[3], id) == ARGV[5] then redis.call('HDEL', KEYS[3], id) end
+    return 0
+  end
+  redis.call('HDEL', KEYS[4], id)
+end
+if ARGV[2] ~= '' then redis.call('ZREM', KEYS[7], ARGV[2]) end
+redis.call('HDEL', KEYS[3], id)
+redis.call('LREM', KEYS[5], 0, id)
+if ARGV[4] == '1' then redis.call('HDEL', KEYS[6], id) end
+local status = redis.call('HGET', KEYS[2], 'status')
+if (status ~= 'queued' and status ~= 'started') or redis.call('LPOS', KEYS[1], id) then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'queued')
+redis.call('LPUSH', KEYS[1], id)
+return 1
+"""
+"""Put a dequeued job that never started back at the front of its queue, once, undoing what
+its start had already written (started registry, running-here entries). Safe to repeat."""

@@ -15,10 +15,10 @@ import logging
 import redis
 
 from gridcore import keys
-from gridcore.client import Grid, _json
-from gridcore.models import Resources
+from gridcore.client import Grid
 from gridcore.placement import Committed, Fit, choose_node, explain
-from gridcore.reservations import Reservations
+from gridcore.records import CorruptRecord, JobMeta, Placement
+from gridcore.reservations import Reservations, release
 
 log = logging.getLogger("grid.negotiator")
 
@@ -62,22 +62,27 @@ class Negotiator:
         with self.conn.pipeline(transaction=False) as pipe:
             for jid in ids:
                 pipe.hget(keys.rq_job(jid), "meta")
-            metas = [(_json(m) or {}) for m in pipe.execute()]
+            metas = [_meta(jid, m) for jid, m in zip(ids, pipe.execute(), strict=True)]
         nodes = self.grid.nodes()
         committed = self.reservations.committed([n.name for n in nodes])
         by_name = {n.name: n for n in nodes}
-        order = sorted(zip(ids, metas, strict=True), key=lambda x: (-int(x[1].get("priority") or 0),
-                                                                    x[1].get("submitted") or 0))
+        whys: dict[str, str] = {}
+        readable = []
+        for jid, (meta, raw) in zip(ids, metas, strict=True):
+            if meta is None:
+                whys[jid] = f"not placed: {raw}"
+            else:
+                readable.append((jid, meta, raw))
+        order = sorted(readable, key=lambda x: (-x[1].priority, x[1].submitted or 0))
         groups: dict[str, tuple[int, int]] = {}
         placed = 0
-        whys: dict[str, str] = {}
-        for jid, meta in order:
-            res = Resources.from_dict(meta.get("resources"))
-            queue = meta.get("queue") or "default"
-            group = meta.get("group")
-            if group and meta.get("max_parallel"):
+        for jid, meta, raw in order:
+            res = meta.resources.resources()
+            queue = meta.queue or "default"
+            group = meta.group
+            if group and meta.max_parallel:
                 if group not in groups:
-                    groups[group] = (int(meta["max_parallel"]), self.conn.scard(keys.group_slots(group)))
+                    groups[group] = (meta.max_parallel, self.conn.scard(keys.group_slots(group)))
                 limit, running = groups[group]
                 if running >= limit:
                     whys[jid] = f"throttled: {running} of this sweep running (max_parallel {limit})"
@@ -92,15 +97,18 @@ class Negotiator:
                                              node.memory_total):
                 whys[jid] = f"{node.name}: resources taken meanwhile"
                 continue
-            meta["placement"] = {"node": node.name, "gpus": list(choice.gpus)}
-            meta.pop("why", None)
+            # The meta as read, placement added: fields this agent does not know stay.
+            raw["placement"] = Placement(node=node.name, gpus=list(choice.gpus)).model_dump()
+            raw.pop("why", None)
             nq = keys.node_queue(node.name)
             moved = self._move(
                 keys=[pending, keys.rq_queue(nq), keys.rq_job(jid), keys.rq_queues(), keys.WHY],
-                args=[jid, nq, json.dumps(meta), keys.group_slots(group) if group else ""],
+                args=[jid, nq, json.dumps(raw), keys.group_slots(group) if group else ""],
             )
             if not moved:  # canceled meanwhile: give the reservation back
-                self.conn.hdel(keys.node_held(node.name), jid)
+                with self.conn.pipeline() as pipe:
+                    release(pipe, jid, node.name)
+                    pipe.execute()
                 continue
             committed[node.name] = committed.get(node.name, Committed()).plus(res, choice.gpus)
             if group and group in groups:
@@ -110,3 +118,13 @@ class Negotiator:
         if whys:
             self.conn.hset(keys.WHY, mapping=whys)
         return placed
+
+
+def _meta(job_id: str, raw: bytes | None) -> tuple[JobMeta, dict] | tuple[None, str]:
+    """A pending job's meta, typed and as the raw dict it is written back as; or None and
+    what is wrong with it (a job with a corrupt record is not placed)."""
+    try:
+        meta = JobMeta.decode(raw or b"{}", f"{keys.rq_job(job_id)} meta")
+    except CorruptRecord as e:
+        return None, str(e)
+    return meta, json.loads(raw or b"{}")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import json
-
 import redis
-from rq.job import Job
-from rq.worker import Worker
 
+from agent.rqadapter.jobs import signed_argument
 from gridcore import keys
+from gridcore.records import ActiveEntry, lenient
 from gridcore.settings import AgentSettings
 from gridcore.signing import AuthorizedKeys, Refused, verify
 
@@ -32,29 +30,11 @@ class Gatekeeper:
         self.authorized = authorized
         self.cfg = cfg
 
-    @staticmethod
-    def check_shape(job: Job) -> Any:
-        """The job must name the grid runner with one argument and nothing else; return it."""
-        try:
-            func_name = job.func_name  # JSON-decodes the payload; imports nothing
-        except Exception as e:  # noqa: BLE001 - any decode failure is a refusal, not a crash
-            raise Refused(f"job payload is not JSON ({type(e).__name__})") from None
-        if func_name != keys.RUNNER_FUNC:
-            raise Refused(f"function {str(func_name)[:100]!r} is not the grid runner")
-        if job._instance is not None or job.kwargs or len(job.args) != 1:
-            raise Refused("job arguments are not a single signed envelope")
-        callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
-        if any(callbacks):
-            raise Refused("job names callbacks (on_success/on_failure/on_stopped)")
-        if getattr(job, "webhooks", None):
-            raise Refused("job names webhooks")
-        return job.args[0]
-
-    def verify(self, job: Job, now: float, active: bytes | None | object = ...) -> tuple[dict[str, Any], str]:
+    def verify(self, job: Any, now: float, active: ActiveEntry | None | object = ...) -> tuple[dict[str, Any], str]:
         """Everything but counting the attempt: shape, signature, identity, window, policy, and
         that no live slot runs this job. `active` is the job's `grid:active` entry if the caller
         already read it (the slot's pop does); otherwise it is read here."""
-        signed = self.check_shape(job)
+        signed = signed_argument(job)
         envelope, signer = verify(signed, self.authorized)
         if envelope.get("job_id") != job.id:
             raise Refused("envelope was signed for another job id")
@@ -73,20 +53,15 @@ class Gatekeeper:
         nonce = envelope.get("nonce")
         if not isinstance(nonce, str) or len(nonce) < 16:
             raise Refused("envelope has no nonce")
-        self._not_running(job.id, self.conn.hget(keys.ACTIVE, job.id) if active is ... else active)
+        if active is ...:
+            active = lenient(ActiveEntry, self.conn.hget(keys.ACTIVE, job.id), f"{keys.ACTIVE} field {job.id}")
+        self._not_running(active)
         return envelope, signer or envelope.get("submitter") or ""
 
-    def _not_running(self, job_id: str, active: bytes | None) -> None:
+    def _not_running(self, active: ActiveEntry | None) -> None:
         # Retries and node-loss requeues come after the last attempt left ACTIVE (or its slot died).
-        if not active:
-            return
-        try:
-            run = json.loads(active)
-        except ValueError:
-            return
-        worker = run.get("worker") if isinstance(run, dict) else None
-        if isinstance(worker, str) and self.conn.exists(Worker.redis_worker_namespace_prefix + worker):
-            raise AlreadyRunning(f"job is already running on {run.get('node')} (a second copy of its envelope)")
+        if active is not None and self.conn.exists(keys.rq_worker(active.worker)):
+            raise AlreadyRunning(f"job is already running on {active.node} (a second copy of its envelope)")
 
     def _policy(self, envelope: dict[str, Any]) -> None:
         policy = self.cfg.policy

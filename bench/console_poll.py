@@ -103,16 +103,15 @@ class Heartbeats:
     """Nodes beating through the agent's real heartbeat, paused while a tick is measured."""
 
     def __init__(self, url: str, n: int):
-        from agent.daemon import Agent, Slot
-        from agent.inventory import static_inventory
+        from agent.daemon import Agent, SlotProcess
 
         self.agents = []
         for i in range(n):
             s = load_settings(overrides={"redis_url": url, "agent": {
                 "node_name": f"node-{i:03d}", "slots": 4, "labels": ["bench"], "heartbeat_interval": 2.0}})
             a = Agent(s)
-            a.inventory = static_inventory(a.cfg, a.nvml)
-            a.slots = [Slot(j, f"{a.node}.{a.agent_id}.{j}") for j in range(4)]
+            a.read_inventory()
+            a.slots = [SlotProcess(j, f"{a.node}.{a.agent_id}.{j}") for j in range(4)]
             a.heartbeat(first=True)
             self.agents.append(a)
         self.go = threading.Event()

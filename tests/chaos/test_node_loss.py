@@ -15,6 +15,7 @@ import pytest
 
 from gridcore import keys
 from gridcore.models import JobSpec, JobState
+from gridcore.records import Result, RunningEntry
 from tests.chaos.conftest import (
     NODE_TIMEOUT,
     assert_accounted,
@@ -164,7 +165,7 @@ def test_a_slot_that_dies_mid_job_has_its_job_reclaimed(agents, grid, r, cleanup
     cleanup_jobs.append(jid)
     wait_for(lambda: running_on(r, jid) == "node-a" and job_procs(jid), 20, "the job to run")
     first = {p.pid for p in job_procs(jid)}
-    slot = next(p for p in psutil.Process(a.proc.pid).children() if "agent.slot" in " ".join(p.cmdline()))
+    slot = next(p for p in psutil.Process(a.proc.pid).children() if "agent.slotmain" in " ".join(p.cmdline()))
     slot.kill()  # the slot process alone; its job runs on in its own session until the agent acts
     states = assert_accounted(r, grid, [jid], timeout=40)
     assert states[jid] is JobState.FINISHED and grid.get(jid).stdout == "second try\n"
@@ -193,3 +194,28 @@ def test_a_claimed_job_of_a_dead_node_goes_back_in_line(agents, grid, r, cleanup
     states = assert_accounted(r, grid, [jid], timeout=30)
     assert states[jid] is JobState.FINISHED and grid.get(jid).stdout == "rescued\n"
     assert not r.hexists(keys.node_running("ghost"), jid) and not r.llen(keys.node_taking("ghost"))
+
+
+def test_a_dead_slots_recorded_failure_is_retried_after_its_backoff(agents, grid, r, cleanup_jobs):
+    """A slot recorded a failed attempt's end and died before RQ's bookkeeping: recovery does
+    that bookkeeping as the slot would have, so the job's retry waits out its backoff and runs."""
+    jid = grid.submit(JobSpec(command="echo rerun", retries=1, retry_backoff=(1,)))
+    cleanup_jobs.append(jid)
+    queue = keys.rq_queue("default")
+    assert r.lpop(queue) == jid.encode()
+    sec, _ = r.time()
+    # What a slot of node "ghost" leaves when it dies right after step 1 of its end.
+    ended = Result(node="ghost", slot=0, start=sec - 2, end=sec - 1, duration=1.0, exit_code=3,
+                   reason="exit code 3", reason_kind="exit", run_id="exec1")
+    r.hset(keys.rq_job(jid), mapping={"status": "started", "worker_name": "ghost.0.0"})
+    r.zadd(keys.rq_registry("running", "default"), {f"{jid}:exec1": sec + 600})
+    r.set(keys.result(jid), ended.encode())
+    r.rpush(keys.attempts(jid), ended.attempt().encode())
+    r.hset(keys.node_running("ghost"), jid, RunningEntry("ended", worker="ghost.0.0").encode())
+    r.zadd(keys.NODES, {"ghost": sec - 60})
+    agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
+    states = assert_accounted(r, grid, [jid], timeout=40)
+    assert states[jid] is JobState.FINISHED and grid.get(jid).stdout == "rerun\n"
+    assert attempts(grid, jid) == [("ghost", "exit"), ("node-a", None)]
+    assert any(e.kind == "retried" and e.job == jid for e in grid.events())
+    assert not r.hexists(keys.node_running("ghost"), jid)

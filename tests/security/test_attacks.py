@@ -7,6 +7,7 @@ a `refused` event, and the marker file its payload would create must not appear.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import pickle
 import subprocess
@@ -24,9 +25,9 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import UnixSignalDeathPenalty
 from rq.webhook import Webhook
 
-from agent.safejob import GridJob
+from agent.rqadapter.jobs import GridJob
 from gridcore import keys
-from gridcore.models import JobSpec, JobState
+from gridcore.models import JobSpec, JobState, Resources
 from gridcore.signing import AuthorizedKeys, Signer, canonical, generate_key
 from tests.security import forge, gadget
 
@@ -301,6 +302,23 @@ def test_evil_pickle_is_live(tmp_path):
     """Unpickling Evil runs its payload, so the pickled-job test proves the agent never unpickles."""
     pickle.loads(pickle.dumps(Evil(tmp_path / "m")))
     assert (tmp_path / "m").exists()
+
+
+def test_a_corrupt_pending_record_holds_back_only_its_own_job(grid, agents, node, r):
+    """Placement reads every pending job's record; one that is not a grid record is left where
+    it is, its `why` naming the bad field, and the others are still placed."""
+    agents(node, slots=1, labels=["sec"])
+    grid.drain(node)  # both wait in placement until the record is spoiled
+    need = Resources(labels=("sec",))  # anything beyond one CPU goes through placement
+    bad = grid.submit(JobSpec(command="true", resources=need, priority=5))
+    good = grid.submit(JobSpec(command="echo placed", resources=need))
+    meta = json.loads(r.hget(keys.rq_job(bad), "meta"))
+    r.hset(keys.rq_job(bad), "meta", json.dumps({**meta, "priority": "high"}))
+    grid.resume(node)
+    assert grid.wait([good], timeout=30)[good] is JobState.FINISHED
+    why = r.hget(keys.WHY, bad).decode()
+    assert "corrupt record" in why and "priority" in why, why
+    assert r.lpos(keys.rq_queue(keys.PENDING_QUEUE), bad) is not None
 
 
 def test_a_corrupt_record_in_a_registry_does_not_stop_the_node(grid, agents, node, r):

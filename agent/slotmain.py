@@ -1,4 +1,5 @@
-"""One worker slot: a process the agent supervises, running a GridWorker.
+"""The entry point of a slot process (`python -m agent.slotmain`): one process the agent
+supervises, running one GridWorker.
 
 The agent passes the settings as JSON on stdin (the broker password stays out of `ps`).
 """
@@ -14,7 +15,7 @@ import signal
 import sys
 
 from agent.verify import Gatekeeper
-from agent.worker import GridWorker
+from agent.rqadapter.worker import GridWorker
 from gridcore import keys
 from gridcore.connection import connect
 from gridcore.settings import Settings

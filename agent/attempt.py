@@ -1,0 +1,442 @@
+"""An attempt of a job on this node: every write of its life into the broker, in one place.
+
+    start      hold the job's resources, count the attempt, mark it started (one script)
+    stream     the sink its output goes to (agent/output.py)
+    beat       RQ's heartbeats, and whether to stop: canceled, or fenced off
+    finish     its end: output, end marker, result and attempt records, fenced (see below)
+    hand_back  a cold stop: the job goes back to the front of its queue
+    refuse, drop_twin, put_back, give_back_unstarted, drop_claim   it did not run here
+    lost, requeue_claimed, complete_recorded                    node-loss recovery's side
+
+The end is recorded so that a broker outage delays it but never loses or doubles it:
+
+1. One transaction, fenced: unstored output, the end marker, the result and the attempt
+   record, leaving `grid:active`, the nonce spent if no attempt may follow, and the node's
+   running-hash entry turned `ended:` (or, on a cold stop, the hand-back to the queue). It
+   commits only while this slot still owns the job: WATCH on the job's hash, which a
+   node-loss reclaim writes, with the ownership read after the WATCH.
+2. RQ's bookkeeping (agent/rqadapter/book.py), only while the job is `started`. If the
+   slot dies before this, recovery finds the `ended:` entry and does it instead.
+3. Dropping the running-hash entry, and dependents.
+
+Each step is atomic and repeated until the broker answers. A repeat after a lost reply finds
+its own earlier write by the attempt's run id (step 1) or the job's status (step 2). A plain
+success with nothing waiting on it does all three in one script (agent/guarded.py).
+
+RQ's side of each step is written by the RQBook; this module knows no RQ internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from agent import claim, guarded
+from agent.outage import GaveUp, until_broker
+from agent.output import OutputSink, reply_errors
+from agent.rqadapter.book import RQBook
+from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
+from gridcore import events, keys
+from gridcore.dependencies import fail_dependents
+from gridcore.models import LOST_RETRIES, Resources
+from gridcore.records import (
+    ActiveEntry,
+    Attempt,
+    CorruptRecord,
+    EndMarker,
+    JobMeta,
+    OutputEntry,
+    Result,
+    RunningEntry,
+    lenient,
+)
+from gridcore.reservations import release, reserve_args
+from gridcore.signing import Refused
+
+log = logging.getLogger("grid.attempt")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the node has for the reservation check at a job's start."""
+
+    cpus: float = 1e9
+    memory: int = 0  # bytes; 0 = not checked
+    gpus: bool = False
+
+
+class JobAttempt:
+    """One attempt of one job on `node`, run by the slot whose RQ worker is named `worker`."""
+
+    def __init__(self, conn: redis.Redis, book: RQBook, job: Any, queue: Any, *, node: str, worker: str,
+                 result_ttl: int, slot: int | None = None):
+        self.conn = conn
+        self.book = book
+        self.job = job
+        self.queue = queue
+        self.id: str = job.id
+        self.node = node
+        self.worker = worker
+        self.slot = slot
+        self.result_ttl = result_ttl
+        self.execution: Any = None
+        self.gpus: list[int] = []
+        self.started = False  # its start is recorded: the claim became the start
+        self.canceled_at_start = False
+        self.sink: OutputSink | None = None
+
+    @property
+    def meta(self) -> JobMeta:
+        """The grid's part of the job's record; a corrupt one reads as empty (logged)."""
+        try:
+            return JobMeta.from_dict(self.job.meta, f"{keys.rq_job(self.id)} meta")
+        except CorruptRecord as e:
+            log.warning("job %s: %s", self.id, e)
+            return JobMeta()
+
+    def _owns(self, raw: bytes | None) -> bool:
+        # The node-loss sweep removes a lost job's ACTIVE entry: a copy still running here
+        # after that is stale and must neither go on nor record a result.
+        entry = lenient(ActiveEntry, raw, f"{keys.ACTIVE} field {self.id}")
+        return entry is not None and entry.owned_by(self.worker)
+
+    # ---- start --------------------------------------------------------------------------
+
+    def start(self, envelope: dict[str, Any], now: float, capacity: Capacity) -> bool:
+        """Hold the job's resources, count the attempt and mark it started, in one script.
+
+        False when the node has no room for it now (nothing written); raises Refused for a
+        replayed envelope. RQ's start records are recorded for the script by the RQBook.
+        """
+        res = Resources.from_dict(envelope.get("resources"))
+        placement = self.meta.placement
+        self.gpus = list(placement.gpus) if placement is not None and placement.node == self.node else []
+        if res.gpus and len(self.gpus) != res.gpus:
+            return False  # GPU jobs come placed by the negotiator; a stray copy waits
+        pipe = guarded.recorder(self.conn)
+        self.execution = self.book.start(pipe, self.job)
+        run = ActiveEntry(node=self.node, slot=self.slot, worker=self.worker, started=now,
+                          gpus=[str(g) for g in self.gpus])
+        self.job.meta["run"] = run.model_dump()  # the raw meta: keys this agent does not know stay
+        self.book.save_meta(pipe, self.job)
+        pipe.hset(keys.node_running(self.node), self.id, RunningEntry("started", slot=self.slot).encode())
+        pipe.hset(keys.ACTIVE, self.id, run.encode())
+        pipe.zadd(keys.node_jobs(self.node), {self.id: now})
+        pipe.delete(keys.output(self.id))
+        events.emit(pipe, now, "started", job=self.id, node=self.node, message=f"slot {self.slot}")
+        args = [*reserve_args(self.id, res, self.gpus, capacity.cpus, capacity.memory), nonce_expiry(envelope),
+                envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.conn, pipe)]
+        ok, used, errs, canceled = self.conn.register_script(guarded.START)(
+            keys=[keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id)], args=args)
+        if ok <= 0:
+            self.book.forget(self.execution)
+            self.execution = None
+        if ok == 0:
+            return False
+        if ok < 0:
+            judge_attempt(used, envelope)
+            raise Refused(f"replayed envelope (attempt {used})")  # judge_attempt always raises here
+        for err in guarded.errors(errs):
+            log.error("job %s: recording its start: %s", self.id, err)
+        self.started = True
+        self.canceled_at_start = bool(canceled)
+        return True
+
+    def stream(self, start: float, *, budget: int, log_dir: Path, log_cap: int) -> OutputSink:
+        """The sink the attempt's output goes to, its stream entry ids after `start`."""
+        self.sink = OutputSink(self.conn, self.id, self.node, start, budget=budget, log_dir=log_dir,
+                               log_cap=log_cap, ttl=self.result_ttl)
+        return self.sink
+
+    def beat(self) -> str | None:
+        """Keep RQ's heartbeats alive; say whether to stop (canceled, or fenced off)."""
+        self.book.beat(self.job, self.execution)
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.cancel(self.id))
+            pipe.hget(keys.ACTIVE, self.id)
+            canceled, active = pipe.execute()
+        if canceled:
+            return "canceled"
+        if not self._owns(active):
+            return "fenced"
+        return None
+
+    # ---- not run here -------------------------------------------------------------------
+
+    def refuse(self, reason: str, now: float) -> None:
+        """The job is refused (bad signature, replay, policy): it failed, with the reason."""
+        log.warning("job %s: %s", self.id, reason)
+        record = Result(reason=reason[:4096], reason_kind="refused", end=now, node=self.node)
+        with self.conn.pipeline() as pipe:
+            release(pipe, self.id, self.node)
+            self.book.refuse(pipe, self.job, self.queue, record.reason)
+            pipe.set(keys.result(self.id), record.encode(), ex=self.result_ttl)
+            pipe.rpush(keys.attempts(self.id), record.attempt().encode())
+            events.emit(pipe, now, "refused", job=self.id, node=self.node, message=reason)
+            pipe.execute()
+
+    def drop_twin(self, reason: str, now: float) -> None:
+        """Discard a duplicate of a running job; the record and what it holds belong to the running copy."""
+        log.warning("job %s: %s", self.id, reason)
+        with self.conn.pipeline() as pipe:
+            self.book.unqueue(pipe, self.job, self.queue)
+            events.emit(pipe, now, "refused", job=self.id, node=self.node, message=reason)
+            pipe.execute()
+
+    def put_back(self) -> None:
+        """The node is full for this job: back to the front of its queue for another slot."""
+        with self.conn.pipeline() as pipe:
+            self.book.put_back(pipe, self.job, self.queue)
+            pipe.execute()
+
+    def drop_claim(self) -> None:
+        """The job did not start here (refused, a twin, put back): this slot's claim goes."""
+        claim.release(self.conn, self.node, self.id, claim.marker(self.worker))
+
+    def give_back_unstarted(self) -> None:
+        """The job was taken but not started (broker failure, or the slot is stopping): back in line."""
+        # A job placed on this node keeps what it holds here; any other may start elsewhere.
+        placement = self.meta.placement
+        placed_here = placement is not None and placement.node == self.node
+        script = self.conn.register_script(guarded.REQUEUE_UNSTARTED)
+        q = self.queue
+
+        def once() -> int:
+            return script(
+                keys=[q.key, keys.rq_job(self.id), keys.node_running(self.node), keys.ACTIVE,
+                      q.intermediate_queue_key, keys.node_held(self.node), keys.rq_registry("running", q.name)],
+                args=[self.id, self.book.execution_member(self.job, self.execution), self.worker,
+                      "0" if placed_here else "1", claim.marker(self.worker)],
+            )
+
+        if until_broker(once, f"job {self.id}: handing back an unstarted job"):
+            log.warning("job %s: not started here; put back at the front of its queue", self.id)
+        self.book.forget(self.execution)
+
+    # ---- end ----------------------------------------------------------------------------
+
+    def finish(self, envelope: dict[str, Any], result: Result, outcome: str | None,
+               give_up: Callable[[], bool] | None = None) -> None:
+        """Record how the attempt ended (see the module doc); discard it if the job was reclaimed.
+
+        `outcome`: why the job was stopped when that is not a job failure (canceled,
+        shutdown: hand it back, fenced), else None.
+        """
+        self.book.ended(self.job)
+        result = result.model_copy(update={"run_id": self.execution.id})
+        what = f"job {self.id}"
+        try:
+            if outcome is None and result.exit_code == 0:
+                done = until_broker(lambda: self._end_at_once(envelope, result), f"{what}: recording its end",
+                                    give_up)
+                if done is not None:
+                    if not done:
+                        log.warning("%s: reclaimed by the grid while running here; result discarded", what)
+                    self.book.forget(self.execution)
+                    return
+            owned = until_broker(lambda: self._record_end(envelope, result, outcome), f"{what}: recording its end",
+                                 give_up)
+            if not owned:
+                log.warning("%s: reclaimed by the grid while running here; result discarded", what)
+                self.book.forget(self.execution)
+                return
+            if outcome == "shutdown":
+                return
+            until_broker(lambda: self.book.finish(self.job, self.queue, result, outcome, self.execution),
+                         f"{what}: finishing", give_up)
+            until_broker(lambda: self._after_end(result, outcome, RunningEntry("ended", worker=self.worker)),
+                         f"{what}: releasing dependents", give_up)
+        except GaveUp as e:
+            log.error("%s; the node's next agent reclaims the job", e)
+        except Exception:  # noqa: BLE001 - a bookkeeping bug must not take the slot down with it
+            log.exception("%s: recording its end failed", what)
+        finally:
+            if self.sink is not None:
+                self.sink.close()
+
+    def _is_final(self, result: Result, outcome: str | None) -> bool:
+        """No further attempt of this envelope may run (so its nonce is spent)."""
+        return outcome == "canceled" or result.exit_code == 0 or not self.job.should_retry
+
+    def _end_at_once(self, envelope: dict[str, Any], result: Result) -> bool | None:
+        """The whole end of a successful attempt in one script: the grid's records and RQ's.
+
+        True: recorded (now, or by an earlier try whose reply was lost). False: the job was
+        reclaimed from this slot; nothing written. None: RQ has more to do than record (the job
+        has dependents, or is no longer `started`): the caller takes the stepwise path.
+        """
+        pipe = guarded.recorder(self.conn)
+        spend(pipe, envelope)
+        self._write_end(pipe, result, None, rq_done=True)
+        self.book.record_success(pipe, self.job, result, self.execution)
+        self.book.idle(pipe)
+        ok, detail = self.conn.register_script(guarded.END)(
+            keys=[keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id)],
+            args=[self.id, self.worker, *guarded.packed(self.conn, pipe)])
+        if ok == 2:
+            return None
+        if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
+            return self._last_run_id(detail or None) == result.run_id
+        for err in guarded.errors(detail):
+            log.error("job %s: recording its end: %s", self.id, err)
+        return True
+
+    def _record_end(self, envelope: dict[str, Any], result: Result, outcome: str | None) -> bool:
+        with self.conn.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(keys.rq_job(self.id))
+                    if not self._owns(pipe.hget(keys.ACTIVE, self.id)):
+                        return self._last_run_id(pipe.lindex(keys.attempts(self.id), -1)) == result.run_id
+                    pipe.multi()
+                    if outcome == "shutdown":
+                        self._hand_back(pipe, result)
+                    else:
+                        if self._is_final(result, outcome) and envelope.get("nonce"):
+                            # In the same transaction: no replay slips in before the end is visible.
+                            spend(pipe, envelope)
+                        self._write_end(pipe, result, outcome)
+                    for err in reply_errors(pipe.execute(raise_on_error=False)):
+                        log.error("job %s: recording its end: %s", self.id, err)
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def _last_run_id(self, raw: bytes | None) -> str | None:
+        last = lenient(Attempt, raw, keys.attempts(self.id))
+        return last.run_id if last is not None else None
+
+    def _write_end(self, pipe, result: Result, outcome: str | None, rq_done: bool = False) -> None:
+        """Queue the attempt's end on `pipe`. `rq_done`: RQ's own end records are in the same
+        atomic step, so the job leaves the node's running hash now."""
+        kind = outcome or ("finished" if result.exit_code == 0 else "failed")
+        out = keys.output(self.id)
+        if self.sink is not None:
+            self.sink.write_last(pipe, EndMarker.of(result).fields())
+        else:
+            pipe.xadd(out, EndMarker.of(result).fields())
+        pipe.expire(out, self.result_ttl)
+        pipe.set(keys.result(self.id), result.encode(), ex=self.result_ttl)
+        pipe.rpush(keys.attempts(self.id), result.attempt().encode())
+        pipe.expire(keys.attempts(self.id), self.result_ttl)
+        if rq_done:
+            pipe.hdel(keys.node_running(self.node), self.id)
+        else:  # not gone yet: if this slot dies before RQ's bookkeeping, recovery finishes it
+            pipe.hset(keys.node_running(self.node), self.id, RunningEntry("ended", worker=self.worker).encode())
+        pipe.hdel(keys.ACTIVE, self.id)
+        release(pipe, self.id, self.node, self.meta.group)
+        pipe.delete(keys.cancel(self.id))
+        events.emit(pipe, result.end or 0.0, kind, job=self.id, node=self.node,
+                    message=result.reason or "exit code 0")
+
+    def _hand_back(self, pipe, result: Result) -> None:
+        """Cold stop: the job was killed because the agent is going away; put it back in line."""
+        note = f"attempt on {self.node} stopped by agent shutdown; job handed back to the queue"
+        if self.sink is not None:
+            self.sink.write_last(pipe, OutputEntry.note(note).fields())
+        pipe.rpush(keys.attempts(self.id), result.attempt(reason="agent shutdown").encode())
+        pipe.hdel(keys.node_running(self.node), self.id)
+        pipe.hdel(keys.ACTIVE, self.id)
+        release(pipe, self.id, self.node)  # its sweep slot stays: the job still counts as placed
+        self.book.hand_back(pipe, self.job, self.queue, self.execution)
+        events.emit(pipe, result.end or 0.0, "requeued", job=self.id, node=self.node, message=note)
+
+    def _after_end(self, result: Result, outcome: str | None, entry: RunningEntry) -> None:
+        claim.release(self.conn, self.node, self.id, entry.encode())
+        end = result.end or 0.0
+        if outcome == "canceled":
+            fail_dependents(self.conn, self.id, end, self.result_ttl)
+        elif result.exit_code != 0:
+            self.job.refresh()
+            status = self.book.status(self.job)
+            if status in ("queued", "scheduled"):
+                with self.conn.pipeline(transaction=False) as pipe:
+                    events.emit(pipe, end, "retried", job=self.id, node=self.node,
+                                message=f"after {result.reason}; {self.job.retries_left} retries left")
+                    pipe.execute()
+            elif status == "failed":
+                fail_dependents(self.conn, self.id, end, self.result_ttl)
+
+    # ---- node-loss recovery -------------------------------------------------------------
+
+    def drop_entry(self, pipe) -> bool:
+        """A stale running-hash entry (the job is gone, or runs or ended elsewhere): only it goes.
+
+        `pipe` WATCHes the entry; returns False (nothing reclaimed)."""
+        pipe.multi()
+        pipe.hdel(keys.node_running(self.node), self.id)
+        pipe.execute()
+        return False
+
+    def lost(self, pipe, now: float, reason: str) -> bool:
+        """The job was running on a node that is gone: the attempt is lost; the job is retried
+        while it has lost-retries left, else failed. `pipe` WATCHes the job's running-hash
+        entry and RQ hash (what a slot recording the job's end writes). True if reclaimed."""
+        active = lenient(ActiveEntry, pipe.hget(keys.ACTIVE, self.id), f"{keys.ACTIVE} field {self.id}")
+        if (active is not None and active.node != self.node) or self.book.status(self.job) != "started":
+            return self.drop_entry(pipe)
+        started = self.book.started_entries(pipe, self.job)
+        meta = self.meta
+        lost = meta.lost + 1
+        self.job.meta["lost"] = lost
+        self.job.meta.pop("run", None)
+        retry = lost <= LOST_RETRIES
+        record = Result(node=self.node, end=now, reason=reason[:4096], reason_kind="lost")
+        pipe.multi()
+        pipe.hdel(keys.node_running(self.node), self.id)
+        pipe.hdel(keys.ACTIVE, self.id)
+        pipe.rpush(keys.attempts(self.id), record.attempt().encode())
+        self.book.save_meta(pipe, self.job)
+        release(pipe, self.id, self.node, meta.group)
+        if retry:
+            # A job the grid placed goes back to placement; one a user pinned waits for its node.
+            to = keys.PENDING_QUEUE if meta.placement is not None and not meta.resources.node else None
+            self.book.requeue_lost(pipe, self.job, started, to)
+            events.emit(pipe, now, "lost", job=self.id, node=self.node, message=f"{reason}; retrying")
+        else:
+            self.book.fail_lost(pipe, self.job, started, reason)
+            pipe.set(keys.result(self.id), record.encode(), ex=self.result_ttl)
+            events.emit(pipe, now, "lost", job=self.id, node=self.node, message=f"{reason}; no retries left")
+        pipe.execute()
+        if not retry:
+            fail_dependents(self.conn, self.id, now, self.result_ttl)
+        return True
+
+    def requeue_claimed(self, pipe) -> bool:
+        """The slot claimed the job and died before it ran: back at the front of its queue, as it
+        was. RQ may already say `started` (the slot got that far); no attempt is counted.
+        `pipe` WATCHes as for `lost`."""
+        active = lenient(ActiveEntry, pipe.hget(keys.ACTIVE, self.id), f"{keys.ACTIVE} field {self.id}")
+        ours = active is None or active.owned_by(self.worker)
+        if not ours or self.book.status(self.job) not in ("queued", "started"):
+            return self.drop_entry(pipe)
+        started = self.book.started_entries(pipe, self.job)
+        queued = pipe.lpos(keys.rq_queue(self.job.origin), self.id) is not None
+        pipe.multi()
+        pipe.hdel(keys.node_running(self.node), self.id)
+        if active is not None:
+            pipe.hdel(keys.ACTIVE, self.id)
+        self.book.requeue_claimed(pipe, self.job, started, queued)
+        pipe.execute()
+        log.warning("job %s: claimed on %s but never run there; back in its queue", self.id, self.node)
+        return True
+
+    def complete_recorded(self) -> bool:
+        """The slot recorded the job's end and died before RQ's bookkeeping: finish that from the
+        recorded result, as the slot would have. True if there was something to finish."""
+        if self.book.status(self.job) != "started":
+            claim.release(self.conn, self.node, self.id, RunningEntry("ended", worker=self.worker).encode())
+            return False
+        # An end whose result is gone (expired, deleted) counts as a failure.
+        result = lenient(Result, self.conn.get(keys.result(self.id)), keys.result(self.id)) or Result(reason="failed")
+        outcome = "canceled" if result.reason_kind == "canceled" else None
+        self.book.finish(self.job, None, result, outcome, None)
+        self._after_end(result, outcome, RunningEntry("ended", worker=self.worker))
+        log.warning("job %s: its slot on %s died after recording its end; RQ's records finished", self.id,
+                    self.node)
+        return True

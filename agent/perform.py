@@ -1,0 +1,158 @@
+"""What a slot does with a job it took: verify it, start its attempt, run it, record its end.
+
+The slot's RQ worker (agent/rqadapter/worker.py) hands each job here; its signal handlers
+only set the flags kept here (cancel the running job, stop cold).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from agent import runner
+from agent.attempt import Capacity, JobAttempt
+from agent.claim import Taken
+from agent.outage import OUTAGE_ERRORS, OutageClock
+from agent.rqadapter.book import RQBook
+from agent.verify import AlreadyRunning, Gatekeeper
+from gridcore.records import Result
+from gridcore.settings import Settings
+from gridcore.signing import Refused
+
+log = logging.getLogger("grid.slot")
+
+COLD_SETTLE_WAIT = 10.0
+"""Seconds a cold-stopped slot keeps trying to record a job's end while the broker is away."""
+PUT_BACK_PAUSE = 0.25
+"""Seconds a slot that put a job back (no room here) waits, so a slot elsewhere can take it."""
+
+
+class Performer:
+    """The job-running side of one slot: `worker` is its RQ worker's name, `slot` its index."""
+
+    def __init__(self, conn, book: RQBook, *, node: str, slot: int, worker: str, settings: Settings,
+                 gate: Gatekeeper, marker_env: dict[str, str], capacity: dict[str, Any] | None = None):
+        self.conn = conn
+        self.book = book
+        self.node = node
+        self.slot = slot
+        self.worker = worker
+        self.settings = settings
+        self.gate = gate
+        self.marker_env = marker_env
+        capacity = capacity or {}
+        self.capacity = Capacity(cpus=float(capacity.get("cpus") or 1e9), memory=int(capacity.get("memory") or 0),
+                                 gpus=bool(capacity.get("gpus")))
+        self.clock = OutageClock(conn)
+        self.cancel_event = threading.Event()
+        self.stop_reason: list[str] = []
+        self.busy = False
+        self.cold = False
+        self.cold_at = 0.0
+
+    # ---- flags set by signals and RQ commands ---------------------------------------------
+
+    def cancel(self, reason: str) -> None:
+        """Stop the running job, if any, for `reason` (canceled, shutdown)."""
+        if self.busy:
+            self.stop_reason.append(reason)
+            self.cancel_event.set()
+
+    def stop_cold(self) -> None:
+        """The agent is going away: kill the running job and hand it back; start nothing."""
+        if not self.cold:
+            self.cold_at = time.monotonic()
+        self.cold = True
+        self.cancel("shutdown")
+
+    def _give_up(self) -> bool:
+        # Once the agent is gone (cold stop), wait a while for the broker, then leave the job
+        # to the node's next agent, which reclaims it.
+        return self.cold and time.monotonic() - self.cold_at > COLD_SETTLE_WAIT
+
+    # ---- one job ------------------------------------------------------------------------
+
+    def perform(self, job: Any, queue: Any, taken: Taken | None) -> None:
+        """Take one job through its attempt here. Until the job's process starts, a broker
+        failure puts the job back in line (never lost, never failed by an outage); after
+        that nothing raises one (the runner, the attempt's end)."""
+        attempt = JobAttempt(self.conn, self.book, job, queue, node=self.node, worker=self.worker, slot=self.slot,
+                             result_ttl=self.settings.result_ttl)
+        try:
+            if not self.cold:  # a stopping slot hands the job straight back
+                self._verify_and_run(attempt, taken)
+                if not attempt.started:
+                    self._drop_claim(attempt)  # refused, a twin, put back: it did not start here
+                return
+        except OUTAGE_ERRORS as e:
+            log.warning("job %s: not started (%s)", job.id, e)
+        self.busy = False
+        attempt.give_back_unstarted()
+
+    def _drop_claim(self, attempt: JobAttempt) -> None:
+        try:
+            attempt.drop_claim()
+        except OUTAGE_ERRORS:
+            pass  # a stale claim is harmless: recovery requeues only a job still queued and in no queue
+
+    def _verify_and_run(self, attempt: JobAttempt, taken: Taken | None) -> None:
+        now = self.clock.now()
+        try:
+            envelope, _signer = self.gate.verify(attempt.job, now, taken.active if taken is not None else ...)
+            started = attempt.start(envelope, now, self.capacity)
+        except AlreadyRunning as e:
+            # The running copy holds the reservation under the same job id: leave it be.
+            attempt.drop_twin(f"refused: {e}", now)
+            return
+        except Refused as e:
+            attempt.refuse(f"refused: {e}", now)
+            return
+        if not started:
+            attempt.put_back()
+            time.sleep(PUT_BACK_PAUSE)
+            return
+        try:
+            self._run(attempt, envelope, now)
+        finally:
+            self.busy = False
+            self.book.idle()
+
+    def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float) -> None:
+        self.busy = True
+        self.cancel_event.clear()
+        self.stop_reason.clear()
+        if self.cold:  # a cold stop that came before `busy` was set
+            self.stop_reason.append("shutdown")
+            self.cancel_event.set()
+        if attempt.canceled_at_start:  # canceled while it was being taken: started only to end at once
+            self.stop_reason.append("canceled")
+            self.cancel_event.set()
+        agent = self.settings.agent
+        gpus = attempt.gpus
+        ctx = runner.RunContext(
+            job_id=attempt.id,
+            node=self.node,
+            slot=self.slot,
+            kill_grace=agent.kill_grace,
+            marker_env=self.marker_env,
+            broker_time=self.clock.now,
+            heartbeat=attempt.beat,
+            cancel=self.cancel_event,
+            stop_reason=self.stop_reason,
+            cgroup_tag=self.worker,
+            # A job sees exactly the GPUs it holds; one that asked for none sees none.
+            extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
+        )
+        sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.settings.log_dir, log_cap=agent.log_cap)
+        try:
+            result, outcome = runner.execute(envelope, ctx, sink)
+        except Exception as e:  # noqa: BLE001 - an agent bug fails the job, loudly, not the slot
+            log.exception("job %s: runner error", attempt.id)
+            end = self.clock.now()
+            result = Result(node=self.node, slot=self.slot, start=now, end=end, duration=max(0.0, end - now),
+                            reason=f"agent error: {type(e).__name__}: {e}"[:4096], reason_kind="error")
+            outcome = None
+        # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
+        attempt.finish(envelope, result, outcome, give_up=self._give_up)

@@ -1,0 +1,281 @@
+"""GridWorker: a slot's RQ worker, and every override of RQ's worker the grid needs.
+
+RQ's forking Worker buys nothing when the job is itself a subprocess, and its SimpleWorker
+neither heartbeats during a job nor obeys stop commands. This one hands each job to the
+slot's Performer (agent/perform.py), which runs it through the runner (heartbeats, cancel,
+killing the whole tree).
+
+Jobs are taken with agent/claim.py (pop and claim in one step), never with RQ's BLPOP, whose
+popped job is lost if the reply is (broker restart) or the slot dies before it records the
+job. The idle loop waits for the broker instead of quitting on a connection error (stock RQ
+leaves the loop on most of them) and wakes every DEQUEUE_WAKE seconds, so stop signals only
+set flags and never interrupt a dequeue.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import redis
+from rq import worker_registration
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
+from rq.worker import SimpleWorker
+
+from agent import claim
+from agent.outage import OUTAGE_ERRORS
+from agent.perform import Performer
+from agent.rqadapter import scheduler
+from agent.rqadapter.book import RQBook
+from agent.rqadapter.jobs import GridJob, GridQueue, restore_job
+from agent.verify import Gatekeeper
+
+log = logging.getLogger("grid.slot")
+
+BEAT_EVERY = 1.0
+"""Seconds between a slot's own RQ worker heartbeats outside a job's start and end."""
+DEQUEUE_WAKE = 1
+"""Seconds an idle slot blocks waiting for a job before it looks at stop requests and heartbeats again."""
+SUSPENSION_CHECK = 1.0
+"""Seconds between a slot's looks at RQ's suspend flag."""
+DRAIN_POLL = 1.0
+"""Seconds between looks at the drain flag while the node is draining."""
+RECONNECT_BACKOFF = (0.25, 0.5, 1.0, 2.0, 5.0)
+"""Seconds between an idle slot's attempts to reach the broker again (the last one repeats)."""
+SCHEDULER_RETRY = 5.0
+"""Seconds between attempts to restart RQ's scheduler process after it died with the broker."""
+
+
+class GridWorker(SimpleWorker):
+    queue_class = GridQueue
+    job_class = GridJob  # registries and sweeps built from this worker never call a record's callbacks
+    dequeue_timeout = DEQUEUE_WAKE  # shadows RQ's property (worker_ttl - 15 seconds)
+
+    def __init__(self, queues, *, connection, name: str, node: str, slot: int, settings, gate: Gatekeeper,
+                 marker_env: dict[str, str], capacity: dict[str, Any] | None = None):
+        super().__init__(queues, connection=connection, name=name, serializer=JSONSerializer,
+                         queue_class=GridQueue, job_class=GridJob, default_result_ttl=settings.result_ttl)
+        self.node = node
+        self.performer = Performer(connection, RQBook(connection, settings.result_ttl, worker=self), node=node,
+                                   slot=slot, worker=name, settings=settings, gate=gate, marker_env=marker_env,
+                                   capacity=capacity)
+        self.taken: claim.Taken | None = None  # what the last pop read besides the job
+        self._beat_at = 0.0
+        self._suspension_checked = 0.0
+        self._scheduler_retry_at = 0.0
+        self._pubsub_down = False
+        GridQueue.result_ttl = settings.result_ttl
+
+    # ---- signals and commands -----------------------------------------------------------
+
+    def _install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self._warm_stop)
+        signal.signal(signal.SIGUSR1, self._cold_stop)
+        # Ctrl-C in the agent's terminal reaches us too; the agent decides what it means.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    # Handlers only set flags (the idle loop wakes every second to see them): raising into a
+    # wait that has just handed this slot a job would lose the job.
+    def _warm_stop(self, signum, frame):
+        self._stop_requested = True
+
+    def _cold_stop(self, signum, frame):
+        self._stop_requested = True
+        self.performer.stop_cold()
+
+    def kill_horse(self, sig=None):
+        """RQ's stop-job command (from the pubsub thread): cancel the running job."""
+        self.performer.cancel("canceled")
+
+    def request_stop_execution(self, execution_id: str):
+        self.kill_horse()
+
+    def _pubsub_exception_handler(self, exc, pubsub, pubsub_thread):
+        # RQ's handler logs every 2 s for as long as the broker is away; once is enough.
+        if isinstance(exc, redis.ConnectionError):
+            if not self._pubsub_down:
+                self._pubsub_down = True
+                log.info("slot %s: command channel lost (%s); resubscribing when the broker is back", self.name, exc)
+            time.sleep(2.0)
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    # ---- the worker's own records -------------------------------------------------------
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        if pipeline is not None:
+            self._beat_at = time.monotonic()
+            return super().heartbeat(timeout, pipeline)
+        # RQ beats before and after every job; its worker key lives for minutes, so once a
+        # second is plenty, and a slot running thousands of tiny jobs saves two round trips each.
+        if time.monotonic() - self._beat_at < BEAT_EVERY:
+            return None
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                super().heartbeat(timeout, pipe)
+                # The state too: set_state skips repeats, and this restores it after a broker loss.
+                pipe.hset(self.key, "state", self._state)
+                pipe.execute()
+            self._beat_at = time.monotonic()
+        except OUTAGE_ERRORS as e:
+            log.debug("slot heartbeat skipped: %s", e)  # the idle loop waits for the broker
+
+    def set_state(self, state, pipeline=None):
+        if pipeline is None and state == self._state:
+            return  # unchanged; the heartbeat rewrites it every second anyway
+        try:
+            super().set_state(state, pipeline)
+        except OUTAGE_ERRORS:
+            if pipeline is not None:
+                raise
+
+    def register_death(self):
+        try:
+            super().register_death()
+        except OUTAGE_ERRORS as e:
+            log.warning("slot %s: could not record its exit: %s", self.name, e)
+
+    def unsubscribe(self):
+        try:
+            super().unsubscribe()
+        except OUTAGE_ERRORS:
+            pass
+
+    def check_for_suspension(self, burst):
+        # RQ asks before every job; `rq suspend` taking a second to reach a slot is fine.
+        if time.monotonic() - self._suspension_checked < SUSPENSION_CHECK:
+            return
+        try:
+            super().check_for_suspension(burst)
+            self._suspension_checked = time.monotonic()
+        except OUTAGE_ERRORS:
+            pass  # the idle loop waits for the broker
+
+    # ---- maintenance and the scheduler --------------------------------------------------
+
+    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=DEFAULT_LOGGING_DATE_FORMAT,
+                         log_format=DEFAULT_LOGGING_FORMAT):
+        scheduler.start(self, burst, logging_level, date_format, log_format)
+
+    def _revive_scheduler(self) -> None:
+        # RQ's scheduler process dies with the broker connection and RQ restarts it only at
+        # the next maintenance (10 minutes): retries waiting on a backoff would wait as long.
+        proc = getattr(getattr(self, "scheduler", None), "_process", None)
+        if proc is None or proc.is_alive() or time.monotonic() < self._scheduler_retry_at:
+            return
+        self._scheduler_retry_at = time.monotonic() + SCHEDULER_RETRY
+        self.scheduler.acquire_locks(auto_start=True)
+
+    def run_maintenance_tasks(self):
+        try:
+            super().run_maintenance_tasks()
+        except OUTAGE_ERRORS as e:
+            log.info("slot %s: maintenance skipped, broker unreachable: %s", self.name, e)
+        except Exception:  # noqa: BLE001
+            # A corrupt or hostile record in a registry would otherwise end the slot at every
+            # start: one HSET by any broker writer would keep every node off the queue.
+            log.exception("slot %s: registry maintenance failed; trying again next interval", self.name)
+            self.last_cleaned_at = rq_now()
+
+    def clean_registries(self):
+        """RQ's registry maintenance, minus its sweep of "abandoned" started jobs.
+
+        RQ fails a started job whose heartbeat expired, which is exactly what a broker outage
+        looks like for a job that ran on through it. Running jobs are the grid's to reclaim,
+        by node liveness (agent/recovery.py).
+        """
+        for queue in self.queues:
+            if queue.acquire_maintenance_lock():
+                try:
+                    for cls in (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry, ReadyJobRegistry):
+                        cls(name=queue.name, connection=queue.connection, job_class=queue.job_class,
+                            serializer=queue.serializer).cleanup()
+                    worker_registration.clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(self, queue)
+                finally:
+                    queue.release_maintenance_lock()
+        self.last_cleaned_at = rq_now()
+
+    # ---- taking a job -------------------------------------------------------------------
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        self.set_state("idle")
+        failures = 0
+        while not self._stop_requested:
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                self._revive_scheduler()
+                if failures:
+                    claim.requeue_own(self.connection, self.node, self.name)  # a pop the outage swallowed
+                result = self._pop()
+                if result is claim.DRAINING:
+                    # A draining node finishes what it runs and takes nothing new (until resumed).
+                    if timeout is None:
+                        return None
+                    time.sleep(DRAIN_POLL)
+                    continue
+                if result is None and timeout is None:
+                    return None  # burst mode: the queues are empty
+                if result is None:
+                    queues = self._ordered_queues
+                    pool = queues[1] if len(queues) > 1 else queues[0]
+                    claim.wait(self.connection, self.node, pool.key, DEQUEUE_WAKE)
+                    result = self._pop()
+                    if result is claim.DRAINING:
+                        continue
+            except OUTAGE_ERRORS as e:
+                if failures == 0:
+                    log.warning("slot %s: broker unreachable (%s); waiting for it", self.name, e)
+                time.sleep(RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF) - 1)])
+                failures += 1
+                continue
+            if failures:
+                log.warning("slot %s: broker back; taking jobs again", self.name)
+                failures = 0
+                self._pubsub_down = False
+            if result is not None:
+                self.reorder_queues(reference_queue=result[1])
+                return result
+        return None  # stop requested: RQ's work loop ends
+
+    def _pop(self) -> tuple[Job, Queue] | str | None:
+        """(job, queue) claimed from the first non-empty queue of this slot; None if all are
+        empty; claim.DRAINING if the node is draining. Sets `taken` and anchors the clock."""
+        while True:
+            popped = claim.pop(self.connection, self.node, self.name, [q.key for q in self._ordered_queues])
+            self.performer.clock.anchor(*popped.time)
+            if popped.draining:
+                return claim.DRAINING
+            taken = popped.taken
+            if taken is None:
+                return None
+            self.taken = taken
+            job = restore_job(self.connection, taken.job_id, taken.fields)
+            if job is not None:
+                queue = self.queue_class.from_queue_key(taken.queue_key, connection=self.connection,
+                                                        job_class=self.job_class, serializer=self.serializer,
+                                                        death_penalty_class=self.death_penalty_class)
+                return job, queue
+            # The record is gone or unreadable: RQ's own fetch (and GridQueue's refusal).
+            result = self.queue_class._fetch_dequeued_job(
+                self.connection, taken.queue_key, taken.job_id, job_class=self.job_class, serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+            if result is not None:
+                return result
+            claim.release(self.connection, self.node, taken.job_id, claim.marker(self.name))  # nothing to start
+
+    # ---- the job ------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue):
+        taken = self.taken if self.taken is not None and self.taken.job_id == job.id else None
+        self.performer.perform(job, queue, taken)
