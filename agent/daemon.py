@@ -25,7 +25,6 @@ from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS
 from gridcore import events, keys
-from gridcore.client import Grid
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
 from gridcore.settings import Settings
@@ -92,7 +91,7 @@ class Agent:
             proctree.ENV_AGENT_PID: str(os.getpid()),
         }
         self.last_sweep = 0.0
-        self.negotiator = Negotiator(Grid(self.conn, self.settings), owner=f"{self.node}.{self.agent_id}")
+        self.negotiator = Negotiator(self.conn, owner=f"{self.node}.{self.agent_id}")
         self.broker_down_since: float | None = None
         self.watch = recovery.NodeWatch()
         self.last_beat_ok: float | None = None  # monotonic time of the last heartbeat that got through

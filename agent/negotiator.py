@@ -15,7 +15,7 @@ import logging
 import redis
 
 from gridcore import keys
-from gridcore.client import Grid
+from gridcore.reads import Reads
 from gridcore.placement import Committed, Fit, choose_node, explain
 from gridcore.records import CorruptRecord, JobMeta, Placement
 from gridcore.reservations import Reservations, release
@@ -37,9 +37,9 @@ return 1
 
 
 class Negotiator:
-    def __init__(self, grid: Grid, owner: str):
-        self.grid = grid
-        self.conn: redis.Redis = grid.redis
+    def __init__(self, conn: redis.Redis, owner: str):
+        self.conn = conn
+        self.reads = Reads(conn)
         self.owner = owner
         self.reservations = Reservations(self.conn)
         self._move = self.conn.register_script(_MOVE)
@@ -63,7 +63,7 @@ class Negotiator:
             for jid in ids:
                 pipe.hget(keys.rq_job(jid), "meta")
             metas = [_meta(jid, m) for jid, m in zip(ids, pipe.execute(), strict=True)]
-        nodes = self.grid.nodes()
+        nodes = self.reads.nodes()
         committed = self.reservations.committed([n.name for n in nodes])
         by_name = {n.name: n for n in nodes}
         whys: dict[str, str] = {}

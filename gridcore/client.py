@@ -7,7 +7,6 @@ A thin facade over its parts, one module each: submission (gridcore/submission.p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,16 +26,6 @@ from gridcore.signing import Signer, load_private_key
 from gridcore.submission import Submission, route
 
 __all__ = ["Event", "Grid", "GridError", "JobNotFound", "QueueStats", "Unplaceable"]
-
-
-def _json(v: bytes | str | None) -> Any:
-    """Parsed JSON or None. Only agent/negotiator.py still calls this, until it decodes JobMeta."""
-    if not v:
-        return None
-    try:
-        return json.loads(v)
-    except ValueError:
-        return None
 
 
 class Grid:
