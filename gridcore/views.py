@@ -2,7 +2,7 @@
 attempts and dependencies; a `Node` from its hash.
 
 Anyone who can write to the broker can write any of these records, so each one is decoded
-through gridcore/records.py and a bad one never fails the read: the model is built from what
+through gridcore/records/ and a bad one never fails the read: the model is built from what
 could be read, and each problem (naming key and field) goes into its `problems`.
 """
 
