@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 from console.poller import Poller, Request
-from gridcore import keys
 from gridcore.models import JobSpec, JobState
+from tests.support.records import put_result
 
 
 def test_text_filter_matches_reason_and_kind(grid, r):
     lost, other = (grid.submit(JobSpec(command=f"echo {i}")) for i in range(2))
     for jid, record in ((lost, {"reason": "node lost: node-b stopped heartbeating", "reason_kind": "lost"}),
                         (other, {"reason": "exit code 3", "reason_kind": "exit", "exit_code": 3})):
-        r.set(keys.result(jid), json.dumps(record))
+        put_result(r, jid, **record)
     poller = Poller(app=None, grid=grid, request=lambda: None)
     by_kind, n = poller._read_jobs(Request(text="lost"))
     assert [j.id for j in by_kind] == [lost] and n == 1
