@@ -65,7 +65,7 @@ def home(tmp_path, monkeypatch):
             monkeypatch.delenv(k)
     monkeypatch.setenv("GRID_CONFIG_DIR", str(cfg))
     monkeypatch.setenv("GRID_DATA_DIR", str(data))
-    key = generate_key(cfg / "keys" / "id_ed25519", "tester@suite")
+    generate_key(cfg / "keys" / "id_ed25519", "tester@suite")
     (cfg / "authorized_keys").write_text((cfg / "keys" / "id_ed25519.pub").read_text())
     return tmp_path
 
