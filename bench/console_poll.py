@@ -42,7 +42,7 @@ from gridcore.client import Grid  # noqa: E402
 from gridcore.models import JobSpec, JobState  # noqa: E402
 from gridcore.settings import load_settings  # noqa: E402
 from gridcore.signing import generate_key  # noqa: E402
-from tests.brokers import Broker, available_kinds  # noqa: E402
+from tests.support.brokers import Broker, available_kinds  # noqa: E402
 
 STATES = [("queued", 0.05), ("started", 0.01), ("finished", 0.7), ("failed", 0.2), ("canceled", 0.04)]
 REGISTRY = {"started": "running", "finished": "finished", "failed": "failed", "canceled": "canceled"}

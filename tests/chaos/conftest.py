@@ -7,52 +7,39 @@ minutes; the engine tests already run both kinds.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import psutil
 import pytest
+import redis
 
 from agent.proctree import ENV_GRID, ENV_JOB, ENV_NODE, tagged
 from gridcore import keys
 from gridcore.models import JobState
-from tests.brokers import Broker, available_kinds
+from gridcore.records import ActiveEntry
+from tests.support.brokers import start_broker
+from tests.support.wait import eventually
 
 NODE_TIMEOUT = 3.0
 """Heartbeat age after which the chaos agents count a node as down."""
 
 
+TRANSIENT = (redis.RedisError, psutil.Error)
+"""Errors a chaos wait counts as "not yet": the broker may be restarting, processes vanishing."""
+
+
 @pytest.fixture
 def broker():
-    kinds = available_kinds()
-    kind = "redis" if "redis" in kinds else sorted(kinds)[0]
-    b = Broker(kind=kind, binary=kinds[kind]).start()
+    b = start_broker()
     yield b
     b.stop()
 
 
-def wait_for(cond: Callable[[], object], timeout: float, what: str, every: float = 0.1):
-    """Poll `cond` (broker errors count as "not yet") until it is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            v = cond()
-            if v:
-                return v
-        except Exception as e:  # noqa: BLE001 - the broker may be restarting under the test
-            last_error = e
-        time.sleep(every)
-    why = f" ({last_error})" if last_error else ""
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{why}")
-
-
 def running_on(r, job_id: str) -> str | None:
     raw = r.hget(keys.ACTIVE, job_id)
-    return json.loads(raw).get("node") if raw else None
+    return ActiveEntry.decode(raw, keys.ACTIVE).node if raw else None
 
 
 def job_procs(job_id: str) -> list[psutil.Process]:
@@ -80,8 +67,8 @@ def assert_accounted(r, grid, job_ids: Iterable[str], timeout: float = 30.0) -> 
     """Every job ended in exactly one terminal state with one result, nothing of it survives,
     and nothing is duplicated in the registries or the queues."""
     job_ids = list(job_ids)
-    states = wait_for(lambda: (s := grid.wait(job_ids, timeout=0)) and all(v.terminal for v in s.values()) and s,
-                      timeout, "every job to end")
+    states = eventually(lambda: (s := grid.wait(job_ids, timeout=0)) and all(v.terminal for v in s.values()) and s,
+                        timeout, 0.1, "every job to end", tolerate=TRANSIENT)
     queues = grid.queue_names()
     for jid in job_ids:
         state = states[jid]
@@ -102,7 +89,8 @@ def assert_accounted(r, grid, job_ids: Iterable[str], timeout: float = 30.0) -> 
         rq_results = r.xlen(f"rq:results:{jid}")
         assert rq_results <= 1, f"job {jid}: {rq_results} RQ results"
         assert not r.hexists(keys.ACTIVE, jid), f"job {jid} still marked running"
-    wait_for(lambda: not any(job_procs(j) for j in job_ids), 15, "every job process to be gone")
+    eventually(lambda: not any(job_procs(j) for j in job_ids), 15, 0.1, "every job process to be gone",
+               tolerate=TRANSIENT)
     return states
 
 

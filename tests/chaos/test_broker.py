@@ -8,7 +8,8 @@ import time
 
 from gridcore import keys
 from gridcore.models import JobSpec, JobState
-from tests.chaos.conftest import NODE_TIMEOUT, assert_accounted, job_procs, running_on, wait_for
+from tests.chaos.conftest import NODE_TIMEOUT, TRANSIENT, assert_accounted, job_procs, running_on
+from tests.support.wait import eventually
 
 LINES = 80
 TICKER = f"for i in $(seq 1 {LINES}); do echo line $i; sleep 0.1; done"
@@ -21,7 +22,7 @@ def test_broker_restart_during_run_loses_and_doubles_nothing(broker, agents, gri
     batch = grid.submit_many([JobSpec(command=f"sleep 0.3; echo job {i}") for i in range(24)])
     ids = [ticker, *batch]
     cleanup_jobs.extend(ids)
-    wait_for(lambda: running_on(r, ticker) and job_procs(ticker), 20, "the ticker to run")
+    eventually(lambda: running_on(r, ticker) and job_procs(ticker), 20, 0.1, "the ticker to run", tolerate=TRANSIENT)
     time.sleep(0.5)
     running_before = {j for j in ids if r.hexists(keys.ACTIVE, j)}
     assert running_before, "no job was running when the broker went away"
@@ -58,4 +59,4 @@ def test_idle_agents_ride_out_a_long_outage(broker, agents, grid, r):
     jid = grid.submit(JobSpec(command="echo back"))
     assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED
     assert grid.get(jid).stdout == "back\n"
-    wait_for(lambda: grid.node("node-a").state.value == "up", 10, "node-a up again")
+    eventually(lambda: grid.node("node-a").state.value == "up", 10, 0.1, "node-a up again", tolerate=TRANSIENT)

@@ -7,7 +7,9 @@ import time
 import pytest
 
 from gridcore.models import JobSpec, JobState, Resources
-from tests.chaos.conftest import assert_accounted, have_job_cgroups, job_procs, wait_for
+from tests.chaos.conftest import TRANSIENT, assert_accounted, have_job_cgroups, job_procs
+from tests.support.records import get_result
+from tests.support.wait import eventually
 
 
 def test_output_budget_fills_and_the_job_goes_on(agents, grid, r, home, cleanup_jobs):
@@ -40,7 +42,7 @@ def test_cancel_a_job_that_forked_hundreds(agents, grid, r, cleanup_jobs):
     )
     jid = grid.submit(JobSpec(command=script))
     cleanup_jobs.append(jid)
-    wait_for(lambda: len(job_procs(jid)) >= 300, 30, "300 processes of the job", every=0.5)
+    eventually(lambda: len(job_procs(jid)) >= 300, 30, 0.5, "300 processes of the job", tolerate=TRANSIENT)
     t0 = time.monotonic()
     assert grid.cancel(jid, wait=30) is JobState.CANCELED
     assert not job_procs(jid), "processes of a canceled job survived"
@@ -63,11 +65,8 @@ def test_memory_hog_is_oom_killed_and_says_so(agents, grid, r, cleanup_jobs):
     cleanup_jobs.extend([a, b])
     states = assert_accounted(r, grid, [a, b], timeout=60)
     assert states[a] is JobState.FAILED and states[b] is JobState.FINISHED
-    res = r.get(f"grid:result:{a}")
-    import json
-
-    rec = json.loads(res)
-    assert rec["reason_kind"] == "oom", rec
-    assert rec["reason"].startswith("out of memory") and "64 MiB" in rec["reason"]
-    assert rec["oom_kills"] >= 1 and rec["memory_peak"] <= limit
+    rec = get_result(r, a)
+    assert rec.reason_kind == "oom", rec
+    assert rec.reason.startswith("out of memory") and "64 MiB" in rec.reason
+    assert rec.oom_kills >= 1 and rec.memory_peak <= limit
     assert grid.get(b).stdout == f"{16 << 20}\n"

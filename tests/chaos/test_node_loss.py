@@ -18,13 +18,14 @@ from gridcore.models import JobSpec, JobState
 from gridcore.records import Result, RunningEntry
 from tests.chaos.conftest import (
     NODE_TIMEOUT,
+    TRANSIENT,
     assert_accounted,
     can_netns,
     job_procs,
     running_on,
     signal_node,
-    wait_for,
 )
+from tests.support.wait import eventually
 
 # Long on node-b, short anywhere else: the copy left on node-b is still running when it
 # comes back, so fencing (not luck) is what keeps it from recording a second result.
@@ -36,7 +37,8 @@ def start_job_on_b(agents, grid, r, cleanup_jobs, command=ONLY_SLOW_ON_B):
     b = agents("node-b", slots=1, node_timeout=NODE_TIMEOUT)
     jid = grid.submit(JobSpec(command=command))
     cleanup_jobs.append(jid)
-    wait_for(lambda: running_on(r, jid) == "node-b" and job_procs(jid), 20, "the job to run on node-b")
+    eventually(lambda: running_on(r, jid) == "node-b" and job_procs(jid), 20, 0.1, "the job to run on node-b",
+               tolerate=TRANSIENT)
     a = agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
     return a, b, jid
 
@@ -73,14 +75,15 @@ def test_frozen_node_is_fenced_when_it_thaws(agents, grid, r, cleanup_jobs):
     stale = {p.pid for p in job_procs(jid)}
     signal_node(b, r, signal.SIGSTOP)  # the whole machine hangs (swap storm, VM paused)
     try:
-        wait_for(lambda: grid.state(jid) is JobState.FINISHED, 40, "the job to be rerun on node-a")
+        eventually(lambda: grid.state(jid) is JobState.FINISHED, 40, 0.1, "the job to be rerun on node-a",
+                   tolerate=TRANSIENT)
     finally:
         signal_node(b, r, signal.SIGCONT)
     # Thawed, node-b finds the job is no longer its own: it kills its copy and records nothing.
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in stale), 20, "node-b's stale copy to be killed")
-    wait_for(lambda: r.hget(keys.node(b.name), "agent_pid") and not r.hlen(keys.node_running("node-b")), 20,
-             "node-b to let go of the job")
+    eventually(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                               for p in stale), 20, 0.1, "node-b's stale copy to be killed", tolerate=TRANSIENT)
+    eventually(lambda: r.hget(keys.node(b.name), "agent_pid") and not r.hlen(keys.node_running("node-b")), 20, 0.1,
+               "node-b to let go of the job", tolerate=TRANSIENT)
     assert_accounted(r, grid, [jid])
     job = grid.get(jid)
     assert job.node == "node-a" and job.stdout == "done on node-a\n"
@@ -128,20 +131,24 @@ def test_network_cut_node_is_fenced_when_the_link_returns(broker, agents, grid, 
         log = open(home / "agent-node-b.log", "ab")  # noqa: SIM115 - closed below
         agent_b = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "agent", "--config", str(cfg)],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: r.hget(keys.node("node-b"), "ready") not in (None, b""), 30, "node-b in its namespace")
+        eventually(lambda: r.hget(keys.node("node-b"), "ready") not in (None, b""),
+                   30, 0.1, "node-b in its namespace", tolerate=TRANSIENT)
         jid = grid.submit(JobSpec(command=ONLY_SLOW_ON_B))
         cleanup_jobs.append(jid)
-        wait_for(lambda: running_on(r, jid) == "node-b" and job_procs(jid), 20, "the job to run on node-b")
+        eventually(lambda: running_on(r, jid) == "node-b" and job_procs(jid), 20, 0.1, "the job to run on node-b",
+                   tolerate=TRANSIENT)
         stale = {p.pid for p in job_procs(jid)}
         agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
         sh("ip", "link", "set", host_if, "down")  # the cable is pulled
         try:
-            wait_for(lambda: grid.state(jid) is JobState.FINISHED, 40, "the job to be rerun on node-a")
+            eventually(lambda: grid.state(jid) is JobState.FINISHED, 40, 0.1, "the job to be rerun on node-a",
+                       tolerate=TRANSIENT)
             assert all(psutil.pid_exists(p) for p in stale), "node-b's copy should run on while cut off"
         finally:
             sh("ip", "link", "set", host_if, "up")
-        wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                                 for p in stale), 60, "node-b's stale copy to be killed once it can see the grid")
+        eventually(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                   for p in stale), 60, 0.1,
+                   "node-b's stale copy to be killed once it can see the grid", tolerate=TRANSIENT)
         assert_accounted(r, grid, [jid])
         job = grid.get(jid)
         assert job.node == "node-a" and job.stdout == "done on node-a\n"
@@ -163,7 +170,8 @@ def test_a_slot_that_dies_mid_job_has_its_job_reclaimed(agents, grid, r, cleanup
     jid = grid.submit(JobSpec(command='if [ ! -e "$MARK" ]; then touch "$MARK"; sleep 60; fi; echo second try',
                               env={"MARK": str(tmp_path / "first-try")}))
     cleanup_jobs.append(jid)
-    wait_for(lambda: running_on(r, jid) == "node-a" and job_procs(jid), 20, "the job to run")
+    eventually(lambda: running_on(r, jid) == "node-a" and job_procs(jid), 20, 0.1, "the job to run",
+               tolerate=TRANSIENT)
     first = {p.pid for p in job_procs(jid)}
     slot = next(p for p in psutil.Process(a.proc.pid).children() if "agent.slotmain" in " ".join(p.cmdline()))
     slot.kill()  # the slot process alone; its job runs on in its own session until the agent acts
@@ -185,7 +193,7 @@ def test_a_claimed_job_of_a_dead_node_goes_back_in_line(agents, grid, r, cleanup
         assert r.lmove(queue, keys.node_taking("ghost"), "LEFT", "RIGHT") == jid.encode()
     else:  # what a slot of node "ghost" leaves when it dies right after its claim-pop...
         assert r.lpop(queue) == jid.encode()
-        r.hset(keys.node_running("ghost"), jid, "claim:ghost.0.0")
+        r.hset(keys.node_running("ghost"), jid, RunningEntry("claimed", worker="ghost.0.0").encode())
     if died == "after RQ marked it started":  # ... or once RQ's prepare_job_execution went through
         r.hset(keys.rq_job(jid), "status", "started")
         r.zadd(keys.rq_registry("running", "default"), {f"{jid}:exec1": sec + 600})

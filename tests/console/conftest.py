@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from console.app import make_app
+from tests.support.wait import eventually_async
 
 
 @pytest.fixture
@@ -30,14 +28,12 @@ async def settle(app, pilot, ticks: int = 1):
 
 async def until(app, pilot, predicate, timeout: float = 20.0, what: str = "condition"):
     """Poll (for real) until `predicate()` holds; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def polled():
         await settle(app, pilot)
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+        return predicate()
+
+    await eventually_async(polled, timeout, 0.1, what)
 
 
 async def wait_workers(app, pilot):

@@ -9,7 +9,7 @@ from console.widgets.status import Banner
 from gridcore.client import Grid
 from gridcore.connection import connect
 from gridcore.models import JobSpec
-from tests.brokers import Broker
+from tests.support.brokers import start_broker
 from tests.console.conftest import notes, rows, settle
 
 pytestmark = pytest.mark.asyncio
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.asyncio
 @pytest.fixture
 def own_broker(broker):
     """A broker this test may stop and restart (the session's one is shared)."""
-    b = Broker(kind=broker.kind, binary=broker.binary).start()
+    b = start_broker(broker.kind)
     yield b
     b.stop()
 

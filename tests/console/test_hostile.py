@@ -13,6 +13,7 @@ from console.screens.nodes import NodesTable
 from console.widgets.output import OutputView
 from gridcore import keys
 from gridcore.models import JobSpec
+from gridcore.records import OutputEntry
 from tests.console.conftest import rows, settle
 
 pytestmark = pytest.mark.asyncio
@@ -36,8 +37,8 @@ def plant(r, grid) -> str:
         "slots": "2", "hostname": EVIL,
     })
     r.xadd(keys.EVENTS, {"t": "later", "kind": EVIL, "job": EVIL, "node": "", "msg": EVIL})
-    r.xadd(keys.output(jid), {"s": "o", "d": b"\x1b[2J\x1b]52;c;ZXZpbA==\x07ok \xff\n[bold]x[/bold]\n"})
-    r.xadd(keys.output(jid), {"s": "z", "d": EVIL})
+    r.xadd(keys.output(jid), OutputEntry("o", b"\x1b[2J\x1b]52;c;ZXZpbA==\x07ok \xff\n[bold]x[/bold]\n").fields())
+    r.xadd(keys.output(jid), {"s": "z", "d": EVIL})  # no such kind: hand-written on purpose
     return jid
 
 

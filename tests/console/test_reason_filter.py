@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from console.poller import Poller, Request
-from gridcore import keys
 from gridcore.models import JobSpec, JobState
-from gridcore.records import Result
+from tests.support.records import put_result
 
 
 def test_text_filter_matches_reason_and_kind(grid, r):
     lost, other = (grid.submit(JobSpec(command=f"echo {i}")) for i in range(2))
-    for jid, record in ((lost, Result(reason="node lost: node-b stopped heartbeating", reason_kind="lost")),
-                        (other, Result(reason="exit code 3", reason_kind="exit", exit_code=3))):
-        r.set(keys.result(jid), record.encode())
+    for jid, record in ((lost, {"reason": "node lost: node-b stopped heartbeating", "reason_kind": "lost"}),
+                        (other, {"reason": "exit code 3", "reason_kind": "exit", "exit_code": 3})):
+        put_result(r, jid, **record)
     poller = Poller(app=None, grid=grid, request=lambda: None)
     by_kind = poller.read(Request(view="jobs", text="lost"))
     assert [j.id for j in by_kind.jobs] == [lost] and by_kind.total == 1

@@ -37,9 +37,11 @@ def utc(monkeypatch):
 
 def frozen_app():
     settings = Settings(redis_url="redis://frozen.invalid:1/0", submitter="snap@test")
-    # Never used: the poll loop does not start, and every snapshot is handed over by the test.
+    # Never used: the poll loop is stopped before it starts, and every snapshot is handed over by the test.
     grid = Grid(redis.Redis(host="frozen.invalid", port=1), settings)
-    return make_app(settings, grid, autostart=False, where="redis://grid-broker:6379/0")
+    app = make_app(settings, grid, autostart=False, where="redis://grid-broker:6379/0")
+    app.poller.stop()  # a screen's mount asks for a poll too; one would wait seconds on DNS for frozen.invalid
+    return app
 
 
 def jobs() -> tuple[Job, ...]:

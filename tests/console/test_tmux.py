@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import eventually
+
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
@@ -43,21 +45,14 @@ class Tmux:
         time.sleep(0.15)
 
     def wait_for(self, *needles: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
+        def shown() -> str | None:
             text = self.screen()
-            if all(n in text for n in needles):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{needles} not on screen after {timeout}s:\n{text}")
-            time.sleep(0.2)
+            return text if all(n in text for n in needles) else None
+
+        return eventually(shown, timeout, 0.2, lambda: f"{needles} on screen; it shows:\n{self.screen()}")
 
     def wait_exit(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while not self.exit_file.exists():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"console did not exit:\n{self.screen()}")
-            time.sleep(0.1)
+        eventually(self.exit_file.exists, timeout, 0.1, lambda: f"the console to exit; it shows:\n{self.screen()}")
         return int(self.exit_file.read_text().strip())
 
     def kill(self) -> None:
@@ -75,11 +70,11 @@ def console_command(url: str) -> list[str]:
 def tmux_console(tmp_path, broker, settings, r):
     sessions = []
 
-    def start(size=(80, 24)):
+    def start(size=(80, 24), url: str | None = None):
         env = {k: v for k, v in os.environ.items() if k.startswith("GRID_")}
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
         env["TERM"] = "xterm-256color"
-        t = Tmux(tmp_path, console_command(broker.url), env, size)
+        t = Tmux(tmp_path, console_command(url or broker.url), env, size)
         sessions.append(t)
         return t
 
@@ -136,16 +131,11 @@ def test_operator_session_80x24(tmux_console, agents, grid):
     assert t.wait_exit() == 0
 
 
-def test_broker_unreachable_is_a_banner_not_a_crash(tmux_console, broker, monkeypatch, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k.startswith("GRID_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    from tests.brokers import free_port
+def test_broker_unreachable_is_a_banner_not_a_crash(tmux_console):
+    from tests.support.brokers import free_port
 
-    t = Tmux(tmp_path, [*console_command(f"redis://127.0.0.1:{free_port()}/0")], env)
-    try:
-        screen = t.wait_for("broker unreachable", "retrying")
-        assert "Traceback" not in screen
-        t.keys("C-q")
-        assert t.wait_exit() == 0
-    finally:
-        t.kill()
+    t = tmux_console(url=f"redis://127.0.0.1:{free_port()}/0")
+    screen = t.wait_for("broker unreachable", "retrying")
+    assert "Traceback" not in screen
+    t.keys("C-q")
+    assert t.wait_exit() == 0

@@ -7,29 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
-import pytest
 
 from agent.proctree import ENV_GRID, ENV_JOB, ENV_NODE, tagged
+from gridcore import keys
 from gridcore.models import JobState
-
-
-def grid_cli(*args: str, url: str | None = None, timeout: float = 60, check: bool = False):
-    env = dict(os.environ)
-    if url:
-        env["GRID_REDIS_URL"] = url
-    p = subprocess.run([sys.executable, "-c", "from cli.app import run; run()", *args], capture_output=True,
-                       text=True, env=env, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"grid {args} exited {p.returncode}: {p.stderr}")
-    return p
-
-
-@pytest.fixture
-def cli(broker, settings):
-    return lambda *a, **kw: grid_cli(*a, url=broker.url, **kw)
+from tests.support.cli import run_cli
+from tests.support.wait import eventually
 
 
 def test_submit_wait_show_json(cli, agents):
@@ -63,10 +48,7 @@ def test_cancel_running_tree_leaves_no_process(cli, agents, grid):
     agents("node-a", slots=1)
     script = "sleep 300 & sleep 300 & python3 -c 'import os,time; os.setsid(); time.sleep(300)' & wait"
     jid = cli("submit", "--", script, check=True).stdout.strip()
-    deadline = time.monotonic() + 20
-    while len(tagged({ENV_JOB: jid})) < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(tagged({ENV_JOB: jid})) >= 4
+    eventually(lambda: len(tagged({ENV_JOB: jid})) >= 4, 20, 0.1, "the job's four processes")
     p = cli("cancel", jid)
     assert p.returncode == 0 and "canceled" in p.stdout
     assert grid.state(jid) is JobState.CANCELED
@@ -87,19 +69,16 @@ def test_sigkill_agent_then_restart_leaves_no_orphans(agents, grid, r):
     from gridcore.models import JobSpec
 
     jid = grid.submit(JobSpec(command="sleep 300 & sleep 300; wait"))
-    deadline = time.monotonic() + 20
-    while not tagged({ENV_JOB: jid}) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: tagged({ENV_JOB: jid}), 20, 0.1, "the job to run")
     old_slots = [p.pid for p in psutil.Process(a.proc.pid).children()]
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
     a.start()  # a new incarnation of the same node
-    deadline = time.monotonic() + 20
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in old_slots):
-        assert time.monotonic() < deadline, "earlier incarnation's slots survived"
-        time.sleep(0.1)
+    eventually(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                               for p in old_slots), 20, 0.1, "the earlier incarnation's slots to be gone",
+               tolerate=(psutil.NoSuchProcess,))
     # Other grids on this machine may have a node-a too: look at this grid's only.
-    procs = tagged({ENV_GRID: r.get("grid:id").decode(), ENV_NODE: "node-a"})
+    procs = tagged({ENV_GRID: r.get(keys.GRID_ID).decode(), ENV_NODE: "node-a"})
     agent_ids = {p.environ().get("GRID_JOB_AGENT") for p in procs}
     assert len(agent_ids) <= 1, f"processes of several incarnations: {agent_ids}"
 
@@ -128,7 +107,7 @@ def test_binary_flood_is_bounded(agents, grid, r):
 
 
 def test_dead_broker_is_one_line(home):
-    p = grid_cli("ls", url="redis://127.0.0.1:1/0")
+    p = run_cli("ls", url="redis://127.0.0.1:1/0")
     assert p.returncode == 1
     assert p.stderr.startswith("grid: cannot reach the broker") and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -144,5 +123,5 @@ def test_bad_usage_exits_2(cli):
 def test_unknown_config_key_is_named(home, tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('redis_ulr = "redis://x"\n')
-    p = grid_cli("--config", str(cfg), "ls")
+    p = run_cli("--config", str(cfg), "ls")
     assert p.returncode == 2 and "unknown setting 'redis_ulr'" in p.stderr

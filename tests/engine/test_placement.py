@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
@@ -11,6 +10,7 @@ import pytest
 from gridcore import keys
 from gridcore.client import Unplaceable
 from gridcore.models import JobSpec, JobState, Resources
+from tests.support.wait import eventually
 
 TWO_GPUS = [{"index": 0, "name": "Test GPU", "uuid": "GPU-aaaa", "memory_total": 16_000_000_000},
             {"index": 1, "name": "Test GPU", "uuid": "GPU-bbbb", "memory_total": 16_000_000_000}]
@@ -64,10 +64,7 @@ def test_impossible_request_is_refused_at_submit(grid, agents):
 def test_waiting_job_says_why_per_node(grid, agents):
     agents("gpu-node", slots=4, gpus=TWO_GPUS)
     holders = [grid.submit(JobSpec(command="sleep 30", resources=Resources(gpus=1))) for _ in range(2)]
-    deadline = time.monotonic() + 30
-    while not all(grid.state(h) is JobState.RUNNING for h in holders):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    eventually(lambda: all(grid.state(h) is JobState.RUNNING for h in holders), 30, 0.1, "both GPU holders to run")
     waiting = grid.submit(JobSpec(command="true", resources=Resources(gpus=2)))
     time.sleep(1.5)
     assert grid.state(waiting) is JobState.QUEUED
@@ -99,12 +96,13 @@ def test_dependency_runs_after_parent_succeeds(grid, agents):
     assert grid.get(child).started_at >= grid.get(parent).ended_at
 
 
-def test_priority_orders_waiting_jobs(grid, agents):
+def test_priority_orders_waiting_jobs(grid, agents, gate):
     agents("node-a", slots=1, cpus=1)
-    blocker = grid.submit(JobSpec(command="sleep 1.5", resources=Resources(cpus=1, memory=2**30)))
-    time.sleep(0.5)
+    blocker = grid.submit(JobSpec(command=gate.command(), resources=Resources(cpus=1, memory=2**30)))
+    eventually(lambda: grid.state(blocker) is JobState.RUNNING, 20, message="the blocker to run")
     low = grid.submit(JobSpec(command="true", priority=1, name="low"))
     high = grid.submit(JobSpec(command="true", priority=10, name="high"))
+    gate.open()
     states = grid.wait([blocker, low, high], timeout=30)
     assert set(states.values()) == {JobState.FINISHED}, states
     assert grid.get(high).started_at < grid.get(low).started_at
@@ -134,9 +132,7 @@ def test_jobs_an_idle_slot_took_as_its_node_drained_go_back_in_line(grid, agents
     for _ in range(3):  # what the slot's BLMOVE had taken just before the drain
         r.lmove(queue, taking, "LEFT", "RIGHT")
     assert grid.cancel(canceled) is JobState.CANCELED
-    deadline = time.monotonic() + 10
-    while r.llen(taking) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: not r.llen(taking), 10, message="the taken jobs to go back")
     assert [i.decode() for i in r.lrange(queue, 0, -1)] == [first, second, third]
     grid.resume("node-a")
     states = grid.wait([first, second, third], timeout=30)
@@ -152,10 +148,7 @@ def test_a_stopping_agent_gives_back_what_its_slots_took(grid, agents, r):
     node-loss sweep, or, on a one-node grid, for its own restart."""
     agent = agents("node-a", slots=1)
     busy = grid.submit(JobSpec(command="sleep 1.5", name="busy"))
-    deadline = time.monotonic() + 10
-    while grid.state(busy) is not JobState.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert grid.state(busy) is JobState.RUNNING
+    eventually(lambda: grid.state(busy) is JobState.RUNNING, 10, message="the busy job to run")
     took = grid.submit(JobSpec(command="true", name="took"))
     queue, taking = keys.rq_queue("default"), keys.node_taking("node-a")
     assert r.lmove(queue, taking, "LEFT", "RIGHT").decode() == took  # the wait had taken it

@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
-import json
-
 from gridcore import keys
 from gridcore.client import Grid
 from gridcore.models import JobSpec, JobState, NodeState, Resources
+from gridcore.records import RunningEntry
+from tests.support.records import node_record, put_node
 
 
 def beat(r, grid: Grid, name: str, age: float, **fields) -> None:
-    """A node hash as the agent writes it (bookkeeping fields too), heartbeating `age` seconds ago."""
-    r.zadd(keys.NODES, {name: grid.broker_time() - age})
-    r.hset(keys.node(name), mapping={
-        "inventory": json.dumps({"cpus": 8, "memory_total": 2**34, "labels": ["big"],
-                                 "gpus": [{"index": 0, "name": "Test GPU", "memory_total": 2**33}]}),
-        "load": json.dumps({"loadavg": [0.5, 0.4, 0.3], "memory_used": 2**30,
-                            "gpus": [{"index": 0, "utilization": 40}]}),
-        "slots": 4, "hb_interval": 2.0, "node_timeout": 30.0, "agent_pid": 123, "agent_id": "abc",
-        "hostname": "h", "queues": json.dumps(["default"]), "started": 1.0, "ready": "", "draining": "0",
-        **fields,
-    })
+    """A node's hash as its agent writes it (bookkeeping fields too), heartbeating `age` seconds ago."""
+    put_node(r, name, grid.broker_time() - age, node_record(**fields))
+
+
+def running(r, node: str, **slots: int) -> None:
+    """Jobs running on `node`'s slots, as its running hash holds them."""
+    r.hset(keys.node_running(node), mapping={j: RunningEntry("started", slot=s).encode() for j, s in slots.items()})
 
 
 def test_node_states_are_the_states_nodes_gives(r, grid):
     beat(r, grid, "up", 0)
-    beat(r, grid, "draining", 0, draining="1", drain_reason="maintenance")
+    beat(r, grid, "draining", 0, draining=True, drain_reason="maintenance")
     beat(r, grid, "stale", 10)
     beat(r, grid, "down", 100)
     beat(r, grid, "slow", 10, hb_interval=5.0)  # its own interval: 10 s is not stale for it
     r.zadd(keys.NODES, {"gone": grid.broker_time()})  # a heartbeat but no hash
-    r.hset(keys.node_running("up"), mapping={"j2": 1, "j1": 0})
+    running(r, "up", j2=1, j1=0)
     nodes = grid.nodes()
     assert grid.node_states() == {n.name: n.state for n in nodes}
     assert grid.node_states() == {"down": NodeState.DOWN, "stale": NodeState.STALE, "slow": NodeState.UP,
@@ -38,8 +34,8 @@ def test_node_states_are_the_states_nodes_gives(r, grid):
 
 
 def test_nodes_reads_every_field_a_node_shows(r, grid):
-    beat(r, grid, "up", 0, draining="1", drain_reason="maintenance")
-    r.hset(keys.node_running("up"), mapping={"j2": 1, "j1": 0})
+    beat(r, grid, "up", 0, draining=True, drain_reason="maintenance")
+    running(r, "up", j2=1, j1=0)
     (node,) = grid.nodes()
     assert node.state is NodeState.DRAINING and node.draining and node.drain_reason == "maintenance"
     assert (node.cpus, node.memory_total, node.memory_used, node.labels) == (8, 2**34, 2**30, ("big",))

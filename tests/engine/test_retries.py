@@ -8,7 +8,6 @@ default priority (0) and a grid whose agent starts after the jobs were submitted
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -16,12 +15,7 @@ from descriptors import load_text, to_specs
 from gridcore import keys
 from gridcore.submission import rq_retry_intervals
 from gridcore.models import JobSpec, JobState
-from tests.engine.test_cli import grid_cli
-
-
-@pytest.fixture
-def cli(broker, settings):
-    return lambda *a, **kw: grid_cli(*a, url=broker.url, **kw)
+from tests.support.wait import eventually
 
 
 def descriptor(tmp_path, **task) -> str:
@@ -131,7 +125,7 @@ def test_cli_retries_option(cli, agents, tmp_path):
     assert [r[:3] for r in attempt_rows(human)] == [["1", "node-a", "6"], ["2", "node-a", "0"]], human
 
 
-def test_cli_backoff_and_priority_options(cli, grid, agents):
+def test_cli_backoff_and_priority_options(cli, grid, agents, gate):
     agents("node-a", slots=1)
     jid = cli("submit", "--retries", "2", "--backoff", "1", "--backoff", "2", "--", "exit 5", check=True).stdout.strip()
     assert cli("wait", jid, "--timeout", "60").returncode == 1
@@ -140,14 +134,13 @@ def test_cli_backoff_and_priority_options(cli, grid, agents):
     first, second = gaps(job["attempts"])
     assert first >= 1.0 and second >= 2.0, (first, second)
     # Behind a busy slot, the higher --priority runs first whatever the submit order (the
-    # blocker outlasts three CLI start-ups, about a second each).
-    blocker = grid.submit(JobSpec(command="sleep 6"))
-    while grid.state(blocker) is not JobState.RUNNING:
-        time.sleep(0.05)
+    # blocker holds the slot until all three are submitted).
+    blocker = wait_running(grid, grid.submit(JobSpec(command=gate.command())))
     low = cli("submit", "--priority", "-1", "--", "true", check=True).stdout.strip()
     plain = cli("submit", "--", "true", check=True).stdout.strip()
     high = cli("submit", "--priority", "3", "--", "true", check=True).stdout.strip()
     assert grid.state(blocker) is JobState.RUNNING
+    gate.open()
     assert cli("wait", blocker, low, plain, high, "--timeout", "60").returncode == 0
     starts = [grid.get(j).started_at for j in (high, plain, low)]
     assert starts == sorted(starts), starts
@@ -157,7 +150,7 @@ def test_retry_goes_behind_jobs_already_waiting(grid, agents):
     """A retry waits its backoff, and meanwhile the queue moves on: it never blocks the slot."""
     agents("node-a", slots=1)
     flaky = grid.submit(JobSpec(command="exit 2", retries=1, retry_backoff=(2,)))
-    time.sleep(0.3)
+    eventually(lambda: grid.get(flaky).attempts, 20, message="the first attempt to end")
     other = grid.submit(JobSpec(command="true"))
     assert grid.wait([flaky, other], timeout=60)[flaky] is JobState.FAILED
     first, second = grid.get(flaky).attempts
@@ -165,16 +158,14 @@ def test_retry_goes_behind_jobs_already_waiting(grid, agents):
 
 
 def wait_running(grid, jid: str) -> str:
-    deadline = time.monotonic() + 20
-    while grid.state(jid) is not JobState.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: grid.state(jid) is JobState.RUNNING, 20, message=f"job {jid} to run")
     return jid
 
 
-def busy_slot(grid, agents, command: str = "sleep 1.5") -> str:
-    """One agent with one slot, busy with a job (returned) for a while."""
+def busy_slot(grid, agents, gate, then: str = "") -> str:
+    """One agent with one slot, busy with a job (returned) until the test opens `gate`."""
     agents("node-a", slots=1, cpus=1)
-    return wait_running(grid, grid.submit(JobSpec(command=command, name="blocker")))
+    return wait_running(grid, grid.submit(JobSpec(command=gate.command(then), name="blocker")))
 
 
 # Priorities 1 and 10 behind a busy slot: test_placement.py::test_priority_orders_waiting_jobs.
@@ -188,10 +179,11 @@ def wait_finished(grid, ids) -> None:
 
 
 @pytest.mark.parametrize(("low_priority", "high_priority"), [(0, 10), (-5, 0)])
-def test_priority_with_the_default_priority_behind_a_busy_slot(grid, agents, low_priority, high_priority):
-    blocker = busy_slot(grid, agents)
+def test_priority_with_the_default_priority_behind_a_busy_slot(grid, agents, gate, low_priority, high_priority):
+    blocker = busy_slot(grid, agents, gate)
     low = grid.submit(JobSpec(command="true", name="low", priority=low_priority))
     high = grid.submit(JobSpec(command="true", name="high", priority=high_priority))
+    gate.open()
     wait_finished(grid, [blocker, low, high])
     assert grid.get(blocker).ended_at <= grid.get(high).started_at < grid.get(low).started_at
 
@@ -215,12 +207,13 @@ FAILS_ONCE = 'if [ -e "$MARK" ]; then echo second; else touch "$MARK"; exit 3; f
 
 
 @pytest.mark.parametrize("backoff", [(), (1,)])
-def test_a_retry_goes_back_where_its_priority_puts_it(grid, agents, tmp_path, backoff):
-    blocker = busy_slot(grid, agents)
+def test_a_retry_goes_back_where_its_priority_puts_it(grid, agents, gate, tmp_path, backoff):
+    blocker = busy_slot(grid, agents, gate)
     # With a backoff, lows that last long enough to be still waiting when the retry is due.
     lows = [grid.submit(JobSpec(command="sleep 1" if backoff else "true", name=f"low{i}")) for i in range(6)]
     high = grid.submit(JobSpec(command=FAILS_ONCE, name="high", priority=5, retries=1, retry_backoff=backoff,
                                env={"MARK": str(tmp_path / "mark")}))
+    gate.open()
     wait_finished(grid, [blocker, high, *lows])
     first, second = grid.get(high).attempts
     starts = sorted(grid.get(j).started_at for j in lows)
@@ -231,19 +224,20 @@ def test_a_retry_goes_back_where_its_priority_puts_it(grid, agents, tmp_path, ba
         assert second["start"] - first["end"] >= 1 and second["start"] < starts[-1]
 
 
-def test_a_requeued_job_goes_back_where_its_priority_puts_it(grid, agents, r):
+def test_a_requeued_job_goes_back_where_its_priority_puts_it(grid, agents, r, gate):
     agents("node-a", slots=1, cpus=1)
     high = grid.submit(JobSpec(command="exit 1", name="high", priority=5))
     assert grid.wait([high], timeout=30)[high] is JobState.FAILED
-    wait_running(grid, grid.submit(JobSpec(command="sleep 1.5", name="blocker")))
+    wait_running(grid, grid.submit(JobSpec(command=gate.command(), name="blocker")))
     lows = [grid.submit(JobSpec(command="true", name=f"low{i}")) for i in range(2)]
     grid.requeue(high)
     assert [j.decode() for j in r.lrange(keys.rq_queue("default"), 0, -1)] == [high, *lows]
 
 
-def test_a_released_dependent_goes_where_its_priority_puts_it(grid, agents):
-    parent = busy_slot(grid, agents, "sleep 1.5; echo parent")
+def test_a_released_dependent_goes_where_its_priority_puts_it(grid, agents, gate):
+    parent = busy_slot(grid, agents, gate, "echo parent")
     lows = [grid.submit(JobSpec(command="true", name=f"low{i}")) for i in range(2)]
     child = grid.submit(JobSpec(command="true", name="child", priority=5, after=(parent,)))
+    gate.open()
     wait_finished(grid, [parent, child, *lows])
     assert grid.get(parent).ended_at <= grid.get(child).started_at < min(grid.get(j).started_at for j in lows)

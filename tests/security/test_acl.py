@@ -13,14 +13,13 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from cli.app import app
-from cli.errors import handle_errors
 from gridcore import acl, keys
 from gridcore.client import Grid
 from gridcore.connection import connect
 from gridcore.models import JobSpec, JobState
 from gridcore.signing import SigningError
 from tests.security import forge
+from tests.support.cli import call_cli
 
 
 @pytest.fixture
@@ -127,17 +126,12 @@ def test_viewer_uses_the_cli_read_commands_only(settings, grid, users, agent_as_
     monkeypatch.setenv("GRID_REDIS_USERNAME", users["viewer"][0])
     monkeypatch.setenv("GRID_REDIS_PASSWORD", users["viewer"][1])
 
-    def cli(*args):
-        capsys.readouterr()
-        code = handle_errors(lambda: app(list(args), prog_name="grid", standalone_mode=False))
-        return (code, *capsys.readouterr())
-
     for args in (("ls", "--json"), ("show", "--json", done), ("nodes", "--json"), ("logs", done),
                  ("wait", done, "--timeout", "1")):
-        code, out, err = cli(*args)
+        code, out, err = call_cli(capsys, *args)
         assert code == 0 and out and err == "", (args, err)
     for args in (("submit", "--", "echo", "nope"), ("cancel", parked), ("drain", node)):
-        code, out, err = cli(*args)
+        code, out, err = call_cli(capsys, *args)
         assert code == 1 and err.count("\n") == 1 and "denied" in err, (args, err)
     assert grid.state(parked) is JobState.QUEUED
 

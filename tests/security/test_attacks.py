@@ -30,6 +30,7 @@ from gridcore import keys
 from gridcore.models import JobSpec, JobState, Resources
 from gridcore.signing import AuthorizedKeys, Signer, canonical, generate_key
 from tests.security import forge, gadget
+from tests.support.wait import eventually
 
 GADGET = "tests.security.gadget.touch"
 
@@ -219,19 +220,17 @@ def test_replay_of_a_finished_job_is_refused(grid, agents, node, r, tmp_path):
     assert log.read_text() == "ran\n"
 
 
-def test_replay_while_the_job_runs_is_refused(grid, agents, node, r, tmp_path):
+def test_replay_while_the_job_runs_is_refused(grid, agents, node, r, tmp_path, gate):
     agent = agents(node, slots=2)
     log = tmp_path / "runs"
-    jid = grid.submit(JobSpec(command=f"echo ran >> {log}; sleep 2"))
-    deadline = time.monotonic() + 20
-    while grid.state(jid) is not JobState.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.02)
+    jid = grid.submit(JobSpec(command=f"echo ran >> {log}; {gate.wait}"))
+    eventually(lambda: grid.state(jid) is JobState.RUNNING, 20, 0.02, "the job to run")
     # A second copy of a running job for the idle slot: the envelope allows a retry, not a twin.
     r.lpush(keys.rq_queue("default"), jid)
-    deadline = time.monotonic() + 20
-    while not any(e.kind == "refused" and e.job == jid for e in grid.events(1000)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: any(e.kind == "refused" and e.job == jid for e in grid.events(1000)), 20,
+               message="the twin to be refused")
     assert any("already running" in e.message for e in grid.events(1000) if e.kind == "refused" and e.job == jid)
+    gate.open()
     assert grid.wait([jid], timeout=20)[jid] is JobState.FINISHED  # the real one is untouched
     settle(agent)
     assert log.read_text() == "ran\n"

@@ -6,25 +6,19 @@ import json
 
 import pytest
 
-from cli.app import app
-from cli.errors import handle_errors
 from gridcore import acl
 from gridcore.client import Grid
 from gridcore.connection import connect
 from gridcore.models import JobSpec, JobState
 from gridcore.settings import load_settings
 from gridcore.signing import AuthorizedKeys
+from tests.support.cli import call_cli
 
 
 @pytest.fixture
 def grid_cli(home, capsys):
     """Run `grid ARGS` in-process as the console script does; return (exit code, stdout, stderr)."""
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = handle_errors(lambda: app(list(args), prog_name="grid", standalone_mode=False))
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
+    return lambda *args: call_cli(capsys, *args)
 
 
 def one_line(text: str) -> bool:

@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 
 from gridcore import keys
 from gridcore.models import JobSpec, JobState
-from tests.conftest import AgentProc
 from tests.security import forge
 
 
-class PolicyAgent(AgentProc):
-    """An agent whose config file has an [agent.policy] table."""
-
-    def __init__(self, *a, policy: dict, **kw):
-        super().__init__(*a, **kw)
-        self.policy = policy
-
-    def config_file(self) -> Path:
-        p = super().config_file()
-        table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in self.policy.items())
-        p.write_text(p.read_text() + f"\n[agent.policy]\n{table}\n")
-        return p
-
-
 @pytest.fixture
-def policy_agent(home, broker, settings, node):
-    started = []
-
-    def start(**policy) -> PolicyAgent:
-        a = PolicyAgent(home, broker, node, 1, {}, policy=policy)
-        a.start()
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.kill()
+def policy_agent(agents, node):
+    """Factory: one agent of one slot for `node` whose config has an [agent.policy] table."""
+    return lambda **policy: agents(node, slots=1, policy=policy)
 
 
 def outcome(grid, jid: str) -> tuple[JobState, str]:

@@ -11,9 +11,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +21,11 @@ from gridcore.client import Grid
 from gridcore.connection import connect
 from gridcore.models import JobSpec, JobState
 from gridcore.settings import load_settings
-from tests.brokers import free_port
-from tests.conftest import AgentProc
 from tests.security.pki import Pki, make_pki
+from tests.support.agents import AgentProc
+from tests.support.brokers import free_port
+from tests.support.cli import run_cli
+from tests.support.wait import eventually
 
 REDIS = "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else shutil.which("redis-server")
 
@@ -60,19 +60,17 @@ class TlsBroker:
              "--tls-cert-file", str(self.pki.server_cert), "--tls-key-file", str(self.pki.server_key),
              "--tls-ca-cert-file", str(self.pki.ca), "--tls-auth-clients", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                why = (self.proc.stderr.read().decode(errors="replace") + _tail(log)).strip()
-                if "tls" in why.lower():
-                    pytest.skip(f"{REDIS} was built without TLS: {why.splitlines()[-1][:200]}")
-                raise RuntimeError(f"redis-server (TLS) exited at start: {why[-2000:]}")
-            try:
-                self.client(socket_timeout=2).ping()
-                return self
-            except (redis.ConnectionError, redis.TimeoutError):
-                time.sleep(0.05)
-        raise RuntimeError(f"TLS redis-server did not answer on port {self.port}: {_tail(log)}")
+        eventually(self._answers, 10, message=lambda: f"TLS redis-server to answer on port {self.port}: {_tail(log)}",
+                   tolerate=(redis.ConnectionError, redis.TimeoutError))
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            why = (self.proc.stderr.read().decode(errors="replace") + _tail(self.dir / "server.log")).strip()
+            if "tls" in why.lower():
+                pytest.skip(f"{REDIS} was built without TLS: {why.splitlines()[-1][:200]}")
+            raise RuntimeError(f"redis-server (TLS) exited at start: {why[-2000:]}")
+        return self.client(socket_timeout=2).ping()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -142,15 +140,10 @@ def test_agent_and_client_run_a_job_over_tls(tls_settings, tls_agent, node):
     assert [n.name for n in grid.nodes()] == [node]
 
 
-def grid_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from cli.app import run; run()", *args], capture_output=True,
-                          text=True, env=dict(os.environ), timeout=timeout)
-
-
 def test_cli_submit_wait_show_over_tls(tls_settings, tls_agent):
-    p = grid_cli("submit", "--json", "--", "echo hello")
+    p = run_cli("submit", "--json", "--", "echo hello")
     assert p.returncode == 0, p.stderr
     jid = json.loads(p.stdout)["id"]
-    assert grid_cli("wait", jid, "--timeout", "30").returncode == 0
-    shown = json.loads(grid_cli("show", "--json", jid).stdout)
+    assert run_cli("wait", jid, "--timeout", "30").returncode == 0
+    shown = json.loads(run_cli("show", "--json", jid).stdout)
     assert shown["state"] == "finished" and shown["exit_code"] == 0 and shown["stdout"] == "hello\n"

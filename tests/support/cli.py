@@ -1,0 +1,33 @@
+"""The `grid` CLI as tests run it: a real subprocess, or in-process as the console script does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+
+
+def run_cli(*args: str, url: str | None = None, env: Mapping[str, str] | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `grid ARGS` in a subprocess with the test's environment (`env`, else os.environ),
+    GRID_REDIS_URL set to `url` when given; `check` fails the test on a non-zero exit."""
+    full = dict(os.environ if env is None else env)
+    if url:
+        full["GRID_REDIS_URL"] = url
+    p = subprocess.run([sys.executable, "-c", "from cli.app import run; run()", *args], capture_output=True,
+                       text=True, env=full, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"grid {args} exited {p.returncode}: {p.stderr}")
+    return p
+
+
+def call_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `grid ARGS` in this process as the console script does; (exit code, stdout, stderr)."""
+    from cli.app import app
+    from cli.errors import handle_errors
+
+    capsys.readouterr()
+    code = handle_errors(lambda: app(list(args), prog_name="grid", standalone_mode=False))
+    out, err = capsys.readouterr()
+    return code, out, err
