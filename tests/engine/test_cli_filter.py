@@ -9,13 +9,8 @@ import pytest
 from gridcore import keys
 from gridcore.models import JobSpec, JobState
 from gridcore.records import Result
-from tests.engine.test_cli import grid_cli
 from tests.engine.test_reads import fail
 
-
-@pytest.fixture
-def cli(broker, settings):
-    return lambda *a, **kw: grid_cli(*a, url=broker.url, **kw)
 
 
 def failed(r, grid, name: str, reason: str, kind: str) -> str:

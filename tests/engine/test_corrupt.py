@@ -10,13 +10,8 @@ import pytest
 from gridcore import keys
 from gridcore.models import JobSpec, JobState
 from gridcore.records import Attempt, Result
-from tests.engine.test_cli import grid_cli
 from tests.engine.test_reads import beat
 
-
-@pytest.fixture
-def cli(broker, settings):
-    return lambda *a, **kw: grid_cli(*a, url=broker.url, **kw)
 
 
 def test_a_job_with_corrupt_result_and_attempt_shows_what_could_be_read(r, grid):
