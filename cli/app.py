@@ -17,6 +17,7 @@ from cli import render
 from cli.context import State, print_json, shared
 from cli.errors import CliError, handle_errors
 from gridcore.jobfilter import FilterError, JobFilter, parse
+from gridcore.records import Gaps
 from gridcore.models import JobSpec, JobState, Resources
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -172,7 +173,8 @@ def ls(
 @app.command()
 def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Everything about one job."""
-    job = shared(ctx).grid.get(job_id)
+    grid = shared(ctx).grid
+    job = grid.get(grid.resolve(job_id))
     if json_out:
         print_json(job.to_dict())
         return
@@ -184,16 +186,23 @@ def logs(
     ctx: typer.Context,
     job_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until the job ends; exit with its code.")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
 ) -> None:
     """Print a job's output (stdout to stdout, stderr to stderr, raw bytes)."""
     grid = shared(ctx).grid
-    grid.get(job_id)  # a clear message for an unknown id
+    job_id = grid.resolve(job_id)
     after = "0-0"
     out, err = sys.stdout.buffer, sys.stderr.buffer
+    gaps = Gaps()
+    chunks = grid.last_lines(job_id, tail) if tail is not None else None
     while True:
-        chunks = grid.tail(job_id, after=after, count=1000, block_ms=1000 if follow else None)
+        if chunks is None:
+            chunks = grid.tail(job_id, after=after, count=1000, block_ms=1000 if follow else None)
         for c in chunks:
             after = c.id
+            if c.stream in ("stdout", "stderr") and (gap := gaps.gap(c)):
+                out.flush()
+                err.write(f"\n[grid] ... {render.gap(*gap)} ...\n".encode())
             if c.stream == "stdout":
                 out.write(c.data)
             elif c.stream == "stderr":
@@ -208,7 +217,8 @@ def logs(
         err.flush()
         if not follow:
             return
-        if not chunks and grid.state(job_id).terminal and not grid.tail(job_id, after=after, count=1):
+        got, chunks = chunks, None
+        if not got and grid.state(job_id).terminal and not grid.tail(job_id, after=after, count=1):
             # Terminal without an end marker (refused, canceled before start, lost).
             job = grid.get(job_id)
             raise typer.Exit(render.exit_status(job.exit_code, job.signal, job.reason))
@@ -222,7 +232,8 @@ def wait(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Wait for jobs to end; exit 0 only if every one finished with exit code 0."""
-    states = shared(ctx).grid.wait(job_ids, timeout=timeout)
+    grid = shared(ctx).grid
+    states = grid.wait([grid.resolve(j) for j in job_ids], timeout=timeout)
     if json_out:
         print_json({k: v.value for k, v in states.items()})
     else:
@@ -240,7 +251,7 @@ def cancel(ctx: typer.Context, job_ids: list[str],
     """Cancel queued, waiting, scheduled or running jobs (a running job's whole process tree)."""
     grid = shared(ctx).grid
     failed = False
-    for jid in job_ids:
+    for jid in [grid.resolve(j) for j in job_ids]:
         before = grid.state(jid)
         reached = grid.cancel(jid, wait=wait_s)
         if reached is JobState.CANCELED:
@@ -269,7 +280,7 @@ def requeue(
     if (filter_ is not None or reason) and not all_failed:
         raise CliError("--filter and --reason select among --all-failed: add --all-failed", 2)
     grid = shared(ctx).grid
-    ids = list(job_ids or [])
+    ids = [grid.resolve(j) for j in job_ids or []]
     if all_failed:
         flt = _filter(filter_ or "", queue=queue)
         if flt.state not in (None, JobState.FAILED):
@@ -288,7 +299,9 @@ def requeue(
 @app.command()
 def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Why a job is not running yet: for a job waiting for room, each node's failing requirement."""
-    lines = shared(ctx).grid.why(job_id)
+    grid = shared(ctx).grid
+    job_id = grid.resolve(job_id)
+    lines = grid.why(job_id)
     if json_out:
         print_json({"id": job_id, "why": lines})
         return

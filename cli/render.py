@@ -50,6 +50,12 @@ def exit_status(exit_code: int | None, sig: int | None, reason: str | None) -> i
     return 0 if not reason else 1
 
 
+def gap(size: int, lines: int) -> str:
+    """Words for output the broker did not keep (`grid logs` marks the place)."""
+    return (f"{format_size(size)} ({lines:,} line{'s' if lines != 1 else ''}) of output not kept in the broker; "
+            "`grid show` names the full log on the node")
+
+
 def _ts(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 

@@ -39,6 +39,7 @@ from console.screens.base import WRITE_ACTIONS, ConsoleContext, GridScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import JobDetailScreen
 from console.screens.events import EventsScreen
+from console.screens.goto import GoToJobScreen
 from console.screens.groups import GroupsScreen
 from console.screens.jobs import JobsScreen
 from console.screens.nodes import NodesScreen
@@ -72,6 +73,7 @@ class GridApp(App[None]):
         Binding("4", "view('events')", "Events", id="view.events"),
         # Off the footer, which has no room left at 80 columns; `?` and the palette list it.
         Binding("5", "view('groups')", "Sweep groups", id="view.groups", show=False),
+        Binding("o", "open_by_id", "Open id", id="app.open_id", show=False),
         Binding("question_mark", "help", "Keys", id="app.help"),
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True, id="app.force_quit"),
@@ -178,7 +180,7 @@ class GridApp(App[None]):
     # ---- navigation ---------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("view", "help") and isinstance(self.screen, ModalScreen):
+        if action in ("view", "help", "open_by_id") and isinstance(self.screen, ModalScreen):
             return False
         if action in WRITE_ACTIONS and self.read_only:
             return False
@@ -194,6 +196,9 @@ class GridApp(App[None]):
             self.action_hide_help_panel()
         else:
             self.action_show_help_panel()
+
+    def action_open_by_id(self) -> None:
+        self.push_screen(GoToJobScreen(), lambda typed: self.act(actions.find_job(typed)) if typed else None)
 
     def show_jobs(self, flt: JobFilter) -> None:
         """The jobs view, filtered."""
@@ -274,8 +279,8 @@ class GridApp(App[None]):
         self.act(actions.resume(message.node))
 
     def act(self, action: Action) -> None:
-        """Run one grid action in a worker thread; a read-only console runs none."""
-        if self.read_only:
+        """Run one grid action in a worker thread; a read-only console runs none that writes."""
+        if self.read_only and action.writes:
             return
         self.run_worker(partial(action.run, self.grid), name=action.what, group=ACTIONS, thread=True,
                         exit_on_error=False)
@@ -297,6 +302,8 @@ class GridApp(App[None]):
             then = question.then
             self.push_screen(ConfirmScreen(question.title, question.body, yes=question.yes),
                              lambda yes: self.act(then) if yes else None)
+        if outcome.open_job:
+            self.open_job(outcome.open_job)
         if outcome.changed:
             self.poller.poll_now()
 

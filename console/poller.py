@@ -70,7 +70,7 @@ class Request:
     limit: int = PAGE_SIZE
     job_id: str | None = None  # the job open in the detail screen
     after: str = "0-0"  # its output stream cursor
-    fresh: bool = False  # the output pane was just opened: also measure trimming
+    fresh: bool = False  # the output pane was just opened (nothing read for it yet)
     groups_offset: int = 0  # the page of the groups view
     group_id: str | None = None  # the sweep group open in the parameter grid
     cells_offset: int = 0  # the page of its cells
@@ -97,7 +97,6 @@ class Snapshot:
     job: Job | None = None
     job_missing: bool = False
     chunks: tuple[OutputChunk, ...] = ()
-    trimmed_entries: int = 0  # output entries the broker trimmed before we read them
     more_output: bool = False
     error: str | None = None
     retry_in: float = 0.0
@@ -299,8 +298,6 @@ class Poller:
     def _read_output(self, req: Request, block: bool) -> dict:
         g = self.grid
         out: dict = {}
-        if req.fresh:
-            out["trimmed_entries"] = g.output_trimmed(req.job_id)
         chunks = g.tail(req.job_id, after=req.after, count=OUTPUT_BATCH)
         if not chunks and block:
             chunks = g.tail(req.job_id, after=req.after, count=OUTPUT_BATCH, block_ms=OUTPUT_BLOCK_MS)

@@ -163,6 +163,7 @@ class Submission:
                 pipeline=None if depends else pipe,
             )
             pipe.zadd(keys.JOBS, {job_id: now})
+            pipe.zadd(keys.JOB_IDS, {job_id: 0})
             pipe.zadd(keys.queue_jobs(spec.queue), {job_id: now})
             pipe.sadd(keys.QUEUES, queue_name)
             if spec.group:

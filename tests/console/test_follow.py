@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from console.format import size
 from console.poller import Request
 from console.screens.detail import JobDetailScreen
 from console.widgets.output import OutputView
@@ -70,3 +71,30 @@ async def test_scrolling_up_pauses_and_end_follows_again():
         await pilot.press("pagedown", "pagedown", "pagedown")
         await pilot.pause()
         assert "following" in status(detail)  # scrolling back down to the end resumes following
+
+
+async def test_output_left_out_of_the_broker_is_marked_and_end_is_the_jobs_end():
+    app = frozen_app()
+    job = jobs()[0]
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.push_screen(JobDetailScreen(app.context, job.id))
+        await pilot.pause()
+        detail = app.screen
+        head, tail = lines(0, 30), lines(5000, 30)
+        chunks = (
+            OutputChunk("1-1", "stdout", head[:-5], offset=0, line=0),
+            OutputChunk("1-2", "stdout", head[-5:], offset=len(head) - 5, line=29),
+            OutputChunk("1-3", "note", b"output past the first 1KB is kept as a rolling tail"),
+            OutputChunk("1-9", "stdout", tail, offset=123_456, line=5000),
+            OutputChunk("1-10", "end"),
+        )
+        req = Request(view="detail", job_id=job.id, after="0-0", fresh=True)
+        app.apply_snapshot(snapshot(request=req, job=job, chunks=chunks))
+        await pilot.pause()
+        shown = detail.query_one(OutputView).plain_lines()
+        gap = next(i for i, line in enumerate(shown) if "not kept in the broker" in line)
+        assert shown[gap - 2] == "  line 29" and shown[gap + 1] == "  line 5000"
+        assert f"… {size(123_456 - len(head))} (4,970 lines)" in shown[gap]
+        await pilot.press("home", "end")
+        view = detail.query_one(OutputView)
+        assert view.scroll_y == view.max_scroll_y and shown[-2] == "  line 5029"
