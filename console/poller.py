@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 from textual.timer import Timer
 
+from console.link import Link
 from console.progress import latest_of_chunks
 from gridcore.client import Event, Grid, GridError, QueueStats
 from gridcore.connection import BROKER_FAILURES, describe_error
@@ -52,9 +53,6 @@ EVENTS_COUNT = 200
 
 NODES_EVERY = 10.0
 """Seconds between reads of the node states while the nodes view is hidden (the summary counts them)."""
-
-BACKOFF_MAX = 30.0
-"""Longest wait between reconnect attempts while the broker is down."""
 
 
 @dataclass(frozen=True)
@@ -114,9 +112,9 @@ class Poller:
             super().__init__()
             self.snapshot = snapshot
 
-    def __init__(self, app: App, grid: Grid, request, interval: float = 1.0):
+    def __init__(self, app: App, grid: Grid | Link, request, interval: float = 1.0):
         self.app = app
-        self.grid = grid
+        self.link = grid if isinstance(grid, Link) else Link(grid.settings, grid)
         self.request = request  # callable -> Request, runs on the UI thread
         self.interval = interval
         self.failures = 0
@@ -132,6 +130,11 @@ class Poller:
         self._last: Snapshot | None = None
         self.live = False  # started: until then (a test's frozen app) nothing is read
         self.stopped = False
+
+    @property
+    def grid(self) -> Grid:
+        """The grid this tick reads (the link may have found the broker somewhere new)."""
+        return self.link.grid
 
     # ---- scheduling (UI thread) ---------------------------------------------------------
 
@@ -208,13 +211,14 @@ class Poller:
             self.failures = 0
         except BROKER_FAILURES as e:
             self.failures += 1
-            delay = min(BACKOFF_MAX, 2 ** (self.failures - 1))
-            snap = Snapshot(request=req, error=describe_error(e, self.grid.settings.redis_url), retry_in=delay,
-                            attempt=self.failures)
+            delay = min(self.link.backoff_max, 2 ** (self.failures - 1))
+            snap = Snapshot(request=req, error=describe_error(e, self.link.url) + self.link.hint(),
+                            retry_in=delay, attempt=self.failures)
+            self.link.failed()
         except Exception as e:  # noqa: BLE001 - a bug must not stop the loop or reach the screen
             log.exception("poll failed")
             self.failures += 1
-            delay = min(BACKOFF_MAX, 2 ** (self.failures - 1))
+            delay = min(self.link.backoff_max, 2 ** (self.failures - 1))
             snap = Snapshot(request=req, error=f"internal error while polling: {type(e).__name__}: {e}",
                             retry_in=delay, attempt=self.failures)
         self.app.post_message(self.Polled(replace(snap, elapsed=time.monotonic() - t0)))

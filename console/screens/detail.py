@@ -78,11 +78,11 @@ class JobDetailScreen(GridScreen):
 
     VIEW = "detail"
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="detail.back"),
-        Binding("c", "cancel", "Cancel", id="detail.cancel"),
-        Binding("r", "requeue", "Requeue", id="detail.requeue"),
-        Binding("y", "copy_id", "Copy id", id="detail.copy"),
-        Binding("i", "toggle_fields", "Fields", id="detail.fields"),
+        Binding("escape", "app.pop_screen", "Back", id="detail.back", tooltip="back to the list"),
+        Binding("c", "cancel", "Cancel", id="detail.cancel", tooltip="cancel the job (asks first)"),
+        Binding("r", "requeue", "Requeue", id="detail.requeue", tooltip="run the failed or canceled job again"),
+        Binding("i", "toggle_fields", "Fields", id="detail.fields", tooltip="more or fewer of the job's fields"),
+        Binding("y", "copy_id", "Copy id", id="detail.copy", show=False, tooltip="copy the job's id"),
     ]
 
     def __init__(self, ctx: ConsoleContext, job_id: str) -> None:

@@ -95,8 +95,8 @@ class NodesScreen(TableScreen):
     TABLE = NodesTable
     COLUMNS = COLUMNS
     BINDINGS = [
-        Binding("d", "drain", "Drain", id="nodes.drain"),
-        Binding("u", "resume", "Resume", id="nodes.resume"),
+        Binding("d", "drain", "Drain", id="nodes.drain", tooltip="the node takes no new jobs (asks first)"),
+        Binding("u", "resume", "Resume", id="nodes.resume", tooltip="a drained node takes jobs again"),
     ]
 
     def compose_tail(self) -> Iterable[Widget]:

@@ -34,15 +34,16 @@ class OutputView(ScrollView, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("up", "scroll_up", "Up", show=False),
-        Binding("down", "scroll_down", "Down", show=False),
-        Binding("left", "scroll_left", "Left", show=False),
-        Binding("right", "scroll_right", "Right", show=False),
-        Binding("pageup", "page_up", "Page up", show=False),
-        Binding("pagedown", "page_down", "Page down", show=False),
-        Binding("home", "scroll_home", "Top", show=False, id="output.top"),
-        Binding("end", "jump_end", "End", id="output.end"),
-        Binding("f", "toggle_follow", "Follow", id="output.follow"),
+        # Moving keys: `?` sums them up once for every pane (system: not listed one by one).
+        Binding("up", "scroll_up", "Up", show=False, system=True),
+        Binding("down", "scroll_down", "Down", show=False, system=True),
+        Binding("left", "scroll_left", "Left", show=False, system=True),
+        Binding("right", "scroll_right", "Right", show=False, system=True),
+        Binding("pageup", "page_up", "Page up", show=False, system=True),
+        Binding("pagedown", "page_down", "Page down", show=False, system=True),
+        Binding("home", "scroll_home", "Top", show=False, id="output.top", tooltip="the first line (pauses following)"),
+        Binding("end", "jump_end", "End", show=False, id="output.end", tooltip="the last line, and follow new output"),
+        Binding("f", "toggle_follow", "Follow", id="output.follow", tooltip="follow new output, or stop"),
     ]
 
     follow: reactive[bool] = reactive(True)
