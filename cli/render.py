@@ -98,26 +98,51 @@ def jobs_table(jobs: list[Job], total: int, offset: int) -> None:
         errc.print(Text(f"unreadable records for {', '.join(unreadable)}: `grid show ID` names them", style="yellow"))
 
 
+def resources_text(res: dict) -> str:
+    """`cpus 2, memory 16GB, gpus 1, labels a100, node gpu-01`: what a job asked for, in words."""
+    parts = [f"cpus {res.get('cpus', 1):g}" if isinstance(res.get("cpus", 1), (int, float)) else ""]
+    if res.get("memory"):
+        parts.append(f"memory {format_size(res['memory'])}")
+    if res.get("gpus"):
+        parts.append(f"gpus {res['gpus']}")
+    if res.get("labels"):
+        parts.append("labels " + ",".join(map(str, res["labels"])))
+    if res.get("node"):
+        parts.append(f"node {res['node']}")
+    return ", ".join(p for p in parts if p) or "-"
+
+
+def params_text(params: dict) -> str:
+    """A sweep cell's parameters as `T=2.27 seed=3`."""
+    return " ".join(f"{k}={v}" for k, v in params.items() if not str(k).startswith("_")) or "-"
+
+
 def job_detail(j: Job) -> None:
-    t = Table.grid(padding=(0, 2))
-    t.add_column(style="bold")
-    t.add_column()
+    """`grid show`: one field a line, never cut (a long value runs on; the terminal wraps it)."""
     rows = [
         ("id", j.id), ("name", j.name), ("state", j.state.value), ("queue", j.queue), ("node", j.node or "-"),
-        ("slot", "-" if j.slot is None else j.slot), ("submitter", j.submitter or "-"), ("command", j.command),
+        ("slot", "-" if j.slot is None else j.slot), ("submitter", j.submitter or "-"),
         ("exit code", "-" if j.exit_code is None else j.exit_code),
         ("signal", "-" if j.signal is None else f"{j.signal} ({_signame(j.signal)})"),
         ("reason", j.reason or "-"), ("submitted", _ts(j.enqueued_at)), ("started", _ts(j.started_at)),
         ("ended", _ts(j.ended_at)), ("duration", format_duration(j.duration)),
+        ("timeout", format_duration(j.timeout) if j.timeout else "none"),
+        ("retries left", "-" if j.retries_left is None else j.retries_left),
         ("output", f"{format_size(j.stdout_bytes)} stdout, {format_size(j.stderr_bytes)} stderr"
                    + (f", {format_size(j.dropped_bytes)} not kept in the broker" if j.dropped_bytes else "")),
-        ("log", j.log_path or "-"), ("resources", j.resources), ("gpus", ", ".join(j.gpus) or "-"),
-        ("group", j.group or "-"), ("params", j.params or "-"), ("tags", ", ".join(j.tags) or "-"),
-        ("waiting on", ", ".join(j.waiting_on) or "-"),
+        ("log", j.log_path or "-"), ("resources", resources_text(j.resources) if j.resources else "-"),
+        ("gpus", ", ".join(j.gpus) or "-"), ("group", j.group or "-"), ("params", params_text(j.params)),
+        ("tags", ", ".join(j.tags) or "-"), ("waiting on", ", ".join(j.waiting_on) or "-"),
     ]
-    for k, v in rows:
-        t.add_row(k, Text(clean(v, 500)))
-    out.print(t)
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows[:7]:
+        out.print(Text.assemble((f"{k:<{width}}  ", "bold"), clean(v, 4096)), soft_wrap=True)
+    # The command keeps its lines, each under the one before.
+    for i, line in enumerate(str(j.command).splitlines() or [""]):
+        out.print(Text.assemble((f"{'command' if i == 0 else '':<{width}}  ", "bold"), clean(line, 4096)),
+                  soft_wrap=True)
+    for k, v in rows[7:]:
+        out.print(Text.assemble((f"{k:<{width}}  ", "bold"), clean(v, 4096)), soft_wrap=True)
     if j.attempts:
         a = Table(title="attempts", box=None, title_justify="left")
         for col in ("#", "NODE", "EXIT", "SIGNAL", "REASON", "DURATION"):

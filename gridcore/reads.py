@@ -231,10 +231,16 @@ class Reads:
     # ---- queues -------------------------------------------------------------------------
 
     def queue_names(self) -> list[str]:
-        """Every queue the grid routed to, and every queue RQ knows."""
-        names = {text(n) for n in self.redis.smembers(keys.QUEUES)}
-        for k in self.redis.smembers(keys.rq_queues()):
-            names.add(text(k).removeprefix(keys.rq_queue_prefix()))
+        """Every queue the grid routed to, every queue RQ knows, and every node's own queue (placed
+        jobs run from it, and RQ forgets a queue once it is empty: its registries stay)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(keys.QUEUES)
+            pipe.smembers(keys.rq_queues())
+            pipe.zrange(keys.NODES, 0, -1)
+            grid_queues, rq_queues, nodes = pipe.execute()
+        names = {text(n) for n in grid_queues}
+        names.update(text(k).removeprefix(keys.rq_queue_prefix()) for k in rq_queues)
+        names.update(keys.node_queue(text(n)) for n in nodes)
         return sorted(n for n in names if n)
 
     def queue_stats(self, name: str) -> QueueStats:

@@ -23,6 +23,10 @@ from gridcore.models import Job, JobState
 from gridcore.records import Gaps
 
 
+COMMAND_LINES = 200
+"""Lines of a job's command the detail shows (the fields box scrolls)."""
+
+
 def job_fields(job: Job, now: float) -> Text:
     """Label/value lines; empty fields are left out so 24 rows go further."""
     rows: list[tuple[str, str, str]] = [
@@ -60,7 +64,12 @@ def job_fields(job: Job, now: float) -> Text:
         if t:
             t.append("\n")
         t.append(f"{name:>12} ", style="bold dim")
-        t.append(clean(value, 2000 if name == "command" else 300), style=style if isinstance(style, str) else "")
+        if name == "command":
+            # A script keeps its lines, each under the one before.
+            lines = str(value).splitlines()[:COMMAND_LINES] or [""]
+            t.append(("\n" + " " * 13).join(clean(line, 2000) for line in lines), style=style)
+            continue
+        t.append(clean(value, 300), style=style if isinstance(style, str) else "")
     return t
 
 

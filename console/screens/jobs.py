@@ -30,7 +30,7 @@ COLUMNS = [
     Column("node", "node", 10, 5),
     Column("submitted", "age", 7, 8),
     Column("runtime", "runtime", 7, 6),
-    Column("exit", "exit", 4, 4),
+    Column("exit", "exit", 5, 4),
     Column("progress", "prog", 4, 3),
 ]
 

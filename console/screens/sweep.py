@@ -29,7 +29,7 @@ AXIS_WIDTH = (3, 14)
 
 TAIL = [
     Column("state", "state", 9, 1),
-    Column("exit", "exit", 4, 2),
+    Column("exit", "exit", 5, 2),
     Column("runtime", "runtime", 7, 4),
     Column("node", "node", 10, 5),
     Column("progress", "prog", 4, 6),
