@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
 from gridcore.settings import SettingsError, data_dir, load_settings
 
@@ -94,8 +95,9 @@ def still_running(grid) -> str:
     except Exception:  # noqa: BLE001 - the summary must not fail the exit
         jobs = ""
     agents = ", ".join(f"agent pid {a['pid']}" for a in st["agents"] if a["alive"]) or "no agent"
-    return (f"gridtui: the local grid is still running (broker pid {st['broker']['pid']}, {agents}{jobs}).\n"
-            f"  Stop it with `grid down`: {localgrid.down_words(localgrid.stop_grace(grid.settings))}")
+    said = (f"gridtui: the local grid is still running (broker pid {st['broker']['pid']}, {agents}{jobs}). "
+            f"Stop it with `grid down`: {localgrid.down_words(localgrid.stop_grace(grid.settings))}.")
+    return textwrap.fill(said, width=78, subsequent_indent="  ", break_on_hyphens=False)
 
 
 class LocalGridError(Exception):

@@ -156,9 +156,9 @@ def test_local_console_says_what_it_leaves_running(tmp_path, home):
             t.wait_for("runs jobs as root")
         t.keys("q")
         assert t.wait_exit() == 0
-        screen = t.screen()
-        assert "the local grid is still running" in screen and "grid down" in screen
-        assert "agent.stop_grace" in screen and "--now" in screen
+        said = " ".join(t.tmux("capture-pane", "-p", "-S", "-60", "-t", "t").split())  # what scrolled up too
+        assert "the local grid is still running" in said and "Stop it with `grid down`" in said
+        assert "agent.stop_grace" in said and "--now" in said
     finally:
         t.kill()
         run_cli("down", "--now", timeout=120)

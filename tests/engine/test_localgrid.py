@@ -74,13 +74,16 @@ def test_down_says_what_it_does_and_the_stop_grace_is_one_number(home):
 def test_down_now_and_down_wait(home):
     _up(os.environ)
     try:
-        _running(os.environ, "sleep 300")
+        first = _running(os.environ, "sleep 300")
         started = time.monotonic()
         now = run_cli("down", "--now", timeout=120)
         assert now.returncode == 0, now.stderr
         assert time.monotonic() - started < 15  # not the 30 s stop grace
         assert "stopping 1 running job(s) now" in now.stdout
         _up(os.environ)
+        eventually(lambda: json.loads(run_cli("show", "--json", first, check=True).stdout)["state"] == "running",
+                   60, 0.2, "the stopped job to run again at `grid up`")
+        run_cli("cancel", first, check=True)
         jid = _running(os.environ, "sleep 3; echo done")
         waited = run_cli("down", "--wait", timeout=120)
         assert waited.returncode == 0, waited.stderr
