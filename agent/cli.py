@@ -13,7 +13,8 @@ import typer
 from gridcore.connection import BrokerError, describe_error
 from gridcore.settings import SettingsError, load_settings
 
-app = typer.Typer(add_completion=False, help="Run this machine as a Science Grid node.")
+# Plain help like `grid --help` (no boxes, no colour markup).
+app = typer.Typer(add_completion=False, rich_markup_mode=None, help="Run this machine as a Science Grid node.")
 
 
 @app.command()

@@ -330,7 +330,7 @@ class Agent:
         if not self.stopping:
             self.stopping = True
             self.stop_deadline = time.monotonic() + self.cfg.stop_grace
-            log.warning("warm stop: finishing running jobs for up to %ss (signal again to stop now)",
+            log.warning("warm stop: finishing running jobs for up to %ss (agent.stop_grace; signal again to stop now)",
                         self.cfg.stop_grace)
             self.signal_slots(signal.SIGTERM)
         else:

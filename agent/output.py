@@ -1,5 +1,6 @@
 """An attempt's live output: the sink that batches it into the job's stream within a byte
-budget (spooling the full log on the node), and the thread that sends it and heartbeats.
+budget (its head and a rolling tail; the full log spooled on the node), and the thread that
+sends it and heartbeats.
 
 The loop that reads the job's pipes never talks to the broker: the `BrokerLink` thread
 flushes, so a broker outage of any length neither stalls nor fails the job. Output waits in
@@ -14,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,16 @@ import redis
 from agent.outage import OUTAGE_ERRORS, RETRY_BACKOFF
 from gridcore import keys
 from gridcore.records import OutputEntry
+from gridcore.units import format_size
 
 log = logging.getLogger("grid.output")
 
 FLUSH_INTERVAL = 0.1
 """Seconds between output flushes to the broker (the live-output latency floor)."""
 FLUSH_BYTES = 16 * 1024
-"""Buffered bytes that force an early flush."""
-STREAM_MAXLEN = 20_000
-"""Approximate cap on entries in one job's output stream."""
+"""Buffered bytes that force an early flush; also the most one stream entry carries."""
+PART_ENTRIES = 10_000
+"""Most stream entries of each part of the output kept in the broker (head, rolling tail)."""
 TAIL_BYTES = 4096
 """Bytes of stdout and of stderr kept in the result record."""
 HEARTBEAT_EVERY = 1.0
@@ -38,12 +41,31 @@ HEARTBEAT_EVERY = 1.0
 LINK_JOIN = 5.0
 """Seconds the runner waits for its broker thread to finish a call in flight at job end."""
 
-Entry = tuple[str, dict[str, Any], int]
-"""A stream entry not yet stored: (entry id, fields, bytes of output it carries)."""
+
+@dataclass(eq=False)
+class Piece:
+    """One stream entry to be: output bytes (with where they start) or a note."""
+
+    kind: str  # "o", "e" or "n"
+    data: bytes
+    at: int | None = None
+    ln: int | None = None
+    tail: bool = False  # part of the rolling tail: dropped when newer output needs the room
+    eid: str | None = None  # given when first sent; a resend reuses it, so it is stored once
+    dropped: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return OutputEntry(self.kind, self.data, self.at, self.ln).fields()
+
+
+Batch = tuple[list[Piece], list[str]]
+"""What one flush writes: entries to add, and ids of tail entries to delete."""
 
 
 class OutputSink:
-    """Batches output into the job's stream within a byte budget; spools the full log locally.
+    """Keeps a job's output in its stream within a byte budget: the first half of the budget
+    (the head), then a rolling tail of the newest output in the other half; what falls between
+    is counted and left out, and the full log is spooled on the node.
 
     Thread-safe: the runner loop adds, the broker thread (and at the end the slot) sends.
     """
@@ -53,17 +75,26 @@ class OutputSink:
         self.conn = conn
         self.node = node
         self.budget = budget
+        self.head_budget = budget // 2
+        self.tail_budget = budget - self.head_budget
+        # A tail piece is dropped whole once sent: keep pieces small next to the tail.
+        self.piece_max = max(256, min(FLUSH_BYTES, self.tail_budget // 8))
         self.log_cap = log_cap
         self.ttl = ttl
         self.key = keys.output(job_id)
         self.lock = threading.Lock()
-        self.pending: list[tuple[str, bytes]] = []
-        self.pending_bytes = 0
-        self.inflight: list[Entry] = []
-        self.inflight_bytes = 0
+        self.queue: list[Piece] = []  # not yet known to be stored, oldest first
+        self.queued_bytes = 0  # of those not sent yet (what `urgent` weighs)
+        self.deletes: list[str] = []  # ids of stored tail entries the tail has moved past
+        self.tail: collections.deque[Piece] = collections.deque()  # tail pieces kept, oldest first
+        self.tail_bytes = 0
+        self.head_bytes = 0
+        self.head_entries = 0
+        self.head_full = False
+        self.offset = 0  # bytes of output so far, both streams
+        self.lines = 0
         self.id_ms = int(start * 1000)
         self.seq = 0
-        self.sent = 0
         self.dropped = 0
         self.counts = {"o": 0, "e": 0}
         self.tails: dict[str, collections.deque[bytes]] = {"o": collections.deque(), "e": collections.deque()}
@@ -72,7 +103,6 @@ class OutputSink:
         self.log = None
         self.logged = 0
         self.log_truncated = False
-        self.noted_budget = False
 
     def add(self, stream: str, data: bytes) -> None:
         """Output the job wrote on `stream` ("o" stdout, "e" stderr)."""
@@ -84,19 +114,73 @@ class OutputSink:
             while self.tail_len[stream] - len(tail[0]) >= TAIL_BYTES:
                 self.tail_len[stream] -= len(tail.popleft())
             self._spool(data)
-            room = self.budget - self.sent - self.pending_bytes - self.inflight_bytes
-            if room <= 0:
-                self.dropped += len(data)
-                return
-            if len(data) > room:
-                self.dropped += len(data) - room
-                data = data[:room]
-            # Merge with the previous chunk of the same stream: fewer, larger stream entries.
-            if self.pending and self.pending[-1][0] == stream and len(self.pending[-1][1]) < FLUSH_BYTES:
-                self.pending[-1] = (stream, self.pending[-1][1] + data)
+            at, ln = self.offset, self.lines
+            self.offset += len(data)
+            self.lines += data.count(b"\n")
+            if not self.head_full:
+                room = self.head_budget - self.head_bytes
+                head = data[:room] if self.head_entries < PART_ENTRIES else b""
+                if head:
+                    self._put(stream, head, at, ln, tail=False)
+                    self.head_bytes += len(head)
+                    data, at, ln = data[len(head):], at + len(head), ln + head.count(b"\n")
+                if data or self.head_bytes >= self.head_budget:
+                    self._close_head()
+            if data:
+                self._put(stream, data, at, ln, tail=True)
+                self._trim()
+
+    def _put(self, stream: str, data: bytes, at: int, ln: int, tail: bool) -> None:
+        for i in range(0, len(data), self.piece_max):
+            part = data[i : i + self.piece_max]
+            last = self.queue[-1] if self.queue else None
+            # Merge with the previous piece when it continues it: fewer, larger stream entries.
+            if (last is not None and last.eid is None and not last.dropped and last.kind == stream
+                    and last.tail == tail and last.at is not None and last.at + len(last.data) == at
+                    and len(last.data) + len(part) <= self.piece_max):
+                last.data += part
             else:
-                self.pending.append((stream, data))
-            self.pending_bytes += len(data)
+                last = Piece(stream, part, at, ln, tail)
+                self.queue.append(last)
+                if tail:
+                    self.tail.append(last)
+                else:
+                    self.head_entries += 1
+            self.queued_bytes += len(part)
+            if tail:
+                self.tail_bytes += len(part)
+            at, ln = at + len(part), ln + part.count(b"\n")
+
+    def _close_head(self) -> None:
+        self.head_full = True
+        note = (f"output past the first {format_size(self.head_budget)} is kept as a rolling tail of the newest "
+                f"{format_size(self.tail_budget)}; the full log is on {self.node} at {self.log_path}")
+        self.queue.append(Piece("n", note.encode()))
+
+    def _trim(self) -> None:
+        """Drop the oldest tail output until the tail fits its half of the budget."""
+        while self.tail and (self.tail_bytes > self.tail_budget or len(self.tail) > PART_ENTRIES):
+            oldest = self.tail[0]
+            excess = self.tail_bytes - self.tail_budget
+            if oldest.eid is None and 0 < excess < len(oldest.data) and len(self.tail) <= PART_ENTRIES:
+                # Never sent: cut its front, so the tail keeps exactly its budget.
+                cut = oldest.data[:excess]
+                oldest.data = oldest.data[excess:]
+                oldest.at = (oldest.at or 0) + excess
+                oldest.ln = (oldest.ln or 0) + cut.count(b"\n")
+                self._forget(excess, queued=True)
+                return
+            self.tail.popleft()
+            oldest.dropped = True
+            self._forget(len(oldest.data), queued=oldest.eid is None)
+            if oldest.eid is not None:
+                self.deletes.append(oldest.eid)
+
+    def _forget(self, n: int, queued: bool) -> None:
+        self.tail_bytes -= n
+        self.dropped += n
+        if queued:
+            self.queued_bytes -= n
 
     def _spool(self, data: bytes) -> None:
         if self.log_truncated:
@@ -118,52 +202,49 @@ class OutputSink:
             return f"{self.id_ms}-{self.seq}"
 
     def urgent(self) -> bool:
-        return self.pending_bytes >= FLUSH_BYTES
+        return self.queued_bytes >= FLUSH_BYTES
 
-    def take(self) -> list[Entry]:
-        """Everything not yet stored, oldest first, with fixed entry ids (so resending is safe)."""
+    def take(self) -> Batch:
+        """Everything not yet stored, oldest first, with fixed entry ids (so resending is safe),
+        and the tail entries to delete."""
         with self.lock:
-            for stream, data in self.pending:
-                self.seq += 1
-                self.inflight.append((f"{self.id_ms}-{self.seq}", OutputEntry(stream, data).fields(), len(data)))
-            self.inflight_bytes += self.pending_bytes
-            self.pending, self.pending_bytes = [], 0
-            if self.dropped and not self.noted_budget:
-                self.noted_budget = True
-                note = (
-                    f"output beyond {self.budget} bytes is not kept in the broker; "
-                    f"full log on {self.node} at {self.log_path}"
-                )
-                self.seq += 1
-                self.inflight.append((f"{self.id_ms}-{self.seq}", OutputEntry.note(note).fields(), 0))
-            return list(self.inflight)
+            self.queue = [p for p in self.queue if not p.dropped]
+            for p in self.queue:
+                if p.eid is None:
+                    self.seq += 1
+                    p.eid = f"{self.id_ms}-{self.seq}"
+                    if p.kind != "n":
+                        self.queued_bytes -= len(p.data)
+            return list(self.queue), list(self.deletes)
 
-    def stored(self, batch: list[Entry]) -> None:
-        """The broker has `batch` (the head of what `take` returned)."""
+    def stored(self, batch: Batch) -> None:
+        """The broker has `batch` (what `take` returned)."""
+        pieces, deletes = batch
         with self.lock:
-            done = {eid for eid, _, _ in batch}
-            keep = [e for e in self.inflight if e[0] not in done]
-            self.sent += sum(n for eid, _, n in self.inflight if eid in done)
-            self.inflight = keep
-            self.inflight_bytes = sum(n for _, _, n in keep)
+            done = {id(p) for p in pieces}
+            self.queue = [p for p in self.queue if id(p) not in done]
+            gone = set(deletes)
+            self.deletes = [d for d in self.deletes if d not in gone]
 
-    def write_pending(self, pipe) -> list[Entry]:
-        """Queue every unstored entry on `pipe`; call `stored` with the result once it ran."""
-        batch = self.take()
-        for eid, fields, _ in batch:
-            pipe.xadd(self.key, fields, id=eid, maxlen=STREAM_MAXLEN, approximate=True)
+    def write_pending(self, pipe) -> Batch:
+        """Queue every unstored entry and tail deletion on `pipe`; call `stored` once it ran."""
+        pieces, deletes = batch = self.take()
+        for p in pieces:
+            pipe.xadd(self.key, p.fields(), id=p.eid)
+        if deletes:
+            pipe.xdel(self.key, *deletes)  # after the adds: a resent entry is deleted as well
         return batch
 
     def write_last(self, pipe, fields: dict[str, Any]) -> None:
         """Queue what is unstored and then one last entry (an end marker, a note) on `pipe`."""
         self.write_pending(pipe)
-        pipe.xadd(self.key, fields, id=self.next_id(), maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.xadd(self.key, fields, id=self.next_id())
 
     def flush(self) -> None:
         """Send what is buffered now; raises a broker error if the broker is away."""
         with self.conn.pipeline(transaction=False) as pipe:
             batch = self.write_pending(pipe)
-            if not batch:
+            if not batch[0] and not batch[1]:
                 return
             pipe.expire(self.key, self.ttl)
             replies = pipe.execute(raise_on_error=False)

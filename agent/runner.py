@@ -161,7 +161,10 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         if cg is not None:
             cg.remove()
         end = ctx.broker_time()
-        msg = f"cannot start {argv[0]!r}: {e.strerror or e}"
+        if cwd and (e.filename == cwd or not os.path.isdir(cwd)):
+            msg = f"cannot use the working directory {cwd!r} on {ctx.node}: {e.strerror or e}"
+        else:
+            msg = f"cannot start {argv[0]!r}: {e.strerror or e}"
         sink.add("e", (msg + "\n").encode())
         record.update(exit_code=127, signal=None, reason=msg, reason_kind="exit", end=end,
                       duration=max(0.0, round(end - start, 6)))

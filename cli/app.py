@@ -17,6 +17,7 @@ from cli import render
 from cli.context import State, print_json, shared
 from cli.errors import CliError, handle_errors
 from gridcore.jobfilter import FilterError, JobFilter, parse
+from gridcore.records import Gaps
 from gridcore.models import JobSpec, JobState, Resources
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -62,7 +63,7 @@ def submit(
     command: Annotated[Optional[list[str]], typer.Argument(help="Command: one string runs in /bin/sh -c, several are an argv.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Job name.")] = None,
     queue: Annotated[Optional[str], typer.Option(help="Queue.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds before the job is killed.")] = None,
+    timeout: Annotated[Optional[str], typer.Option(help='Time before the job is killed: 90, 90s, 30m, 2h, 1:30:00.')] = None,
     retries: Annotated[int, typer.Option(help="Retries after a failure.")] = 0,
     backoff: Annotated[Optional[list[int]], typer.Option(
         help="Seconds before a retry (repeatable: one per retry, the last repeating).")] = None,
@@ -84,7 +85,10 @@ def submit(
     if file:
         from cli.descriptor_submit import submit_files
 
-        submit_files(st.grid, file, dry_run=dry_run, json_out=json_out)
+        if not submit_files(st.grid, file, dry_run=dry_run, json_out=json_out):
+            raise typer.Exit(2)
+        if not dry_run:
+            warn_if_nobody_takes_jobs(st.grid)
         return
     if not command:
         raise CliError("nothing to submit: give a command after `--`, or -f FILE", 2)
@@ -96,7 +100,7 @@ def submit(
             queue=queue or st.settings.default_queue,
             cwd=cwd,
             env=_parse_env(env),
-            timeout=timeout,
+            timeout=_parse_timeout(timeout),
             retries=retries,
             retry_backoff=tuple(backoff or ()),
             priority=priority,
@@ -109,14 +113,39 @@ def submit(
     if dry_run:
         from cli.descriptor_submit import plan_specs
 
-        plan_specs(st.grid, [spec], json_out=json_out)
+        if not plan_specs(st.grid, [spec], json_out=json_out):
+            raise typer.Exit(2)
         return
     jid = st.grid.submit(spec)
     if json_out:
         print_json({"id": jid})
     else:
         sys.stdout.write(jid + "\n")
+    warn_if_nobody_takes_jobs(st.grid)
 
+
+def _parse_timeout(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from gridcore.units import parse_duration
+
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        raise CliError(f'--timeout {text!r}: not a duration like "90", "30m", "2h" or "1:30:00"', 2)
+    return seconds
+
+
+def warn_if_nobody_takes_jobs(grid) -> None:
+    """A submit that no node will take now is accepted, and said so (on stderr: stdout is the ids)."""
+    from gridcore.models import NodeState
+
+    states = grid.node_states()
+    if not states:
+        render.err("note: no node has joined this grid yet; the job waits until one does (`grid-agent` on a node, "
+                   "or `grid up`)")
+    elif not any(s is NodeState.UP for s in states.values()):
+        shown = ", ".join(f"{render.clean(n, 40)} {s.value}" for n, s in list(states.items())[:5])
+        render.err(f"note: no node takes jobs now ({shown}); the job waits until one does")
 
 FILTER_HELP = "What the console's / takes: state:failed queue:gpu node:a words (name, command, reason)."
 """Help of every --filter option: one filter language for the console and the CLI."""
@@ -172,7 +201,8 @@ def ls(
 @app.command()
 def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Everything about one job."""
-    job = shared(ctx).grid.get(job_id)
+    grid = shared(ctx).grid
+    job = grid.get(grid.resolve(job_id))
     if json_out:
         print_json(job.to_dict())
         return
@@ -184,16 +214,23 @@ def logs(
     ctx: typer.Context,
     job_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until the job ends; exit with its code.")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
 ) -> None:
     """Print a job's output (stdout to stdout, stderr to stderr, raw bytes)."""
     grid = shared(ctx).grid
-    grid.get(job_id)  # a clear message for an unknown id
+    job_id = grid.resolve(job_id)
     after = "0-0"
     out, err = sys.stdout.buffer, sys.stderr.buffer
+    gaps = Gaps()
+    chunks = grid.last_lines(job_id, tail) if tail is not None else None
     while True:
-        chunks = grid.tail(job_id, after=after, count=1000, block_ms=1000 if follow else None)
+        if chunks is None:
+            chunks = grid.tail(job_id, after=after, count=1000, block_ms=1000 if follow else None)
         for c in chunks:
             after = c.id
+            if c.stream in ("stdout", "stderr") and (gap := gaps.gap(c)):
+                out.flush()
+                err.write(f"\n[grid] ... {render.gap(*gap)} ...\n".encode())
             if c.stream == "stdout":
                 out.write(c.data)
             elif c.stream == "stderr":
@@ -208,7 +245,8 @@ def logs(
         err.flush()
         if not follow:
             return
-        if not chunks and grid.state(job_id).terminal and not grid.tail(job_id, after=after, count=1):
+        got, chunks = chunks, None
+        if not got and grid.state(job_id).terminal and not grid.tail(job_id, after=after, count=1):
             # Terminal without an end marker (refused, canceled before start, lost).
             job = grid.get(job_id)
             raise typer.Exit(render.exit_status(job.exit_code, job.signal, job.reason))
@@ -222,7 +260,8 @@ def wait(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Wait for jobs to end; exit 0 only if every one finished with exit code 0."""
-    states = shared(ctx).grid.wait(job_ids, timeout=timeout)
+    grid = shared(ctx).grid
+    states = grid.wait([grid.resolve(j) for j in job_ids], timeout=timeout)
     if json_out:
         print_json({k: v.value for k, v in states.items()})
     else:
@@ -240,7 +279,7 @@ def cancel(ctx: typer.Context, job_ids: list[str],
     """Cancel queued, waiting, scheduled or running jobs (a running job's whole process tree)."""
     grid = shared(ctx).grid
     failed = False
-    for jid in job_ids:
+    for jid in [grid.resolve(j) for j in job_ids]:
         before = grid.state(jid)
         reached = grid.cancel(jid, wait=wait_s)
         if reached is JobState.CANCELED:
@@ -269,7 +308,7 @@ def requeue(
     if (filter_ is not None or reason) and not all_failed:
         raise CliError("--filter and --reason select among --all-failed: add --all-failed", 2)
     grid = shared(ctx).grid
-    ids = list(job_ids or [])
+    ids = [grid.resolve(j) for j in job_ids or []]
     if all_failed:
         flt = _filter(filter_ or "", queue=queue)
         if flt.state not in (None, JobState.FAILED):
@@ -278,6 +317,13 @@ def requeue(
         ids += [j.id for j in jobs if not reason or reason in (j.reason or "")]
     if group:
         ids += grid.failed_cells(group)
+    if not ids and (all_failed or group):
+        what = "no failed job" if all_failed else f"no failed or canceled cell in group {render.clean(group, 64)}"
+        if all_failed and (reason or filter_ is not None or queue):
+            what += " matches" + "".join(f" {k} {render.clean(v, 64)!r}" for k, v in
+                                         (("--filter", filter_), ("--queue", queue), ("--reason", reason)) if v)
+        render.err(f"nothing to requeue: {what}")
+        return
     if not ids:
         raise CliError("nothing to requeue: give job ids, --all-failed or --group", 2)
     for jid in ids:
@@ -288,7 +334,9 @@ def requeue(
 @app.command()
 def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Why a job is not running yet: for a job waiting for room, each node's failing requirement."""
-    lines = shared(ctx).grid.why(job_id)
+    grid = shared(ctx).grid
+    job_id = grid.resolve(job_id)
+    lines = grid.why(job_id)
     if json_out:
         print_json({"id": job_id, "why": lines})
         return
@@ -297,11 +345,21 @@ def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option(
 
 
 @app.command()
-def plan(ctx: typer.Context, files: list[Path], json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Where each task of descriptor files would go now (nothing is submitted)."""
+def plan(
+    ctx: typer.Context,
+    files: Annotated[Optional[list[Path]], typer.Argument(help="Task descriptor JSON files.")] = None,
+    file: Annotated[Optional[list[Path]], typer.Option("--file", "-f", help="Task descriptor JSON file (as submit -f).")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Where each task of descriptor files would go now (nothing is submitted); exits 2 when a task
+    would be refused."""
     from cli.descriptor_submit import load_planned, plan_planned
 
-    plan_planned(shared(ctx).grid, load_planned(files), json_out=json_out)
+    paths = [*(files or []), *(file or [])]
+    if not paths:
+        raise CliError("nothing to plan: give descriptor files (or -f FILE)", 2)
+    if not plan_planned(shared(ctx).grid, load_planned(paths), json_out=json_out):
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -6,10 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+import redis
 import typer
 
 from gridcore.client import Grid
-from gridcore.connection import connect
+from gridcore.connection import BrokerError, connect, describe_error, resolve_url
 from gridcore.settings import Settings, load_settings
 
 
@@ -33,8 +34,16 @@ class State:
     def grid(self) -> Grid:
         """The grid, connected (and pinged) on first use."""
         if self._grid is None:
-            self._grid = Grid(connect(self.settings), self.settings)
-            self._grid.redis.ping()
+            grid = Grid(connect(self.settings), self.settings)
+            try:
+                grid.redis.ping()
+            except redis.ConnectionError as e:
+                from gridcore.localgrid import stopped_hint
+
+                if hint := stopped_hint(self.settings):
+                    raise BrokerError(describe_error(e, resolve_url(self.settings)[0]) + hint) from None
+                raise
+            self._grid = grid
         return self._grid
 
 

@@ -9,7 +9,7 @@ import click
 import redis
 from typer.exceptions import TyperException
 
-from gridcore.errors import GridError, JobNotFound, Unplaceable
+from gridcore.errors import AmbiguousId, GridError, JobNotFound, Unplaceable
 from gridcore.connection import BrokerError, describe_error
 
 
@@ -27,7 +27,7 @@ def _known_errors() -> list[tuple[type[BaseException], int]]:
     from gridcore.signing import SigningError
 
     errors: list[tuple[type[BaseException], int]] = [
-        (JobNotFound, 2), (Unplaceable, 2), (SettingsError, 2), (SigningError, 2), (BrokerError, 1), (LocalGridError, 1),
+        (JobNotFound, 2), (AmbiguousId, 2), (Unplaceable, 2), (SettingsError, 2), (SigningError, 2), (BrokerError, 1), (LocalGridError, 1),
         (GridError, 1),
     ]
     try:

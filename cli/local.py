@@ -8,6 +8,7 @@ import typer
 
 from cli import render
 from cli.context import print_json, shared
+from cli.errors import CliError
 from gridcore.settings import load_settings
 
 
@@ -26,15 +27,24 @@ def up(ctx: typer.Context, slots: Annotated[Optional[int], typer.Option(help="Wo
                 f"{st['broker']['kind']} at {st['broker']['url']} (pid {st['broker']['pid']}), node {started['node']} "
                 f"(agent pid {started['agent_pid']})")
     if started.get("running_as_root"):
-        render.echo("note: the local agent runs jobs as root, because you started it as root")
+        render.echo(f"note: {localgrid.ROOT_NOTE}")
 
 
-def down(ctx: typer.Context) -> None:
-    """Stop the embedded local grid (running jobs get a grace period, then are handed back)."""
+def down(
+    ctx: typer.Context,
+    now: Annotated[bool, typer.Option("--now", help="Stop running jobs at once (they run again at the next `grid up`).")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Let running jobs finish first; the node takes no new ones.")] = False,
+) -> None:
+    """Stop the embedded local grid. Running jobs get agent.stop_grace seconds to finish, then are
+    stopped and run again at the next `grid up`; --now stops them at once, --wait lets them finish."""
     from gridcore import localgrid
 
-    localgrid.down()
-    render.echo("local grid stopped (its data stays in the data dir)")
+    if now and wait:
+        raise CliError("--now and --wait: choose one", 2)
+    settings = load_settings(shared(ctx).config)
+    render.echo("stopping the local grid")
+    localgrid.down(settings, mode="now" if now else "wait" if wait else "grace", say=render.echo)
+    render.echo(f"local grid stopped (its data stays in {localgrid.local_state_path().parent}); `grid up` starts it again")
 
 
 def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:

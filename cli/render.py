@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli.tables import Col, emit
+
 from gridcore.models import Job, Node
 from gridcore.units import format_duration
 from gridcore.units import format_size as _size
@@ -50,6 +52,12 @@ def exit_status(exit_code: int | None, sig: int | None, reason: str | None) -> i
     return 0 if not reason else 1
 
 
+def gap(size: int, lines: int) -> str:
+    """Words for output the broker did not keep (`grid logs` marks the place)."""
+    return (f"{format_size(size)} ({lines:,} line{'s' if lines != 1 else ''}) of output not kept in the broker; "
+            "`grid show` names the full log on the node")
+
+
 def _ts(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
@@ -58,42 +66,83 @@ def _state(s: str) -> Text:
     return Text(s, style=STATE_STYLE.get(s, ""))
 
 
+JOB_COLS = (
+    Col("ID"), Col("NAME", flex=True), Col("STATE"), Col("QUEUE", 1, cap=16), Col("NODE", cap=20),
+    Col("SUBMITTER", 4, cap=24), Col("SUBMITTED", 3), Col("RUNTIME", right=True), Col("EXIT", right=True),
+    Col("REASON", 2, cap=30),
+)
+"""`grid ls`: id, name, state, node, runtime and exit always; the rest as the width allows."""
+
+
+def exit_text(code: int | None, sig: int | None) -> str:
+    """The exit column: the code, `sig15` for a signal, `-` before the end."""
+    if code is not None:
+        return str(code)
+    return f"sig{sig}" if sig else "-"
+
+
 def jobs_table(jobs: list[Job], total: int, offset: int) -> None:
-    t = Table(box=None, pad_edge=False)
-    for col in ("ID", "NAME", "STATE", "QUEUE", "NODE", "SUBMITTER", "SUBMITTED", "RUNTIME", "EXIT", "REASON"):
-        t.add_column(col, no_wrap=True, overflow="ellipsis")
-    for j in jobs:
-        runtime = j.duration
-        t.add_row(Text(j.id[:12]), Text(clean(j.name, 40)), _state(j.state.value), Text(clean(j.queue, 20)),
-                  Text(clean(j.node or "-", 20)), Text(clean(j.submitter or "-", 24)), Text(_ts(j.enqueued_at)), Text(format_duration(runtime)),
-                  Text("-" if j.exit_code is None else str(j.exit_code)), Text(clean(j.reason or "", 40)))
-    out.print(t)
-    out.print(Text(f"{offset + 1 if jobs else 0}-{offset + len(jobs)} of {total}", style="dim"))
+    piped = not out.is_terminal
+    rows = [[Text(j.id if piped else j.id[:8]), Text(clean(j.name, 10_000 if piped else 200)), _state(j.state.value),
+             Text(clean(j.queue, 200)), Text(clean(j.node or "-", 200)), Text(clean(j.submitter or "-", 200)),
+             Text(_ts(j.enqueued_at)), Text(format_duration(j.duration)), Text(exit_text(j.exit_code, j.signal)),
+             Text(clean(j.reason or "", 10_000 if piped else 500))] for j in jobs]
+    emit(out, JOB_COLS, rows)
+    shown = f"{offset + 1 if jobs else 0}-{offset + len(jobs)} of {total}"
+    if not piped:
+        out.print(Text(shown, style="dim"))
+    elif offset + len(jobs) < total:
+        errc.print(Text(f"{shown} jobs listed (--limit, --offset for more)"))
     unreadable = [j.id[:12] for j in jobs if j.problems]
     if unreadable:
-        out.print(Text(f"unreadable records for {', '.join(unreadable)}: `grid show ID` names them", style="yellow"))
+        errc.print(Text(f"unreadable records for {', '.join(unreadable)}: `grid show ID` names them", style="yellow"))
+
+
+def resources_text(res: dict) -> str:
+    """`cpus 2, memory 16GB, gpus 1, labels a100, node gpu-01`: what a job asked for, in words."""
+    parts = [f"cpus {res.get('cpus', 1):g}" if isinstance(res.get("cpus", 1), (int, float)) else ""]
+    if res.get("memory"):
+        parts.append(f"memory {format_size(res['memory'])}")
+    if res.get("gpus"):
+        parts.append(f"gpus {res['gpus']}")
+    if res.get("labels"):
+        parts.append("labels " + ",".join(map(str, res["labels"])))
+    if res.get("node"):
+        parts.append(f"node {res['node']}")
+    return ", ".join(p for p in parts if p) or "-"
+
+
+def params_text(params: dict) -> str:
+    """A sweep cell's parameters as `T=2.27 seed=3`."""
+    return " ".join(f"{k}={v}" for k, v in params.items() if not str(k).startswith("_")) or "-"
 
 
 def job_detail(j: Job) -> None:
-    t = Table.grid(padding=(0, 2))
-    t.add_column(style="bold")
-    t.add_column()
+    """`grid show`: one field a line, never cut (a long value runs on; the terminal wraps it)."""
     rows = [
         ("id", j.id), ("name", j.name), ("state", j.state.value), ("queue", j.queue), ("node", j.node or "-"),
-        ("slot", "-" if j.slot is None else j.slot), ("submitter", j.submitter or "-"), ("command", j.command),
+        ("slot", "-" if j.slot is None else j.slot), ("submitter", j.submitter or "-"),
         ("exit code", "-" if j.exit_code is None else j.exit_code),
         ("signal", "-" if j.signal is None else f"{j.signal} ({_signame(j.signal)})"),
         ("reason", j.reason or "-"), ("submitted", _ts(j.enqueued_at)), ("started", _ts(j.started_at)),
         ("ended", _ts(j.ended_at)), ("duration", format_duration(j.duration)),
+        ("timeout", format_duration(j.timeout) if j.timeout else "none"),
+        ("retries left", "-" if j.retries_left is None else j.retries_left),
         ("output", f"{format_size(j.stdout_bytes)} stdout, {format_size(j.stderr_bytes)} stderr"
                    + (f", {format_size(j.dropped_bytes)} not kept in the broker" if j.dropped_bytes else "")),
-        ("log", j.log_path or "-"), ("resources", j.resources), ("gpus", ", ".join(j.gpus) or "-"),
-        ("group", j.group or "-"), ("params", j.params or "-"), ("tags", ", ".join(j.tags) or "-"),
-        ("waiting on", ", ".join(j.waiting_on) or "-"),
+        ("log", j.log_path or "-"), ("resources", resources_text(j.resources) if j.resources else "-"),
+        ("gpus", ", ".join(j.gpus) or "-"), ("group", j.group or "-"), ("params", params_text(j.params)),
+        ("tags", ", ".join(j.tags) or "-"), ("waiting on", ", ".join(j.waiting_on) or "-"),
     ]
-    for k, v in rows:
-        t.add_row(k, Text(clean(v, 500)))
-    out.print(t)
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows[:7]:
+        out.print(Text.assemble((f"{k:<{width}}  ", "bold"), clean(v, 4096)), soft_wrap=True)
+    # The command keeps its lines, each under the one before.
+    for i, line in enumerate(str(j.command).splitlines() or [""]):
+        out.print(Text.assemble((f"{'command' if i == 0 else '':<{width}}  ", "bold"), clean(line, 4096)),
+                  soft_wrap=True)
+    for k, v in rows[7:]:
+        out.print(Text.assemble((f"{k:<{width}}  ", "bold"), clean(v, 4096)), soft_wrap=True)
     if j.attempts:
         a = Table(title="attempts", box=None, title_justify="left")
         for col in ("#", "NODE", "EXIT", "SIGNAL", "REASON", "DURATION"):
@@ -126,10 +175,14 @@ def _signame(n: int) -> str:
         return "?"
 
 
+NODE_COLS = (
+    Col("NODE", flex=True), Col("STATE", cap=30), Col("HEARTBEAT", 2, right=True), Col("CPUS", right=True),
+    Col("LOAD", 3), Col("MEMORY"), Col("GPUS", 1, cap=60), Col("LABELS", 4, cap=40), Col("SLOTS", right=True),
+)
+
+
 def nodes_table(nodes: list[Node]) -> None:
-    t = Table(box=None, pad_edge=False)
-    for col in ("NODE", "STATE", "HEARTBEAT", "CPUS", "LOAD", "MEMORY", "GPUS", "LABELS", "SLOTS"):
-        t.add_column(col, no_wrap=True, overflow="ellipsis")
+    rows = []
     for n in nodes:
         gpus = "; ".join(
             f"{g.index}:{clean(g.name, 24)} {format_size(g.memory_used)}/{format_size(g.memory_total)}"
@@ -137,43 +190,45 @@ def nodes_table(nodes: list[Node]) -> None:
             for g in n.gpus
         ) or "-"
         state = n.state.value + (f" ({clean(n.drain_reason, 30)})" if n.draining and n.drain_reason else "")
-        t.add_row(Text(clean(n.name, 30)), _state(state), format_duration(n.heartbeat_age), str(n.cpus),
-                  " ".join(f"{x:.2f}" for x in n.load) or "-",
-                  f"{format_size(n.memory_used)}/{format_size(n.memory_total)}", Text(gpus),
-                  Text(clean(",".join(n.labels), 40) or "-"), f"{n.slots_busy}/{n.slots_total}")
-    out.print(t)
+        rows.append([Text(clean(n.name, 200)), _state(state), format_duration(n.heartbeat_age), str(n.cpus),
+                     " ".join(f"{x:.2f}" for x in n.load) or "-",
+                     f"{format_size(n.memory_used)}/{format_size(n.memory_total)}", Text(gpus),
+                     Text(clean(",".join(n.labels), 200) or "-"), f"{n.slots_busy}/{n.slots_total}"])
+    emit(out, NODE_COLS, rows)
     for n in nodes:
         problems(n.problems, f" of node {clean(n.name, 30)}")
 
 
+QUEUE_COUNTS = ("queued", "running", "scheduled", "waiting", "finished", "failed", "canceled", "workers")
+
+
 def queues_table(qs) -> None:
-    t = Table(box=None, pad_edge=False)
-    cols = ("queued", "running", "scheduled", "waiting", "finished", "failed", "canceled", "workers")
-    t.add_column("QUEUE")
-    for c in cols:
-        t.add_column(c.upper(), justify="right")
-    for q in qs:
-        t.add_row(Text(clean(q.name, 40)), *(str(getattr(q, c)) for c in cols))
-    out.print(t)
+    cols = (Col("QUEUE", flex=True),) + tuple(
+        Col(c.upper(), 0 if c in ("queued", "running", "failed", "workers") else 1, right=True) for c in QUEUE_COUNTS)
+    emit(out, cols, [[Text(clean(q.name, 200)), *(str(getattr(q, c)) for c in QUEUE_COUNTS)] for q in qs])
+
+
+EVENT_COLS = (Col("TIME"), Col("EVENT", cap=20), Col("JOB"), Col("NODE", 1, cap=20), Col("MESSAGE", flex=True))
 
 
 def events_table(evs) -> None:
-    t = Table(box=None, pad_edge=False)
-    for col in ("TIME", "EVENT", "JOB", "NODE", "MESSAGE"):
-        t.add_column(col, no_wrap=True, overflow="ellipsis")
-    for e in evs:
-        t.add_row(_ts(e.time), Text(clean(e.kind, 20)), Text((e.job or "-")[:12]), Text(clean(e.node or "-", 20)),
-                  Text(clean(e.message, 80)))
-    out.print(t)
+    piped = not out.is_terminal
+    emit(out, EVENT_COLS, [[_ts(e.time), Text(clean(e.kind, 64)), Text((e.job or "-") if piped else (e.job or "-")[:8]),
+                            Text(clean(e.node or "-", 200)), Text(clean(e.message, 500))] for e in evs])
+
+
+GROUP_COLS = (
+    Col("GROUP"), Col("NAME", flex=True), Col("SIZE", right=True), Col("RUNNING", 1, right=True),
+    Col("QUEUED", 1, right=True), Col("FINISHED", right=True), Col("FAILED", right=True), Col("PROGRESS", right=True),
+)
 
 
 def groups_table(gs) -> None:
-    t = Table(box=None, pad_edge=False)
-    for col in ("GROUP", "NAME", "SIZE", "RUNNING", "QUEUED", "FINISHED", "FAILED", "PROGRESS"):
-        t.add_column(col, no_wrap=True)
+    piped = not out.is_terminal
+    rows = []
     for g in gs:
         c = g["counts"]
-        t.add_row(g["id"][:12], Text(clean(g["name"], 30)), str(g["size"]), str(c["running"]),
-                  str(c["queued"] + c["waiting"] + c["scheduled"]), str(c["finished"]), str(c["failed"]),
-                  f"{g['progress'] * 100:.0f}%")
-    out.print(t)
+        rows.append([g["id"] if piped else g["id"][:8], Text(clean(g["name"], 200)), str(g["size"]), str(c["running"]),
+                     str(c["queued"] + c["waiting"] + c["scheduled"]), str(c["finished"]), str(c["failed"]),
+                     f"{g['progress'] * 100:.0f}%"])
+    emit(out, GROUP_COLS, rows)

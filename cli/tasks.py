@@ -46,20 +46,29 @@ def _read(path: Path) -> Descriptor:
 
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Descriptor files (JSON); - reads stdin.", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per file: ok, tasks, jobs, problems.")] = False,
 ) -> None:
     """Check descriptor files and print every problem, each with its JSON path."""
     console = _console()
     bad = False
+    report = []
     for path in files:
         try:
             desc = _read(path)
         except DescriptorError as e:
             bad = True
-            for problem in e.problems:
-                console.print(Text.assemble((e.source, "bold"), ": ", (problem, "red")))
+            report.append({"file": e.source, "ok": False, "problems": list(e.problems)})
+            if not json_out:
+                for problem in e.problems:
+                    console.print(Text.assemble((e.source, "bold"), ": ", (problem, "red")))
             continue
-        summary = f"ok: {_plural(len(desc.tasks), 'task')} ({_plural(desc.job_count, 'job')} after sweeps)"
-        console.print(Text.assemble((desc.source, "bold"), ": ", (summary, "green")))
+        report.append({"file": desc.source, "ok": True, "tasks": len(desc.tasks), "jobs": desc.job_count,
+                       "problems": []})
+        if not json_out:
+            summary = f"ok: {_plural(len(desc.tasks), 'task')} ({_plural(desc.job_count, 'job')} after sweeps)"
+            console.print(Text.assemble((desc.source, "bold"), ": ", (summary, "green")))
+    if json_out:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
     raise typer.Exit(EXIT_BAD_INPUT if bad else EXIT_OK)
 
 

@@ -53,6 +53,7 @@ class Action:
 
     what: str
     run: Callable[[Grid], Outcome]
+    writes: bool = True  # changes the grid: a read-only console runs none of these
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Outcome:
     notes: tuple[Note, ...] = ()
     ask: Question | None = None
     changed: bool = False  # the grid changed: read it again now
+    open_job: str | None = None  # a job to open
 
 
 def failure(what: str, e: BaseException) -> Note:
@@ -103,6 +105,15 @@ def _submit(grid: Grid, sub: Submission) -> Outcome:
     where = f" from {sub.source}" if sub.source else ""
     what = ids[0] if len(ids) == 1 else f"{len(ids)} jobs"
     return Outcome((Note(f"submitted {what}{where}", title="submitted"),), changed=True)
+
+
+def find_job(typed: str) -> Action:
+    """The job a typed id (or a unique start of one) names, to open it; a read, allowed read-only."""
+    return Action(f"open job {clean(typed, 40)}", partial(_find_job, typed=typed), writes=False)
+
+
+def _find_job(grid: Grid, typed: str) -> Outcome:
+    return Outcome(open_job=grid.resolve(typed))
 
 
 def cancel(ids: Sequence[str]) -> Action:

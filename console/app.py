@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 from textual.app import App, SystemCommand
@@ -20,6 +20,7 @@ from textual.worker import Worker, WorkerState
 
 from console import actions
 from console.actions import Action, Note, Outcome
+from console.link import Link
 from console.messages import (
     CancelRequested,
     DrainRequested,
@@ -39,8 +40,10 @@ from console.screens.base import WRITE_ACTIONS, ConsoleContext, GridScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.detail import JobDetailScreen
 from console.screens.events import EventsScreen
+from console.screens.goto import GoToJobScreen
 from console.screens.groups import GroupsScreen
 from console.screens.jobs import JobsScreen
+from console.screens.keys import KeysScreen, keys_help
 from console.screens.nodes import NodesScreen
 from console.screens.queues import QueuesScreen
 from console.screens.submit import Submission, SubmitScreen
@@ -57,6 +60,10 @@ ACTIONS = "actions"
 
 VIEWS = ("jobs", "queues", "nodes", "events", "groups")
 
+HELP_TITLES = {"jobs": "jobs view", "queues": "queues view", "nodes": "nodes view", "events": "events view",
+               "groups": "sweep groups view", "group": "sweep parameter grid", "detail": "job detail"}
+"""The heading of a screen's own keys in `?`."""
+
 
 class GridApp(App[None]):
     """Views switch with 1-5 (or the command palette); `?` lists every key."""
@@ -66,24 +73,28 @@ class GridApp(App[None]):
     DEFAULT_MODE = "jobs"
 
     BINDINGS = [
-        Binding("1", "view('jobs')", "Jobs", id="view.jobs"),
-        Binding("2", "view('queues')", "Queues", id="view.queues"),
-        Binding("3", "view('nodes')", "Nodes", id="view.nodes"),
-        Binding("4", "view('events')", "Events", id="view.events"),
-        # Off the footer, which has no room left at 80 columns; `?` and the palette list it.
-        Binding("5", "view('groups')", "Sweep groups", id="view.groups", show=False),
-        Binding("question_mark", "help", "Keys", id="app.help"),
-        Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("ctrl+q", "quit", "Quit", show=False, priority=True, id="app.force_quit"),
-        Binding("ctrl+r", "refresh", "Refresh", show=False, id="app.refresh"),
+        # The footer has room for one key of the five views at 80 columns; `?` lists each.
+        Binding("1", "view('jobs')", "Views", key_display="1–5", id="view.jobs",
+                tooltip="views: 1 jobs, 2 queues, 3 nodes, 4 events, 5 sweep groups"),
+        Binding("2", "view('queues')", "Queues", id="view.queues", show=False, system=True),
+        Binding("3", "view('nodes')", "Nodes", id="view.nodes", show=False, system=True),
+        Binding("4", "view('events')", "Events", id="view.events", show=False, system=True),
+        Binding("5", "view('groups')", "Sweep groups", id="view.groups", show=False, system=True),
+        Binding("o", "open_by_id", "Open id", id="app.open_id", show=False,
+                tooltip="open a job by its id, or the first 6 characters or more of it"),
+        Binding("question_mark", "help", "Keys", id="app.help", tooltip="this list"),
+        Binding("q", "quit", "Quit", id="app.quit", tooltip="quit the console (the grid goes on)"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True, id="app.force_quit",
+                tooltip="quit, even from a form"),
+        Binding("ctrl+r", "refresh", "Refresh", show=False, id="app.refresh", tooltip="read the grid now"),
     ]
 
     def __init__(self, settings: Settings, grid: Grid, *, poll_interval: float = 1.0,
                  read_only: bool | None = None, page_size: int = PAGE_SIZE, where: str | None = None,
-                 autostart: bool = True):
+                 autostart: bool = True, notices: Sequence[str] = ()):
         super().__init__()
         self.settings = settings
-        self.grid = grid
+        self.link = Link(settings, grid)
         self.context = ConsoleContext(
             where=where or redact(settings.redis_url) or "local grid",
             read_only=settings.read_only if read_only is None else read_only,
@@ -96,11 +107,17 @@ class GridApp(App[None]):
                              ("groups", GroupsScreen)):
             self.add_mode(name, partial(screen, self.context))
         self.last_snapshot: Snapshot | None = None  # the last one read without an error
-        self.poller = Poller(self, grid, self.current_request, interval=poll_interval)
+        self.poller = Poller(self, self.link, self.current_request, interval=poll_interval)
         self.autostart = autostart
         self.fatal: str | None = None  # set when an unexpected error ended the app
         self._broker_was_down = False
         self.display_errors: list[str] = []  # snapshots a screen failed to show (logged)
+        self.notices = tuple(notices)  # said once the console is up (the local grid runs jobs as root)
+
+    @property
+    def grid(self) -> Grid:
+        """The grid as the console reaches it now (a local grid may have moved)."""
+        return self.link.grid
 
     @property
     def read_only(self) -> bool:
@@ -109,6 +126,8 @@ class GridApp(App[None]):
     # ---- life cycle ---------------------------------------------------------------------
 
     def on_mount(self) -> None:
+        for notice in self.notices:
+            self.notify(notice, title="local grid", severity="warning", markup=False, timeout=30)
         if self.autostart:
             self.poller.start()
 
@@ -178,7 +197,7 @@ class GridApp(App[None]):
     # ---- navigation ---------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("view", "help") and isinstance(self.screen, ModalScreen):
+        if action in ("view", "help", "open_by_id") and isinstance(self.screen, ModalScreen):
             return False
         if action in WRITE_ACTIONS and self.read_only:
             return False
@@ -190,10 +209,12 @@ class GridApp(App[None]):
             self.poller.poll_now()
 
     def action_help(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
+        screen = self.screen
+        title = HELP_TITLES.get(getattr(screen, "VIEW", ""), "this screen")
+        self.push_screen(KeysScreen(keys_help(title, screen)))
+
+    def action_open_by_id(self) -> None:
+        self.push_screen(GoToJobScreen(), lambda typed: self.act(actions.find_job(typed)) if typed else None)
 
     def show_jobs(self, flt: JobFilter) -> None:
         """The jobs view, filtered."""
@@ -274,8 +295,8 @@ class GridApp(App[None]):
         self.act(actions.resume(message.node))
 
     def act(self, action: Action) -> None:
-        """Run one grid action in a worker thread; a read-only console runs none."""
-        if self.read_only:
+        """Run one grid action in a worker thread; a read-only console runs none that writes."""
+        if self.read_only and action.writes:
             return
         self.run_worker(partial(action.run, self.grid), name=action.what, group=ACTIONS, thread=True,
                         exit_on_error=False)
@@ -297,6 +318,8 @@ class GridApp(App[None]):
             then = question.then
             self.push_screen(ConfirmScreen(question.title, question.body, yes=question.yes),
                              lambda yes: self.act(then) if yes else None)
+        if outcome.open_job:
+            self.open_job(outcome.open_job)
         if outcome.changed:
             self.poller.poll_now()
 

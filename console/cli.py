@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
 from gridcore.settings import SettingsError, data_dir, load_settings
 
@@ -47,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["redis_url"] = args.redis_url
     if args.read_only:
         overrides["read_only"] = True
+    notices: list[str] = []
     try:
         settings = load_settings(args.config, overrides=overrides)
         if args.local:
-            settings = _local(settings)
+            settings, notices = _local(settings)
         from gridcore.client import Grid
         from gridcore.connection import BrokerError, connect
 
@@ -69,13 +71,33 @@ def main(argv: list[str] | None = None) -> int:
     from console.app import make_app
 
     app = make_app(settings, grid, poll_interval=args.poll_interval,
-                   where="local grid" if args.local else None)
+                   where="local grid" if args.local else None, notices=notices)
     # An unreachable broker is not fatal: the app shows a banner and keeps retrying.
     app.run(mouse=args.mouse)
     if app.fatal:
         print(f"gridtui: stopped by an unexpected error: {app.fatal}\n  details: {log_path}", file=sys.stderr)
         return 1
+    if args.local:
+        print(still_running(app.grid), file=sys.stderr)
     return app.return_code or 0
+
+
+def still_running(grid) -> str:
+    """What quitting the console leaves running on the local grid, and how to stop it."""
+    from gridcore import localgrid
+
+    st = localgrid.status()
+    if not st["broker"] or not st["broker"]["alive"]:
+        return "gridtui: the local grid is stopped (`grid up` starts it)"
+    try:
+        counts = grid.queues()
+        jobs = f"; {sum(q.running for q in counts)} job(s) running, {sum(q.queued for q in counts)} queued"
+    except Exception:  # noqa: BLE001 - the summary must not fail the exit
+        jobs = ""
+    agents = ", ".join(f"agent pid {a['pid']}" for a in st["agents"] if a["alive"]) or "no agent"
+    said = (f"gridtui: the local grid is still running (broker pid {st['broker']['pid']}, {agents}{jobs}). "
+            f"Stop it with `grid down`: {localgrid.down_words(localgrid.stop_grace(grid.settings))}.")
+    return textwrap.fill(said, width=78, subsequent_indent="  ", break_on_hyphens=False)
 
 
 class LocalGridError(Exception):
@@ -83,7 +105,8 @@ class LocalGridError(Exception):
 
 
 def _local(settings):
-    """Settings pointing at the embedded local grid, started if it isn't running."""
+    """Settings that find the embedded local grid through its state file (started if it isn't
+    running, and followed if it restarts on another port), and what to tell the user about it."""
     try:
         from gridcore import localgrid
     except ImportError:
@@ -92,10 +115,8 @@ def _local(settings):
         info = localgrid.ensure_up(settings)
     except Exception as e:  # noqa: BLE001 - any start failure is reported in one line
         raise LocalGridError(f"could not start the local grid: {e}") from None
-    overrides = {"redis_url": info["url"]}
-    if info.get("password"):
-        overrides["redis_password"] = info["password"]
-    return settings.model_copy(update=overrides)
+    notices = [localgrid.ROOT_NOTE] if info.get("running_as_root") else []
+    return settings.model_copy(update={"redis_url": None, "redis_password": None}), notices
 
 
 def run() -> int:

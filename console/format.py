@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from gridcore.models import JobState, NodeState
+from gridcore.units import format_size
 
 STATE_STYLE = {
     JobState.QUEUED: "cyan",
@@ -71,15 +72,9 @@ def stamp(t: object) -> str:
 
 
 def size(n: object) -> str:
-    """Bytes in binary units: 512B, 3.2K, 15.0G."""
+    """Bytes as the CLI and descriptors write them (decimal units: 512B, 3.2KB, 25.3GB)."""
     n = num(n)
-    if n is None:
-        return "?"
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" or abs(n) >= 100 else f"{n:.1f}{unit}"
-        n /= 1024
-    return ""
+    return "?" if n is None or n < 0 else format_size(int(n))
 
 
 def runtime(job, now: float) -> str:
@@ -98,7 +93,7 @@ def exit_status(job) -> str:
     if code is not None:
         return str(int(code))
     if sig:
-        return f"sig{int(sig)}"
+        return f"sig{int(sig)}"  # the exit column is wide enough for sig15
     return ""
 
 

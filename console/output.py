@@ -78,6 +78,16 @@ class OutputBuffer:
 
     def finish(self) -> None:
         """Flush undecoded bytes and unfinished lines (the job's output ended)."""
+        self._break()
+        self.ended = True
+        self.version += 1
+
+    def gap(self, message: str) -> None:
+        """Output was left out here: end the lines it cut, then say so."""
+        self._break()
+        self.note(message)
+
+    def _break(self) -> None:
         for name, st in self._streams.items():
             tail = st.decoder.decode(b"", final=True)
             if tail:
@@ -85,8 +95,7 @@ class OutputBuffer:
             if st.line:
                 self._append(name, st.line)
                 st.line = ""
-        self.ended = True
-        self.version += 1
+            st.pending_escape, st.after_cr = "", False
 
     def _append(self, stream: str, line: str) -> None:
         self.lines.append((stream, clean_line(line)))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 from textual.timer import Timer
 
+from console.link import Link
 from console.progress import latest_of_chunks
 from gridcore.client import Event, Grid, GridError, QueueStats
 from gridcore.connection import BROKER_FAILURES, describe_error
@@ -53,9 +54,6 @@ EVENTS_COUNT = 200
 NODES_EVERY = 10.0
 """Seconds between reads of the node states while the nodes view is hidden (the summary counts them)."""
 
-BACKOFF_MAX = 30.0
-"""Longest wait between reconnect attempts while the broker is down."""
-
 
 @dataclass(frozen=True)
 class Request:
@@ -70,7 +68,7 @@ class Request:
     limit: int = PAGE_SIZE
     job_id: str | None = None  # the job open in the detail screen
     after: str = "0-0"  # its output stream cursor
-    fresh: bool = False  # the output pane was just opened: also measure trimming
+    fresh: bool = False  # the output pane was just opened (nothing read for it yet)
     groups_offset: int = 0  # the page of the groups view
     group_id: str | None = None  # the sweep group open in the parameter grid
     cells_offset: int = 0  # the page of its cells
@@ -97,7 +95,6 @@ class Snapshot:
     job: Job | None = None
     job_missing: bool = False
     chunks: tuple[OutputChunk, ...] = ()
-    trimmed_entries: int = 0  # output entries the broker trimmed before we read them
     more_output: bool = False
     error: str | None = None
     retry_in: float = 0.0
@@ -115,9 +112,9 @@ class Poller:
             super().__init__()
             self.snapshot = snapshot
 
-    def __init__(self, app: App, grid: Grid, request, interval: float = 1.0):
+    def __init__(self, app: App, grid: Grid | Link, request, interval: float = 1.0):
         self.app = app
-        self.grid = grid
+        self.link = grid if isinstance(grid, Link) else Link(grid.settings, grid)
         self.request = request  # callable -> Request, runs on the UI thread
         self.interval = interval
         self.failures = 0
@@ -133,6 +130,11 @@ class Poller:
         self._last: Snapshot | None = None
         self.live = False  # started: until then (a test's frozen app) nothing is read
         self.stopped = False
+
+    @property
+    def grid(self) -> Grid:
+        """The grid this tick reads (the link may have found the broker somewhere new)."""
+        return self.link.grid
 
     # ---- scheduling (UI thread) ---------------------------------------------------------
 
@@ -209,13 +211,14 @@ class Poller:
             self.failures = 0
         except BROKER_FAILURES as e:
             self.failures += 1
-            delay = min(BACKOFF_MAX, 2 ** (self.failures - 1))
-            snap = Snapshot(request=req, error=describe_error(e, self.grid.settings.redis_url), retry_in=delay,
-                            attempt=self.failures)
+            delay = min(self.link.backoff_max, 2 ** (self.failures - 1))
+            snap = Snapshot(request=req, error=describe_error(e, self.link.url) + self.link.hint(),
+                            retry_in=delay, attempt=self.failures)
+            self.link.failed()
         except Exception as e:  # noqa: BLE001 - a bug must not stop the loop or reach the screen
             log.exception("poll failed")
             self.failures += 1
-            delay = min(BACKOFF_MAX, 2 ** (self.failures - 1))
+            delay = min(self.link.backoff_max, 2 ** (self.failures - 1))
             snap = Snapshot(request=req, error=f"internal error while polling: {type(e).__name__}: {e}",
                             retry_in=delay, attempt=self.failures)
         self.app.post_message(self.Polled(replace(snap, elapsed=time.monotonic() - t0)))
@@ -299,8 +302,6 @@ class Poller:
     def _read_output(self, req: Request, block: bool) -> dict:
         g = self.grid
         out: dict = {}
-        if req.fresh:
-            out["trimmed_entries"] = g.output_trimmed(req.job_id)
         chunks = g.tail(req.job_id, after=req.after, count=OUTPUT_BATCH)
         if not chunks and block:
             chunks = g.tail(req.job_id, after=req.after, count=OUTPUT_BATCH, block_ms=OUTPUT_BLOCK_MS)

@@ -68,6 +68,11 @@ def check_task(t: RawTask) -> list[str]:
     if isinstance(sweep, dict):
         texts = [*_strings(d.get("command")), *_strings(d.get("argv")), *_strings(d.get("env"))]
         used = set().union(*(placeholders(s) for s in texts))
+        axes = [a for a in sweep if isinstance(a, str)]
+        for field in ("command", "argv", "env"):
+            for name in sorted(set().union(*(placeholders(s) for s in _strings(d.get(field)))) - set(axes)):
+                out.append(f"{t.path(field)}: {{{name}}} names no sweep axis (axes: {', '.join(axes) or 'none'}); "
+                           f"write ${{{name}}} for a shell variable, or {{{{{name}}}}} for a literal {{{name}}}")
         for axis, values in sweep.items():
             # Bad names and empty axes have their own message from the schema.
             if axis not in used and AXIS_NAME.fullmatch(axis) and isinstance(values, list) and values:

@@ -236,7 +236,7 @@ class Task(_Model):
     tags: list[Tagword] = Field(default_factory=list, description="Free-form tags.")
     sweep: Annotated[dict[AxisName, Annotated[list[SweepValue], Field(min_length=1)]], Field(min_length=1)] | None = \
         Field(default=None, description="Parameter axes: one job per combination, `{axis}` substituted "
-                                        "in command, argv and env.")
+                                        "in command, argv and env (`{{name}}` is a literal `{name}`).")
     max_parallel: Annotated[int, Strict(), Field(ge=1)] | None = Field(
         default=None, description="At most this many jobs of the sweep run at once.")
 

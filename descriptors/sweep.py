@@ -12,8 +12,8 @@ from typing import Any
 MAX_CELLS = 10_000
 """Most jobs one swept task may expand to; past this it is surely a mistake in the axes."""
 
-# `${name}` is the shell's, so a `{` right after `$` never starts a placeholder.
-_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `{{name}}` is a literal `{name}`; `${name}` is the shell's, so a `{` right after `$` starts none.
+_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def cell_count(axes: Mapping[str, Sequence[Any]]) -> int:
@@ -36,10 +36,19 @@ def render(value: Any) -> str:
 
 
 def placeholders(text: str) -> set[str]:
-    """Names written `{name}` in text (shell `${name}` excluded)."""
-    return set(_PLACEHOLDER.findall(text))
+    """Names written `{name}` in text (shell `${name}` and literal `{{name}}` excluded)."""
+    return {m.group(2) for m in _PLACEHOLDER.finditer(text) if m.group(2)}
 
 
 def substitute(text: str, cell: Mapping[str, Any]) -> str:
-    """Replace `{axis}` for the axes of this cell; other braces are left for the shell."""
-    return _PLACEHOLDER.sub(lambda m: render(cell[m.group(1)]) if m.group(1) in cell else m.group(0), text)
+    """Replace `{axis}` for the axes of this cell and `{{name}}` by `{name}`; other braces are left
+    for the shell. Text of a task without a sweep (an empty cell) is left as it is."""
+    if not cell:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(1):
+            return "{" + m.group(1) + "}"
+        return render(cell[m.group(2)]) if m.group(2) in cell else m.group(0)
+
+    return _PLACEHOLDER.sub(one, text)

@@ -15,7 +15,7 @@ import redis
 from gridcore.clock import BrokerClock
 from gridcore.connection import connect
 from gridcore.control import Control
-from gridcore.errors import GridError, JobNotFound, Unplaceable
+from gridcore.errors import AmbiguousId, GridError, JobNotFound, Unplaceable
 from gridcore.explain import Explainer
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobSpec, JobState, Node, NodeState, OutputChunk, QueueStats
@@ -25,7 +25,7 @@ from gridcore.settings import Settings, load_settings
 from gridcore.signing import Signer, load_private_key
 from gridcore.submission import Submission, route
 
-__all__ = ["Event", "Grid", "GridError", "JobNotFound", "QueueStats", "Unplaceable"]
+__all__ = ["AmbiguousId", "Event", "Grid", "GridError", "JobNotFound", "QueueStats", "Unplaceable"]
 
 
 class Grid:
@@ -87,6 +87,10 @@ class Grid:
     def get(self, job_id: str) -> Job:
         """One job with everything `grid show` prints."""
         return self.reads.get(job_id)
+
+    def resolve(self, job_id: str) -> str:
+        """The whole id of the job `job_id` names: itself, or a unique start of one (>= 6 chars)."""
+        return self.reads.resolve(job_id)
 
     def get_many(self, job_ids: Sequence[str]) -> list[Job]:
         """Several jobs in one pipeline; ids that no longer exist are skipped."""
@@ -158,9 +162,9 @@ class Grid:
         """The newest `count` output entries of each job, oldest first."""
         return self.reads.latest_output(job_ids, count)
 
-    def output_trimmed(self, job_id: str) -> int:
-        """Entries the broker dropped from the head of a job's output stream."""
-        return self.reads.output_trimmed(job_id)
+    def last_lines(self, job_id: str, lines: int) -> list[OutputChunk]:
+        """The output entries holding a job's last `lines` lines (`grid logs --tail`)."""
+        return self.reads.last_lines(job_id, lines)
 
     def state(self, job_id: str) -> JobState:
         """A job's state alone."""

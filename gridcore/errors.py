@@ -13,3 +13,13 @@ class JobNotFound(GridError):
 
 class Unplaceable(GridError):
     """No node of the grid could ever run the request (too many GPUs, an unknown label...)."""
+
+
+class AmbiguousId(GridError):
+    """A short id that is the start of more than one job's id; the message lists them."""
+
+    def __init__(self, prefix: str, matches: list[str]):
+        self.prefix, self.matches = prefix, matches
+        shown = ", ".join("".join(c if c.isprintable() else "?" for c in m[:64]) for m in matches[:5]) + (", …" if len(matches) > 5 else "")
+        super().__init__(f"{prefix!r} is the start of {len(matches)}{'+' if len(matches) > 5 else ''} job ids: {shown}; "
+                         "give more characters")

@@ -26,6 +26,9 @@ EVENTS = f"{PREFIX}:events"
 JOBS = f"{PREFIX}:jobs"
 """Sorted set: every job id -> submit time (broker time); the newest-first index for paging."""
 
+JOB_IDS = f"{PREFIX}:ids"
+"""Sorted set, every score 0: every job id, in byte order, so a short id finds its jobs (ZRANGEBYLEX)."""
+
 GROUPS = f"{PREFIX}:groups"
 """Sorted set: group (sweep) id -> submit time."""
 

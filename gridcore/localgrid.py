@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ from gridcore.signing import AuthorizedKeys, generate_key
 
 START_TIMEOUT = 30.0
 """Seconds to wait for the broker to answer and the agent to report ready."""
+
+DOWN_MARGIN = 10.0
+"""Seconds `grid down` gives the agent past its stop and kill graces before it kills the agent."""
+
+ROOT_NOTE = "the local agent runs jobs as root, because you started it as root"
+"""What `grid up` and `gridtui --local` say when the local grid runs as root."""
 
 
 class LocalGridError(Exception):
@@ -140,6 +147,9 @@ def _start_agent(local: Path, state: dict[str, Any], slots: int | None) -> int:
     env["GRID_REDIS_PASSWORD"] = state["password"]
     # The local grid runs jobs as whoever started it, root included (it says so at `up`).
     env["GRID_AGENT_ALLOW_ROOT"] = "true"
+    # `grid down` states and waits for the agent's stop grace: the agent must use that very number.
+    env["GRID_AGENT_STOP_GRACE"] = str(state["stop_grace"])
+    env["GRID_AGENT_KILL_GRACE"] = str(state["kill_grace"])
     args = [sys.executable, "-m", "agent"]
     if slots:
         args += ["--slots", str(slots)]
@@ -180,6 +190,7 @@ def ensure_up(settings: Settings, slots: int | None = None) -> dict[str, Any]:
     ensure_key(settings)
     node = settings.agent.node_name
     if not pid_alive(state.get("agent_pid")):
+        state.update(stop_grace=settings.agent.stop_grace, kill_grace=settings.agent.kill_grace)
         pid = _start_agent(local, state, slots)
         state.update(agent_pid=pid, node=node, slots=slots)
         _write_state(state)
@@ -211,25 +222,116 @@ def _stop_pid(pid: int | None, timeout: float, second_signal: bool = True) -> bo
     return not pid_alive(pid)
 
 
-def down(grace: float = 10.0) -> dict[str, Any]:
-    """Stop the local agent (warm, then cold) and the broker (which writes its AOF)."""
+def stop_grace(settings: Settings) -> float:
+    """How long the local agent lets running jobs finish when stopped: the number it was started with."""
+    state = read_local_state() or {}
+    return float(state.get("stop_grace") or settings.agent.stop_grace)
+
+
+def down_words(grace: float) -> str:
+    """What `grid down` does to running jobs, in words."""
+    return (f"running jobs get up to {grace:g}s (agent.stop_grace) to finish, then are stopped and run again at "
+            "the next `grid up`; `grid down --now` stops them at once, `grid down --wait` lets them finish")
+
+
+def down(settings: Settings, mode: str = "grace", say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Stop the local agent and the broker (which writes its AOF), saying what happens to running jobs.
+
+    mode "grace": running jobs get the agent's stop grace, then are handed back; "now": they are
+    stopped at once and handed back; "wait": the node takes nothing new until they have finished.
+    """
     state = read_local_state()
     if not state:
         raise LocalGridError("the local grid is not running (no state file)")
-    _stop_pid(state.get("agent_pid"), grace)
-    if broker_alive(state):
+    agent, node = state.get("agent_pid"), state.get("node")
+    grace = float(state.get("stop_grace") or settings.agent.stop_grace)
+    kill = float(state.get("kill_grace") or settings.agent.kill_grace)
+    up = broker_alive(state)
+    if not pid_alive(agent) and not up:
+        say("the local grid is already stopped")
+        state.update(agent_pid=None, broker_pid=None)
+        _write_state(state)
+        return state
+    client = _client(state) if up else None
+    if pid_alive(agent):
+        running = client.hlen(keys.node_running(node)) if client is not None and node else 0
+        drained = False
+        if mode == "wait" and running:
+            drained = _wait_for_jobs(client, settings, node, agent, running, say)
+        elif mode == "now" and running:
+            say(f"stopping {running} running job(s) now; they run again at the next `grid up`")
+        elif running:
+            say(f"{running} job(s) running: they get up to {grace:g}s (agent.stop_grace) to finish, then are "
+                "stopped and run again at the next `grid up` (--now: stop them now, --wait: let them finish)")
+        limit = kill + DOWN_MARGIN + (0 if mode == "now" else grace)
+        if not _stop_agent(agent, limit, cold=mode == "now"):
+            say(f"the agent did not stop within {limit:g}s: killed it")
+        if drained and client is not None:
+            from gridcore.client import Grid
+
+            Grid(client, settings).resume(node)  # the node takes jobs again at the next `grid up`
+        say("agent stopped")
+    if up and client is not None:
+        from gridcore.reads import Reads
+
+        waiting = sum(q.queued + q.scheduled for q in Reads(client).queues())
+        if waiting:
+            say(f"{waiting} job(s) wait in the queue for the next `grid up`")
         try:
-            _client(state).shutdown()
+            client.shutdown()
         except redis.ConnectionError:
             pass  # SHUTDOWN closes the connection as it exits
         except redis.RedisError:
-            _stop_pid(state.get("broker_pid"), grace, second_signal=False)
-    deadline = time.monotonic() + grace
+            _stop_pid(state.get("broker_pid"), START_TIMEOUT, second_signal=False)
+    deadline = time.monotonic() + START_TIMEOUT
     while pid_alive(state.get("broker_pid")) and time.monotonic() < deadline:
         time.sleep(0.05)
     state.update(agent_pid=None, broker_pid=None)
     _write_state(state)
     return state
+
+
+def _wait_for_jobs(client: redis.Redis, settings: Settings, node: str, agent: int, running: int,
+                   say: Callable[[str], None]) -> bool:
+    """Drain the node and wait until nothing runs on it; True when this drained it."""
+    from gridcore.client import Grid
+
+    grid = Grid(client, settings)
+    grid.drain(node, "grid down --wait: finishing running jobs")
+    say(f"waiting for {running} running job(s) to finish; node {node} takes no new ones (ctrl-c stops waiting)")
+    try:
+        while client.hlen(keys.node_running(node)) and pid_alive(agent):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        grid.resume(node)
+        raise
+    return True
+
+
+def _stop_agent(pid: int, limit: float, cold: bool) -> bool:
+    """SIGTERM (a warm stop; repeated, a cold one); True when it exited within `limit`, else it is killed."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + limit
+    next_term = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        if cold and time.monotonic() >= next_term:
+            os.kill(pid, signal.SIGTERM)  # a second signal is the agent's cold stop
+            next_term = time.monotonic() + 1.0
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return False
+
+
+def stopped_hint(settings: Settings) -> str:
+    """Words for a failure to reach the broker when that broker is the local grid and it is stopped."""
+    if settings.redis_url:
+        return ""
+    state = read_local_state()
+    if state and state.get("url") and not pid_alive(state.get("broker_pid")):
+        return " (the local grid is stopped: start it with `grid up`)"
+    return ""
 
 
 def status() -> dict[str, Any]:

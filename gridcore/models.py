@@ -244,6 +244,8 @@ class OutputChunk:
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None
+    offset: int | None = None  # stdout/stderr: bytes of output (both streams) before this chunk
+    line: int | None = None  # and newlines before it
 
 
 @dataclass(frozen=True)

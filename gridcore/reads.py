@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from gridcore import events, keys
-from gridcore.errors import GridError, JobNotFound
+from gridcore.errors import AmbiguousId, GridError, JobNotFound
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobState, Node, NodeState, OutputChunk, QueueStats
 from gridcore.records import NODE_FIELDS, GroupRecord, decode_output, text
 from gridcore.views import JOB_FIELDS, STATE_FIELDS, job_state, job_view, node_view, node_view_state
+
+SHORT_ID_MIN = 6
+"""Fewest characters of a job id that `resolve` takes for the whole id."""
+
+SHORT_ID_MATCHES = 6
+"""Matches a short id lists at most when it names more than one job."""
 
 ATTEMPTS_READ = 1000
 """Newest attempt records `get` reads of one job (an envelope allows at most 1000 attempts)."""
@@ -44,6 +51,34 @@ class Reads:
         if not jobs:
             raise JobNotFound(f"no job {job_id!r} on this grid")
         return jobs[0]
+
+    def resolve(self, job_id: str) -> str:
+        """The job id that `job_id` names: itself, or the one job whose id starts with it
+        (at least SHORT_ID_MIN characters). Raises JobNotFound or AmbiguousId."""
+        if self.exists(job_id):
+            return job_id
+        if len(job_id) < SHORT_ID_MIN:
+            raise JobNotFound(f"no job {job_id!r} on this grid (a short id needs {SHORT_ID_MIN} characters or more)")
+        for prefix in dict.fromkeys((job_id, job_id.lower())):
+            found = self._starting_with(prefix)
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise AmbiguousId(prefix, found)
+        raise JobNotFound(f"no job {job_id!r} on this grid")
+
+    def _starting_with(self, prefix: str) -> list[str]:
+        """Ids of live jobs starting with `prefix` (at most SHORT_ID_MATCHES; expired ones left out)."""
+        start = prefix.encode()
+        ids = [text(i) for i in self.redis.zrangebylex(keys.JOB_IDS, b"[" + start, b"(" + start + b"\xff",
+                                                         start=0, num=SHORT_ID_MATCHES * 4)]
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.exists(keys.rq_job(jid))
+            alive = pipe.execute()
+        return [jid for jid, ok in zip(ids, alive, strict=True) if ok][:SHORT_ID_MATCHES]
 
     def get_many(self, job_ids: Sequence[str]) -> list[Job]:
         """Several jobs in one pipeline (list fields only); ids that no longer exist are skipped."""
@@ -196,10 +231,16 @@ class Reads:
     # ---- queues -------------------------------------------------------------------------
 
     def queue_names(self) -> list[str]:
-        """Every queue the grid routed to, and every queue RQ knows."""
-        names = {text(n) for n in self.redis.smembers(keys.QUEUES)}
-        for k in self.redis.smembers(keys.rq_queues()):
-            names.add(text(k).removeprefix(keys.rq_queue_prefix()))
+        """Every queue the grid routed to, every queue RQ knows, and every node's own queue (placed
+        jobs run from it, and RQ forgets a queue once it is empty: its registries stay)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(keys.QUEUES)
+            pipe.smembers(keys.rq_queues())
+            pipe.zrange(keys.NODES, 0, -1)
+            grid_queues, rq_queues, nodes = pipe.execute()
+        names = {text(n) for n in grid_queues}
+        names.update(text(k).removeprefix(keys.rq_queue_prefix()) for k in rq_queues)
+        names.update(keys.node_queue(text(n)) for n in nodes)
         return sorted(n for n in names if n)
 
     def queue_stats(self, name: str) -> QueueStats:
@@ -341,20 +382,50 @@ class Reads:
         return {jid: [decode_output(eid, fields, keys.output(jid)) for eid, fields in reversed(entries)]
                 for jid, entries in zip(job_ids, replies, strict=True)}
 
-    def output_trimmed(self, job_id: str) -> int:
-        """Entries the broker dropped from the head of a job's output stream (MAXLEN)."""
+    def last_lines(self, job_id: str, lines: int, batch: int = 1000) -> list[OutputChunk]:
+        """The entries holding the last `lines` lines of a job's output (stdout and stderr as they
+        arrived), the first one cut to start at a line, and every note and end marker after it.
+
+        Reads back from the end only as far as it must, `batch` entries a call."""
         key = keys.output(job_id)
-        if not self.redis.exists(key):
-            return 0  # no stream (yet, or any more); XINFO would answer with an error
-        try:
-            info = self.redis.xinfo_stream(key)
-        except redis.ResponseError:
-            return 0  # expired between the two calls
-        added = info.get("entries-added")
-        if added is None:
-            return 0
-        return max(0, int(added) - int(info.get("length") or 0))
+        picked: list[OutputChunk] = []
+        newlines, upper, ends_open = 0, "+", None
+        while True:
+            entries = self.redis.xrevrange(key, max=upper, min="-", count=batch)
+            for eid, fields in entries:
+                chunk = decode_output(eid, fields, key)
+                picked.append(chunk)
+                if chunk.stream not in ("stdout", "stderr") or not chunk.data:
+                    continue
+                if ends_open is None:
+                    ends_open = not chunk.data.endswith(b"\n")
+                newlines += chunk.data.count(b"\n")
+                # A line starts after the newline that ends the line before it.
+                if newlines - (0 if ends_open else 1) >= lines:
+                    return _from_line(picked[::-1], newlines - lines + (1 if ends_open else 0))
+            if len(entries) < batch:
+                return picked[::-1]
+            upper = f"({text(entries[-1][0])}"
 
     def events(self, count: int = 100, before: str = "+") -> list[Event]:
         """The newest grid events, newest first."""
         return events.newest(self.redis, count, before)
+
+
+def _from_line(chunks: list[OutputChunk], skip: int) -> list[OutputChunk]:
+    """`chunks` after their first `skip` newlines (stdout and stderr together)."""
+    for i, c in enumerate(chunks):
+        if c.stream not in ("stdout", "stderr"):
+            continue
+        n = c.data.count(b"\n")
+        if n < skip:
+            skip -= n
+            continue
+        cut = 0
+        for _ in range(skip):
+            cut = c.data.index(b"\n", cut) + 1
+        rest = c.data[cut:]
+        first = [replace(c, data=rest, offset=None if c.offset is None else c.offset + cut,
+                         line=None if c.line is None else c.line + skip)] if rest else []
+        return first + chunks[i + 1 :]
+    return chunks

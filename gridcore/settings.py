@@ -74,6 +74,16 @@ class AgentSettings(BaseModel):
     policy: NodePolicy = Field(default_factory=NodePolicy)
 
 
+def account_name() -> str:
+    """This process's account name (from the password database: $USER may be unset or wrong)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no entry (containers): what the environment says, else the number
+        return os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid{os.getuid()}"
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,7 +95,7 @@ class Settings(BaseModel):
     ssl_keyfile: str | None = None
     sentinel_master: str | None = None  # with redis+sentinel:// URLs
     key_file: str | None = None  # operator signing key; default <config dir>/keys/id_ed25519
-    submitter: str = Field(default_factory=lambda: f"{os.environ.get('USER', 'user')}@{socket.gethostname()}")
+    submitter: str = Field(default_factory=lambda: f"{account_name()}@{socket.gethostname()}")
     default_queue: str = "default"
     result_ttl: int = 7 * 24 * 3600
     envelope_ttl: int = 14 * 24 * 3600  # how long a signed job may wait before it expires

@@ -30,6 +30,10 @@ SERIALIZER = JSONSerializer
 COMMAND_PREVIEW = 2000
 """Characters of the command kept in job meta for listings."""
 
+ORDER_STEP = 1e-6
+"""Seconds between the index scores of jobs submitted together, so newest-first lists keep their
+order (a sweep's cells last to first) instead of the random order of equal scores."""
+
 
 def rq_retry_intervals(spec: JobSpec) -> int | list[int]:
     """RQ's Retry interval(s) for the spec's backoff: one per retry, the last value repeating.
@@ -109,9 +113,9 @@ class Submission:
                     pipe.expire(keys.group(gid), self.settings.result_ttl)
                     pipe.zadd(keys.GROUPS, {gid: now})
                 pipe.execute()
-        for spec, job_id in zip(specs, ids, strict=True):
+        for k, (spec, job_id) in enumerate(zip(specs, ids, strict=True)):
             mp = groups.get(spec.group, {}).get("max_parallel") if spec.group else None
-            self._enqueue(spec, job_id, now, mp)
+            self._enqueue(spec, job_id, now, mp, order=now + k * ORDER_STEP)
         return ids
 
     def meta(self, spec: JobSpec, now: float, max_parallel: int | None) -> JobMeta:
@@ -134,7 +138,8 @@ class Submission:
         self._server_version = q.redis_server_version
         return q
 
-    def _enqueue(self, spec: JobSpec, job_id: str, now: float, max_parallel: int | None = None) -> None:
+    def _enqueue(self, spec: JobSpec, job_id: str, now: float, max_parallel: int | None = None,
+                 order: float | None = None) -> None:
         queue_name = route(spec, max_parallel)
         meta = self.meta(spec, now, max_parallel)
         signed = self._signer().sign(self.envelope(spec, job_id, queue_name, now, 1 + spec.retries + LOST_RETRIES))
@@ -162,8 +167,9 @@ class Submission:
                 depends_on=depends,
                 pipeline=None if depends else pipe,
             )
-            pipe.zadd(keys.JOBS, {job_id: now})
-            pipe.zadd(keys.queue_jobs(spec.queue), {job_id: now})
+            pipe.zadd(keys.JOBS, {job_id: order or now})
+            pipe.zadd(keys.JOB_IDS, {job_id: 0})
+            pipe.zadd(keys.queue_jobs(spec.queue), {job_id: order or now})
             pipe.sadd(keys.QUEUES, queue_name)
             if spec.group:
                 pipe.zadd(keys.group_jobs(spec.group), {job_id: int(spec.params.get("_cell", 0))})

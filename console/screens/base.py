@@ -59,7 +59,8 @@ class GridScreen(Screen):
         yield Summary(id="summary")
 
     def compose_bottom(self) -> ComposeResult:
-        yield Footer()
+        # The palette (ctrl+p) is in `?`: at 80 columns the footer keeps its room for the screen's keys.
+        yield Footer(show_command_palette=False)
 
     def on_screen_resume(self) -> None:
         self.post_message(RefreshRequested(self))  # what this screen shows may not have been read lately
@@ -192,6 +193,26 @@ class PagedScreen(TableScreen):
             self.app.bell()
         elif new != self.page_start:
             self.show_page(new)
+
+    def on_keyed_table_edge(self, event: KeyedTable.Edge) -> None:
+        """pgdn/pgup past the page's last or first row turn the page; end/home there go to the last or first."""
+        event.stop()
+        if event.far:
+            last = max(0, (self.total - 1) // self.page_size * self.page_size)
+            target = last if event.step > 0 else 0
+            if target != self.page_start:
+                self.show_page(target)
+        else:
+            self.action_page(event.step)
+
+    def page_hint(self) -> str:
+        """` · ] next`, ` · [ prev` or both: what the page keys would do now."""
+        hints = []
+        if self.page_start > 0:
+            hints.append("[ prev")
+        if self.page_start + len(self.items) < self.total:
+            hints.append("] next")
+        return "".join(f" · {h}" for h in hints)
 
     def show_page(self, offset: int) -> None:
         """Forget the rows shown and read the page at `offset` now."""

@@ -20,6 +20,11 @@ from console.screens.base import ConsoleContext, GridScreen
 from console.screens.confirm import job_list
 from console.widgets.output import OutputView
 from gridcore.models import Job, JobState
+from gridcore.records import Gaps
+
+
+COMMAND_LINES = 200
+"""Lines of a job's command the detail shows (the fields box scrolls)."""
 
 
 def job_fields(job: Job, now: float) -> Text:
@@ -59,7 +64,12 @@ def job_fields(job: Job, now: float) -> Text:
         if t:
             t.append("\n")
         t.append(f"{name:>12} ", style="bold dim")
-        t.append(clean(value, 2000 if name == "command" else 300), style=style if isinstance(style, str) else "")
+        if name == "command":
+            # A script keeps its lines, each under the one before.
+            lines = str(value).splitlines()[:COMMAND_LINES] or [""]
+            t.append(("\n" + " " * 13).join(clean(line, 2000) for line in lines), style=style)
+            continue
+        t.append(clean(value, 300), style=style if isinstance(style, str) else "")
     return t
 
 
@@ -77,11 +87,11 @@ class JobDetailScreen(GridScreen):
 
     VIEW = "detail"
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="detail.back"),
-        Binding("c", "cancel", "Cancel", id="detail.cancel"),
-        Binding("r", "requeue", "Requeue", id="detail.requeue"),
-        Binding("y", "copy_id", "Copy id", id="detail.copy"),
-        Binding("i", "toggle_fields", "Fields", id="detail.fields"),
+        Binding("escape", "app.pop_screen", "Back", id="detail.back", tooltip="back to the list"),
+        Binding("c", "cancel", "Cancel", id="detail.cancel", tooltip="cancel the job (asks first)"),
+        Binding("r", "requeue", "Requeue", id="detail.requeue", tooltip="run the failed or canceled job again"),
+        Binding("i", "toggle_fields", "Fields", id="detail.fields", tooltip="more or fewer of the job's fields"),
+        Binding("y", "copy_id", "Copy id", id="detail.copy", show=False, tooltip="copy the job's id"),
     ]
 
     def __init__(self, ctx: ConsoleContext, job_id: str) -> None:
@@ -89,9 +99,9 @@ class JobDetailScreen(GridScreen):
         self.job_id = job_id
         self.job: Job | None = None
         self.buffer = OutputBuffer()
-        self.fresh = True  # the next tick also measures output the broker trimmed
+        self.fresh = True  # nothing read for the pane yet
+        self.gaps = Gaps()
         self._fallback_done = False
-        self._trim_noted = False
         self._shown_version = 0
 
     def compose(self) -> ComposeResult:
@@ -129,11 +139,11 @@ class JobDetailScreen(GridScreen):
         view = self.query_one(OutputView)
         if snap.request.fresh:
             self.fresh = False
-            if snap.trimmed_entries and not self._trim_noted:
-                self._trim_noted = True
-                self.buffer.note(f"{snap.trimmed_entries:,} earlier output chunks were trimmed by the broker")
         for chunk in snap.chunks:
             if chunk.stream in ("stdout", "stderr"):
+                gap = self.gaps.gap(chunk)
+                if gap:
+                    self.buffer.gap(gap_line(*gap))
                 self.buffer.feed(chunk.stream, chunk.data, chunk.id)
             elif chunk.stream == "end":
                 self.buffer.finish()
@@ -180,8 +190,9 @@ class JobDetailScreen(GridScreen):
         t.append(f"{len(b) + b.trimmed:,} lines")
         if b.trimmed:
             t.append(f" ({b.trimmed:,} earliest dropped from view)", style="yellow")
-        if self.job is not None and self.job.dropped_bytes:
-            t.append(f" │ {fmt.size(self.job.dropped_bytes)} over budget, full log on the node", style="yellow")
+        if self.gaps.bytes or (self.job is not None and self.job.dropped_bytes):
+            left_out = max(self.gaps.bytes, self.job.dropped_bytes if self.job is not None else 0)
+            t.append(f" │ {fmt.size(left_out)} not kept, full log on the node", style="yellow")
         if view.follow and not view.unseen:
             t.append(" │ following", style="green")
         elif view.unseen:
@@ -211,8 +222,8 @@ class JobDetailScreen(GridScreen):
         # A requeued job starts a new output stream from scratch.
         self.buffer = OutputBuffer()
         self.fresh = True
+        self.gaps = Gaps()
         self._fallback_done = False
-        self._trim_noted = False
         self._shown_version = 0
         self.query_one(OutputView).reset(self.buffer)
 
@@ -221,6 +232,12 @@ class JobDetailScreen(GridScreen):
 
     def action_toggle_fields(self) -> None:
         self.query_one("#fields-box").toggle_class("-expanded")
+
+
+def gap_line(size: int, lines: int) -> str:
+    """The line that stands where output was left out of the broker."""
+    return (f"… {fmt.size(size)} ({lines:,} line{'s' if lines != 1 else ''}) of output not kept in the broker "
+            "here; the full log is on the node …")
 
 
 def _end_line(chunk) -> str:

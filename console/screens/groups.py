@@ -92,7 +92,8 @@ class GroupsScreen(PagedScreen):
     TABLE = GroupsTable
     COLUMNS = COLUMNS
     BINDINGS = [
-        Binding("R", "retry_failed", "Retry failed", id="groups.retry_failed"),
+        Binding("R", "retry_failed", "Retry failed", id="groups.retry_failed",
+                tooltip="requeue every failed or canceled cell of the sweep (asks first)"),
         Binding("y", "copy_id", "Copy id", id="groups.copy", show=False),
         Binding("right_square_bracket", "page(1)", "Next page", id="groups.next_page", show=False),
         Binding("left_square_bracket", "page(-1)", "Prev page", id="groups.prev_page", show=False),
@@ -117,7 +118,7 @@ class GroupsScreen(PagedScreen):
     def status(self) -> Text:
         off, n = self.page_start, len(self.items)
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f"sweeps {off + 1}–{off + n} of {self.total:,}" if n else "no sweep groups yet")
+        t.append(f"sweeps {off + 1}–{off + n} of {self.total:,}{self.page_hint()}" if n else "no sweep groups yet")
         t.append(" │ enter: parameter grid")
         if not self.ctx.read_only:
             t.append(" │ R: retry failed cells")

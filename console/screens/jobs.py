@@ -30,7 +30,7 @@ COLUMNS = [
     Column("node", "node", 10, 5),
     Column("submitted", "age", 7, 8),
     Column("runtime", "runtime", 7, 6),
-    Column("exit", "exit", 4, 4),
+    Column("exit", "exit", 5, 4),
     Column("progress", "prog", 4, 3),
 ]
 
@@ -71,18 +71,23 @@ class JobsScreen(PagedScreen):
     TABLE = JobsTable
     COLUMNS = COLUMNS
     BINDINGS = [
-        Binding("s", "app.submit", "Submit", id="jobs.submit"),
-        Binding("c", "cancel", "Cancel", id="jobs.cancel"),
-        Binding("space", "toggle_select", "Select", id="jobs.select"),
-        Binding("r", "requeue", "Requeue", id="jobs.requeue"),
-        Binding("R", "requeue_failed", "Requeue failed", id="jobs.requeue_failed", show=False),
-        Binding("y", "copy_id", "Copy id", id="jobs.copy", show=False),
-        Binding("slash", "filter", "Filter", id="jobs.filter"),
-        Binding("f", "cycle_state", "State", id="jobs.state"),
-        Binding("x", "clear_filter", "Clear filter", id="jobs.clear", show=False),
-        Binding("right_square_bracket", "page(1)", "Next page", id="jobs.next_page", show=False),
-        Binding("left_square_bracket", "page(-1)", "Prev page", id="jobs.prev_page", show=False),
-        Binding("escape", "unselect", "Unselect", id="jobs.unselect", show=False),
+        Binding("s", "app.submit", "Submit", id="jobs.submit", tooltip="submit a job (a form, or a descriptor file)"),
+        Binding("c", "cancel", "Cancel", id="jobs.cancel", tooltip="cancel the job under the cursor, or the selected ones"),
+        Binding("r", "requeue", "Requeue", id="jobs.requeue", tooltip="run a failed or canceled job again"),
+        Binding("slash", "filter", "Filter", id="jobs.filter",
+                tooltip="filter: state:failed queue:NAME node:NAME words of the name, command or reason"),
+        Binding("f", "cycle_state", "State", id="jobs.state", tooltip="show the next state only (running, queued, …)"),
+        Binding("x", "clear_filter", "Clear filter", id="jobs.clear", show=False, tooltip="clear the filter"),
+        Binding("space", "toggle_select", "Select", id="jobs.select", show=False,
+                tooltip="select the job (c and r then act on every selected job)"),
+        Binding("escape", "unselect", "Unselect", id="jobs.unselect", show=False, tooltip="clear the selection"),
+        Binding("R", "requeue_failed", "Requeue failed", id="jobs.requeue_failed", show=False,
+                tooltip="requeue every failed job the filter shows (asks first)"),
+        Binding("y", "copy_id", "Copy id", id="jobs.copy", show=False, tooltip="copy the job's id"),
+        Binding("right_square_bracket", "page(1)", "Next page", id="jobs.next_page", show=False,
+                tooltip="the next page of jobs"),
+        Binding("left_square_bracket", "page(-1)", "Prev page", id="jobs.prev_page", show=False,
+                tooltip="the page before"),
     ]
 
     def __init__(self, ctx: ConsoleContext) -> None:
@@ -121,7 +126,7 @@ class JobsScreen(PagedScreen):
         f, off, n = self.filter, self.page_start, len(self.items)
         t = Text(no_wrap=True, overflow="ellipsis")
         if n:
-            t.append(f"jobs {off + 1}–{off + n} of {self.total:,}")
+            t.append(f"jobs {off + 1}–{off + n} of {self.total:,}{self.page_hint()}")
         else:
             t.append(f"no jobs on this page (total {self.total:,})")
         if f.active:

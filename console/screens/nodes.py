@@ -23,7 +23,7 @@ COLUMNS = [
     Column("state", "state", 8, 1),
     Column("age", "beat", 6, 2),
     Column("cpu", "cpu/load", 9, 4),
-    Column("mem", "memory", 12, 5),
+    Column("mem", "memory", 15, 5),
     Column("gpus", "gpus", 14, 6),
     Column("labels", "labels", 10, 8),
     Column("slots", "slots", 5, 3),
@@ -95,8 +95,8 @@ class NodesScreen(TableScreen):
     TABLE = NodesTable
     COLUMNS = COLUMNS
     BINDINGS = [
-        Binding("d", "drain", "Drain", id="nodes.drain"),
-        Binding("u", "resume", "Resume", id="nodes.resume"),
+        Binding("d", "drain", "Drain", id="nodes.drain", tooltip="the node takes no new jobs (asks first)"),
+        Binding("u", "resume", "Resume", id="nodes.resume", tooltip="a drained node takes jobs again"),
     ]
 
     def compose_tail(self) -> Iterable[Widget]:

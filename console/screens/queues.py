@@ -35,7 +35,7 @@ class QueuesScreen(TableScreen):
     VIEW = NAME = "queues"
     TABLE = QueuesTable
     COLUMNS = COLUMNS
-    BINDINGS = [Binding("enter", "open_queue", "Jobs in queue", id="queues.open", show=False)]
+    BINDINGS = [Binding("enter", "open_queue", "Jobs", id="queues.open", tooltip="the jobs of the queue")]
 
     def take(self, snap) -> Rows:
         self.items = {q.name: q for q in snap.queues}

@@ -29,7 +29,7 @@ AXIS_WIDTH = (3, 14)
 
 TAIL = [
     Column("state", "state", 9, 1),
-    Column("exit", "exit", 4, 2),
+    Column("exit", "exit", 5, 2),
     Column("runtime", "runtime", 7, 4),
     Column("node", "node", 10, 5),
     Column("progress", "prog", 4, 6),
@@ -141,7 +141,8 @@ class SweepGridScreen(PagedScreen):
     COLUMNS = TAIL
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="sweep.back"),
-        Binding("R", "retry_failed", "Retry failed", id="sweep.retry_failed"),
+        Binding("R", "retry_failed", "Retry failed", id="sweep.retry_failed",
+                tooltip="requeue every failed or canceled cell of the sweep (asks first)"),
         Binding("y", "copy_id", "Copy id", id="sweep.copy", show=False),
         Binding("right_square_bracket", "page(1)", "Next page", id="sweep.next_page", show=False),
         Binding("left_square_bracket", "page(-1)", "Prev page", id="sweep.prev_page", show=False),
@@ -186,7 +187,8 @@ class SweepGridScreen(PagedScreen):
     def status(self) -> Text:
         n = len(self.items)
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f"cells {self.page_start + 1}–{self.page_start + n} of {self.total:,}" if n else "no cells on this page")
+        t.append(f"cells {self.page_start + 1}–{self.page_start + n} of {self.total:,}{self.page_hint()}" if n
+                 else "no cells on this page")
         t.append(" │ enter: job")
         if not self.ctx.read_only:
             t.append(" │ R: retry failed cells")

@@ -22,7 +22,7 @@ GUTTER = {"stdout": "  ", "stderr": "▌ ", "note": "» "}
 
 
 class OutputView(ScrollView, can_focus=True):
-    """Follows new output while at the end; scrolling back pauses following."""
+    """Follows new output from the moment it opens; scrolling up pauses following, end resumes it."""
 
     COMPONENT_CLASSES = {"output--stderr", "output--note", "output--gutter-stderr"}
 
@@ -34,15 +34,16 @@ class OutputView(ScrollView, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("up", "scroll_up", "Up", show=False),
-        Binding("down", "scroll_down", "Down", show=False),
-        Binding("left", "scroll_left", "Left", show=False),
-        Binding("right", "scroll_right", "Right", show=False),
-        Binding("pageup", "page_up", "Page up", show=False),
-        Binding("pagedown", "page_down", "Page down", show=False),
-        Binding("home", "scroll_home", "Top", show=False, id="output.top"),
-        Binding("end", "jump_end", "End", id="output.end"),
-        Binding("f", "toggle_follow", "Follow", id="output.follow"),
+        # Moving keys: `?` sums them up once for every pane (system: not listed one by one).
+        Binding("up", "scroll_up", "Up", show=False, system=True),
+        Binding("down", "scroll_down", "Down", show=False, system=True),
+        Binding("left", "scroll_left", "Left", show=False, system=True),
+        Binding("right", "scroll_right", "Right", show=False, system=True),
+        Binding("pageup", "page_up", "Page up", show=False, system=True),
+        Binding("pagedown", "page_down", "Page down", show=False, system=True),
+        Binding("home", "scroll_home", "Top", show=False, id="output.top", tooltip="the first line (pauses following)"),
+        Binding("end", "jump_end", "End", show=False, id="output.end", tooltip="the last line, and follow new output"),
+        Binding("f", "toggle_follow", "Follow", id="output.follow", tooltip="follow new output, or stop"),
     ]
 
     follow: reactive[bool] = reactive(True)
@@ -70,16 +71,24 @@ class OutputView(ScrollView, can_focus=True):
 
     def written(self) -> None:
         """Call after feeding the buffer a batch: one resize, one scroll, one repaint."""
-        at_end = self.is_vertical_scroll_end or self.max_scroll_y == 0
         before = self.virtual_size.height
         self._resize()
-        if self.follow and at_end:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        if self.follow:
+            self._to_end()
             self.unseen = 0
         else:
             self.unseen += max(0, self.virtual_size.height - before)
         self.refresh()
         self.post_message(self.Changed())
+
+    def _to_end(self) -> None:
+        # Now, and again once the layout settled: the pane's height is known only after it.
+        self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.scroll_end(animate=False, x_axis=False)
+
+    def on_resize(self) -> None:
+        if self.follow:
+            self._to_end()
 
     def _resize(self) -> None:
         lines = self.buffer.lines
@@ -92,10 +101,44 @@ class OutputView(ScrollView, can_focus=True):
             self._width = max(self._width, cell_len(text) + 2)
         self.virtual_size = Size(self._width, len(self.buffer))
 
+    # Following stops only when the operator scrolls up, never because a layout moved the end.
+    def _pause(self) -> None:
+        if self.follow and self.max_scroll_y > 0:
+            self.follow = False
+            self.post_message(self.Changed())
+
+    def _resume_at_end(self) -> None:
+        if not self.follow and self.scroll_y >= self.max_scroll_y:
+            self.action_jump_end()
+
+    def action_scroll_up(self) -> None:
+        self._pause()
+        super().action_scroll_up()
+
+    def action_page_up(self) -> None:
+        self._pause()
+        super().action_page_up()
+
+    def action_scroll_home(self) -> None:
+        self._pause()
+        super().action_scroll_home()
+
+    def action_scroll_down(self) -> None:
+        super().action_scroll_down()
+        self.call_after_refresh(self._resume_at_end)
+
+    def action_page_down(self) -> None:
+        super().action_page_down()
+        self.call_after_refresh(self._resume_at_end)
+
+    def _on_mouse_scroll_up(self, event) -> None:
+        self._pause()
+        super()._on_mouse_scroll_up(event)
+
     def action_jump_end(self) -> None:
         self.follow = True
         self.unseen = 0
-        self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self._to_end()
         self.post_message(self.Changed())
 
     def action_toggle_follow(self) -> None:

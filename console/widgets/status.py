@@ -33,8 +33,12 @@ class Summary(Static):
         t.append(clean(where, 60))
         if snap is not None and not snap.error:
             states = snap.node_states.values() if snap.node_states is not None else [n.state for n in snap.nodes or ()]
-            up = sum(1 for s in states if s in (NodeState.UP, NodeState.DRAINING))
+            states = list(states)
+            up = sum(1 for s in states if s is NodeState.UP)
             t.append(f" │ nodes {up}/{len(states)} up")
+            draining = sum(1 for s in states if s is NodeState.DRAINING)
+            if draining:
+                t.append(f", {draining} draining", style="yellow")
             counts = {s: 0 for s in (JobState.QUEUED, JobState.RUNNING, JobState.FAILED)}
             for q in snap.queues:
                 counts[JobState.QUEUED] += q.queued

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.binding import Binding
 from textual.cache import LRUCache
+from textual.message import Message
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
@@ -55,11 +56,21 @@ class KeyedTable(DataTable):
     """DataTable fed whole pages of (key, {column: cell}) and diffed against what it shows."""
 
     BINDINGS = [
-        Binding("home", "scroll_top", "First row", show=False),
-        Binding("end", "scroll_bottom", "Last row", show=False),
-        Binding("g", "scroll_top", "First row", show=False),
-        Binding("G", "scroll_bottom", "Last row", show=False),
+        # Moving keys: `?` sums them up once for every table (system: not listed one by one).
+        Binding("home", "first", "First row", show=False, system=True),
+        Binding("end", "last", "Last row", show=False, system=True),
+        Binding("pageup", "page_up", "Page up", show=False, system=True),
+        Binding("pagedown", "page_down", "Page down", show=False, system=True),
+        Binding("g", "first", "First row", show=False, system=True),
+        Binding("G", "last", "Last row", show=False, system=True),
     ]
+
+    class Edge(Message):
+        """A key went past the first or last row: `step` -1 or 1; `far` for home and end."""
+
+        def __init__(self, step: int, far: bool = False) -> None:
+            super().__init__()
+            self.step, self.far = step, far
 
     def __init__(self, columns: Sequence[Column], **kw):
         kw.setdefault("cursor_type", "row")
@@ -98,6 +109,33 @@ class KeyedTable(DataTable):
     def notify_style_update(self) -> None:
         self._cell_lines.clear()  # a theme or CSS change restyles every cell
         super().notify_style_update()
+
+    # ---- moving past the ends: a paged screen turns the page -------------------------------
+
+    def _at(self, step: int) -> bool:
+        return not self.row_count or self.cursor_row == (self.row_count - 1 if step > 0 else 0)
+
+    def action_first(self) -> None:
+        if self._at(-1):
+            self.post_message(self.Edge(-1, far=True))
+        self.action_scroll_top()
+
+    def action_last(self) -> None:
+        if self._at(1):
+            self.post_message(self.Edge(1, far=True))
+        self.action_scroll_bottom()
+
+    def action_page_down(self) -> None:
+        if self._at(1):
+            self.post_message(self.Edge(1))
+        else:
+            super().action_page_down()
+
+    def action_page_up(self) -> None:
+        if self._at(-1):
+            self.post_message(self.Edge(-1))
+        else:
+            super().action_page_up()
 
     # ---- columns --------------------------------------------------------------------------
 

@@ -27,6 +27,10 @@ Output stream entry fields (one letter: there are millions of these):
     s     what the entry is: "o" stdout bytes, "e" stderr bytes, "n" a note from the grid
           (plain text), "x" the end marker
     d     the bytes (o, e, n)
+    at    o, e: bytes of the attempt's output (stdout and stderr together, as they arrived)
+          before this entry's; a reader that finds an entry starting past where the one
+          before it ended knows exactly how many bytes the broker did not keep
+    ln    o, e: newlines in that output before this entry (the lines left out, likewise)
     code  end marker: exit code, "" when killed by a signal or never started
     sig   end marker: signal number, "" when none
     reason, kind   end marker: why it failed (plain words) and the reason kind, "" when none
@@ -40,7 +44,7 @@ from gridcore.records.nodes import (
     GpuRecord, GroupRecord, Inventory, Load, NODE_FIELDS, NodeRecord,
 )
 from gridcore.records.streams import (
-    EndMarker, EventEntry, OUTPUT_ENTRY_MAX, OUTPUT_KINDS, OutputEntry, decode_output,
+    EndMarker, EventEntry, Gaps, OUTPUT_ENTRY_MAX, OUTPUT_KINDS, OutputEntry, decode_output,
 )
 
 __all__ = [
@@ -53,6 +57,7 @@ __all__ = [
     "EndMarker",
     "Envelope",
     "EventEntry",
+    "Gaps",
     "GpuRecord",
     "GroupRecord",
     "HeldEntry",

@@ -16,16 +16,30 @@ OUTPUT_KINDS = {"o": "stdout", "e": "stderr", "n": "note"}
 OUTPUT_ENTRY_MAX = 1024 * 1024
 """Bytes of one output entry's data a reader accepts (the agent writes at most ~80 KiB)."""
 
+OFFSET_MAX = 2**62
+"""Largest byte or line offset a reader accepts."""
+
 
 @dataclass(frozen=True)
 class OutputEntry:
-    """Bytes of a job's stdout ("o"), stderr ("e"), or a note from the grid ("n")."""
+    """Bytes of a job's stdout ("o"), stderr ("e"), or a note from the grid ("n").
+
+    stdout and stderr entries carry where their bytes start in the attempt's output (both
+    streams together, in the order they arrived): `at` bytes and `ln` newlines before them,
+    so a reader sees exactly how much the broker did not keep between two entries.
+    """
 
     kind: str
     data: bytes
+    at: int | None = None
+    ln: int | None = None
 
     def fields(self) -> dict[str, Any]:
-        return {"s": self.kind, "d": self.data}
+        out: dict[str, Any] = {"s": self.kind, "d": self.data}
+        if self.at is not None:
+            out["at"] = str(self.at)
+            out["ln"] = str(self.ln or 0)
+        return out
 
     @classmethod
     def note(cls, text: str) -> OutputEntry:
@@ -69,7 +83,38 @@ def decode_output(entry_id: bytes | str, fields: dict, key: str) -> OutputChunk:
     if len(data) > OUTPUT_ENTRY_MAX:
         note = CorruptRecord(key, "d", f"{len(data)} bytes in one entry; shown cut to {OUTPUT_ENTRY_MAX}")
         return OutputChunk(id=eid, stream=stream, data=data[:OUTPUT_ENTRY_MAX] + b"\n[grid] " + str(note).encode())
-    return OutputChunk(id=eid, stream=stream, data=data)
+    at, ln = _offset(f.get("at")), _offset(f.get("ln"))
+    if stream == "note" or at is None or ln is None:
+        return OutputChunk(id=eid, stream=stream, data=data)
+    return OutputChunk(id=eid, stream=stream, data=data, offset=at, line=ln)
+
+
+def _offset(raw: Any) -> int | None:
+    value = _int(_text(raw)[:20]) if raw is not None else None
+    return value if value is not None and 0 <= value <= OFFSET_MAX else None
+
+
+class Gaps:
+    """Follows a job's output entries and says where the broker kept no bytes between two of them."""
+
+    def __init__(self) -> None:
+        self.at: int | None = None  # where the next entry should start, were nothing left out
+        self.ln = 0
+        self.bytes = 0  # every gap seen so far, together
+        self.lines = 0
+
+    def gap(self, chunk: OutputChunk) -> tuple[int, int] | None:
+        """(bytes, lines) left out right before `chunk` (stdout or stderr), or None."""
+        if chunk.offset is None or chunk.line is None:
+            return None
+        found = None
+        if self.at is not None and chunk.offset > self.at:
+            found = (chunk.offset - self.at, max(0, chunk.line - self.ln))
+            self.bytes += found[0]
+            self.lines += found[1]
+        self.at = chunk.offset + len(chunk.data)
+        self.ln = chunk.line + chunk.data.count(b"\n")
+        return found
 
 
 @dataclass(frozen=True)

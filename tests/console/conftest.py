@@ -54,3 +54,16 @@ def rows(table) -> list[dict[str, str]]:
 def notes(app) -> list[str]:
     """Notification texts, oldest first."""
     return [n.message for n in app._notifications]
+
+
+def screen_text(app) -> list[str]:
+    """The screen as a terminal would show it: one string per row (what the SVG snapshots draw)."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, record=True,
+                      legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text().splitlines()

@@ -63,19 +63,26 @@ def test_no_broker_configured_is_one_line(home, capsys, captured):
 
 
 def test_local_starts_the_embedded_grid(home, broker, monkeypatch, captured):
+    import json
+
     from gridcore import localgrid
+    from gridcore.connection import local_state_path
 
     calls = []
 
     def ensure_up(settings, slots=None):
         calls.append(settings)
-        return {"url": broker.url, "password": "secret"}
+        local_state_path().parent.mkdir(parents=True, exist_ok=True)
+        local_state_path().write_text(json.dumps({"url": broker.url, "password": None}))  # as `grid up` writes it
+        return {"url": broker.url, "password": None, "running_as_root": True}
 
     monkeypatch.setattr(localgrid, "ensure_up", ensure_up)
-    assert cli.main(["--local"]) == 0
-    assert calls and captured[0].settings.redis_url == broker.url
-    assert captured[0].settings.redis_password == "secret"
-    assert captured[0].kw["where"] == "local grid"
+    assert cli.main(["--local", "--redis-url", "redis://elsewhere:1/0"]) == 0
+    app = captured[0]
+    # No URL of its own: the console finds the local grid through its state file, and follows it there.
+    assert calls and app.settings.redis_url is None and app.settings.redis_password is None
+    assert app.grid.redis.connection_pool.connection_kwargs["port"] == broker.port
+    assert app.kw["where"] == "local grid" and app.kw["notices"] == [localgrid.ROOT_NOTE]
 
 
 def test_local_failure_is_one_line(home, monkeypatch, capsys, captured):

@@ -139,3 +139,26 @@ def test_broker_unreachable_is_a_banner_not_a_crash(tmux_console):
     assert "Traceback" not in screen
     t.keys("C-q")
     assert t.wait_exit() == 0
+
+
+@pytest.mark.agents  # `gridtui --local` starts the local grid: a broker and an agent
+def test_local_console_says_what_it_leaves_running(tmp_path, home):
+    from tests.support.cli import run_cli
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("GRID_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["TERM"] = "xterm-256color"
+    command = [*console_command("redis://unused")[:-4], "--local", "--poll-interval", "0.3"]
+    t = Tmux(tmp_path, command, env)
+    try:
+        t.wait_for("jobs", "? keys", timeout=60)
+        if os.geteuid() == 0:
+            t.wait_for("runs jobs as root")
+        t.keys("q")
+        assert t.wait_exit() == 0
+        said = " ".join(t.tmux("capture-pane", "-p", "-S", "-60", "-t", "t").split())  # what scrolled up too
+        assert "the local grid is still running" in said and "Stop it with `grid down`" in said
+        assert "agent.stop_grace" in said and "--now" in said
+    finally:
+        t.kill()
+        run_cli("down", "--now", timeout=120)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from textual.widgets import HelpPanel
 
 from console.screens.events import EventsTable
 from console.screens.jobs import JobsTable
+from console.screens.keys import KeysScreen
 from console.screens.queues import QueuesTable
 from gridcore.models import JobSpec
 from tests.console.conftest import rows, settle
@@ -135,9 +135,9 @@ async def test_help_palette_and_quit(make, grid):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
         await pilot.press("question_mark")
-        assert app.screen.query(HelpPanel)
+        assert isinstance(app.screen, KeysScreen)
         await pilot.press("question_mark")
-        assert not app.screen.query(HelpPanel)
+        assert not isinstance(app.screen, KeysScreen)
         await pilot.press("ctrl+p")
         await pilot.pause()
         assert app.screen.__class__.__name__ == "CommandPalette"

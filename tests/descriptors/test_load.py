@@ -155,8 +155,8 @@ def test_sweep_too_large():
     assert problems(doc) == ["$.sweep: expands to more than 10000 jobs; split it into several tasks"]
 
 
-def test_unknown_braces_are_not_errors():
-    doc = OK_TASK | {"command": "awk '{print $1}' {x} ${HOME} {other}", "sweep": {"x": ["f"]}}
+def test_braces_that_are_no_placeholder_are_not_errors():
+    doc = OK_TASK | {"command": "awk '{print $1}' {x} ${HOME} {{other}}", "sweep": {"x": ["f"]}}
     assert load_text(json.dumps(doc)).job_count == 1
 
 

@@ -33,7 +33,7 @@ def test_real_ids_are_uuid4_hex_and_unique():
 
 
 def test_sweep_cells_are_a_cartesian_product():
-    planned = plan({"name": "fit", "command": "fit --lr {lr} --seed {seed} --home ${HOME} {other}",
+    planned = plan({"name": "fit", "command": "fit --lr {lr} --seed {seed} --home ${HOME} {{other}}",
                     "argv": None, "env": {"SEED": "{seed}", "HOME_DIR": "${HOME}"},
                     "sweep": {"lr": [0.1, 0.01], "seed": [1, 2, 3]}, "max_parallel": 4})
     assert len(planned) == 6

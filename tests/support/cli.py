@@ -31,3 +31,39 @@ def call_cli(capsys, *args: str) -> tuple[int, str, str]:
     code = handle_errors(lambda: app(list(args), prog_name="grid", standalone_mode=False))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_cli_tty(*args: str, url: str | None = None, columns: int = 80, timeout: float = 60) -> tuple[int, str]:
+    """Run `grid ARGS` with stdout and stderr on a pseudo-terminal `columns` wide, as a person at a
+    terminal runs it; (exit code, what the terminal got, escape sequences removed)."""
+    import pty
+    import re
+    import select
+    import time
+
+    full = dict(os.environ, COLUMNS=str(columns), LINES="50", TERM="xterm-256color")
+    full.pop("NO_COLOR", None)
+    if url:
+        full["GRID_REDIS_URL"] = url
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-c", "from cli.app import run; run()", *args], stdin=subprocess.DEVNULL,
+                         stdout=slave, stderr=slave, env=full)
+    os.close(slave)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            data += chunk
+        elif p.poll() is not None:
+            break
+    os.close(master)
+    code = p.wait(timeout=5)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", data.decode("utf-8", "replace"))
+    return code, text.replace("\r\n", "\n")

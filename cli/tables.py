@@ -1,0 +1,83 @@
+"""Tables for `grid ls`, `nodes`, `queues`, `events` and `groups`: fitted to a terminal, whole when piped.
+
+On a terminal the columns that matter (priority 0) are always shown whole, others join by
+priority while they fit, and the one flexible column (a name, a message) takes what is left.
+Piped, every column is written whole, tab-separated, one row per line, after a header line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.cells import cell_len
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+GAP = 2
+"""Cells between two columns on a terminal."""
+
+FLEX_MIN = 8
+"""Fewest cells the flexible column gets on a terminal, however narrow."""
+
+FLEX_WANT = 30
+"""Cells the flexible column keeps before a column of priority > 0 may take room from it."""
+
+
+@dataclass(frozen=True)
+class Col:
+    """One column: its header, how soon it is left out when narrow, and how it sits."""
+
+    header: str
+    priority: int = 0  # 0: always shown; higher: left out sooner
+    flex: bool = False  # takes the width left over (at most one per table)
+    cap: int = 40  # widest a fixed column gets on a terminal
+    right: bool = False
+
+
+Cell = Text | str
+
+
+def _plain(cell: Cell) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
+
+
+def emit(console: Console, cols: Sequence[Col], rows: Sequence[Sequence[Cell]]) -> None:
+    """Print `rows` under `cols`: fitted on a terminal, tab-separated when piped."""
+    if not console.is_terminal:
+        lines = ["\t".join(c.header for c in cols)]
+        lines += ["\t".join(_plain(v).replace("\t", " ") for v in row) for row in rows]
+        console.file.write("\n".join(lines) + "\n")
+        return
+    widths = [min(c.cap, max([cell_len(c.header)] + [cell_len(_plain(r[i])) for r in rows])) if not c.flex
+              else max([cell_len(c.header)] + [cell_len(_plain(r[i])) for r in rows])
+              for i, c in enumerate(cols)]
+    shown = _fit(cols, widths, console.width)
+    t = Table(box=None, pad_edge=False, padding=(0, GAP // 2), show_edge=False)
+    for i in shown:
+        c = cols[i]
+        t.add_column(c.header, width=widths[i], no_wrap=True, overflow="ellipsis",
+                     justify="right" if c.right else "left")
+    for row in rows:
+        t.add_row(*(row[i] if isinstance(row[i], Text) else Text(row[i]) for i in shown))
+    console.print(t)
+
+
+def _fit(cols: Sequence[Col], widths: list[int], total: int) -> list[int]:
+    """Indexes of the columns shown in `total` cells; sets the flexible column's width in `widths`."""
+    flex = next((i for i, c in enumerate(cols) if c.flex), None)
+
+    def need(chosen: set[int], floor: int) -> int:
+        fixed = sum(widths[i] for i in chosen if i != flex)
+        kept = min(widths[flex], floor) if flex is not None and flex in chosen else 0
+        return fixed + kept + GAP * (len(chosen) - 1)
+
+    chosen = {i for i, c in enumerate(cols) if c.priority == 0}
+    for i in sorted((i for i, c in enumerate(cols) if c.priority > 0), key=lambda i: cols[i].priority):
+        if need(chosen | {i}, FLEX_WANT) <= total:
+            chosen.add(i)
+    if flex is not None and flex in chosen:
+        rest = total - need(chosen, 0)
+        widths[flex] = max(min(widths[flex], FLEX_MIN), min(widths[flex], rest))
+    return sorted(chosen)
