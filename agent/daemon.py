@@ -27,6 +27,7 @@ from gridcore.client import Grid
 from gridcore import events, keys
 from gridcore.connection import connect, resolve_url
 from gridcore.settings import Settings
+from gridcore.version import package_version
 
 log = logging.getLogger("grid.agent")
 
@@ -254,6 +255,8 @@ class Agent:
             "hostname": socket.gethostname(),
             "queues": json.dumps(self.cfg.queues),
         }
+        if first or self.republish:
+            fields["version"] = package_version()
         if first:
             fields["inventory"] = json.dumps(self.inventory)
             fields["started"] = now

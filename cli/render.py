@@ -115,7 +115,7 @@ def _signame(n: int) -> str:
 
 def nodes_table(nodes: list[Node]) -> None:
     t = Table(box=None, pad_edge=False)
-    for col in ("NODE", "STATE", "HEARTBEAT", "CPUS", "LOAD", "MEMORY", "GPUS", "LABELS", "SLOTS"):
+    for col in ("NODE", "STATE", "HEARTBEAT", "CPUS", "LOAD", "MEMORY", "GPUS", "LABELS", "SLOTS", "VERSION"):
         t.add_column(col, no_wrap=True, overflow="ellipsis")
     for n in nodes:
         gpus = "; ".join(
@@ -127,7 +127,8 @@ def nodes_table(nodes: list[Node]) -> None:
         t.add_row(Text(clean(n.name, 30)), _state(state), format_duration(n.heartbeat_age), str(n.cpus),
                   " ".join(f"{x:.2f}" for x in n.load) or "-",
                   f"{format_size(n.memory_used)}/{format_size(n.memory_total)}", Text(gpus),
-                  Text(clean(",".join(n.labels), 40) or "-"), f"{n.slots_busy}/{n.slots_total}")
+                  Text(clean(",".join(n.labels), 40) or "-"), f"{n.slots_busy}/{n.slots_total}",
+                  Text(clean(n.version, 24) or "-"))
     out.print(t)
 
 

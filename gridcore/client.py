@@ -51,7 +51,7 @@ COMMAND_PREVIEW = 2000
 _JOB_FIELDS = (b"status", b"origin", b"meta", b"description", b"worker_name", b"enqueued_at", b"retries_left")
 
 _NODE_FIELDS = ("inventory", "load", "draining", "drain_reason", "hb_interval", "node_timeout", "slots", "agent_pid",
-                "hostname", "queues", "started")
+                "hostname", "queues", "started", "version")
 """The node hash fields a `Node` is made of (the agent's bookkeeping fields are not read)."""
 
 _STATE_FIELDS = ("hb_interval", "node_timeout", "draining")
@@ -663,6 +663,7 @@ class Grid:
             hostname=h.get("hostname"),
             queues=tuple(str(x) for x in _list(_json(h.get("queues")))),
             started_at=_float(h.get("started")),
+            version=(h.get("version") or "")[:64] or None,
         )
 
     def drain(self, node: str, reason: str = "") -> None:

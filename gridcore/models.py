@@ -224,6 +224,7 @@ class Node:
     hostname: str | None = None
     queues: tuple[str, ...] = ()
     started_at: float | None = None
+    version: str | None = None  # the node's grid-agent package version
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
