@@ -81,6 +81,7 @@ class RunContext:
     extra_env: dict[str, str] = field(default_factory=dict)
     ttl: int = 7 * 24 * 3600
     cgroup_tag: str = ""  # makes the job's cgroup name unique per agent incarnation
+    attempt: int = 1  # which attempt of its envelope this is (1 for the first)
 
 
 _cgroups: cgroup.JobCgroups | None = None
@@ -292,11 +293,14 @@ def _ensure_started(link: BrokerLink) -> None:
 
 
 def build_env(envelope: dict[str, Any], ctx: RunContext) -> dict[str, str]:
+    """The job's environment: the agent's (less GRID_*), the envelope's, then the grid's own
+    variables (documented in agent/deploy/README.md, "What a job gets")."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRID_")}
     env.update({str(k): str(v) for k, v in (envelope.get("env") or {}).items()})
     env.update(ctx.extra_env)
     env.update(ctx.marker_env)
     env[proctree.ENV_JOB] = ctx.job_id
+    env.update(GRID_JOB_SLOT=str(ctx.slot), GRID_JOB_ATTEMPT=str(ctx.attempt))
     return env
 
 

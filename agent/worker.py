@@ -273,6 +273,7 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
         for err in guarded.errors(errs):
             log.error("job %s: recording its start: %s", job.id, err)
         self.start_canceled = bool(canceled)
+        self.attempt = int(used)  # the envelope's attempt counter: 1 for the first start
         return execution
 
     def _release(self, job_id: str) -> None:
@@ -334,6 +335,7 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
             stop_reason=self.stop_reason,
             ttl=self.settings.result_ttl,
             cgroup_tag=self.name,
+            attempt=self.attempt,
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpus))} if self.has_gpus or self.gpus else {},
         )

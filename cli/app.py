@@ -7,6 +7,7 @@ names what is wrong. Every read command takes --json.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -178,7 +179,7 @@ def submit(
             argv=tuple(command) if len(command) > 1 else None,
             name=name,
             queue=queue or st.settings.default_queue,
-            cwd=cwd,
+            cwd=os.path.abspath(cwd) if cwd else None,  # relative to where you submit (shared filesystems)
             env=_parse_env(env),
             timeout=timeout,
             retries=retries,

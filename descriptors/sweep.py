@@ -43,3 +43,15 @@ def placeholders(text: str) -> set[str]:
 def substitute(text: str, cell: Mapping[str, Any]) -> str:
     """Replace `{axis}` for the axes of this cell; other braces are left for the shell."""
     return _PLACEHOLDER.sub(lambda m: render(cell[m.group(1)]) if m.group(1) in cell else m.group(0), text)
+
+
+SWEEP_ENV = "GRID_SWEEP_"
+"""Prefix of the variables a sweep cell's job gets (signed into its envelope)."""
+
+
+def sweep_env(group: str, index: int, size: int, cell: Mapping[str, Any]) -> dict[str, str]:
+    """A cell's GRID_SWEEP_* variables: each axis's value by its upper-cased name, then the
+    sweep's id, the cell's index and the sweep's size (these three win over same-named axes)."""
+    env = {SWEEP_ENV + name.upper(): render(value) for name, value in cell.items()}
+    env.update({SWEEP_ENV + "ID": group, SWEEP_ENV + "INDEX": str(index), SWEEP_ENV + "SIZE": str(size)})
+    return env

@@ -120,8 +120,8 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        # GRID_JOB_* mark a job's own processes; GRID_TEST_* belong to the test suite.
-        if key.upper() in ignored or key.startswith(("job_", "test_")):
+        # GRID_JOB_* and GRID_SWEEP_* describe a job to itself; GRID_TEST_* belong to the test suite.
+        if key.upper() in ignored or key.startswith(("job_", "sweep_", "test_")):
             continue
         if key in top:
             out[key] = value
