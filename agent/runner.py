@@ -383,6 +383,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                       duration=round(end - start, 6))
         return _finish(record, sink, ctx)
 
+    log.info("started: pid %d, slot %d, attempt %d", proc.pid, ctx.slot, ctx.attempt, extra={"job": ctx.job_id})
     # Most jobs in a big sweep end within milliseconds; their output goes out with the end
     # record. The flusher thread costs a few ms to start and join, so it starts only once a
     # job has run for a flush interval or has output to send early.
@@ -507,6 +508,8 @@ def execute(envelope: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 
 def _finish(record: dict[str, Any], sink: OutputSink, ctx: RunContext) -> dict[str, Any]:
     sink.close()
+    log.info("ended: %s after %.3fs, %d bytes of output", record.get("reason") or "exit code 0",
+             record.get("duration") or 0.0, sink.counts["o"] + sink.counts["e"], extra={"job": ctx.job_id})
     record.update(
         stdout=sink.tail_text("o"),
         stderr=sink.tail_text("e"),
