@@ -414,8 +414,9 @@ def resume(ctx: typer.Context, node: str) -> None:
 
 def _register_subcommands() -> None:
     """Sub-commands that live in their own modules."""
-    from cli import tasks
+    from cli import lab, tasks
 
+    lab.register(app)
     app.command("validate")(tasks.validate)
     app.command("schema")(tasks.schema)
     for mod, name in (("cli.keys", "keys"), ("cli.acl", "acl")):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import redis
 
 GRID = str(Path(sys.executable).with_name("grid"))
 """The `grid` console script of the environment the suite runs in."""
@@ -27,3 +29,43 @@ def cli(settings):
             cwd: Path | None = None) -> subprocess.CompletedProcess:
         return grid_cli("--redis-url", settings.redis_url, *args, env=env, timeout=timeout, cwd=cwd)
     return run
+
+
+class Server:
+    """A broker process a lab test starts from its own arguments (a config file, say)."""
+
+    def __init__(self, args: list[str], port: int, username: str | None = None, password: str | None = None,
+                 host: str = "127.0.0.1", ssl: dict | None = None):
+        self.args, self.port, self.username, self.password, self.host = args, port, username, password, host
+        self.ssl = ssl or {}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/0"
+
+    def client(self, **kw) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, username=self.username, password=self.password,
+                           **self.ssl, **kw)
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                self.client().ping()
+                return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.args[0]} exited at start with {self.proc.returncode}") from None
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.args[0]} did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

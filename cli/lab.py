@@ -1,0 +1,13 @@
+"""The lab admin's commands, registered on `grid`: broker-config, doctor, service, metrics, dashboard."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the lab commands to the `grid` app (their modules load only when one runs)."""
+    from cli import brokerconfig, doctor
+
+    app.command("broker-config")(brokerconfig.broker_config)
+    app.command("doctor")(doctor.doctor)
