@@ -31,6 +31,14 @@ def cli(settings):
     return run
 
 
+def runs_as(user: str) -> bool:
+    """Whether `user` can run this Python with the grid importable (a venv made from a Python
+    under /root is not usable by other users; a real install puts it where they can read it)."""
+    probe = subprocess.run(["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", sys.executable, "-c",
+                            "import agent.cli"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
 class Server:
     """A broker process a lab test starts from its own arguments (a config file, say)."""
 
