@@ -19,14 +19,14 @@ import uuid
 import psutil
 import redis
 
-from agent import cgroup, claim, proctree, recovery
+from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import BROKER_ERRORS
 from gridcore.client import Grid
 from gridcore import events, keys
 from gridcore.connection import connect, resolve_url
-from gridcore.settings import Settings
+from gridcore.settings import Settings, data_dir
 from gridcore.version import package_version
 
 log = logging.getLogger("grid.agent")
@@ -138,6 +138,12 @@ class Agent:
 
     def start(self) -> None:
         self.preflight()
+        if self.cfg.metrics_port:  # before any slot: the slots inherit where to record
+            try:
+                metrics.start(self.conn, self.node, self.agent_id, self.cfg.metrics_port, self.cfg.metrics_address,
+                              data_dir())
+            except OSError as e:
+                raise AgentError(f"metrics on {self.cfg.metrics_address}:{self.cfg.metrics_port}: {e.strerror}") from None
         if cgroup.adopt_v2():  # before any slot exists: only a cgroup the agent has to itself
             log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import redis
 
-from agent import cgroup, proctree
+from agent import cgroup, metrics, proctree
 from agent.outage import BROKER_ERRORS, RETRY_BACKOFF
 from gridcore import keys
 
@@ -519,6 +519,7 @@ def _finish(record: dict[str, Any], sink: OutputSink, ctx: RunContext) -> dict[s
         log_path=str(sink.log_path) if sink.log is not None else None,
         log_truncated=sink.log_truncated,
     )
+    metrics.job_ended(record)
     record["_sink"] = sink  # the slot writes pending output with the end marker, in one transaction
     return record
 

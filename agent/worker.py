@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from agent import claim, guarded, runner, scheduler, settle
+from agent import claim, guarded, metrics, runner, scheduler, settle
 from agent.outage import BROKER_ERRORS, BrokerClock, OutageTolerantLoop
 from agent.safejob import GridJob
 from agent.verify import SPENT, AlreadyRunning, Gatekeeper, judge_attempt, nonce_expiry
@@ -289,6 +289,7 @@ class GridWorker(OutageTolerantLoop, SimpleWorker):
 
     def _refuse(self, job: Job, queue: Queue, reason: str, now: float) -> None:
         log.warning("job %s: %s", job.id, reason)
+        metrics.job_refused(self.node, reason)
         ttl = self.settings.result_ttl
         record = {"reason": reason, "reason_kind": "refused", "end": now, "exit_code": None, "node": self.node}
         with self.connection.pipeline() as pipe:
