@@ -6,7 +6,11 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from gridcore.models import JobSpec, JobState
+
+pytestmark = pytest.mark.slow
 
 STREAMING = "for i in 1 2 3 4 5 6 7 8; do echo line $i; sleep 0.1; done"
 """A job that runs a while and streams output while nodes come and go."""
