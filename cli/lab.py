@@ -7,9 +7,10 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the lab commands to the `grid` app (their modules load only when one runs)."""
-    from cli import brokerconfig, doctor, metrics, service
+    from cli import brokerconfig, dashboard, doctor, metrics, service
 
     app.command("broker-config")(brokerconfig.broker_config)
     app.command("doctor")(doctor.doctor)
     app.add_typer(service.app, name="service")
     app.command("metrics")(metrics.metrics)
+    app.command("dashboard")(dashboard.dashboard)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shlex
 import subprocess
 import sys
 import time
@@ -37,6 +39,30 @@ def runs_as(user: str) -> bool:
     probe = subprocess.run(["setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", sys.executable, "-c",
                             "import agent.cli"], capture_output=True, timeout=30)
     return probe.returncode == 0
+
+
+def unit_fields(text: str) -> dict[str, list[str]]:
+    """A unit file's `Key=value` lines: key -> every value, in order."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def unit_command(unit: Path, prefix: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str], str, int]:
+    """What systemd would start for `unit`: (argv, environment, working directory, uid the
+    job runs as). As the unit's user where it can run this Python, else as ourselves."""
+    f = unit_fields(unit.read_text())
+    env = {"PATH": os.environ["PATH"], **dict(e.split("=", 1) for e in f["Environment"])}
+    argv = shlex.split(f["ExecStart"][0])
+    user = f["User"][0]
+    if runs_as(user):
+        return [*prefix, "setpriv", "--reuid", user, "--regid", "nogroup", "--clear-groups", *argv], env, \
+            f["WorkingDirectory"][0], pwd.getpwnam(user).pw_uid
+    env["GRID_AGENT_ALLOW_ROOT"] = "true"  # this venv's Python is unreadable to other users
+    return [*prefix, *argv], env, f["WorkingDirectory"][0], os.getuid()
 
 
 class Server:

@@ -4,7 +4,6 @@ command run as its own user against a real broker."""
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -15,19 +14,10 @@ from pathlib import Path
 import pytest
 
 from gridcore.models import JobSpec, JobState
-from tests.lab.conftest import grid_cli, runs_as
+from tests.lab.conftest import grid_cli, unit_command, unit_fields
 
 SERVICE_USER = "nobody"
 """An unprivileged user every Debian machine has (the real install makes `grid`)."""
-
-
-def unit_fields(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if "=" in line and not line.startswith("#"):
-            k, _, v = line.partition("=")
-            out.setdefault(k, []).append(v)
-    return out
 
 
 def test_dry_run_prints_everything_and_writes_nothing(tmp_path, home):
@@ -70,18 +60,10 @@ def _install_and_run(root: Path, r, broker, home: Path, grid) -> None:
         assert check.returncode == 0, check.stderr
     f = unit_fields(unit)
     assert f["Delegate"] == ["yes"] and f["User"] == [SERVICE_USER] and f["TimeoutStopSec"] == ["35"]
-    env = {"PATH": os.environ["PATH"], **dict(e.split("=", 1) for e in f["Environment"])}
     # What systemd would do: the unit's command, as its user, in its directory, with its environment.
-    argv = shlex.split(f["ExecStart"][0])
-    uid = 65534
-    if runs_as(SERVICE_USER):
-        argv = ["setpriv", "--reuid", SERVICE_USER, "--regid", "nogroup", "--clear-groups", *argv]
-    else:  # this venv's Python is unreadable to other users: the same command as ourselves
-        env["GRID_AGENT_ALLOW_ROOT"] = "true"
-        uid = os.getuid()
+    argv, env, cwd, uid = unit_command(units / "grid-agent.service")
     log = open(root / "journal", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(argv, cwd=f["WorkingDirectory"][0], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while r.hget("grid:node:node-svc", "ready") != str(proc.pid).encode():
