@@ -143,7 +143,8 @@ class Agent:
                 metrics.start(self.conn, self.node, self.agent_id, self.cfg.metrics_port, self.cfg.metrics_address,
                               data_dir())
             except OSError as e:
-                raise AgentError(f"metrics on {self.cfg.metrics_address}:{self.cfg.metrics_port}: {e.strerror}") from None
+                where = f"{self.cfg.metrics_address}:{self.cfg.metrics_port}"
+                raise AgentError(f"metrics on {where}: {e.strerror}") from None
         if cgroup.adopt_v2():  # before any slot exists: only a cgroup the agent has to itself
             log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gridcore.client import Grid
-from gridcore.models import JobSpec, JobState, Resources
+from gridcore.models import JobSpec, JobState
 from gridcore.settings import load_settings
 from tests.brokers import free_port, redis_binary
 from tests.conftest import AgentProc
