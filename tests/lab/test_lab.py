@@ -88,7 +88,8 @@ def test_a_lab_of_three_namespaced_nodes_survives_a_cut_link(lab):
     # The broker host: the config `grid broker-config` writes, TLS only, on every link's address.
     port, data = free_port(), root / "broker"
     data.mkdir()
-    made = grid_cli("broker-config", "--bind", "127.0.0.1", *(link.host_ip for link in links), "--port", str(port),
+    binds = [a for ip in ["127.0.0.1", *(link.host_ip for link in links)] for a in ("--bind", ip)]
+    made = grid_cli("broker-config", *binds, "--port", str(port),
                     "--dir", str(data), "--maxmemory", "256MB", "--aclfile", str(root / "users.acl"), "--init-aclfile",
                     "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-ca", str(pki.ca))
     assert made.returncode == 0, made.stderr
