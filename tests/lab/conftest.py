@@ -79,8 +79,9 @@ class Server:
         return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/0"
 
     def client(self, **kw) -> redis.Redis:
+        tls = {"ssl": True, **self.ssl} if self.ssl else {}
         return redis.Redis(host=self.host, port=self.port, username=self.username, password=self.password,
-                           **self.ssl, **kw)
+                           **tls, **kw)
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
