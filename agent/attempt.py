@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from agent import claim, guarded
+from agent import claim, guarded, metrics
 from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
 from agent.rqadapter.book import RQBook
@@ -88,6 +88,7 @@ class JobAttempt:
         self.gpus: list[int] = []
         self.started = False  # its start is recorded: the claim became the start
         self.canceled_at_start = False
+        self.number = 0  # which start of its envelope this is, once started
         self.sink: OutputSink | None = None
 
     @property
@@ -144,6 +145,7 @@ class JobAttempt:
         for err in guarded.errors(errs):
             log.error("job %s: recording its start: %s", self.id, err)
         self.started = True
+        self.number = int(used)  # the envelope's attempt counter: 1 for the first start
         self.canceled_at_start = bool(canceled)
         return True
 
@@ -171,6 +173,7 @@ class JobAttempt:
     def refuse(self, reason: str, now: float) -> None:
         """The job is refused (bad signature, replay, policy): it failed, with the reason."""
         log.warning("job %s: %s", self.id, reason)
+        metrics.job_refused(self.node, reason)
         record = Result(reason=reason[:4096], reason_kind="refused", end=now, node=self.node)
         with self.conn.pipeline() as pipe:
             release(pipe, self.id, self.node)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,16 +24,20 @@ def main(
     slots: Annotated[Optional[int], typer.Option(help="Worker slots (default: logical cores).")] = None,
     queue: Annotated[Optional[list[str]], typer.Option(help="Queue to serve (repeatable).")] = None,
     label: Annotated[Optional[list[str]], typer.Option(help="Node label (repeatable).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Same as --log-level INFO.")] = False,
+    log_level: Annotated[Optional[str], typer.Option(
+        help="DEBUG, INFO (a line per job), WARNING or ERROR; default agent.log_level (WARNING).")] = None,
 ) -> None:
     """Publish inventory and heartbeats, and run jobs in worker slots."""
+    from agent import logsetup
     from agent.daemon import Agent, AgentError
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s grid-agent %(levelname)s %(message)s")
-    agent_over = {k: v for k, v in {"node_name": node, "slots": slots, "queues": queue, "labels": label}.items() if v}
+    level = log_level or ("INFO" if verbose else None)
+    agent_over = {k: v for k, v in {"node_name": node, "slots": slots, "queues": queue, "labels": label,
+                                    "log_level": level}.items() if v}
     try:
         settings = load_settings(config, overrides={"redis_url": redis_url, "agent": agent_over})
+        logsetup.configure(settings.agent.log_level)
         agent = Agent(settings)
         code = agent.run()
     except (SettingsError, AgentError, BrokerError) as e:

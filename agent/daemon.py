@@ -15,19 +15,19 @@ import subprocess
 import sys
 import time
 import uuid
-from importlib import metadata
 
 import psutil
 import redis
 
-from agent import cgroup, claim, proctree, recovery
+from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS
 from gridcore import events, keys
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
-from gridcore.settings import Settings
+from gridcore.settings import Settings, data_dir
+from gridcore.version import package_version
 
 log = logging.getLogger("grid.agent")
 
@@ -43,15 +43,6 @@ class AgentError(Exception):
     """The agent cannot start; the message says why."""
 
 
-def _version() -> str | None:
-    try:
-        return metadata.version("science-grid")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-VERSION = _version()
-"""This agent's package version, published in its node's hash (nodes are upgraded one at a time)."""
 
 
 class SlotProcess:
@@ -151,6 +142,13 @@ class Agent:
 
     def start(self) -> None:
         self.preflight()
+        if self.cfg.metrics_port:  # before any slot: the slots inherit where to record
+            try:
+                metrics.start(self.conn, self.node, self.agent_id, self.cfg.metrics_port, self.cfg.metrics_address,
+                              data_dir())
+            except OSError as e:
+                where = f"{self.cfg.metrics_address}:{self.cfg.metrics_port}"
+                raise AgentError(f"metrics on {where}: {e.strerror}") from None
         if cgroup.adopt_v2():  # before any slot exists: only a cgroup the agent has to itself
             log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()
@@ -269,7 +267,7 @@ class Agent:
                           hb_interval=self.cfg.heartbeat_interval, node_timeout=self.cfg.node_timeout,
                           agent_pid=os.getpid(), agent_id=self.agent_id, hostname=socket.gethostname(),
                           queues=tuple(self.cfg.queues), started=started, ready=str(os.getpid()) if self.ready else "",
-                          version=VERSION)
+                          version=package_version())
 
     def heartbeat(self, first: bool = False) -> None:
         now = self.broker_time()

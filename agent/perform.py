@@ -142,6 +142,7 @@ class Performer:
             cancel=self.cancel_event,
             stop_reason=self.stop_reason,
             cgroup_tag=self.worker,
+            attempt=attempt.number,
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from agent import cgroup, proctree
+from agent import cgroup, metrics, proctree
 from agent.output import FLUSH_INTERVAL, BrokerLink, OutputSink
 from gridcore.records import Result
 
@@ -59,6 +59,7 @@ class RunContext:
     stop_reason: list[str] = field(default_factory=list)  # why `cancel` was set: canceled/shutdown/fenced
     extra_env: dict[str, str] = field(default_factory=dict)
     cgroup_tag: str = ""  # makes the job's cgroup name unique per agent incarnation
+    attempt: int = 1  # which attempt of its envelope this is (1 for the first)
 
 
 _cgroups: cgroup.JobCgroups | None = None
@@ -77,11 +78,14 @@ def job_cgroups() -> cgroup.JobCgroups | None:
 
 
 def build_env(envelope: dict[str, Any], ctx: RunContext) -> dict[str, str]:
+    """The job's environment: the agent's (less GRID_*), the envelope's, then the grid's own
+    variables (documented in agent/deploy/README.md, "What a job gets")."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRID_")}
     env.update({str(k): str(v) for k, v in (envelope.get("env") or {}).items()})
     env.update(ctx.extra_env)
     env.update(ctx.marker_env)
     env[proctree.ENV_JOB] = ctx.job_id
+    env.update(GRID_JOB_SLOT=str(ctx.slot), GRID_JOB_ATTEMPT=str(ctx.attempt))
     return env
 
 
@@ -168,8 +172,9 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         sink.add("e", (msg + "\n").encode())
         record.update(exit_code=127, signal=None, reason=msg, reason_kind="exit", end=end,
                       duration=max(0.0, round(end - start, 6)))
-        return _finish(record, sink), None
+        return _finish(record, sink, ctx, None)
 
+    log.info("started: pid %d, slot %d, attempt %d", proc.pid, ctx.slot, ctx.attempt, extra={"job": ctx.job_id})
     # Most jobs in a big sweep end within milliseconds; their output goes out with the end
     # record. The flusher thread costs a few ms to start and join, so it starts only once a
     # job has run for a flush interval or has output to send early.
@@ -287,11 +292,13 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     else:
         record.update(reason=None, reason_kind=None)
     # canceled / shutdown / fenced: not a job failure
-    return _finish(record, sink), killed_for if killed_for and killed_for != "timeout" else None
+    return _finish(record, sink, ctx, killed_for if killed_for and killed_for != "timeout" else None)
 
 
-def _finish(record: dict[str, Any], sink: OutputSink) -> Result:
+def _finish(record: dict[str, Any], sink: OutputSink, ctx: RunContext, outcome: str | None) -> tuple[Result, str | None]:
     sink.close()
+    log.info("ended: %s after %.3fs, %d bytes of output", record.get("reason") or "exit code 0",
+             record.get("duration") or 0.0, sink.counts["o"] + sink.counts["e"], extra={"job": ctx.job_id})
     record.update(
         stdout=sink.tail_text("o"),
         stderr=sink.tail_text("e"),
@@ -303,4 +310,5 @@ def _finish(record: dict[str, Any], sink: OutputSink) -> Result:
     )
     if record.get("reason"):
         record["reason"] = record["reason"][:REASON_MAX]
-    return Result(**record)
+    metrics.job_ended(record, outcome)
+    return Result(**record), outcome

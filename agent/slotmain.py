@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import logging
 import os
 import signal
 import sys
 
+from agent import logsetup
 from agent.verify import Gatekeeper
 from agent.rqadapter.worker import GridWorker
 from gridcore import keys
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads(sys.stdin.read())
     settings = Settings.model_validate(data["settings"])
     marker_env = data["marker_env"]
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s slot {args.slot} %(levelname)s %(message)s")
+    logsetup.configure(settings.agent.log_level, who=f"slot{args.slot}")
     conn = connect(settings)
     node = settings.agent.node_name
     queues = [keys.node_queue(node)] + [q for q in settings.agent.queues if q != keys.node_queue(node)]
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         queues, connection=conn, name=args.name, node=node, slot=args.slot, settings=settings, gate=gate,
         marker_env=marker_env, capacity=data.get("capacity"),
     )
-    worker.work(logging_level="WARNING", with_scheduler=args.scheduler)
+    worker.work(logging_level=logsetup.rq_level(settings.agent.log_level), with_scheduler=args.scheduler)
     return 0
 
 

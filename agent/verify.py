@@ -76,7 +76,9 @@ class Gatekeeper:
         if policy.max_timeout and (not timeout or timeout > policy.max_timeout):
             raise Refused(f"timeout must be set and at most {policy.max_timeout:g}s on this node")
         if policy.env_allow is not None:
-            bad = sorted(set(envelope.get("env") or {}) - set(policy.env_allow))
+            # GRID_SWEEP_* are the grid's own (a sweep cell's values), not the submitter's choice.
+            bad = sorted(n for n in set(envelope.get("env") or {}) - set(policy.env_allow)
+                         if not n.startswith("GRID_SWEEP_"))
             if bad:
                 raise Refused(f"environment variables not allowed on this node: {', '.join(bad)}")
 

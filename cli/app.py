@@ -6,6 +6,7 @@ names what is wrong. Every read command takes --json.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -98,7 +99,7 @@ def submit(
             argv=tuple(command) if len(command) > 1 else None,
             name=name,
             queue=queue or st.settings.default_queue,
-            cwd=cwd,
+            cwd=os.path.abspath(cwd) if cwd else None,  # relative to where you submit (shared filesystems)
             env=_parse_env(env),
             timeout=_parse_timeout(timeout),
             retries=retries,
@@ -420,7 +421,9 @@ def resume(ctx: typer.Context, node: str) -> None:
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules."""
-    from cli import acl, local, tasks, trust
+    from cli import acl, lab, local, tasks, trust
+
+    lab.register(app)
 
     for command in (local.up, local.down, local.status, tasks.validate, tasks.schema):
         app.command(command.__name__)(command)

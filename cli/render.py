@@ -178,6 +178,7 @@ def _signame(n: int) -> str:
 NODE_COLS = (
     Col("NODE", flex=True), Col("STATE", cap=30), Col("HEARTBEAT", 2, right=True), Col("CPUS", right=True),
     Col("LOAD", 3), Col("MEMORY"), Col("GPUS", 1, cap=60), Col("LABELS", 4, cap=40), Col("SLOTS", right=True),
+    Col("VERSION", 5, cap=24),
 )
 
 
@@ -193,7 +194,8 @@ def nodes_table(nodes: list[Node]) -> None:
         rows.append([Text(clean(n.name, 200)), _state(state), format_duration(n.heartbeat_age), str(n.cpus),
                      " ".join(f"{x:.2f}" for x in n.load) or "-",
                      f"{format_size(n.memory_used)}/{format_size(n.memory_total)}", Text(gpus),
-                     Text(clean(",".join(n.labels), 200) or "-"), f"{n.slots_busy}/{n.slots_total}"])
+                     Text(clean(",".join(n.labels), 200) or "-"), f"{n.slots_busy}/{n.slots_total}",
+                     Text(clean(n.version, 24) or "-")])
     emit(out, NODE_COLS, rows)
     for n in nodes:
         problems(n.problems, f" of node {clean(n.name, 30)}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from descriptors.errors import DescriptorError
 from descriptors.schema import Task
-from descriptors.sweep import cell_count, cells, substitute
+from descriptors.sweep import cell_count, cells, substitute, sweep_env
 from gridcore.models import JobSpec, Resources
 
 
@@ -91,7 +91,8 @@ def to_specs(desc: Descriptor, new_id: Callable[[], str] = _new_id) -> list[Plan
                     name=(f"{t.name}[{n}]" if t.sweep else t.name) if t.name else None,
                     queue=t.queue,
                     cwd=t.cwd,
-                    env={k: substitute(v, cell) for k, v in t.env.items()},
+                    env={**(sweep_env(group, n, len(ids[i]), cell) if group else {}),
+                         **{k: substitute(v, cell) for k, v in t.env.items()}},
                     timeout=t.timeout,
                     retries=retries,
                     retry_backoff=tuple(math.ceil(b) for b in backoff),

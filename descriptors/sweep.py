@@ -52,3 +52,15 @@ def substitute(text: str, cell: Mapping[str, Any]) -> str:
         return render(cell[m.group(2)]) if m.group(2) in cell else m.group(0)
 
     return _PLACEHOLDER.sub(one, text)
+
+
+SWEEP_ENV = "GRID_SWEEP_"
+"""Prefix of the variables a sweep cell's job gets (signed into its envelope)."""
+
+
+def sweep_env(group: str, index: int, size: int, cell: Mapping[str, Any]) -> dict[str, str]:
+    """A cell's GRID_SWEEP_* variables: each axis's value by its upper-cased name, then the
+    sweep's id, the cell's index and the sweep's size (these three win over same-named axes)."""
+    env = {SWEEP_ENV + name.upper(): render(value) for name, value in cell.items()}
+    env.update({SWEEP_ENV + "ID": group, SWEEP_ENV + "INDEX": str(index), SWEEP_ENV + "SIZE": str(size)})
+    return env

@@ -224,6 +224,7 @@ class Node:
     queues: tuple[str, ...] = ()
     started_at: float | None = None
     problems: tuple[str, ...] = ()  # fields of its hash that could not be read, each named
+    version: str | None = None  # the node's grid-agent package version
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

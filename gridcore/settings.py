@@ -10,10 +10,10 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 APP_NAME = "science-grid"
 ENV_PREFIX = "GRID_"
@@ -71,6 +71,10 @@ class AgentSettings(BaseModel):
     stop_grace: float = 30.0  # warm stop: how long running jobs may finish
     kill_grace: float = 3.0  # TERM -> KILL of a job's process tree
     allow_root: bool = False
+    log_level: Annotated[str, StringConstraints(to_upper=True, pattern="^(?i:debug|info|warning|error)$")] = \
+        "WARNING"  # INFO: a line per job; the slots log at it too
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (None: no endpoint)
+    metrics_address: str = "127.0.0.1"  # where the metrics endpoint listens (a LAN address to scrape it)
     policy: NodePolicy = Field(default_factory=NodePolicy)
 
 
@@ -130,8 +134,8 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        # GRID_JOB_* mark a job's own processes; GRID_TEST_* belong to the test suite.
-        if key.upper() in ignored or key.startswith(("job_", "test_")):
+        # GRID_JOB_* and GRID_SWEEP_* describe a job to itself; GRID_TEST_* belong to the test suite.
+        if key.upper() in ignored or key.startswith(("job_", "sweep_", "test_")):
             continue
         if key in top:
             out[key] = value

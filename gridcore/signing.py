@@ -19,10 +19,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gridcore.records import ENVELOPE_VERSION
+
 DOMAIN = b"science-grid job v1\x00"
 """Prefix mixed into every signature so a grid signature can't be replayed as anything else."""
-
-ENVELOPE_VERSION = 1
 
 
 class SigningError(Exception):
@@ -211,6 +211,10 @@ def verify(signed: Any, keys: AuthorizedKeys) -> tuple[dict[str, Any], str]:
         envelope = json.loads(text)
     except ValueError:
         raise Refused("envelope is not JSON") from None
-    if not isinstance(envelope, dict) or envelope.get("v") != ENVELOPE_VERSION:
-        raise Refused("unsupported envelope version")
+    if not isinstance(envelope, dict):
+        raise Refused("envelope is not a JSON object")
+    if envelope.get("v") != ENVELOPE_VERSION:
+        # Nodes are upgraded one at a time: say which format came and which this node runs.
+        raise Refused(f"envelope format v{str(envelope.get('v'))[:20]} is not one this node runs "
+                      f"(it runs v{ENVELOPE_VERSION}): upgrade grid-agent on this node")
     return envelope, comment

@@ -119,6 +119,7 @@ def node_view(name: str, fields: dict, running: Sequence[bytes], age: float) -> 
         hostname=rec.hostname,
         queues=rec.queues,
         started_at=rec.started,
+        version=rec.version,
         problems=rec.problems,
     )
 

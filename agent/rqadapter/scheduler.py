@@ -8,13 +8,44 @@ queue's tail.
 
 from __future__ import annotations
 
+import logging
+import time
+
 from rq.scheduler import RQScheduler
 from rq.utils import current_timestamp
 
+from agent.outage import OUTAGE_ERRORS
 from gridcore.priority import reposition
+
+log = logging.getLogger("grid.scheduler")
 
 
 class GridScheduler(RQScheduler):
+    def work(self):
+        """RQ's loop, riding out a broker outage (a restart, a Sentinel failover) instead of
+        dying of it: RQ starts a dead scheduler again only at its next maintenance, up to ten
+        minutes later, and every retry's backoff would wait that long."""
+        self._install_signal_handlers()
+        born, down_since = False, None
+        while not self._stop_requested:
+            try:
+                if not born:
+                    self.register_birth()
+                    born = True
+                if self.should_reacquire_locks:
+                    self.acquire_locks()
+                self.heartbeat()
+                self.enqueue_scheduled_jobs()
+                if down_since is not None:
+                    log.warning("scheduler: broker back after %.1fs", time.monotonic() - down_since)
+                    down_since = None
+            except OUTAGE_ERRORS as e:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("scheduler: broker unreachable (%s); retrying", e)
+            time.sleep(self.interval)
+        self.stop()
+
     def enqueue_scheduled_jobs(self):
         if not self._scheduled_job_registries and self._acquired_locks:
             self.prepare_registries()

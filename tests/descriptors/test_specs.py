@@ -42,7 +42,9 @@ def test_sweep_cells_are_a_cartesian_product():
         for i, (lr, s) in enumerate(itertools.product([0.1, 0.01], [1, 2, 3]))
     ]
     assert planned[4].spec.command == "fit --lr 0.01 --seed 2 --home ${HOME} {other}"
-    assert planned[4].spec.env == {"SEED": "2", "HOME_DIR": "${HOME}"}
+    assert planned[4].spec.env == {"SEED": "2", "HOME_DIR": "${HOME}", "GRID_SWEEP_LR": "0.01", "GRID_SWEEP_SEED": "2",
+                                   "GRID_SWEEP_ID": planned[4].spec.group, "GRID_SWEEP_INDEX": "4",
+                                   "GRID_SWEEP_SIZE": "6"}
     assert planned[4].spec.name == "fit[4]"
     assert len({p.spec.group for p in planned}) == 1 and planned[0].spec.group
     assert {p.max_parallel for p in planned} == {4}
