@@ -41,7 +41,7 @@ from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
 from agent.rqadapter.book import RQBook
 from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
-from gridcore import events, keys
+from gridcore import events, history, keys
 from gridcore.dependencies import fail_dependents
 from gridcore.models import LOST_RETRIES, Resources
 from gridcore.records import (
@@ -181,6 +181,7 @@ class JobAttempt:
             pipe.set(keys.result(self.id), record.encode(), ex=self.result_ttl)
             pipe.rpush(keys.attempts(self.id), record.attempt().encode())
             events.emit(pipe, now, "refused", job=self.id, node=self.node, message=reason)
+            history.append(pipe, history.entry(self.id, self.meta, record, "refused"))
             pipe.execute()
 
     def drop_twin(self, reason: str, now: float) -> None:
@@ -336,6 +337,7 @@ class JobAttempt:
         pipe.delete(keys.cancel(self.id))
         events.emit(pipe, result.end or 0.0, kind, job=self.id, node=self.node,
                     message=result.reason or "exit code 0")
+        history.append(pipe, history.entry(self.id, self.meta, result, kind))
 
     def _hand_back(self, pipe, result: Result) -> None:
         """Cold stop: the job was killed because the agent is going away; put it back in line."""
@@ -348,6 +350,8 @@ class JobAttempt:
         release(pipe, self.id, self.node)  # its sweep slot stays: the job still counts as placed
         self.book.hand_back(pipe, self.job, self.queue, self.execution)
         events.emit(pipe, result.end or 0.0, "requeued", job=self.id, node=self.node, message=note)
+        history.append(pipe, history.entry(self.id, self.meta, result.model_copy(update={"reason": "agent shutdown"}),
+                                           "requeued"))
 
     def _after_end(self, result: Result, outcome: str | None, entry: RunningEntry) -> None:
         claim.release(self.conn, self.node, self.id, entry.encode())
@@ -394,6 +398,8 @@ class JobAttempt:
         pipe.hdel(keys.node_running(self.node), self.id)
         pipe.hdel(keys.ACTIVE, self.id)
         pipe.rpush(keys.attempts(self.id), record.attempt().encode())
+        history.append(pipe, history.entry(self.id, meta, record.model_copy(
+            update={"start": active.started if active is not None else None}), "lost"))
         self.book.save_meta(pipe, self.job)
         release(pipe, self.id, self.node, meta.group)
         if retry:

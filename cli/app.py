@@ -17,6 +17,7 @@ import typer
 from cli import render
 from cli.context import State, print_json, shared
 from cli.errors import CliError, handle_errors
+from gridcore.errors import JobNotFound
 from gridcore.jobfilter import FilterError, JobFilter, parse
 from gridcore.records import Gaps
 from gridcore.models import JobSpec, JobState, Resources
@@ -178,6 +179,8 @@ def ls(
     filter_: Annotated[Optional[str], typer.Option("--filter", help=FILTER_HELP)] = None,
     limit: Annotated[int, typer.Option()] = 50,
     offset: Annotated[int, typer.Option()] = 0,
+    history: Annotated[bool, typer.Option("--history", help="Ended jobs from the history (past result_ttl too), "
+                                          "newest end first.")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List jobs, newest first."""
@@ -187,7 +190,13 @@ def ls(
         except ValueError:
             raise CliError(f"--state {state!r}: expected one of {', '.join(s.value for s in JobState)}", 2) from None
     grid = shared(ctx).grid
-    if filter_ is None:
+    if history:
+        from cli.history import history_jobs
+
+        if filter_ is not None or group:
+            raise CliError("--history lists by --state, --queue and --node (not --filter or --group)", 2)
+        jobs, total = history_jobs(ctx, state, queue, node, offset, limit)
+    elif filter_ is None:
         jobs, total = grid.list(state=state, queue=queue, node=node, group=group, offset=offset, limit=limit)
     elif group:
         raise CliError("--filter and --group: list the group's cells, or filter every job, not both", 2)
@@ -203,7 +212,12 @@ def ls(
 def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Everything about one job."""
     grid = shared(ctx).grid
-    job = grid.get(grid.resolve(job_id))
+    try:
+        job = grid.get(grid.resolve(job_id))
+    except JobNotFound:
+        from cli.history import history_job
+
+        job = history_job(ctx, job_id)  # past result_ttl: what the history kept
     if json_out:
         print_json(job.to_dict())
         return
@@ -421,9 +435,11 @@ def resume(ctx: typer.Context, node: str) -> None:
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules."""
-    from cli import acl, lab, local, tasks, trust
+    from cli import acl, history, lab, local, tasks, trust, usage
 
     lab.register(app)
+    app.command("usage")(usage.usage)
+    app.add_typer(history.app, name="history")
 
     for command in (local.up, local.down, local.status, tasks.validate, tasks.schema):
         app.command(command.__name__)(command)

@@ -44,6 +44,10 @@ PRIORITY = f"{PREFIX}:priority"
 NONCES = f"{PREFIX}:nonces"
 """Prefix for replay-protection keys: one `grid:nonces:<nonce>` per executed envelope."""
 
+HISTORY = f"{PREFIX}:history"
+"""Stream, capped: one records.FinishedEntry per ended attempt, written with the end; `grid history
+collect` copies it to the append-only store that outlives `result_ttl` (gridcore/history.py)."""
+
 
 def node(name: str) -> str:
     """Hash: a node's inventory, live load and flags (draining)."""

@@ -102,6 +102,7 @@ class Settings(BaseModel):
     submitter: str = Field(default_factory=lambda: f"{account_name()}@{socket.gethostname()}")
     default_queue: str = "default"
     result_ttl: int = 7 * 24 * 3600
+    history_file: str | None = None  # the history store (SQLite); default <data dir>/history.sqlite3
     envelope_ttl: int = 14 * 24 * 3600  # how long a signed job may wait before it expires
     read_only: bool = False
     agent: AgentSettings = Field(default_factory=AgentSettings)
@@ -118,6 +119,10 @@ class Settings(BaseModel):
     @property
     def log_dir(self) -> Path:
         return Path(self.agent.log_dir) if self.agent.log_dir else data_dir() / "logs"
+
+    @property
+    def history_path(self) -> Path:
+        return Path(self.history_file) if self.history_file else data_dir() / "history.sqlite3"
 
 
 def default_config_path() -> Path:

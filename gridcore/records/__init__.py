@@ -1,4 +1,4 @@
-"""Every record that crosses the broker (this package: base.py, jobs.py, nodes.py, streams.py): one class each, its encoding, and a bounded,
+"""Every record that crosses the broker (this package: base.py, jobs.py, nodes.py, streams.py, history.py): one class each, its encoding, and a bounded,
 validating decoding.
 
 Whoever can write to the broker can write any of these, so a decoding checks the size before
@@ -20,6 +20,7 @@ Where each record lives (keys in gridcore/keys.py) and its wire form:
 | `NodeRecord`  | `grid:node:<n>` hash                  | fields below; inventory/load JSON     |
 | `GroupRecord` | `grid:group:<id>` hash                | fields below                          |
 | `EventEntry`  | `grid:events` stream entries          | t, kind, job, node, msg               |
+| `FinishedEntry` | `grid:history` stream entries       | one field `r`: JSON object            |
 | `OutputEntry`, `EndMarker` | `grid:out:<id>` stream entries | one-letter fields, below        |
 | `RunningEntry`| `grid:node:<n>:running` field `<id>`  | "claim:<worker>", "<slot>", "ended:<worker>" |
 
@@ -40,6 +41,7 @@ from gridcore.records.base import CorruptRecord, JsonRecord, REASON_KINDS, lenie
 from gridcore.records.jobs import (
     ActiveEntry, Attempt, CLAIM, ENDED, ENVELOPE_VERSION, Envelope, HeldEntry, JobMeta, OWNER_FN, Placement, Result, ResourcesRecord, RunningEntry, SignedEnvelope, Usage,
 )
+from gridcore.records.history import FinishedEntry
 from gridcore.records.nodes import (
     GpuRecord, GroupRecord, Inventory, Load, NODE_FIELDS, NodeRecord,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "EndMarker",
     "Envelope",
     "EventEntry",
+    "FinishedEntry",
     "Gaps",
     "GpuRecord",
     "GroupRecord",

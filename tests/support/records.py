@@ -11,8 +11,8 @@ from typing import Any
 
 import redis
 
-from gridcore import keys
-from gridcore.records import GpuRecord, Inventory, Load, NodeRecord, Result
+from gridcore import history, keys
+from gridcore.records import FinishedEntry, GpuRecord, Inventory, Load, NodeRecord, ResourcesRecord, Result, Usage
 
 
 def node_record(**over: Any) -> NodeRecord:
@@ -52,3 +52,23 @@ def put_result(r: redis.Redis, job_id: str, **fields: Any) -> Result:
 def get_result(r: redis.Redis, job_id: str) -> Result:
     """Job `job_id`'s result record as the broker holds it, decoded (CorruptRecord if it is not one)."""
     return Result.decode(r.get(keys.result(job_id)), keys.result(job_id))
+
+
+def finished_entry(job_id: str, **over: Any) -> FinishedEntry:
+    """An attempt of job `job_id` as the history keeps it: alice's 10-minute job on node-a, exit 0,
+    asking 2 CPUs and 4 GiB, that used 900 CPU-seconds and a 1 GiB peak; fields overridden by `over`."""
+    fields: dict[str, Any] = dict(
+        job_id=job_id, attempt=f"run-{job_id}", outcome="finished", name=f"job {job_id}", command="python train.py",
+        submitter="alice@ws1", queue="default", node="node-a", slot=0, submitted=1000.0, start=1000.0, end=1600.0,
+        duration=600.0, exit_code=0, requested=ResourcesRecord(cpus=2, memory=4 * 2**30),
+        usage=Usage(wall=600.0, cpu_user=800.0, cpu_system=100.0, memory_peak=2**30, memory_source="sampled"),
+    )
+    return FinishedEntry(**(fields | over))
+
+
+def put_finished(r: redis.Redis, *entries: FinishedEntry) -> None:
+    """Append ended attempts to the broker's history stream, as the agent does at each end."""
+    with r.pipeline() as pipe:
+        for e in entries:
+            history.append(pipe, e)
+        pipe.execute()
