@@ -30,6 +30,8 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None, no_args_is_help=T
 
 UNIT_NAME = "grid-agent.service"
 """The unit's file name."""
+HISTORY_UNIT = "grid-history.service"
+"""The history collector's unit (`--history`): it runs beside the agent, as its user."""
 STOP_MARGIN = 30
 """Seconds systemd waits beyond agent.stop_grace before it kills what is left."""
 
@@ -61,6 +63,13 @@ def render_unit(*, user: str, config: Path, data_dir: Path, log_level: str, stop
     return Template(unit_template()).substitute(
         user=user, group=group, config=config, config_dir=config.parent, data_dir=data_dir, exec=agent_command(),
         log_level=log_level.upper(), stop_timeout=int(stop_grace + STOP_MARGIN))
+
+
+def render_history_unit(*, user: str, config: Path, data_dir: Path) -> str:
+    """The history collector's unit text: this installation's Python, the agent's config and data dir."""
+    template = resources.files("agent").joinpath("deploy", HISTORY_UNIT).read_text()
+    return Template(template).substitute(user=user, group=_group_of(user), config=config, config_dir=config.parent,
+                                         data_dir=data_dir, exec=sys.executable)
 
 
 def _group_of(user: str) -> str:
@@ -104,7 +113,7 @@ def _public_keys(items: list[str]) -> str:
 
 
 def plan_install(*, user: str, config: Path, data_dir: Path, unit_dir: Path, log_level: str, stop_grace: float,
-                 config_text: str | None, keys_text: str | None, start: bool) -> Plan:
+                 config_text: str | None, keys_text: str | None, start: bool, history: bool = False) -> Plan:
     """Every directory, file and command of an install, in order."""
     commands: list[list[str]] = []
     try:
@@ -120,10 +129,15 @@ def plan_install(*, user: str, config: Path, data_dir: Path, unit_dir: Path, log
         files.append((config.parent / "authorized_keys", keys_text, 0o640, False))
     unit = render_unit(user=user, config=config, data_dir=data_dir, log_level=log_level, stop_grace=stop_grace)
     files.append((unit_dir / UNIT_NAME, unit, 0o644, False))
+    if history:
+        files.append((unit_dir / HISTORY_UNIT, render_history_unit(user=user, config=config, data_dir=data_dir),
+                      0o644, False))
     commands += [["chown", "-R", f"root:{_group_of(user)}", str(config.parent)],
                  ["chown", "-R", f"{user}:{_group_of(user)}", str(data_dir)]]
     if start:
         commands += [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT_NAME]]
+        if history:
+            commands.append(["systemctl", "enable", "--now", HISTORY_UNIT])
     return Plan(files=files, dirs=dirs, commands=commands, user=user)
 
 
@@ -192,6 +206,8 @@ def install(
     log_level: Annotated[str, typer.Option(help="grid-agent --log-level.")] = "INFO",
     stop_grace: Annotated[float, typer.Option(help="agent.stop_grace the unit's stop timeout allows for.")] = 30.0,
     start: Annotated[bool, typer.Option(help="systemctl enable --now after writing.")] = True,
+    history: Annotated[bool, typer.Option("--history", help="Also run the history collector here (grid-history.service): "
+                                          "ended jobs kept past result_ttl in <data dir>/history.sqlite3.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be written and run; change nothing.")] = False,
 ) -> None:
     """Write the node's config, its authorized operator keys and the systemd unit; start it."""
@@ -210,7 +226,7 @@ def install(
     keys_text = _public_keys(authorize) if authorize else None
     plan = plan_install(user=user, config=config.absolute(), data_dir=data_dir.absolute(), unit_dir=unit_dir,
                         log_level=log_level, stop_grace=stop_grace, config_text=config_text, keys_text=keys_text,
-                        start=start)
+                        start=start, history=history)
     if dry_run:
         show(plan)
         return

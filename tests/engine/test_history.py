@@ -157,3 +157,14 @@ def test_a_job_past_result_ttl_is_kept_by_the_history(r, settings, grid, agents,
     assert report["total"]["wall_hours"] == pytest.approx(walls / 3600)
     code, _, err = call_cli(capsys, *url, "show", "nosuchjob1")
     assert code == 2 and "history" in err
+
+
+def test_service_install_history_adds_the_collector_unit(tmp_path, home, capsys):
+    code, out, err = call_cli(capsys, "service", "install", "--dry-run", "--history", "--redis-url",
+                              "redis://broker.lab:6379/0", "--config", str(tmp_path / "etc" / "config.toml"),
+                              "--data-dir", str(tmp_path / "var"), "--unit-dir", str(tmp_path / "units"),
+                              "--user", "grid-test-user")
+    assert code == 0, err
+    assert f"would write {tmp_path / 'units' / 'grid-history.service'}" in out
+    assert " -m gridcore.historycollector" in out and f"Environment=GRID_DATA_DIR={tmp_path / 'var'}" in out
+    assert "would run: systemctl enable --now grid-history.service" in out
