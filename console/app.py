@@ -48,6 +48,7 @@ from console.screens.nodes import NodesScreen
 from console.screens.queues import QueuesScreen
 from console.screens.submit import Submission, SubmitScreen
 from console.screens.sweep import SweepGridScreen
+from console.screens.usage import UsageScreen
 from gridcore.client import Grid
 from gridcore.connection import redact
 from gridcore.jobfilter import JobFilter
@@ -58,10 +59,11 @@ log = logging.getLogger("gridtui")
 ACTIONS = "actions"
 """The worker group every grid action runs in (the poll loop has its own)."""
 
-VIEWS = ("jobs", "queues", "nodes", "events", "groups")
+VIEWS = ("jobs", "queues", "nodes", "events", "groups", "usage")
 
 HELP_TITLES = {"jobs": "jobs view", "queues": "queues view", "nodes": "nodes view", "events": "events view",
-               "groups": "sweep groups view", "group": "sweep parameter grid", "detail": "job detail"}
+               "groups": "sweep groups view", "group": "sweep parameter grid", "detail": "job detail",
+               "usage": "usage view"}
 """The heading of a screen's own keys in `?`."""
 
 
@@ -80,6 +82,9 @@ class GridApp(App[None]):
         Binding("3", "view('nodes')", "Nodes", id="view.nodes", show=False, system=True),
         Binding("4", "view('events')", "Events", id="view.events", show=False, system=True),
         Binding("5", "view('groups')", "Sweep groups", id="view.groups", show=False, system=True),
+        # Not among the footer's 1–5: listed in `?` on a line of its own.
+        Binding("6", "view('usage')", "Usage", id="view.usage", show=False,
+                tooltip="usage: CPU, GPU and memory hours of the last day or week, by user, node, group..."),
         Binding("o", "open_by_id", "Open id", id="app.open_id", show=False,
                 tooltip="open a job by its id, or the first 6 characters or more of it"),
         Binding("question_mark", "help", "Keys", id="app.help", tooltip="this list"),
@@ -104,7 +109,7 @@ class GridApp(App[None]):
         self.jobs_screen = JobsScreen(self.context)  # kept: other views set its filter
         self.add_mode("jobs", lambda: self.jobs_screen)
         for name, screen in (("queues", QueuesScreen), ("nodes", NodesScreen), ("events", EventsScreen),
-                             ("groups", GroupsScreen)):
+                             ("groups", GroupsScreen), ("usage", UsageScreen)):
             self.add_mode(name, partial(screen, self.context))
         self.last_snapshot: Snapshot | None = None  # the last one read without an error
         self.poller = Poller(self, self.link, self.current_request, interval=poll_interval)

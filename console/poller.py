@@ -23,7 +23,9 @@ from console.progress import latest_of_chunks
 from gridcore.client import Event, Grid, GridError, QueueStats
 from gridcore.connection import BROKER_FAILURES, describe_error
 from gridcore.jobfilter import JobFilter
+from gridcore import usage
 from gridcore.models import Job, JobState, Node, NodeState, OutputChunk
+from gridcore.usage import UsageReport
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -51,6 +53,9 @@ GROUPS_PAGE = 20
 EVENTS_COUNT = 200
 """Newest events read per tick for the events view."""
 
+USAGE_EVERY = 30.0
+"""Seconds between usage reports while the usage view is shown (each reads the day's or week's history)."""
+
 NODES_EVERY = 10.0
 """Seconds between reads of the node states while the nodes view is hidden (the summary counts them)."""
 
@@ -59,7 +64,7 @@ NODES_EVERY = 10.0
 class Request:
     """What the UI shows right now, read on the UI thread when a tick starts."""
 
-    view: str = "jobs"  # jobs | queues | nodes | events | groups | group (one open) | detail (a job open)
+    view: str = "jobs"  # jobs | queues | nodes | events | groups | usage | group (one open) | detail (a job open)
     state: JobState | None = None
     queue: str | None = None
     node: str | None = None
@@ -72,6 +77,8 @@ class Request:
     groups_offset: int = 0  # the page of the groups view
     group_id: str | None = None  # the sweep group open in the parameter grid
     cells_offset: int = 0  # the page of its cells
+    usage_window: str = "day"  # the usage view: the last day or week (gridcore.usage.WINDOWS)
+    usage_by: str = "user"  # ... split by (gridcore.usage.BY)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class Snapshot:
     group_missing: bool = False
     job: Job | None = None
     job_missing: bool = False
+    usage: UsageReport | None = None  # the usage view's report (read every USAGE_EVERY seconds)
     chunks: tuple[OutputChunk, ...] = ()
     more_output: bool = False
     error: str | None = None
@@ -128,6 +136,7 @@ class Poller:
         self._node_states: dict[str, NodeState] | None = None
         self._tables_at = 0.0
         self._last: Snapshot | None = None
+        self._usage: tuple[float, tuple[str, str], UsageReport] | None = None  # when, for what, the report
         self.live = False  # started: until then (a test's frozen app) nothing is read
         self.stopped = False
 
@@ -261,6 +270,8 @@ class Poller:
             out["groups_total"] = g.group_count()
         elif req.view == "group" and req.group_id:
             out.update(self._read_group(req))
+        elif req.view == "usage":
+            out["usage"] = self._read_usage(req, out["now"], mono)
         if req.job_id:
             try:
                 out["job"] = g.get(req.job_id)
@@ -269,6 +280,14 @@ class Poller:
                     raise
                 out["job_missing"] = True
         return Snapshot(**out)
+
+    def _read_usage(self, req: Request, now: float, mono: float) -> UsageReport:
+        what = (req.usage_window, req.usage_by)
+        if self._usage is None or self._usage[1] != what or mono - self._usage[0] >= USAGE_EVERY:
+            report = usage.recent(self.grid.redis, self.link.settings.history_path, req.usage_window, req.usage_by,
+                                  now)
+            self._usage = (mono, what, report)
+        return self._usage[2]
 
     def _read_group(self, req: Request) -> dict:
         try:

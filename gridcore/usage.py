@@ -167,3 +167,17 @@ def usage(conn: redis.Redis | None, store: HistoryStore | None, since: float, un
     out = report(gather(conn, store, since, problems), since, until, by)
     out.problems = problems
     return out
+
+
+WINDOWS = {"day": 24 * 3600.0, "week": 7 * 24 * 3600.0}
+"""The console's usage view windows: the last day or week."""
+
+
+def recent(conn: redis.Redis, history_path, window: str, by: str | None, now: float) -> UsageReport:
+    """The report of the last `window` (a WINDOWS key) to broker time `now`: the store at
+    `history_path` where there is one (never created by a reader), and the broker's stream."""
+    since = now - WINDOWS[window]
+    if not history_path.exists():
+        return usage(conn, None, since, now, by)
+    with HistoryStore(history_path) as store:
+        return usage(conn, store, since, now, by)
