@@ -13,7 +13,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.registry import CanceledJobRegistry
 
-from gridcore import dependencies, events, keys, reservations
+from gridcore import dependencies, events, history, keys, reservations
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError, JobNotFound
 from gridcore.models import JobState
@@ -96,6 +96,7 @@ class Control:
                 reservations.release(pipe, job_id, node=node, group=meta.group if meta else None)
             pipe.set(keys.result(job_id), record.encode(), ex=self.settings.result_ttl, nx=True)
             events.emit(pipe, now, "canceled", job=job_id, message="canceled before it started")
+            history.append(pipe, history.entry(job_id, meta or JobMeta(), record, "canceled"))
             pipe.execute()
 
     def fail_dependents(self, job_id: str, now: float) -> list[str]:

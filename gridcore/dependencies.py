@@ -9,7 +9,7 @@ from rq.job import JobStatus
 from rq.registry import DeferredJobRegistry
 from rq.serializers import JSONSerializer
 
-from gridcore import events, keys
+from gridcore import events, history, keys
 from gridcore.records import JobMeta, Result, salvage, text
 
 
@@ -43,6 +43,7 @@ def fail_dependents(conn: redis.Redis, job_id: str, now: float, ttl: int) -> lis
                 dep.failed_job_registry.add(dep, ttl=ttl, exc_string=reason, pipeline=pipe)
                 pipe.set(keys.result(dep_id), record.encode(), ex=ttl)
                 events.emit(pipe, now, "failed", job=dep_id, message=reason)
+                history.append(pipe, history.entry(dep_id, meta or JobMeta(), record, "failed"))
                 pipe.execute()
             failed.append(dep_id)
             todo.append(dep_id)

@@ -168,3 +168,14 @@ def test_service_install_history_adds_the_collector_unit(tmp_path, home, capsys)
     assert f"would write {tmp_path / 'units' / 'grid-history.service'}" in out
     assert " -m gridcore.historycollector" in out and f"Environment=GRID_DATA_DIR={tmp_path / 'var'}" in out
     assert "would run: systemctl enable --now grid-history.service" in out
+
+
+def test_jobs_that_end_without_running_are_in_the_history(r, grid):
+    """A job canceled while it waits, and its dependent failed for it, end too: the history has both."""
+    parent = grid.submit(JobSpec(command="true", name="parent"))
+    child = grid.submit(JobSpec(command="true", name="child", after=(parent,)))
+    assert grid.cancel(parent, wait=0) is JobState.CANCELED
+    ended = {e.job_id: e for e in history.since(r, 0)}
+    assert ended[parent].outcome == "canceled" and ended[parent].name == "parent"
+    assert ended[child].outcome == "failed" and ended[child].reason_kind == "dependency"
+    assert ended[child].submitter == "tester@suite" and ended[child].start is None
