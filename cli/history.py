@@ -90,6 +90,16 @@ def _say_problems(problems: list[str]) -> None:
         render.err(render.clean(p, 500))
 
 
+class _TerminalSafe:
+    """A text stream that shows control characters (escape sequences among them) as `?`."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, s: str) -> int:
+        return self.stream.write("".join(c if c.isprintable() or c in "\n\t" else "?" for c in s))
+
+
 @app.command()
 def export(
     ctx: typer.Context,
@@ -112,8 +122,10 @@ def export(
     with open_store(ctx) as store:
         entries = usage.gather(st.grid.redis, store, start, problems)
     _say_problems(problems)
+    # Data for a file is written as it is; on a terminal, what the broker held must not drive it.
+    out = None if output else (_TerminalSafe(sys.stdout) if sys.stdout.isatty() else sys.stdout)
     try:
-        n = historyexport.write(entries, fmt, None if output else sys.stdout, output)
+        n = historyexport.write(entries, fmt, out, output)
     except historyexport.ExportError as e:
         raise CliError(str(e), 2) from None
     except OSError as e:

@@ -18,9 +18,13 @@ from gridcore import keys
 from gridcore.records import CorruptRecord, FinishedEntry, JobMeta, Result, text
 from gridcore.records.history import Outcome
 
-MAX_HISTORY = 100_000
-"""Approximate length the history stream is trimmed to: ~60 MB of broker memory at most, and
-at 10,000 ended attempts a day ten days of slack for a collector that was down."""
+MAX_HISTORY = 50_000
+"""Approximate length the history stream is trimmed to: at most ~100 MB of broker memory (an
+entry is ~0.6 KB, at most ~2 KB), and at 5,000 ended attempts a day ten days of slack for a
+collector that was down."""
+
+COMMAND_KEPT = 1024
+"""Characters of a job's command its history entry keeps."""
 
 READ_BATCH = 1000
 """Entries read from the stream per round trip."""
@@ -31,7 +35,7 @@ def entry(job_id: str, meta: JobMeta, result: Result, outcome: Outcome) -> Finis
     end = result.end or 0.0
     return FinishedEntry(
         job_id=job_id, attempt=result.run_id or f"{outcome}@{end:.6f}", outcome=outcome,
-        name=meta.name[:4096], command=meta.command[:4096], submitter=meta.submitter, queue=meta.queue,
+        name=meta.name[:COMMAND_KEPT], command=meta.command[:COMMAND_KEPT], submitter=meta.submitter, queue=meta.queue,
         group=meta.group, tags=list(meta.tags), requested=meta.resources, node=result.node, slot=result.slot,
         gpus=list(result.gpus), submitted=meta.submitted, start=result.start, end=end, duration=result.duration,
         exit_code=result.exit_code, signal=result.signal, reason=result.reason, reason_kind=result.reason_kind,
@@ -42,6 +46,12 @@ def entry(job_id: str, meta: JobMeta, result: Result, outcome: Outcome) -> Finis
 def append(pipe: Pipeline | redis.Redis, finished: FinishedEntry) -> None:
     """Add one ended attempt to the history stream, in the caller's pipeline."""
     pipe.xadd(keys.HISTORY, finished.fields(), maxlen=MAX_HISTORY, approximate=True)
+
+
+def id_order(sid: str) -> tuple[int, int]:
+    """A stream id as a sortable pair (milliseconds, sequence); a leading "(" is ignored."""
+    ms, _, seq = sid.lstrip("(").partition("-")
+    return int(ms), int(seq or 0)
 
 
 def stream_id(stamp: float) -> str:
@@ -56,9 +66,13 @@ def read(conn: redis.Redis, after: str = "0-0", problems: list[str] | None = Non
     return _range(conn, "(" + after, problems, batch)
 
 
-def since(conn: redis.Redis, stamp: float, problems: list[str] | None = None) -> list[FinishedEntry]:
-    """Every entry the stream still holds that was written at or after broker time `stamp`."""
-    return [e for _, e in _range(conn, stream_id(stamp), problems, READ_BATCH) if e is not None]
+def since(conn: redis.Redis, stamp: float, problems: list[str] | None = None,
+          after: str = "0-0") -> list[FinishedEntry]:
+    """Every entry the stream still holds that was written at or after broker time `stamp`
+    (and after stream id `after`, when given: what a store has taken is not read again)."""
+    start = stream_id(stamp)
+    first = start if id_order(start) > id_order(after) else "(" + after
+    return [e for _, e in _range(conn, first, problems, READ_BATCH) if e is not None]
 
 
 def _range(conn: redis.Redis, first: str, problems: list[str] | None,

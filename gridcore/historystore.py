@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from contextlib import contextmanager
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -88,22 +89,21 @@ class HistoryStore:
                 [(e.job_id, e.attempt, e.end, e.outcome, e.queue, e.node or "", sid, e.encode()) for sid, e in batch])
             added = self.db.total_changes - before
             # Two collectors on one file: the position only moves forward.
-            if _id(last_id) > _id(self.position()):
+            if history.id_order(last_id) > history.id_order(self.position()):
                 self.db.execute("INSERT INTO position (stream, last_id) VALUES (?, ?) ON CONFLICT (stream) "
                                 "DO UPDATE SET last_id = excluded.last_id", (keys.HISTORY, last_id))
         return added
 
-    def _transaction(self):
-        db = self.db
-
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type, *_: object) -> None:
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # BEGIN IMMEDIATE: a second collector on the file waits here rather than failing at COMMIT.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -187,12 +187,7 @@ def _trimmed_past(conn: redis.Redis, after: str) -> bool:
     if after == "0-0":
         return False
     first = conn.xrange(keys.HISTORY, min="-", max="+", count=1)
-    return bool(first) and _id(text(first[0][0])) > _id(after)
-
-
-def _id(sid: str) -> tuple[int, int]:
-    ms, _, seq = sid.partition("-")
-    return int(ms), int(seq or 0)
+    return bool(first) and history.id_order(text(first[0][0])) > history.id_order(after)
 
 
 OUTAGE_PAUSE = 2.0

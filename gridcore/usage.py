@@ -155,7 +155,8 @@ def gather(conn: redis.Redis | None, store: HistoryStore | None, since: float,
         for e in store.since(since, problems):
             seen[e.key] = e
     if conn is not None:
-        for e in history.since(conn, since, problems):
+        after = store.position() if store is not None else "0-0"
+        for e in history.since(conn, since, problems, after):
             seen.setdefault(e.key, e)
     return sorted(seen.values(), key=lambda e: e.end)
 

@@ -29,7 +29,7 @@ class FinishedEntry(JsonRecord):
     attempt: Name
     outcome: Outcome
     name: Line = ""
-    command: Line = ""  # the first 4 KiB of the job's command
+    command: Line = ""  # the start of the job's command (gridcore.history.COMMAND_KEPT)
     submitter: Name | None = None
     queue: Name = ""
     group: Name | None = None

@@ -179,3 +179,18 @@ def test_jobs_that_end_without_running_are_in_the_history(r, grid):
     assert ended[parent].outcome == "canceled" and ended[parent].name == "parent"
     assert ended[child].outcome == "failed" and ended[child].reason_kind == "dependency"
     assert ended[child].submitter == "tester@suite" and ended[child].start is None
+
+
+def test_reads_take_the_store_and_what_it_has_not_collected_yet_once_each(r, settings, capsys):
+    put_finished(r, finished_entry("job-a1"), finished_entry("job-b2"))
+    url = ("--redis-url", settings.redis_url)
+    assert call_cli(capsys, *url, "history", "collect")[0] == 0
+    put_finished(r, finished_entry("job-c3"), finished_entry("job-a1", attempt="run-2", end=1900.0))
+    code, out, err = call_cli(capsys, *url, "usage", "--since", "all", "--json")
+    assert code == 0, err
+    total = json.loads(out)["total"]
+    assert (total["jobs"], total["attempts"]) == (3, 4)
+    code, out, err = call_cli(capsys, *url, "ls", "--history", "--json")
+    listed = json.loads(out)
+    assert listed["total"] == 3 and [j["id"] for j in listed["jobs"]][0] == "job-a1"
+    assert len(listed["jobs"][0]["attempts"]) == 2
