@@ -189,19 +189,18 @@ def ls(
             state = JobState(state).value
         except ValueError:
             raise CliError(f"--state {state!r}: expected one of {', '.join(s.value for s in JobState)}", 2) from None
-    grid = shared(ctx).grid
-    if history:
+    if history:  # the history is read even while the broker is away
         from cli.history import history_jobs
 
         if filter_ is not None or group:
             raise CliError("--history lists by --state, --queue and --node (not --filter or --group)", 2)
         jobs, total = history_jobs(ctx, state, queue, node, offset, limit)
     elif filter_ is None:
-        jobs, total = grid.list(state=state, queue=queue, node=node, group=group, offset=offset, limit=limit)
+        jobs, total = shared(ctx).grid.list(state=state, queue=queue, node=node, group=group, offset=offset, limit=limit)
     elif group:
         raise CliError("--filter and --group: list the group's cells, or filter every job, not both", 2)
     else:
-        jobs, total = grid.find(_filter(filter_, state=state, queue=queue, node=node), offset, limit)
+        jobs, total = shared(ctx).grid.find(_filter(filter_, state=state, queue=queue, node=node), offset, limit)
     if json_out:
         print_json({"total": total, "jobs": [j.to_dict() for j in jobs]})
         return

@@ -38,6 +38,27 @@ def since_seconds(text: str) -> float | None:
     return seconds
 
 
+def broker_or_store(ctx: typer.Context):
+    """(the broker's connection, its time) for a read of the history; with the broker unreachable
+    and a store here, (None, this machine's time): the store alone is read, and that is said."""
+    import time
+
+    import redis
+
+    from gridcore.connection import BrokerError
+
+    try:
+        grid = shared(ctx).grid
+        return grid.redis, grid.broker_time()
+    except (redis.ConnectionError, redis.TimeoutError, BrokerError) as e:
+        path = shared(ctx).settings.history_path
+        if not path.exists():
+            raise
+        render.err(f"{render.clean(e, 300)}; reading the history store alone (what ended since its last "
+                   "`grid history collect` is not in it)")
+        return None, time.time()
+
+
 def open_store(ctx: typer.Context, must_exist: bool = False):
     """The history store of these settings; with `must_exist`, an error naming how to fill it."""
     from gridcore.historystore import HistoryStore
@@ -116,11 +137,11 @@ def export(
             historyexport.parquet_module()  # say so before reading anything
     except historyexport.ExportError as e:
         raise CliError(str(e), 2) from None
-    st = shared(ctx)
-    start = 0.0 if seconds is None else st.grid.broker_time() - seconds
+    conn, now = broker_or_store(ctx)
+    start = 0.0 if seconds is None else now - seconds
     problems: list[str] = []
     with open_store(ctx) as store:
-        entries = usage.gather(st.grid.redis, store, start, problems)
+        entries = usage.gather(conn, store, start, problems)
     _say_problems(problems)
     # Data for a file is written as it is; on a terminal, what the broker held must not drive it.
     out = None if output else (_TerminalSafe(sys.stdout) if sys.stdout.isatty() else sys.stdout)
@@ -140,9 +161,9 @@ def history_jobs(ctx: typer.Context, state: str | None, queue: str | None, node:
     from gridcore import historyreads
     from gridcore.models import JobState
 
+    conn, _ = broker_or_store(ctx)
     with open_store(ctx) as store:
-        return historyreads.jobs(shared(ctx).grid.redis, store, JobState(state) if state else None, queue, node,
-                                 offset, limit)
+        return historyreads.jobs(conn, store, JobState(state) if state else None, queue, node, offset, limit)
 
 
 def history_job(ctx: typer.Context, job_id: str):

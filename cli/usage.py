@@ -8,9 +8,9 @@ import typer
 from rich.text import Text
 
 from cli import render
-from cli.context import print_json, shared
+from cli.context import print_json
 from cli.errors import CliError
-from cli.history import SINCE_HELP, open_store, since_seconds
+from cli.history import SINCE_HELP, broker_or_store, open_store, since_seconds
 from cli.tables import Col, emit
 
 COLS = [Col("", 0, flex=True), Col("JOBS", 0, right=True), Col("CPU-H", 0, right=True), Col("GPU-H", 0, right=True),
@@ -30,11 +30,10 @@ def usage(
     if by is not None and by not in reports.BY:
         raise CliError(f"--by {by!r}: one of {', '.join(reports.BY)}", 2)
     seconds = since_seconds(since)
-    st = shared(ctx)
-    now = st.grid.broker_time()
+    conn, now = broker_or_store(ctx)
     start = 0.0 if seconds is None else now - seconds
     with open_store(ctx) as store:
-        rep = reports.usage(st.grid.redis, store, start, now, by)
+        rep = reports.usage(conn, store, start, now, by)
     if json_out:
         print_json(rep.to_dict())
         return

@@ -194,3 +194,18 @@ def test_reads_take_the_store_and_what_it_has_not_collected_yet_once_each(r, set
     listed = json.loads(out)
     assert listed["total"] == 3 and [j["id"] for j in listed["jobs"]][0] == "job-a1"
     assert len(listed["jobs"][0]["attempts"]) == 2
+
+
+def test_the_history_is_read_while_the_broker_is_away(r, settings, capsys):
+    from tests.support.brokers import free_port
+
+    _three(r)
+    assert call_cli(capsys, "--redis-url", settings.redis_url, "history", "collect")[0] == 0
+    away = ("--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    code, out, err = call_cli(capsys, *away, "usage", "--since", "all", "--json")
+    assert code == 0 and json.loads(out)["total"]["jobs"] == 3
+    assert "reading the history store alone" in err
+    code, out, err = call_cli(capsys, *away, "ls", "--history", "--json")
+    assert code == 0 and json.loads(out)["total"] == 3
+    code, out, err = call_cli(capsys, *away, "ls", "--json")  # the broker's own listing needs the broker
+    assert code == 1
