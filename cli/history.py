@@ -176,4 +176,6 @@ def history_job(ctx: typer.Context, job_id: str):
         raise JobNotFound(f"no job {job_id!r} on this grid, and no history store at {path} to look in "
                           "(`grid history collect` makes one)")
     with open_store(ctx) as store:
-        return historyreads.get(shared(ctx).grid.redis, store, job_id)
+        job = historyreads.get(shared(ctx).grid.redis, store, job_id)
+    render.err(f"{job.id}: from the history (the broker no longer holds it: its output and result are gone)")
+    return job
