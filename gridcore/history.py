@@ -15,7 +15,7 @@ import redis
 from redis.client import Pipeline
 
 from gridcore import keys
-from gridcore.records import CorruptRecord, FinishedEntry, JobMeta, Result, text
+from gridcore.records import CorruptRecord, FinishedEntry, JobMeta, Result, Usage, text
 from gridcore.records.history import Outcome
 
 MAX_HISTORY = 50_000
@@ -39,8 +39,15 @@ def entry(job_id: str, meta: JobMeta, result: Result, outcome: Outcome) -> Finis
         group=meta.group, tags=list(meta.tags), requested=meta.resources, node=result.node, slot=result.slot,
         gpus=list(result.gpus), submitted=meta.submitted, start=result.start, end=end, duration=result.duration,
         exit_code=result.exit_code, signal=result.signal, reason=result.reason, reason_kind=result.reason_kind,
-        usage=result.usage,
+        usage=result.usage or _cgroup_only(result),
     )
+
+
+def _cgroup_only(result: Result) -> Usage | None:
+    """An agent that measures no usage still records a job's cgroup peak (with a memory limit): keep it."""
+    if result.memory_peak is None:
+        return None
+    return Usage(wall=result.duration, memory_peak=result.memory_peak, memory_source="cgroup")
 
 
 def append(pipe: Pipeline | redis.Redis, finished: FinishedEntry) -> None:

@@ -209,3 +209,13 @@ def test_the_history_is_read_while_the_broker_is_away(r, settings, capsys):
     assert code == 0 and json.loads(out)["total"] == 3
     code, out, err = call_cli(capsys, *away, "ls", "--json")  # the broker's own listing needs the broker
     assert code == 1
+
+
+def test_an_end_without_usage_figures_keeps_its_cgroup_peak():
+    from gridcore.records import JobMeta, Result
+
+    meta = JobMeta(name="n", command="c" * 5000, submitter="carol@h", queue="q")
+    plain = history.entry("j1", meta, Result(node="a", end=10.0, exit_code=0), "finished")
+    assert plain.usage is None and plain.attempt == "finished@10.000000" and len(plain.command) == history.COMMAND_KEPT
+    peak = history.entry("j1", meta, Result(node="a", end=10.0, duration=4.0, memory_peak=5 * GiB, run_id="r1"), "failed")
+    assert peak.attempt == "r1" and peak.usage == Usage(wall=4.0, memory_peak=5 * GiB, memory_source="cgroup")
