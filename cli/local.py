@@ -62,5 +62,8 @@ def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
     render.echo(f"broker: {b['kind']} {b['url']} pid {b['pid']} ({'up' if b['alive'] else 'down'})")
     for a in st["agents"]:
         render.echo(f"agent: node {a['node']} pid {a['pid']} ({'up' if a['alive'] else 'down'})")
+    h = st.get("history_collector") or {}
+    if h.get("pid"):
+        render.echo(f"history collector: pid {h['pid']} ({'up' if h['alive'] else 'down'})")
     if not st["running"]:
         raise typer.Exit(1)

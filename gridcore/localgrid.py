@@ -355,7 +355,7 @@ def status() -> dict[str, Any]:
     """The local grid's URL, pids and whether each part is alive (no password)."""
     state = read_local_state()
     if not state:
-        return {"running": False, "broker": None, "agents": []}
+        return {"running": False, "broker": None, "agents": [], "history_collector": {"pid": None, "alive": False}}
     agent_pid = state.get("agent_pid")
     return {
         "running": broker_alive(state) and pid_alive(agent_pid),
