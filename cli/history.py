@@ -67,9 +67,11 @@ def open_store(ctx: typer.Context, must_exist: bool = False):
     if must_exist and not path.exists():
         raise CliError(f"no history store at {path}: run `grid history collect` on this machine "
                        "(or set history_file to where the collector writes)", 1)
+    import sqlite3
+
     try:
         return HistoryStore(path)
-    except OSError as e:
+    except (OSError, sqlite3.Error) as e:  # unwritable, not a database, locked too long
         raise CliError(f"history store {path}: {e}", 1) from None
 
 

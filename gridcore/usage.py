@@ -17,6 +17,7 @@ an agent that could not measure), whose CPU and memory add nothing.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -180,5 +181,10 @@ def recent(conn: redis.Redis, history_path, window: str, by: str | None, now: fl
     since = now - WINDOWS[window]
     if not history_path.exists():
         return usage(conn, None, since, now, by)
-    with HistoryStore(history_path) as store:
-        return usage(conn, store, since, now, by)
+    try:
+        with HistoryStore(history_path) as store:
+            return usage(conn, store, since, now, by)
+    except (OSError, sqlite3.Error) as e:  # the console goes on with what the broker holds
+        out = usage(conn, None, since, now, by)
+        out.problems.insert(0, f"history store {history_path}: {e}; the broker's history stream alone is shown")
+        return out

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.binding import Binding
 
 from console.messages import RefreshRequested
-from console.sanitize import text
+from console.sanitize import clean, text
 from console.screens.base import Rows, TableScreen
 from console.widgets.table import Column, KeyedTable
 from gridcore.usage import BY, WINDOWS, UsageRow
@@ -79,6 +79,8 @@ class UsageScreen(TableScreen):
     def status(self) -> Text:
         unmeasured = self.report.total.unmeasured if self.report is not None else 0
         note = f" │ {unmeasured} attempt(s) without figures" if unmeasured else ""
+        if self.report is not None and self.report.problems:
+            note += f" │ {clean(self.report.problems[0], 200)}"
         return Text(f"usage of the last {self.window}, by {self.by}{note} │ w day/week │ b split │ ? keys")
 
     def action_window(self) -> None:

@@ -37,3 +37,15 @@ async def test_usage_view_sums_the_last_day_and_splits(make, grid, r):
         await pilot.press("question_mark")
         await pilot.pause()
         assert isinstance(app.screen, KeysScreen)
+
+
+async def test_usage_view_goes_on_without_a_readable_store(make, grid, r, home):
+    (home / "data" / "history.sqlite3").write_text("not a database\n" * 100)
+    now = grid.broker_time()
+    put_finished(r, finished_entry("job-a1", start=now - 700, end=now - 100))
+    app = make()
+    async with app.run_test(size=(100, 24)) as pilot:
+        await pilot.press("6")
+        await settle(app, pilot)
+        assert rows(app.screen.query_one(UsageTable))[-1]["jobs"] == "1"
+        assert "history store" in str(app.screen.query_one("#usage-status").render())

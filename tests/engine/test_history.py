@@ -219,3 +219,9 @@ def test_an_end_without_usage_figures_keeps_its_cgroup_peak():
     assert plain.usage is None and plain.attempt == "finished@10.000000" and len(plain.command) == history.COMMAND_KEPT
     peak = history.entry("j1", meta, Result(node="a", end=10.0, duration=4.0, memory_peak=5 * GiB, run_id="r1"), "failed")
     assert peak.attempt == "r1" and peak.usage == Usage(wall=4.0, memory_peak=5 * GiB, memory_source="cgroup")
+
+
+def test_a_store_that_is_not_a_database_is_one_line(r, settings, capsys, home):
+    (home / "data" / "history.sqlite3").write_text("not a database, just text\n" * 100)
+    code, _, err = call_cli(capsys, "--redis-url", settings.redis_url, "history", "collect")
+    assert code == 1 and err.startswith("grid: history store ") and "Traceback" not in err
