@@ -14,15 +14,27 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli import render
 from cli.context import State, print_json, shared
 from cli.errors import CliError, handle_errors
 from gridcore.errors import JobNotFound
 from gridcore.jobfilter import FilterError, JobFilter, parse
-from gridcore.records import Gaps
+from gridcore.lazy import defer
 from gridcore.models import JobSpec, JobState, Resources
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+render = defer("cli.render")  # Rich, for the commands that print more than ids
+
+
+class _Grid(typer.Typer):
+    """The `grid` app; the commands of other modules are added only when the command run is one
+    of theirs, or --help lists them all (importing them is most of a short command's cost)."""
+
+    def __call__(self, args=None, **kwargs):
+        if _command_named(sys.argv[1:] if args is None else list(args)) not in CORE_COMMANDS:
+            _register_subcommands()
+        return super().__call__(args, **kwargs)
+
+
+app = _Grid(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Science Grid: run and watch jobs on the lab's machines.")
 
 
@@ -234,6 +246,8 @@ def logs(
     grid = shared(ctx).grid
     job_id = grid.resolve(job_id)
     after = "0-0"
+    from gridcore.records import Gaps
+
     out, err = sys.stdout.buffer, sys.stderr.buffer
     gaps = Gaps()
     chunks = grid.last_lines(job_id, tail) if tail is not None else None
@@ -432,8 +446,31 @@ def resume(ctx: typer.Context, node: str) -> None:
     render.echo(f"{node} taking jobs")
 
 
+CORE_COMMANDS = frozenset({"submit", "ls", "show", "logs", "wait", "cancel", "requeue", "why", "plan", "groups",
+                           "nodes", "queues", "events", "drain", "resume"})
+"""The commands defined in this module."""
+
+_APP_OPTIONS_WITH_VALUE = ("--config", "--redis-url")
+
+
+def _command_named(argv: list[str]) -> str | None:
+    """The command an argv runs: its first word after the app's own options (None: none, --help)."""
+    words = iter(argv)
+    for word in words:
+        if word in _APP_OPTIONS_WITH_VALUE:
+            next(words, None)
+        elif word == "--help":
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def _register_subcommands() -> None:
-    """Commands that live in their own modules."""
+    """Commands that live in their own modules (once)."""
+    if getattr(_register_subcommands, "done", False):
+        return
+    _register_subcommands.done = True
     from cli import acl, history, lab, local, tasks, trust, usage
 
     lab.register(app)
@@ -444,9 +481,6 @@ def _register_subcommands() -> None:
         app.command(command.__name__)(command)
     app.add_typer(trust.app, name="keys")
     app.add_typer(acl.app, name="acl")
-
-
-_register_subcommands()
 
 
 def run() -> None:

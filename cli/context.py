@@ -6,12 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-import redis
+from typing import TYPE_CHECKING
+
 import typer
 
-from gridcore.client import Grid
-from gridcore.connection import BrokerError, connect, describe_error, resolve_url
-from gridcore.settings import Settings, load_settings
+if TYPE_CHECKING:
+    from gridcore.client import Grid
+    from gridcore.settings import Settings
 
 
 class State:
@@ -27,6 +28,8 @@ class State:
     def settings(self) -> Settings:
         """The settings from the config file, the environment and --redis-url."""
         if self._settings is None:
+            from gridcore.settings import load_settings
+
             self._settings = load_settings(self.config, overrides={"redis_url": self.redis_url})
         return self._settings
 
@@ -34,6 +37,11 @@ class State:
     def grid(self) -> Grid:
         """The grid, connected (and pinged) on first use."""
         if self._grid is None:
+            import redis
+
+            from gridcore.client import Grid
+            from gridcore.connection import BrokerError, connect, describe_error, resolve_url
+
             grid = Grid(connect(self.settings), self.settings)
             try:
                 grid.redis.ping()

@@ -8,22 +8,25 @@ A thin facade over its parts, one module each: submission (gridcore/submission.p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from gridcore.clock import BrokerClock
 from gridcore.connection import connect
-from gridcore.control import Control
 from gridcore.errors import AmbiguousId, GridError, JobNotFound, Unplaceable
-from gridcore.explain import Explainer
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobSpec, JobState, Node, NodeState, OutputChunk, QueueStats
 from gridcore.placement import Committed, is_plain
 from gridcore.reads import FIND_ALL_CAP, Reads
 from gridcore.settings import Settings, load_settings
-from gridcore.signing import Signer, load_private_key
-from gridcore.submission import Submission, route
+
+if TYPE_CHECKING:
+    from gridcore.control import Control
+    from gridcore.explain import Explainer
+    from gridcore.signing import Signer
+    from gridcore.submission import Submission
 
 __all__ = ["AmbiguousId", "Event", "Grid", "GridError", "JobNotFound", "QueueStats", "Unplaceable"]
 
@@ -37,9 +40,30 @@ class Grid:
         self._signer = signer
         self.clock = BrokerClock(connection)
         self.reads = Reads(connection)
-        self.explainer = Explainer(connection, self.reads)
-        self.submission = Submission(connection, self.settings, self.clock, lambda: self.signer, self.explainer)
-        self.control = Control(connection, self.settings, self.clock, lambda: self.signer, self.reads)
+
+    # The parts a command may not need are made (and their modules imported: RQ, the signing
+    # library) on first use, so that a short command stays short.
+
+    @cached_property
+    def explainer(self) -> Explainer:
+        """Placement questions: why a job waits, what nodes have committed."""
+        from gridcore.explain import Explainer
+
+        return Explainer(self.redis, self.reads)
+
+    @cached_property
+    def submission(self) -> Submission:
+        """Signing and enqueueing jobs."""
+        from gridcore.submission import Submission
+
+        return Submission(self.redis, self.settings, self.clock, lambda: self.signer, self.explainer)
+
+    @cached_property
+    def control(self) -> Control:
+        """Cancel, requeue, drain and resume."""
+        from gridcore.control import Control
+
+        return Control(self.redis, self.settings, self.clock, lambda: self.signer, self.reads)
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Grid:
@@ -55,6 +79,8 @@ class Grid:
     def signer(self) -> Signer:
         """This submitter's signing key, loaded on first use."""
         if self._signer is None:
+            from gridcore.signing import Signer, load_private_key
+
             self._signer = Signer(load_private_key(self.settings.key_path), self.settings.submitter)
         return self._signer
 
@@ -67,6 +93,8 @@ class Grid:
 
     def route(self, spec: JobSpec, max_parallel: int | None = None) -> str:
         """The RQ queue a job goes to: its queue when plain, else the placement queue."""
+        from gridcore.submission import route
+
         return route(spec, max_parallel)
 
     def check_placeable(self, specs: Sequence[JobSpec]) -> None:

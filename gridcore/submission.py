@@ -30,6 +30,10 @@ SERIALIZER = JSONSerializer
 COMMAND_PREVIEW = 2000
 """Characters of the command kept in job meta for listings."""
 
+BATCH = 500
+"""Jobs per transaction of a bulk submission: one round trip each, small enough that the broker
+serves other clients between batches."""
+
 ORDER_STEP = 1e-6
 """Seconds between the index scores of jobs submitted together, so newest-first lists keep their
 order (a sweep's cells last to first) instead of the random order of equal scores."""
@@ -62,6 +66,35 @@ def _record(build: Callable[[], Any], what: str) -> Any:
         raise GridError(f"{what}: {field}: {first['msg']}") from None
 
 
+class _Indexes:
+    """The grid's indexes of the jobs of one transaction, each written with one command."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, float] = {}
+        self.queue_jobs: dict[str, dict[str, float]] = {}
+        self.queues: set[str] = set()
+        self.group_jobs: dict[str, dict[str, int]] = {}
+
+    def add(self, spec: JobSpec, job_id: str, queue_name: str, order: float) -> None:
+        self.jobs[job_id] = order
+        self.queue_jobs.setdefault(spec.queue, {})[job_id] = order
+        self.queues.add(queue_name)
+        if spec.group:
+            self.group_jobs.setdefault(spec.group, {})[job_id] = int(spec.params.get("_cell", 0))
+
+    def write(self, pipe: redis.client.Pipeline) -> None:
+        if not self.jobs:
+            return
+        pipe.zadd(keys.JOBS, self.jobs)
+        pipe.zadd(keys.JOB_IDS, dict.fromkeys(self.jobs, 0))
+        for queue, members in self.queue_jobs.items():
+            pipe.zadd(keys.queue_jobs(queue), members)
+        pipe.sadd(keys.QUEUES, *self.queues)
+        for group, members in self.group_jobs.items():
+            pipe.zadd(keys.group_jobs(group), members)
+        self.__init__()
+
+
 class Submission:
     """Signs and enqueues jobs on one grid."""
 
@@ -73,6 +106,7 @@ class Submission:
         self._signer = signer
         self.explainer = explainer
         self._server_version: tuple[int, int, int] | None = None
+        self._queues: dict[tuple[str, int], Queue] = {}
 
     def envelope(self, spec: JobSpec, job_id: str, queue: str, now: float, attempts: int) -> dict[str, Any]:
         """What the submitter signs for one job: everything that decides what runs, where, how often."""
@@ -113,9 +147,24 @@ class Submission:
                     pipe.expire(keys.group(gid), self.settings.result_ttl)
                     pipe.zadd(keys.GROUPS, {gid: now})
                 pipe.execute()
-        for k, (spec, job_id) in enumerate(zip(specs, ids, strict=True)):
-            mp = groups.get(spec.group, {}).get("max_parallel") if spec.group else None
-            self._enqueue(spec, job_id, now, mp, order=now + k * ORDER_STEP)
+        # One transaction, one round trip, per batch of jobs.
+        with self.redis.pipeline() as pipe:
+            indexes = _Indexes()
+
+            def flush() -> None:
+                indexes.write(pipe)
+                pipe.execute()
+
+            for k, (spec, job_id) in enumerate(zip(specs, ids, strict=True)):
+                mp = groups.get(spec.group, {}).get("max_parallel") if spec.group else None
+                if spec.after:
+                    flush()  # RQ looks its dependencies up in the broker: this batch first
+                    self._enqueue(spec, job_id, now, mp, order=now + k * ORDER_STEP)
+                    continue
+                self._enqueue(spec, job_id, now, mp, order=now + k * ORDER_STEP, pipe=pipe, indexes=indexes)
+                if len(indexes.jobs) == BATCH:
+                    flush()
+            flush()
         return ids
 
     def meta(self, spec: JobSpec, now: float, max_parallel: int | None) -> JobMeta:
@@ -130,16 +179,29 @@ class Submission:
         ), spec.name or spec.display_command[:60])
 
     def _queue(self, name: str, priority: int) -> Queue:
-        """A queue to enqueue one job on; a plain queue inserts it by priority."""
+        """A queue to enqueue jobs on; a plain queue inserts them by priority."""
+        if (name, priority) in self._queues:
+            return self._queues[name, priority]
         q = (Queue(name, connection=self.redis, serializer=SERIALIZER) if name == keys.PENDING_QUEUE
              else PrioritizedQueue(name, connection=self.redis, serializer=SERIALIZER, priority=priority))
         # A new RQ Queue asks the server's version (INFO) before its first enqueue: once is enough.
         q.redis_server_version = self._server_version or q.get_redis_server_version()
         self._server_version = q.redis_server_version
+        self._queues[name, priority] = q
         return q
 
     def _enqueue(self, spec: JobSpec, job_id: str, now: float, max_parallel: int | None = None,
-                 order: float | None = None) -> None:
+                 order: float | None = None, pipe: redis.client.Pipeline | None = None,
+                 indexes: _Indexes | None = None) -> None:
+        """Enqueue one job in `pipe`, a transaction the caller executes after writing `indexes`;
+        with none, in a transaction of its own."""
+        if pipe is None or indexes is None:
+            own_indexes = _Indexes()
+            with self.redis.pipeline() as own:
+                self._enqueue(spec, job_id, now, max_parallel, order, own, own_indexes)
+                own_indexes.write(own)
+                own.execute()
+            return
         queue_name = route(spec, max_parallel)
         meta = self.meta(spec, now, max_parallel)
         signed = self._signer().sign(self.envelope(spec, job_id, queue_name, now, 1 + spec.retries + LOST_RETRIES))
@@ -150,28 +212,21 @@ class Submission:
         depends = None
         if spec.after:
             depends = Dependency(jobs=list(spec.after), allow_failure=spec.after_on == "any", enqueue_at_front=False)
-        with self.redis.pipeline() as pipe:
-            # One transaction for the job and the grid's records of it; RQ checks dependencies
-            # with a WATCH of its own, so a job that has some is enqueued by RQ on its own.
-            q.enqueue_call(
-                func=keys.RUNNER_FUNC,
-                args=(signed,),
-                job_id=job_id,
-                timeout=rq_timeout,
-                result_ttl=self.settings.result_ttl,
-                failure_ttl=self.settings.result_ttl,
-                description=meta.name,
-                # Unset fields are left out, as Lua scripts read this too (a JSON null is truthy there).
-                meta=meta.model_dump(mode="json", exclude_none=True),
-                retry=retry,
-                depends_on=depends,
-                pipeline=None if depends else pipe,
-            )
-            pipe.zadd(keys.JOBS, {job_id: order or now})
-            pipe.zadd(keys.JOB_IDS, {job_id: 0})
-            pipe.zadd(keys.queue_jobs(spec.queue), {job_id: order or now})
-            pipe.sadd(keys.QUEUES, queue_name)
-            if spec.group:
-                pipe.zadd(keys.group_jobs(spec.group), {job_id: int(spec.params.get("_cell", 0))})
-            events.emit(pipe, now, "submitted", job=job_id, message=meta.name)
-            pipe.execute()
+        # The job and the grid's records of it in one transaction; RQ checks dependencies with a
+        # WATCH of its own, so a job that has some is enqueued by RQ on its own.
+        q.enqueue_call(
+            func=keys.RUNNER_FUNC,
+            args=(signed,),
+            job_id=job_id,
+            timeout=rq_timeout,
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.result_ttl,
+            description=meta.name,
+            # Unset fields are left out, as Lua scripts read this too (a JSON null is truthy there).
+            meta=meta.model_dump(mode="json", exclude_none=True),
+            retry=retry,
+            depends_on=depends,
+            pipeline=None if depends else pipe,
+        )
+        indexes.add(spec, job_id, queue_name, order or now)
+        events.emit(pipe, now, "submitted", job=job_id, message=meta.name)
