@@ -36,6 +36,11 @@ from gridcore.settings import load_settings  # noqa: E402
 from gridcore.signing import generate_key  # noqa: E402
 from tests.support.brokers import Broker, available_kinds  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import celery_peer  # noqa: E402
+from celery_peer import idle_cpu  # noqa: E402
+from cli_speed import bulk, cli_medians  # noqa: E402
+
 COMMANDS = ["true", "echo 'a line of output from a trivial job'"]
 
 
@@ -137,9 +142,21 @@ def agent_run(broker: Broker, n: int, home: Path) -> dict:
             j = grid.get(jid)
             strict.append((j.started_at - j.enqueued_at) * 1000)
         s = _pcts(strict)
+        visible = []
+        for _ in range(ARGS.latency_samples):
+            # Submit -> the result seen by a waiter (`Grid.wait`, woken by the job's end event).
+            t0 = time.perf_counter()
+            grid.wait([grid.submit(JobSpec(command="true"))], timeout=60)
+            visible.append((time.perf_counter() - t0) * 1000)
+        v = _pcts(visible)
+        time.sleep(2)
+        idle = idle_cpu(agent.pid, broker.proc.pid, ARGS.idle_seconds)
+        cli = cli_medians(broker.url, dict(os.environ), ARGS.cli_runs)  # the agent is up: no "no node" note
         return {"jobs_per_s": n / span, "span_s": span, "slots": slots, **_pcts(lat),
                 "submit_call_to_process_p50_ms": s["latency_p50_ms"],
-                "submit_call_to_process_p99_ms": s["latency_p99_ms"]}
+                "submit_call_to_process_p99_ms": s["latency_p99_ms"],
+                "submit_to_result_visible_p50_ms": v["latency_p50_ms"],
+                "submit_to_result_visible_p99_ms": v["latency_p99_ms"], "idle_cpu_pct": idle, "cli": cli}
     finally:
         agent.terminate()
         agent.wait(60)
@@ -151,6 +168,9 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--broker", choices=sorted(available_kinds()), default="redis" if "redis" in available_kinds() else None)
+    p.add_argument("--idle-seconds", type=float, default=20, help="Idle CPU measured over this long.")
+    p.add_argument("--cli-runs", type=int, default=15, help="Runs of each command for the CLI medians.")
+    p.add_argument("--each-lines", type=int, default=10000, help="Lines of the `grid submit --each` file.")
     ARGS = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="grid-bench-"))
     os.environ["GRID_CONFIG_DIR"] = str(home / "config")
@@ -163,6 +183,10 @@ def main() -> None:
         seed1 = seed_run(broker, ARGS.jobs, 1)
         seed_n = seed_run(broker, ARGS.jobs, cores)
         agent = agent_run(broker, ARGS.jobs, home)
+        peer = (celery_peer.run(broker.url, ARGS.jobs, agent["slots"], ARGS.latency_samples, COMMANDS,
+                                ARGS.idle_seconds, broker.proc.pid) if celery_peer.available() else None)
+        settings = load_settings(overrides={"redis_url": broker.url})
+        bulk_figures = bulk(Grid(broker.client(), settings), ARGS.jobs, ARGS.each_lines, broker.url, dict(os.environ))
     finally:
         broker.stop()
     result = {
@@ -170,6 +194,8 @@ def main() -> None:
         "seed_1_worker": seed1, f"seed_{cores}_workers": seed_n, "agent": agent,
         "ratio_vs_seed_1_worker": agent["jobs_per_s"] / seed1["jobs_per_s"],
         "ratio_vs_seed_equal_workers": agent["jobs_per_s"] / seed_n["jobs_per_s"],
+        "celery": peer, "ratio_vs_celery": agent["jobs_per_s"] / peer["jobs_per_s"] if peer else None,
+        "bulk": bulk_figures,
     }
     print(f"{'contender':<22}{'jobs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, row in (("seed, 1 rq worker", seed1), (f"seed, {cores} rq workers", seed_n),
@@ -179,6 +205,22 @@ def main() -> None:
           f"{agent['submit_call_to_process_p50_ms']:.2f} ms, p99 {agent['submit_call_to_process_p99_ms']:.2f} ms")
     print(f"agent / seed(1 worker) = {result['ratio_vs_seed_1_worker']:.2f}x; "
           f"agent / seed({cores} workers) = {result['ratio_vs_seed_equal_workers']:.2f}x")
+    print(f"{'':<34}{'jobs/s':>9}{'submit->process p50':>21}{'->result visible p50':>22}{'idle CPU':>10}")
+    rows = [(f"grid-agent, {agent['slots']} slots", agent)] + ([(f"Celery prefork, {peer['workers']} procs", peer)]
+                                                            if peer else [])
+    for name, row in rows:
+        print(f"{name:<34}{row['jobs_per_s']:>9.1f}{row['submit_call_to_process_p50_ms']:>18.2f} ms"
+              f"{row['submit_to_result_visible_p50_ms']:>19.2f} ms{row['idle_cpu_pct']:>9.2f}%")
+    if peer:
+        print(f"agent / Celery = {result['ratio_vs_celery']:.2f}x (idle CPU includes the broker's)")
+    else:
+        print(celery_peer.MISSING)
+    for name, t in agent["cli"].items():
+        print(f"{name:<24} median {t['wall_ms']:7.1f} ms wall, {t['cpu_ms']:7.1f} ms CPU")
+    b = bulk_figures
+    print(f"{b['jobs']} jobs: loop of Grid.submit {b['loop_of_submit_s']:.2f} s, Grid.submit_many "
+          f"{b['submit_many_s']:.2f} s ({b['submit_many_speedup']:.1f}x); grid submit --each of {b['each_lines']} "
+          f"lines {b['each_s']:.2f} s")
     print(json.dumps(result))
 
 

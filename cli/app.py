@@ -91,6 +91,8 @@ def submit(
     node: Annotated[Optional[str], typer.Option(help="Run on this node only.")] = None,
     after: Annotated[Optional[list[str]], typer.Option(help="Job id to wait for (repeatable).")] = None,
     file: Annotated[Optional[list[Path]], typer.Option("--file", "-f", help="Task descriptor JSON file.")] = None,
+    each: Annotated[Optional[str], typer.Option(
+        "--each", metavar="FILE", help="A job per line of FILE (- for stdin), with these options, in one group.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print where each job would go; submit nothing.")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -104,8 +106,11 @@ def submit(
         if not dry_run:
             warn_if_nobody_takes_jobs(st.grid)
         return
-    if not command:
-        raise CliError("nothing to submit: give a command after `--`, or -f FILE", 2)
+    if each is not None and command:
+        raise CliError("--each FILE takes its commands from FILE: give no command after `--`", 2)
+    if not command and each is None:
+        raise CliError("nothing to submit: give a command after `--`, -f FILE or --each FILE", 2)
+    command = command or [":"]  # --each: every line's command takes its place
     try:
         spec = JobSpec(
             command=command[0] if len(command) == 1 else None,
@@ -124,6 +129,14 @@ def submit(
         )
     except ValueError as e:
         raise CliError(str(e), 2) from None
+    if each is not None:
+        from cli.each import submit_each
+
+        if dry_run:
+            raise CliError("--each and --dry-run: plan the jobs with a descriptor file instead", 2)
+        submit_each(st.grid, spec, each, json_out=json_out)
+        warn_if_nobody_takes_jobs(st.grid)
+        return
     if dry_run:
         from cli.descriptor_submit import plan_specs
 

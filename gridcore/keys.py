@@ -126,20 +126,27 @@ def group_slots(group_id: str) -> str:
 
 # RQ's own keys, derived from RQ's own constants and templates, so a change in RQ shows up
 # here only. RQ is imported on first use: commands that never touch an RQ key start faster.
+# The job and queue prefixes, which a submit and a listing use, are RQ's constants written out
+# (tests/test_private_api.py holds them equal to RQ's): importing RQ is most of a short command.
+
+RQ_JOB_PREFIX = "rq:job:"
+"""RQ's `Job.redis_job_namespace_prefix`."""
+
+RQ_QUEUE_PREFIX = "rq:queue:"
+"""RQ's `Queue.redis_queue_namespace_prefix`."""
+
+RQ_QUEUES = "rq:queues"
+"""RQ's `Queue.redis_queues_keys`: the set of its queues' keys."""
 
 
 def rq_job(job_id: str) -> str:
     """RQ's job hash."""
-    from rq.job import Job
-
-    return Job.key_for(job_id)
+    return RQ_JOB_PREFIX + job_id
 
 
 def rq_job_prefix() -> str:
     """What RQ puts before a job id to make its hash's key (for scripts that build keys)."""
-    from rq.job import Job
-
-    return Job.redis_job_namespace_prefix
+    return RQ_JOB_PREFIX
 
 
 def rq_dependents(job_id: str) -> str:
@@ -163,9 +170,7 @@ def rq_queue(queue: str) -> str:
 
 def rq_queue_prefix() -> str:
     """What RQ puts before a queue name to make its list's key."""
-    from rq.queue import Queue
-
-    return Queue.redis_queue_namespace_prefix
+    return RQ_QUEUE_PREFIX
 
 
 def rq_intermediate(queue: str) -> str:
@@ -177,9 +182,7 @@ def rq_intermediate(queue: str) -> str:
 
 def rq_queues() -> str:
     """RQ's set of queue keys."""
-    from rq.queue import Queue
-
-    return Queue.redis_queues_keys
+    return RQ_QUEUES
 
 
 def rq_workers() -> str:

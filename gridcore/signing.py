@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,9 @@ class Signer:
     key: Ed25519PrivateKey
     name: str
 
-    @property
+    @cached_property
     def kid(self) -> str:
-        return fingerprint(self.key.public_key())
+        return fingerprint(self.key.public_key())  # once: a bulk submit signs thousands
 
     def sign(self, envelope: dict[str, Any]) -> dict[str, str]:
         text = canonical(envelope)

@@ -5,26 +5,25 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import ValidationError
-from rq import Queue, Retry
-from rq.job import Dependency
-from rq.serializers import JSONSerializer
 
-from gridcore import events, keys
+from gridcore import events, keys, rqjob
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError
 from gridcore.explain import Explainer
 from gridcore.models import LOST_RETRIES, JobSpec
 from gridcore.placement import is_plain
-from gridcore.priority import PrioritizedQueue
 from gridcore.records import ENVELOPE_VERSION, Envelope, GroupRecord, JobMeta, ResourcesRecord
 from gridcore.settings import Settings
 from gridcore.signing import Signer
 
-SERIALIZER = JSONSerializer
+if TYPE_CHECKING:
+    from rq import Queue
+
+SERIALIZER = rqjob.JSONSerializer
 """Jobs are JSON only: a broker writer must never get code execution through pickle."""
 
 COMMAND_PREVIEW = 2000
@@ -180,6 +179,10 @@ class Submission:
 
     def _queue(self, name: str, priority: int) -> Queue:
         """A queue to enqueue jobs on; a plain queue inserts them by priority."""
+        from rq import Queue
+
+        from gridcore.priority import PrioritizedQueue
+
         if (name, priority) in self._queues:
             return self._queues[name, priority]
         q = (Queue(name, connection=self.redis, serializer=SERIALIZER) if name == keys.PENDING_QUEUE
@@ -205,28 +208,28 @@ class Submission:
         queue_name = route(spec, max_parallel)
         meta = self.meta(spec, now, max_parallel)
         signed = self._signer().sign(self.envelope(spec, job_id, queue_name, now, 1 + spec.retries + LOST_RETRIES))
-        q = self._queue(queue_name, spec.priority)
         # RQ's own timeout only sizes heartbeats here: the runner enforces the real one.
         rq_timeout = int(spec.timeout + self.settings.agent.kill_grace + 60) if spec.timeout else -1
-        retry = Retry(max=spec.retries, interval=rq_retry_intervals(spec)) if spec.retries else None
-        depends = None
+        # Unset fields are left out, as Lua scripts read this too (a JSON null is truthy there).
+        meta_fields = meta.model_dump(mode="json", exclude_none=True)
         if spec.after:
-            depends = Dependency(jobs=list(spec.after), allow_failure=spec.after_on == "any", enqueue_at_front=False)
-        # The job and the grid's records of it in one transaction; RQ checks dependencies with a
-        # WATCH of its own, so a job that has some is enqueued by RQ on its own.
-        q.enqueue_call(
-            func=keys.RUNNER_FUNC,
-            args=(signed,),
-            job_id=job_id,
-            timeout=rq_timeout,
-            result_ttl=self.settings.result_ttl,
-            failure_ttl=self.settings.result_ttl,
-            description=meta.name,
-            # Unset fields are left out, as Lua scripts read this too (a JSON null is truthy there).
-            meta=meta.model_dump(mode="json", exclude_none=True),
-            retry=retry,
-            depends_on=depends,
-            pipeline=None if depends else pipe,
-        )
+            # RQ checks dependencies with a WATCH of its own: a job that has some is enqueued by
+            # RQ on its own, and the grid's records of it follow in `pipe`.
+            from rq import Retry
+            from rq.job import Dependency
+
+            self._queue(queue_name, spec.priority).enqueue_call(
+                func=keys.RUNNER_FUNC, args=(signed,), job_id=job_id, timeout=rq_timeout,
+                result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl, description=meta.name,
+                meta=meta_fields, retry=Retry(max=spec.retries, interval=rq_retry_intervals(spec)) if spec.retries else None,
+                depends_on=Dependency(jobs=list(spec.after), allow_failure=spec.after_on == "any",
+                                      enqueue_at_front=False),
+            )
+        else:
+            record = rqjob.queued_record(
+                job_id, keys.RUNNER_FUNC, (signed,), queue=queue_name, description=meta.name, timeout=rq_timeout,
+                result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl, meta=meta_fields,
+                retries=spec.retries, retry_intervals=rq_retry_intervals(spec))
+            rqjob.enqueue(pipe, job_id, queue_name, record, None if queue_name == keys.PENDING_QUEUE else spec.priority)
         indexes.add(spec, job_id, queue_name, order or now)
         events.emit(pipe, now, "submitted", job=job_id, message=meta.name)

@@ -1,0 +1,73 @@
+"""RQ's record of a queued job, written without RQ's classes.
+
+A submission writes, for a job with no dependencies, exactly what RQ's `Queue.enqueue_call`
+would (tests/engine/test_rqjob.py holds the two equal, field by field): the job's hash, the
+queue in RQ's set of queues, and the id pushed where its priority puts it. Building RQ's `Job`
+costs more than the rest of a bulk submission's work per job, and importing RQ is most of a
+one-job `grid submit`. A job with dependencies is enqueued by RQ itself, which checks its
+parents under a WATCH.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from gridcore import keys
+from gridcore.prioritypush import push
+
+TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+"""RQ's timestamp format (rq.utils.utcformat)."""
+
+_EMPTY = ("success_callback_name", "failure_callback_name", "stopped_callback_name", "started_at", "ended_at",
+          "last_heartbeat", "worker_name", "group_id")
+"""Fields RQ writes empty for a job that has not run."""
+
+
+def queued_record(job_id: str, func: str, args: Sequence[Any], *, queue: str, description: str, timeout: int,
+                  result_ttl: int, failure_ttl: int, meta: dict[str, Any],
+                  retries: int = 0, retry_intervals: int | Sequence[int] = 0) -> dict[str, Any]:
+    """The hash RQ's `enqueue_call` writes for a queued job with a JSON serializer and no
+    dependencies, callbacks or TTL."""
+    stamp = datetime.now(timezone.utc).strftime(TIMESTAMP)
+    record: dict[str, Any] = {
+        "created_at": stamp,
+        "data": zlib.compress(json.dumps([func, None, list(args), {}]).encode()),
+        **dict.fromkeys(_EMPTY, ""),
+    }
+    if retries:
+        record["retries_left"] = retries
+        intervals = [retry_intervals] if isinstance(retry_intervals, int) else list(retry_intervals)
+        record["retry_intervals"] = json.dumps(intervals)
+    record.update(origin=queue, description=description, enqueued_at=stamp, timeout=timeout, result_ttl=result_ttl,
+                  failure_ttl=failure_ttl, status="queued", meta=json.dumps(meta).encode())
+    return record
+
+
+def enqueue(pipe, job_id: str, queue: str, record: dict[str, Any], priority: int | None) -> None:
+    """Write a queued job's record and push it onto its queue, in `pipe` (a transaction).
+
+    `priority` None: a plain push to the back, as RQ's own queue does (the placement queue)."""
+    queue_key = keys.rq_queue(queue)
+    pipe.sadd(keys.rq_queues(), queue_key)
+    pipe.hset(keys.rq_job(job_id), mapping=record)
+    if priority is None:
+        pipe.rpush(queue_key, job_id)
+    else:
+        push(pipe, queue_key, job_id, priority)
+
+
+class JSONSerializer:
+    """RQ's serializer protocol, JSON only (as rq.serializers.JSONSerializer): a broker writer
+    must never get code execution through pickle."""
+
+    @staticmethod
+    def dumps(obj: Any, *args: Any, **kwargs: Any) -> bytes:
+        return json.dumps(obj, *args, **kwargs).encode("utf-8")
+
+    @staticmethod
+    def loads(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        return json.loads(data.decode("utf-8"), *args, **kwargs)

@@ -1,0 +1,52 @@
+"""A short `grid` command imports what it uses: a submit is one process among thousands in a
+shell loop, and importing the console, RQ or the descriptor format is most of its cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+NOT_FOR_SUBMIT = ("textual", "rq", "descriptors", "agent", "console", "redis.asyncio.client", "cli.tasks",
+                  "cli.doctor", "cryptography.x509")
+
+PROBE = """
+import atexit, json, sys
+atexit.register(lambda: sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n"))
+sys.argv = ["grid", *sys.argv[1:]]
+from cli.app import run
+run()
+"""
+
+
+def _modules(*args: str, url: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    env = {**os.environ, "GRID_REDIS_URL": url}
+    p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=60)
+    line = next(ln for ln in p.stderr.splitlines() if ln.startswith("MODULES "))
+    return p, set(json.loads(line.removeprefix("MODULES ")))
+
+
+def _loaded(modules: set[str], name: str) -> bool:
+    return any(m == name or m.startswith(name + ".") for m in modules)
+
+
+def test_submit_imports_only_what_it_needs(settings, broker):
+    p, modules = _modules("submit", "--", "true", url=broker.url)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.strip()) == 32
+    assert [m for m in NOT_FOR_SUBMIT if _loaded(modules, m)] == []
+
+
+def test_ls_imports_no_rq_console_or_descriptors(settings, broker):
+    p, modules = _modules("ls", "--json", url=broker.url)
+    assert p.returncode == 0, p.stderr
+    assert [m for m in ("textual", "rq", "descriptors", "agent", "console") if _loaded(modules, m)] == []
+
+
+def test_help_still_lists_every_command(home):
+    p = subprocess.run([sys.executable, "-c", "from cli.app import run; run()", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    for command in ("submit", "ls", "keys", "acl", "up", "validate", "doctor", "service"):
+        assert command in p.stdout

@@ -1,0 +1,74 @@
+"""A job the grid writes itself (gridcore/rqjob.py) is the job RQ's `enqueue_call` would write,
+and a bulk submission writes the jobs a loop of single submissions would."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+from rq import Queue, Retry
+from rq.job import Job
+
+from gridcore import keys, rqjob
+from gridcore.models import JobSpec
+from gridcore.priority import PrioritizedQueue
+
+STAMPS = ("created_at", "enqueued_at")
+
+
+def _fields(r, job_id: str) -> dict[bytes, bytes]:
+    h = r.hgetall(keys.rq_job(job_id))
+    h[b"data"] = zlib.decompress(h[b"data"])
+    return h
+
+
+@pytest.mark.parametrize("retries, intervals", [(0, 0), (2, 5), (3, [1, 2, 3])])
+def test_record_is_rqs(r, retries, intervals):
+    meta = {"grid": 1, "name": "n", "priority": 0}
+    args = ({"envelope": "{}", "sig": "s", "kid": "k"},)
+    common = dict(timeout=93, result_ttl=600, failure_ttl=700, description="n")
+    PrioritizedQueue("q", connection=r, serializer=rqjob.JSONSerializer).enqueue_call(
+        func=keys.RUNNER_FUNC, args=args, job_id="by-rq", meta=meta,
+        retry=Retry(max=retries, interval=intervals) if retries else None, **common)
+    with r.pipeline() as pipe:
+        rqjob.enqueue(pipe, "by-grid", "q", rqjob.queued_record(
+            "by-grid", keys.RUNNER_FUNC, args, queue="q", meta=meta, retries=retries, retry_intervals=intervals,
+            **common), priority=0)
+        pipe.execute()
+    ours, theirs = _fields(r, "by-grid"), _fields(r, "by-rq")
+    assert {k: v for k, v in ours.items() if k.decode() not in STAMPS} == \
+        {k: v for k, v in theirs.items() if k.decode() not in STAMPS}
+    assert set(ours) == set(theirs)
+    assert r.lrange(keys.rq_queue("q"), 0, -1) == [b"by-rq", b"by-grid"]
+    assert r.smembers(keys.rq_queues()) == {keys.rq_queue("q").encode()}
+    job = Job.fetch("by-grid", connection=r, serializer=rqjob.JSONSerializer)
+    assert (job.func_name, job.args, job.meta, job.origin) == (keys.RUNNER_FUNC, list(args), meta, "q")
+
+
+def test_rq_key_constants_are_rqs():
+    assert keys.rq_job("x") == Job.key_for("x") and keys.rq_job_prefix() == Job.redis_job_namespace_prefix
+    assert keys.rq_queue_prefix() == Queue.redis_queue_namespace_prefix
+    assert keys.rq_queues() == Queue.redis_queues_keys
+
+
+def test_submit_many_writes_what_submit_writes(grid, r):
+    specs = [JobSpec(command="echo one", name="a", priority=3, retries=1, timeout=60, env={"A": "1"}),
+             JobSpec(argv=("echo", "two"), queue="other")]
+    singles = [grid.submit(s) for s in specs]
+    bulk = grid.submit_many(specs)
+
+    def comparable(jid: str) -> dict:
+        h = _fields(r, jid)
+        meta = json.loads(h.pop(b"meta"))
+        meta.pop("submitted")
+        func, _, (signed,), _ = json.loads(h.pop(b"data"))
+        env = json.loads(signed["envelope"])
+        for k in ("job_id", "issued_at", "expires_at", "nonce"):
+            env.pop(k)
+        return {**{k: v for k, v in h.items() if k.decode() not in STAMPS}, "meta": meta, "func": func, "env": env}
+
+    for one, many in zip(singles, bulk, strict=True):
+        assert comparable(one) == comparable(many)
+        assert r.zscore(keys.JOB_IDS, one) == r.zscore(keys.JOB_IDS, many) == 0
+    assert [j.id for j in grid.list(queue="other")[0]] == [bulk[1], singles[1]]

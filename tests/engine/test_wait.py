@@ -1,0 +1,62 @@
+"""`Grid.wait` is woken by a job's end event, and still reads the states when no event comes.
+
+The poll interval is set far beyond the test's timeout where the event must do the waking: a
+waiter that only polled would return at its timeout with the job still queued.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from gridcore import events, keys
+from gridcore.models import JobSpec, JobState
+
+NEVER = 3600.0
+
+
+def _end_later(r, jid: str, *, event: bool = True, status_after_event: bool = False) -> threading.Thread:
+    def end() -> None:
+        time.sleep(0.2)  # the waiter is blocked by now (if not, it sees the end on its first read)
+        with r.pipeline() as pipe:
+            if event:
+                events.emit(pipe, time.time(), "finished", job=jid, message="exit code 0")
+            if not status_after_event:
+                pipe.hset(keys.rq_job(jid), "status", "finished")
+            pipe.execute()
+        if status_after_event:  # RQ's bookkeeping a moment after the grid's end record
+            time.sleep(0.05)
+            r.hset(keys.rq_job(jid), "status", "finished")
+
+    t = threading.Thread(target=end, daemon=True)
+    t.start()
+    return t
+
+
+def test_an_end_event_wakes_the_waiter(grid, r):
+    other, jid = grid.submit(JobSpec(command="true")), grid.submit(JobSpec(command="true"))
+    with r.pipeline() as pipe:  # an event of another job does not end this wait
+        events.emit(pipe, time.time(), "finished", job=other)
+        pipe.execute()
+    t = _end_later(r, jid)
+    assert grid.wait([jid], timeout=60, poll=NEVER) == {jid: JobState.FINISHED}
+    t.join()
+
+
+def test_a_status_that_follows_its_end_event_is_seen(grid, r):
+    jid = grid.submit(JobSpec(command="true"))
+    t = _end_later(r, jid, status_after_event=True)
+    assert grid.wait([jid], timeout=60, poll=NEVER) == {jid: JobState.FINISHED}
+    t.join()
+
+
+def test_an_end_without_an_event_is_seen_by_the_poll(grid, r):
+    jid = grid.submit(JobSpec(command="true"))
+    t = _end_later(r, jid, event=False)
+    assert grid.wait([jid], timeout=60, poll=0.05) == {jid: JobState.FINISHED}
+    t.join()
+
+
+def test_timeout_returns_the_states_as_they_are(grid):
+    jid = grid.submit(JobSpec(command="true"))
+    assert grid.wait([jid], timeout=0.1, poll=NEVER) == {jid: JobState.QUEUED}
