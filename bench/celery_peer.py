@@ -38,7 +38,7 @@ def make_app(url: str):
 
     app = Celery("celery_peer", broker=url, backend=url)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
+                    broker_connection_retry_on_startup=True,
                     worker_hijack_root_logger=False)
 
     @app.task(name="celery_peer.run_shell_task")

@@ -47,12 +47,15 @@ def queued_record(job_id: str, func: str, args: Sequence[Any], *, queue: str, de
     return record
 
 
-def enqueue(pipe, job_id: str, queue: str, record: dict[str, Any], priority: int | None) -> None:
+def enqueue(pipe, job_id: str, queue: str, record: dict[str, Any], priority: int | None,
+            register_queue: bool = True) -> None:
     """Write a queued job's record and push it onto its queue, in `pipe` (a transaction).
 
-    `priority` None: a plain push to the back, as RQ's own queue does (the placement queue)."""
+    `priority` None: a plain push to the back, as RQ's own queue does (the placement queue).
+    `register_queue` False: the caller adds the queue to RQ's set of queues (once per batch)."""
     queue_key = keys.rq_queue(queue)
-    pipe.sadd(keys.rq_queues(), queue_key)
+    if register_queue:
+        pipe.sadd(keys.rq_queues(), queue_key)
     pipe.hset(keys.rq_job(job_id), mapping=record)
     if priority is None:
         pipe.rpush(queue_key, job_id)

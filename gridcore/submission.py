@@ -89,6 +89,7 @@ class _Indexes:
         for queue, members in self.queue_jobs.items():
             pipe.zadd(keys.queue_jobs(queue), members)
         pipe.sadd(keys.QUEUES, *self.queues)
+        pipe.sadd(keys.rq_queues(), *(keys.rq_queue(q) for q in self.queues))  # RQ's own set, as RQ's enqueue does
         for group, members in self.group_jobs.items():
             pipe.zadd(keys.group_jobs(group), members)
         self.__init__()
@@ -230,6 +231,7 @@ class Submission:
                 job_id, keys.RUNNER_FUNC, (signed,), queue=queue_name, description=meta.name, timeout=rq_timeout,
                 result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl, meta=meta_fields,
                 retries=spec.retries, retry_intervals=rq_retry_intervals(spec))
-            rqjob.enqueue(pipe, job_id, queue_name, record, None if queue_name == keys.PENDING_QUEUE else spec.priority)
+            rqjob.enqueue(pipe, job_id, queue_name, record, None if queue_name == keys.PENDING_QUEUE else spec.priority,
+                          register_queue=False)  # with the batch's indexes
         indexes.add(spec, job_id, queue_name, order or now)
         events.emit(pipe, now, "submitted", job=job_id, message=meta.name)
