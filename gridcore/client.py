@@ -201,9 +201,7 @@ class Grid:
     def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.5) -> dict[str, JobState]:
         """Block until every job is terminal (or timeout); return their states. Woken by each job's
         end event; `poll`: seconds between reads when no event comes (gridcore/waiting.py)."""
-        from gridcore import waiting
-
-        return waiting.wait(self.redis, job_ids, timeout=timeout, poll=poll)
+        return self.reads.wait(job_ids, timeout=timeout, poll=poll)
 
     def events(self, count: int = 100, before: str = "+") -> list[Event]:
         """The newest grid events, newest first."""

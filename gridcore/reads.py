@@ -7,7 +7,6 @@ registry cleanup is never triggered from here.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -116,24 +115,12 @@ class Reads:
             raise JobNotFound(f"no job {job_id!r} on this grid")
         return job_state(job_id, status)
 
-    def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.1) -> dict[str, JobState]:
-        """Block until every job is terminal (or timeout); return their states."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for jid in job_ids:
-                    pipe.hget(keys.rq_job(jid), "status")
-                raw = pipe.execute()
-            states: dict[str, JobState] = {}
-            for jid, s in zip(job_ids, raw, strict=True):
-                if s is None:
-                    raise JobNotFound(f"no job {jid!r} on this grid")
-                states[jid] = job_state(jid, s)
-            if all(s.terminal for s in states.values()):
-                return states
-            if deadline is not None and time.monotonic() > deadline:
-                return states
-            time.sleep(poll)
+    def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.5) -> dict[str, JobState]:
+        """Block until every job is terminal (or timeout); return their states. Woken by each job's
+        end event; `poll`: seconds between reads when no event comes (gridcore/waiting.py)."""
+        from gridcore import waiting
+
+        return waiting.wait(self.redis, job_ids, timeout=timeout, poll=poll)
 
     # ---- listing ------------------------------------------------------------------------
 
