@@ -50,6 +50,11 @@ if not q then
   if redis.call('LREM', q, -1, id) == 0 then return 0 end
 end
 if p ~= 0 then redis.call('HSET', KEYS[2], id, p) end
+if p <= 0 then
+  -- the common case: behind a last job of the same or a higher priority (or an empty queue)
+  local last = redis.call('LINDEX', q, -1)
+  if not last or prio(last) >= p then return redis.call('RPUSH', q, id) end
+end
 local n = redis.call('LLEN', q)
 -- from the front: ahead of the first job of a lower priority
 if p > 0 then return insert_ahead(q, KEYS[2], id, p, false) end

@@ -72,3 +72,14 @@ def test_submit_many_writes_what_submit_writes(grid, r):
         assert comparable(one) == comparable(many)
         assert r.zscore(keys.JOB_IDS, one) == r.zscore(keys.JOB_IDS, many) == 0
     assert [j.id for j in grid.list(queue="other")[0]] == [bulk[1], singles[1]]
+
+
+def test_push_keeps_priority_order_with_negative_and_default_priorities(r):
+    from gridcore.prioritypush import push
+
+    arrivals = [("a", 0), ("b", -1), ("c", 0), ("d", 5), ("e", -1), ("f", 0), ("g", -2), ("h", 5), ("i", 0)]
+    for jid, p in arrivals:
+        push(r, keys.rq_queue("q"), jid, p)
+    # Higher priorities first; within one priority, first come first served.
+    expected = [jid for jid, _ in sorted(arrivals, key=lambda a: -a[1])]
+    assert [j.decode() for j in r.lrange(keys.rq_queue("q"), 0, -1)] == expected
