@@ -15,9 +15,10 @@ import importlib.util
 import sys
 from types import ModuleType
 
-DEFERRED_BY_CLI = ("asyncio", "redis.asyncio")
+DEFERRED_BY_CLI = ("redis.asyncio",)
 """Modules a `grid` command never uses that a dependency imports anyway: redis-py's package
-imports its asyncio client, and with it asyncio, on `import redis` (two thirds of its cost)."""
+imports its asyncio client on `import redis` (asyncio itself it needs: its parsers import
+names from it)."""
 
 
 class _Deferred(ModuleType):

@@ -50,3 +50,19 @@ def test_help_still_lists_every_command(home):
     assert p.returncode == 0, p.stderr
     for command in ("submit", "ls", "keys", "acl", "up", "validate", "doctor", "service"):
         assert command in p.stdout
+
+
+def test_a_deferred_module_still_works_when_used():
+    code = """
+import sys
+from gridcore.lazy import defer
+defer("redis.asyncio")
+import redis
+assert "redis.asyncio.client" not in sys.modules
+from redis.asyncio.client import Pipeline      # a submodule: the package body still waits
+import redis.asyncio
+assert redis.asyncio.Redis.__name__ == "Redis"  # a name of the package: it loads
+assert redis.asyncio.client.Pipeline is Pipeline
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
