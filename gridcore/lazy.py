@@ -36,6 +36,10 @@ class _Deferred(ModuleType):
             if sys.modules.get(name) is self:
                 del sys.modules[name]
             real = importlib.import_module(name)
+            for key, value in list(self.__dict__.items()):
+                # submodules imported meanwhile were bound on the stand-in, not on the package
+                if isinstance(value, ModuleType) and not hasattr(real, key):
+                    setattr(real, key, value)
             self.__dict__["_deferred_real"] = real
         return getattr(real, attr)
 
