@@ -37,7 +37,7 @@ def test_each_reads_stdin(settings, broker, grid):
     assert p.returncode == 0, p.stderr
     lines = p.stdout.decode().splitlines()
     ids, (word, gid, name) = lines[:-1], lines[-1].split(" ", 2)
-    assert (word, name, len(ids)) == ("group", "step", 2)
+    assert (word, name, len(ids), len(gid)) == ("group", "step", 2, 32)
     assert [j.name for j in grid.get_many(ids)] == ["step-1", "step-2"]
 
 
