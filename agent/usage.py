@@ -8,8 +8,8 @@ RUSAGE_CHILDREN of the slot, before and after the job, counts the CPU time and b
 whole tree exactly, waited-for children and not, with no sampling loss.
 
 Peak memory is the job cgroup's peak where the runner made one (a job with a memory limit);
-else the summed resident size of the tree sampled by one thread per slot, every 0.5 s backing
-off to every 2 s (a few /proc reads per process per sample: far below 1% of a core), and never
+else the summed resident size of the tree sampled by one thread per slot, at 0.1 s, then every
+0.5 s backing off to every 2 s (a few /proc reads per process per sample: far below 1% of a core), and never
 below the largest reaped process's maxrss. GPU figures come from NVML for the job's own GPUs;
 where NVML is missing or refuses, they are absent, not an error.
 """
@@ -29,8 +29,10 @@ from gridcore.records import Result, Usage
 
 log = logging.getLogger("grid.usage")
 
+FIRST_SAMPLE = 0.1
+"""Seconds after its start a job's tree is first sampled (many sweep cells last under a second)."""
 FIRST_INTERVAL = 0.5
-"""Seconds between the first samples of a job's tree."""
+"""Seconds between the next samples of a job's tree."""
 MAX_INTERVAL = 2.0
 """Seconds between samples once a job has run a while (the interval doubles up to this)."""
 BACKOFF_AFTER = 10
@@ -112,7 +114,7 @@ def rss(pid: int) -> int:
     return int(parts[1]) * _PAGE if len(parts) > 1 else 0
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     raw = _read(f"/proc/{pid}/stat")
     if not raw:
         return False
@@ -235,9 +237,10 @@ class Meter:
         self.samples += 1
 
     def _run(self) -> None:
-        interval = self.first
+        interval = min(FIRST_SAMPLE, self.first)
         taken = 0
         while not self._stop.wait(interval):
+            interval = max(interval, self.first)
             try:
                 self.sample()
             except Exception:  # noqa: BLE001 - a sampling bug costs figures, never the job
@@ -253,7 +256,7 @@ class Meter:
         IO then count in RUSAGE_CHILDREN). Only new children, never the slot's own."""
         n = 0
         for pid in children(self.me) if self.walk else []:
-            if pid in self.before or not _is_zombie(pid):
+            if pid in self.before or not is_zombie(pid):
                 continue
             try:
                 if os.waitpid(pid, os.WNOHANG)[0]:

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from agent.usage import io_accounting
+from console.screens.submit import load_descriptor
 from gridcore.models import JobSpec, JobState, Resources
 from tests.chaos.conftest import have_job_cgroups
 from tests.support.records import get_result
@@ -95,8 +96,17 @@ def test_usage_of_jobs_with_known_footprints(agents, grid, r, tmp_path):
         command=f"(setsid python3 -c '{BURNER}' {done} &); while [ ! -e {done} ]; do sleep 0.2; done",
         resources=Resources(cpus=1)))
     tree = grid.submit(JobSpec(argv=TREE, resources=Resources(cpus=2)))
-    states = grid.wait([big, burn, tree], timeout=90)
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"tasks": [{"name": "sq", "sweep": {"n": [8, 24]},
+                                            "command": "python3 -c 'import time; b = bytearray({n} << 20); b[::4096] = b\"x\" * (len(b) // 4096); time.sleep(0.8)'"}]}))
+    sub, problems = load_descriptor(str(sweep))
+    assert sub is not None, problems
+    cells = grid.submit_many(list(sub.specs), job_ids=sub.job_ids, groups=sub.groups)
+    states = grid.wait([big, burn, tree, *cells], timeout=90)
     assert all(s is JobState.FINISHED for s in states.values()), states
+    # Each cell's figures went into its sweep's, as its end was recorded.
+    (group,) = grid.groups()
+    assert group["usage"]["memory"]["cells"] == 2 and group["usage"]["memory"]["max"] > 24 * MB
 
     u = get_result(r, big).usage
     known = json.loads(grid.get(big).stdout)
