@@ -9,7 +9,8 @@ whole tree exactly, waited-for children and not, with no sampling loss.
 
 Peak memory is the job cgroup's peak where the runner made one (a job with a memory limit);
 else the summed resident size of the tree sampled by one thread per slot, at 0.1 s, then every
-0.5 s backing off to every 2 s (a few /proc reads per process per sample: far below 1% of a core), and never
+0.5 s backing off to every 2 s, less often for a tree so large that a sample would cost more
+than 0.5% of a core (a few /proc reads per process per sample), and never
 below the largest reaped process's maxrss. GPU figures come from NVML for the job's own GPUs;
 where NVML is missing or refuses, they are absent, not an error.
 """
@@ -37,6 +38,8 @@ MAX_INTERVAL = 2.0
 """Seconds between samples once a job has run a while (the interval doubles up to this)."""
 BACKOFF_AFTER = 10
 """Samples taken at a given interval before it doubles."""
+MAX_SHARE = 0.005
+"""Share of one core the sampler may use: a large tree is sampled less often to stay within it."""
 PR_SET_CHILD_SUBREAPER = 36
 BLOCK = 512
 """Bytes per block of getrusage's ru_inblock/ru_oublock (the kernel's read_bytes >> 9)."""
@@ -241,6 +244,7 @@ class Meter:
         taken = 0
         while not self._stop.wait(interval):
             interval = max(interval, self.first)
+            spent = time.thread_time()
             try:
                 self.sample()
             except Exception:  # noqa: BLE001 - a sampling bug costs figures, never the job
@@ -249,6 +253,8 @@ class Meter:
             taken += 1
             if taken >= BACKOFF_AFTER and interval < self.most:
                 interval, taken = min(self.most, interval * 2), 0
+            # A tree of thousands of processes costs more per sample: sample it less often.
+            interval = max(interval, (time.thread_time() - spent) / MAX_SHARE)
         self.sampler_cpu = time.thread_time()
 
     def reap(self) -> int:
