@@ -118,8 +118,9 @@ def params_text(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if not str(k).startswith("_")) or "-"
 
 
-def job_detail(j: Job) -> None:
-    """`grid show`: one field a line, never cut (a long value runs on; the terminal wraps it)."""
+def job_detail(j: Job, gpu_memory: int | None = None) -> None:
+    """`grid show`: one field a line, never cut (a long value runs on; the terminal wraps it).
+    `gpu_memory`: that of the GPUs the job held, where its node says."""
     rows = [
         ("id", j.id), ("name", j.name), ("state", j.state.value), ("queue", j.queue), ("node", j.node or "-"),
         ("slot", "-" if j.slot is None else j.slot), ("submitter", j.submitter or "-"),
@@ -132,7 +133,7 @@ def job_detail(j: Job) -> None:
         ("output", f"{format_size(j.stdout_bytes)} stdout, {format_size(j.stderr_bytes)} stderr"
                    + (f", {format_size(j.dropped_bytes)} not kept in the broker" if j.dropped_bytes else "")),
         ("log", j.log_path or "-"), ("resources", resources_text(j.resources) if j.resources else "-"),
-        ("gpus", ", ".join(j.gpus) or "-"), *usage_rows(j),
+        ("gpus", ", ".join(j.gpus) or "-"), *usage_rows(j, gpu_memory),
         ("group", j.group or "-"), ("params", params_text(j.params)),
         ("tags", ", ".join(j.tags) or "-"), ("waiting on", ", ".join(j.waiting_on) or "-"),
     ]
@@ -162,10 +163,10 @@ def job_detail(j: Job) -> None:
     problems(j.problems)
 
 
-def usage_rows(j: Job) -> list[tuple[str, str]]:
+def usage_rows(j: Job, gpu_memory: int | None = None) -> list[tuple[str, str]]:
     """What the job's last attempt used against what it asked, and what to ask next time
     (gridcore/efficiency.py); `usage -` until an attempt has ended on a node that measured it."""
-    used = efficiency.used_lines(j.usage, j.resources)
+    used = efficiency.used_lines(j.usage, j.resources, gpu_memory)
     rows = [("usage" if i == 0 else "", f"{u.label} {u.text}") for i, u in enumerate(used)] or [("usage", "-")]
     advice = efficiency.advice(j.usage, j.resources, j.reason_kind)
     return rows + [("advice" if i == 0 else "", a) for i, a in enumerate(advice)]

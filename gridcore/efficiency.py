@@ -72,6 +72,13 @@ def cores_used(usage: Mapping[str, Any]) -> float | None:
     return (user + system) / wall
 
 
+def gpu_memory_of(held: Iterable[Any], gpus: Iterable[Any]) -> int | None:
+    """The memory of the GPUs a job held (`held`: their indices), from its node's GpuInfo list."""
+    want = {str(i) for i in held}
+    sizes = [g.memory_total for g in gpus if str(g.index) in want and g.memory_total]
+    return sum(sizes) if want and len(sizes) == len(want) else None
+
+
 @dataclass(frozen=True)
 class Used:
     """One figure of a job: what it used, what it asked (None: not asked), the share."""

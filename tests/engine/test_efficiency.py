@@ -11,7 +11,7 @@ from gridcore import efficiency, keys
 from gridcore.models import JobSpec, Resources
 from gridcore.records import Usage
 from tests.support.cli import run_cli
-from tests.support.records import put_result
+from tests.support.records import put_node, put_result
 
 GiB = 2**30
 
@@ -91,3 +91,13 @@ def test_show_console_and_groups_read_the_recorded_usage(r, grid, broker, tmp_pa
     assert row[8:] == ["2 GiB/3 GiB of 4 GiB", "0.9/0.9", '{"cpus": 2, "memory": "3840MiB"}'], row
     header = group_header(grid.group(group["id"]), 0.0).plain
     assert "per cell: memory median 2 GiB, max 3 GiB of 4 GiB (75% at most)" in header
+
+
+def test_show_puts_gpu_memory_against_the_gpus_held(r, grid, broker):
+    put_node(r, "node-a", grid.broker_time())  # one 8 GiB GPU, index 0
+    jid = grid.submit(JobSpec(command="python train.py", resources=Resources(gpus=1)))
+    put_result(r, jid, exit_code=0, node="node-a", gpus=["0"],
+               usage=Usage(wall=10.0, gpu_memory_peak=2 * GiB, gpu_utilization=50.0))
+    p = run_cli("show", jid, url=broker.url, env={**os.environ, "COLUMNS": "100"})
+    assert p.returncode == 0, p.stderr
+    assert "usage         GPU mem 2 GiB of 8 GiB (25%), 50% busy" in p.stdout.splitlines()
