@@ -97,15 +97,15 @@ def have_children_lists() -> bool:
 
 def tree(roots: Iterable[int]) -> list[int]:
     """`roots` and all their descendants that are still there."""
-    seen: list[int] = []
+    seen: dict[int, None] = {}
     todo = list(roots)
     while todo and len(seen) < 100_000:
         pid = todo.pop()
         if pid in seen:
             continue
-        seen.append(pid)
+        seen[pid] = None
         todo.extend(children(pid))
-    return seen
+    return list(seen)
 
 
 def rss(pid: int) -> int:
