@@ -41,7 +41,7 @@ from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
 from agent.rqadapter.book import RQBook
 from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
-from gridcore import events, history, keys
+from gridcore import efficiency, events, history, keys
 from gridcore.dependencies import fail_dependents
 from gridcore.models import LOST_RETRIES, Resources
 from gridcore.records import (
@@ -333,7 +333,10 @@ class JobAttempt:
         else:  # not gone yet: if this slot dies before RQ's bookkeeping, recovery finishes it
             pipe.hset(keys.node_running(self.node), self.id, RunningEntry("ended", worker=self.worker).encode())
         pipe.hdel(keys.ACTIVE, self.id)
-        release(pipe, self.id, self.node, self.meta.group)
+        group = self.meta.group
+        release(pipe, self.id, self.node, group)
+        if group and result.usage is not None:  # the sweep's median and max per cell
+            efficiency.record_cell(pipe, group, self.id, result.usage.model_dump(), self.result_ttl)
         pipe.delete(keys.cancel(self.id))
         events.emit(pipe, result.end or 0.0, kind, job=self.id, node=self.node,
                     message=result.reason or "exit code 0")

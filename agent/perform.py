@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from agent import runner
+from agent import runner, usage
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
 from agent.outage import OUTAGE_ERRORS, OutageClock
@@ -147,6 +147,7 @@ class Performer:
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )
         sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.settings.log_dir, log_cap=agent.log_cap)
+        meter = usage.Meter(gpus)  # what the attempt uses, measured until its tree is gone
         try:
             result, outcome = runner.execute(envelope, ctx, sink)
         except Exception as e:  # noqa: BLE001 - an agent bug fails the job, loudly, not the slot
@@ -155,5 +156,6 @@ class Performer:
             result = Result(node=self.node, slot=self.slot, start=now, end=end, duration=max(0.0, end - now),
                             reason=f"agent error: {type(e).__name__}: {e}"[:4096], reason_kind="error")
             outcome = None
+        result = meter.finish(result)
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
         attempt.finish(envelope, result, outcome, give_up=self._give_up)

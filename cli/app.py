@@ -245,7 +245,10 @@ def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option
     if json_out:
         print_json(job.to_dict())
         return
-    render.job_detail(job)
+    from gridcore.efficiency import gpu_memory_of
+
+    node = grid.node(job.node) if job.gpus and job.node and job.usage else None  # GPU memory: "of 80 GiB"
+    render.job_detail(job, gpu_memory_of(job.gpus, node.gpus) if node is not None else None)
 
 
 @app.command()

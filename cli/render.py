@@ -12,6 +12,7 @@ from rich.text import Text
 
 from cli.tables import Col, emit
 
+from gridcore import efficiency
 from gridcore.models import Job, Node
 from gridcore.units import format_duration
 from gridcore.units import format_size as _size
@@ -117,8 +118,9 @@ def params_text(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if not str(k).startswith("_")) or "-"
 
 
-def job_detail(j: Job) -> None:
-    """`grid show`: one field a line, never cut (a long value runs on; the terminal wraps it)."""
+def job_detail(j: Job, gpu_memory: int | None = None) -> None:
+    """`grid show`: one field a line, never cut (a long value runs on; the terminal wraps it).
+    `gpu_memory`: that of the GPUs the job held, where its node says."""
     rows = [
         ("id", j.id), ("name", j.name), ("state", j.state.value), ("queue", j.queue), ("node", j.node or "-"),
         ("slot", "-" if j.slot is None else j.slot), ("submitter", j.submitter or "-"),
@@ -131,7 +133,8 @@ def job_detail(j: Job) -> None:
         ("output", f"{format_size(j.stdout_bytes)} stdout, {format_size(j.stderr_bytes)} stderr"
                    + (f", {format_size(j.dropped_bytes)} not kept in the broker" if j.dropped_bytes else "")),
         ("log", j.log_path or "-"), ("resources", resources_text(j.resources) if j.resources else "-"),
-        ("gpus", ", ".join(j.gpus) or "-"), ("group", j.group or "-"), ("params", params_text(j.params)),
+        ("gpus", ", ".join(j.gpus) or "-"), *usage_rows(j, gpu_memory),
+        ("group", j.group or "-"), ("params", params_text(j.params)),
         ("tags", ", ".join(j.tags) or "-"), ("waiting on", ", ".join(j.waiting_on) or "-"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -158,6 +161,15 @@ def job_detail(j: Job) -> None:
             out.print(Text(f"--- {name} ---", style="dim"))
             out.print(Text("".join(c if c.isprintable() or c in "\n\t" else "�" for c in text)))
     problems(j.problems)
+
+
+def usage_rows(j: Job, gpu_memory: int | None = None) -> list[tuple[str, str]]:
+    """What the job's last attempt used against what it asked, and what to ask next time
+    (gridcore/efficiency.py); `usage -` until an attempt has ended on a node that measured it."""
+    used = efficiency.used_lines(j.usage, j.resources, gpu_memory)
+    rows = [("usage" if i == 0 else "", f"{u.label} {u.text}") for i, u in enumerate(used)] or [("usage", "-")]
+    advice = efficiency.advice(j.usage, j.resources, j.reason_kind)
+    return rows + [("advice" if i == 0 else "", a) for i, a in enumerate(advice)]
 
 
 def problems(lines, who: str = "") -> None:
@@ -222,6 +234,7 @@ def events_table(evs) -> None:
 GROUP_COLS = (
     Col("GROUP"), Col("NAME", flex=True), Col("SIZE", right=True), Col("RUNNING", 1, right=True),
     Col("QUEUED", 1, right=True), Col("FINISHED", right=True), Col("FAILED", right=True), Col("PROGRESS", right=True),
+    Col("MEMORY MED/MAX", 2, cap=30), Col("CPU MED/MAX", 2, cap=24), Col("NEXT RESOURCES", 3, cap=44),
 )
 
 
@@ -232,5 +245,17 @@ def groups_table(gs) -> None:
         c = g["counts"]
         rows.append([g["id"] if piped else g["id"][:8], Text(clean(g["name"], 200)), str(g["size"]), str(c["running"]),
                      str(c["queued"] + c["waiting"] + c["scheduled"]), str(c["finished"]), str(c["failed"]),
-                     f"{g['progress'] * 100:.0f}%"])
+                     f"{g['progress'] * 100:.0f}%", *sweep_usage_cells(g)])
     emit(out, GROUP_COLS, rows)
+
+
+def sweep_usage_cells(g: dict) -> list[str]:
+    """Per sweep: median and max per cell of peak memory (of the request) and cores used, and
+    the `resources` its next run could ask for (gridcore/efficiency.py)."""
+    spreads = {f: efficiency.spread_of((g.get("usage") or {}).get(f)) for f in ("memory", "cores")}
+    mem, cores = spreads["memory"], spreads["cores"]
+    asked = (g.get("resources") or {}).get("memory")
+    of = f" of {efficiency.size_text(asked)}" if isinstance(asked, int) and asked > 0 else ""
+    return [f"{efficiency.size_text(mem.median)}/{efficiency.size_text(mem.max)}{of}" if mem else "-",
+            f"{cores.median:.1f}/{cores.max:.1f}" if cores else "-",
+            efficiency.sweep_request(g.get("usage")) or "-"]

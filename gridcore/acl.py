@@ -96,6 +96,7 @@ def agent_write_keys(node: str) -> tuple[str, ...]:
     # Any live agent places pending jobs on other nodes and reclaims a dead node's jobs.
     coordination = (
         keys.node_running(ANY), keys.node_held(ANY), keys.node_taking(ANY), keys.group_slots(ANY),
+        keys.group_usage(ANY, ANY),
         keys.NODES, keys.EVENTS, keys.HISTORY, keys.ACTIVE, keys.GRID_ID, keys.WHY, keys.PRIORITY,
         keys.NEGOTIATOR_LOCK, keys.reclaim_lock(ANY),
     )

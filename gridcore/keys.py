@@ -119,6 +119,12 @@ def group_jobs(group_id: str) -> str:
     return f"{PREFIX}:group:{group_id}:jobs"
 
 
+def group_usage(group_id: str, figure: str) -> str:
+    """Sorted set: job ids of one group's measured cells -> one figure of their last attempt
+    (gridcore/efficiency.py FIGURES), for the sweep's median and max."""
+    return f"{PREFIX}:group:{group_id}:usage:{figure}"
+
+
 def group_slots(group_id: str) -> str:
     """Set: job ids of a throttled group that currently hold one of its max_parallel slots."""
     return f"{PREFIX}:group:{group_id}:slots"

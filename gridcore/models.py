@@ -163,6 +163,7 @@ class Job:
     attempts: tuple[dict[str, Any], ...] = ()
     waiting_on: tuple[str, ...] = ()
     gpus: tuple[str, ...] = ()
+    usage: dict[str, Any] | None = None  # what its last attempt used (records.Usage), measured on the node
     problems: tuple[str, ...] = ()  # corrupt records read for this job, each naming its key and field
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,11 +13,11 @@ from typing import Any
 
 import redis
 
-from gridcore import events, keys
+from gridcore import efficiency, events, keys
 from gridcore.errors import AmbiguousId, GridError, JobNotFound
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobState, Node, NodeState, OutputChunk, QueueStats
-from gridcore.records import NODE_FIELDS, GroupRecord, decode_output, text
+from gridcore.records import NODE_FIELDS, GroupRecord, JobMeta, decode_output, lenient, text
 from gridcore.views import JOB_FIELDS, STATE_FIELDS, job_state, job_view, node_view, node_view_state
 
 SHORT_ID_MIN = 6
@@ -309,7 +309,35 @@ class Reads:
                 "submitted": rec.submitted, "submitter": rec.submitter or None, "axes": rec.axes or [],
                 "counts": counts, "progress": done / size if size else 0.0, "jobs": ids,
             })
+        self._group_usage([g for g in out if g is not None])
         return out
+
+    def _group_usage(self, groups: Sequence[dict[str, Any]]) -> None:
+        """Add to each group its cells' usage, each figure's cells, median and max (efficiency.Spread's fields:
+        two round trips, whatever the sweep's size), and the first cell's request."""
+        pairs = [(g, f) for g in groups for f in efficiency.FIGURES]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for g, f in pairs:
+                pipe.zcard(keys.group_usage(g["id"], f))
+            for g in groups:
+                pipe.hget(keys.rq_job(g["jobs"][0]), "meta") if g["jobs"] else pipe.echo("")
+            replies = pipe.execute()
+        counts, metas = replies[:len(pairs)], replies[len(pairs):]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for (g, f), n in zip(pairs, counts, strict=True):
+                key = keys.group_usage(g["id"], f)
+                pipe.zrange(key, (n - 1) // 2, n // 2, withscores=True)  # the middle one or two
+                pipe.zrange(key, -1, -1, withscores=True)
+            ranges = pipe.execute()
+        for g in groups:
+            g["usage"] = {}
+        for i, ((g, f), n) in enumerate(zip(pairs, counts, strict=True)):
+            mid, top = ranges[2 * i], ranges[2 * i + 1]
+            if n and mid and top:
+                g["usage"][f] = {"cells": int(n), "median": sum(v for _, v in mid) / len(mid), "max": top[0][1]}
+        for g, raw in zip(groups, metas, strict=True):
+            meta = lenient(JobMeta, raw or None, f"{keys.rq_job(g['jobs'][0]) if g['jobs'] else ''} meta")
+            g["resources"] = meta.resources.model_dump() if meta is not None else {}
 
     # ---- nodes --------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ def job_view(job_id: str, fields: Sequence[bytes | None], result: bytes | None,
         attempts=tried,
         waiting_on=tuple(sorted(text(x) for x in waiting_on)) if state is JobState.WAITING else (),
         gpus=tuple((run.gpus if run else None) or res.gpus),
+        usage=res.usage.model_dump(mode="json", exclude_none=True) if res.usage is not None else None,
         problems=tuple(problems),
     )
 

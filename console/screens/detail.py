@@ -19,6 +19,7 @@ from console.sanitize import clean
 from console.screens.base import ConsoleContext, GridScreen
 from console.screens.confirm import job_list
 from console.widgets.output import OutputView
+from gridcore import efficiency
 from gridcore.models import Job, JobState
 from gridcore.records import Gaps
 
@@ -54,6 +55,7 @@ def job_fields(job: Job, now: float) -> Text:
          if job.stdout_bytes or job.stderr_bytes else "", ""),
         ("dropped", f"{fmt.size(job.dropped_bytes)} over the output budget" if job.dropped_bytes else "", "yellow"),
         ("log", job.log_path or "", ""),
+        *usage_rows(job),
     ]
     for i, a in enumerate(job.attempts, 1):
         rows.append((f"attempt {i}", _compact(a), "dim"))
@@ -71,6 +73,14 @@ def job_fields(job: Job, now: float) -> Text:
             continue
         t.append(clean(value, 300), style=style if isinstance(style, str) else "")
     return t
+
+
+def usage_rows(job: Job) -> list[tuple[str, str, str]]:
+    """Used against asked, then what to ask next time (gridcore/efficiency.py, as `grid show`)."""
+    used = efficiency.used_lines(job.usage, job.resources)
+    rows = [("usage" if i == 0 else "", f"{u.label} {u.text}", "") for i, u in enumerate(used)]
+    advice = efficiency.advice(job.usage, job.resources, job.reason_kind)
+    return rows + [("advice" if i == 0 else "", a, "yellow") for i, a in enumerate(advice)]
 
 
 def _compact(d) -> str:

@@ -19,6 +19,7 @@ from console.screens.base import ConsoleContext, PagedScreen, Rows
 from console.screens.groups import counts, done_of, progress_text
 from console.widgets.table import Column, KeyedTable
 from descriptors.sweep import render
+from gridcore import efficiency
 from gridcore.models import Job, JobState
 
 MAX_AXES = 8
@@ -125,6 +126,12 @@ def group_header(group: dict, now: float) -> Text:
     par = fmt.num(group.get("max_parallel"))
     if par:
         t.append(f"  max {int(par)} at once")
+    used = efficiency.sweep_lines(group.get("usage"), group.get("resources"))
+    if used:  # per cell, over the cells measured so far: what the next sweep should ask
+        t.append("\nper cell: " + "  ".join(f"{u.label} {u.text}" for u in used), style="dim")
+        nxt = efficiency.sweep_request(group.get("usage"))
+        if nxt:
+            t.append(f"  next: resources {nxt}", style="dim")
     return t
 
 

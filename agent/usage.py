@@ -1,0 +1,313 @@
+"""What one attempt used, measured on its node: wall time, CPU, peak memory, disk IO and GPU.
+
+A slot runs one job at a time, so everything the slot process reaps while a job runs is that
+job's. The slot makes itself a child subreaper (PR_SET_CHILD_SUBREAPER): a process of the job
+whose parent exits without waiting for it (`setsid cmd &`, a double fork, nohup) is re-parented
+to the slot instead of to init, and the slot reaps it at the job's end. So the kernel's
+RUSAGE_CHILDREN of the slot, before and after the job, counts the CPU time and block IO of the
+whole tree exactly, waited-for children and not, with no sampling loss.
+
+Peak memory is the job cgroup's peak where the runner made one (a job with a memory limit);
+else the summed resident size of the tree sampled by one thread per slot, at 0.1 s, then every
+0.5 s backing off to every 2 s, less often for a tree so large that a sample would cost more
+than 0.5% of a core (a few /proc reads per process per sample), and never
+below the largest reaped process's maxrss. GPU figures come from NVML for the job's own GPUs;
+where NVML is missing or refuses, they are absent, not an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from gridcore.records import Result, Usage
+
+log = logging.getLogger("grid.usage")
+
+FIRST_SAMPLE = 0.1
+"""Seconds after its start a job's tree is first sampled (many sweep cells last under a second)."""
+FIRST_INTERVAL = 0.5
+"""Seconds between the next samples of a job's tree."""
+MAX_INTERVAL = 2.0
+"""Seconds between samples once a job has run a while (the interval doubles up to this)."""
+BACKOFF_AFTER = 10
+"""Samples taken at a given interval before it doubles."""
+MAX_SHARE = 0.005
+"""Share of one core the sampler may use: a large tree is sampled less often to stay within it."""
+PR_SET_CHILD_SUBREAPER = 36
+BLOCK = 512
+"""Bytes per block of getrusage's ru_inblock/ru_oublock (the kernel's read_bytes >> 9)."""
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_subreaper: bool | None = None
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (once per process; Linux)."""
+    global _subreaper
+    if _subreaper is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            _subreaper = False
+        if not _subreaper:
+            log.info("cannot become a child subreaper: CPU time of jobs' orphaned processes is not counted")
+    return _subreaper
+
+
+def io_accounting() -> bool:
+    """Whether the kernel counts per-task block IO (CONFIG_TASK_IO_ACCOUNTING)."""
+    return os.path.exists("/proc/self/io")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`, from every thread's /proc children list (any thread may be the
+    parent: a re-parented orphan goes to some live thread of the subreaper)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        raw = _read(f"/proc/{pid}/task/{tid}/children")
+        if raw:
+            out.extend(int(c) for c in raw.split())
+    return out
+
+
+def have_children_lists() -> bool:
+    """Whether the kernel has /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)."""
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def tree(roots: Iterable[int]) -> list[int]:
+    """`roots` and all their descendants that are still there."""
+    seen: dict[int, None] = {}
+    todo = list(roots)
+    while todo and len(seen) < 100_000:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen[pid] = None
+        todo.extend(children(pid))
+    return list(seen)
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of one process (0 for one that is gone or a zombie)."""
+    raw = _read(f"/proc/{pid}/statm")
+    if not raw:
+        return 0
+    parts = raw.split()
+    return int(parts[1]) * _PAGE if len(parts) > 1 else 0
+
+
+def is_zombie(pid: int) -> bool:
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return False
+    return raw[raw.rfind(")") + 2:].startswith("Z")
+
+
+class Gpus:
+    """NVML readings of one job's GPUs: memory of the job's processes, utilization."""
+
+    def __init__(self, indices: Iterable[int], nv: Any = None):
+        self.nv = nv
+        self.handles: list[Any] = []
+        self.util_sum = 0.0
+        self.util_n = 0
+        self.memory_peak: int | None = None
+        if nv is None:
+            return
+        for i in indices:
+            try:
+                self.handles.append(nv.nvmlDeviceGetHandleByIndex(i))
+            except Exception as e:  # noqa: BLE001 - NVML raises its own error classes per board
+                log.info("no NVML handle for GPU %s: %s", i, e)
+
+    def sample(self, pids: set[int]) -> None:
+        used = 0
+        seen = False
+        for h in self.handles:
+            try:
+                procs = self.nv.nvmlDeviceGetComputeRunningProcesses(h)
+            except Exception:  # noqa: BLE001 - not supported on this board: memory stays absent
+                procs = None
+            if procs is not None:
+                seen = True
+                used += sum(int(p.usedGpuMemory or 0) for p in procs if p.pid in pids)
+            try:
+                # The grid hands out whole GPUs: the device's utilization is the job's.
+                self.util_sum += float(self.nv.nvmlDeviceGetUtilizationRates(h).gpu)
+                self.util_n += 1
+            except Exception:  # noqa: BLE001 - utilization unsupported: absent
+                pass
+        if seen:
+            self.memory_peak = max(self.memory_peak or 0, used)
+
+    @property
+    def utilization(self) -> float | None:
+        return min(100.0, self.util_sum / self.util_n) if self.util_n else None
+
+
+_nvml: Any = None
+_nvml_tried = False
+
+
+def nvml() -> Any:
+    """The pynvml module, initialised once per process; None where there is no NVML."""
+    global _nvml, _nvml_tried
+    if not _nvml_tried:
+        _nvml_tried = True
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            _nvml = pynvml
+        except Exception as e:  # noqa: BLE001 - no library, no driver, no GPU: no GPU figures
+            log.info("no NVML here (%s): jobs' GPU figures are absent", e)
+    return _nvml
+
+
+class Meter:
+    """Measures the job this slot process runs from now until `finish` (one per attempt).
+
+    `gpus`: the GPU indices the job holds (NVML is asked only about those).
+    """
+
+    def __init__(self, gpus: Iterable[int] = (), *, nv: Any = None, first: float = FIRST_INTERVAL,
+                 most: float = MAX_INTERVAL):
+        become_subreaper()
+        self.me = os.getpid()
+        self.first, self.most = first, most
+        # Children the slot already had (RQ's scheduler process): not the job's.
+        self.before = set(children(self.me))
+        self.walk = have_children_lists()
+        gpus = list(gpus)
+        self.gpus = Gpus(gpus, nv if nv is not None else (nvml() if gpus else None)) if gpus else None
+        self.peak = 0
+        self.samples = 0
+        self.vanished = 0  # processes seen in one sample and gone by the next
+        self.sampler_cpu = 0.0
+        self._last: set[int] = set()
+        self._stop = threading.Event()
+        self.t0 = time.monotonic()
+        self.ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
+        self._thread.start()
+
+    def job_pids(self) -> list[int]:
+        """The job's processes now: the slot's children it did not have before, and theirs."""
+        if self.walk:
+            return tree(c for c in children(self.me) if c not in self.before)
+        import psutil  # no children lists in /proc: psutil's scan of every process (slower)
+
+        try:
+            kids = psutil.Process(self.me).children(recursive=True)
+        except psutil.Error:
+            return []
+        skip = set(self.before)
+        for c in kids:
+            if c.pid in self.before:
+                skip.update(k.pid for k in _descendants(c))
+        return [c.pid for c in kids if c.pid not in skip]
+
+    def sample(self) -> None:
+        pids = self.job_pids()
+        total = sum(rss(p) for p in pids)
+        self.peak = max(self.peak, total)
+        now = set(pids)
+        self.vanished += len(self._last - now)
+        self._last = now
+        if self.gpus is not None:
+            self.gpus.sample(now)
+        self.samples += 1
+
+    def _run(self) -> None:
+        interval = min(FIRST_SAMPLE, self.first)
+        taken = 0
+        while not self._stop.wait(interval):
+            interval = max(interval, self.first)
+            spent = time.thread_time()
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a sampling bug costs figures, never the job
+                log.exception("sampling a job's processes failed; its usage figures stop here")
+                break
+            taken += 1
+            if taken >= BACKOFF_AFTER and interval < self.most:
+                interval, taken = min(self.most, interval * 2), 0
+            # A tree of thousands of processes costs more per sample: sample it less often.
+            interval = max(interval, (time.thread_time() - spent) / MAX_SHARE)
+        self.sampler_cpu = time.thread_time()
+
+    def reap(self) -> int:
+        """Reap the job's orphans that ended while re-parented to this slot (their CPU time and
+        IO then count in RUSAGE_CHILDREN). Only new children, never the slot's own."""
+        n = 0
+        for pid in children(self.me) if self.walk else []:
+            if pid in self.before or not is_zombie(pid):
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    n += 1
+            except ChildProcessError:
+                continue
+        return n
+
+    def finish(self, result: Result) -> Result:
+        """Stop sampling and return `result` with its `usage` (call after the runner ended the tree)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        wall = time.monotonic() - self.t0
+        self.reap()
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        figures: dict[str, Any] = {
+            "wall": round(result.duration if result.duration is not None else wall, 6),
+            "cpu_user": round(max(0.0, ru.ru_utime - self.ru0.ru_utime), 6),
+            "cpu_system": round(max(0.0, ru.ru_stime - self.ru0.ru_stime), 6),
+            "samples": self.samples,
+        }
+        if io_accounting():
+            figures["io_read"] = max(0, ru.ru_inblock - self.ru0.ru_inblock) * BLOCK
+            figures["io_write"] = max(0, ru.ru_oublock - self.ru0.ru_oublock) * BLOCK
+        if result.memory_peak:
+            figures.update(memory_peak=result.memory_peak, memory_source="cgroup")
+        else:
+            # ru_maxrss (KiB) is the largest single reaped process over the slot's life: it
+            # speaks for this job only if it grew during it (a job too short to be sampled).
+            grown = ru.ru_maxrss * 1024 if ru.ru_maxrss > self.ru0.ru_maxrss else 0
+            peak = max(self.peak, grown)
+            if peak:
+                figures.update(memory_peak=peak, memory_source="sampled")
+        if self.gpus is not None:
+            if self.gpus.memory_peak is not None:
+                figures["gpu_memory_peak"] = self.gpus.memory_peak
+            if self.gpus.utilization is not None:
+                figures["gpu_utilization"] = round(self.gpus.utilization, 1)
+        log.debug("usage: %s; %d processes vanished between samples; sampler used %.3fs CPU", figures,
+                  self.vanished, self.sampler_cpu)
+        return result.model_copy(update={"usage": Usage(**figures)})
+
+
+def _descendants(p: Any) -> list[Any]:
+    try:
+        return p.children(recursive=True)
+    except Exception:  # noqa: BLE001 - psutil.Error: gone
+        return []
