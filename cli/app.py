@@ -257,14 +257,17 @@ def logs(
     job_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until the job ends; exit with its code.")] = False,
     tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Exact bytes on a terminal too (escapes included).")] = False,
 ) -> None:
-    """Print a job's output (stdout to stdout, stderr to stderr, raw bytes)."""
+    """Print a job's output (stdout to stdout, stderr to stderr). Piped: the exact bytes; on a
+    terminal, sequences that act on it (title, clipboard, hyperlinks, cursor) are removed, colours kept."""
     grid = shared(ctx).grid
     job_id = grid.resolve(job_id)
     after = "0-0"
+    from cli.logstream import safe_stream
     from gridcore.records import Gaps
 
-    out, err = sys.stdout.buffer, sys.stderr.buffer
+    out, err = safe_stream(sys.stdout, raw), safe_stream(sys.stderr, raw)
     gaps = Gaps()
     chunks = grid.last_lines(job_id, tail) if tail is not None else None
     while True:
@@ -279,8 +282,8 @@ def logs(
                 out.write(c.data)
             elif c.stream == "stderr":
                 err.write(c.data)
-            elif c.stream == "note":
-                err.write(b"[grid] " + c.data + b"\n")
+            elif c.stream == "note":  # the grid's words, not the job's bytes: always cleaned
+                err.write(f"[grid] {render.clean(c.data, 4096)}\n".encode())
             elif c.stream == "end" and follow:
                 out.flush()
                 err.flush()

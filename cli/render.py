@@ -14,6 +14,7 @@ from cli.tables import Col, emit
 
 from gridcore import efficiency
 from gridcore.models import Job, Node
+from gridcore.sanitize import clean, clean_line
 from gridcore.units import format_duration
 from gridcore.units import format_size as _size
 
@@ -29,19 +30,13 @@ def format_size(n: int | float | None) -> str:
     return "-" if n is None else _size(int(n))
 
 
-def clean(value: object, limit: int = 200) -> str:
-    """Untrusted text as one printable line."""
-    s = "" if value is None else str(value)
-    s = "".join(ch if ch.isprintable() else " " for ch in s)
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
 def echo(msg: str) -> None:
     sys.stdout.write(msg + "\n")
 
 
 def err(msg: str) -> None:
-    sys.stderr.write(f"grid: {msg}\n")
+    """A one-line message on stderr; it may quote broker data, so it is cleaned whole."""
+    sys.stderr.write(f"grid: {clean(msg, 4096)}\n")
 
 
 def exit_status(exit_code: int | None, sig: int | None, reason: str | None) -> int:
@@ -84,7 +79,7 @@ def exit_text(code: int | None, sig: int | None) -> str:
 
 def jobs_table(jobs: list[Job], total: int, offset: int) -> None:
     piped = not out.is_terminal
-    rows = [[Text(j.id if piped else j.id[:8]), Text(clean(j.name, 10_000 if piped else 200)), _state(j.state.value),
+    rows = [[Text(clean(j.id, 256) if piped else clean(j.id[:8])), Text(clean(j.name, 10_000 if piped else 200)), _state(j.state.value),
              Text(clean(j.queue, 200)), Text(clean(j.node or "-", 200)), Text(clean(j.submitter or "-", 200)),
              Text(_ts(j.enqueued_at)), Text(format_duration(j.duration)), Text(exit_text(j.exit_code, j.signal)),
              Text(clean(j.reason or "", 10_000 if piped else 500))] for j in jobs]
@@ -152,14 +147,15 @@ def job_detail(j: Job, gpu_memory: int | None = None) -> None:
             a.add_column(col)
         for i, at in enumerate(j.attempts, 1):
             code = at.get("exit_code")
-            a.add_row(str(i), Text(clean(at.get("node") or "-")), "-" if code is None else str(code),
-                      str(at.get("signal") or "-"), Text(clean(at.get("reason") or "ok")),
-                      format_duration(at.get("duration")))
+            # Every cell a plain Text: a str cell of a Table would be parsed as markup.
+            a.add_row(*(Text(clean(v)) for v in (
+                str(i), at.get("node") or "-", "-" if code is None else code, at.get("signal") or "-",
+                at.get("reason") or "ok", _duration(at.get("duration")))))
         out.print(a)
     for name, text in (("stdout (tail)", j.stdout), ("stderr (tail)", j.stderr)):
         if text:
             out.print(Text(f"--- {name} ---", style="dim"))
-            out.print(Text("".join(c if c.isprintable() or c in "\n\t" else "�" for c in text)))
+            out.print(Text("\n".join(clean_line(line) for line in text.split("\n"))))
     problems(j.problems)
 
 
@@ -170,6 +166,13 @@ def usage_rows(j: Job, gpu_memory: int | None = None) -> list[tuple[str, str]]:
     rows = [("usage" if i == 0 else "", f"{u.label} {u.text}") for i, u in enumerate(used)] or [("usage", "-")]
     advice = efficiency.advice(j.usage, j.resources, j.reason_kind)
     return rows + [("advice" if i == 0 else "", a) for i, a in enumerate(advice)]
+
+
+def _duration(v: object) -> str:
+    """A duration read from the broker: words if it is a number, else the value itself (cleaned)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"):
+        return format_duration(v)
+    return "-" if v is None else clean(v, 32)
 
 
 def problems(lines, who: str = "") -> None:
@@ -227,7 +230,7 @@ EVENT_COLS = (Col("TIME"), Col("EVENT", cap=20), Col("JOB"), Col("NODE", 1, cap=
 
 def events_table(evs) -> None:
     piped = not out.is_terminal
-    emit(out, EVENT_COLS, [[_ts(e.time), Text(clean(e.kind, 64)), Text((e.job or "-") if piped else (e.job or "-")[:8]),
+    emit(out, EVENT_COLS, [[_ts(e.time), Text(clean(e.kind, 64)), Text(clean(e.job or "-", 256) if piped else clean((e.job or "-")[:8])),
                             Text(clean(e.node or "-", 200)), Text(clean(e.message, 500))] for e in evs])
 
 
@@ -243,7 +246,7 @@ def groups_table(gs) -> None:
     rows = []
     for g in gs:
         c = g["counts"]
-        rows.append([g["id"] if piped else g["id"][:8], Text(clean(g["name"], 200)), str(g["size"]), str(c["running"]),
+        rows.append([Text(clean(g["id"], 256) if piped else clean(g["id"][:8])), Text(clean(g["name"], 200)), str(g["size"]), str(c["running"]),
                      str(c["queued"] + c["waiting"] + c["scheduled"]), str(c["finished"]), str(c["failed"]),
                      f"{g['progress'] * 100:.0f}%", *sweep_usage_cells(g)])
     emit(out, GROUP_COLS, rows)

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gridcore.sanitize import clean
+
 GAP = 2
 """Cells between two columns on a terminal."""
 
@@ -39,12 +41,27 @@ class Col:
 Cell = Text | str
 
 
+WHOLE = 100_000
+"""Longest cell `emit` keeps: callers cut cells for a terminal; piped, a cell is written whole."""
+
+
 def _plain(cell: Cell) -> str:
     return cell.plain if isinstance(cell, Text) else cell
 
 
+def _inert(cell: Cell) -> Text:
+    """The cell as a plain Text (a str is never parsed as markup), escapes and controls removed
+    (every cell passes the one sanitizer, whatever its caller did); its style is kept."""
+    if isinstance(cell, Text):
+        plain = cell.plain
+        safe = clean(plain, WHOLE)
+        return cell if safe == plain else Text(safe, style=cell.style)
+    return Text(clean(cell, WHOLE))
+
+
 def emit(console: Console, cols: Sequence[Col], rows: Sequence[Sequence[Cell]]) -> None:
     """Print `rows` under `cols`: fitted on a terminal, tab-separated when piped."""
+    rows = [[_inert(v) for v in row] for row in rows]
     if not console.is_terminal:
         lines = ["\t".join(c.header for c in cols)]
         lines += ["\t".join(_plain(v).replace("\t", " ") for v in row) for row in rows]
@@ -60,7 +77,7 @@ def emit(console: Console, cols: Sequence[Col], rows: Sequence[Sequence[Cell]]) 
         t.add_column(c.header, width=widths[i], no_wrap=True, overflow="ellipsis",
                      justify="right" if c.right else "left")
     for row in rows:
-        t.add_row(*(row[i] if isinstance(row[i], Text) else Text(row[i]) for i in shown))
+        t.add_row(*(row[i] for i in shown))
     console.print(t)
 
 

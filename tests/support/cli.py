@@ -33,9 +33,10 @@ def call_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run_cli_tty(*args: str, url: str | None = None, columns: int = 80, timeout: float = 60) -> tuple[int, str]:
+def run_cli_tty(*args: str, url: str | None = None, columns: int = 80, timeout: float = 60,
+                keep_escapes: bool = False) -> tuple[int, str]:
     """Run `grid ARGS` with stdout and stderr on a pseudo-terminal `columns` wide, as a person at a
-    terminal runs it; (exit code, what the terminal got, escape sequences removed)."""
+    terminal runs it; (exit code, what the terminal got, escape sequences removed unless `keep_escapes`)."""
     import pty
     import re
     import select
@@ -65,5 +66,7 @@ def run_cli_tty(*args: str, url: str | None = None, columns: int = 80, timeout: 
             break
     os.close(master)
     code = p.wait(timeout=5)
+    if keep_escapes:
+        return code, data.decode("utf-8", "replace").replace("\r\n", "\n")
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", data.decode("utf-8", "replace"))
     return code, text.replace("\r\n", "\n")
