@@ -364,6 +364,8 @@ class Agent:
                         log.error("broker unreachable (%s); running jobs go on, retrying", e)
                 except redis.RedisError:
                     log.exception("heartbeat failed")  # a bad reply must not take the node's jobs down
+                except Exception:  # noqa: BLE001 - nor may any broker content a sweep trips over: logged
+                    log.exception("heartbeat pass failed")
             self.supervise()
             if self.stopping:
                 if self.stop_deadline is not None and now >= self.stop_deadline:

@@ -17,8 +17,9 @@ import redis
 from gridcore import keys
 from gridcore.reads import Reads
 from gridcore.placement import Committed, Fit, choose_node, explain
-from gridcore.records import CorruptRecord, JobMeta, Placement
-from gridcore.reservations import Reservations, release
+from gridcore.quarantine import Quarantine
+from gridcore.records import CorruptRecord, JobMeta, Placement, text
+from gridcore.reservations import Corrupt, Reservations, release
 
 log = logging.getLogger("grid.negotiator")
 
@@ -43,6 +44,7 @@ class Negotiator:
         self.owner = owner
         self.reservations = Reservations(self.conn)
         self._move = self.conn.register_script(_MOVE)
+        self.quarantine = Quarantine(self.conn)
 
     def run_once(self) -> int:
         """One pass if no other agent is doing one; returns how many jobs were placed."""
@@ -56,21 +58,26 @@ class Negotiator:
 
     def _pass(self) -> int:
         pending = keys.rq_queue(keys.PENDING_QUEUE)
-        ids = [i.decode() for i in self.conn.lrange(pending, 0, WINDOW - 1)]
+        ids = [text(i) for i in self.conn.lrange(pending, 0, WINDOW - 1)]
         if not ids:
             return 0
-        with self.conn.pipeline(transaction=False) as pipe:
-            for jid in ids:
-                pipe.hget(keys.rq_job(jid), "meta")
-            metas = [_meta(jid, m) for jid, m in zip(ids, pipe.execute(), strict=True)]
+        metas = self._metas(ids)
         nodes = self.reads.nodes()
-        committed = self.reservations.committed([n.name for n in nodes])
+        corrupt: list[Corrupt] = []
+        committed = self.reservations.committed([n.name for n in nodes], corrupt=corrupt)
+        if corrupt:  # the reserve script counts them as nothing: set aside for good, then count again
+            for c in corrupt:
+                self.quarantine.hash_field(keys.node_held(c.node), c.field, c.raw, c.problem, node=c.node)
+            committed = self.reservations.committed([n.name for n in nodes])
         by_name = {n.name: n for n in nodes}
         whys: dict[str, str] = {}
         readable = []
         for jid, (meta, raw) in zip(ids, metas, strict=True):
             if meta is None:
+                # Out of the window for good: a corrupt record must not be read on every pass,
+                # nor crowd out the jobs behind it.
                 whys[jid] = f"not placed: {raw}"
+                self.quarantine.list_item(pending, jid, f"not placed: {raw}", job=jid)
             else:
                 readable.append((jid, meta, raw))
         order = sorted(readable, key=lambda x: (-x[1].priority, x[1].submitted or 0))
@@ -118,6 +125,22 @@ class Negotiator:
         if whys:
             self.conn.hset(keys.WHY, mapping=whys)
         return placed
+
+    def _metas(self, ids: list[str]) -> list[tuple[JobMeta, dict] | tuple[None, str]]:
+        """Each pending job's meta; its size is asked first, so an oversized one is never fetched."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hstrlen(keys.rq_job(jid), "meta")
+            sizes = pipe.execute()
+        with self.conn.pipeline(transaction=False) as pipe:
+            for jid, size in zip(ids, sizes, strict=True):
+                if size <= JobMeta.MAX_BYTES:
+                    pipe.hget(keys.rq_job(jid), "meta")
+            fetched = iter(pipe.execute())
+        return [_meta(jid, next(fetched)) if size <= JobMeta.MAX_BYTES else
+                (None, str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", f"{size} bytes, more than the "
+                                         f"{JobMeta.MAX_BYTES} a JobMeta may have")))
+                for jid, size in zip(ids, sizes, strict=True)]
 
 
 def _meta(job_id: str, raw: bytes | None) -> tuple[JobMeta, dict] | tuple[None, str]:

@@ -428,6 +428,7 @@ def nodes(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
         print_json([n.to_dict() for n in ns])
         return
     render.nodes_table(ns)
+    render.problems(shared(ctx).grid.quarantined(nodes_only=True), " set aside")
 
 
 @app.command()

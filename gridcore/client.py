@@ -173,6 +173,10 @@ class Grid:
         """Every node that ever heartbeated, with its state by heartbeat age."""
         return self.reads.nodes()
 
+    def quarantined(self, nodes_only: bool = False) -> list[str]:
+        """Corrupt broker records set aside (those of nodes' keys only, if asked), one line each."""
+        return self.reads.quarantined(nodes_only)
+
     def node_states(self) -> dict[str, NodeState]:
         """Every node's state, without its inventory, load or jobs."""
         return self.reads.node_states()

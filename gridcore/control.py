@@ -19,6 +19,7 @@ from gridcore.errors import GridError, JobNotFound
 from gridcore.models import JobState
 from gridcore.priority import reposition
 from gridcore.reads import Reads
+from gridcore.boundedjob import BoundedJob
 from gridcore.records import CorruptRecord, Envelope, JobMeta, NodeRecord, Result, salvage, text
 from gridcore.settings import Settings
 from gridcore.signing import AuthorizedKeys, Refused, Signer, verify
@@ -41,9 +42,11 @@ class Control:
 
     def _rq_job(self, job_id: str) -> RQJob:
         try:
-            return RQJob.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
+            return BoundedJob.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
         except NoSuchJobError:
             raise JobNotFound(f"no job {job_id!r} on this grid") from None
+        except CorruptRecord as e:
+            raise GridError(str(e)) from None
 
     # ---- jobs ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ MAX_EVENTS = 10_000
 KINDS = (
     "submitted", "started", "finished", "failed", "canceled", "requeued", "retried", "lost", "refused",
     "node_joined", "node_stale", "node_down", "node_back", "node_draining", "node_resumed", "node_left",
+    "corrupt",
 )
 """Every event kind the grid writes."""
 

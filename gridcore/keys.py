@@ -266,3 +266,7 @@ NEGOTIATOR_LOCK = f"{PREFIX}:lock:negotiator"
 
 WHY = f"{PREFIX}:why"
 """Hash: pending job id -> why it is not placed yet (per node, plain words)."""
+
+QUARANTINE = f"{PREFIX}:quarantine"
+"""Hash: "<key>" or "<key> <field or member>" of a corrupt record set aside -> what was wrong
+(gridcore/quarantine.py); bounded in entries, each a line."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from gridcore import efficiency, events, keys
+from gridcore import efficiency, events, keys, quarantine
 from gridcore.errors import AmbiguousId, GridError, JobNotFound
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobState, Node, NodeState, OutputChunk, QueueStats
@@ -49,7 +49,12 @@ class Reads:
         jobs = self._fetch([job_id], detail=True)
         if not jobs:
             raise JobNotFound(f"no job {job_id!r} on this grid")
-        return jobs[0]
+        set_aside = quarantine.about(self.redis, job_id)  # records of it that were set aside, named
+        return replace(jobs[0], problems=jobs[0].problems + tuple(set_aside)) if set_aside else jobs[0]
+
+    def quarantined(self, nodes_only: bool = False) -> list[str]:
+        """Corrupt records set aside (gridcore/quarantine.py), those of nodes' keys only if asked."""
+        return quarantine.entries(self.redis, keys.node("") if nodes_only else "")
 
     def resolve(self, job_id: str) -> str:
         """The job id that `job_id` names: itself, or the one job whose id starts with it

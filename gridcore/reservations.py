@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import redis
 
@@ -22,10 +23,17 @@ local function reserve(held, id, need_cpus, need_mem, gpus, cap_cpus, cap_mem, e
   if redis.call('HEXISTS', held, id) == 1 then return 1 end
   local cpus, mem, used = 0, 0, {}
   for _, v in ipairs(redis.call('HVALS', held)) do
-    local h = cjson.decode(v)
-    cpus = cpus + h.cpus
-    mem = mem + h.memory
-    for _, g in ipairs(h.gpus) do used[g] = true end
+    -- Anyone may write this hash: an entry that is not a small JSON object of numbers holds
+    -- nothing (the placement pass sets it aside) instead of failing every reserve on the node.
+    local ok, h = false, nil
+    if #v <= 4096 then ok, h = pcall(cjson.decode, v) end
+    if ok and type(h) == 'table' then
+      cpus = cpus + (tonumber(h.cpus) or 0)
+      mem = mem + (tonumber(h.memory) or 0)
+      if type(h.gpus) == 'table' then
+        for _, g in ipairs(h.gpus) do used[g] = true end
+      end
+    end
   end
   need_cpus, need_mem = tonumber(need_cpus), tonumber(need_mem)
   if cpus + need_cpus > tonumber(cap_cpus) + 1e-9 then return 0 end
@@ -40,6 +48,15 @@ end
 _RESERVE = RESERVE_FN + "return reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])\n"
 
 
+class Corrupt(NamedTuple):
+    """A held entry that is not a HeldEntry: its node, field (job id) and value, and what is wrong."""
+
+    node: str
+    field: bytes
+    raw: bytes
+    problem: str
+
+
 class Reservations:
     def __init__(self, conn: redis.Redis):
         self.conn = conn
@@ -51,17 +68,20 @@ class Reservations:
         ok = self._reserve(keys=[keys.node_held(node)], args=reserve_args(job_id, res, gpus, cap_cpus, cap_memory))
         return bool(ok)
 
-    def committed(self, nodes: Sequence[str], problems: list[str] | None = None) -> dict[str, Committed]:
-        """node -> the sum of what its running and placed jobs hold (unreadable entries named in `problems`)."""
+    def committed(self, nodes: Sequence[str], problems: list[str] | None = None,
+                  corrupt: list[Corrupt] | None = None) -> dict[str, Committed]:
+        """node -> the sum of what its running and placed jobs hold (unreadable entries named in
+        `problems`, and listed in `corrupt` for the caller to set aside)."""
         out = {}
-        for node, jobs in self.held(nodes, problems).items():
+        for node, jobs in self.held(nodes, problems, corrupt).items():
             c = Committed()
             for e in jobs.values():
                 c = c.plus(Resources(cpus=e.cpus, memory=e.memory), e.gpus)
             out[node] = c
         return out
 
-    def held(self, nodes: Sequence[str], problems: list[str] | None = None) -> dict[str, dict[str, HeldEntry]]:
+    def held(self, nodes: Sequence[str], problems: list[str] | None = None,
+             corrupt: list[Corrupt] | None = None) -> dict[str, dict[str, HeldEntry]]:
         """node -> job id -> what it holds; an unreadable entry holds what could be read of it."""
         with self.conn.pipeline(transaction=False) as pipe:
             for n in nodes:
@@ -70,8 +90,12 @@ class Reservations:
         seen: list[str] = []
         out = {}
         for n, row in zip(nodes, rows, strict=True):
-            out[n] = {text(k): salvage(HeldEntry, v, f"{keys.node_held(n)} {text(k)}", seen) or HeldEntry()
-                      for k, v in row.items()}
+            out[n] = {}
+            for k, v in row.items():
+                before = len(seen)
+                out[n][text(k)] = salvage(HeldEntry, v, f"{keys.node_held(n)} {text(k)}", seen) or HeldEntry()
+                if corrupt is not None and len(seen) > before:
+                    corrupt.append(Corrupt(n, k, v, "; ".join(seen[before:])))
         if problems is not None:
             problems.extend(seen)
         return out

@@ -19,15 +19,18 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from gridcore import events, keys
+from gridcore.dependencies import dependents
 from gridcore.priority import PrioritizedQueue
 from gridcore.records import Result
+from gridcore.boundedjob import BoundedJob
 from gridcore.signing import Refused
 
 log = logging.getLogger("grid.slot")
 
 
-class GridJob(Job):
-    """An RQ Job whose function, callbacks and webhooks are never resolved or invoked."""
+class GridJob(BoundedJob):
+    """An RQ Job whose function, callbacks and webhooks are never resolved or invoked, and whose
+    record is read within bounds (BoundedJob)."""
 
     @property
     def func(self) -> Any:
@@ -48,7 +51,6 @@ class GridJob(Job):
 
     def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
         """Never: a webhook URL in a job record would make nodes send requests for strangers."""
-
 
 class GridQueue(PrioritizedQueue):
     """A queue whose dequeue turns an undecodable job into a refusal instead of a crash, and
@@ -76,6 +78,12 @@ class GridQueue(PrioritizedQueue):
             log.warning("job %s: %s", job_id, reason)
             refuse_undecodable(connection, name, job_id, reason, cls.result_ttl)
             return None
+
+
+    def enqueue_dependents(self, job: Job, exclude_job_id: str | None = None, refresh_job_status: bool = True):
+        # RQ reads the dependents set, which anyone may add to: what is not a job id is set aside first.
+        dependents(self.connection, job.id)
+        return super().enqueue_dependents(job, exclude_job_id=exclude_job_id, refresh_job_status=refresh_job_status)
 
 
 def refuse_undecodable(conn: redis.Redis, queue_name: str, job_id: str, reason: str, ttl: int) -> None:

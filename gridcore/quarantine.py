@@ -1,0 +1,85 @@
+"""Corrupt broker records set aside: taken out of where they would stop a node, named for the
+operator (`grid:quarantine`, shown by `grid nodes` and `grid show`) and reported as a `corrupt` event.
+
+Anyone who can write to the broker can plant a value no agent wrote. A reader that meets one
+must neither crash nor trip over it again on every pass: the value is removed from the hash,
+set or list it sits in, only if it is still the same value (compare and delete, in one script,
+so a legitimate writer racing with it is never undone), and what was wrong is kept.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from gridcore import keys
+from gridcore.events import MAX_EVENTS
+from gridcore.records import EventEntry, text
+from gridcore.sanitize import clean
+
+MAX_ENTRIES = 1000
+"""Quarantine entries kept; past that, corrupt records are still removed and reported by event."""
+
+_SET_ASIDE = """
+local kind, removed = ARGV[1], 0
+if kind == 'hash' then
+  if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then removed = redis.call('HDEL', KEYS[1], ARGV[2]) end
+elseif kind == 'set' then
+  removed = redis.call('SREM', KEYS[1], ARGV[2])
+elseif kind == 'list' then
+  removed = redis.call('LREM', KEYS[1], 1, ARGV[2])
+end
+if removed == 0 then return 0 end
+if redis.call('HLEN', KEYS[2]) < tonumber(ARGV[4]) then redis.call('HSET', KEYS[2], ARGV[5], ARGV[6]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', unpack(cjson.decode(ARGV[8])))
+return 1
+"""
+
+
+class Quarantine:
+    """Sets corrupt records aside on one connection (the script is registered once)."""
+
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+        self._script = conn.register_script(_SET_ASIDE)
+
+    def hash_field(self, key: str, field: str | bytes, raw: bytes | None, problem: str, *, job: str | None = None,
+                   node: str | None = None) -> bool:
+        """Remove `field` of hash `key` if it still holds `raw`; True if it was set aside."""
+        return self._set_aside("hash", key, field, raw or b"", problem, job, node)
+
+    def set_member(self, key: str, member: str | bytes, problem: str, *, job: str | None = None,
+                   node: str | None = None) -> bool:
+        """Remove `member` from set `key`; True if it was set aside."""
+        return self._set_aside("set", key, member, b"", problem, job, node)
+
+    def list_item(self, key: str, item: str | bytes, problem: str, *, job: str | None = None,
+                  node: str | None = None) -> bool:
+        """Remove one `item` from list `key` (a queue); True if it was set aside."""
+        return self._set_aside("list", key, item, b"", problem, job, node)
+
+    def _set_aside(self, kind: str, key: str, what: str | bytes, raw: bytes, problem: str, job: str | None,
+                   node: str | None) -> bool:
+        sec, usec = self.conn.time()
+        where = f"{key} {clean(text(what), 256)}"
+        entry = EventEntry(time=sec + usec / 1e6, kind="corrupt", job=job, node=node,
+                           message=clean(f"{where}: {problem}", 1000))
+        fields = [x for kv in entry.fields().items() for x in (kv[0], kv[1])]
+        return bool(self._script(keys=[key, keys.QUARANTINE, keys.EVENTS], args=[
+            kind, what, raw, MAX_ENTRIES, where, clean(problem, 1000), MAX_EVENTS, json.dumps(fields)]))
+
+
+def entries(conn: redis.Redis, prefix: str = "") -> list[str]:
+    """What the quarantine holds about keys starting with `prefix`, one line each (bounded)."""
+    out = []
+    for k, v in sorted(conn.hgetall(keys.QUARANTINE).items()):
+        where = text(k)
+        if where.startswith(prefix):
+            out.append(f"quarantined {clean(where, 300)}: {clean(text(v), 500)}")
+    return out
+
+
+def about(conn: redis.Redis, job_id: str) -> list[str]:
+    """What the quarantine holds about one job (its id in the key, field or member), a line each."""
+    return [line for line in entries(conn) if job_id in line]
