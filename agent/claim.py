@@ -59,7 +59,10 @@ if redis.call('HGET', KEYS[n + 3], 'draining') == '1' then
   return {'', '', {}, t[1], t[2], '', 0, 1}
 end
 local function claimed(q, id)
-  redis.call('HSET', KEYS[n + 2], id, ARGV[1])
+  -- A started entry (a slot index) means the job runs on this node now: a pushed twin must not
+  -- overwrite the running copy's entry (the slot refuses the twin; see pop()).
+  local prev = redis.call('HGET', KEYS[n + 2], id)
+  if not (prev and string.match(prev, '^%d+$')) then redis.call('HSET', KEYS[n + 2], id, ARGV[1]) end
   redis.call('HDEL', ARGV[5], id)
   return {q, id, redis.call('HGETALL', ARGV[2] .. id), t[1], t[2],
           redis.call('HGET', ARGV[3], id) or '', redis.call('EXISTS', ARGV[4] .. id), 0}
@@ -138,8 +141,22 @@ def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
     job_id = got[1].decode()
     flat = got[2]
     active = lenient(ActiveEntry, got[5] or None, f"{keys.ACTIVE} field {job_id}")
-    return Popped(time, False, Taken(got[0].decode(), job_id, dict(zip(flat[::2], flat[1::2])), active,
-                                     bool(int(got[6]))))
+    fields = dict(zip(flat[::2], flat[1::2]))
+    if active is None:
+        active = started_by(fields)
+    return Popped(time, False, Taken(got[0].decode(), job_id, fields, active, bool(int(got[6]))))
+
+
+def started_by(fields: dict[bytes, bytes]) -> ActiveEntry | None:
+    """The second witness of a running copy, for a job without a `grid:active` entry: RQ's own
+    record says it was started by a worker. One HDEL of `grid:active` and a push of the id
+    would otherwise start a second copy of a running job; the gate refuses the twin while that
+    worker is alive (its RQ worker key exists), and a job whose worker died is not held back."""
+    worker = fields.get(b"worker_name")
+    if fields.get(b"status") != b"started" or not worker or len(worker) > 256:
+        return None
+    name = worker.decode("utf-8", "replace")
+    return ActiveEntry(node=f"worker {name}", slot=0, worker=name, started=0)
 
 
 def wait(conn, node: str, queue_key: str, timeout: float) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from agent.logfiles import open_log
 from agent.outage import OUTAGE_ERRORS, RETRY_BACKOFF
 from gridcore import keys
 from gridcore.records import OutputEntry
@@ -186,8 +187,7 @@ class OutputSink:
         if self.log_truncated:
             return
         if self.log is None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+            self.log = open_log(self.log_path)  # 0600 in a 0700 directory; closed in close()
         room = self.log_cap - self.logged
         if len(data) >= room:
             data = data[:room]

@@ -70,6 +70,9 @@ class Gatekeeper:
             real = os.path.realpath(cwd)
             if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in map(os.path.realpath, policy.cwd_roots)):
                 raise Refused(f"cwd {cwd!r} is outside this node's allowed roots")
+            # The job starts in the directory checked, not in whatever `cwd` resolves to later
+            # (a symlink swapped between the check and the chdir).
+            envelope["cwd"] = real
         if policy.cwd_roots and not cwd:
             raise Refused("this node requires a cwd inside its allowed roots")
         timeout = envelope.get("timeout")

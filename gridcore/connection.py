@@ -70,6 +70,10 @@ def connect(settings: Settings, *, url: str | None = None, socket_timeout: float
         kwargs["ssl_ca_certs"] = settings.ssl_ca_certs
         kwargs["ssl_certfile"] = settings.ssl_certfile
         kwargs["ssl_keyfile"] = settings.ssl_keyfile
+        # Explicit: redis-py versions this project allows (redis>=5) default to not checking the
+        # broker's name against its certificate, which lets any CA-signed host pose as the broker.
+        kwargs["ssl_cert_reqs"] = "required"
+        kwargs["ssl_check_hostname"] = True
     if parsed.scheme == "sentinel":
         # sentinel://host1:26379,host2:26379/mastername
         hosts = []

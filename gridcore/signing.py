@@ -113,21 +113,24 @@ class AuthorizedKeys:
 
     def __init__(self, path: Path):
         self.path = path
-        self._mtime: float | None = None
+        self._mtime: str | None = None  # the content's SHA-256 when last read
         self._keys: dict[str, tuple[Ed25519PublicKey, str]] = {}
         self._revoked: set[str] = set()
 
     def _load(self) -> None:
         try:
-            st = self.path.stat()
+            content = self.path.read_bytes()
         except FileNotFoundError:
             self._keys, self._revoked, self._mtime = {}, set(), None
             return
-        if self._mtime == st.st_mtime_ns:
+        # By content, not mtime: a revocation written within the mtime's granularity, or with
+        # the old mtime restored (cp -p, rsync -t), must still take effect at the next job.
+        digest = hashlib.sha256(content).hexdigest()
+        if self._mtime == digest:
             return
         keys: dict[str, tuple[Ed25519PublicKey, str]] = {}
         revoked: set[str] = set()
-        for raw in self.path.read_text().splitlines():
+        for raw in content.decode("utf-8", "replace").splitlines():
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
@@ -143,7 +146,7 @@ class AuthorizedKeys:
                 revoked.add(fp)
             else:
                 keys[fp] = (key, comment)
-        self._keys, self._revoked, self._mtime = keys, revoked, st.st_mtime_ns
+        self._keys, self._revoked, self._mtime = keys, revoked, digest
 
     def lookup(self, kid: str) -> tuple[Ed25519PublicKey, str]:
         self._load()

@@ -4,6 +4,7 @@ the daemon."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 import zlib
 
@@ -105,3 +106,25 @@ def test_a_node_runs_on_through_poisoned_records(grid, agents, node, r, gate):
     assert grid.wait([after], timeout=20)[after] is JobState.FINISHED
     assert agent.proc.poll() is None, agent.log.read_text()[-3000:]
     assert "Traceback" not in agent.log.read_text(), agent.log.read_text()[-3000:]
+
+
+def test_a_pushed_twin_of_a_running_job_is_refused_without_its_grid_active_entry(grid, agents, node, r, gate,
+                                                                                   tmp_path):
+    """`HDEL grid:active <id>` and a push of the id: RQ's record (started by a live worker) is the
+    second witness, and the running copy's entry in the node's running hash is left alone."""
+    agent = agents(node, slots=2)
+    runs = tmp_path / "runs"
+    jid = grid.submit(JobSpec(command=f"echo run >> {runs}; {gate.wait}"))
+    eventually(lambda: grid.state(jid) is JobState.RUNNING and runs.exists(), 20)
+    entry = r.hget(keys.node_running(node), jid)
+    r.hdel(keys.ACTIVE, jid)
+    r.rpush(keys.rq_queue("default"), jid)
+    eventually(lambda: any(e.kind == "refused" and e.job == jid and "already running" in e.message
+                           for e in grid.events(100)), 20)
+    assert r.hget(keys.node_running(node), jid) == entry
+    gate.open()
+    assert grid.wait([jid], timeout=20)[jid] is JobState.FINISHED
+    assert runs.read_text() == "run\n"  # one copy ran
+    log = grid.get(jid).log_path
+    assert log and os.stat(log).st_mode & 0o777 == 0o600 and os.stat(os.path.dirname(log)).st_mode & 0o777 == 0o700
+    assert agent.proc.poll() is None
