@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from rich.text import Text
 from descriptors import Descriptor, DescriptorError, PlannedTask, export_schema, load_file, load_text
 from gridcore.models import Node
 from gridcore.placement import Committed, Fit, choose_node, explain, never_fits
+from gridcore.sanitize import clean
 
 EXIT_OK = 0
 """Everything was valid."""
@@ -26,7 +26,6 @@ EXIT_BAD_INPUT = 2
 """A descriptor had problems (or could not be read)."""
 
 # Node names and drain reasons come from the broker: untrusted, so no control characters.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _console() -> Console:
@@ -82,7 +81,8 @@ def _label(p: PlannedTask) -> str:
 
 
 def _clean(text: str) -> str:
-    return _CONTROL.sub("?", text)
+    """Node names and reasons from the broker, through the one sanitizer (whole: nothing cut)."""
+    return clean(text, 100_000)
 
 
 def _groups(planned: Sequence[PlannedTask]) -> list[list[PlannedTask]]:
