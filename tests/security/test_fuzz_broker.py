@@ -68,12 +68,14 @@ def poison(r, rnd: random.Random, node: str, running: str) -> None:
                 keys.queue_jobs(ghost), keys.rq_queue(ghost)):
         _types(r, key, v(), rnd)
     # A fake job a slot can take: a hash of junk, its id on the live queues.
-    r.hset(keys.rq_job(fake), mapping={"data": v(), "status": "queued", "origin": "default", "meta": v(),
-                                       "created_at": v()})
+    takeable = "e" * 30 + str(rnd.randrange(99))
+    r.delete(keys.rq_job(takeable))
+    r.hset(keys.rq_job(takeable), mapping={"data": v(), "status": "queued", "origin": "default", "meta": v(),
+                                           "created_at": v()})
     for q in ("default", keys.PENDING_QUEUE, keys.node_queue(node)):
-        r.rpush(keys.rq_queue(q), fake, rnd.choice(BAD_IDS) or "-")
+        r.rpush(keys.rq_queue(q), takeable, fake, rnd.choice(BAD_IDS) or "-")
         r.rpush(keys.rq_intermediate(q), rnd.choice(BAD_IDS) or "-")
-    for state in ("running", "failed", "finished", "canceled", "deferred", "scheduled"):
+    for state in ("running", "failed", "finished", "canceled", "waiting", "scheduled"):
         r.zadd(keys.rq_registry(state, "default"), {rnd.choice(BAD_IDS) or "-": rnd.choice([0, 1e15])})
     # Shared hashes, sets and sorted sets: junk fields and members beside the legitimate ones.
     for key in (keys.ACTIVE, keys.PRIORITY, keys.WHY, keys.node_running(node), keys.node_held(node),
@@ -82,6 +84,7 @@ def poison(r, rnd: random.Random, node: str, running: str) -> None:
             r.hset(key, rnd.choice(BAD_IDS) or "-", v())
             r.hset(key, fake, v())
     r.hset(keys.node(node), mapping={"load": v(), "junk": v()})
+    r.delete(keys.node(ghost))
     r.hset(keys.node(ghost), mapping={"inventory": v(), "load": v(), "slots": v(), "draining": v()})
     r.zadd(keys.NODES, {ghost: rnd.choice([0, 1])})  # long silent: every agent sweeps it
     for key in (keys.JOBS, keys.JOB_IDS, keys.GROUPS, keys.node_jobs(node)):
@@ -108,3 +111,21 @@ def test_fuzzed_broker_stops_no_job_and_no_process(grid, agents, node, r, gate):
     log = agent.log.read_text()
     assert agent.proc.poll() is None, log[-3000:]
     assert " exited with " not in log, log[-3000:]  # no slot died (the daemon logs each death)
+
+
+def test_every_read_command_survives_a_fuzzed_broker(grid, r, settings, monkeypatch, capsys):
+    """The same poison with no agent: each `grid` read command answers (a problem named, never
+    a traceback), and prints nothing that acts on the terminal."""
+    from tests.support.cli import call_cli
+
+    monkeypatch.setenv("GRID_REDIS_URL", settings.redis_url)
+    rnd = random.Random(SEED)
+    jid = grid.submit(JobSpec(command="echo hi"))
+    for _ in range(ROUNDS):
+        poison(r, rnd, "fuzz-node", jid)
+    for args in (("ls",), ("ls", "--state", "failed"), ("ls", "--state", "queued"), ("show", jid), ("nodes",),
+                 ("queues",), ("events",), ("groups",), ("why", jid), ("logs", jid), ("ls", "--json"),
+                 ("nodes", "--json"), ("show", "--json", jid)):
+        code, out, err = call_cli(capsys, *args)
+        assert "internal error" not in err and "Traceback" not in err, (args, err)
+        assert "\x1b" not in out + err, (args, out, err)
