@@ -165,8 +165,16 @@ class JobAttempt:
         if canceled:
             return "canceled"
         if not self._owns(active):
-            return "fenced"
+            return None if active is None and self._restore_active() else "fenced"
         return None
+
+    def _restore_active(self) -> bool:
+        """A deleted `grid:active` entry while RQ still names this worker is a stray HDEL, not a
+        reclaim: put it back (agent/claim.py) and go on; True if it was put back."""
+        if not self.started or not claim.restore_active(self.conn, self.id, self.worker, self.job.meta.get("run")):
+            return False
+        log.warning("job %s: its grid:active entry was deleted while it ran; put back", self.id)
+        return True
 
     # ---- not run here -------------------------------------------------------------------
 
@@ -285,6 +293,8 @@ class JobAttempt:
         if ok == 2:
             return None
         if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
+            if self._restore_active():
+                return self._end_at_once(envelope, result)
             return self._last_run_id(detail or None) == result.run_id
         for err in guarded.errors(detail):
             log.error("job %s: recording its end: %s", self.id, err)
@@ -296,6 +306,9 @@ class JobAttempt:
                 try:
                     pipe.watch(keys.rq_job(self.id))
                     if not self._owns(pipe.hget(keys.ACTIVE, self.id)):
+                        if self._restore_active():
+                            pipe.unwatch()
+                            continue
                         return self._last_run_id(pipe.lindex(keys.attempts(self.id), -1)) == result.run_id
                     pipe.multi()
                     if outcome == "shutdown":

@@ -28,18 +28,28 @@ in line, a started job is lost and retried, an ended one gets its bookkeeping fi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from gridcore import keys
 from gridcore.priority import PUT_BACK
-from gridcore.records import ActiveEntry, RunningEntry, lenient
+from gridcore.records import ActiveEntry, CorruptRecord, RunningEntry, lenient
 
 _GIVE_BACK = PUT_BACK + """
+local function hash_read(cmd, key, ...)
+  -- A job key of another type (anyone can write one) reads as a missing job, not a script error.
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    if cmd == 'HGETALL' then return {} end
+    return {false, false}
+  end
+  return r
+end
 local function give_back(taking, job_prefix, queue_prefix, prio_key)
   local n = 0
   while true do
     local id = redis.call('RPOP', taking)
     if not id then return n end
-    local h = redis.call('HMGET', job_prefix .. id, 'origin', 'status')
+    local h = hash_read('HMGET', job_prefix .. id, 'origin', 'status')
     if h[1] and h[2] == 'queued' then
       put_back(queue_prefix .. h[1], prio_key, id)
       n = n + 1
@@ -64,7 +74,7 @@ local function claimed(q, id)
   local prev = redis.call('HGET', KEYS[n + 2], id)
   if not (prev and string.match(prev, '^%d+$')) then redis.call('HSET', KEYS[n + 2], id, ARGV[1]) end
   redis.call('HDEL', ARGV[5], id)
-  return {q, id, redis.call('HGETALL', ARGV[2] .. id), t[1], t[2],
+  return {q, id, hash_read('HGETALL', ARGV[2] .. id), t[1], t[2],
           redis.call('HGET', ARGV[3], id) or '', redis.call('EXISTS', ARGV[4] .. id), 0}
 end
 local id = redis.call('LPOP', KEYS[2])
@@ -75,7 +85,7 @@ end
 while true do
   id = redis.call('LPOP', KEYS[1])
   if not id then break end
-  local h = redis.call('HMGET', ARGV[2] .. id, 'origin', 'status')
+  local h = hash_read('HMGET', ARGV[2] .. id, 'origin', 'status')
   if h[1] and h[2] ~= 'canceled' then return claimed(ARGV[6] .. h[1], id) end
 end
 for i = 3, n + 1 do
@@ -207,3 +217,29 @@ def requeue_own(conn, node: str, worker: str) -> int:
     mine = marker(worker)
     stale = [k.decode() for k, v in conn.hgetall(keys.node_running(node)).items() if v == mine.encode()]
     return sum(requeue(conn, node, jid, mine) for jid in stale)
+
+
+_RESTORE_ACTIVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+local h = redis.pcall('HMGET', KEYS[2], 'status', 'worker_name')
+if h.err then return 0 end
+if h[1] ~= 'started' or h[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+def restore_active(conn, job_id: str, worker: str, run: Any) -> bool:
+    """Put back the `grid:active` entry of a job `worker` runs, if someone deleted it while RQ's
+    record still says this worker started it; True if it was put back. A node-loss reclaim
+    changes RQ's record in the same step as it drops the entry, so a reclaimed job is never
+    restored: only a stray HDEL (which, with a push of the id, would let a twin start) is undone."""
+    try:
+        entry = ActiveEntry.from_dict(run, f"{keys.rq_job(job_id)} meta run")
+    except CorruptRecord:
+        return False
+    if entry.worker != worker:
+        return False
+    script = conn.register_script(_RESTORE_ACTIVE)
+    return bool(script(keys=[keys.ACTIVE, keys.rq_job(job_id)], args=[job_id, worker, entry.encode()]))
+

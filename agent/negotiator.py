@@ -131,16 +131,22 @@ class Negotiator:
         with self.conn.pipeline(transaction=False) as pipe:
             for jid in ids:
                 pipe.hstrlen(keys.rq_job(jid), "meta")
-            sizes = pipe.execute()
+            # A job key of another type (anyone can write one) fails its own reply, not the pass.
+            sizes = pipe.execute(raise_on_error=False)
         with self.conn.pipeline(transaction=False) as pipe:
             for jid, size in zip(ids, sizes, strict=True):
-                if size <= JobMeta.MAX_BYTES:
+                if isinstance(size, int) and size <= JobMeta.MAX_BYTES:
                     pipe.hget(keys.rq_job(jid), "meta")
             fetched = iter(pipe.execute())
-        return [_meta(jid, next(fetched)) if size <= JobMeta.MAX_BYTES else
-                (None, str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", f"{size} bytes, more than the "
-                                         f"{JobMeta.MAX_BYTES} a JobMeta may have")))
+        return [_meta(jid, next(fetched)) if isinstance(size, int) and size <= JobMeta.MAX_BYTES else
+                (None, str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", _unfit(size))))
                 for jid, size in zip(ids, sizes, strict=True)]
+
+
+def _unfit(size: int | Exception) -> str:
+    if isinstance(size, Exception):
+        return f"not a job record ({str(size)[:100]})"
+    return f"{size} bytes, more than the {JobMeta.MAX_BYTES} a JobMeta may have"
 
 
 def _meta(job_id: str, raw: bytes | None) -> tuple[JobMeta, dict] | tuple[None, str]:

@@ -353,7 +353,10 @@ class Reads:
             for name, _ in beats:
                 pipe.hmget(keys.node(name), NODE_FIELDS)
                 pipe.hkeys(keys.node_running(name))
-            r = pipe.execute()
+            # A node key of another type (anyone can write one) reads as empty, for that node only.
+            r = pipe.execute(raise_on_error=False)
+        r = [([None] * len(NODE_FIELDS) if i % 2 == 0 else []) if isinstance(x, redis.ResponseError) else x
+             for i, x in enumerate(r)]
         return [node_view(name, dict(zip(NODE_FIELDS, r[2 * i], strict=True)), r[2 * i + 1], age)
                 for i, (name, age) in enumerate(beats)]
 

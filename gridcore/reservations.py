@@ -86,7 +86,8 @@ class Reservations:
         with self.conn.pipeline(transaction=False) as pipe:
             for n in nodes:
                 pipe.hgetall(keys.node_held(n))
-            rows = pipe.execute()
+            # A held key of another type (anyone can write one) holds nothing, for that node only.
+            rows = [{} if isinstance(x, redis.ResponseError) else x for x in pipe.execute(raise_on_error=False)]
         seen: list[str] = []
         out = {}
         for n, row in zip(nodes, rows, strict=True):

@@ -96,7 +96,7 @@ def refuse_undecodable(conn: redis.Redis, queue_name: str, job_id: str, reason: 
         pipe.zadd(keys.rq_registry("failed", queue_name), {job_id: now + ttl})
         pipe.set(keys.result(job_id), Result(reason=reason, reason_kind="refused", end=now).encode(), ex=ttl)
         events.emit(pipe, now, "refused", job=job_id, message=reason)
-        pipe.execute()
+        pipe.execute(raise_on_error=False)  # a job key of another type fails alone: the rest is recorded
 
 
 def fetch_job(conn: redis.Redis, job_id: str) -> GridJob | None:
