@@ -9,7 +9,7 @@ visibly missing. What each role may do:
 - agent <node>: read everything of the grid; write RQ's keys (job records, queues, registries,
   workers: an RQ worker writes all of them), its own node's keys, job output/results/attempts,
   replay counters, and the coordination keys every live agent shares (heartbeat set, events,
-  active jobs, every node's `running`/`held` hashes and sweep slots: agents place pending jobs
+  the quarantine of corrupt records, active jobs, every node's `running`/`held` hashes and sweep slots: agents place pending jobs
   on other nodes and reclaim a dead node's jobs). It cannot write another node's inventory,
   flags, job list or GPUs, and holds no signing key, so it cannot make any node run anything.
 """
@@ -98,7 +98,7 @@ def agent_write_keys(node: str) -> tuple[str, ...]:
         keys.node_running(ANY), keys.node_held(ANY), keys.node_taking(ANY), keys.group_slots(ANY),
         keys.group_usage(ANY, ANY),
         keys.NODES, keys.EVENTS, keys.HISTORY, keys.ACTIVE, keys.GRID_ID, keys.WHY, keys.PRIORITY,
-        keys.NEGOTIATOR_LOCK, keys.reclaim_lock(ANY),
+        keys.NEGOTIATOR_LOCK, keys.reclaim_lock(ANY), keys.QUARANTINE,
     )
     per_job = (keys.output(ANY), keys.result(ANY), keys.attempts(ANY), keys.cancel(ANY), keys.nonce(ANY))
     return own + coordination + per_job

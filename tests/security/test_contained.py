@@ -12,7 +12,7 @@ import pytest
 
 from agent.negotiator import Negotiator
 from agent.rqadapter.jobs import GridJob
-from gridcore import keys, quarantine
+from gridcore import acl, keys, quarantine
 from gridcore.dependencies import fail_dependents
 from gridcore.models import JobSpec, JobState, Resources
 from gridcore.records import CorruptRecord
@@ -128,3 +128,14 @@ def test_a_pushed_twin_of_a_running_job_is_refused_without_its_grid_active_entry
     log = grid.get(jid).log_path
     assert log and os.stat(log).st_mode & 0o777 == 0o600 and os.stat(os.path.dirname(log)).st_mode & 0o777 == 0o700
     assert agent.proc.poll() is None
+
+
+def test_an_agent_user_may_set_corrupt_records_aside(r, node):
+    account = acl.users([node], roles=["agent"])[0]
+    acl.apply(r, [account])
+    try:
+        for cmd in (("HSET", keys.QUARANTINE, "k", "v"), ("HDEL", keys.node_held("other"), "x"),
+                    ("SREM", keys.rq_dependents("j"), "x"), ("LREM", keys.rq_queue(keys.PENDING_QUEUE), "1", "x")):
+            assert r.execute_command("ACL", "DRYRUN", account.name, *cmd) in (b"OK", "OK"), cmd
+    finally:
+        r.execute_command("ACL", "DELUSER", account.name)
