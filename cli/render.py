@@ -31,7 +31,8 @@ def format_size(n: int | float | None) -> str:
 
 
 def echo(msg: str) -> None:
-    sys.stdout.write(msg + "\n")
+    """One line on stdout; it may hold an id or name from the broker, so it is cleaned whole."""
+    sys.stdout.write(clean(msg, 100_000) + "\n")
 
 
 def err(msg: str) -> None:
