@@ -125,8 +125,9 @@ def test_a_pushed_twin_of_a_running_job_is_refused_without_its_grid_active_entry
     gate.open()
     assert grid.wait([jid], timeout=20)[jid] is JobState.FINISHED
     assert runs.read_text() == "run\n"  # one copy ran
-    log = grid.get(jid).log_path
-    assert log and os.stat(log).st_mode & 0o777 == 0o600 and os.stat(os.path.dirname(log)).st_mode & 0o777 == 0o700
+    logs = agent.cfg["log_dir"]
+    assert os.stat(os.path.join(logs, f"{jid}.log")).st_mode & 0o777 == 0o600  # the agent's user only
+    assert os.stat(logs).st_mode & 0o777 == 0o700
     assert agent.proc.poll() is None
 
 

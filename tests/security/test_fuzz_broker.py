@@ -84,11 +84,10 @@ def poison(r, rnd: random.Random, node: str, running: str, any_type: bool = True
     for state in ("running", "failed", "finished", "canceled", "waiting", "scheduled"):
         r.zadd(keys.rq_registry(state, "default"), {rnd.choice(BAD_IDS) or "-": rnd.choice([0, 1e15])})
     # Shared hashes, sets and sorted sets: junk fields and members beside the legitimate ones.
-    for key in (keys.ACTIVE, keys.PRIORITY, keys.WHY, keys.node_running(node), keys.node_held(node),
-                keys.node_taking(node), keys.node_gpus(node)):
-        if r.type(key) in (b"hash", b"none"):
-            r.hset(key, rnd.choice(BAD_IDS) or "-", v())
-            r.hset(key, fake, v())
+    for key in (keys.ACTIVE, keys.PRIORITY, keys.WHY, keys.node_running(node), keys.node_held(node)):
+        r.hset(key, rnd.choice(BAD_IDS) or "-", v())
+        r.hset(key, fake, v())
+    r.rpush(keys.node_taking(node), fake, rnd.choice(BAD_IDS) or "-")
     r.hset(keys.node(node), mapping={"load": v(), "junk": v()})
     r.delete(keys.node(ghost))
     r.hset(keys.node(ghost), mapping={"inventory": v(), "load": v(), "slots": v(), "draining": v()})
@@ -112,7 +111,7 @@ def test_fuzzed_broker_stops_no_job_and_no_process(grid, agents, node, r, gate):
                 grid.submit(JobSpec(command="echo placed", resources=Resources(cpus=1)))]
         gate.open()
         states = grid.wait([blocker, *jobs], timeout=30)
-        assert all(s is JobState.FINISHED for s in states.values()), (states, agent.log.read_text()[-3000:])
+        assert all(s is JobState.FINISHED for s in states.values()), f"{states}\n{agent.log.read_text()[-6000:]}"
         gate.path.unlink()
     log = agent.log.read_text()
     assert agent.proc.poll() is None, log[-3000:]
