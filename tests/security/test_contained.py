@@ -114,7 +114,7 @@ def test_a_pushed_twin_of_a_running_job_is_refused_without_its_grid_active_entry
     second witness, and the running copy's entry in the node's running hash is left alone."""
     agent = agents(node, slots=2)
     runs = tmp_path / "runs"
-    jid = grid.submit(JobSpec(command=f"echo run >> {runs}; {gate.wait}"))
+    jid = grid.submit(JobSpec(command=f"echo run >> {runs}; echo out; {gate.wait}"))
     eventually(lambda: grid.state(jid) is JobState.RUNNING and runs.exists(), 20)
     entry = r.hget(keys.node_running(node), jid)
     r.hdel(keys.ACTIVE, jid)
