@@ -102,8 +102,11 @@ class Reads:
                 if detail:
                     pipe.lrange(keys.attempts(jid), -ATTEMPTS_READ, -1)
                     pipe.smembers(keys.rq_dependencies(jid))
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
         step = 4 if detail else 2
+        # A key of another type (anyone can write one) reads as missing, for its own job only.
+        missing = ([None] * len(JOB_FIELDS), None, [], set())
+        replies = [missing[i % step] if isinstance(x, redis.ResponseError) else x for i, x in enumerate(replies)]
         out = []
         for i, jid in enumerate(ids):
             fields, result = replies[i * step], replies[i * step + 1]
@@ -161,7 +164,7 @@ class Reads:
                     pipe.lrange(keys.rq_queue(q), -n, -1)
                 else:
                     pipe.zrevrange(keys.rq_registry(state.value, q), 0, n - 1)
-            replies = pipe.execute()
+            replies = _or(pipe.execute(raise_on_error=False), [])
         if state is JobState.QUEUED:
             return [text(x) for ids in replies for x in reversed(ids)]
         # StartedJobRegistry entries are "<job id>:<execution id>".
@@ -198,7 +201,7 @@ class Reads:
                     pipe.llen(keys.rq_queue(q))
                 else:
                     pipe.zcard(keys.rq_registry(state.value, q))
-            return sum(pipe.execute())
+            return sum(_or(pipe.execute(raise_on_error=False), 0))
 
     def find(self, flt: JobFilter, offset: int = 0, limit: int = 50) -> tuple[list[Job], int]:
         """One page of the jobs a typed filter selects, and how many it selects. State, queue and
@@ -249,7 +252,7 @@ class Reads:
                 for s in order:
                     pipe.zcard(keys.rq_registry(s.value, q))
                 pipe.scard(keys.rq_workers_of(q))
-            r = pipe.execute()
+            r = _or(pipe.execute(raise_on_error=False), 0)
         out = []
         width = len(order) + 2
         for i, q in enumerate(names):
@@ -286,7 +289,8 @@ class Reads:
         with self.redis.pipeline(transaction=False) as pipe:
             for jid in ids:
                 pipe.hget(keys.rq_job(jid), "status")
-            return [job_state(jid, st) for jid, st in zip(ids, pipe.execute(), strict=True)]
+            return [job_state(jid, st) for jid, st in zip(ids, _or(pipe.execute(raise_on_error=False), None),
+                                                          strict=True)]
 
     def _groups(self, gids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Each group's record and counts, None where it is gone; one pipeline for every cell."""
@@ -294,7 +298,7 @@ class Reads:
             for gid in gids:
                 pipe.hgetall(keys.group(gid))
                 pipe.zrange(keys.group_jobs(gid), 0, -1)
-            replies = pipe.execute()
+            replies = _or(pipe.execute(raise_on_error=False), {})
         cells = [[text(i) for i in replies[2 * n + 1]] for n in range(len(gids))]
         states = iter(self._cell_states([jid for ids in cells for jid in ids]))
         out: list[dict[str, Any] | None] = []
@@ -452,3 +456,9 @@ def _from_line(chunks: list[OutputChunk], skip: int) -> list[OutputChunk]:
                          line=None if c.line is None else c.line + skip)] if rest else []
         return first + chunks[i + 1 :]
     return chunks
+
+
+def _or(replies: list, missing: Any) -> list:
+    """Pipeline replies with a key of another type (anyone can write one) read as `missing`:
+    one bad queue or registry must not fail the whole listing."""
+    return [missing if isinstance(x, redis.ResponseError) else x for x in replies]

@@ -154,6 +154,6 @@ def _json_list(v: str) -> list | None:
         return None
     try:
         parsed = json.loads(v)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting: written by no agent
         return None
     return parsed if isinstance(parsed, list) else None

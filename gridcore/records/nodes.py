@@ -165,7 +165,7 @@ class GroupRecord:
         if len(axes) <= 64 * 1024:
             try:
                 parsed = json.loads(axes)
-            except ValueError:
+            except (ValueError, RecursionError):  # deep nesting: written by no agent
                 parsed = None
         return cls(name=(h.get("name") or group_id)[:256], size=_count(h.get("size")) or 0,
                    submitted=_positive(h.get("submitted")) or 0.0, max_parallel=_count(h.get("max_parallel")) or 0,

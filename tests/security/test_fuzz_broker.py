@@ -10,6 +10,7 @@ type, junk fields in shared hashes, junk members in sets, sorted sets, lists and
 from __future__ import annotations
 
 import json
+import os
 import random
 import zlib
 
@@ -21,7 +22,8 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
 
-SEED = 15
+SEED = int(os.environ.get("GRID_TEST_FUZZ_SEED", "15"))
+"""Fixed, so a failure reproduces; set GRID_TEST_FUZZ_SEED to explore others."""
 ROUNDS = 3
 
 POISON = [
@@ -69,6 +71,7 @@ def poison(r, rnd: random.Random, node: str, running: str, any_type: bool = True
         if any_type:
             _types(r, key, v(), rnd)
     if not any_type:  # their own types, junk inside
+        r.delete(keys.result(fake), keys.attempts(fake), keys.output(fake), keys.group(fake))
         r.set(keys.result(fake), v())
         r.rpush(keys.attempts(fake), v() or b"-")
         r.xadd(keys.output(fake), {"s": v()[:8] or b"o", "d": v()})
@@ -120,15 +123,14 @@ def test_fuzzed_broker_stops_no_job_and_no_process(grid, agents, node, r, gate):
 
 def test_every_read_command_survives_a_fuzzed_broker(grid, r, settings, monkeypatch, capsys):
     """The same poison with no agent: each `grid` read command answers (a problem named, never
-    a traceback), and prints nothing that acts on the terminal. Keys of the wrong type are left
-    out here: the CLI reports those as a broker error (exit 1), not yet per record."""
+    a traceback), and prints nothing that acts on the terminal."""
     from tests.support.cli import call_cli
 
     monkeypatch.setenv("GRID_REDIS_URL", settings.redis_url)
     rnd = random.Random(SEED)
     jid = grid.submit(JobSpec(command="echo hi"))
     for _ in range(ROUNDS):
-        poison(r, rnd, "fuzz-node", jid, any_type=False)
+        poison(r, rnd, "fuzz-node", jid, any_type=rnd.random() < 0.5)
     for args in (("ls",), ("ls", "--state", "failed"), ("ls", "--state", "queued"), ("show", jid), ("nodes",),
                  ("queues",), ("events",), ("groups",), ("why", jid), ("logs", jid), ("ls", "--json"),
                  ("nodes", "--json"), ("show", "--json", jid)):
