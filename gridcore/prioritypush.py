@@ -16,7 +16,8 @@ local function insert_ahead(q, prio_key, id, p, ties)
   while i < n do
     local chunk = redis.call('LRANGE', q, i, i + 99)
     for k, j in ipairs(chunk) do
-      local pj = tonumber(redis.call('HGET', prio_key, j) or '0')
+      -- anyone can write this hash: a value that is not a number is priority 0, not a script error
+      local pj = tonumber(redis.call('HGET', prio_key, j) or '0') or 0
       if pj < p or (ties and pj == p) then
         if i + k == 1 then return redis.call('LPUSH', q, id) end
         return redis.call('LINSERT', q, 'BEFORE', j, id)
@@ -37,7 +38,7 @@ if not p then
   local ok, meta = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'meta') or 'null')
   p = ok and type(meta) == 'table' and tonumber(meta.priority) or 0
 end
-local function prio(j) return tonumber(redis.call('HGET', KEYS[2], j) or '0') end
+local function prio(j) return tonumber(redis.call('HGET', KEYS[2], j) or '0') or 0 end
 if not q then
   local h = redis.call('HMGET', KEYS[1], 'origin', 'status')
   if not h[1] or h[2] ~= 'queued' then return 0 end
@@ -77,7 +78,7 @@ return redis.call('LPUSH', q, id)
 
 PUT_BACK = _INSERT_AHEAD + """
 local function put_back(q, prio_key, id)
-  return insert_ahead(q, prio_key, id, tonumber(redis.call('HGET', prio_key, id) or '0'), true)
+  return insert_ahead(q, prio_key, id, tonumber(redis.call('HGET', prio_key, id) or '0') or 0, true)
 end
 """
 """Lua function: put a job that was taken off a queue and not run back where it was, ahead of

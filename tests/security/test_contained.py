@@ -140,3 +140,10 @@ def test_an_agent_user_may_set_corrupt_records_aside(r, node):
             assert r.execute_command("ACL", "DRYRUN", account.name, *cmd) in (b"OK", "OK"), cmd
     finally:
         r.execute_command("ACL", "DELUSER", account.name)
+
+
+def test_a_priority_that_is_no_number_stops_no_submission(grid, r):
+    waiting = grid.submit(JobSpec(command="true"))
+    r.hset(keys.PRIORITY, mapping={waiting: "lots", "ghost": "\x1b[2J"})
+    jid = grid.submit(JobSpec(command="true", priority=5))  # inserted by priority: reads the junk
+    assert r.lrange(keys.rq_queue("default"), 0, -1) == [jid.encode(), waiting.encode()]
