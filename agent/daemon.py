@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -83,6 +84,7 @@ class Agent:
         }
         self.last_sweep = 0.0
         self.negotiator = Negotiator(self.conn, owner=f"{self.node}.{self.agent_id}")
+        self.placing: threading.Event | None = None  # set: the placement loop stops
         self.broker_down_since: float | None = None
         self.watch = recovery.NodeWatch()
         self.last_beat_ok: float | None = None  # monotonic time of the last heartbeat that got through
@@ -161,6 +163,7 @@ class Agent:
         n = self.cfg.slots or self.inventory.cpus
         self.slots = [SlotProcess(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
         self.heartbeat(first=True)
+        self.placing = self.negotiator.start(self.cfg.heartbeat_interval)  # its own thread: placement at event speed
         for s in self.slots:
             self.spawn(s)
         self.wait_slots_registered()
@@ -299,12 +302,6 @@ class Agent:
             # This agent itself was cut off or frozen: what it saw of others meanwhile is void.
             self.watch.reset()
         self.last_beat_ok = mono
-        try:
-            self.negotiator.run_once()
-        except redis.RedisError:
-            raise
-        except Exception:  # noqa: BLE001 - a placement bug must not take the node down; it is logged
-            log.exception("placement pass failed")
         if now - self.last_sweep >= max(self.cfg.node_timeout / 3, self.cfg.heartbeat_interval):
             self.last_sweep = now
             self._note_broker_restart()
@@ -385,6 +382,8 @@ class Agent:
                 s.deaths = 0
 
     def leave(self) -> None:
+        if self.placing is not None:
+            self.placing.set()
         try:
             # Every slot has exited, so what their waits took and no pop claimed (a slot
             # stopped cold right after its BLMOVE) is in no queue: put it back now rather than

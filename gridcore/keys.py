@@ -264,6 +264,10 @@ PENDING_QUEUE = "grid.pending"
 NEGOTIATOR_LOCK = f"{PREFIX}:lock:negotiator"
 """String lock: one agent at a time runs the placement pass."""
 
+PLACE_WAKE = f"{PREFIX}:placement:wake"
+"""List of at most one token: pushed whenever a job gives back what it held (resources, a
+sweep's throttle slot); an agent's placement loop waits on it to place the next jobs at once."""
+
 WHY = f"{PREFIX}:why"
 """Hash: pending job id -> why it is not placed yet (per node, plain words)."""
 

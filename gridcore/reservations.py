@@ -112,10 +112,19 @@ def release(pipe, job_id: str, node: str | None = None, group: str | None = None
     """Give back what a job holds while it waits or runs, on the caller's pipeline: its
     reservation on `node`, its sweep's throttle slot (`group`), and its placement-reason and
     priority entries. The one place that does this; the attempt's `grid:active` entry is the
-    attempt's own to drop (only while it still owns the job)."""
+    attempt's own to drop (only while it still owns the job). What was given back may let a
+    waiting job in: the placement loop is woken (one token at most, however many releases)."""
     if node:
         pipe.hdel(keys.node_held(node), job_id)
     if group:
         pipe.srem(keys.group_slots(group), job_id)
+    if node or group:
+        wake(pipe)
     pipe.hdel(keys.WHY, job_id)
     pipe.hdel(keys.PRIORITY, job_id)
+
+
+def wake(pipe) -> None:
+    """Wake one agent's placement loop, on the caller's pipeline (a list of at most one token)."""
+    pipe.lpush(keys.PLACE_WAKE, 1)
+    pipe.ltrim(keys.PLACE_WAKE, 0, 0)

@@ -165,6 +165,13 @@ class Submission:
                 if len(indexes.jobs) == BATCH:
                     flush()
             flush()
+        placing = [job_id for spec, job_id in zip(specs, ids, strict=True)  # for placement, able to run now
+                   if not spec.after and route(spec, groups.get(spec.group, {}).get("max_parallel")
+                                               if spec.group else None) == keys.PENDING_QUEUE]
+        if placing:
+            from gridcore.placing import place_submitted  # only a submission with jobs to place imports it
+
+            place_submitted(self.redis, placing)
         return ids
 
     def meta(self, spec: JobSpec, now: float, max_parallel: int | None) -> JobMeta:

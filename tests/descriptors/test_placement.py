@@ -148,3 +148,147 @@ def test_choose_node_keeps_gpu_nodes_for_gpu_jobs():
 def test_committed_plus():
     c = Committed(cpus=1, memory=GB, gpus=frozenset({0}), jobs=1).plus(Resources(cpus=2, memory=GB), [1])
     assert c == Committed(cpus=3, memory=2 * GB, gpus=frozenset({0, 1}), jobs=2)
+
+
+# ---- placing for real: racing placers on a real broker (gridcore/placing.py) --------------------
+
+RACERS = 6
+
+
+def _grid_nodes(r, names, *, cpus, memory, gpus):
+    """Fake nodes, heartbeating now, as their agents publish them (big slot counts: only the
+    declared cpus, memory and GPUs can bound what is placed)."""
+    from gridcore.records import GpuRecord, Inventory
+    from tests.support.records import node_record, put_node
+
+    sec, usec = r.time()
+    inv = Inventory(cpus=cpus, memory_total=memory, gpus=[GpuRecord(index=i, name="G") for i in range(gpus)])
+    for n in names:
+        put_node(r, n, sec + usec / 1e6, node_record(inventory=inv, slots=64, queues=()))
+
+
+def _where(r, names):
+    """job id -> where it is now: a node's queue, or 'pending'."""
+    from gridcore import keys
+
+    at = {}
+    for n in names:
+        for jid in r.lrange(keys.rq_queue(keys.node_queue(n)), 0, -1):
+            assert jid.decode() not in at, f"job {jid} placed twice"
+            at[jid.decode()] = n
+    for jid in r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1):
+        assert jid.decode() not in at, f"job {jid} both placed and pending"
+        at[jid.decode()] = "pending"
+    return at
+
+
+def _check_never_overcommitted(r, names, *, cpus, memory, gpus, sweeps):
+    from gridcore import keys
+    from gridcore.reservations import Reservations
+
+    at = _where(r, names)
+    held = Reservations(r).held(list(names))
+    for n in names:
+        entries = held[n]
+        assert sum(e.cpus for e in entries.values()) <= cpus + 1e-9, n
+        assert sum(e.memory for e in entries.values()) <= memory, n
+        used = [g for e in entries.values() for g in e.gpus]
+        assert len(used) == len(set(used)) and set(used) <= set(range(gpus)), (n, used)
+        # Every job placed here holds its resources here, and nothing else holds any.
+        assert set(entries) == {j for j, where in at.items() if where == n}, n
+    for gid, (mp, members) in sweeps.items():
+        slots = {s.decode() for s in r.smembers(keys.group_slots(gid))}
+        assert len(slots) <= mp, (gid, slots)
+        assert slots == {j for j in members if at.get(j, "pending") != "pending"}
+    return at
+
+
+def _finish(r, at, k, sweeps, rng):
+    """`k` placed jobs end as an attempt ends: out of the node's queue, what they held given back."""
+    from gridcore import keys
+    from gridcore.reservations import release
+
+    group_of = {j: g for g, (_, members) in sweeps.items() for j in members}
+    done = rng.sample(sorted(j for j, w in at.items() if w != "pending"), k)
+    with r.pipeline() as pipe:
+        for j in done:
+            pipe.lrem(keys.rq_queue(keys.node_queue(at[j])), 1, j)
+            release(pipe, j, at[j], group_of.get(j))
+        pipe.execute()
+    return done
+
+
+def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(grid, broker, r):
+    """Clients placing at submit and agents' passes, all at once, on separate connections:
+    no node ever holds more than it declared, no GPU is given twice, no sweep runs above its
+    max_parallel, no job is placed twice, and as jobs end every waiting job gets placed."""
+    import random
+    import threading
+    import uuid
+
+    from agent.negotiator import Negotiator
+    from gridcore.client import Grid
+    from gridcore.models import JobSpec
+    from gridcore.placing import Placer
+
+    names, caps = ["node-a", "node-b"], dict(cpus=4, memory=8 * GB, gpus=2)
+    _grid_nodes(r, names, **caps)
+    rng = random.Random(17)
+    kinds = [Resources(cpus=2), Resources(memory=3 * GB), Resources(gpus=1), Resources(cpus=1.5, memory=GB),
+             Resources(labels=()), Resources(cpus=1, gpus=1)]
+    batches, sweeps = [], {}
+    for b in range(RACERS):
+        gid = uuid.uuid4().hex
+        specs = [JobSpec(command="true", resources=kinds[(b + i) % len(kinds)], group=gid,
+                         params={"_cell": i}, priority=rng.randrange(3)) for i in range(8)]
+        batches.append((specs, gid, 1 + b % 3))
+    ids: list[str] = []
+    lock, start = threading.Lock(), threading.Barrier(2 * RACERS)
+    errors: list[BaseException] = []
+
+    def submitter(specs, gid, mp):
+        try:
+            g = Grid(broker.client(), grid.settings)
+            start.wait()
+            got = g.submit_many(specs, groups={gid: {"name": gid, "max_parallel": mp}})
+            with lock:
+                ids.extend(got)
+                sweeps[gid] = (mp, got)
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            errors.append(e)
+
+    def placer(i):
+        try:
+            conn = broker.client()
+            start.wait()
+            for _ in range(15):
+                if i % 2:
+                    Negotiator(conn, owner=f"agent{i}").run_once(full=bool(_ % 2))
+                else:
+                    Placer(conn).place_ids([j.decode() for j in conn.lrange("rq:queue:grid.pending", 0, -1)])
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            errors.append(e)
+
+    threads = [threading.Thread(target=submitter, args=b) for b in batches]
+    threads += [threading.Thread(target=placer, args=(i,)) for i in range(RACERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(ids) == 8 * RACERS
+    at = _check_never_overcommitted(r, names, **caps, sweeps=sweeps)
+    assert any(w != "pending" for w in at.values())
+    ended: set[str] = set()
+    for _ in range(40):  # jobs end a few at a time while placers race again, until none waits
+        if not [j for j, w in at.items() if w != "pending"]:
+            break
+        ended.update(_finish(r, at, min(3, len([w for w in at.values() if w != "pending"])), sweeps, rng))
+        racers = [threading.Thread(target=lambda: Placer(broker.client()).place_ids(
+            [j.decode() for j in r.lrange("rq:queue:grid.pending", 0, -1)])) for _ in range(RACERS)]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join(60)
+        at = _check_never_overcommitted(r, names, **caps, sweeps=sweeps)
+    assert ended | set(at) == set(ids) and not [w for w in at.values() if w == "pending"]

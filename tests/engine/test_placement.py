@@ -163,3 +163,21 @@ def test_multi_cpu_jobs_never_overcommit(grid, agents):
     ids = [grid.submit(JobSpec(command="sleep 0.4", resources=Resources(cpus=2))) for _ in range(3)]
     assert all(s is JobState.FINISHED for s in grid.wait(ids, timeout=60).values())
     assert max_overlap([grid.get(i) for i in ids]) == 1
+
+
+def test_jobs_are_placed_at_submit_and_as_jobs_end_not_on_the_clock(grid, agents, r):
+    """With the agent's heartbeat, and so its periodic placement pass, once a minute: a job with
+    a memory request starts as it is submitted, a throttled sweep's cells each start as the one
+    before ends, and a multi-CPU job waiting for CPUs starts when they are given back."""
+    agents("node-a", slots=2, cpus=2, heartbeat_interval=60, node_timeout=180)
+    one = grid.submit(JobSpec(command="true", resources=Resources(memory=10**7)))
+    gid = uuid.uuid4().hex
+    specs = [JobSpec(command="sleep 0.1", name=f"cell[{i}]", resources=Resources(memory=10**7), group=gid,
+                     params={"i": i, "_cell": i}) for i in range(5)]
+    cells = grid.submit_many(specs, groups={gid: {"name": "cells", "max_parallel": 1}})
+    wide = [grid.submit(JobSpec(command="sleep 0.2", resources=Resources(cpus=2))) for _ in range(2)]
+    states = grid.wait([one, *cells, *wide], timeout=30)
+    assert set(states.values()) == {JobState.FINISHED}, states
+    assert max_overlap([grid.get(i) for i in cells]) == 1
+    assert max_overlap([grid.get(i) for i in wide]) == 1
+    assert not r.llen(keys.rq_queue(keys.PENDING_QUEUE))

@@ -1,0 +1,201 @@
+"""Placing waiting jobs on nodes: one atomic script per job, run by submitters and agents alike.
+
+A job that needs resources, labels, GPUs, a node or a throttle waits in `grid.pending`. It is
+placed when something changes: by its submitter right after it is enqueued, by an agent's
+placement loop as soon as a job gives back what it held (`reservations.release` wakes it), and
+by that loop's periodic pass, a safety net. Placers are not serialized: any number of clients
+and agents may place at once. What keeps them honest is `PLACE`, one Lua script per job that,
+atomically, checks the job still waits with the very meta the placer decided on, checks its
+sweep is under `max_parallel`, reserves its cpus/memory/GPUs on the node (never above what the
+node declared) and moves it to the node's queue. A placer that lost a race is told so and the
+job stays for the next placement: nothing is overcommitted, nothing is placed twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from gridcore import keys
+from gridcore.models import Node
+from gridcore.placement import Committed, Fit, choose_node, explain
+from gridcore.reads import Reads
+from gridcore.records import CorruptRecord, JobMeta, Placement
+from gridcore.reservations import RESERVE_FN, Reservations, reserve_args
+
+log = logging.getLogger("grid.placing")
+
+WINDOW = 500
+"""Waiting jobs looked at per pass (bounded work however long the queue is)."""
+
+PLACE = RESERVE_FN + """
+-- KEYS: the pending queue, the node's RQ queue, the job's RQ hash, RQ's set of queues, grid:why,
+--       the node's held hash, the sweep's slots set (any key when the job is in no sweep)
+-- ARGV: job id, node queue name, the new meta, sha1 of the meta the placer read,
+--       max_parallel (0: none), '1' if the job is in a sweep, then reserve's cpus, memory,
+--       GPUs (JSON), node cpus, node memory, held entry
+-- Returns 1 placed, 0 no room on the node, -1 no longer waiting, -2 throttled, -3 meta changed.
+local id = ARGV[1]
+if not redis.call('LPOS', KEYS[1], id) then return -1 end
+if redis.sha1hex(redis.call('HGET', KEYS[3], 'meta') or '') ~= ARGV[4] then return -3 end
+local mp = tonumber(ARGV[5])
+if mp > 0 and redis.call('SISMEMBER', KEYS[7], id) == 0 and redis.call('SCARD', KEYS[7]) >= mp then
+  return -2
+end
+if reserve(KEYS[6], id, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]) == 0 then return 0 end
+redis.call('LREM', KEYS[1], 1, id)
+redis.call('HSET', KEYS[3], 'origin', ARGV[2], 'meta', ARGV[3])
+redis.call('RPUSH', KEYS[2], id)
+redis.call('SADD', KEYS[4], KEYS[2])
+redis.call('HDEL', KEYS[5], id)
+if ARGV[6] == '1' then redis.call('SADD', KEYS[7], id) end
+return 1
+"""
+
+PLACED, NO_ROOM, GONE, THROTTLED, CHANGED = 1, 0, -1, -2, -3
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A job waiting for placement, as read: its meta typed, as the raw dict it is written back
+    as (fields this code does not know stay), and the digest of the bytes read."""
+
+    id: str
+    meta: JobMeta
+    raw: dict
+    digest: str
+
+
+def waiting(job_id: str, raw: bytes | None) -> Waiting | str:
+    """A waiting job's record, or what is wrong with it (a corrupt one is not placed)."""
+    data = raw or b""
+    try:
+        meta = JobMeta.decode(data or b"{}", f"{keys.rq_job(job_id)} meta")
+        parsed = json.loads(data or b"{}")
+    except (CorruptRecord, ValueError) as e:
+        return str(e)
+    return Waiting(job_id, meta, parsed, hashlib.sha1(data).hexdigest())
+
+
+@dataclass
+class Outcome:
+    """What one placement round did: jobs placed (id -> node) and why the others were not."""
+
+    placed: dict[str, str] = field(default_factory=dict)
+    whys: dict[str, str] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)  # read stale: read again before placing
+
+
+class Placer:
+    """Places waiting jobs, priority first, each by one `PLACE` script."""
+
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+        self.reads = Reads(conn)
+        self.reservations = Reservations(conn)
+        self._place = conn.register_script(PLACE)
+
+    def read(self, ids: Sequence[str]) -> list[Waiting | str]:
+        """The records of these waiting jobs (or what is wrong with each), in one round trip."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hget(keys.rq_job(jid), "meta")
+            return [waiting(jid, m) for jid, m in zip(ids, pipe.execute(), strict=True)]
+
+    def place_ids(self, ids: Sequence[str]) -> Outcome:
+        """Place these jobs where they fit now (those no longer waiting are skipped)."""
+        jobs = [w for w in self.read(ids) if isinstance(w, Waiting) and w.raw]
+        return self.place(jobs) if jobs else Outcome()
+
+    def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None) -> Outcome:
+        """Place what fits now, highest priority then oldest first, throttles respected.
+
+        A job that does not fit gets its reason in `Outcome.whys` when its id is in
+        `explain_rest` (None: every job): naming each node's reason costs a pass more than
+        placing does, so a quick pass explains only the jobs it has not explained yet."""
+        order = sorted(jobs, key=lambda w: (-w.meta.priority, w.meta.submitted or 0))
+        out = Outcome()
+        if not order:
+            return out
+        nodes = self.reads.nodes()
+        committed = self.reservations.committed([n.name for n in nodes])
+        running = self._throttles(order)
+        want = None if explain_rest is None else set(explain_rest)
+        by_name = {n.name: n for n in nodes}
+        for w in order:
+            meta = w.meta
+            group, limit = meta.group, meta.max_parallel or 0
+            if group and limit and running.get(group, 0) >= limit:
+                if want is None or w.id in want:
+                    out.whys[w.id] = f"throttled: {running[group]} of this sweep running (max_parallel {limit})"
+                continue
+            res = meta.resources.resources()
+            queue = meta.queue or "default"
+            choice = choose_node(res, nodes, committed, queue=queue)
+            if choice is None:
+                if want is None or w.id in want:
+                    out.whys[w.id] = _why_not(res, nodes, committed, queue)
+                continue
+            node = by_name[choice.node]
+            result = self._one(w, node, choice.gpus)
+            if result == PLACED:
+                out.placed[w.id] = node.name
+                committed[node.name] = committed.get(node.name, Committed()).plus(res, choice.gpus)
+                if group:
+                    running[group] = running.get(group, 0) + 1
+            elif result == NO_ROOM:
+                out.whys[w.id] = f"{node.name}: resources taken meanwhile"
+            elif result == THROTTLED:
+                running[group or ""] = limit  # another placer took the sweep's last slot
+                out.whys[w.id] = f"throttled: {limit} of this sweep running (max_parallel {limit})"
+            elif result == CHANGED:
+                out.changed.append(w.id)
+        return out
+
+    def _throttles(self, jobs: Sequence[Waiting]) -> dict[str, int]:
+        """Sweep id -> how many of its jobs are placed or running, for the throttled sweeps here."""
+        groups = sorted({w.meta.group for w in jobs if w.meta.group and w.meta.max_parallel})
+        if not groups:
+            return {}
+        with self.conn.pipeline(transaction=False) as pipe:
+            for g in groups:
+                pipe.scard(keys.group_slots(g))
+            return dict(zip(groups, pipe.execute(), strict=True))
+
+    def _one(self, w: Waiting, node: Node, gpus: Sequence[int]) -> int:
+        """Run `PLACE` for one job on one node; its result code."""
+        raw = dict(w.raw)
+        raw["placement"] = Placement(node=node.name, gpus=list(gpus)).model_dump()
+        raw.pop("why", None)
+        nq = keys.node_queue(node.name)
+        group = w.meta.group or ""
+        res = w.meta.resources.resources()
+        return int(self._place(
+            keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
+                  keys.WHY, keys.node_held(node.name), keys.group_slots(group)],
+            args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
+                  *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:]],
+        ))
+
+
+def _why_not(res, nodes: Sequence[Node], committed: Mapping[str, Committed], queue: str) -> str:
+    verdicts = explain(res, nodes, committed, queue=queue)
+    return "; ".join(str(v) for v in verdicts if v.fit is not Fit.NOW) or "no node is up"
+
+
+def place_submitted(conn: redis.Redis, ids: Sequence[str]) -> None:
+    """Right after a submission: place those of its jobs (sent to `grid.pending`) that fit now.
+
+    The jobs are enqueued already, so a broker error here is no failed submission: the jobs wait
+    for the agents' placement loop, as they would on a full grid (logged, not raised)."""
+    if not ids:
+        return
+    try:
+        Placer(conn).place_ids(ids)
+    except redis.RedisError as e:
+        log.warning("placing %d new job(s) at submit failed (%s); the agents' placement loop will", len(ids), e)
