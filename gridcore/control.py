@@ -175,6 +175,8 @@ class Control:
         now = self.clock.now()
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.node(node), mapping=NodeRecord.drain_fields(draining, message))
+            if not draining:  # a node back in service may take waiting jobs now
+                reservations.wake(pipe)
             events.emit(pipe, now, event, node=node, message=message)
             pipe.execute()
 

@@ -38,7 +38,8 @@ PLACE = RESERVE_FN + """
 --       the node's held hash, the sweep's slots set (any key when the job is in no sweep)
 -- ARGV: job id, node queue name, the new meta, sha1 of the meta the placer read,
 --       max_parallel (0: none), '1' if the job is in a sweep, then reserve's cpus, memory,
---       GPUs (JSON), node cpus, node memory, held entry
+--       GPUs (JSON), node cpus, node memory, held entry; the node's pool queue to nudge ('' none)
+--       and the nudge
 -- Returns 1 placed, 0 no room on the node, -1 no longer waiting, -2 throttled, -3 meta changed.
 local id = ARGV[1]
 if not redis.call('LPOS', KEYS[1], id) then return -1 end
@@ -54,10 +55,17 @@ redis.call('RPUSH', KEYS[2], id)
 redis.call('SADD', KEYS[4], KEYS[2])
 redis.call('HDEL', KEYS[5], id)
 if ARGV[6] == '1' then redis.call('SADD', KEYS[7], id) end
+if ARGV[13] ~= '' and redis.call('LLEN', ARGV[13]) == 0 then redis.call('RPUSH', ARGV[13], ARGV[14]) end
 return 1
 """
 
 PLACED, NO_ROOM, GONE, THROTTLED, CHANGED = 1, 0, -1, -2, -3
+
+NUDGE = "grid-placed-nudge"
+"""What PLACE pushes onto an empty pool queue of the node it placed a job on. An idle slot blocks on its pool queue only (agent/claim.py) and looks at its node's
+queue when it wakes, so without this a placed job would wait for the slot's next wake (up to a
+second). The nudge is no job: the slot that takes it drops it (there is no such record), as it
+drops a job deleted while it waited, and takes the placed job from its node queue first."""
 
 
 @dataclass(frozen=True)
@@ -179,8 +187,14 @@ class Placer:
             keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
                   keys.WHY, keys.node_held(node.name), keys.group_slots(group)],
             args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
-                  *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:]],
+                  *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:], _pool(node, w.meta), NUDGE],
         ))
+
+
+def _pool(node: Node, meta: JobMeta) -> str:
+    """The queue an idle slot of `node` blocks on: its first pool queue. (Whether a slot is idle
+    is not known here: one that is ending a job now is about to wait there.)"""
+    return keys.rq_queue(node.queues[0] if node.queues else (meta.queue or "default"))
 
 
 def _why_not(res, nodes: Sequence[Node], committed: Mapping[str, Committed], queue: str) -> str:
