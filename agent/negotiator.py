@@ -22,7 +22,7 @@ import uuid
 import redis
 
 from gridcore import keys
-from gridcore.placing import WINDOW, Placer, Waiting
+from gridcore.placing import WINDOW, Placer, View, Waiting, ask_view, take_view
 
 log = logging.getLogger("grid.negotiator")
 
@@ -31,6 +31,12 @@ LOCK_TTL = 15
 LOCK_WAIT = 3.0
 """Seconds a woken loop waits for another agent's pass to end (that pass may have read the
 queue before the change that woke this one)."""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+"""Lua: drop the pass lock if this pass still holds it (it may have expired and been taken)."""
 
 
 class Negotiator:
@@ -41,6 +47,8 @@ class Negotiator:
         self._mutex = threading.Lock()  # the loop's thread and a caller's run_once: one pass at a time
         self._read: dict[str, Waiting | str] = {}  # waiting job id -> its record (unchanged while it waits)
         self._explained: dict[str, str] = {}  # job id -> the reason last written for it
+        self._names: list[str] = []  # the nodes the last pass saw
+        self._unlock = conn.register_script(_UNLOCK)
 
     def run_once(self, *, full: bool = True, wait: float = 0.0) -> int:
         """One pass if no other agent is doing one (waiting up to `wait` s for it to end);
@@ -48,21 +56,37 @@ class Negotiator:
         with self._mutex:
             token = f"{self.owner}.{uuid.uuid4().hex[:8]}"
             deadline = time.monotonic() + wait
-            while not self.conn.set(keys.NEGOTIATOR_LOCK, token, nx=True, ex=LOCK_TTL):
+            while (survey := self._survey(token, full)) is None:
                 if time.monotonic() >= deadline:
                     return 0
                 time.sleep(0.002)
             try:
-                return self._pass(full)
+                return self._pass(full, *survey)
             finally:
-                if self.conn.get(keys.NEGOTIATOR_LOCK) == token.encode():
-                    self.conn.delete(keys.NEGOTIATOR_LOCK)
+                self._unlock(keys=[keys.NEGOTIATOR_LOCK], args=[token])
 
-    def _pass(self, full: bool) -> int:
-        pending = keys.rq_queue(keys.PENDING_QUEUE)
-        ids = [i.decode() for i in self.conn.lrange(pending, 0, WINDOW - 1)]
+    def _survey(self, token: str, full: bool) -> tuple[list[str], View] | None:
+        """Take the pass lock and read the waiting jobs' ids and the grid, in one round trip
+        (the nodes and sweeps of the last pass are read; others take a second one); None if
+        another agent holds the lock."""
         if full:
             self._read, self._explained = {}, {}
+        groups = sorted({w.meta.group for w in self._read.values()
+                         if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel})
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.set(keys.NEGOTIATOR_LOCK, token, nx=True, ex=LOCK_TTL)
+            pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, WINDOW - 1)
+            ask_view(pipe, self._names, groups)
+            locked, ids, *replies = pipe.execute()
+        if not locked:
+            return None
+        view = take_view(replies, self._names, groups)
+        if view is None:  # a node joined or left since the last pass
+            view = self.placer.view(groups)
+            self._names = [n.name for n in view.nodes]
+        return [i.decode() for i in ids], view
+
+    def _pass(self, full: bool, ids: list[str], view: View) -> int:
         # Records of jobs no longer waiting are forgotten; a waiting job's meta changes only when
         # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again below).
         self._read = {i: self._read[i] for i in ids if i in self._read}
@@ -74,8 +98,8 @@ class Negotiator:
             self._read.update(zip(new, self.placer.read(new), strict=True))
         whys = {i: f"not placed: {w}" for i, w in self._read.items() if isinstance(w, str)}
         jobs = [w for w in self._read.values() if isinstance(w, Waiting)]
-        out = self.placer.place(jobs, explain_rest=None if full else [w.id for w in jobs
-                                                                     if w.id not in self._explained])
+        out = self.placer.place(jobs, view=view, explain_rest=None if full else [
+            w.id for w in jobs if w.id not in self._explained])
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)

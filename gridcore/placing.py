@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import redis
 
 from gridcore import keys
-from gridcore.models import Node
+from gridcore.models import Node, Resources
 from gridcore.placement import Committed, Fit, choose_node, explain
 from gridcore.reads import Reads
-from gridcore.records import CorruptRecord, JobMeta, Placement
+from gridcore.records import NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
 from gridcore.reservations import RESERVE_FN, Reservations, reserve_args
+from gridcore.views import node_view
 
 log = logging.getLogger("grid.placing")
 
@@ -91,6 +92,16 @@ def waiting(job_id: str, raw: bytes | None) -> Waiting | str:
 
 
 @dataclass
+class View:
+    """What placement decides on: the nodes, what each has committed, and how many jobs of
+    each throttled sweep are placed or running."""
+
+    nodes: list[Node]
+    committed: dict[str, Committed]
+    running: dict[str, int]
+
+
+@dataclass
 class Outcome:
     """What one placement round did: jobs placed (id -> node) and why the others were not."""
 
@@ -120,19 +131,22 @@ class Placer:
         jobs = [w for w in self.read(ids) if isinstance(w, Waiting) and w.raw]
         return self.place(jobs) if jobs else Outcome()
 
-    def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None) -> Outcome:
+    def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
+              view: View | None = None) -> Outcome:
         """Place what fits now, highest priority then oldest first, throttles respected.
 
         A job that does not fit gets its reason in `Outcome.whys` when its id is in
         `explain_rest` (None: every job): naming each node's reason costs a pass more than
-        placing does, so a quick pass explains only the jobs it has not explained yet."""
+        placing does, so a quick pass explains only the jobs it has not explained yet. `view`:
+        what the caller read of the grid for this (None: read now)."""
         order = sorted(jobs, key=lambda w: (-w.meta.priority, w.meta.submitted or 0))
         out = Outcome()
         if not order:
             return out
-        nodes = self.reads.nodes()
-        committed = self.reservations.committed([n.name for n in nodes])
-        running = self._throttles(order)
+        view = view or self.view()
+        nodes, committed, running = view.nodes, dict(view.committed), dict(view.running)
+        missing = {w.meta.group for w in order if w.meta.group and w.meta.max_parallel} - set(running)
+        running.update(self.throttles(missing))
         want = None if explain_rest is None else set(explain_rest)
         by_name = {n.name: n for n in nodes}
         for w in order:
@@ -165,9 +179,14 @@ class Placer:
                 out.changed.append(w.id)
         return out
 
-    def _throttles(self, jobs: Sequence[Waiting]) -> dict[str, int]:
-        """Sweep id -> how many of its jobs are placed or running, for the throttled sweeps here."""
-        groups = sorted({w.meta.group for w in jobs if w.meta.group and w.meta.max_parallel})
+    def view(self, groups: Iterable[str] = ()) -> View:
+        """The grid as placement sees it now (the nodes named by the broker's own list)."""
+        nodes = self.reads.nodes()
+        return View(nodes, self.reservations.committed([n.name for n in nodes]), self.throttles(groups))
+
+    def throttles(self, groups: Iterable[str]) -> dict[str, int]:
+        """Sweep id -> how many of its jobs are placed or running."""
+        groups = sorted(groups)
         if not groups:
             return {}
         with self.conn.pipeline(transaction=False) as pipe:
@@ -189,6 +208,41 @@ class Placer:
             args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
                   *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:], _pool(node, w.meta), NUDGE],
         ))
+
+
+def ask_view(pipe, names: Sequence[str], groups: Sequence[str]) -> None:
+    """Queue on `pipe` the reads of a `View` of nodes `names` and sweeps `groups` (`take_view`)."""
+    pipe.time()
+    pipe.zrange(keys.NODES, 0, -1, withscores=True)
+    for n in names:
+        pipe.hmget(keys.node(n), NODE_FIELDS)
+        pipe.hkeys(keys.node_running(n))
+        pipe.hgetall(keys.node_held(n))
+    for g in groups:
+        pipe.scard(keys.group_slots(g))
+
+
+def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str],
+              problems: list[str] | None = None) -> View | None:
+    """The `View` from the replies of `ask_view`'s reads; None if the grid's nodes are not
+    `names` (a node joined or left: read again with the right names)."""
+    (sec, usec), members = replies[0], replies[1]
+    if [text(m) for m, _ in members] != list(names):
+        return None
+    now = sec + usec / 1e6
+    nodes, committed, seen = [], {}, []
+    for i, (m, beat) in enumerate(members):
+        name = text(m)
+        fields, running, held = replies[2 + 3 * i: 5 + 3 * i]
+        nodes.append(node_view(name, dict(zip(NODE_FIELDS, fields, strict=True)), running, now - beat))
+        c = Committed()
+        for k, v in held.items():
+            e = salvage(HeldEntry, v, f"{keys.node_held(name)} {text(k)}", seen) or HeldEntry()
+            c = c.plus(Resources(cpus=e.cpus, memory=e.memory), e.gpus)
+        committed[name] = c
+    if problems is not None:
+        problems.extend(seen)
+    return View(nodes, committed, dict(zip(groups, replies[2 + 3 * len(names):], strict=True)))
 
 
 def _pool(node: Node, meta: JobMeta) -> str:
