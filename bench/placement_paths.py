@@ -6,7 +6,8 @@ plain jobs, on one grid-agent, in the same run; every figure also as a ratio to 
   so that each kind sees the same machine.
 - Throughput: N plain jobs, then N cells of a sweep with a memory request and max_parallel =
   the node's slots. Both are submitted while the node is drained and run from its resume, so
-  the submission's own cost is not in either figure: jobs/s from the first start to the last end.
+  the submission's own cost is not in either figure: jobs/s from the first start to the last end;
+  the median of `--rounds` rounds, plain and sweep alternated.
 
 Run by bench/throughput.py (its `--placement-only` runs just this part), or on its own:
 
@@ -77,7 +78,7 @@ def _drained_run(grid: Grid, r: redis.Redis, node: str, specs: list[JobSpec], gr
     return len(ids) / _span(grid, ids)
 
 
-def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int) -> dict:
+def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds: int = 3) -> dict:
     r = redis.Redis.from_url(broker_url)
     r.flushdb()
     grid = Grid(r, load_settings(overrides={"redis_url": broker_url}))
@@ -101,11 +102,14 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int) -> dic
                 _wait_done(r, [jid])
                 j = grid.get(jid)
                 lat[kind].append((j.started_at - j.enqueued_at) * 1000)
-        plain_jobs = _drained_run(grid, r, "bench", [JobSpec(command="true") for _ in range(jobs)])
-        gid = uuid.uuid4().hex
-        sweep = [JobSpec(command="true", resources=Resources(memory=10_000_000), group=gid,
-                         params={"i": i, "_cell": i}) for i in range(cells)]
-        sweep_jobs = _drained_run(grid, r, "bench", sweep, {gid: {"name": "bench", "max_parallel": slots}})
+        plain_runs, sweep_runs = [], []
+        for _ in range(rounds):  # alternated, so that both see the same machine (it is shared)
+            plain_runs.append(_drained_run(grid, r, "bench", [JobSpec(command="true") for _ in range(jobs)]))
+            gid = uuid.uuid4().hex
+            sweep = [JobSpec(command="true", resources=Resources(memory=10_000_000), group=gid,
+                             params={"i": i, "_cell": i}) for i in range(cells)]
+            sweep_runs.append(_drained_run(grid, r, "bench", sweep, {gid: {"name": "bench", "max_parallel": slots}}))
+        plain_jobs, sweep_jobs = statistics.median(plain_runs), statistics.median(sweep_runs)
     finally:
         agent.terminate()
         agent.wait(60)
@@ -118,7 +122,8 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int) -> dic
             out[f"{k}_p50_vs_plain"] = p50[k] / p50["plain"]
     out.update({"plain_jobs": jobs, "plain_jobs_per_s": plain_jobs, "sweep_cells": cells,
                 "throttled_memory_sweep_jobs_per_s": sweep_jobs,
-                "throttled_sweep_vs_plain": sweep_jobs / plain_jobs})
+                "throttled_sweep_vs_plain": sweep_jobs / plain_jobs, "rounds": rounds,
+                "plain_jobs_per_s_each": plain_runs, "throttled_memory_sweep_jobs_per_s_each": sweep_runs})
     return out
 
 
@@ -131,7 +136,7 @@ def report(out: dict) -> str:
         lines.append(f"  {k:<10}{out[f'{k}_submit_call_to_process_p50_ms']:>10.2f}"
                      f"{out[f'{k}_submit_call_to_process_p99_ms']:>10.2f}"
                      f"{(f'{ratio:.2f}x' if ratio else '1x'):>15}")
-    lines.append(f"  {out['plain_jobs']} plain jobs: {out['plain_jobs_per_s']:.0f} jobs/s; "
+    lines.append(f"  median of {out['rounds']} rounds: {out['plain_jobs']} plain jobs: {out['plain_jobs_per_s']:.0f} jobs/s; "
                  f"{out['sweep_cells']}-cell memory sweep, max_parallel {out['slots']}: "
                  f"{out['throttled_memory_sweep_jobs_per_s']:.0f} jobs/s "
                  f"({out['throttled_sweep_vs_plain']:.0%} of plain)")
@@ -151,6 +156,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--sweep-cells", type=int, default=300)
     p.add_argument("--latency-samples", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3, help="throughput rounds (plain and sweep alternated)")
     p.add_argument("--broker", choices=sorted(available_kinds()), default="redis" if "redis" in available_kinds() else None)
     args = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="grid-bench-"))
@@ -160,7 +166,7 @@ def main() -> None:
     (home / "config" / "authorized_keys").write_text((home / "config" / "keys" / "id_ed25519.pub").read_text())
     broker = Broker(kind=args.broker, binary=available_kinds()[args.broker]).start(appendonly=True)
     try:
-        out = run(broker.url, home, args.jobs, args.sweep_cells, args.latency_samples)
+        out = run(broker.url, home, args.jobs, args.sweep_cells, args.latency_samples, args.rounds)
     finally:
         broker.stop()
     print(report(out))
