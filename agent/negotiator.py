@@ -9,7 +9,7 @@ a job that waits for a node to come back, or to be resumed). One agent at a time
 (under a lock); the pass reads a bounded window of the queue and places, by priority then
 age, each job that fits now, by `placing.PLACE` (atomic, so racing submitters are harmless).
 A job that fits nowhere now keeps a plain-words reason per node, shown by `grid why` and the
-console: the periodic pass writes every reason, a woken pass only those of new jobs.
+console, written by the periodic pass.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ from gridcore.placing import WINDOW, Placer, View, Waiting, ask_view, take_view
 
 log = logging.getLogger("grid.negotiator")
 
+EVENT_WINDOW = 100
+"""Waiting jobs a woken pass looks at (the periodic pass looks at WINDOW): it runs at every job
+end, so it stays small; a job further down the queue is placed by the next periodic pass."""
+PREFETCH = 64
+"""Waiting jobs past the window whose records a pass reads ahead, so that as the queue moves up
+a pass reads new records once per this many jobs, not at every pass."""
 LOCK_TTL = 15
 """Seconds the pass lock outlives an agent that died holding it."""
 LOCK_WAIT = 3.0
@@ -75,7 +81,7 @@ class Negotiator:
                          if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel})
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.set(keys.NEGOTIATOR_LOCK, token, nx=True, ex=LOCK_TTL)
-            pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, WINDOW - 1)
+            pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, (WINDOW if full else EVENT_WINDOW) + PREFETCH - 1)
             ask_view(pipe, self._names, groups)
             locked, ids, *replies = pipe.execute()
         if not locked:
@@ -91,15 +97,16 @@ class Negotiator:
         # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again below).
         self._read = {i: self._read[i] for i in ids if i in self._read}
         self._explained = {i: w for i, w in self._explained.items() if i in self._read}
-        if not ids:
+        window = ids[:WINDOW if full else EVENT_WINDOW]
+        if not window:
             return 0
-        new = [i for i in ids if i not in self._read]
-        if new:
+        if any(i not in self._read for i in window):  # the prefetch too: one read per PREFETCH new jobs
+            new = [i for i in ids if i not in self._read]
             self._read.update(zip(new, self.placer.read(new), strict=True))
-        whys = {i: f"not placed: {w}" for i, w in self._read.items() if isinstance(w, str)}
-        jobs = [w for w in self._read.values() if isinstance(w, Waiting)]
-        out = self.placer.place(jobs, view=view, explain_rest=None if full else [
-            w.id for w in jobs if w.id not in self._explained])
+        whys = {i: f"not placed: {w}" for i in window if isinstance(w := self._read[i], str)}
+        jobs = [w for i in window if isinstance(w := self._read[i], Waiting)]
+        # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
+        out = self.placer.place(jobs, view=view, explain_rest=None if full else ())
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)

@@ -5,7 +5,8 @@ plain jobs, on one grid-agent, in the same run; every figure also as a ratio to 
   signed) to the job's process start: plain, memory (10MB), label and cpus=2 jobs, interleaved
   so that each kind sees the same machine.
 - Throughput: N plain jobs, then N cells of a sweep with a memory request and max_parallel =
-  the node's slots. Both are submitted while the node is drained and run from its resume, so
+  the node's slots, then the same sweep with a label instead of the memory request (a memory
+  request also costs the job a memory cgroup of its own: the label sweep is placement alone). Both are submitted while the node is drained and run from its resume, so
   the submission's own cost is not in either figure: jobs/s from the first start to the last end;
   the median of `--rounds` rounds, plain and sweep alternated.
 
@@ -102,14 +103,16 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
                 _wait_done(r, [jid])
                 j = grid.get(jid)
                 lat[kind].append((j.started_at - j.enqueued_at) * 1000)
-        plain_runs, sweep_runs = [], []
-        for _ in range(rounds):  # alternated, so that both see the same machine (it is shared)
+        plain_runs, sweep_runs, label_runs = [], [], []
+        for _ in range(rounds):  # alternated, so that all see the same machine (it is shared)
             plain_runs.append(_drained_run(grid, r, "bench", [JobSpec(command="true") for _ in range(jobs)]))
-            gid = uuid.uuid4().hex
-            sweep = [JobSpec(command="true", resources=Resources(memory=10_000_000), group=gid,
-                             params={"i": i, "_cell": i}) for i in range(cells)]
-            sweep_runs.append(_drained_run(grid, r, "bench", sweep, {gid: {"name": "bench", "max_parallel": slots}}))
+            for res, runs in ((KINDS["memory"], sweep_runs), (KINDS["label"], label_runs)):
+                gid = uuid.uuid4().hex
+                sweep = [JobSpec(command="true", resources=res, group=gid, params={"i": i, "_cell": i})
+                         for i in range(cells)]
+                runs.append(_drained_run(grid, r, "bench", sweep, {gid: {"name": "bench", "max_parallel": slots}}))
         plain_jobs, sweep_jobs = statistics.median(plain_runs), statistics.median(sweep_runs)
+        label_jobs = statistics.median(label_runs)
     finally:
         agent.terminate()
         agent.wait(60)
@@ -123,6 +126,8 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
     out.update({"plain_jobs": jobs, "plain_jobs_per_s": plain_jobs, "sweep_cells": cells,
                 "throttled_memory_sweep_jobs_per_s": sweep_jobs,
                 "throttled_sweep_vs_plain": sweep_jobs / plain_jobs, "rounds": rounds,
+                "throttled_label_sweep_jobs_per_s": label_jobs, "throttled_label_sweep_vs_plain": label_jobs / plain_jobs,
+                "throttled_label_sweep_jobs_per_s_each": label_runs,
                 "plain_jobs_per_s_each": plain_runs, "throttled_memory_sweep_jobs_per_s_each": sweep_runs})
     return out
 
@@ -139,7 +144,8 @@ def report(out: dict) -> str:
     lines.append(f"  median of {out['rounds']} rounds: {out['plain_jobs']} plain jobs: {out['plain_jobs_per_s']:.0f} jobs/s; "
                  f"{out['sweep_cells']}-cell memory sweep, max_parallel {out['slots']}: "
                  f"{out['throttled_memory_sweep_jobs_per_s']:.0f} jobs/s "
-                 f"({out['throttled_sweep_vs_plain']:.0%} of plain)")
+                 f"({out['throttled_sweep_vs_plain']:.0%} of plain); the same with a label instead: "
+                 f"{out['throttled_label_sweep_jobs_per_s']:.0f} jobs/s ({out['throttled_label_sweep_vs_plain']:.0%})")
     return "\n".join(lines)
 
 
