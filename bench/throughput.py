@@ -7,7 +7,11 @@ Submit->start latency is measured for every contender the same way, from RQ's `e
 to RQ's `started_at` on an idle grid, one job at a time; for the agent also from the start of
 the `Grid.submit` call (before the envelope is signed) to the job's process start.
 
+Then the placement paths (bench/placement_paths.py): jobs with a memory request, a label or
+2 CPUs, and throttled sweeps, against plain jobs on the same agent, as ratios.
+
     python bench/throughput.py [--jobs 1000] [--latency-samples 200] [--broker redis|valkey]
+                               [--sweep-cells 1000] [--placement-only]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import celery_peer  # noqa: E402
 from celery_peer import idle_cpu  # noqa: E402
 from cli_speed import bulk, cli_medians  # noqa: E402
+import placement_paths  # noqa: E402
 
 COMMANDS = ["true", "echo 'a line of output from a trivial job'"]
 
@@ -171,6 +176,8 @@ def main() -> None:
     p.add_argument("--idle-seconds", type=float, default=20, help="Idle CPU measured over this long.")
     p.add_argument("--cli-runs", type=int, default=15, help="Runs of each command for the CLI medians.")
     p.add_argument("--each-lines", type=int, default=10000, help="Lines of the `grid submit --each` file.")
+    p.add_argument("--sweep-cells", type=int, default=300, help="cells of the placement paths' sweeps (1000: the target)")
+    p.add_argument("--placement-only", action="store_true", help="only the placement paths (bench/placement_paths.py)")
     ARGS = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="grid-bench-"))
     os.environ["GRID_CONFIG_DIR"] = str(home / "config")
@@ -178,6 +185,14 @@ def main() -> None:
     generate_key(home / "config" / "keys" / "id_ed25519", "bench")
     (home / "config" / "authorized_keys").write_text((home / "config" / "keys" / "id_ed25519.pub").read_text())
     broker = Broker(kind=ARGS.broker, binary=available_kinds()[ARGS.broker]).start(appendonly=True)
+    if ARGS.placement_only:
+        try:
+            placement = placement_paths.run(broker.url, home, ARGS.jobs, ARGS.sweep_cells, ARGS.latency_samples)
+        finally:
+            broker.stop()
+        print(placement_paths.report(placement))
+        print(json.dumps({"jobs": ARGS.jobs, "broker": ARGS.broker, "placement": placement}))
+        return
     try:
         cores = psutil.cpu_count(logical=True)
         seed1 = seed_run(broker, ARGS.jobs, 1)
@@ -187,6 +202,7 @@ def main() -> None:
                                 ARGS.idle_seconds, broker.proc.pid) if celery_peer.available() else None)
         settings = load_settings(overrides={"redis_url": broker.url})
         bulk_figures = bulk(Grid(broker.client(), settings), ARGS.jobs, ARGS.each_lines, broker.url, dict(os.environ))
+        placement = placement_paths.run(broker.url, home, ARGS.jobs, ARGS.sweep_cells, ARGS.latency_samples)
     finally:
         broker.stop()
     result = {
@@ -196,6 +212,7 @@ def main() -> None:
         "ratio_vs_seed_equal_workers": agent["jobs_per_s"] / seed_n["jobs_per_s"],
         "celery": peer, "ratio_vs_celery": agent["jobs_per_s"] / peer["jobs_per_s"] if peer else None,
         "bulk": bulk_figures,
+        "placement": placement,
     }
     print(f"{'contender':<22}{'jobs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, row in (("seed, 1 rq worker", seed1), (f"seed, {cores} rq workers", seed_n),
@@ -221,6 +238,7 @@ def main() -> None:
     print(f"{b['jobs']} jobs: loop of Grid.submit {b['loop_of_submit_s']:.2f} s, Grid.submit_many "
           f"{b['submit_many_s']:.2f} s ({b['submit_many_speedup']:.1f}x); grid submit --each of {b['each_lines']} "
           f"lines {b['each_s']:.2f} s")
+    print(placement_paths.report(placement))
     print(json.dumps(result))
 
 

@@ -127,9 +127,23 @@ class Placer:
             return [waiting(jid, m) for jid, m in zip(ids, pipe.execute(), strict=True)]
 
     def place_ids(self, ids: Sequence[str]) -> Outcome:
-        """Place these jobs where they fit now (those no longer waiting are skipped)."""
-        jobs = [w for w in self.read(ids) if isinstance(w, Waiting) and w.raw]
-        return self.place(jobs) if jobs else Outcome()
+        """Place these jobs where they fit now (those no longer waiting are skipped), reading
+        them and the grid in two round trips."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hget(keys.rq_job(jid), "meta")
+            pipe.zrange(keys.NODES, 0, -1)
+            *metas, names = pipe.execute()
+        jobs = [w for w in (waiting(jid, m) for jid, m in zip(ids, metas, strict=True))
+                if isinstance(w, Waiting) and w.raw]
+        if not jobs:
+            return Outcome()
+        names = [text(n) for n in names]
+        groups = sorted({w.meta.group for w in jobs if w.meta.group and w.meta.max_parallel})
+        with self.conn.pipeline(transaction=False) as pipe:
+            ask_view(pipe, names, groups)
+            view = take_view(pipe.execute(), names, groups)
+        return self.place(jobs, view=view)  # a node that joined meanwhile: view None, read again
 
     def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
               view: View | None = None) -> Outcome:
