@@ -292,3 +292,40 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
             t.join(60)
         at = _check_never_overcommitted(r, names, **caps, sweeps=sweeps)
     assert ended | set(at) == set(ids) and not [w for w in at.values() if w == "pending"]
+
+
+def test_every_release_wakes_the_placement_loop_with_one_token(r):
+    from gridcore import keys
+    from gridcore.reservations import release
+
+    for job in ("a", "b", "c"):
+        with r.pipeline() as pipe:
+            release(pipe, job, "node-a", "sweep")
+            pipe.execute()
+    assert r.llen(keys.PLACE_WAKE) == 1
+    with r.pipeline() as pipe:
+        release(pipe, "d")  # nothing held on a node, no sweep slot: nothing given back
+        pipe.execute()
+    assert r.lpop(keys.PLACE_WAKE) and not r.llen(keys.PLACE_WAKE)
+
+
+def test_a_job_whose_record_changed_since_it_was_read_is_not_placed(grid, r):
+    """A placer decides on the meta it read; if the job left and came back meanwhile (a lost
+    job requeued, its meta rewritten), that decision is void: nothing is held, nothing moves."""
+    import json
+
+    from gridcore import keys
+    from gridcore.models import JobSpec
+    from gridcore.placing import Placer
+
+    jid = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))  # no node yet: it waits
+    _grid_nodes(r, ["node-a"], cpus=4, memory=8 * GB, gpus=0)
+    placer = Placer(r)
+    [read] = placer.read([jid])
+    meta = json.loads(r.hget(keys.rq_job(jid), "meta"))
+    r.hset(keys.rq_job(jid), "meta", json.dumps(meta | {"lost": 1}))
+    out = placer.place([read])
+    assert out.changed == [jid] and not out.placed
+    assert not r.hlen(keys.node_held("node-a"))
+    assert _where(r, ["node-a"]) == {jid: "pending"}
+    assert placer.place_ids([jid]).placed == {jid: "node-a"}  # read again, it is placed
