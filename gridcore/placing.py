@@ -63,9 +63,10 @@ return 1
 PLACED, NO_ROOM, GONE, THROTTLED, CHANGED = 1, 0, -1, -2, -3
 
 NUDGE = "grid-placed-nudge"
-"""What PLACE pushes onto an empty pool queue of the node it placed a job on. An idle slot blocks on its pool queue only (agent/claim.py) and looks at its node's
-queue when it wakes, so without this a placed job would wait for the slot's next wake (up to a
-second). The nudge is no job: the slot that takes it drops it (there is no such record), as it
+"""What PLACE pushes onto an empty pool queue of the node it placed a job on, if the node
+has an idle slot (a slot's job end frees it in the same step that wakes placement). An idle
+slot blocks on its pool queue only (agent/claim.py) and looks at its node's queue when it
+wakes, so without this a placed job would wait for the slot's next wake (up to a second). The nudge is no job: the slot that takes it drops it (there is no such record), as it
 drops a job deleted while it waited, and takes the placed job from its node queue first."""
 
 
@@ -260,8 +261,11 @@ def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str],
 
 
 def _pool(node: Node, meta: JobMeta) -> str:
-    """The queue an idle slot of `node` blocks on: its first pool queue. (Whether a slot is idle
-    is not known here: one that is ending a job now is about to wait there.)"""
+    """The queue an idle slot of `node` blocks on (its first pool queue), if the node has an
+    idle slot; '' if every slot is busy (the first to finish looks at the node queue first,
+    and a nudge would show as a queued job until some slot took it)."""
+    if node.slots_total and node.slots_busy >= node.slots_total:
+        return ""
     return keys.rq_queue(node.queues[0] if node.queues else (meta.queue or "default"))
 
 
