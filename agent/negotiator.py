@@ -127,11 +127,12 @@ class Negotiator:
                 woke = self.conn.blpop([keys.PLACE_WAKE], timeout=max(0.1, wait))
                 if stop.is_set():
                     break
-                if woke is not None:
-                    self.run_once(full=False, wait=LOCK_WAIT)
-                elif time.monotonic() >= due:
+                # A busy grid wakes this loop at every job end: the periodic pass is due all the same.
+                if time.monotonic() >= due:
                     due = time.monotonic() + interval
-                    self.run_once(full=True)
+                    self.run_once(full=True, wait=LOCK_WAIT if woke is not None else 0.0)
+                elif woke is not None:
+                    self.run_once(full=False, wait=LOCK_WAIT)
             except redis.RedisError as e:
                 # The heartbeat sees (and logs) an outage; this loop only waits it out.
                 log.debug("placement loop: %s", e)

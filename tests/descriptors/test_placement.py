@@ -329,3 +329,40 @@ def test_a_job_whose_record_changed_since_it_was_read_is_not_placed(grid, r):
     assert not r.hlen(keys.node_held("node-a"))
     assert _where(r, ["node-a"]) == {jid: "pending"}
     assert placer.place_ids([jid]).placed == {jid: "node-a"}  # read again, it is placed
+
+
+def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
+    """On a busy grid job ends wake the placement loop all the time; its periodic pass (every
+    reason written, the whole window looked at) must still come round."""
+    import threading
+
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.models import JobSpec
+    from gridcore.reservations import Reservations
+    from tests.support.wait import eventually
+
+    _grid_nodes(r, ["node-a"], cpus=4, memory=8 * GB, gpus=2)
+    assert Reservations(r).reserve("node-a", "holder", Resources(gpus=1), [0], 4, 8 * GB)
+    stop = threading.Event()
+    loop = threading.Thread(target=Negotiator(broker.client(), "agent").loop, args=(stop, 0.3))
+
+    def wakes():
+        while not stop.is_set():
+            with r.pipeline() as pipe:
+                pipe.lpush(keys.PLACE_WAKE, 1)
+                pipe.ltrim(keys.PLACE_WAKE, 0, 0)
+                pipe.execute()
+            stop.wait(0.01)
+
+    waker = threading.Thread(target=wakes)
+    loop.start()
+    waker.start()
+    try:
+        jid = grid.submit(JobSpec(command="true", resources=Resources(gpus=2)))  # waits: one GPU is free
+        eventually(lambda: r.hget(keys.WHY, jid), 10, 0.05, "the periodic pass to say why the job waits")
+    finally:
+        stop.set()
+        waker.join(10)
+        loop.join(10)
+    assert b"needs 2 GPUs free, has 1" in r.hget(keys.WHY, jid)
