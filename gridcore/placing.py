@@ -144,7 +144,9 @@ class Placer:
         with self.conn.pipeline(transaction=False) as pipe:
             ask_view(pipe, names, groups)
             view = take_view(pipe.execute(), names, groups)
-        return self.place(jobs, view=view)  # a node that joined meanwhile: view None, read again
+        # No reasons: they are not written here (the agents' periodic pass does), and naming every
+        # node's reason for each cell of a big sweep would cost the submitter more than placing.
+        return self.place(jobs, view=view, explain_rest=())  # view None (a node joined): read again
 
     def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
               view: View | None = None) -> Outcome:
