@@ -154,7 +154,7 @@ class Placer:
 
         A job that does not fit gets its reason in `Outcome.whys` when its id is in
         `explain_rest` (None: every job): naming each node's reason costs a pass more than
-        placing does, so a quick pass explains only the jobs it has not explained yet. `view`:
+        placing does, so the submitter and a woken pass name none. `view`:
         what the caller read of the grid for this (None: read now)."""
         order = sorted(jobs, key=lambda w: (-w.meta.priority, w.meta.submitted or 0))
         out = Outcome()
