@@ -9,7 +9,10 @@ a job that waits for a node to come back, or to be resumed). One agent at a time
 (under a lock); the pass reads a bounded window of the queue and places, by priority then
 age, each job that fits now, by `placing.PLACE` (atomic, so racing submitters are harmless).
 A job that fits nowhere now keeps a plain-words reason per node, shown by `grid why` and the
-console, written by the periodic pass.
+console, written by the periodic pass. A slot whose job had been placed (or was in a throttled
+sweep) also runs a quick pass itself as the job ends (agent/perform.py), before it looks for
+its next job: the next cell of a sweep is then in its node queue already, without waiting for
+the woken loop of the agent, a process that shares the node's cores with the jobs.
 """
 
 from __future__ import annotations
@@ -56,22 +59,25 @@ class Negotiator:
         self._names: list[str] = []  # the nodes the last pass saw
         self._unlock = conn.register_script(_UNLOCK)
 
-    def run_once(self, *, full: bool = True, wait: float = 0.0) -> int:
+    def run_once(self, *, full: bool = True, wait: float = 0.0, lock: bool = True) -> int:
         """One pass if no other agent is doing one (waiting up to `wait` s for it to end);
-        returns how many jobs were placed. `full`: write every reason, read every record again."""
+        returns how many jobs were placed. `full`: write every reason, read every record again.
+        `lock=False`: a slot's quick pass at its job's end, alongside any agent's (placing is
+        atomic job by job; the lock only keeps agents' passes from doing the same work)."""
         with self._mutex:
             token = f"{self.owner}.{uuid.uuid4().hex[:8]}"
             deadline = time.monotonic() + wait
-            while (survey := self._survey(token, full)) is None:
+            while (survey := self._survey(token, full, lock)) is None:
                 if time.monotonic() >= deadline:
                     return 0
                 time.sleep(0.002)
             try:
                 return self._pass(full, *survey)
             finally:
-                self._unlock(keys=[keys.NEGOTIATOR_LOCK], args=[token])
+                if lock:
+                    self._unlock(keys=[keys.NEGOTIATOR_LOCK], args=[token])
 
-    def _survey(self, token: str, full: bool) -> tuple[list[str], View] | None:
+    def _survey(self, token: str, full: bool, lock: bool) -> tuple[list[str], View] | None:
         """Take the pass lock and read the waiting jobs' ids and the grid, in one round trip
         (the nodes and sweeps of the last pass are read; others take a second one); None if
         another agent holds the lock."""
@@ -80,7 +86,10 @@ class Negotiator:
         groups = sorted({w.meta.group for w in self._read.values()
                          if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel})
         with self.conn.pipeline(transaction=False) as pipe:
-            pipe.set(keys.NEGOTIATOR_LOCK, token, nx=True, ex=LOCK_TTL)
+            if lock:
+                pipe.set(keys.NEGOTIATOR_LOCK, token, nx=True, ex=LOCK_TTL)
+            else:
+                pipe.echo("unlocked")  # keeps the replies' order
             pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, (WINDOW if full else EVENT_WINDOW) + PREFETCH - 1)
             ask_view(pipe, self._names, groups)
             locked, ids, *replies = pipe.execute()

@@ -14,6 +14,7 @@ from typing import Any
 from agent import runner, usage
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
+from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS, OutageClock
 from agent.rqadapter.book import RQBook
 from agent.verify import AlreadyRunning, Gatekeeper
@@ -51,6 +52,7 @@ class Performer:
         self.busy = False
         self.cold = False
         self.cold_at = 0.0
+        self.placing = Negotiator(conn, owner=worker)  # this slot's quick pass at a placed job's end
 
     # ---- flags set by signals and RQ commands ---------------------------------------------
 
@@ -159,3 +161,16 @@ class Performer:
         result = meter.finish(result)
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
         attempt.finish(envelope, result, outcome, give_up=self._give_up)
+        meta = attempt.meta
+        if meta.placement is not None or meta.max_parallel:
+            self._place_next()
+
+    def _place_next(self) -> None:
+        """What the ended job gave back may let the next waiting job in (the next cell of its
+        sweep): place it now, before this slot looks for its next job (agent/negotiator.py)."""
+        try:
+            self.placing.run_once(full=False, lock=False)
+        except OUTAGE_ERRORS as e:
+            log.warning("placing after a job's end: %s (the agents' placement loop will)", e)
+        except Exception:  # noqa: BLE001 - a placement bug must not take the slot down; it is logged
+            log.exception("placing after a job's end failed")
