@@ -26,6 +26,9 @@ import redis
 
 from gridcore import keys
 from gridcore.placing import WINDOW, Placer, View, Waiting, ask_view, take_view
+from gridcore.quarantine import Quarantine
+from gridcore.records import text
+from gridcore.reservations import Corrupt
 
 log = logging.getLogger("grid.negotiator")
 
@@ -58,6 +61,7 @@ class Negotiator:
         self._explained: dict[str, str] = {}  # job id -> the reason last written for it
         self._names: list[str] = []  # the nodes the last pass saw
         self._unlock = conn.register_script(_UNLOCK)
+        self.quarantine = Quarantine(conn)
 
     def run_once(self, *, full: bool = True, wait: float = 0.0, lock: bool = True) -> int:
         """One pass if no other agent is doing one (waiting up to `wait` s for it to end);
@@ -92,14 +96,28 @@ class Negotiator:
                 pipe.echo("unlocked")  # keeps the replies' order
             pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, (WINDOW if full else EVENT_WINDOW) + PREFETCH - 1)
             ask_view(pipe, self._names, groups)
-            locked, ids, *replies = pipe.execute()
+            locked, ids, *replies = pipe.execute(raise_on_error=False)
+        if isinstance(locked, Exception):
+            raise locked
         if not locked:
             return None
         view = take_view(replies, self._names, groups)
-        if view is None:  # a node joined or left since the last pass
-            view = self.placer.view(groups)
+        if view is None:  # a node joined or left since the last pass, or a bad key or entry
+            view = self._careful_view(groups)
             self._names = [n.name for n in view.nodes]
-        return [i.decode() for i in ids], view
+        # A pending queue of another type (anyone can write one) holds nothing to place.
+        return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view
+
+    def _careful_view(self, groups: list[str]) -> View:
+        """The grid read key by key; held entries that are no HeldEntry (the reserve script
+        counts them as nothing) are set aside for good, then the grid is read again."""
+        corrupt: list[Corrupt] = []
+        view = self.placer.view(groups, corrupt=corrupt)
+        if not corrupt:
+            return view
+        for c in corrupt:
+            self.quarantine.hash_field(keys.node_held(c.node), c.field, c.raw, c.problem, node=c.node)
+        return self.placer.view(groups)
 
     def _pass(self, full: bool, ids: list[str], view: View) -> int:
         # Records of jobs no longer waiting are forgotten; a waiting job's meta changes only when
@@ -113,6 +131,10 @@ class Negotiator:
             new = [i for i in ids if i not in self._read]
             self._read.update(zip(new, self.placer.read(new), strict=True))
         whys = {i: f"not placed: {w}" for i in window if isinstance(w := self._read[i], str)}
+        for jid, why in whys.items():
+            # Out of the window for good: a corrupt record must not be read on every pass, nor
+            # crowd out the jobs behind it.
+            self.quarantine.list_item(keys.rq_queue(keys.PENDING_QUEUE), jid, why, job=jid)
         jobs = [w for i in window if isinstance(w := self._read[i], Waiting)]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else ())

@@ -26,7 +26,7 @@ from gridcore.models import Node, Resources
 from gridcore.placement import Committed, Fit, choose_node, explain
 from gridcore.reads import Reads
 from gridcore.records import NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
-from gridcore.reservations import RESERVE_FN, Reservations, reserve_args
+from gridcore.reservations import RESERVE_FN, Corrupt, Reservations, reserve_args
 from gridcore.views import node_view
 
 log = logging.getLogger("grid.placing")
@@ -81,8 +81,10 @@ class Waiting:
     digest: str
 
 
-def waiting(job_id: str, raw: bytes | None) -> Waiting | str:
+def waiting(job_id: str, raw: bytes | Exception | None) -> Waiting | str:
     """A waiting job's record, or what is wrong with it (a corrupt one is not placed)."""
+    if isinstance(raw, Exception):  # its key changed type since its size was asked
+        return str(CorruptRecord(f"{keys.rq_job(job_id)} meta", "", _unfit(raw)))
     data = raw or b""
     try:
         meta = JobMeta.decode(data or b"{}", f"{keys.rq_job(job_id)} meta")
@@ -121,15 +123,26 @@ class Placer:
         self._place = conn.register_script(PLACE)
 
     def read(self, ids: Sequence[str]) -> list[Waiting | str]:
-        """The records of these waiting jobs (or what is wrong with each), in one round trip."""
+        """The records of these waiting jobs (or what is wrong with each): each meta's size is
+        asked first, so an oversized one is never fetched; a job key of another type (anyone
+        can write one) fails its own record, not the read."""
         with self.conn.pipeline(transaction=False) as pipe:
             for jid in ids:
-                pipe.hget(keys.rq_job(jid), "meta")
-            return [waiting(jid, m) for jid, m in zip(ids, pipe.execute(), strict=True)]
+                pipe.hstrlen(keys.rq_job(jid), "meta")
+            sizes = pipe.execute(raise_on_error=False)
+        fits = [isinstance(n, int) and n <= JobMeta.MAX_BYTES for n in sizes]
+        with self.conn.pipeline(transaction=False) as pipe:
+            for jid, ok in zip(ids, fits, strict=True):
+                if ok:
+                    pipe.hget(keys.rq_job(jid), "meta")
+            fetched = iter(pipe.execute(raise_on_error=False))
+        return [waiting(jid, next(fetched)) if ok else str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", _unfit(n)))
+                for jid, ok, n in zip(ids, fits, sizes, strict=True)]
 
     def place_ids(self, ids: Sequence[str]) -> Outcome:
         """Place these jobs where they fit now (those no longer waiting are skipped), reading
-        them and the grid in two round trips."""
+        them and the grid in two round trips (the submitter's own jobs: their records are
+        as it just wrote them)."""
         with self.conn.pipeline(transaction=False) as pipe:
             for jid in ids:
                 pipe.hget(keys.rq_job(jid), "meta")
@@ -143,7 +156,7 @@ class Placer:
         groups = sorted({w.meta.group for w in jobs if w.meta.group and w.meta.max_parallel})
         with self.conn.pipeline(transaction=False) as pipe:
             ask_view(pipe, names, groups)
-            view = take_view(pipe.execute(), names, groups)
+            view = take_view(pipe.execute(raise_on_error=False), names, groups)
         # No reasons: they are not written here (the agents' periodic pass does), and naming every
         # node's reason for each cell of a big sweep would cost the submitter more than placing.
         return self.place(jobs, view=view, explain_rest=())  # view None (a node joined): read again
@@ -196,10 +209,12 @@ class Placer:
                 out.changed.append(w.id)
         return out
 
-    def view(self, groups: Iterable[str] = ()) -> View:
-        """The grid as placement sees it now (the nodes named by the broker's own list)."""
+    def view(self, groups: Iterable[str] = (), corrupt: list[Corrupt] | None = None) -> View:
+        """The grid as placement sees it now (the nodes named by the broker's own list); held
+        entries that are no HeldEntry count as nothing and are listed in `corrupt`."""
         nodes = self.reads.nodes()
-        return View(nodes, self.reservations.committed([n.name for n in nodes]), self.throttles(groups))
+        return View(nodes, self.reservations.committed([n.name for n in nodes], corrupt=corrupt),
+                    self.throttles(groups))
 
     def throttles(self, groups: Iterable[str]) -> dict[str, int]:
         """Sweep id -> how many of its jobs are placed or running."""
@@ -239,10 +254,13 @@ def ask_view(pipe, names: Sequence[str], groups: Sequence[str]) -> None:
         pipe.scard(keys.group_slots(g))
 
 
-def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str],
-              problems: list[str] | None = None) -> View | None:
-    """The `View` from the replies of `ask_view`'s reads; None if the grid's nodes are not
-    `names` (a node joined or left: read again with the right names)."""
+def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str]) -> View | None:
+    """The `View` from the replies (read with `raise_on_error=False`) of `ask_view`'s reads;
+    None if the grid's nodes are not `names` (a node joined or left), or if any reply is an
+    error or a held entry is no HeldEntry: then `Placer.view` reads it again the careful way
+    (each bad key failing alone, bad held entries listed to be set aside)."""
+    if any(isinstance(x, Exception) for x in replies):
+        return None
     (sec, usec), members = replies[0], replies[1]
     if [text(m) for m, _ in members] != list(names):
         return None
@@ -257,9 +275,15 @@ def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str],
             e = salvage(HeldEntry, v, f"{keys.node_held(name)} {text(k)}", seen) or HeldEntry()
             c = c.plus(Resources(cpus=e.cpus, memory=e.memory), e.gpus)
         committed[name] = c
-    if problems is not None:
-        problems.extend(seen)
+    if seen:
+        return None
     return View(nodes, committed, dict(zip(groups, replies[2 + 3 * len(names):], strict=True)))
+
+
+def _unfit(size: int | Exception) -> str:
+    if isinstance(size, Exception):
+        return f"not a job record ({str(size)[:100]})"
+    return f"{size} bytes, more than the {JobMeta.MAX_BYTES} a JobMeta may have"
 
 
 def _pool(node: Node, meta: JobMeta) -> str:

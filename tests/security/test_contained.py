@@ -47,9 +47,10 @@ def test_a_zlib_bomb_in_data_is_refused_before_it_inflates(grid, r):
 
 
 def test_an_oversized_meta_in_pending_is_set_aside_unread(grid, r, monkeypatch, capsys, settings):
-    put_node(r, "n1", grid.broker_time())
+    # Submitted before the node is up, so that they wait (a submitter places what fits at once).
     big = grid.submit(JobSpec(command="echo big", resources=Resources(cpus=2)))
     good = grid.submit(JobSpec(command="echo good", resources=Resources(cpus=2)))
+    put_node(r, "n1", grid.broker_time())
     r.hset(keys.rq_job(big), "meta", b"{" + b" " * (50 * 1024 * 1024) + b"}")
     neg = Negotiator(r, owner="test")
     assert neg.run_once() == 1
@@ -63,10 +64,10 @@ def test_an_oversized_meta_in_pending_is_set_aside_unread(grid, r, monkeypatch, 
 
 
 def test_a_corrupt_held_entry_stops_neither_reserve_nor_placement(grid, r, monkeypatch, capsys, settings):
+    jid = grid.submit(JobSpec(command="echo hi", resources=Resources(cpus=2)))  # before the node: it waits
     put_node(r, "n1", grid.broker_time())
     r.hset(keys.node_held("n1"), mapping={"x": "not-json", "y": '{"cpus": "lots", "gpus": 7}', "z": "[1]"})
     assert Reservations(r).reserve("n1", "j0", Resources(cpus=1), [], 8, 0)
-    jid = grid.submit(JobSpec(command="echo hi", resources=Resources(cpus=2)))
     assert Negotiator(r, owner="test").run_once() == 1, r.hgetall(keys.WHY)
     assert pending(r) == []
     assert set(r.hkeys(keys.node_held("n1"))) == {b"j0", jid.encode()}  # the corrupt ones set aside
