@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
+import sys
 
 from gridcore.models import JobSpec, JobState, Resources
 
-DUMP = "python3 -c 'import json, os; print(json.dumps({\"env\": dict(os.environ), \"cwd\": os.getcwd(), \"uid\": os.getuid()}))'"
+# sys.executable, not `python3`: a pyenv shim on PATH would prepend its own dirs to the PATH it passes on.
+DUMP = shlex.quote(sys.executable) + " -c 'import json, os; print(json.dumps({\"env\": dict(os.environ), \"cwd\": os.getcwd(), \"uid\": os.getuid()}))'"
 
 
 def seen(grid, jid: str) -> dict:
