@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from agent import runner, usage
+from agent.admission import Admission
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
 from agent.negotiator import Negotiator
@@ -42,6 +43,7 @@ class Performer:
         self.worker = worker
         self.settings = settings
         self.gate = gate
+        self.admission = Admission(conn, settings.agent)  # signed bounds and the node's replay journal
         self.marker_env = marker_env
         capacity = capacity or {}
         self.capacity = Capacity(cpus=float(capacity.get("cpus") or 1e9), memory=int(capacity.get("memory") or 0),
@@ -103,7 +105,13 @@ class Performer:
         now = self.clock.now()
         try:
             envelope, _signer = self.gate.verify(attempt.job, now, taken.active if taken is not None else ...)
-            started = attempt.start(envelope, now, self.capacity)
+            ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
+            started = False
+            try:
+                started = attempt.start(envelope, now, self.capacity)
+            finally:
+                if not started:
+                    self.admission.withdraw(ticket)
         except AlreadyRunning as e:
             # The running copy holds the reservation under the same job id: leave it be.
             attempt.drop_twin(f"refused: {e}", now)
@@ -116,12 +124,13 @@ class Performer:
             time.sleep(PUT_BACK_PAUSE)
             return
         try:
-            self._run(attempt, envelope, now)
+            result, outcome = self._run(attempt, envelope, now)
+            self.admission.ended(ticket, now, result, outcome)
         finally:
             self.busy = False
             self.book.idle()
 
-    def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float) -> None:
+    def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float) -> tuple[Result, str | None]:
         self.busy = True
         self.cancel_event.clear()
         self.stop_reason.clear()
@@ -164,6 +173,7 @@ class Performer:
         meta = attempt.meta
         if meta.placement is not None or meta.max_parallel:
             self._place_next()
+        return result, outcome
 
     def _place_next(self) -> None:
         """What the ended job gave back may let the next waiting job in (the next cell of its

@@ -114,6 +114,7 @@ class Submission:
             v=ENVELOPE_VERSION, job_id=job_id, command=spec.command,
             argv=list(spec.argv) if spec.argv is not None else None, cwd=spec.cwd, env=dict(spec.env),
             timeout=spec.timeout, resources=ResourcesRecord.of(spec.resources), queue=queue,
+            job_queue=spec.queue, after=list(spec.after), after_on=spec.after_on,
             submitter=self._signer().name, issued_at=now, expires_at=now + self.settings.envelope_ttl,
             nonce=secrets.token_hex(16), max_attempts=attempts,
         ), f"job {job_id}").model_dump(mode="json")

@@ -43,7 +43,10 @@ class Envelope(JsonRecord):
     env: Annotated[dict[Name, Annotated[str, StringConstraints(max_length=128 * 1024)]], Field(max_length=1024)] = {}
     timeout: Annotated[float, Field(gt=0, le=1e9)] | None = None
     resources: ResourcesRecord = ResourcesRecord()
-    queue: Name
+    queue: Name  # where it was routed: the job's queue, or grid.pending for the placement pass
+    job_queue: Name | None = None  # the queue the submitter chose (a node must serve it)
+    after: Annotated[list[Name], Field(max_length=4096)] = []  # parents that must have ended first
+    after_on: Literal["success", "any"] = "success"
     submitter: Name = ""
     issued_at: Stamp
     expires_at: Stamp

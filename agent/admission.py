@@ -1,0 +1,53 @@
+"""What a verified envelope must still pass on this node before it starts, and the node's
+record of each start: the signed bounds (agent/bounds.py) and the replay journal (agent/journal.py).
+
+Neither trusts the broker's word that a job may run here: the queue it sits in, its attempt
+counter and its status are all writable by anyone who can write to the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+import redis
+
+from agent import bounds
+from agent.journal import Journal, Ticket, journal_path
+from gridcore.records import Placement, Result
+from gridcore.settings import AgentSettings
+
+log = logging.getLogger("grid.admission")
+
+
+class Admission:
+    """One slot's side of the node's journal, and the bounds checks before it."""
+
+    def __init__(self, conn: redis.Redis, cfg: AgentSettings, journal: Journal | None = None):
+        self.conn = conn
+        self.cfg = cfg
+        self.journal = journal or Journal(journal_path(cfg.node_name))
+
+    def admit(self, job_id: str, taken_from: str, placement: Placement | None, envelope: dict[str, Any],
+              now: float) -> Ticket:
+        """Refuse (Refused, AlreadyRunning) what this node may not start now; else journal the start."""
+        bounds.check(envelope, self.cfg, taken_from, placement)
+        bounds.check_parents(self.conn, envelope)
+        return self.journal.admit(envelope, job_id, now)
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """The journaled start did not happen after all."""
+        try:
+            self.journal.withdraw(ticket)
+        except sqlite3.Error as e:
+            # The row stays and counts as one of the envelope's starts here: safe, and said.
+            log.error("replay journal: withdrawing a start that did not happen: %s", e)
+
+    def ended(self, ticket: Ticket, now: float, result: Result, outcome: str | None) -> None:
+        """The start ended; one that ran to its end (exit 0, canceled) never starts here again."""
+        final = outcome == "canceled" or (outcome is None and result.exit_code == 0)
+        try:
+            self.journal.ended(ticket, result.end or now, final)
+        except sqlite3.Error as e:
+            log.error("replay journal: recording the end of a start: %s", e)

@@ -1,0 +1,128 @@
+"""This node's replay journal: every envelope it started, on its own disk, while the envelope is valid.
+
+The broker's attempt counter (`grid:nonces:<nonce>`) is only as good as the broker: a broker
+writer can delete it, set a finished job back to `queued` and push its id again. Like MUNGE's
+replay cache, each node therefore also remembers, in a file no broker writer can reach, which
+envelopes (by nonce) it started and how each start ended:
+
+- an envelope that ran to its end here (exit 0, or canceled) never starts here again;
+- one whose earlier start here is still running (its slot process is alive) is a twin;
+- no envelope starts here more often than the attempts it was signed for (`max_attempts`).
+
+Rows are kept until the envelope is void (its expiry, plus the clock skew the gate allows);
+after that the gate refuses the envelope as expired, so the row is no longer needed.
+
+One SQLite file per node, shared by its slot processes: `BEGIN IMMEDIATE` makes the check and
+the insert one step across them. Any failure to read or write it refuses the job (fail closed).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.verify import AlreadyRunning, nonce_expiry
+from gridcore.settings import data_dir
+from gridcore.signing import Refused
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS starts (
+    nonce   TEXT NOT NULL,
+    seq     INTEGER NOT NULL,   -- which start of this envelope on this node: 1, 2, ...
+    job_id  TEXT NOT NULL,
+    pid     INTEGER NOT NULL,   -- the slot process that started it
+    started REAL NOT NULL,
+    expires REAL NOT NULL,      -- when the envelope is void: the row may go
+    ended   REAL,               -- NULL while it runs (or if its slot died)
+    final   INTEGER NOT NULL DEFAULT 0,  -- 1: it ran to its end here; never again on this node
+    PRIMARY KEY (nonce, seq)
+)
+"""
+
+
+def journal_path(node: str) -> Path:
+    """Where a node's journal lives: the agent's data dir, one file per node name."""
+    return data_dir() / "nodes" / node / "journal.sqlite"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One admitted start: what `withdraw` and `ended` name."""
+
+    nonce: str
+    seq: int
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this slot runs one job at a time: a row of its own left open is over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Journal:
+    """The node's journal file; opened on first use by each slot process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a start is on disk before the job runs
+            db.execute(SCHEMA)
+            self._db = db
+        return self._db
+
+    def admit(self, envelope: dict[str, Any], job_id: str, now: float) -> Ticket:
+        """Record that this envelope starts here now, or refuse it (a replay, or a twin)."""
+        try:
+            return self._admit(envelope, job_id, now)
+        except sqlite3.Error as e:
+            raise Refused(f"this node's replay journal is unusable ({self.path}: {e})") from None
+
+    def _admit(self, envelope: dict[str, Any], job_id: str, now: float) -> Ticket:
+        nonce = envelope["nonce"]
+        allowed = envelope.get("max_attempts") or 1
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM starts WHERE expires < ?", (now,))
+            rows = db.execute("SELECT seq, pid, ended, final FROM starts WHERE nonce = ?", (nonce,)).fetchall()
+            if any(final for _seq, _pid, _ended, final in rows):
+                raise Refused("replayed envelope: it already ran to its end on this node")
+            if any(ended is None and _alive(pid) for _seq, pid, ended, _final in rows):
+                raise AlreadyRunning("replayed envelope: it is already running on this node")
+            if len(rows) >= allowed:
+                raise Refused(f"replayed envelope: started {len(rows)} times on this node, "
+                              f"the most its signature allows ({allowed})")
+            seq = len(rows) + 1
+            db.execute("INSERT INTO starts (nonce, seq, job_id, pid, started, expires) VALUES (?, ?, ?, ?, ?, ?)",
+                       (nonce, seq, job_id, os.getpid(), now, nonce_expiry(envelope)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return Ticket(nonce, seq)
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """The admitted start did not happen (no room here, refused by the broker's count)."""
+        self._conn().execute("DELETE FROM starts WHERE nonce = ? AND seq = ?", (ticket.nonce, ticket.seq))
+
+    def ended(self, ticket: Ticket, now: float, final: bool) -> None:
+        """The start ended; `final`: it ran to its end (exit 0, canceled), so never again here."""
+        self._conn().execute("UPDATE starts SET ended = ?, final = ? WHERE nonce = ? AND seq = ?",
+                             (now, int(final), ticket.nonce, ticket.seq))

@@ -1,0 +1,105 @@
+"""The node's replay journal and the signed bounds, without agents: what each refuses and why."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agent import bounds
+from agent.journal import Journal
+from agent.verify import AlreadyRunning
+from gridcore import keys
+from gridcore.records import Placement
+from gridcore.settings import AgentSettings
+from gridcore.signing import Refused
+
+NOW = 1_000_000.0
+
+
+def envelope(**over):
+    env = {"nonce": "n" * 32, "max_attempts": 2, "expires_at": NOW + 3600, "queue": "default",
+           "resources": {"cpus": 1.0, "gpus": 0, "labels": [], "node": None}}
+    env.update(over)
+    return env
+
+
+def test_a_start_that_ran_to_its_end_never_starts_again(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    t = j.admit(envelope(), "job", NOW)
+    j.ended(t, NOW + 1, final=True)
+    with pytest.raises(Refused, match="already ran to its end on this node"):
+        Journal(tmp_path / "j.sqlite").admit(envelope(), "job", NOW + 2)  # a new slot process, same file
+
+
+def test_a_failed_start_may_be_retried_up_to_the_signed_attempts(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    for _ in range(2):
+        j.ended(j.admit(envelope(), "job", NOW), NOW, final=False)
+    with pytest.raises(Refused, match=r"started 2 times on this node, the most its signature allows \(2\)"):
+        j.admit(envelope(), "job", NOW)
+
+
+def test_a_withdrawn_start_does_not_count(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    j.withdraw(j.admit(envelope(max_attempts=1), "job", NOW))
+    j.admit(envelope(max_attempts=1), "job", NOW)
+
+
+def test_a_start_of_a_live_slot_is_a_twin_and_one_of_a_dead_slot_is_not(tmp_path):
+    path = tmp_path / "j.sqlite"
+    code = ("import sys; from agent.journal import Journal; from tests.security.test_journal import envelope, NOW;"
+            "from pathlib import Path; Journal(Path(sys.argv[1])).admit(envelope(), 'job', NOW);"
+            "sys.stdout.write('in\\n'); sys.stdout.flush(); sys.stdin.read()")
+    other = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             cwd=os.getcwd())
+    assert other.stdout.readline() == b"in\n"
+    with pytest.raises(AlreadyRunning, match="already running on this node"):
+        Journal(path).admit(envelope(), "job", NOW)
+    other.communicate(b"")
+    Journal(path).admit(envelope(), "job", NOW)  # its slot is gone: a lost attempt, retried
+
+
+def test_rows_go_when_the_envelope_is_void(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    j.ended(j.admit(envelope(), "job", NOW), NOW, final=True)
+    j.admit(envelope(nonce="m" * 32), "other", NOW + 7200)
+    assert j._conn().execute("SELECT count(*) FROM starts").fetchone() == (1,)
+
+
+def test_the_journal_file_is_private(tmp_path):
+    j = Journal(tmp_path / "node" / "j.sqlite")
+    j.admit(envelope(), "job", NOW)
+    assert oct((tmp_path / "node" / "j.sqlite").stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "node").stat().st_mode & 0o777) == "0o700"
+
+
+CFG = AgentSettings(node_name="n1", queues=["default", "gpu"], labels=["big"])
+
+
+@pytest.mark.parametrize("over,taken,says", [
+    ({"resources": {"node": "n2"}}, "default", "signed for node 'n2', not this node (n1)"),
+    ({"resources": {"labels": ["big", "gpu"]}}, "default", "needs label gpu"),
+    ({"queue": "secret"}, "default", "signed for queue 'secret', found in queue 'default'"),
+    ({"queue": "secret"}, "secret", "signed for queue 'secret', which this node (n1) does not serve"),
+    ({"queue": keys.PENDING_QUEUE, "job_queue": "secret"}, "node.n1", "does not serve"),
+    ({"queue": "default"}, "node.n2", "found in queue 'node.n2'"),
+], ids=["node", "label", "moved-queue", "unserved-queue", "placed-unserved", "other-node-queue"])
+def test_bounds_refuse_what_the_envelope_was_not_signed_for(over, taken, says):
+    with pytest.raises(Refused, match=says.replace("(", r"\(").replace(")", r"\)")):
+        bounds.check(envelope(**over), CFG, taken, None)
+
+
+def test_bounds_pass_what_was_signed_and_placed_here():
+    bounds.check(envelope(resources={"node": "n1", "labels": ["big"]}), CFG, "default", None)
+    bounds.check(envelope(queue=keys.PENDING_QUEUE, job_queue="gpu", resources={"gpus": 2}), CFG, "node.n1",
+                 Placement(node="n1", gpus=[0, 1]))
+
+
+def test_a_placement_holding_other_gpus_than_signed_is_refused():
+    with pytest.raises(Refused, match="placement holds 1 GPUs here; the envelope was signed for 0"):
+        bounds.check(envelope(), CFG, "node.n1", Placement(node="n1", gpus=[0]))
+
+
