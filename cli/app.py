@@ -356,6 +356,7 @@ def requeue(
         raise CliError("--filter and --reason select among --all-failed: add --all-failed", 2)
     grid = shared(ctx).grid
     ids = [grid.resolve(j) for j in job_ids or []]
+    named = set(ids)  # an expired envelope is renewed only for a job the operator named
     if all_failed:
         flt = _filter(filter_ or "", queue=queue)
         if flt.state not in (None, JobState.FAILED):
@@ -373,9 +374,9 @@ def requeue(
         return
     if not ids:
         raise CliError("nothing to requeue: give job ids, --all-failed or --group", 2)
-    for jid in ids:
-        grid.requeue(jid)
-        render.echo(f"{jid} requeued")
+    from cli.renew import requeue_each  # Rich and the envelope's reading: only for this command
+
+    requeue_each(grid, ids, named)
 
 
 @app.command()

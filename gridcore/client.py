@@ -20,6 +20,7 @@ from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobSpec, JobState, Node, NodeState, OutputChunk, QueueStats
 from gridcore.placement import Committed, is_plain
 from gridcore.reads import FIND_ALL_CAP, Reads
+from gridcore.records import Envelope
 from gridcore.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -227,9 +228,11 @@ class Grid:
         """Cancel a job (a running one's whole process tree); return the state it reached."""
         return self.control.cancel(job_id, wait=wait)
 
-    def requeue(self, job_id: str) -> None:
-        """Run a failed or canceled job again, re-signed by this submitter."""
-        self.control.requeue(job_id)
+    def requeue(self, job_id: str, named: bool = False) -> Envelope:
+        """Run a failed or canceled job again, re-signed by this submitter; return the signed envelope.
+
+        `named`: the operator named this job itself, so an expired envelope may be renewed."""
+        return self.control.requeue(job_id, named=named)
 
     def fail_dependents(self, job_id: str, now: float) -> list[str]:
         """Fail every job that needs `job_id` to succeed."""

@@ -13,7 +13,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.registry import CanceledJobRegistry
 
-from gridcore import dependencies, events, history, keys, reservations
+from gridcore import dependencies, events, history, keys, renewal, reservations
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError, JobNotFound
 from gridcore.models import JobState
@@ -106,8 +106,10 @@ class Control:
         """Mark every job that needs `job_id` to succeed as failed ('dependency failed')."""
         return dependencies.fail_dependents(self.redis, job_id, now, self.settings.result_ttl)
 
-    def requeue(self, job_id: str) -> None:
-        """Run a failed or canceled job again: its envelope is re-signed by this submitter."""
+    def requeue(self, job_id: str, named: bool = False) -> Envelope:
+        """Run a failed or canceled job again: its envelope is re-signed by this submitter; return it.
+
+        `named`: the operator named this job (not a bulk requeue): an expired envelope may be renewed."""
         state = self.reads.state(job_id)
         if state not in (JobState.FAILED, JobState.CANCELED):
             raise GridError(f"job {job_id} is {state.value}; only failed or canceled jobs can be requeued")
@@ -116,7 +118,9 @@ class Control:
             raise GridError(f"job {job_id} is not a grid job")
         signer = self._signer()
         now = self.clock.now()
-        envelope = self._verified_envelope(job.args[0], job_id).model_copy(update={
+        stored = self._verified_envelope(job.args[0], job_id)
+        renewal.check(self.redis, stored, job_id, now, named=named)
+        envelope = stored.model_copy(update={
             "issued_at": now, "expires_at": now + self.settings.envelope_ttl, "nonce": secrets.token_hex(16),
             "submitter": signer.name,
         })
@@ -139,6 +143,7 @@ class Control:
         except InvalidJobOperation as e:
             raise GridError(f"cannot requeue {job_id}: {e}") from None
         reposition(self.redis, [job_id])  # RQ put it at the back: where its priority says
+        return envelope
 
     def _verified_envelope(self, signed: Any, job_id: str) -> Envelope:
         # Re-signing what the broker holds would launder a tampered command: verify first,

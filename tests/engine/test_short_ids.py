@@ -42,7 +42,7 @@ def test_every_command_that_takes_an_id_takes_a_short_one(cli, grid, two):
     assert waited.returncode == 1 and json.loads(waited.stdout) == {A: "queued"}
     assert cli("cancel", short, check=True).stdout.strip() == f"{A} canceled"
     assert grid.state(A) is JobState.CANCELED
-    assert cli("requeue", short, check=True).stdout.strip() == f"{A} requeued"
+    assert cli("requeue", short, check=True).stdout.strip() == f"{A} requeued: true"
     ambiguous = cli("show", "517e63")
     assert ambiguous.returncode == 2 and A in ambiguous.stderr and B in ambiguous.stderr
     assert len(ambiguous.stderr.strip().splitlines()) == 1
