@@ -120,6 +120,7 @@ def job_detail(j: Job, gpu_memory: int | None = None) -> None:
     rows = [
         ("id", j.id), ("name", j.name), ("state", j.state.value), ("queue", j.queue), ("node", j.node or "-"),
         ("slot", "-" if j.slot is None else j.slot), ("submitter", j.submitter or "-"),
+        ("signature", j.signature or "-"),  # of the command above: what the nodes check
         ("exit code", "-" if j.exit_code is None else j.exit_code),
         ("signal", "-" if j.signal is None else f"{j.signal} ({_signame(j.signal)})"),
         ("reason", j.reason or "-"), ("submitted", _ts(j.enqueued_at)), ("started", _ts(j.started_at)),

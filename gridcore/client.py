@@ -20,12 +20,13 @@ from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobSpec, JobState, Node, NodeState, OutputChunk, QueueStats
 from gridcore.placement import Committed, is_plain
 from gridcore.reads import FIND_ALL_CAP, Reads
-from gridcore.records import Envelope
 from gridcore.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from gridcore.control import Control
     from gridcore.explain import Explainer
+    from gridcore.records import Envelope
+    from gridcore.signedview import EnvelopeReader
     from gridcore.signing import Signer
     from gridcore.submission import Submission
 
@@ -40,7 +41,8 @@ class Grid:
         self.settings = settings or load_settings()
         self._signer = signer
         self.clock = BrokerClock(connection)
-        self.reads = Reads(connection)
+        # Jobs as read show their signed command, verified with the keys this user trusts.
+        self.reads = Reads(connection, self._envelope_reader)
 
     # The parts a command may not need are made (and their modules imported: RQ, the signing
     # library) on first use, so that a short command stays short.
@@ -65,6 +67,12 @@ class Grid:
         from gridcore.control import Control
 
         return Control(self.redis, self.settings, self.clock, lambda: self.signer, self.reads)
+
+    def _envelope_reader(self) -> EnvelopeReader:
+        from gridcore.signedview import EnvelopeReader
+
+        key = self.settings.key_path
+        return EnvelopeReader(self.settings.authorized_keys_path, key.with_name(key.name + ".pub"))
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Grid:

@@ -165,6 +165,7 @@ class Job:
     gpus: tuple[str, ...] = ()
     usage: dict[str, Any] | None = None  # what its last attempt used (records.Usage), measured on the node
     problems: tuple[str, ...] = ()  # corrupt records read for this job, each naming its key and field
+    signature: str = ""  # "verified: <signer>" / "NOT verified: <why>" for the envelope; "" not checked
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

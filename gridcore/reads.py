@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -19,6 +20,9 @@ from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobState, Node, NodeState, OutputChunk, QueueStats
 from gridcore.records import NODE_FIELDS, GroupRecord, JobMeta, decode_output, lenient, text
 from gridcore.views import JOB_FIELDS, STATE_FIELDS, job_state, job_view, node_view, node_view_state
+
+if TYPE_CHECKING:
+    from gridcore.signedview import EnvelopeReader
 
 SHORT_ID_MIN = 6
 """Fewest characters of a job id that `resolve` takes for the whole id."""
@@ -39,8 +43,17 @@ FIND_ALL_CAP = 10_000
 class Reads:
     """The grid's reads on one connection."""
 
-    def __init__(self, conn: redis.Redis):
+    def __init__(self, conn: redis.Redis, envelopes: Callable[[], EnvelopeReader] | None = None):
         self.redis = conn
+        self._envelopes = envelopes  # set: jobs show their signed command, verified here
+        self._reader: EnvelopeReader | None = None
+
+    @property
+    def envelopes(self) -> EnvelopeReader | None:
+        """The envelope reader, made on first need (it loads the signing library and the keys)."""
+        if self._reader is None and self._envelopes is not None:
+            self._reader = self._envelopes()
+        return self._reader
 
     # ---- jobs ---------------------------------------------------------------------------
 
@@ -102,18 +115,24 @@ class Reads:
                 if detail:
                     pipe.lrange(keys.attempts(jid), -ATTEMPTS_READ, -1)
                     pipe.smembers(keys.rq_dependencies(jid))
+                if self.envelopes is not None:
+                    pipe.hget(keys.rq_job(jid), "data")
             replies = pipe.execute(raise_on_error=False)
-        step = 4 if detail else 2
-        # A key of another type (anyone can write one) reads as missing, for its own job only.
+        step = (4 if detail else 2) + (self.envelopes is not None)
+        # A key of another type (anyone can write one) reads as missing, for its own job only;
+        # a payload that cannot be read goes to the envelope reader as it is (it says why).
         missing = ([None] * len(JOB_FIELDS), None, [], set())
-        replies = [missing[i % step] if isinstance(x, redis.ResponseError) else x for i, x in enumerate(replies)]
+        data_at = step - 1 if self.envelopes is not None else -1
+        replies = [missing[i % step] if isinstance(x, redis.ResponseError) and i % step != data_at else x
+                   for i, x in enumerate(replies)]
         out = []
         for i, jid in enumerate(ids):
             fields, result = replies[i * step], replies[i * step + 1]
             if fields[0] is None:
                 continue  # expired or deleted since it was indexed
             more = replies[i * step + 2 : i * step + 4] if detail else (None, ())
-            out.append(job_view(jid, fields, result, *more))
+            signed = self.envelopes.read(replies[i * step + step - 1]) if self.envelopes is not None else None
+            out.append(job_view(jid, fields, result, *more, signed=signed))
         return out
 
     def state(self, job_id: str) -> JobState:

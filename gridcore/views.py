@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from gridcore import keys
 from gridcore.models import RQ_TO_STATE, Job, JobState, Node, NodeState, node_state
 from gridcore.records import Attempt, CorruptRecord, JobMeta, NodeRecord, Result, salvage, text
+from gridcore.signedview import Signed, disagreements, signed_params
 
 JOB_FIELDS = ("status", "origin", "meta", "description", "retries_left")
 """The fields of RQ's job hash a `Job` is made of."""
@@ -33,9 +34,11 @@ def job_state(job_id: str, status: bytes | str | None, problems: list[str] | Non
 
 
 def job_view(job_id: str, fields: Sequence[bytes | None], result: bytes | None,
-             attempts: Sequence[bytes] | None = None, waiting_on: Sequence[bytes] = ()) -> Job:
+             attempts: Sequence[bytes] | None = None, waiting_on: Sequence[bytes] = (),
+             signed: Signed | None = None) -> Job:
     """One job from RQ's hash (`JOB_FIELDS`, in order), its result and, for detail, its attempts
-    and the ids it waits on."""
+    and the ids it waits on. With `signed` (its envelope as read and verified here) the job shows
+    the signed command and sweep values, and a meta that disagrees is one of its problems."""
     problems: list[str] = []
     status, origin, meta_raw, description, retries_left = fields
     state = job_state(job_id, status, problems)
@@ -46,13 +49,20 @@ def job_view(job_id: str, fields: Sequence[bytes | None], result: bytes | None,
                   for a in attempts or ())
     m = meta or JobMeta()
     run = m.run
+    name, command, params = m.name or text(description)[:4096], m.command, dict(m.params)
+    if signed is not None and signed.command is not None:
+        problems += disagreements(job_id, signed, m.command, params)
+        if name == m.command[:80]:  # a name made from the command: the signed one's
+            name = signed.command[:80]
+        command = signed.command
+        params.update(signed_params(signed, params))
     queue = m.queue if meta is not None and "queue" in meta.model_fields_set else text(origin)
     return Job(
         id=job_id,
-        name=m.name or text(description)[:4096],
+        name=name,
         state=state,
         queue=queue,
-        command=m.command,
+        command=command,
         node=res.node or (run.node if run else None),
         slot=res.slot if res.slot is not None else (run.slot if run else None),
         submitter=m.submitter,
@@ -71,7 +81,7 @@ def job_view(job_id: str, fields: Sequence[bytes | None], result: bytes | None,
         dropped_bytes=res.dropped_bytes,
         log_path=res.log_path,
         group=m.group,
-        params=dict(m.params),
+        params=params,
         tags=tuple(m.tags),
         resources=m.resources.model_dump() if meta is not None else {},
         timeout=m.timeout,
@@ -82,6 +92,7 @@ def job_view(job_id: str, fields: Sequence[bytes | None], result: bytes | None,
         gpus=tuple((run.gpus if run else None) or res.gpus),
         usage=res.usage.model_dump(mode="json", exclude_none=True) if res.usage is not None else None,
         problems=tuple(problems),
+        signature=signed.signature if signed is not None else "",
     )
 
 

@@ -35,6 +35,7 @@ def job_fields(job: Job, now: float) -> Text:
         ("name", job.name, ""),
         ("state", job.state.value + (f" — {job.reason}" if job.reason else ""), fmt.STATE_STYLE.get(job.state, "")),
         ("command", job.command, ""),
+        ("signature", job.signature, "" if job.signature.startswith("verified") else "bold red"),
         ("queue", job.queue, ""),
         ("node", f"{job.node or ''}" + (f" slot {job.slot}" if job.slot is not None else ""), ""),
         ("submitter", job.submitter or "", ""),
@@ -59,6 +60,7 @@ def job_fields(job: Job, now: float) -> Text:
     ]
     for i, a in enumerate(job.attempts, 1):
         rows.append((f"attempt {i}", _compact(a), "dim"))
+    rows += [("problem", p, "yellow") for p in job.problems]  # e.g. a meta that disagrees with its envelope
     t = Text()
     for name, value, style in rows:
         if not value:

@@ -80,7 +80,9 @@ def cell_row(job: Job, index: int, axes: Sequence[str], now: float, progress: fl
     params = params_of(job)
     n = fmt.num(params.get("_cell"))
     row = {
-        "cell": Text(str(int(n)) if n is not None else str(index), style="dim", justify="right"),
+        # "!": its record has problems (a meta that disagrees with its envelope): the detail says which.
+        "cell": Text(("!" if job.problems else "") + (str(int(n)) if n is not None else str(index)),
+                     style="bold yellow" if job.problems else "dim", justify="right"),
         "state": Text(job.state.value, style=fmt.STATE_STYLE.get(job.state, "")),
         "exit": Text(fmt.exit_status(job), style="red" if job.exit_code else ""),
         "runtime": Text(fmt.runtime(job, now)),

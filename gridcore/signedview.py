@@ -1,0 +1,168 @@
+"""What was signed, as the people watching the grid see it: the command of a job's envelope,
+verified here against the keys this machine trusts.
+
+A job's `meta` (its name, command preview and sweep parameters) is written unsigned next to the
+envelope, and anyone who can write to the broker can change it: listings that believed it
+would show one command while the nodes run another. So `grid ls`, `grid show`, the console
+and the sweep grid show the envelope's command, say whether its signature verified here (the
+authorized_keys file, then this user's own public key), and flag a meta that disagrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gridcore import keys
+from gridcore.records import SignedEnvelope
+from gridcore.signing import AuthorizedKeys, Refused, fingerprint, parse_public_line, verify
+
+MAX_DATA = SignedEnvelope.MAX_BYTES + 64 * 1024
+"""Bytes of a job's payload read, compressed and decompressed: more is not an envelope."""
+
+CACHE = 4096
+"""Payloads whose reading is remembered (a console poll reads the same page every second)."""
+
+PREVIEW = 2000
+"""Characters of the command a job's meta keeps (gridcore/submission.py's COMMAND_PREVIEW)."""
+
+SWEEP_ENV = "GRID_SWEEP_"
+"""Prefix of a sweep cell's signed variables (descriptors/sweep.py writes them)."""
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What a job's payload says was signed: its command and environment, and whether it verified."""
+
+    command: str | None  # None: no readable envelope
+    signature: str  # "verified: <key comment>", or "NOT verified: <why>"
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return self.signature.startswith("verified")
+
+
+class _KeyRing(AuthorizedKeys):
+    """The authorized_keys file, then this user's own public key (a submitter trusts its own)."""
+
+    def __init__(self, authorized: Path, own_pub: Path):
+        super().__init__(authorized)
+        self.own_pub = own_pub
+
+    def lookup(self, kid: str) -> tuple[Ed25519PublicKey, str]:
+        try:
+            return super().lookup(kid)
+        except Refused as e:
+            if "revoked" in str(e):
+                raise
+            try:
+                key, comment = parse_public_line(self.own_pub.read_text().strip())
+            except (OSError, ValueError):
+                raise e from None
+            if fingerprint(key) != kid:
+                raise Refused(f"signing key {kid} is neither authorized here nor yours") from None
+            return key, comment
+
+
+def _payload(data: bytes) -> Any:
+    """RQ's stored payload (zlib of JSON [func, instance, args, kwargs]), bounded before and after."""
+    if len(data) > MAX_DATA:
+        raise ValueError(f"{len(data)} bytes")
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(data, MAX_DATA)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"more than {MAX_DATA} bytes uncompressed")
+    return json.loads(raw)
+
+
+class EnvelopeReader:
+    """Reads and verifies the envelopes of jobs, remembering recent answers."""
+
+    def __init__(self, authorized: Path, own_pub: Path):
+        self.keys = _KeyRing(authorized, own_pub)
+        self._seen: dict[bytes, Signed] = {}
+
+    def read(self, data: bytes | None) -> Signed:
+        if not data:
+            return Signed(None, "NOT verified: the job has no payload")
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        if digest in self._seen:
+            return self._seen[digest]
+        signed = self._read(data)
+        if len(self._seen) >= CACHE:
+            self._seen.clear()
+        self._seen[digest] = signed
+        return signed
+
+    def _read(self, data: bytes) -> Signed:
+        try:
+            payload = _payload(data)
+        except (ValueError, zlib.error) as e:
+            return Signed(None, f"NOT verified: the payload is unreadable ({str(e)[:80]})")
+        if not (isinstance(payload, list) and len(payload) == 4 and payload[0] == keys.RUNNER_FUNC
+                and isinstance(payload[2], list) and len(payload[2]) == 1):
+            return Signed(None, "NOT verified: the job is not a grid runner job with one signed envelope")
+        signed = payload[2][0]
+        try:
+            envelope, signer = verify(signed, self.keys)
+            signature = f"verified: {signer}" if signer else "verified"
+        except Refused as e:
+            # Still say what it would run: the nodes check its signature themselves.
+            signature = f"NOT verified: {e}"
+            envelope = _unverified(signed)
+        return Signed(_command(envelope), signature, _env(envelope))
+
+
+def _unverified(signed: Any) -> dict[str, Any]:
+    try:
+        envelope = json.loads(signed["envelope"]) if isinstance(signed, dict) else None
+    except (TypeError, ValueError):
+        return {}
+    return envelope if isinstance(envelope, dict) else {}
+
+
+def _command(envelope: dict[str, Any]) -> str | None:
+    argv, command = envelope.get("argv"), envelope.get("command")
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        return shlex.join(argv)
+    return command if isinstance(command, str) else None
+
+
+def _env(envelope: dict[str, Any]) -> dict[str, str]:
+    env = envelope.get("env")
+    return {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(env, dict) else {}
+
+
+def sweep_value(value: Any) -> str:
+    """A sweep parameter as its GRID_SWEEP_* variable holds it (descriptors/sweep.py's render)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def signed_params(signed: Signed, params: dict[str, Any]) -> dict[str, Any]:
+    """The sweep values whose signed variable says otherwise than the meta, as signed."""
+    out = {}
+    for name, value in params.items():
+        var = SWEEP_ENV + str(name).upper()
+        if not str(name).startswith("_") and var in signed.env and sweep_value(value) != signed.env[var]:
+            out[name] = signed.env[var]
+    return out
+
+
+def disagreements(job_id: str, signed: Signed, meta_command: str, params: dict[str, Any]) -> list[str]:
+    """Where the job's unsigned meta says something else than its envelope: one problem line each."""
+    where = f"{keys.rq_job(job_id)} meta"
+    out = []
+    if signed.command is not None and meta_command and meta_command != signed.command[:PREVIEW]:
+        out.append(f"{where}: command {meta_command[:80]!r} is not the signed command; the signed one is shown")
+    for name, value in signed_params(signed, params).items():
+        out.append(f"{where}: params.{str(name)[:40]} {sweep_value(params[name])[:40]!r} is not the signed value "
+                   f"{value[:40]!r}; the signed one is shown")
+    return out
