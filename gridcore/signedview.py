@@ -90,7 +90,10 @@ class EnvelopeReader:
         self.keys = _KeyRing(authorized, own_pub)
         self._seen: dict[bytes, Signed] = {}
 
-    def read(self, data: bytes | None) -> Signed:
+    def read(self, data: bytes | Exception | None) -> Signed:
+        """What `data` (RQ's payload field, or the error reading it) says was signed."""
+        if isinstance(data, Exception):
+            return Signed(None, f"NOT verified: the payload could not be read ({str(data)[:80]})")
         if not data:
             return Signed(None, "NOT verified: the job has no payload")
         digest = hashlib.blake2b(data, digest_size=16).digest()
