@@ -15,6 +15,7 @@ import redis
 
 from agent import bounds
 from agent.journal import Journal, Ticket, journal_path
+from gridcore import nodekeys
 from gridcore.records import Placement, Result
 from gridcore.settings import AgentSettings
 
@@ -28,6 +29,7 @@ class Admission:
         self.conn = conn
         self.cfg = cfg
         self.journal = journal or Journal(journal_path(cfg.node_name))
+        self.key = nodekeys.node_key(cfg.node_name)  # made by the daemon at the node's first start
 
     def admit(self, job_id: str, taken_from: str, placement: Placement | None, envelope: dict[str, Any],
               now: float) -> Ticket:
@@ -43,6 +45,13 @@ class Admission:
         except sqlite3.Error as e:
             # The row stays and counts as one of the envelope's starts here: safe, and said.
             log.error("replay journal: withdrawing a start that did not happen: %s", e)
+
+    def attest(self, result: Result, job_id: str, envelope: dict[str, Any], number: int) -> Result:
+        """The attempt's end, signed by this node: what operators check before they renew a failure."""
+        claim = {"job_id": job_id, "nonce": envelope.get("nonce"), "attempt": number, "node": self.cfg.node_name,
+                 "start": result.start, "end": result.end, "exit_code": result.exit_code, "signal": result.signal,
+                 "reason_kind": result.reason_kind, "reason": (result.reason or "")[:500]}
+        return result.model_copy(update={"proof": nodekeys.attest(self.key, claim)})
 
     def ended(self, ticket: Ticket, now: float, result: Result, outcome: str | None) -> None:
         """The start ended; one that ran to its end (exit 0, canceled) never starts here again."""

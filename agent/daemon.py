@@ -24,7 +24,7 @@ from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS
-from gridcore import events, keys
+from gridcore import events, keys, nodekeys
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
 from gridcore.settings import Settings, data_dir
@@ -160,6 +160,7 @@ class Agent:
         if lost:
             log.warning("marked %d job(s) of the earlier incarnation lost", len(lost))
         self.read_inventory()
+        nodekeys.publish(self.conn, self.node, nodekeys.node_key(self.node))  # made at the first start
         n = self.cfg.slots or self.inventory.cpus
         self.slots = [SlotProcess(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
         self.heartbeat(first=True)

@@ -145,14 +145,16 @@ def job_detail(j: Job, gpu_memory: int | None = None) -> None:
         out.print(Text.assemble((f"{k:<{width}}  ", "bold"), clean(v, 4096)), soft_wrap=True)
     if j.attempts:
         a = Table(title="attempts", box=None, title_justify="left")
-        for col in ("#", "NODE", "EXIT", "SIGNAL", "REASON", "DURATION"):
+        for col in ("#", "NODE", "EXIT", "SIGNAL", "REASON", "DURATION", "RECORD"):
             a.add_column(col)
         for i, at in enumerate(j.attempts, 1):
             code = at.get("exit_code")
+            trust = str(at.get("trust") or "-")  # did a pinned node sign this record (gridcore/nodekeys.py)
             # Every cell a plain Text: a str cell of a Table would be parsed as markup.
             a.add_row(*(Text(clean(v)) for v in (
                 str(i), at.get("node") or "-", "-" if code is None else code, at.get("signal") or "-",
-                at.get("reason") or "ok", _duration(at.get("duration")))))
+                at.get("reason") or "ok", _duration(at.get("duration")))),
+                Text(clean(trust, 20), style="" if trust == "pinned" else "yellow"))
         out.print(a)
     for name, text in (("stdout (tail)", j.stdout), ("stderr (tail)", j.stderr)):
         if text:

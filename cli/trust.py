@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from cryptography.exceptions import UnsupportedAlgorithm
 
+from cli import render
 from cli.errors import CliError
+from gridcore import keys, nodekeys
 from gridcore.settings import Settings, load_settings
 from gridcore.signing import AuthorizedKeys, SigningError, fingerprint, generate_key, load_private_key, public_line
 
@@ -119,3 +121,87 @@ def list_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         typer.echo(f"no keys in {s.authorized_keys_path}", err=True)
     for fp, comment, revoked in entries:
         typer.echo(f"{fp}\t{'revoked' if revoked else 'authorized'}\t{comment}".rstrip())
+
+
+# ---- node keys: trust from nodes to operators (gridcore/nodekeys.py) -------------------------
+
+
+def _grid(ctx: typer.Context):
+    from cli.context import shared
+
+    return shared(ctx).grid
+
+
+@app.command("node-key")
+def node_key_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """On a node: its own key's public line and fingerprint (compare with `grid keys nodes`)."""
+    s = _settings(ctx)
+    node = s.agent.node_name
+    path = nodekeys.node_key_path(node)
+    try:
+        key = load_private_key(path)
+    except SigningError as e:
+        raise CliError(f"{e} (grid-agent makes it at its first start)", 1) from None
+    fp = fingerprint(key.public_key())
+    if as_json:
+        typer.echo(json.dumps({"node": node, "fingerprint": fp, "path": str(path)}))
+    else:
+        typer.echo(f"{node}\t{fp}\t{path}")
+
+
+def _node_rows(ctx: typer.Context) -> list[dict[str, str]]:
+    grid = _grid(ctx)
+    known = nodekeys.KnownNodes().entries()
+    names = sorted({n.decode(errors="replace") for n in grid.redis.zrange(keys.NODES, 0, -1)} | set(known))
+    rows = []
+    for node in names:
+        pub = nodekeys.published(grid.redis, node)
+        pinned = known.get(node)
+        fp = fingerprint(pub) if pub is not None else ""
+        if pinned is None:
+            state = "not pinned" if pub is not None else "no key published"
+        elif pub is None or fingerprint(pinned) == fp:
+            state = "pinned"
+        else:
+            state = f"CHANGED (pinned {fingerprint(pinned)})"
+        rows.append({"node": node, "fingerprint": fp, "state": state})
+    return rows
+
+
+@app.command("nodes")
+def nodes_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Each node's published key, and whether you pinned it (`grid keys pin NODE`)."""
+    rows = _node_rows(ctx)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        typer.echo(f"{render.clean(r['node'], 100)}\t{r['fingerprint'] or '-'}\t{render.clean(r['state'], 200)}")
+
+
+@app.command("pin")
+def pin_cmd(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node name.")],
+            expect: Annotated[Optional[str], typer.Option("--fingerprint", help="Pin only if the published "
+                              "key has this fingerprint (from `grid keys node-key` on the node).")] = None) -> None:
+    """Trust the key NODE published (first use), as `ssh` pins a host key; prints its fingerprint."""
+    pub = nodekeys.published(_grid(ctx).redis, node)
+    if pub is None:
+        raise CliError(f"node {render.clean(node, 100)} has published no key (is its grid-agent started?)", 1)
+    fp = fingerprint(pub)
+    if expect is not None and expect.strip() != fp:
+        raise CliError(f"node {render.clean(node, 100)} published {fp}, not {render.clean(expect, 100)}: not pinned", 1)
+    known = nodekeys.KnownNodes()
+    before = known.entries().get(node)
+    known.pin(node, pub)
+    what = "re-pinned" if before is not None and fingerprint(before) != fp else "pinned"
+    typer.echo(f"{what} {render.clean(node, 100)} {fp} in {known.path}"
+               + ("" if expect else " (check it against `grid keys node-key` on the node)"))
+
+
+@app.command("unpin")
+def unpin_cmd(ctx: typer.Context, node: Annotated[str, typer.Argument(help="Node name.")]) -> None:
+    """Stop trusting NODE's key: its records show as unpinned."""
+    known = nodekeys.KnownNodes()
+    if not known.unpin(node):
+        raise CliError(f"node {render.clean(node, 100)} is not pinned in {known.path}", 1)
+    typer.echo(f"unpinned {render.clean(node, 100)} in {known.path}")

@@ -13,7 +13,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.registry import CanceledJobRegistry
 
-from gridcore import dependencies, events, history, keys, renewal, reservations
+from gridcore import dependencies, events, history, keys, nodekeys, renewal, reservations
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError, JobNotFound
 from gridcore.models import JobState
@@ -119,7 +119,8 @@ class Control:
         signer = self._signer()
         now = self.clock.now()
         stored = self._verified_envelope(job.args[0], job_id)
-        renewal.check(self.redis, stored, job_id, now, named=named)
+        renewal.check(self.redis, stored, job_id, now, named=named, failed=state is JobState.FAILED,
+                      known=nodekeys.KnownNodes().entries())
         envelope = stored.model_copy(update={
             "issued_at": now, "expires_at": now + self.settings.envelope_ttl, "nonce": secrets.token_hex(16),
             "submitter": signer.name,

@@ -253,6 +253,11 @@ def reclaim_lock(node_name: str) -> str:
     return f"{PREFIX}:lock:reclaim:{node_name}"
 
 
+def node_pubkey(name: str) -> str:
+    """String: the public line of a node's own key, as the node published it (operators pin it)."""
+    return f"{PREFIX}:node:{name}:key"
+
+
 def node_held(name: str) -> str:
     """Hash: job id -> JSON of the cpus, memory and GPU indices it holds on the node."""
     return f"{PREFIX}:node:{name}:held"

@@ -132,7 +132,10 @@ class Reads:
                 continue  # expired or deleted since it was indexed
             more = replies[i * step + 2 : i * step + 4] if detail else (None, ())
             signed = self.envelopes.read(replies[i * step + step - 1]) if self.envelopes is not None else None
-            out.append(job_view(jid, fields, result, *more, signed=signed))
+            job = job_view(jid, fields, result, *more, signed=signed)
+            if detail and self.envelopes is not None:  # each attempt: was it signed by a pinned node?
+                job = replace(job, attempts=self.envelopes.attempts(jid, job.attempts))
+            out.append(job)
         return out
 
     def state(self, job_id: str) -> JobState:

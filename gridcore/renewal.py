@@ -5,7 +5,10 @@ refused for what a broker writer could have laundered by editing a job's status.
 - a job the broker says ended with exit code 0 on some attempt is not renewed (a finished job
   set back to `failed`);
 - an envelope past its expiry is renewed only when the operator named the job: a bulk
-  requeue (`--all-failed`, a sweep's cells, the console's `R`) skips it and says why.
+  requeue (`--all-failed`, a sweep's cells, the console's `R`) skips it and says why;
+- once the operator pins node keys (`known_nodes`), a bulk requeue renews a failed job only if
+  its last attempt's failure is signed by a pinned node for this job and envelope (a lost
+  job, whose node could not sign, is renewed by naming it).
 
 The attempt records read here are the broker's: a writer who also rewrites them is stopped
 only by what each node keeps itself (agent/journal.py). See the README's Security section.
@@ -14,10 +17,12 @@ only by what each node keeps itself (agent/journal.py). See the README's Securit
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 
 import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridcore import keys
+from gridcore import keys, nodekeys
 from gridcore.errors import GridError
 from gridcore.records import Attempt, Envelope, lenient
 
@@ -35,17 +40,44 @@ def signed_command(envelope: Envelope) -> str:
     return envelope.command or ""
 
 
-def check(conn: redis.Redis, envelope: Envelope, job_id: str, now: float, *, named: bool) -> None:
-    """Raise GridError (RenewalSkipped for a bulk requeue of an expired one) if `envelope` must not be renewed."""
+def check(conn: redis.Redis, envelope: Envelope, job_id: str, now: float, *, named: bool, failed: bool = False,
+          known: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+    """Raise GridError (RenewalSkipped for what only a named requeue renews) if `envelope` must not be renewed.
+
+    `failed`: the job is failed (not canceled); `known`: the operator's pinned node keys. Once
+    an operator pins node keys, a bulk requeue renews a failed job only if its last attempt's
+    failure was signed by a pinned node, for this job and this envelope."""
     if envelope.job_id != job_id:
         raise GridError(f"will not requeue {job_id}: its envelope was signed for job {envelope.job_id}")
+    last: Attempt | None = None
     for n, raw in enumerate(conn.lrange(keys.attempts(job_id), 0, -1), start=1):
-        attempt = lenient(Attempt, raw, f"{keys.attempts(job_id)}[{n}]")
-        if attempt is not None and attempt.exit_code == 0:
-            raise GridError(f"will not requeue {job_id}: its attempt {n} on {attempt.node or 'a node'} ended "
+        last = lenient(Attempt, raw, f"{keys.attempts(job_id)}[{n}]")
+        if last is not None and last.exit_code == 0:
+            raise GridError(f"will not requeue {job_id}: its attempt {n} on {last.node or 'a node'} ended "
                             "with exit code 0 (it finished; a finished job is not run again)")
     if now > envelope.expires_at:
         days = (now - envelope.expires_at) / DAY
         if not named:
             raise RenewalSkipped(f"skipped {job_id}: its envelope expired {days:.1f} days ago; "
                                  f"name the job to renew it (grid requeue {job_id})")
+    if failed and known and not named:
+        why = _unsigned_failure(last, known, job_id, envelope.nonce)
+        if why:
+            raise RenewalSkipped(f"skipped {job_id}: its failure is not signed by a pinned node ({why}); "
+                                 f"name the job to renew it (grid requeue {job_id})")
+
+
+def _unsigned_failure(last: Attempt | None, known: Mapping[str, Ed25519PublicKey], job_id: str,
+                      nonce: str) -> str | None:
+    """Why the last attempt is not a failure a pinned node signed for this envelope; None if it is."""
+    if last is None:
+        return "no attempt recorded"
+    verdict = nodekeys.check(last.proof, known, job_id)
+    if not verdict.pinned:
+        return verdict.note
+    claim = verdict.claim or {}
+    if claim.get("nonce") != nonce:
+        return "signed for another envelope of this job"
+    if claim.get("exit_code") == 0:
+        return "the node signed a success"
+    return None

@@ -20,8 +20,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridcore import keys
-from gridcore.records import SignedEnvelope
+from gridcore import keys, nodekeys
+from gridcore.records import AttemptProof, CorruptRecord, SignedEnvelope
 from gridcore.signing import AuthorizedKeys, Refused, fingerprint, parse_public_line, verify
 
 MAX_DATA = SignedEnvelope.MAX_BYTES + 64 * 1024
@@ -86,9 +86,28 @@ def _payload(data: bytes) -> Any:
 class EnvelopeReader:
     """Reads and verifies the envelopes of jobs, remembering recent answers."""
 
-    def __init__(self, authorized: Path, own_pub: Path):
+    def __init__(self, authorized: Path, own_pub: Path, known_nodes: nodekeys.KnownNodes | None = None):
         self.keys = _KeyRing(authorized, own_pub)
+        self.known_nodes = known_nodes or nodekeys.KnownNodes()
         self._seen: dict[bytes, Signed] = {}
+
+    def attempts(self, job_id: str, attempts: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        """Each attempt with `signed` (whether a pinned node signed it, for this job) in place of its proof."""
+        if not attempts:
+            return attempts
+        known = self.known_nodes.entries()
+        out = []
+        for a in attempts:
+            a = dict(a)
+            raw = a.pop("proof", None)
+            try:
+                proof = AttemptProof.from_dict(raw, f"{keys.attempts(job_id)} proof") if raw is not None else None
+            except CorruptRecord:
+                a["signed"] = "its node signature is unreadable"
+            else:
+                a["signed"] = nodekeys.check(proof, known, job_id).note
+            out.append(a)
+        return tuple(out)
 
     def read(self, data: bytes | Exception | None) -> Signed:
         """What `data` (RQ's payload field, or the error reading it) says was signed."""

@@ -39,7 +39,7 @@ Output stream entry fields (one letter: there are millions of these):
 
 from gridcore.records.base import CorruptRecord, JsonRecord, REASON_KINDS, lenient, salvage, text
 from gridcore.records.jobs import (
-    ActiveEntry, Attempt, CLAIM, ENDED, ENVELOPE_VERSION, Envelope, HeldEntry, JobMeta, OWNER_FN, Placement, Result, ResourcesRecord, RunningEntry, SignedEnvelope, Usage,
+    ActiveEntry, Attempt, AttemptProof, CLAIM, ENDED, ENVELOPE_VERSION, Envelope, HeldEntry, JobMeta, OWNER_FN, Placement, Result, ResourcesRecord, RunningEntry, SignedEnvelope, Usage,
 )
 from gridcore.records.history import FinishedEntry
 from gridcore.records.nodes import (
@@ -52,6 +52,7 @@ from gridcore.records.streams import (
 __all__ = [
     "ActiveEntry",
     "Attempt",
+    "AttemptProof",
     "CLAIM",
     "CorruptRecord",
     "ENDED",

@@ -144,6 +144,14 @@ class Usage(JsonRecord):
     samples: Count | None = None
 
 
+class AttemptProof(JsonRecord):
+    """A node's signature over what it says about one attempt (gridcore/nodekeys.py)."""
+
+    claim: Annotated[str, StringConstraints(max_length=8192)]
+    sig: Annotated[str, StringConstraints(max_length=256)]
+    kid: Annotated[str, StringConstraints(max_length=256)]
+
+
 class Attempt(JsonRecord):
     """How one attempt of a job ended (one per attempt, oldest first)."""
 
@@ -158,6 +166,7 @@ class Attempt(JsonRecord):
     reason_kind: ReasonKind | None = None
     run_id: Name | None = None
     usage: Usage | None = None
+    proof: AttemptProof | None = None  # the node's signature of this attempt's claim
 
 
 class Result(Attempt):
