@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from agent.verify import AlreadyRunning, nonce_expiry
 from gridcore.settings import data_dir
 from gridcore.signing import Refused
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS starts (
     seq     INTEGER NOT NULL,   -- which start of this envelope on this node: 1, 2, ...
     job_id  TEXT NOT NULL,
     pid     INTEGER NOT NULL,   -- the slot process that started it
+    born    REAL NOT NULL,      -- when that process started (a reused pid is another process)
     started REAL NOT NULL,
     expires REAL NOT NULL,      -- when the envelope is void: the row may go
     ended   REAL,               -- NULL while it runs (or if its slot died)
@@ -56,16 +59,20 @@ class Ticket:
     seq: int
 
 
-def _alive(pid: int) -> bool:
+def _born(pid: int) -> float | None:
+    """When process `pid` started; None if there is none."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _alive(pid: int, born: float) -> bool:
+    """Is the slot process that journaled a start still the one running under its pid?"""
     if pid == os.getpid():
         return False  # this slot runs one job at a time: a row of its own left open is over
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    now_born = _born(pid)
+    return now_born is not None and abs(now_born - born) < 1.0
 
 
 class Journal:
@@ -74,6 +81,7 @@ class Journal:
     def __init__(self, path: Path):
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._born = _born(os.getpid()) or 0.0
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -101,17 +109,18 @@ class Journal:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM starts WHERE expires < ?", (now,))
-            rows = db.execute("SELECT seq, pid, ended, final FROM starts WHERE nonce = ?", (nonce,)).fetchall()
-            if any(final for _seq, _pid, _ended, final in rows):
+            rows = db.execute("SELECT seq, pid, born, ended, final FROM starts WHERE nonce = ?", (nonce,)).fetchall()
+            if any(final for *_, final in rows):
                 raise Refused("replayed envelope: it already ran to its end on this node")
-            if any(ended is None and _alive(pid) for _seq, pid, ended, _final in rows):
+            if any(ended is None and _alive(pid, born) for _seq, pid, born, ended, _final in rows):
                 raise AlreadyRunning("replayed envelope: it is already running on this node")
             if len(rows) >= allowed:
                 raise Refused(f"replayed envelope: started {len(rows)} times on this node, "
                               f"the most its signature allows ({allowed})")
             seq = len(rows) + 1
-            db.execute("INSERT INTO starts (nonce, seq, job_id, pid, started, expires) VALUES (?, ?, ?, ?, ?, ?)",
-                       (nonce, seq, job_id, os.getpid(), now, nonce_expiry(envelope)))
+            db.execute("INSERT INTO starts (nonce, seq, job_id, pid, born, started, expires) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (nonce, seq, job_id, os.getpid(), self._born, now, nonce_expiry(envelope)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -103,3 +103,11 @@ def test_a_placement_holding_other_gpus_than_signed_is_refused():
         bounds.check(envelope(), CFG, "node.n1", Placement(node="n1", gpus=[0]))
 
 
+
+
+def test_an_open_start_under_a_reused_pid_is_not_a_twin(tmp_path):
+    j = Journal(tmp_path / "j.sqlite")
+    j.admit(envelope(), "job", NOW)
+    # The slot that journaled it died and its pid now names another live process (our parent).
+    j._conn().execute("UPDATE starts SET pid = ?, born = 1.0", (os.getppid(),))
+    j.admit(envelope(), "job", NOW)
