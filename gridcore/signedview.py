@@ -136,17 +136,21 @@ class EnvelopeReader:
         try:
             envelope, signer = verify(signed, self.keys)
             signature = f"verified: {signer}" if signer else "verified"
-        except Refused as e:
+        except (Refused, OSError) as e:
             # Still say what it would run: the nodes check its signature themselves.
-            signature = f"NOT verified: {e}"
+            signature = f"NOT verified: {e}" if isinstance(e, Refused) else f"NOT verified: cannot read keys ({e})"
             envelope = _unverified(signed)
         return Signed(_command(envelope), signature, _env(envelope))
 
 
 def _unverified(signed: Any) -> dict[str, Any]:
+    """The envelope's text as written, whatever else the argument holds (nothing: {})."""
+    text = signed.get("envelope") if isinstance(signed, dict) else None
+    if not isinstance(text, str):
+        return {}
     try:
-        envelope = json.loads(signed["envelope"]) if isinstance(signed, dict) else None
-    except (TypeError, ValueError):
+        envelope = json.loads(text)
+    except ValueError:
         return {}
     return envelope if isinstance(envelope, dict) else {}
 

@@ -69,3 +69,10 @@ def test_sweep_values_rewritten_in_meta_show_as_signed_and_the_cell_is_flagged(r
     job = grid.get(jid)
     assert job.params["lr"] == "0.1" and any("params.lr '0.5' is not the signed value '0.1'" in p for p in job.problems)
     assert cell_row(job, 0, ["lr"], grid.broker_time(), None)["cell"].plain == "!3"
+
+
+@pytest.mark.parametrize("argument", [{"v": 1, "command": "echo bare"}, "text", None, {"envelope": 5}, {"envelope": "[1"}])
+def test_any_runner_argument_reads_as_not_verified(r, grid, argument):
+    jid = forge.signed_job(r, argument)
+    job = grid.get(jid)
+    assert job.signature.startswith("NOT verified")
