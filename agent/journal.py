@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS starts (
     ended   REAL,               -- NULL while it runs (or if its slot died)
     final   INTEGER NOT NULL DEFAULT 0,  -- 1: it ran to its end here; never again on this node
     PRIMARY KEY (nonce, seq)
-)
+);
+CREATE INDEX IF NOT EXISTS starts_expires ON starts (expires);
 """
 
 
@@ -91,7 +92,7 @@ class Journal:
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a start is on disk before the job runs
-            db.execute(SCHEMA)
+            db.executescript(SCHEMA)
             self._db = db
         return self._db
 
