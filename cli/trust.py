@@ -175,6 +175,8 @@ def nodes_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows))
         return
+    if not rows:
+        typer.echo("no nodes on this grid, and none pinned", err=True)
     for r in rows:
         typer.echo(f"{render.clean(r['node'], 100)}\t{r['fingerprint'] or '-'}\t{render.clean(r['state'], 200)}")
 
