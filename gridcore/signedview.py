@@ -92,7 +92,8 @@ class EnvelopeReader:
         self._seen: dict[bytes, Signed] = {}
 
     def attempts(self, job_id: str, attempts: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
-        """Each attempt with `signed` (whether a pinned node signed it, for this job) in place of its proof."""
+        """Each attempt with `signed` (whether a pinned node signed it, for this job) and `trust` (pinned,
+        unpinned, unsigned or bad) in place of its proof."""
         if not attempts:
             return attempts
         known = self.known_nodes.entries()
@@ -103,9 +104,10 @@ class EnvelopeReader:
             try:
                 proof = AttemptProof.from_dict(raw, f"{keys.attempts(job_id)} proof") if raw is not None else None
             except CorruptRecord:
-                a["signed"] = "its node signature is unreadable"
+                a["trust"], a["signed"] = "bad", "its node signature is unreadable"
             else:
-                a["signed"] = nodekeys.check(proof, known, job_id).note
+                checked = nodekeys.check(proof, known, job_id)
+                a["trust"], a["signed"] = checked.trust, checked.note
             out.append(a)
         return tuple(out)
 

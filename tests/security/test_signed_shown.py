@@ -76,3 +76,14 @@ def test_any_runner_argument_reads_as_not_verified(r, grid, argument):
     jid = forge.signed_job(r, argument)
     job = grid.get(jid)
     assert job.signature.startswith("NOT verified")
+
+
+def test_grid_show_keeps_one_line_per_attempt_with_its_record_trust(capsys, r, grid):
+    from gridcore.records import Attempt
+    from tests.engine.test_retries import attempt_rows
+
+    jid = grid.submit(JobSpec(command="exit 4"))
+    for _ in range(3):
+        r.rpush(keys.attempts(jid), Attempt(node="node-a", exit_code=4, reason="exit code 4").encode())
+    code, out, _ = call_cli(capsys, "show", jid)
+    assert [row[:3] + row[-1:] for row in attempt_rows(out)] == [[str(i), "node-a", "4", "unsigned"] for i in (1, 2, 3)]
