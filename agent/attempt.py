@@ -39,6 +39,7 @@ import redis
 from agent import claim, guarded, metrics
 from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
+from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
 from gridcore import efficiency, events, history, keys
@@ -59,6 +60,9 @@ from gridcore.reservations import release, reserve_args
 from gridcore.signing import Refused
 
 log = logging.getLogger("grid.attempt")
+
+HANDED_BACK = ("shutdown", ORPHANED)
+"""Outcomes that put the job back in line instead of ending it: its agent stops or is gone."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,7 @@ class JobAttempt:
                 log.warning("%s: reclaimed by the grid while running here; result discarded", what)
                 self.book.forget(self.execution)
                 return
-            if outcome == "shutdown":
+            if outcome in HANDED_BACK:
                 return
             until_broker(lambda: self.book.finish(self.job, self.queue, result, outcome, self.execution),
                          f"{what}: finishing", give_up)
@@ -311,8 +315,8 @@ class JobAttempt:
                             continue
                         return self._last_run_id(pipe.lindex(keys.attempts(self.id), -1)) == result.run_id
                     pipe.multi()
-                    if outcome == "shutdown":
-                        self._hand_back(pipe, result)
+                    if outcome in HANDED_BACK:
+                        self._hand_back(pipe, result, outcome)
                     else:
                         if self._is_final(result, outcome) and envelope.get("nonce"):
                             # In the same transaction: no replay slips in before the end is visible.
@@ -355,12 +359,14 @@ class JobAttempt:
                     message=result.reason or "exit code 0")
         history.append(pipe, history.entry(self.id, self.meta, result, kind))
 
-    def _hand_back(self, pipe, result: Result) -> None:
-        """Cold stop: the job was killed because the agent is going away; put it back in line."""
-        note = f"attempt on {self.node} stopped by agent shutdown; job handed back to the queue"
+    def _hand_back(self, pipe, result: Result, outcome: str = "shutdown") -> None:
+        """Cold stop, or the agent stopped heartbeating (orphaned): the job was killed because
+        its agent is going or gone; put it back in line."""
+        why = "agent shutdown" if outcome == "shutdown" else "agent not heartbeating"
+        note = f"attempt on {self.node} stopped by {why}; job handed back to the queue"
         if self.sink is not None:
             self.sink.write_last(pipe, OutputEntry.note(note).fields())
-        pipe.rpush(keys.attempts(self.id), result.attempt(reason="agent shutdown").encode())
+        pipe.rpush(keys.attempts(self.id), result.attempt(reason=why).encode())
         pipe.hdel(keys.node_running(self.node), self.id)
         pipe.hdel(keys.ACTIVE, self.id)
         release(pipe, self.id, self.node)  # its sweep slot stays: the job still counts as placed

@@ -24,6 +24,7 @@ from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS
+from agent.pulse import Pulse
 from gridcore import events, keys, nodekeys
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
@@ -91,6 +92,7 @@ class Agent:
         self.broker_run_id: str | None = None
         self.ready = False
         self.republish = False  # after an outage: the broker may have lost the node hash (no AOF)
+        self.pulse = Pulse()  # stamped by the main loop; slots that find it stale stop (agent/pulse.py)
 
     # ---- start --------------------------------------------------------------------------
 
@@ -187,6 +189,7 @@ class Agent:
                 return
             if any(s.proc.poll() is not None for s in self.slots):
                 raise AgentError("a worker slot exited during start; see the log above")
+            self.pulse.stamp()
             time.sleep(0.05)
         raise AgentError(f"worker slots did not register within {timeout:g}s")
 
@@ -199,12 +202,13 @@ class Agent:
                 "--parent", str(os.getpid())]
         if slot.index == 0:
             args.append("--scheduler")  # RQ's scheduler moves retries with backoff back in line
-        slot.proc = subprocess.Popen(args, stdin=subprocess.PIPE, env=env)
+        self.pulse.stamp()
+        slot.proc = subprocess.Popen(args, stdin=subprocess.PIPE, env=env, pass_fds=(self.pulse.fd,))
         slot.spawned_at = time.monotonic()
         capacity = {"cpus": self.inventory.cpus, "memory": self.inventory.memory_total,
                     "gpus": [g.index for g in self.inventory.gpus]}
         payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env,
-                   "capacity": capacity}
+                   "capacity": capacity, "pulse_fd": self.pulse.fd}
         slot.proc.stdin.write(json.dumps(payload).encode())
         slot.proc.stdin.close()
 
@@ -365,6 +369,7 @@ class Agent:
                 except Exception:  # noqa: BLE001 - nor may any broker content a sweep trips over: logged
                     log.exception("heartbeat pass failed")
             self.supervise()
+            self.pulse.stamp()  # the loop went round: its heartbeat got through or the broker is away
             if self.stopping:
                 if self.stop_deadline is not None and now >= self.stop_deadline:
                     self.cold_stop()

@@ -17,6 +17,7 @@ from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS, OutageClock
+from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.verify import AlreadyRunning, Gatekeeper
 from gridcore.records import Result
@@ -55,6 +56,7 @@ class Performer:
         self.cold = False
         self.cold_at = 0.0
         self.placing = Negotiator(conn, owner=worker)  # this slot's quick pass at a placed job's end
+        self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
 
     # ---- flags set by signals and RQ commands ---------------------------------------------
 
@@ -85,7 +87,7 @@ class Performer:
         attempt = JobAttempt(self.conn, self.book, job, queue, node=self.node, worker=self.worker, slot=self.slot,
                              result_ttl=self.settings.result_ttl)
         try:
-            if not self.cold:  # a stopping slot hands the job straight back
+            if not self.cold and not self.orphaned.is_set():  # a stopping slot hands the job straight back
                 self._verify_and_run(attempt, taken)
                 if not attempt.started:
                     self._drop_claim(attempt)  # refused, a twin, put back: it did not start here
@@ -136,6 +138,9 @@ class Performer:
         self.stop_reason.clear()
         if self.cold:  # a cold stop that came before `busy` was set
             self.stop_reason.append("shutdown")
+            self.cancel_event.set()
+        elif self.orphaned.is_set():  # the agent went silent while this job was being started
+            self.stop_reason.append(ORPHANED)
             self.cancel_event.set()
         if attempt.canceled_at_start:  # canceled while it was being taken: started only to end at once
             self.stop_reason.append("canceled")

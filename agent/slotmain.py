@@ -14,6 +14,7 @@ import signal
 import sys
 
 from agent import logsetup
+from agent.pulse import ORPHANED, PING_TIMEOUT, PulseWatch, silence_limit
 from agent.verify import Gatekeeper
 from agent.rqadapter.worker import GridWorker
 from gridcore import keys
@@ -56,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         queues, connection=conn, name=args.name, node=node, slot=args.slot, settings=settings, gate=gate,
         marker_env=marker_env, capacity=data.get("capacity"),
     )
+    if "pulse_fd" in data:
+        node_cfg = settings.agent
+        watch = PulseWatch(int(data["pulse_fd"]), silence_limit(node_cfg.heartbeat_interval, node_cfg.node_timeout),
+                           connect(settings, socket_timeout=PING_TIMEOUT),
+                           lambda: worker.performer.cancel(ORPHANED))
+        worker.performer.orphaned = watch.orphaned
+        watch.start()
     worker.work(logging_level=logsetup.rq_level(settings.agent.log_level), with_scheduler=args.scheduler)
     return 0
 

@@ -1,0 +1,47 @@
+"""The agent alone freezes (`kill -STOP` of its process, or a main loop hung in a call that
+never returns) while its slots live on: the slots stop taking work and hand back what they
+run before the node timeout, so no job is lost or failed for it."""
+
+from __future__ import annotations
+
+import signal
+
+from gridcore.models import JobSpec, JobState
+from tests.chaos.conftest import NODE_TIMEOUT, TRANSIENT, assert_accounted, job_procs, running_on
+from tests.chaos.test_node_loss import ONLY_SLOW_ON_B, attempts
+from tests.support.wait import eventually
+
+
+def test_a_frozen_agents_slots_hand_back_and_take_nothing(agents, grid, r, cleanup_jobs):
+    b = agents("node-b", slots=2, node_timeout=NODE_TIMEOUT)
+    jid = grid.submit(JobSpec(command=ONLY_SLOW_ON_B))
+    cleanup_jobs.append(jid)
+    eventually(lambda: running_on(r, jid) == "node-b" and job_procs(jid), 20, 0.1, "the job to run on node-b",
+               tolerate=TRANSIENT)
+    agents("node-a", slots=2, node_timeout=NODE_TIMEOUT)
+    b.signal(signal.SIGSTOP)  # the agent only: node-b's slots and its job run on
+    try:
+        eventually(lambda: attempts(grid, jid)[:1] == [("node-b", "agent not heartbeating")], 20, 0.1,
+                   "node-b's slot to hand the job back", tolerate=TRANSIENT)
+        # node-b's idle slot is still there, and still sees the queues: it must take none of these.
+        batch = grid.submit_many([JobSpec(command=f"sleep 0.3; echo {i}") for i in range(6)])
+        cleanup_jobs.extend(batch)
+        states = assert_accounted(r, grid, [jid, *batch], timeout=40)
+    finally:
+        b.signal(signal.SIGCONT)
+    assert all(s is JobState.FINISHED for s in states.values()), {j: s.value for j, s in states.items()}
+    assert attempts(grid, jid) == [("node-b", "agent not heartbeating"), ("node-a", None)]
+    assert grid.get(jid).stdout == "done on node-a\n"
+    for j in batch:
+        assert attempts(grid, j) == [("node-a", None)], attempts(grid, j)
+    assert not [e for e in grid.events(count=10_000) if e.kind == "lost"]
+    # Thawed, node-b heartbeats again and its slots take work again.
+    again = grid.submit(JobSpec(command="echo again", resources=_on("node-b")))
+    cleanup_jobs.append(again)
+    assert grid.wait([again], timeout=30)[again] is JobState.FINISHED
+
+
+def _on(node):
+    from gridcore.models import Resources
+
+    return Resources(node=node)
