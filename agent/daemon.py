@@ -239,7 +239,9 @@ class Agent:
         """A slot died under a live agent: kill what it ran and reclaim it, as for a lost node."""
         try:
             ids = recovery.jobs_of(self.conn, self.node, s.dead_name)
-            mine = {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: self.agent_id}
+            # What the dead slot started, only: a rerun of the same job by another slot of
+            # this node (after a sweep reclaimed it) carries the same job id.
+            mine = {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: self.agent_id, proctree.ENV_WORKER: s.dead_name}
             for jid in ids:
                 proctree.kill_tree(None, None, {**mine, proctree.ENV_JOB: jid}, grace=self.cfg.kill_grace)
             if ids:

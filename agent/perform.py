@@ -159,6 +159,8 @@ class Performer:
             stop_reason=self.stop_reason,
             cgroup_tag=self.worker,
             attempt=attempt.number,
+            run_id=attempt.execution.id,
+            worker=self.worker,
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )
