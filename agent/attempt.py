@@ -137,10 +137,14 @@ class JobAttempt:
         args = [*reserve_args(self.id, res, self.gpus, capacity.cpus, capacity.memory), nonce_expiry(envelope),
                 envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.conn, pipe)]
         ok, used, errs, canceled = self.conn.register_script(guarded.START)(
-            keys=[keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id)], args=args)
+            keys=[keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id), keys.rq_job(self.id)],
+            args=args)
         if ok <= 0:
             self.book.forget(self.execution)
             self.execution = None
+        if ok == -2:  # canceled before it started: its canceler recorded that; it must not run
+            self.canceled_at_start = True
+            return False
         if ok == 0:
             return False
         if ok < 0:

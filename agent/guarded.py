@@ -45,9 +45,12 @@ was the largest single cost of a slot's start and end. A failing command is repo
 fatal: the rest still run, as in MULTI/EXEC."""
 
 START = RESERVE_FN + RUN_FN + """
--- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag
+-- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag, its RQ hash
 -- ARGV: job id, cpus, memory, gpus (JSON), node cpus, node memory, held entry,
 --       nonce expiry (unix s), max attempts, spent mark, then the recorded start (2 args)
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('HGET', KEYS[4], 'status') == 'canceled' then
+  return {-2, 0, {}, 1}  -- canceled before it started: its canceler recorded that (gridcore/cancel.py)
+end
 if reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 0 then
   return {0, 0, {}, 0}
 end
@@ -60,7 +63,8 @@ end
 return {1, used, run_recorded(11), redis.call('EXISTS', KEYS[3])}
 """
 """Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
-whether the job's cancel flag is set, read in the same atomic step as the start."""
+whether the job's cancel flag is set, read in the same atomic step as the start. A job whose
+cancel flag is set is not started at all (nothing written): it never runs."""
 
 END = OWNER_FN + RUN_FN + """
 -- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list

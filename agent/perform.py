@@ -122,6 +122,9 @@ class Performer:
             attempt.refuse(f"refused: {e}", now)
             return
         if not started:
+            if attempt.canceled_at_start:
+                log.info("job %s: canceled before it started; not run", attempt.id)
+                return  # not started: `perform` drops this slot's claim
             attempt.put_back()
             time.sleep(PUT_BACK_PAUSE)
             return

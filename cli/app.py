@@ -326,9 +326,11 @@ def cancel(ctx: typer.Context, job_ids: list[str],
     """Cancel queued, waiting, scheduled or running jobs (a running job's whole process tree)."""
     grid = shared(ctx).grid
     failed = False
-    for jid in [grid.resolve(j) for j in job_ids]:
-        before = grid.state(jid)
-        reached = grid.cancel(jid, wait=wait_s)
+    ids = list(dict.fromkeys(grid.resolve(j) for j in job_ids))
+    befores = grid.wait(ids, timeout=0)
+    reached_by_id = grid.cancel_many(ids, wait=wait_s)  # the queued ones in one step: none of them starts
+    for jid in ids:
+        before, reached = befores[jid], reached_by_id[jid]
         if reached is JobState.CANCELED:
             render.echo(f"{jid} canceled")
         elif before.terminal:
