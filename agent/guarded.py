@@ -17,11 +17,16 @@ from typing import Any
 
 import redis
 
+from gridcore import keys
 from gridcore.records import OWNER_FN
 from gridcore.reservations import RESERVE_FN
 
 RUN_FN = """
 local function run_recorded(i)
+  -- A write that changes nothing, with redis.call: a broker refusing writes (out of memory,
+  -- a failed save, a replica) fails the script here, before any recorded command ran; once
+  -- it passed, the broker lets the script's writes through to the end.
+  redis.call('SETRANGE', '""" + keys.WRITE_PROBE + """', 0, '')
   local errs, nums = {}, {}
   for x in string.gmatch(ARGV[i], '%d+') do nums[#nums + 1] = tonumber(x) end
   local blob, k, pos = ARGV[i + 1], 2, 1
@@ -42,7 +47,7 @@ end
 command's argc and its arguments' lengths) and ARGV[i + 1] (the arguments, concatenated).
 Two script arguments instead of one per command argument: redis-py's per-argument packing
 was the largest single cost of a slot's start and end. A failing command is reported, not
-fatal: the rest still run, as in MULTI/EXEC."""
+fatal: the rest still run, as in MULTI/EXEC; a broker that refuses writes fails it whole."""
 
 START = RESERVE_FN + RUN_FN + """
 -- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag, its RQ hash
