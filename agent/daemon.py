@@ -109,15 +109,19 @@ class Agent:
         try:
             cfg = self.conn.config_get("maxmemory-policy")
             aof = self.conn.config_get("appendonly")
+            fsync = self.conn.config_get("appendfsync")
         except redis.ResponseError:
             return  # CONFIG is often disabled for non-admin users: nothing to check
         # redis-py decodes CONFIG GET replies itself, whatever decode_responses says.
-        cfg = {_text(k): _text(v) for k, v in {**cfg, **aof}.items()}
+        cfg = {_text(k): _text(v) for k, v in {**cfg, **aof, **fsync}.items()}
         if cfg.get("maxmemory-policy", "noeviction") != "noeviction":
             log.warning("broker maxmemory-policy is %s; the grid expects noeviction (jobs could be evicted)",
                         cfg["maxmemory-policy"])
         if cfg.get("appendonly") != "yes":
             log.warning("broker appendonly is off; a broker restart can lose accepted jobs")
+        elif cfg.get("appendfsync") not in ("everysec", "always"):
+            log.warning("broker appendfsync is %s; a broker crash can lose what the OS had not written "
+                        "(the grid expects everysec)", cfg.get("appendfsync"))
 
     def reap_earlier_incarnations(self) -> int:
         """Kill whatever an earlier agent for this node left running (slots and job trees)."""
