@@ -128,6 +128,8 @@ class JobAttempt:
         run = ActiveEntry(node=self.node, slot=self.slot, worker=self.worker, started=now,
                           gpus=[str(g) for g in self.gpus])
         self.job.meta["run"] = run.model_dump()  # the raw meta: keys this agent does not know stay
+        for k in ("lost_on", "lost_at"):  # a rerun started: where it had been lost no longer matters
+            self.job.meta.pop(k, None)
         self.book.save_meta(pipe, self.job)
         pipe.hset(keys.node_running(self.node), self.id, RunningEntry("started", slot=self.slot).encode())
         pipe.hset(keys.ACTIVE, self.id, run.encode())
@@ -417,6 +419,7 @@ class JobAttempt:
         meta = self.meta
         lost = meta.lost + 1
         self.job.meta["lost"] = lost
+        self.job.meta.update(lost_on=self.node, lost_at=now)  # its rerun prefers another node (agent/rerun.py)
         self.job.meta.pop("run", None)
         retry = lost <= LOST_RETRIES
         record = Result(node=self.node, end=now, reason=reason[:4096], reason_kind="lost")

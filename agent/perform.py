@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from agent import runner, usage
+from agent import rerun, runner, usage
 from agent.admission import Admission
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
@@ -105,6 +105,11 @@ class Performer:
 
     def _verify_and_run(self, attempt: JobAttempt, taken: Taken | None) -> None:
         now = self.clock.now()
+        meta = attempt.meta  # before the start, which consumes `lost_on`
+        if rerun.pass_on(self.conn, meta, self.node, attempt.job.origin, now):
+            attempt.put_back()  # lost here a moment ago: another node reruns it if it takes it in time
+            time.sleep(PUT_BACK_PAUSE)
+            return
         try:
             envelope, _signer = self.gate.verify(attempt.job, now, taken.active if taken is not None else ...)
             ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
@@ -129,6 +134,7 @@ class Performer:
             time.sleep(PUT_BACK_PAUSE)
             return
         try:
+            rerun.record(self.conn, attempt.id, meta, self.node, now)
             result, outcome = self._run(attempt, envelope, now)
             self.admission.ended(ticket, now, result, outcome)
         finally:
