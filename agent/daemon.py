@@ -168,6 +168,10 @@ class Agent:
         self.read_inventory()
         nodekeys.publish(self.conn, self.node, nodekeys.node_key(self.node))  # made at the first start
         n = self.cfg.slots or self.inventory.cpus
+        if n > self.inventory.cpus:
+            log.warning("%d slots but %d CPUs (agent.cpus): each plain job holds one CPU, so at most %d run at "
+                        "once and the other slots wait for room; set agent.cpus to oversubscribe",
+                        n, self.inventory.cpus, self.inventory.cpus)
         self.slots = [SlotProcess(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
         self.heartbeat(first=True)
         self.placing = self.negotiator.start(self.cfg.heartbeat_interval)  # its own thread: placement at event speed

@@ -57,6 +57,7 @@ class Performer:
         self.cold_at = 0.0
         self.placing = Negotiator(conn, owner=worker)  # this slot's quick pass at a placed job's end
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
+        self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
 
     # ---- flags set by signals and RQ commands ---------------------------------------------
 
@@ -131,8 +132,10 @@ class Performer:
                 log.info("job %s: canceled before it started; not run", attempt.id)
                 return  # not started: `perform` drops this slot's claim
             attempt.put_back()
+            self.no_room = True  # until a plain job fits, the slot takes nothing (agent/room.py)
             time.sleep(PUT_BACK_PAUSE)
             return
+        self.no_room = False
         try:
             rerun.record(self.conn, attempt.id, meta, self.node, now)
             result, outcome = self._run(attempt, envelope, now)

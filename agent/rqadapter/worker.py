@@ -29,7 +29,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 from rq.worker import SimpleWorker
 
-from agent import claim
+from agent import claim, room
 from agent.outage import OUTAGE_ERRORS
 from agent.perform import Performer
 from agent.rqadapter import scheduler
@@ -218,6 +218,14 @@ class GridWorker(SimpleWorker):
                 self._revive_scheduler()
                 if failures:
                     claim.requeue_own(self.connection, self.node, self.name)  # a pop the outage swallowed
+                if self.performer.no_room:
+                    held = room.no_room(self.connection, self.node, self.performer.capacity.cpus)
+                    if held is not None:
+                        self.set_state(f"idle: node full ({held:g} of {self.performer.capacity.cpus:g} CPUs held)")
+                        time.sleep(room.ROOM_POLL)
+                        continue
+                    self.performer.no_room = False
+                    self.set_state("idle")
                 if self.performer.orphaned.is_set():
                     # The agent went silent (agent/pulse.py): take nothing, and give back what the
                     # node's waits took, before another agent's sweep counts this node lost.

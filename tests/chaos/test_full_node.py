@@ -1,0 +1,26 @@
+"""Slots beyond what the node's CPUs can run wait for room instead of spinning on the queue
+(taking the head job and putting it back several times a second), and say why they are idle."""
+
+from __future__ import annotations
+
+from gridcore import keys
+from gridcore.models import JobSpec, JobState
+from tests.chaos.conftest import TRANSIENT, assert_accounted
+from tests.support.wait import eventually
+
+
+def slot_states(r) -> list[str]:
+    return [(r.hget(w, "state") or b"").decode() for w in r.smembers(keys.rq_workers())]
+
+
+def test_a_slot_beyond_the_cpus_waits_for_room(agents, grid, r, gate, cleanup_jobs):
+    agents("node-a", slots=2, cpus=1)  # each plain job holds one CPU: one runs at a time
+    first = grid.submit(JobSpec(command=gate.command("echo first")))
+    second = grid.submit(JobSpec(command="echo second"))
+    cleanup_jobs.extend([first, second])
+    eventually(lambda: "idle: node full (1 of 1 CPUs held)" in slot_states(r), 20, 0.1,
+               "the second slot to wait for room", tolerate=TRANSIENT)
+    assert grid.state(second) is JobState.QUEUED
+    gate.open()
+    states = assert_accounted(r, grid, [first, second], timeout=30)
+    assert set(states.values()) == {JobState.FINISHED}
