@@ -15,12 +15,11 @@ def slot_states(r) -> list[str]:
 
 def test_a_slot_beyond_the_cpus_waits_for_room(agents, grid, r, gate, cleanup_jobs):
     agents("node-a", slots=2, cpus=1)  # each plain job holds one CPU: one runs at a time
-    first = grid.submit(JobSpec(command=gate.command("echo first")))
-    second = grid.submit(JobSpec(command="echo second"))
+    first, second = grid.submit_many([JobSpec(command=gate.command(f"echo {n}")) for n in ("first", "second")])
     cleanup_jobs.extend([first, second])
     eventually(lambda: "idle: node full (1 of 1 CPUs held)" in slot_states(r), 20, 0.1,
-               "the second slot to wait for room", tolerate=TRANSIENT)
-    assert grid.state(second) is JobState.QUEUED
+               "the other slot to wait for room", tolerate=TRANSIENT)
+    assert sorted(grid.state(j).value for j in (first, second)) == ["queued", "running"]
     gate.open()
     states = assert_accounted(r, grid, [first, second], timeout=30)
     assert set(states.values()) == {JobState.FINISHED}
