@@ -378,7 +378,7 @@ class JobAttempt:
         release(pipe, self.id, self.node)  # its sweep slot stays: the job still counts as placed
         self.book.hand_back(pipe, self.job, self.queue, self.execution)
         events.emit(pipe, result.end or 0.0, "requeued", job=self.id, node=self.node, message=note)
-        history.append(pipe, history.entry(self.id, self.meta, result.model_copy(update={"reason": "agent shutdown"}),
+        history.append(pipe, history.entry(self.id, self.meta, result.model_copy(update={"reason": why}),
                                            "requeued"))
 
     def _after_end(self, result: Result, outcome: str | None, entry: RunningEntry) -> None:
