@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +47,11 @@ class Pulse:
     (one clock for every process of the machine)."""
 
     def __init__(self) -> None:
-        self.fd = os.memfd_create("grid-agent-pulse", 0)
+        if hasattr(os, "memfd_create"):
+            self.fd = os.memfd_create("grid-agent-pulse", 0)
+        else:  # not Linux: an unlinked temporary file is as good (the slots inherit its descriptor)
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the agent
+            self.fd = self._file.fileno()
         os.ftruncate(self.fd, struct.calcsize(_FMT))
         self.stamp()
 
