@@ -45,3 +45,27 @@ def _on(node):
     from gridcore.models import Resources
 
     return Resources(node=node)
+
+
+def test_a_stale_pulse_orphans_a_slot_only_while_the_broker_answers_it(r):
+    """A broker outage or a cut link stalls the agent too: its slot rides on, orphaned only
+    when the broker answers the slot while the agent stays silent."""
+    import os
+    import struct
+
+    import redis
+
+    from agent.pulse import Pulse, PulseWatch
+    from tests.support.brokers import free_port
+
+    pulse = Pulse()
+    os.pwrite(pulse.fd, struct.pack("d", 0.0), 0)  # the agent last went round long ago
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # nothing listens there
+    cut_off = PulseWatch(pulse.fd, 0.2, gone, on_orphaned=lambda: None)
+    assert not any(cut_off.check() for _ in range(5))
+    handed_back = []
+    watch = PulseWatch(pulse.fd, 0.2, r, on_orphaned=lambda: handed_back.append(True))
+    eventually(watch.check, 5, 0.02, "the slot to count its agent gone")
+    assert watch.orphaned.is_set() and handed_back == [True]
+    pulse.stamp()  # the agent thawed
+    assert not watch.check() and not watch.orphaned.is_set()
