@@ -23,3 +23,14 @@ def test_a_slot_beyond_the_cpus_waits_for_room(agents, grid, r, gate, cleanup_jo
     gate.open()
     states = assert_accounted(r, grid, [first, second], timeout=30)
     assert set(states.values()) == {JobState.FINISHED}
+
+
+def test_grid_nodes_says_why_idle_slots_take_nothing(r, cli):
+    from gridcore.records import HeldEntry, Inventory, RunningEntry
+    from tests.support.records import node_record, put_node
+
+    sec, _ = r.time()
+    put_node(r, "n1", sec, node_record(inventory=Inventory(cpus=2, memory_total=2**34), slots=3))
+    r.hset(keys.node_running("n1"), "j1", RunningEntry("started", slot=0).encode())
+    r.hset(keys.node_held("n1"), mapping={"j1": HeldEntry(cpus=1).encode(), "j2": HeldEntry(cpus=1).encode()})
+    assert "1/3 (full: 2/2 CPUs held)" in cli("nodes", check=True).stdout
