@@ -174,22 +174,6 @@ def kill_tree(
     return signaled, [p.pid for p in _alive(collect(pgid, None, marker, members) + procs)]
 
 
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Make orphans of this process's descendants its own children (not init's), so a job's
-    child that escaped its session (setsid, a double fork) is found at the job's end by a
-    look at this process's children, instead of a scan of every process's environment."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return False
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-
-
 def own_children() -> set[int]:
     """Pids of this process's children (zombies included), from /proc: cheap, a few reads."""
     me = os.getpid()

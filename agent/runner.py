@@ -151,7 +151,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     # job: only a job with a memory limit gets a group of its own.
     cgroups = job_cgroups() if limit else None
     cg = cgroups.create(f"{ctx.job_id}.{ctx.cgroup_tag or os.getpid()}", limit) if cgroups else None
-    # This slot is the subreaper of what its jobs start (agent/slotmain.py): a child that
+    # This slot is the subreaper of what its jobs start (agent/usage.py): a child that
     # escaped the job's session becomes a child of ours, one we did not have before.
     before = proctree.own_children()
     try:

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from agent import logsetup, proctree
+from agent import logsetup, usage
 from agent.pulse import ORPHANED, PING_TIMEOUT, PulseWatch, silence_limit
 from agent.verify import Gatekeeper
 from agent.rqadapter.worker import GridWorker
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the worker installs its handlers
     die_with_parent(args.parent)
-    proctree.become_subreaper()  # a job's escaped children become ours, found at its end (agent/runner.py)
+    usage.become_subreaper()  # a job's escaped children become ours, found at its end (agent/runner.py)
     data = json.loads(sys.stdin.read())
     settings = Settings.model_validate(data["settings"])
     marker_env = data["marker_env"]
