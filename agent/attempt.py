@@ -39,6 +39,7 @@ import redis
 from agent import claim, guarded, metrics
 from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
+from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
 from gridcore import efficiency, events, history, keys
@@ -59,6 +60,9 @@ from gridcore.reservations import release, reserve_args
 from gridcore.signing import Refused
 
 log = logging.getLogger("grid.attempt")
+
+HANDED_BACK = ("shutdown", ORPHANED)
+"""Outcomes that put the job back in line instead of ending it: its agent stops or is gone."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class JobAttempt:
         run = ActiveEntry(node=self.node, slot=self.slot, worker=self.worker, started=now,
                           gpus=[str(g) for g in self.gpus])
         self.job.meta["run"] = run.model_dump()  # the raw meta: keys this agent does not know stay
+        for k in ("lost_on", "lost_at"):  # a rerun started: where it had been lost no longer matters
+            self.job.meta.pop(k, None)
         self.book.save_meta(pipe, self.job)
         pipe.hset(keys.node_running(self.node), self.id, RunningEntry("started", slot=self.slot).encode())
         pipe.hset(keys.ACTIVE, self.id, run.encode())
@@ -133,10 +139,14 @@ class JobAttempt:
         args = [*reserve_args(self.id, res, self.gpus, capacity.cpus, capacity.memory), nonce_expiry(envelope),
                 envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.conn, pipe)]
         ok, used, errs, canceled = self.conn.register_script(guarded.START)(
-            keys=[keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id)], args=args)
+            keys=[keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id), keys.rq_job(self.id)],
+            args=args)
         if ok <= 0:
             self.book.forget(self.execution)
             self.execution = None
+        if ok == -2:  # canceled before it started: its canceler recorded that; it must not run
+            self.canceled_at_start = True
+            return False
         if ok == 0:
             return False
         if ok < 0:
@@ -257,7 +267,7 @@ class JobAttempt:
                 log.warning("%s: reclaimed by the grid while running here; result discarded", what)
                 self.book.forget(self.execution)
                 return
-            if outcome == "shutdown":
+            if outcome in HANDED_BACK:
                 return
             until_broker(lambda: self.book.finish(self.job, self.queue, result, outcome, self.execution),
                          f"{what}: finishing", give_up)
@@ -311,8 +321,8 @@ class JobAttempt:
                             continue
                         return self._last_run_id(pipe.lindex(keys.attempts(self.id), -1)) == result.run_id
                     pipe.multi()
-                    if outcome == "shutdown":
-                        self._hand_back(pipe, result)
+                    if outcome in HANDED_BACK:
+                        self._hand_back(pipe, result, outcome)
                     else:
                         if self._is_final(result, outcome) and envelope.get("nonce"):
                             # In the same transaction: no replay slips in before the end is visible.
@@ -355,18 +365,20 @@ class JobAttempt:
                     message=result.reason or "exit code 0")
         history.append(pipe, history.entry(self.id, self.meta, result, kind))
 
-    def _hand_back(self, pipe, result: Result) -> None:
-        """Cold stop: the job was killed because the agent is going away; put it back in line."""
-        note = f"attempt on {self.node} stopped by agent shutdown; job handed back to the queue"
+    def _hand_back(self, pipe, result: Result, outcome: str = "shutdown") -> None:
+        """Cold stop, or the agent stopped heartbeating (orphaned): the job was killed because
+        its agent is going or gone; put it back in line."""
+        why = "agent shutdown" if outcome == "shutdown" else "agent not heartbeating"
+        note = f"attempt on {self.node} stopped by {why}; job handed back to the queue"
         if self.sink is not None:
             self.sink.write_last(pipe, OutputEntry.note(note).fields())
-        pipe.rpush(keys.attempts(self.id), result.attempt(reason="agent shutdown").encode())
+        pipe.rpush(keys.attempts(self.id), result.attempt(reason=why).encode())
         pipe.hdel(keys.node_running(self.node), self.id)
         pipe.hdel(keys.ACTIVE, self.id)
         release(pipe, self.id, self.node)  # its sweep slot stays: the job still counts as placed
         self.book.hand_back(pipe, self.job, self.queue, self.execution)
         events.emit(pipe, result.end or 0.0, "requeued", job=self.id, node=self.node, message=note)
-        history.append(pipe, history.entry(self.id, self.meta, result.model_copy(update={"reason": "agent shutdown"}),
+        history.append(pipe, history.entry(self.id, self.meta, result.model_copy(update={"reason": why}),
                                            "requeued"))
 
     def _after_end(self, result: Result, outcome: str | None, entry: RunningEntry) -> None:
@@ -407,6 +419,7 @@ class JobAttempt:
         meta = self.meta
         lost = meta.lost + 1
         self.job.meta["lost"] = lost
+        self.job.meta.update(lost_on=self.node, lost_at=now)  # its rerun prefers another node (agent/rerun.py)
         self.job.meta.pop("run", None)
         retry = lost <= LOST_RETRIES
         record = Result(node=self.node, end=now, reason=reason[:4096], reason_kind="lost")

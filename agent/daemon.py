@@ -24,6 +24,7 @@ from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS
+from agent.pulse import Pulse
 from gridcore import events, keys, nodekeys
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
@@ -91,6 +92,7 @@ class Agent:
         self.broker_run_id: str | None = None
         self.ready = False
         self.republish = False  # after an outage: the broker may have lost the node hash (no AOF)
+        self.pulse = Pulse()  # stamped by the main loop; slots that find it stale stop (agent/pulse.py)
 
     # ---- start --------------------------------------------------------------------------
 
@@ -107,15 +109,19 @@ class Agent:
         try:
             cfg = self.conn.config_get("maxmemory-policy")
             aof = self.conn.config_get("appendonly")
+            fsync = self.conn.config_get("appendfsync")
         except redis.ResponseError:
             return  # CONFIG is often disabled for non-admin users: nothing to check
         # redis-py decodes CONFIG GET replies itself, whatever decode_responses says.
-        cfg = {_text(k): _text(v) for k, v in {**cfg, **aof}.items()}
+        cfg = {_text(k): _text(v) for k, v in {**cfg, **aof, **fsync}.items()}
         if cfg.get("maxmemory-policy", "noeviction") != "noeviction":
             log.warning("broker maxmemory-policy is %s; the grid expects noeviction (jobs could be evicted)",
                         cfg["maxmemory-policy"])
         if cfg.get("appendonly") != "yes":
             log.warning("broker appendonly is off; a broker restart can lose accepted jobs")
+        elif cfg.get("appendfsync") not in ("everysec", "always"):
+            log.warning("broker appendfsync is %s; a broker crash can lose what the OS had not written "
+                        "(the grid expects everysec)", cfg.get("appendfsync"))
 
     def reap_earlier_incarnations(self) -> int:
         """Kill whatever an earlier agent for this node left running (slots and job trees)."""
@@ -162,6 +168,10 @@ class Agent:
         self.read_inventory()
         nodekeys.publish(self.conn, self.node, nodekeys.node_key(self.node))  # made at the first start
         n = self.cfg.slots or self.inventory.cpus
+        if n > self.inventory.cpus:
+            log.warning("%d slots but %d CPUs (agent.cpus): each plain job holds one CPU, so at most %d run at "
+                        "once and the other slots wait for room; set agent.cpus to oversubscribe",
+                        n, self.inventory.cpus, self.inventory.cpus)
         self.slots = [SlotProcess(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
         self.heartbeat(first=True)
         self.placing = self.negotiator.start(self.cfg.heartbeat_interval)  # its own thread: placement at event speed
@@ -187,6 +197,7 @@ class Agent:
                 return
             if any(s.proc.poll() is not None for s in self.slots):
                 raise AgentError("a worker slot exited during start; see the log above")
+            self.pulse.stamp()
             time.sleep(0.05)
         raise AgentError(f"worker slots did not register within {timeout:g}s")
 
@@ -199,12 +210,13 @@ class Agent:
                 "--parent", str(os.getpid())]
         if slot.index == 0:
             args.append("--scheduler")  # RQ's scheduler moves retries with backoff back in line
-        slot.proc = subprocess.Popen(args, stdin=subprocess.PIPE, env=env)
+        self.pulse.stamp()
+        slot.proc = subprocess.Popen(args, stdin=subprocess.PIPE, env=env, pass_fds=(self.pulse.fd,))
         slot.spawned_at = time.monotonic()
         capacity = {"cpus": self.inventory.cpus, "memory": self.inventory.memory_total,
                     "gpus": [g.index for g in self.inventory.gpus]}
         payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env,
-                   "capacity": capacity}
+                   "capacity": capacity, "pulse_fd": self.pulse.fd}
         slot.proc.stdin.write(json.dumps(payload).encode())
         slot.proc.stdin.close()
 
@@ -235,7 +247,9 @@ class Agent:
         """A slot died under a live agent: kill what it ran and reclaim it, as for a lost node."""
         try:
             ids = recovery.jobs_of(self.conn, self.node, s.dead_name)
-            mine = {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: self.agent_id}
+            # What the dead slot started, only: a rerun of the same job by another slot of
+            # this node (after a sweep reclaimed it) carries the same job id.
+            mine = {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: self.agent_id, proctree.ENV_WORKER: s.dead_name}
             for jid in ids:
                 proctree.kill_tree(None, None, {**mine, proctree.ENV_JOB: jid}, grace=self.cfg.kill_grace)
             if ids:
@@ -365,6 +379,7 @@ class Agent:
                 except Exception:  # noqa: BLE001 - nor may any broker content a sweep trips over: logged
                     log.exception("heartbeat pass failed")
             self.supervise()
+            self.pulse.stamp()  # the loop went round: its heartbeat got through or the broker is away
             if self.stopping:
                 if self.stop_deadline is not None and now >= self.stop_deadline:
                     self.cold_stop()

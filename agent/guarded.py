@@ -17,11 +17,16 @@ from typing import Any
 
 import redis
 
+from gridcore import keys
 from gridcore.records import OWNER_FN
 from gridcore.reservations import RESERVE_FN
 
 RUN_FN = """
 local function run_recorded(i)
+  -- A write that changes nothing, with redis.call: a broker refusing writes (out of memory,
+  -- a failed save, a replica) fails the script here, before any recorded command ran; once
+  -- it passed, the broker lets the script's writes through to the end.
+  redis.call('SETRANGE', '""" + keys.WRITE_PROBE + """', 0, '')
   local errs, nums = {}, {}
   for x in string.gmatch(ARGV[i], '%d+') do nums[#nums + 1] = tonumber(x) end
   local blob, k, pos = ARGV[i + 1], 2, 1
@@ -42,12 +47,15 @@ end
 command's argc and its arguments' lengths) and ARGV[i + 1] (the arguments, concatenated).
 Two script arguments instead of one per command argument: redis-py's per-argument packing
 was the largest single cost of a slot's start and end. A failing command is reported, not
-fatal: the rest still run, as in MULTI/EXEC."""
+fatal: the rest still run, as in MULTI/EXEC; a broker that refuses writes fails it whole."""
 
 START = RESERVE_FN + RUN_FN + """
--- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag
+-- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag, its RQ hash
 -- ARGV: job id, cpus, memory, gpus (JSON), node cpus, node memory, held entry,
 --       nonce expiry (unix s), max attempts, spent mark, then the recorded start (2 args)
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('HGET', KEYS[4], 'status') == 'canceled' then
+  return {-2, 0, {}, 1}  -- canceled before it started: its canceler recorded that (gridcore/cancel.py)
+end
 if reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 0 then
   return {0, 0, {}, 0}
 end
@@ -60,7 +68,8 @@ end
 return {1, used, run_recorded(11), redis.call('EXISTS', KEYS[3])}
 """
 """Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
-whether the job's cancel flag is set, read in the same atomic step as the start."""
+whether the job's cancel flag is set, read in the same atomic step as the start. A job whose
+cancel flag is set is not started at all (nothing written): it never runs."""
 
 END = OWNER_FN + RUN_FN + """
 -- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list

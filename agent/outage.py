@@ -10,17 +10,30 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import redis
+from redis._parsers.base import BaseParser
 
 from gridcore import clock
 
 log = logging.getLogger("grid.outage")
 
+
+class WritesRefused(redis.ResponseError):
+    """MISCONF: the broker refuses writes because its last save to disk failed."""
+
+
+# redis-py raises a plain ResponseError for MISCONF; its parser maps error codes to classes,
+# so registering one lets every `except OUTAGE_ERRORS` of the agent see it as an outage.
+BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", WritesRefused)
+
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.ConnectionError,  # refused, reset, closed; includes BusyLoadingError (loading the AOF)
     redis.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a failed-over primary that is now a replica
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached under noeviction: writes refused
+    WritesRefused,
 )
-"""Errors that mean the broker is unreachable for now, not that a request was wrong: retry later."""
+"""Errors that mean the broker cannot do the request for now (it is away, or refuses every
+write), not that the request was wrong: retry later, and never count the write as done."""
 
 RETRY_BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 """Seconds between attempts to reach the broker again, by attempt (the last one repeats)."""

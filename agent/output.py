@@ -240,18 +240,20 @@ class OutputSink:
         self.write_pending(pipe)
         pipe.xadd(self.key, fields, id=self.next_id())
 
-    def flush(self) -> None:
-        """Send what is buffered now; raises a broker error if the broker is away."""
+    def flush(self) -> int:
+        """Send what is buffered now; how many entries went (0: nothing was waiting). Raises a
+        broker error if the broker is away or refuses the writes (then all is kept to resend)."""
         with self.conn.pipeline(transaction=False) as pipe:
             batch = self.write_pending(pipe)
             if not batch[0] and not batch[1]:
-                return
+                return 0
             pipe.expire(self.key, self.ttl)
             replies = pipe.execute(raise_on_error=False)
         errors = reply_errors(replies)
         if errors:
             raise errors[0]
         self.stored(batch)
+        return len(batch[0])
 
     def tail_text(self, stream: str) -> str:
         with self.lock:
@@ -298,7 +300,7 @@ class BrokerLink(threading.Thread):
         next_beat = time.monotonic() + HEARTBEAT_EVERY
         while not self.done.is_set():
             try:
-                self.sink.flush()
+                sent = self.sink.flush()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + HEARTBEAT_EVERY
                     stop = self.heartbeat()
@@ -306,15 +308,15 @@ class BrokerLink(threading.Thread):
                         self.stop_reason.append(stop)
                         self.cancel.set()
                 if self.outage_since is not None:
-                    log.warning("job %s: broker back after %.1fs; output flushed", self.job_id,
-                                time.monotonic() - self.outage_since)
+                    log.warning("job %s: broker back after %.1fs%s", self.job_id, time.monotonic() - self.outage_since,
+                                f"; {sent} buffered output entries sent" if sent else "")
                     self.outage_since = None
                 failures = 0
                 delay = FLUSH_INTERVAL
             except OUTAGE_ERRORS as e:
                 if self.outage_since is None:
                     self.outage_since = time.monotonic()
-                    log.warning("job %s: broker unreachable (%s); the job goes on, output is buffered",
+                    log.warning("job %s: broker unavailable (%s); the job goes on, output is buffered",
                                 self.job_id, e)
                 delay = RETRY_BACKOFF[min(failures, len(RETRY_BACKOFF) - 1)]
                 failures += 1

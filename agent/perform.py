@@ -11,12 +11,13 @@ import threading
 import time
 from typing import Any
 
-from agent import runner, usage
+from agent import rerun, runner, usage
 from agent.admission import Admission
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS, OutageClock
+from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.verify import AlreadyRunning, Gatekeeper
 from gridcore.records import Result
@@ -55,6 +56,8 @@ class Performer:
         self.cold = False
         self.cold_at = 0.0
         self.placing = Negotiator(conn, owner=worker)  # this slot's quick pass at a placed job's end
+        self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
+        self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
 
     # ---- flags set by signals and RQ commands ---------------------------------------------
 
@@ -85,7 +88,7 @@ class Performer:
         attempt = JobAttempt(self.conn, self.book, job, queue, node=self.node, worker=self.worker, slot=self.slot,
                              result_ttl=self.settings.result_ttl)
         try:
-            if not self.cold:  # a stopping slot hands the job straight back
+            if not self.cold and not self.orphaned.is_set():  # a stopping slot hands the job straight back
                 self._verify_and_run(attempt, taken)
                 if not attempt.started:
                     self._drop_claim(attempt)  # refused, a twin, put back: it did not start here
@@ -103,6 +106,11 @@ class Performer:
 
     def _verify_and_run(self, attempt: JobAttempt, taken: Taken | None) -> None:
         now = self.clock.now()
+        meta = attempt.meta  # before the start, which consumes `lost_on`
+        if rerun.pass_on(self.conn, meta, self.node, attempt.job.origin, now):
+            attempt.put_back()  # lost here a moment ago: another node reruns it if it takes it in time
+            time.sleep(PUT_BACK_PAUSE)
+            return
         try:
             envelope, _signer = self.gate.verify(attempt.job, now, taken.active if taken is not None else ...)
             ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
@@ -120,10 +128,16 @@ class Performer:
             attempt.refuse(f"refused: {e}", now)
             return
         if not started:
+            if attempt.canceled_at_start:
+                log.info("job %s: canceled before it started; not run", attempt.id)
+                return  # not started: `perform` drops this slot's claim
             attempt.put_back()
+            self.no_room = True  # until a plain job fits, the slot takes nothing (agent/room.py)
             time.sleep(PUT_BACK_PAUSE)
             return
+        self.no_room = False
         try:
+            rerun.record(self.conn, attempt.id, meta, self.node, now)
             result, outcome = self._run(attempt, envelope, now)
             self.admission.ended(ticket, now, result, outcome)
         finally:
@@ -136,6 +150,9 @@ class Performer:
         self.stop_reason.clear()
         if self.cold:  # a cold stop that came before `busy` was set
             self.stop_reason.append("shutdown")
+            self.cancel_event.set()
+        elif self.orphaned.is_set():  # the agent went silent while this job was being started
+            self.stop_reason.append(ORPHANED)
             self.cancel_event.set()
         if attempt.canceled_at_start:  # canceled while it was being taken: started only to end at once
             self.stop_reason.append("canceled")
@@ -154,6 +171,8 @@ class Performer:
             stop_reason=self.stop_reason,
             cgroup_tag=self.worker,
             attempt=attempt.number,
+            run_id=attempt.execution.id,
+            worker=self.worker,
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )

@@ -24,6 +24,16 @@ ENV_AGENT_PID = "GRID_JOB_AGENT_PID"
 """Pid of that agent (to tell a live earlier agent from a dead one)."""
 ENV_JOB = "GRID_JOB_ID"
 """Job id, set in a job's own environment only."""
+ENV_RUN = "GRID_JOB_RUN"
+"""Run id of the job's attempt (job environment only): a stale copy of a job is killed by
+its attempt, never by the job id, which a fresh rerun on the same node shares."""
+ENV_WORKER = "GRID_JOB_WORKER"
+"""Name of the slot (its RQ worker) that started the attempt (job environment only)."""
+
+
+def attempt_marker(job_id: str, run_id: str) -> dict[str, str]:
+    """The marker variables of one attempt of a job: what its kill selects by."""
+    return {ENV_JOB: job_id, ENV_RUN: run_id}
 
 
 def tagged(match: dict[str, str], exclude: dict[str, str] | None = None) -> list[psutil.Process]:
@@ -162,3 +172,31 @@ def kill_tree(
     if reap:
         reap()
     return signaled, [p.pid for p in _alive(collect(pgid, None, marker, members) + procs)]
+
+
+def own_children() -> set[int]:
+    """Pids of this process's children (zombies included), from /proc: cheap, a few reads."""
+    me = os.getpid()
+    out: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        tids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                out.update(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            continue  # the thread has exited
+        except OSError:  # no /proc/<pid>/task/<tid>/children on this kernel: ask psutil
+            return {c.pid for c in psutil.Process(me).children()}
+    return out
+
+
+def reap(pids: Iterable[int]) -> None:
+    """Collect the exit status of those of `pids` that are this process's exited children."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue

@@ -60,6 +60,8 @@ class RunContext:
     extra_env: dict[str, str] = field(default_factory=dict)
     cgroup_tag: str = ""  # makes the job's cgroup name unique per agent incarnation
     attempt: int = 1  # which attempt of its envelope this is (1 for the first)
+    run_id: str = ""  # the attempt's run id: its processes are killed by it (agent/proctree.py)
+    worker: str = ""  # the slot's RQ worker name
 
 
 _cgroups: cgroup.JobCgroups | None = None
@@ -84,7 +86,8 @@ def build_env(envelope: dict[str, Any], ctx: RunContext) -> dict[str, str]:
     env.update({str(k): str(v) for k, v in (envelope.get("env") or {}).items()})
     env.update(ctx.extra_env)
     env.update(ctx.marker_env)
-    env[proctree.ENV_JOB] = ctx.job_id
+    env.update(proctree.attempt_marker(ctx.job_id, ctx.run_id))
+    env[proctree.ENV_WORKER] = ctx.worker
     env.update(GRID_JOB_SLOT=str(ctx.slot), GRID_JOB_ATTEMPT=str(ctx.attempt))
     return env
 
@@ -148,6 +151,9 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     # job: only a job with a memory limit gets a group of its own.
     cgroups = job_cgroups() if limit else None
     cg = cgroups.create(f"{ctx.job_id}.{ctx.cgroup_tag or os.getpid()}", limit) if cgroups else None
+    # This slot is the subreaper of what its jobs start (agent/usage.py): a child that
+    # escaped the job's session becomes a child of ours, one we did not have before.
+    before = proctree.own_children()
     try:
         if cg is not None:
             _check_program(argv[0], cwd, env)
@@ -240,7 +246,8 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
                     link.wake.set()
                     kill_info = proctree.kill_tree(
                         proc.pid, psutil.Process(proc.pid) if proc.poll() is None else None,
-                        {proctree.ENV_JOB: ctx.job_id}, ctx.kill_grace, reap=proc.poll, members=members,
+                        proctree.attempt_marker(ctx.job_id, ctx.run_id), ctx.kill_grace, reap=proc.poll,
+                        members=members,
                     )
     finally:
         link.stop()
@@ -251,10 +258,14 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
             if not f.closed:
                 f.close()
     rc = proc.wait()
-    # Leftovers of a finished job (background children) are part of the job: end them too.
-    if kill_info is None and (proctree.group_alive(proc.pid) or (cg is not None and cg.pids())):
-        kill_info = proctree.kill_tree(proc.pid, None, {proctree.ENV_JOB: ctx.job_id}, ctx.kill_grace,
-                                       members=members)
+    # Leftovers of a finished job (background children, escaped or not) are part of the job:
+    # end them too, whatever way it ended.
+    escaped = proctree.own_children() - before - {proc.pid}
+    if kill_info is None and (escaped or proctree.group_alive(proc.pid) or (cg is not None and cg.pids())):
+        kill_info = proctree.kill_tree(proc.pid, None, proctree.attempt_marker(ctx.job_id, ctx.run_id),
+                                       ctx.kill_grace, members=members, reap=lambda: proctree.reap(escaped))
+    if escaped:  # reparented to this slot: collect the exit of every one, killed or not
+        proctree.reap(proctree.own_children() - before)
     oom_kills = 0
     if cg is not None:
         oom_kills = cg.oom_kills()

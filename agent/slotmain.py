@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 
-from agent import logsetup
+from agent import logsetup, usage
+from agent.pulse import ORPHANED, PING_TIMEOUT, PulseWatch, silence_limit
 from agent.verify import Gatekeeper
 from agent.rqadapter.worker import GridWorker
 from gridcore import keys
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the worker installs its handlers
     die_with_parent(args.parent)
+    usage.become_subreaper()  # a job's escaped children become ours, found at its end (agent/runner.py)
     data = json.loads(sys.stdin.read())
     settings = Settings.model_validate(data["settings"])
     marker_env = data["marker_env"]
@@ -56,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         queues, connection=conn, name=args.name, node=node, slot=args.slot, settings=settings, gate=gate,
         marker_env=marker_env, capacity=data.get("capacity"),
     )
+    if "pulse_fd" in data:
+        node_cfg = settings.agent
+        watch = PulseWatch(int(data["pulse_fd"]), silence_limit(node_cfg.heartbeat_interval, node_cfg.node_timeout),
+                           connect(settings, socket_timeout=PING_TIMEOUT),
+                           lambda: worker.performer.cancel(ORPHANED))
+        worker.performer.orphaned = watch.orphaned
+        watch.start()
     worker.work(logging_level=logsetup.rq_level(settings.agent.log_level), with_scheduler=args.scheduler)
     return 0
 

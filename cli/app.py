@@ -326,9 +326,11 @@ def cancel(ctx: typer.Context, job_ids: list[str],
     """Cancel queued, waiting, scheduled or running jobs (a running job's whole process tree)."""
     grid = shared(ctx).grid
     failed = False
-    for jid in [grid.resolve(j) for j in job_ids]:
-        before = grid.state(jid)
-        reached = grid.cancel(jid, wait=wait_s)
+    ids = list(dict.fromkeys(grid.resolve(j) for j in job_ids))
+    befores = grid.wait(ids, timeout=0)
+    reached_by_id = grid.cancel_many(ids, wait=wait_s)  # the queued ones in one step: none of them starts
+    for jid in ids:
+        before, reached = befores[jid], reached_by_id[jid]
         if reached is JobState.CANCELED:
             render.echo(f"{jid} canceled")
         elif before.terminal:
@@ -424,12 +426,28 @@ def groups(ctx: typer.Context, limit: Annotated[int, typer.Option()] = 20,
 @app.command()
 def nodes(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every node: state from heartbeat age, CPUs, memory, GPUs, labels, slots."""
-    ns = shared(ctx).grid.nodes()
+    grid = shared(ctx).grid
+    ns = grid.nodes()
     if json_out:
         print_json([n.to_dict() for n in ns])
         return
-    render.nodes_table(ns)
-    render.problems(shared(ctx).grid.quarantined(nodes_only=True), " set aside")
+    render.nodes_table(ns, idle_why(ns, grid.committed(ns)))
+    render.problems(grid.quarantined(nodes_only=True), " set aside")
+
+
+def idle_why(nodes, committed) -> dict[str, str]:
+    """node name -> why its idle slots take nothing, where the grid can tell: draining, or full
+    (every plain job holds one CPU; agent/room.py)."""
+    out = {}
+    for n in nodes:
+        if n.slots_busy >= n.slots_total:
+            continue
+        held = committed.get(n.name)
+        if n.draining:
+            out[n.name] = "draining"
+        elif held is not None and n.cpus and held.cpus + 1 > n.cpus + 1e-9:
+            out[n.name] = f"full: {held.cpus:g}/{n.cpus} CPUs held"
+    return out
 
 
 @app.command()

@@ -201,7 +201,9 @@ NODE_COLS = (
 )
 
 
-def nodes_table(nodes: list[Node]) -> None:
+def nodes_table(nodes: list[Node], idle_why: dict[str, str] | None = None) -> None:
+    """`idle_why`: node name -> why its idle slots take nothing (shown after its slot count)."""
+    idle_why = idle_why or {}
     rows = []
     for n in nodes:
         gpus = "; ".join(
@@ -213,7 +215,8 @@ def nodes_table(nodes: list[Node]) -> None:
         rows.append([Text(clean(n.name, 200)), _state(state), format_duration(n.heartbeat_age), str(n.cpus),
                      " ".join(f"{x:.2f}" for x in n.load) or "-",
                      f"{format_size(n.memory_used)}/{format_size(n.memory_total)}", Text(gpus),
-                     Text(clean(",".join(n.labels), 200) or "-"), f"{n.slots_busy}/{n.slots_total}",
+                     Text(clean(",".join(n.labels), 200) or "-"),
+                     f"{n.slots_busy}/{n.slots_total}" + (f" ({idle_why[n.name]})" if n.name in idle_why else ""),
                      Text(clean(n.version, 24) or "-")])
     emit(out, NODE_COLS, rows)
     for n in nodes:

@@ -124,12 +124,12 @@ def cancel(ids: Sequence[str]) -> Action:
 def _cancel(grid: Grid, ids: tuple[str, ...]) -> Outcome:
     notes: list[Note] = []
     done = pending = 0
+    try:  # the queued ones in one atomic step (none of them starts), then the running ones
+        states = grid.cancel_many(ids, wait=CANCEL_WAIT)
+    except Exception as e:  # noqa: BLE001 - shown to the user, like any action's failure
+        return Outcome((failure("cancel failed", e),), changed=True)
     for jid in ids:
-        try:
-            state = grid.cancel(jid, wait=CANCEL_WAIT)
-        except Exception as e:  # noqa: BLE001 - one job's failure must not stop the others
-            notes.append(failure(f"cancel {jid[:8]} failed", e))
-            continue
+        state = states[jid]
         if state is JobState.CANCELED:
             done += 1
         elif state.terminal:

@@ -236,6 +236,11 @@ class Grid:
         """Cancel a job (a running one's whole process tree); return the state it reached."""
         return self.control.cancel(job_id, wait=wait)
 
+    def cancel_many(self, job_ids: Sequence[str], wait: float = 15.0) -> dict[str, JobState]:
+        """Cancel jobs: the ones not started in one atomic step (none of them starts after
+        it), then the running ones at once; the state each reached."""
+        return self.control.cancel_many(job_ids, wait=wait)
+
     def requeue(self, job_id: str, named: bool = False) -> Envelope:
         """Run a failed or canceled job again, re-signed by this submitter; return the signed envelope.
 

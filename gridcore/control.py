@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
-from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.registry import CanceledJobRegistry
 
-from gridcore import dependencies, events, history, keys, nodekeys, renewal, reservations
+from gridcore import dependencies, events, keys, nodekeys, renewal, reservations
+from gridcore.cancel import cancel_jobs
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError, JobNotFound
 from gridcore.models import JobState
 from gridcore.priority import reposition
 from gridcore.reads import Reads
 from gridcore.boundedjob import BoundedJob
-from gridcore.records import CorruptRecord, Envelope, JobMeta, NodeRecord, Result, salvage, text
+from gridcore.records import CorruptRecord, Envelope, JobMeta, NodeRecord
 from gridcore.settings import Settings
 from gridcore.signing import AuthorizedKeys, Refused, Signer, verify
 from gridcore.submission import SERIALIZER
 
-CANCEL_FLAG_TTL = 7 * 24 * 3600
-"""Seconds a cancel request stays readable by a slot that has not started the job yet."""
 
 
 class Control:
@@ -56,51 +53,12 @@ class Control:
         A running job is killed (whole process tree) by its agent; this waits up to `wait`
         seconds for the agent to confirm by moving the job to `canceled`.
         """
-        state = self.reads.state(job_id)
-        if state.terminal:
-            return state
-        now = self.clock.now()
-        # The flag first: a job dequeued between our read and our cancel still sees it.
-        self.redis.set(keys.cancel(job_id), "1", ex=CANCEL_FLAG_TTL)
-        if state is not JobState.RUNNING:
-            job = self._rq_job(job_id)
-            try:
-                job.cancel()
-            except InvalidJobOperation:
-                pass  # already canceled by a concurrent call
-            else:
-                state = self.reads.state(job_id)
-                if state is JobState.CANCELED:
-                    self._canceled_before_start(job_id, now)
-                    self.fail_dependents(job_id, now)
-                    return state
-        try:
-            send_stop_job_command(self.redis, job_id, serializer=SERIALIZER)
-        except (InvalidJobOperation, NoSuchJobError):
-            pass  # not started yet, or already done: the flag covers both
-        deadline = time.monotonic() + wait
-        while True:
-            state = self.reads.state(job_id)
-            if state.terminal or time.monotonic() > deadline:
-                return state
-            time.sleep(0.05)
+        return self.cancel_many([job_id], wait=wait)[job_id]
 
-    def _canceled_before_start(self, job_id: str, now: float) -> None:
-        """Give back what the job held while it waited, and record why it ended."""
-        unread: list[str] = []
-        meta = salvage(JobMeta, self.redis.hget(keys.rq_job(job_id), "meta"), f"{keys.rq_job(job_id)} meta", unread)
-        if meta is not None and not unread:
-            nodes = [meta.placement.node if meta.placement else None]
-        else:  # an unreadable meta does not say where it was placed: give back its hold on every node
-            nodes = [text(n) for n in self.redis.zrange(keys.NODES, 0, -1)] or [None]
-        record = Result(reason="canceled", reason_kind="canceled", end=now)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for node in nodes:
-                reservations.release(pipe, job_id, node=node, group=meta.group if meta else None)
-            pipe.set(keys.result(job_id), record.encode(), ex=self.settings.result_ttl, nx=True)
-            events.emit(pipe, now, "canceled", job=job_id, message="canceled before it started")
-            history.append(pipe, history.entry(job_id, meta or JobMeta(), record, "canceled"))
-            pipe.execute()
+    def cancel_many(self, job_ids: Sequence[str], wait: float = 15.0) -> dict[str, JobState]:
+        """Cancel jobs: every one not started yet in one atomic step (none of them starts after
+        it), then the running ones stopped at once; the state each reached (gridcore/cancel.py)."""
+        return cancel_jobs(self.redis, self.clock, self.settings.result_ttl, job_ids, wait=wait)
 
     def fail_dependents(self, job_id: str, now: float) -> list[str]:
         """Mark every job that needs `job_id` to succeed as failed ('dependency failed')."""

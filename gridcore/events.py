@@ -13,7 +13,7 @@ MAX_EVENTS = 10_000
 """Approximate length the event stream is trimmed to."""
 
 KINDS = (
-    "submitted", "started", "finished", "failed", "canceled", "requeued", "retried", "lost", "refused",
+    "submitted", "started", "finished", "failed", "canceled", "requeued", "retried", "lost", "refused", "rerun",
     "node_joined", "node_stale", "node_down", "node_back", "node_draining", "node_resumed", "node_left",
     "corrupt",
 )

@@ -41,6 +41,10 @@ ACTIVE = f"{PREFIX}:active"
 PRIORITY = f"{PREFIX}:priority"
 """Hash: waiting job id -> its priority, for jobs other than priority 0 (gridcore/priority.py)."""
 
+WRITE_PROBE = f"{PREFIX}:write-probe"
+"""Never written: a script's first write is an empty SETRANGE of it, so a broker refusing
+writes (OOM, MISCONF, READONLY) fails the script before it changed anything (agent/guarded.py)."""
+
 NONCES = f"{PREFIX}:nonces"
 """Prefix for replay-protection keys: one `grid:nonces:<nonce>` per executed envelope."""
 

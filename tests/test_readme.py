@@ -51,6 +51,6 @@ def test_every_console_key_is_in_the_keys_table():
 
 
 def test_the_job_environment_is_documented():
-    for name in ("ENV_JOB", "ENV_NODE", "ENV_GRID", "ENV_AGENT", "ENV_AGENT_PID"):
+    for name in ("ENV_JOB", "ENV_NODE", "ENV_GRID", "ENV_AGENT", "ENV_AGENT_PID", "ENV_RUN", "ENV_WORKER"):
         assert f"`{getattr(proctree, name)}`" in README
     assert "CUDA_VISIBLE_DEVICES" in README and "HOME" in README

@@ -8,7 +8,10 @@ queue's tail.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import time
 
 from rq.scheduler import RQScheduler
@@ -19,6 +22,8 @@ from gridcore.priority import reposition
 
 log = logging.getLogger("grid.scheduler")
 
+PR_SET_PDEATHSIG = 1
+
 
 class GridScheduler(RQScheduler):
     def work(self):
@@ -26,6 +31,7 @@ class GridScheduler(RQScheduler):
         dying of it: RQ starts a dead scheduler again only at its next maintenance, up to ten
         minutes later, and every retry's backoff would wait that long."""
         self._install_signal_handlers()
+        _die_with_slot()
         born, down_since = False, None
         while not self._stop_requested:
             try:
@@ -44,7 +50,10 @@ class GridScheduler(RQScheduler):
                     down_since = time.monotonic()
                     log.warning("scheduler: broker unreachable (%s); retrying", e)
             time.sleep(self.interval)
-        self.stop()
+        try:
+            self.stop()
+        except OUTAGE_ERRORS as e:  # its locks expire by themselves; RQ would log a traceback
+            log.info("scheduler: stopped without the broker (%s)", e)
 
     def enqueue_scheduled_jobs(self):
         if not self._scheduled_job_registries and self._acquired_locks:
@@ -57,6 +66,19 @@ class GridScheduler(RQScheduler):
         super().enqueue_scheduled_jobs()
         if due:
             reposition(self.connection, due)
+
+
+def _die_with_slot() -> None:
+    """RQ forks the scheduler from its slot, and a fork does not inherit the slot's death
+    signal: without this, a slot killed outright (SIGKILL, OOM) leaves its scheduler running."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the scheduler's own stop signal
+    except OSError:
+        return  # not Linux: the node's next agent reaps it (agent/daemon.py)
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # the slot died before the signal was set
 
 
 def start(worker, burst: bool, logging_level, date_format: str, log_format: str) -> None:

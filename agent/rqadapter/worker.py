@@ -29,7 +29,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 from rq.worker import SimpleWorker
 
-from agent import claim
+from agent import claim, room
 from agent.outage import OUTAGE_ERRORS
 from agent.perform import Performer
 from agent.rqadapter import scheduler
@@ -49,6 +49,8 @@ DRAIN_POLL = 1.0
 """Seconds between looks at the drain flag while the node is draining."""
 RECONNECT_BACKOFF = (0.25, 0.5, 1.0, 2.0, 5.0)
 """Seconds between an idle slot's attempts to reach the broker again (the last one repeats)."""
+ORPHAN_POLL = 0.5
+"""Seconds between an orphaned slot's looks at whether its agent's pulse is back."""
 SCHEDULER_RETRY = 5.0
 """Seconds between attempts to restart RQ's scheduler process after it died with the broker."""
 
@@ -216,6 +218,20 @@ class GridWorker(SimpleWorker):
                 self._revive_scheduler()
                 if failures:
                     claim.requeue_own(self.connection, self.node, self.name)  # a pop the outage swallowed
+                if self.performer.no_room:
+                    held = room.no_room(self.connection, self.node, self.performer.capacity.cpus)
+                    if held is not None:
+                        self.set_state(f"idle: node full ({held:g} of {self.performer.capacity.cpus:g} CPUs held)")
+                        time.sleep(room.ROOM_POLL)
+                        continue
+                    self.performer.no_room = False
+                    self.set_state("idle")
+                if self.performer.orphaned.is_set():
+                    # The agent went silent (agent/pulse.py): take nothing, and give back what the
+                    # node's waits took, before another agent's sweep counts this node lost.
+                    claim.give_back(self.connection, self.node)
+                    time.sleep(ORPHAN_POLL)
+                    continue
                 result = self._pop()
                 if result is claim.DRAINING:
                     # A draining node finishes what it runs and takes nothing new (until resumed).
@@ -229,6 +245,8 @@ class GridWorker(SimpleWorker):
                     queues = self._ordered_queues
                     pool = queues[1] if len(queues) > 1 else queues[0]
                     claim.wait(self.connection, self.node, pool.key, DEQUEUE_WAKE)
+                    if self.performer.orphaned.is_set():
+                        continue
                     result = self._pop()
                     if result is claim.DRAINING:
                         continue

@@ -102,7 +102,8 @@ class JobMeta(JsonRecord):
     """The grid's part of an RQ job record (its `meta`): what listings show and placement reads.
 
     Not signed: what decides what runs is in the envelope. Written by the submitter, updated
-    by the placement pass (`placement`), the slot (`run`) and node-loss recovery (`lost`).
+    by the placement pass (`placement`), the slot (`run`) and node-loss recovery (`lost`,
+    `lost_on`, `lost_at`).
     """
 
     MAX_BYTES: ClassVar[int] = 64 * 1024
@@ -125,6 +126,8 @@ class JobMeta(JsonRecord):
     placement: Placement | None = None
     run: ActiveEntry | None = None
     lost: Annotated[int, Field(ge=0, le=1000)] = 0
+    lost_on: Name | None = None  # the node of the last lost attempt: its rerun prefers another (agent/rerun.py)
+    lost_at: Stamp | None = None
     reason: Line | None = None
     requeued_by: Name | None = None
 
