@@ -6,7 +6,9 @@ replay cache, each node therefore also remembers, in a file no broker writer can
 envelopes (by nonce) it started and how each start ended:
 
 - an envelope that ran to its end here (exit 0, or canceled) never starts here again;
-- one whose earlier start here is still running (its slot process is alive) is a twin;
+- one whose earlier start here is still running (its slot process is alive) waits: either it is a
+  twin, or the broker reclaimed the job from a stale copy that its slot is about to kill (a node
+  that froze or was cut off) and the rerun may start here once that copy has ended;
 - no envelope starts here more often than the attempts it was signed for (`max_attempts`).
 
 Rows are kept until the envelope is void (its expiry, plus the clock skew the gate allows);
@@ -26,9 +28,18 @@ from typing import Any
 
 import psutil
 
-from agent.verify import AlreadyRunning, nonce_expiry
+from agent.verify import nonce_expiry
 from gridcore.settings import data_dir
 from gridcore.signing import Refused
+
+class EarlierStartRunning(Refused):
+    """Not now: a live slot of this node still runs an earlier start of the same envelope.
+
+    Not a refusal of the job: the job goes back in line, and starts here (or elsewhere) once that
+    copy has ended, if the journal still allows it. Dropping it instead would lose a job that a
+    node-loss sweep reclaimed from a stale copy on this very node.
+    """
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS starts (
@@ -114,7 +125,7 @@ class Journal:
             if any(final for *_, final in rows):
                 raise Refused("replayed envelope: it already ran to its end on this node")
             if any(ended is None and _alive(pid, born) for _seq, pid, born, ended, _final in rows):
-                raise AlreadyRunning("replayed envelope: it is already running on this node")
+                raise EarlierStartRunning("an earlier start of this envelope still runs on this node")
             if len(rows) >= allowed:
                 raise Refused(f"replayed envelope: started {len(rows)} times on this node, "
                               f"the most its signature allows ({allowed})")

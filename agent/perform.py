@@ -13,6 +13,7 @@ from typing import Any
 
 from agent import rerun, runner, usage
 from agent.admission import Admission
+from agent.journal import EarlierStartRunning
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
 from agent.negotiator import Negotiator
@@ -120,6 +121,11 @@ class Performer:
             finally:
                 if not started:
                     self.admission.withdraw(ticket)
+        except EarlierStartRunning as e:
+            log.info("job %s: not yet: %s", attempt.id, e)
+            attempt.put_back()  # its stale copy's slot kills that copy by its attempt (agent/runner.py)
+            time.sleep(PUT_BACK_PAUSE)
+            return
         except AlreadyRunning as e:
             # The running copy holds the reservation under the same job id: leave it be.
             attempt.drop_twin(f"refused: {e}", now)

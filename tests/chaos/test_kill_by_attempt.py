@@ -3,8 +3,6 @@ the same node (another slot took it the moment a sweep reclaimed it) lives on.""
 
 from __future__ import annotations
 
-import pytest
-
 from agent import recovery
 from gridcore.models import JobSpec, JobState
 from tests.chaos.conftest import NODE_TIMEOUT, TRANSIENT, assert_accounted, job_procs, running_on
@@ -14,9 +12,6 @@ from tests.support.wait import eventually
 FIRST_HANGS = 'if [ "$GRID_JOB_ATTEMPT" = 1 ]; then sleep 60; else sleep 2; echo rerun; fi'
 
 
-@pytest.mark.xfail(strict=True, reason="since the merge of the node replay journal (#15 A), a rerun taken on the node "
-                   "whose stale copy still runs is refused as a replay there and dropped as a twin, so the job never "
-                   "ends: a bug between the journal and node-loss reruns, to fix before this passes again")
 def test_cleaning_up_a_stale_copy_spares_the_rerun_on_the_same_node(agents, grid, r, settings, cleanup_jobs):
     agents("node-b", slots=2, node_timeout=NODE_TIMEOUT)
     jid = grid.submit(JobSpec(command=FIRST_HANGS))

@@ -10,7 +10,7 @@ import pytest
 
 from agent import bounds
 from agent.journal import Journal
-from agent.verify import AlreadyRunning
+from agent.journal import EarlierStartRunning
 from gridcore import keys
 from gridcore.records import Placement
 from gridcore.settings import AgentSettings
@@ -48,7 +48,7 @@ def test_a_withdrawn_start_does_not_count(tmp_path):
     j.admit(envelope(max_attempts=1), "job", NOW)
 
 
-def test_a_start_of_a_live_slot_is_a_twin_and_one_of_a_dead_slot_is_not(tmp_path):
+def test_a_start_of_a_live_slot_waits_and_one_of_a_dead_slot_does_not(tmp_path):
     path = tmp_path / "j.sqlite"
     code = ("import sys; from agent.journal import Journal; from tests.security.test_journal import envelope, NOW;"
             "from pathlib import Path; Journal(Path(sys.argv[1])).admit(envelope(), 'job', NOW);"
@@ -56,7 +56,7 @@ def test_a_start_of_a_live_slot_is_a_twin_and_one_of_a_dead_slot_is_not(tmp_path
     other = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              cwd=os.getcwd())
     assert other.stdout.readline() == b"in\n"
-    with pytest.raises(AlreadyRunning, match="already running on this node"):
+    with pytest.raises(EarlierStartRunning, match="still runs on this node"):
         Journal(path).admit(envelope(), "job", NOW)
     other.communicate(b"")
     Journal(path).admit(envelope(), "job", NOW)  # its slot is gone: a lost attempt, retried
