@@ -9,8 +9,7 @@ import sys
 import pytest
 
 from agent import bounds
-from agent.journal import Journal
-from agent.journal import EarlierStartRunning
+from agent.journal import EarlierStartRunning, Journal
 from gridcore import keys
 from gridcore.records import Placement
 from gridcore.settings import AgentSettings
