@@ -16,6 +16,7 @@ import typer
 from cli import render
 from cli.context import shared
 from cli.errors import CliError
+from gridcore.sanitize import clean_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="The history of ended jobs: kept off the broker, past result_ttl.")
@@ -114,13 +115,13 @@ def _say_problems(problems: list[str]) -> None:
 
 
 class _TerminalSafe:
-    """A text stream that shows control characters (escape sequences among them) as `?`."""
+    """A text stream that passes each line through the one sanitizer (no escapes, no controls)."""
 
     def __init__(self, stream) -> None:
         self.stream = stream
 
     def write(self, s: str) -> int:
-        return self.stream.write("".join(c if c.isprintable() or c in "\n\t" else "?" for c in s))
+        return self.stream.write("\n".join(clean_line(line) for line in s.split("\n")))
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gridcore.sanitize import clean
+
 
 class GridError(Exception):
     """An operation failed for a reason the user can act on; the message says which."""
@@ -20,6 +22,6 @@ class AmbiguousId(GridError):
 
     def __init__(self, prefix: str, matches: list[str]):
         self.prefix, self.matches = prefix, matches
-        shown = ", ".join("".join(c if c.isprintable() else "?" for c in m[:64]) for m in matches[:5]) + (", …" if len(matches) > 5 else "")
+        shown = ", ".join(clean(m, 64) for m in matches[:5]) + (", …" if len(matches) > 5 else "")
         super().__init__(f"{prefix!r} is the start of {len(matches)}{'+' if len(matches) > 5 else ''} job ids: {shown}; "
                          "give more characters")
