@@ -29,6 +29,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gridcore import keys  # noqa: E402
 from gridcore.client import Grid  # noqa: E402
 from gridcore.models import JobSpec, Resources  # noqa: E402
 from gridcore.settings import load_settings  # noqa: E402
@@ -47,13 +48,14 @@ def _p(lat: list[float], q: float) -> float:
     return lat[min(len(lat) - 1, int(len(lat) * q))]
 
 
-def _wait_done(r: redis.Redis, ids: list[str], timeout: float = 900) -> None:
+def wait_done(r: redis.Redis, ids: list[str], timeout: float = 900) -> None:
+    """Until every job of `ids` is finished or failed (the bench's own poll, pipelined)."""
     deadline = time.monotonic() + timeout
     pending = list(ids)
     while pending:
         with r.pipeline(transaction=False) as p:
             for i in pending:
-                p.hget(f"rq:job:{i}", "status")
+                p.hget(keys.rq_job(i), "status")
             st = p.execute()
         pending = [i for i, s in zip(pending, st, strict=True) if s not in (b"finished", b"failed")]
         if time.monotonic() > deadline:
@@ -72,8 +74,8 @@ def _drained_run(grid: Grid, r: redis.Redis, node: str, specs: list[JobSpec], gr
     grid.drain(node, "bench: queueing a batch")
     ids = grid.submit_many(specs, groups=groups)
     grid.resume(node)
-    _wait_done(r, ids)
-    failed = [i for i in ids if r.hget(f"rq:job:{i}", "status") != b"finished"]
+    wait_done(r, ids)
+    failed = [i for i in ids if r.hget(keys.rq_job(i), "status") != b"finished"]
     if failed:
         raise RuntimeError(f"{len(failed)} bench jobs failed, e.g. {failed[0]}")
     return len(ids) / _span(grid, ids)
@@ -100,7 +102,7 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
         for _ in range(samples):
             for kind, res in KINDS.items():
                 jid = grid.submit(JobSpec(command="true", resources=res))
-                _wait_done(r, [jid])
+                wait_done(r, [jid])
                 j = grid.get(jid)
                 lat[kind].append((j.started_at - j.enqueued_at) * 1000)
         plain_runs, sweep_runs, label_runs = [], [], []

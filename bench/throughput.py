@@ -34,6 +34,7 @@ from rq import Queue
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gridcore import keys  # noqa: E402
 from gridcore.client import Grid  # noqa: E402
 from gridcore.models import JobSpec  # noqa: E402
 from gridcore.settings import load_settings  # noqa: E402
@@ -45,6 +46,7 @@ import celery_peer  # noqa: E402
 from celery_peer import idle_cpu  # noqa: E402
 from cli_speed import bulk, cli_medians  # noqa: E402
 import placement_paths  # noqa: E402
+from placement_paths import wait_done  # noqa: E402
 
 COMMANDS = ["true", "echo 'a line of output from a trivial job'"]
 
@@ -57,25 +59,11 @@ def drain_span(r: redis.Redis, ids: list[str]) -> float:
     """Seconds from the first job's start to the last job's end (RQ's own timestamps)."""
     with r.pipeline(transaction=False) as p:
         for i in ids:
-            p.hmget(f"rq:job:{i}", "started_at", "ended_at")
+            p.hmget(keys.rq_job(i), "started_at", "ended_at")
         rows = p.execute()
     starts = [_ts(s) for s, _ in rows if s]
     ends = [_ts(e) for _, e in rows if e]
     return max(ends) - min(starts)
-
-
-def wait_done(r: redis.Redis, ids: list[str], timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(ids)
-    while pending:
-        with r.pipeline(transaction=False) as p:
-            for i in pending:
-                p.hget(f"rq:job:{i}", "status")
-            st = p.execute()
-        pending = [i for i, s in zip(pending, st) if s not in (b"finished", b"failed")]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pending)} jobs did not finish")
-        time.sleep(0.05)
 
 
 def seed_run(broker: Broker, n: int, workers: int) -> dict:
@@ -141,7 +129,7 @@ def agent_run(broker: Broker, n: int, home: Path) -> dict:
             jid = grid.submit(JobSpec(command="true"))
             wait_done(r, [jid])
             # The seed's measure: RQ's enqueued_at -> started_at (both stamped by RQ's code).
-            enq, start = r.hmget(f"rq:job:{jid}", "enqueued_at", "started_at")
+            enq, start = r.hmget(keys.rq_job(jid), "enqueued_at", "started_at")
             lat.append((_ts(start) - _ts(enq)) * 1000)
             # Stricter: from the start of the submit call (before signing) to the process start.
             j = grid.get(jid)
