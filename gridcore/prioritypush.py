@@ -29,7 +29,38 @@ local function insert_ahead(q, prio_key, id, p, ties)
 end
 """
 
-_PUSH = _INSERT_AHEAD + """
+_PLACE = _INSERT_AHEAD + """
+local function prio_of(prio_key, j) return tonumber(redis.call('HGET', prio_key, j) or '0') or 0 end
+local function place(q, prio_key, id, p)
+  -- id onto queue q where priority p puts it
+  local function prio(j) return prio_of(prio_key, j) end
+  if p ~= 0 then redis.call('HSET', prio_key, id, p) end
+  if p <= 0 then
+    -- the common case: behind a last job of the same or a higher priority (or an empty queue)
+    local last = redis.call('LINDEX', q, -1)
+    if not last or prio(last) >= p then return redis.call('RPUSH', q, id) end
+  end
+  local n = redis.call('LLEN', q)
+  -- from the front: ahead of the first job of a lower priority
+  if p > 0 then return insert_ahead(q, prio_key, id, p, false) end
+  -- from the back: behind the last job of the same or a higher priority
+  local i = -1
+  while -i <= n do
+    local chunk = redis.call('LRANGE', q, i - 99, i)
+    for k = #chunk, 1, -1 do
+      local j = chunk[k]
+      if prio(j) >= p then
+        if i == -1 and k == #chunk then return redis.call('RPUSH', q, id) end
+        return redis.call('LINSERT', q, 'AFTER', j, id)
+      end
+    end
+    i = i - 100
+  end
+  return redis.call('LPUSH', q, id)
+end
+"""
+
+_PUSH = _PLACE + """
 -- KEYS: job hash, priority hash, queue (none: the job was just pushed to the back of its
 -- queue, its origin, by RQ; it is moved where it belongs, or left if no longer waiting).
 -- ARGV: job id, priority ('' = the job's meta says), and with no queue its key prefix.
@@ -38,41 +69,25 @@ if not p then
   local ok, meta = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'meta') or 'null')
   p = ok and type(meta) == 'table' and tonumber(meta.priority) or 0
 end
-local function prio(j) return tonumber(redis.call('HGET', KEYS[2], j) or '0') or 0 end
 if not q then
   local h = redis.call('HMGET', KEYS[1], 'origin', 'status')
   if not h[1] or h[2] ~= 'queued' then return 0 end
   q = ARGV[3] .. h[1]
   local tail = redis.call('LRANGE', q, -2, -1)
-  if tail[#tail] == id and (#tail == 1 or prio(tail[1]) >= p) then
+  if tail[#tail] == id and (#tail == 1 or prio_of(KEYS[2], tail[1]) >= p) then
     if p ~= 0 then redis.call('HSET', KEYS[2], id, p) end
     return 0  -- last, and behind the same or a higher priority: already in place
   end
   if redis.call('LREM', q, -1, id) == 0 then return 0 end
 end
-if p ~= 0 then redis.call('HSET', KEYS[2], id, p) end
-if p <= 0 then
-  -- the common case: behind a last job of the same or a higher priority (or an empty queue)
-  local last = redis.call('LINDEX', q, -1)
-  if not last or prio(last) >= p then return redis.call('RPUSH', q, id) end
-end
-local n = redis.call('LLEN', q)
--- from the front: ahead of the first job of a lower priority
-if p > 0 then return insert_ahead(q, KEYS[2], id, p, false) end
--- from the back: behind the last job of the same or a higher priority
-local i = -1
-while -i <= n do
-  local chunk = redis.call('LRANGE', q, i - 99, i)
-  for k = #chunk, 1, -1 do
-    local j = chunk[k]
-    if prio(j) >= p then
-      if i == -1 and k == #chunk then return redis.call('RPUSH', q, id) end
-      return redis.call('LINSERT', q, 'AFTER', j, id)
-    end
-  end
-  i = i - 100
-end
-return redis.call('LPUSH', q, id)
+return place(q, KEYS[2], id, p)
+"""
+
+_PUSH_MANY = _PLACE + """
+-- KEYS: priority hash, queue. ARGV: job id, priority, job id, priority, ... in submit order:
+-- the same as one push of each, one after the other.
+for i = 1, #ARGV, 2 do place(KEYS[2], KEYS[1], ARGV[i], tonumber(ARGV[i + 1])) end
+return #ARGV / 2
 """
 
 
@@ -94,3 +109,9 @@ def push(conn, queue_key: str, job_id: str, priority: int | None) -> object:
     trip per submit; the server caches the compiled body by its hash anyway."""
     prio = "" if priority is None else int(priority)
     return conn.eval(_PUSH, 3, keys.rq_job(job_id), keys.PRIORITY, queue_key, job_id, prio)
+
+
+def push_many(conn, queue_key: str, jobs: list[tuple[str, int]]) -> object:
+    """Push (job id, priority) pairs onto `queue_key` in their order, as a `push` of each would,
+    with one script: a bulk submission sends the script once per queue and batch, not per job."""
+    return conn.eval(_PUSH_MANY, 2, keys.PRIORITY, queue_key, *(v for jid, p in jobs for v in (jid, int(p))))

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gridcore import keys
-from gridcore.prioritypush import push
+from gridcore.prioritypush import push, push_many
 
 TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 """RQ's timestamp format (rq.utils.utcformat)."""
@@ -48,17 +48,41 @@ def queued_record(job_id: str, func: str, args: Sequence[Any], *, queue: str, de
     return record
 
 
+class Pushes:
+    """The queue pushes of the jobs of one transaction, in submit order: one command per queue
+    (a push script per job sent its whole body each time, most of a bulk submission's bytes)."""
+
+    def __init__(self) -> None:
+        self.by_queue: dict[str, list[tuple[str, int | None]]] = {}
+
+    def add(self, queue_key: str, job_id: str, priority: int | None) -> None:
+        self.by_queue.setdefault(queue_key, []).append((job_id, priority))
+
+    def write(self, pipe) -> None:
+        """The pushes, in `pipe`, after the jobs' records; then none are left."""
+        for queue_key, jobs in self.by_queue.items():
+            plain = [job_id for job_id, priority in jobs if priority is None]
+            if len(plain) == len(jobs):
+                pipe.rpush(queue_key, *plain)
+            else:
+                push_many(pipe, queue_key, [(job_id, priority or 0) for job_id, priority in jobs])
+        self.by_queue.clear()
+
+
 def enqueue(pipe, job_id: str, queue: str, record: dict[str, Any], priority: int | None,
-            register_queue: bool = True) -> None:
+            register_queue: bool = True, pushes: Pushes | None = None) -> None:
     """Write a queued job's record and push it onto its queue, in `pipe` (a transaction).
 
     `priority` None: a plain push to the back, as RQ's own queue does (the placement queue).
-    `register_queue` False: the caller adds the queue to RQ's set of queues (once per batch)."""
+    `register_queue` False: the caller adds the queue to RQ's set of queues (once per batch).
+    `pushes`: the push is collected there, for the caller to write with the batch's others."""
     queue_key = keys.rq_queue(queue)
     if register_queue:
         pipe.sadd(keys.rq_queues(), queue_key)
     pipe.hset(keys.rq_job(job_id), mapping=record)
-    if priority is None:
+    if pushes is not None:
+        pushes.add(queue_key, job_id, priority)
+    elif priority is None:
         pipe.rpush(queue_key, job_id)
     else:
         push(pipe, queue_key, job_id, priority)

@@ -73,6 +73,7 @@ class _Indexes:
         self.queue_jobs: dict[str, dict[str, float]] = {}
         self.queues: set[str] = set()
         self.group_jobs: dict[str, dict[str, int]] = {}
+        self.pushes = rqjob.Pushes()
 
     def add(self, spec: JobSpec, job_id: str, queue_name: str, order: float) -> None:
         self.jobs[job_id] = order
@@ -84,6 +85,7 @@ class _Indexes:
     def write(self, pipe: redis.client.Pipeline) -> None:
         if not self.jobs:
             return
+        self.pushes.write(pipe)
         pipe.zadd(keys.JOBS, self.jobs)
         pipe.zadd(keys.JOB_IDS, dict.fromkeys(self.jobs, 0))
         for queue, members in self.queue_jobs.items():
@@ -240,6 +242,6 @@ class Submission:
                 result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl, meta=meta_fields,
                 retries=spec.retries, retry_intervals=rq_retry_intervals(spec))
             rqjob.enqueue(pipe, job_id, queue_name, record, None if queue_name == keys.PENDING_QUEUE else spec.priority,
-                          register_queue=False)  # with the batch's indexes
+                          register_queue=False, pushes=indexes.pushes)  # with the batch's indexes
         indexes.add(spec, job_id, queue_name, order or now)
         events.emit(pipe, now, "submitted", job=job_id, message=meta.name)

@@ -83,3 +83,27 @@ def test_push_keeps_priority_order_with_negative_and_default_priorities(r):
     # Higher priorities first; within one priority, first come first served.
     expected = [jid for jid, _ in sorted(arrivals, key=lambda a: -a[1])]
     assert [j.decode() for j in r.lrange(keys.rq_queue("q"), 0, -1)] == expected
+
+
+def test_a_batch_of_pushes_lands_where_one_push_of_each_would(r):
+    from gridcore.prioritypush import push, push_many
+
+    queued = [("q0", 0), ("q1", 5), ("q2", -1)]
+    arrivals = [("a", 0), ("b", -1), ("c", 0), ("d", 5), ("e", -1), ("f", 0), ("g", -2), ("h", 5), ("i", 0), ("j", 7)]
+    for name in ("one-by-one", "batch"):
+        for jid, p in queued:  # already waiting there, submitted earlier
+            push(r, keys.rq_queue(name), jid, p)
+    for jid, p in arrivals:
+        push(r, keys.rq_queue("one-by-one"), jid, p)
+    assert push_many(r, keys.rq_queue("batch"), arrivals) == len(arrivals)
+    one_by_one = r.lrange(keys.rq_queue("one-by-one"), 0, -1)
+    assert r.lrange(keys.rq_queue("batch"), 0, -1) == one_by_one
+    assert [j.decode() for j in one_by_one] == [jid for jid, _ in sorted(queued + arrivals, key=lambda a: -a[1])]
+
+
+def test_submit_many_queues_each_job_where_its_priority_puts_it(grid, r):
+    earlier = grid.submit(JobSpec(command="true", priority=1))
+    priorities = [0, 5, -1, 5, 0, 1]
+    ids = grid.submit_many([JobSpec(command=f"echo {i}", priority=p) for i, p in enumerate(priorities)])
+    expected = [jid for jid, _ in sorted([(earlier, 1), *zip(ids, priorities)], key=lambda a: -a[1])]
+    assert [j.decode() for j in r.lrange(keys.rq_queue("default"), 0, -1)] == expected
