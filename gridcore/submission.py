@@ -74,6 +74,7 @@ class _Indexes:
         self.queues: set[str] = set()
         self.group_jobs: dict[str, dict[str, int]] = {}
         self.pushes = rqjob.Pushes()
+        self.stamp = rqjob.rq_stamp()  # RQ's created_at and enqueued_at of the batch's jobs
 
     def add(self, spec: JobSpec, job_id: str, queue_name: str, order: float) -> None:
         self.jobs[job_id] = order
@@ -221,8 +222,6 @@ class Submission:
         signed = self._signer().sign(self.envelope(spec, job_id, queue_name, now, 1 + spec.retries + LOST_RETRIES))
         # RQ's own timeout only sizes heartbeats here: the runner enforces the real one.
         rq_timeout = int(spec.timeout + self.settings.agent.kill_grace + 60) if spec.timeout else -1
-        # Unset fields are left out, as Lua scripts read this too (a JSON null is truthy there).
-        meta_fields = meta.model_dump(mode="json", exclude_none=True)
         if spec.after:
             # RQ checks dependencies with a WATCH of its own: a job that has some is enqueued by
             # RQ on its own, and the grid's records of it follow in `pipe`.
@@ -232,15 +231,18 @@ class Submission:
             self._queue(queue_name, spec.priority).enqueue_call(
                 func=keys.RUNNER_FUNC, args=(signed,), job_id=job_id, timeout=rq_timeout,
                 result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl, description=meta.name,
-                meta=meta_fields, retry=Retry(max=spec.retries, interval=rq_retry_intervals(spec)) if spec.retries else None,
+                meta=meta.model_dump(mode="json", exclude_none=True),  # unset fields left out, as below
+                retry=Retry(max=spec.retries, interval=rq_retry_intervals(spec)) if spec.retries else None,
                 depends_on=Dependency(jobs=list(spec.after), allow_failure=spec.after_on == "any",
                                       enqueue_at_front=False),
             )
         else:
             record = rqjob.queued_record(
                 job_id, keys.RUNNER_FUNC, (signed,), queue=queue_name, description=meta.name, timeout=rq_timeout,
-                result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl, meta=meta_fields,
-                retries=spec.retries, retry_intervals=rq_retry_intervals(spec))
+                result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl,
+                # Unset fields are left out, as Lua scripts read this too (a JSON null is truthy there).
+                meta=meta.model_dump_json(exclude_none=True), retries=spec.retries,
+                retry_intervals=rq_retry_intervals(spec), stamp=indexes.stamp)
             rqjob.enqueue(pipe, job_id, queue_name, record, None if queue_name == keys.PENDING_QUEUE else spec.priority,
                           register_queue=False, pushes=indexes.pushes)  # with the batch's indexes
         indexes.add(spec, job_id, queue_name, order or now)
