@@ -14,12 +14,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from cli import say
 from cli.context import State, print_json, shared
 from cli.errors import CliError, handle_errors
 from gridcore.errors import JobNotFound
 from gridcore.jobfilter import FilterError, JobFilter, parse
 from gridcore.lazy import defer
 from gridcore.models import JobSpec, JobState, Resources
+from gridcore.sanitize import clean
 
 render = defer("cli.render")  # Rich, for the commands that print more than ids
 
@@ -168,11 +170,11 @@ def warn_if_nobody_takes_jobs(grid) -> None:
 
     states = grid.node_states()
     if not states:
-        render.err("note: no node has joined this grid yet; the job waits until one does (`grid-agent` on a node, "
-                   "or `grid up`)")
+        say.err("note: no node has joined this grid yet; the job waits until one does (`grid-agent` on a node, "
+                "or `grid up`)")
     elif not any(s is NodeState.UP for s in states.values()):
-        shown = ", ".join(f"{render.clean(n, 40)} {s.value}" for n, s in list(states.items())[:5])
-        render.err(f"note: no node takes jobs now ({shown}); the job waits until one does")
+        shown = ", ".join(f"{clean(n, 40)} {s.value}" for n, s in list(states.items())[:5])
+        say.err(f"note: no node takes jobs now ({shown}); the job waits until one does")
 
 FILTER_HELP = "What the console's / takes: state:failed queue:gpu node:a words (name, command, reason)."
 """Help of every --filter option: one filter language for the console and the CLI."""
@@ -283,7 +285,7 @@ def logs(
             elif c.stream == "stderr":
                 err.write(c.data)
             elif c.stream == "note":  # the grid's words, not the job's bytes: always cleaned
-                err.write(f"[grid] {render.clean(c.data, 4096)}\n".encode())
+                err.write(f"[grid] {clean(c.data, 4096)}\n".encode())
             elif c.stream == "end" and follow:
                 out.flush()
                 err.flush()
@@ -313,10 +315,10 @@ def wait(
         print_json({k: v.value for k, v in states.items()})
     else:
         for jid, s in states.items():
-            render.echo(f"{jid} {s.value}")
+            say.echo(f"{jid} {s.value}")
     if not all(s is JobState.FINISHED for s in states.values()):
         if any(not s.terminal for s in states.values()):
-            render.err(f"timed out after {timeout:g}s waiting for {sum(not s.terminal for s in states.values())} job(s)")
+            say.err(f"timed out after {timeout:g}s waiting for {sum(not s.terminal for s in states.values())} job(s)")
         raise typer.Exit(1)
 
 
@@ -332,12 +334,12 @@ def cancel(ctx: typer.Context, job_ids: list[str],
     for jid in ids:
         before, reached = befores[jid], reached_by_id[jid]
         if reached is JobState.CANCELED:
-            render.echo(f"{jid} canceled")
+            say.echo(f"{jid} canceled")
         elif before.terminal:
-            render.err(f"{jid} already {before.value}; nothing to cancel")
+            say.err(f"{jid} already {before.value}; nothing to cancel")
             failed = True
         else:
-            render.err(f"{jid} not confirmed canceled within {wait_s:g}s (now {reached.value})")
+            say.err(f"{jid} not confirmed canceled within {wait_s:g}s (now {reached.value})")
             failed = True
     if failed:
         raise typer.Exit(1)
@@ -368,11 +370,11 @@ def requeue(
     if group:
         ids += grid.failed_cells(group)
     if not ids and (all_failed or group):
-        what = "no failed job" if all_failed else f"no failed or canceled cell in group {render.clean(group, 64)}"
+        what = "no failed job" if all_failed else f"no failed or canceled cell in group {clean(group, 64)}"
         if all_failed and (reason or filter_ is not None or queue):
-            what += " matches" + "".join(f" {k} {render.clean(v, 64)!r}" for k, v in
+            what += " matches" + "".join(f" {k} {clean(v, 64)!r}" for k, v in
                                          (("--filter", filter_), ("--queue", queue), ("--reason", reason)) if v)
-        render.err(f"nothing to requeue: {what}")
+        say.err(f"nothing to requeue: {what}")
         return
     if not ids:
         raise CliError("nothing to requeue: give job ids, --all-failed or --group", 2)
@@ -391,7 +393,7 @@ def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option(
         print_json({"id": job_id, "why": lines})
         return
     for line in lines:
-        render.echo(render.clean(line, 500))
+        say.echo(clean(line, 500))
 
 
 @app.command()
@@ -475,14 +477,14 @@ def events(ctx: typer.Context, count: Annotated[int, typer.Option()] = 50,
 def drain(ctx: typer.Context, node: str, reason: Annotated[str, typer.Option()] = "") -> None:
     """Let a node finish what it runs and take nothing new."""
     shared(ctx).grid.drain(node, reason)
-    render.echo(f"{node} draining")
+    say.echo(f"{node} draining")
 
 
 @app.command()
 def resume(ctx: typer.Context, node: str) -> None:
     """Let a drained node take jobs again."""
     shared(ctx).grid.resume(node)
-    render.echo(f"{node} taking jobs")
+    say.echo(f"{node} taking jobs")
 
 
 CORE_COMMANDS = frozenset({"submit", "ls", "show", "logs", "wait", "cancel", "requeue", "why", "plan", "groups",

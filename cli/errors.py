@@ -11,7 +11,7 @@ from typer.exceptions import TyperException
 
 from gridcore.errors import AmbiguousId, GridError, JobNotFound, Unplaceable
 from gridcore.connection import BrokerError, describe_error
-from gridcore.sanitize import clean
+from cli.say import err_lines
 
 
 class CliError(Exception):
@@ -40,12 +40,6 @@ def _known_errors() -> list[tuple[type[BaseException], int]]:
     return errors
 
 
-def _say(text: object) -> None:
-    """An error on stderr, each line through the one sanitizer: messages quote broker data."""
-    lines = str(text).split("\n")
-    sys.stderr.write("grid: " + "\n".join(clean(line, 4096) for line in lines) + "\n")
-
-
 def handle_errors(run: Callable[[], object]) -> int:
     """Run a click/typer app in non-standalone mode; return the process exit code."""
     try:
@@ -63,10 +57,10 @@ def handle_errors(run: Callable[[], object]) -> int:
         sys.stderr.write(f"grid: {e.format_message() if hasattr(e, 'format_message') else e}\n")
         return 2
     except CliError as e:
-        _say(e)
+        err_lines(e)
         return e.code
     except redis.RedisError as e:
-        _say(describe_error(e))
+        err_lines(describe_error(e))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -78,7 +72,7 @@ def handle_errors(run: Callable[[], object]) -> int:
                 text = str(e)
                 if hasattr(e, "problems"):
                     text = "\n".join(getattr(e, "problems")) or text
-                _say(text)
+                err_lines(text)
                 return code
-        _say(f"internal error: {type(e).__name__}: {e}")
+        err_lines(f"internal error: {type(e).__name__}: {e}")
         return 1

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli import say
 from cli.tables import Col, emit
 
 from gridcore import efficiency
@@ -17,6 +17,8 @@ from gridcore.models import Job, Node
 from gridcore.sanitize import clean, clean_line
 from gridcore.units import format_duration
 from gridcore.units import format_size as _size
+
+echo, err = say.echo, say.err  # the commands' plain lines (cli/say.py), as render.echo and render.err
 
 out = Console(highlight=False, soft_wrap=False)
 errc = Console(stderr=True, highlight=False)
@@ -28,16 +30,6 @@ STATE_STYLE = {"finished": "green", "failed": "red", "running": "cyan", "cancele
 
 def format_size(n: int | float | None) -> str:
     return "-" if n is None else _size(int(n))
-
-
-def echo(msg: str) -> None:
-    """One line on stdout; it may hold an id or name from the broker, so it is cleaned whole."""
-    sys.stdout.write(clean(msg, 100_000) + "\n")
-
-
-def err(msg: str) -> None:
-    """A one-line message on stderr; it may quote broker data, so it is cleaned whole."""
-    sys.stderr.write(f"grid: {clean(msg, 4096)}\n")
 
 
 def exit_status(exit_code: int | None, sig: int | None, reason: str | None) -> int:
