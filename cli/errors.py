@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-import click
 import redis
-from typer.exceptions import TyperException
+from typer.exceptions import Abort as TyperAbort, TyperException
 
 from gridcore.errors import AmbiguousId, GridError, JobNotFound, Unplaceable
 from gridcore.connection import BrokerError, describe_error
@@ -40,19 +39,32 @@ def _known_errors() -> list[tuple[type[BaseException], int]]:
     return errors
 
 
+def _click_error(e: Exception) -> int | None:
+    """The exit code of click's own exceptions, which typer raised before it vendored click
+    (0.2x); click is not imported for them (a short command would pay for it), so a typer that
+    raises them has imported it already."""
+    click = sys.modules.get("click")
+    if click is None:
+        return None
+    if isinstance(e, click.exceptions.Exit):
+        return e.exit_code
+    if isinstance(e, click.exceptions.Abort):
+        sys.stderr.write("grid: aborted\n")
+        return 1
+    if isinstance(e, click.ClickException):
+        e.show()
+        return 2
+    return None
+
+
 def handle_errors(run: Callable[[], object]) -> int:
     """Run a click/typer app in non-standalone mode; return the process exit code."""
     try:
         result = run()
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
+    except TyperAbort:
         sys.stderr.write("grid: aborted\n")
         return 1
-    except click.ClickException as e:
-        e.show()
-        return 2
     except TyperException as e:  # typer vendors click: its usage errors are not click's
         sys.stderr.write(f"grid: {e.format_message() if hasattr(e, 'format_message') else e}\n")
         return 2
@@ -67,6 +79,8 @@ def handle_errors(run: Callable[[], object]) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # noqa: BLE001 - known failures become one line; others too, with their type
+        if (code := _click_error(e)) is not None:
+            return code
         for cls, code in _known_errors():
             if isinstance(e, cls):
                 text = str(e)
