@@ -40,9 +40,18 @@ class _Grid(typer.Typer):
     of theirs, or --help lists them all (importing them is most of a short command's cost)."""
 
     def __call__(self, args=None, **kwargs):
-        if _command_named(sys.argv[1:] if args is None else list(args)) not in CORE_COMMANDS:
+        named = _command_named(sys.argv[1:] if args is None else list(args))
+        if named not in CORE_COMMANDS:
             _register_subcommands()
-        return super().__call__(args, **kwargs)
+            return super().__call__(args, **kwargs)
+        # Typer builds every registered command before it runs one (evaluating each signature):
+        # this command alone, then.
+        every = self.registered_commands
+        self.registered_commands = [c for c in every if _name_of(c) == named]
+        try:
+            return super().__call__(args, **kwargs)
+        finally:
+            self.registered_commands = every
 
 
 app = _Grid(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -514,6 +523,11 @@ def _command_named(argv: list[str]) -> str | None:
         elif not word.startswith("-"):
             return word
     return None
+
+
+def _name_of(command) -> str:
+    """The name a registered Typer command is run by (Typer's own rule)."""
+    return command.name or command.callback.__name__.lower().replace("_", "-")
 
 
 def _register_subcommands() -> None:
