@@ -9,31 +9,31 @@ from __future__ import annotations
 import gc
 
 # Importing makes tens of thousands of objects and no garbage: a collection during it only
-# walks them, a tenth of a short command's time. Collecting again once imported (below).
+# walks them, a tenth of a short command's time. Collecting again once imported.
 _collecting = gc.isenabled()
 gc.disable()
+try:
+    import os
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+    from typing import Annotated, Optional
 
-import os
-import sys
-from dataclasses import replace
-from pathlib import Path
-from typing import Annotated, Optional
+    import typer
 
-import typer
-
-from cli import say
-from cli.context import State, print_json, shared
-from cli.errors import CliError, handle_errors
-from gridcore.errors import JobNotFound
-from gridcore.jobfilter import FilterError, JobFilter, parse
-from gridcore.lazy import defer
-from gridcore.models import JobSpec, JobState, Resources
-from gridcore.sanitize import clean
+    from cli import say
+    from cli.context import State, print_json, shared
+    from cli.errors import CliError, handle_errors
+    from gridcore.errors import JobNotFound
+    from gridcore.jobfilter import FilterError, JobFilter, parse
+    from gridcore.lazy import defer
+    from gridcore.models import JobSpec, JobState, Resources
+    from gridcore.sanitize import clean
+finally:
+    if _collecting:
+        gc.enable()
 
 render = defer("cli.render")  # Rich, for the commands that print more than ids
-if _collecting:
-    gc.enable()
-
 
 class _Grid(typer.Typer):
     """The `grid` app; the commands of other modules are added only when the command run is one
