@@ -66,7 +66,8 @@ def _record(build: Callable[[], Any], what: str) -> Any:
 
 
 class _Indexes:
-    """The grid's indexes of the jobs of one transaction, each written with one command."""
+    """What one transaction of a submission writes once for all its jobs: the grid's indexes and
+    the queue pushes, each with one command."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, float] = {}

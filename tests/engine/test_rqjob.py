@@ -107,3 +107,13 @@ def test_submit_many_queues_each_job_where_its_priority_puts_it(grid, r):
     ids = grid.submit_many([JobSpec(command=f"echo {i}", priority=p) for i, p in enumerate(priorities)])
     expected = [jid for jid, _ in sorted([(earlier, 1), *zip(ids, priorities)], key=lambda a: -a[1])]
     assert [j.decode() for j in r.lrange(keys.rq_queue("default"), 0, -1)] == expected
+
+
+def test_submit_many_records_a_submitted_event_per_job_in_order(grid, r):
+    specs = [JobSpec(command=f"echo {i}", name=f"n{i}" if i % 2 else None) for i in range(5)]
+    single = grid.submit(JobSpec(command="true", name="single"))
+    ids = grid.submit_many(specs)
+    shown = list(reversed(grid.events(count=10)))
+    assert [(e.kind, e.job, e.message) for e in shown] == [("submitted", single, "single")] + [
+        ("submitted", jid, s.name or s.display_command) for jid, s in zip(ids, specs)]
+    assert len({e.time for e in shown[1:]}) == 1 and shown[1].time >= shown[0].time > 0
