@@ -63,16 +63,16 @@ class Pushes:
         self.by_queue: dict[str, list[tuple[str, int | None]]] = {}
 
     def add(self, queue_key: str, job_id: str, priority: int | None) -> None:
+        """`priority` None: a plain push to the back (the placement queue's jobs, and only them)."""
         self.by_queue.setdefault(queue_key, []).append((job_id, priority))
 
     def write(self, pipe) -> None:
         """The pushes, in `pipe`, after the jobs' records; then none are left."""
         for queue_key, jobs in self.by_queue.items():
-            plain = [job_id for job_id, priority in jobs if priority is None]
-            if len(plain) == len(jobs):
-                pipe.rpush(queue_key, *plain)
+            if jobs[0][1] is None:  # the placement queue: to the back, in order
+                pipe.rpush(queue_key, *(job_id for job_id, _ in jobs))
             else:
-                push_many(pipe, queue_key, [(job_id, priority or 0) for job_id, priority in jobs])
+                push_many(pipe, queue_key, jobs)
         self.by_queue.clear()
 
 
