@@ -35,6 +35,7 @@ finally:
 
 render = defer("cli.render")  # Rich, for the commands that print more than ids
 
+
 class _Grid(typer.Typer):
     """The `grid` app; the commands of other modules are added only when the command run is one
     of theirs, or --help lists them all (importing them is most of a short command's cost)."""

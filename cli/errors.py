@@ -6,7 +6,8 @@ import sys
 from collections.abc import Callable
 
 import redis
-from typer.exceptions import Abort as TyperAbort, TyperException
+from typer import Abort as TyperAbort  # click's own Abort where typer does not vendor click
+from typer.exceptions import TyperException
 
 from gridcore.errors import AmbiguousId, GridError, JobNotFound, Unplaceable
 from gridcore.connection import BrokerError, describe_error
