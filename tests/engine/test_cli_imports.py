@@ -71,3 +71,17 @@ assert redis.asyncio.client.Pipeline is Pipeline
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_importing_the_cli_leaves_garbage_collection_as_it_was():
+    # cli.app turns collection off while its modules import; a process that imports it (the
+    # suite, a script) must get it back as it was, on or off.
+    code = """
+import gc
+was = gc.isenabled()
+import cli.app
+assert gc.isenabled() == was, (was, gc.isenabled())
+"""
+    for prefix in ("", "import gc; gc.disable()\n"):
+        p = subprocess.run([sys.executable, "-c", prefix + code], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
