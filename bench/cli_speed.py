@@ -5,11 +5,12 @@
   `rq --help`, wall and CPU (user + system) time, median of `--runs`, the commands interleaved.
   Measured as a user runs them, with bytecode: a `pip install .` compiles every module, but a
   development venv is an editable install, and a session that sets PYTHONDONTWRITEBYTECODE
-  (these machines do) would import every grid module from source (100-150 ms more per command).
+  (these machines do) would compile every grid module it imports, at every call (~50 ms of CPU
+  more for a `grid submit` here).
   So the bench compiles the grid's packages first (`compileall`), runs the commands with
   PYTHONDONTWRITEBYTECODE removed from their environment, and discards a first round. Every
   command runs with this venv's interpreter, `python3 -c pass` too (so the floor includes the
-  venv's site and its editable-install finder, ~2 ms that an installed wheel would not have).
+  venv's site and its editable-install finder, which an installed wheel would not have).
 - Bulk: `Grid.submit_many` of N jobs (one transaction per 500) against a loop of N
   `Grid.submit`, `--bulk-rounds` times alternating (each round's ratio, and the median), and
   `grid submit --each` of a 10,000-line file, end to end (the process included).
