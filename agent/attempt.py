@@ -198,6 +198,7 @@ class JobAttempt:
             self.book.refuse(pipe, self.job, self.queue, record.reason)
             pipe.set(keys.result(self.id), record.encode(), ex=self.result_ttl)
             pipe.rpush(keys.attempts(self.id), record.attempt().encode())
+            pipe.expire(keys.secret_env(self.id), self.result_ttl)
             events.emit(pipe, now, "refused", job=self.id, node=self.node, message=reason)
             history.append(pipe, history.entry(self.id, self.meta, record, "refused"))
             pipe.execute()
@@ -351,6 +352,8 @@ class JobAttempt:
         pipe.set(keys.result(self.id), result.encode(), ex=self.result_ttl)
         pipe.rpush(keys.attempts(self.id), result.attempt().encode())
         pipe.expire(keys.attempts(self.id), self.result_ttl)
+        if self._is_final(result, outcome):  # its env values go with its record (gridcore/secretenv.py)
+            pipe.expire(keys.secret_env(self.id), self.result_ttl)
         if rq_done:
             pipe.hdel(keys.node_running(self.node), self.id)
         else:  # not gone yet: if this slot dies before RQ's bookkeeping, recovery finishes it
@@ -439,6 +442,7 @@ class JobAttempt:
         else:
             self.book.fail_lost(pipe, self.job, started, reason)
             pipe.set(keys.result(self.id), record.encode(), ex=self.result_ttl)
+            pipe.expire(keys.secret_env(self.id), self.result_ttl)
             events.emit(pipe, now, "lost", job=self.id, node=self.node, message=f"{reason}; no retries left")
         pipe.execute()
         if not retry:

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from agent.rqadapter.jobs import signed_argument
-from gridcore import keys
+from gridcore import keys, secretenv
 from gridcore.records import ActiveEntry, lenient
 from gridcore.settings import AgentSettings
 from gridcore.signing import AuthorizedKeys, Refused, verify
@@ -49,6 +49,9 @@ class Gatekeeper:
         if not ((isinstance(cmd, str) and cmd) or (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv))):
             raise Refused("envelope has no command")
         _check_types(envelope)
+        # Sealed values (gridcore/secretenv.py) only once they match the digest signed; the
+        # policy below judges every variable, sealed or not.
+        envelope["env"] = secretenv.read(self.conn, envelope, job.id)
         self._policy(envelope)
         nonce = envelope.get("nonce")
         if not isinstance(nonce, str) or len(nonce) < 16:

@@ -124,7 +124,7 @@ def job_detail(j: Job, gpu_memory: int | None = None) -> None:
         ("log", j.log_path or "-"), ("resources", resources_text(j.resources) if j.resources else "-"),
         ("gpus", ", ".join(j.gpus) or "-"), *usage_rows(j, gpu_memory),
         ("group", j.group or "-"), ("params", params_text(j.params)),
-        ("tags", ", ".join(j.tags) or "-"), ("waiting on", ", ".join(j.waiting_on) or "-"),
+        ("tags", ", ".join(j.tags) or "-"), ("env", ", ".join(j.env_names) or "-"), ("waiting on", ", ".join(j.waiting_on) or "-"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows[:7]:

@@ -4,10 +4,12 @@ Key patterns are built from `gridcore.keys`, so a key added there is either cove
 visibly missing. What each role may do:
 
 - viewer: read commands only, on `grid:*` and `rq:*`; no channels. `gridtui --read-only`.
-- operator: read and write `grid:*` and `rq:*`, publish RQ's stop-job commands; no admin
+  Not `gridsecret:*`: jobs' env values live there (gridcore/secretenv.py).
+- operator: read and write `grid:*`, `rq:*` and `gridsecret:*`, publish RQ's stop-job commands; no admin
   commands (ACL, CONFIG, FLUSH*, KEYS, DEBUG, ...).
 - agent <node>: read everything of the grid; write RQ's keys (job records, queues, registries,
-  workers: an RQ worker writes all of them), its own node's keys, job output/results/attempts,
+  workers: an RQ worker writes all of them), its own node's keys, job output/results/attempts
+  and env values (a node reads them to run a job, and ends their life with the job's),
   replay counters, and the coordination keys every live agent shares (heartbeat set, events,
   the quarantine of corrupt records, active jobs, every node's `running`/`held` hashes and sweep slots: agents place pending jobs
   on other nodes and reclaim a dead node's jobs). It cannot write another node's inventory,
@@ -85,7 +87,8 @@ def viewer_rules() -> tuple[str, ...]:
 def operator_rules() -> tuple[str, ...]:
     return (
         "+@read", "+@write", "+@transaction", "-@dangerous", "-function", *CONNECTION, *SCRIPTS, "+publish",
-        "~" + keys.GRID_PATTERN, "~" + keys.rq_pattern(), "resetchannels", "&" + keys.rq_pubsub("*"),
+        "~" + keys.GRID_PATTERN, "~" + keys.rq_pattern(), "~" + keys.SECRET_PATTERN,
+        "resetchannels", "&" + keys.rq_pubsub("*"),
     )
 
 
@@ -100,7 +103,8 @@ def agent_write_keys(node: str) -> tuple[str, ...]:
         keys.NODES, keys.EVENTS, keys.HISTORY, keys.ACTIVE, keys.GRID_ID, keys.WHY, keys.PRIORITY,
         keys.NEGOTIATOR_LOCK, keys.PLACE_WAKE, keys.reclaim_lock(ANY), keys.QUARANTINE, keys.WRITE_PROBE,
     )
-    per_job = (keys.output(ANY), keys.result(ANY), keys.attempts(ANY), keys.cancel(ANY), keys.nonce(ANY))
+    per_job = (keys.output(ANY), keys.result(ANY), keys.attempts(ANY), keys.cancel(ANY), keys.nonce(ANY),
+               keys.secret_env(ANY))
     return own + coordination + per_job
 
 

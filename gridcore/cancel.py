@@ -126,6 +126,7 @@ def _canceled_before_start(conn: redis.Redis, jobs: dict[str, str], now: float, 
             for node in nodes:
                 reservations.release(pipe, jid, node=node, group=meta.group if meta else None)
             pipe.set(keys.result(jid), encoded, ex=result_ttl, nx=True)
+            pipe.expire(keys.secret_env(jid), result_ttl)  # its env values go with its record
             events.emit(pipe, now, "canceled", job=jid, message="canceled before it started")
             history.append(pipe, history.entry(jid, meta or JobMeta(), record, "canceled"))
         pipe.execute()

@@ -11,7 +11,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.registry import CanceledJobRegistry
 
-from gridcore import dependencies, events, keys, nodekeys, renewal, reservations
+from gridcore import dependencies, events, keys, nodekeys, renewal, reservations, secretenv
 from gridcore.cancel import cancel_jobs
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError, JobNotFound
@@ -19,7 +19,7 @@ from gridcore.models import JobState
 from gridcore.priority import reposition
 from gridcore.reads import Reads
 from gridcore.boundedjob import BoundedJob
-from gridcore.records import CorruptRecord, Envelope, JobMeta, NodeRecord
+from gridcore.records import ENVELOPE_VERSION, CorruptRecord, Envelope, JobMeta, NodeRecord
 from gridcore.settings import Settings
 from gridcore.signing import AuthorizedKeys, Refused, Signer, verify
 from gridcore.submission import SERIALIZER
@@ -79,9 +79,14 @@ class Control:
         stored = self._verified_envelope(job.args[0], job_id)
         renewal.check(self.redis, stored, job_id, now, named=named, failed=state is JobState.FAILED,
                       known=nodekeys.KnownNodes().entries())
+        try:  # its env values, still as signed, sealed again for the renewed envelope
+            public, sealed = secretenv.renewed(self.redis, stored.model_dump(mode="json"), job_id)
+        except Refused as e:
+            raise GridError(f"will not requeue {job_id}: {e}") from None
         envelope = stored.model_copy(update={
             "issued_at": now, "expires_at": now + self.settings.envelope_ttl, "nonce": secrets.token_hex(16),
-            "submitter": signer.name,
+            "submitter": signer.name, "v": ENVELOPE_VERSION, "env": public,
+            "env_names": list(sealed.names) if sealed else [], "env_digest": sealed.digest if sealed else None,
         })
         try:
             meta = JobMeta.decode(self.redis.hget(keys.rq_job(job_id), "meta"), f"{keys.rq_job(job_id)} meta")
@@ -95,6 +100,9 @@ class Control:
         with self.redis.pipeline() as pipe:
             job.save(pipeline=pipe)
             pipe.delete(keys.result(job_id), keys.output(job_id), keys.cancel(job_id))
+            if sealed is not None:
+                pipe.set(keys.secret_env(job_id), sealed.text,
+                         ex=secretenv.lifetime(self.settings.envelope_ttl, self.settings.result_ttl))
             events.emit(pipe, now, "requeued", job=job_id, message=f"by {signer.name}")
             pipe.execute()
         try:

@@ -11,6 +11,13 @@ PREFIX = "grid"
 GRID_PATTERN = f"{PREFIX}:*"
 """Pattern matching every key the grid writes (ACL rules)."""
 
+SECRET_PREFIX = "gridsecret"
+"""Keys the viewer role must not read (job env values): outside `grid:*` on purpose, so the
+viewer's ACL patterns (`grid:*`, `rq:*`) never match them (gridcore/acl.py)."""
+
+SECRET_PATTERN = f"{SECRET_PREFIX}:*"
+"""Pattern matching every secret key (ACL rules: operator and agents, never the viewer)."""
+
 RUNNER_FUNC = "agent.runner.run_task"
 """The only job function an agent will execute; anything else is refused before import."""
 
@@ -101,6 +108,12 @@ def attempts(job_id: str) -> str:
 def cancel(job_id: str) -> str:
     """String flag: cancel requested for a running job (read by the runner each heartbeat)."""
     return f"{PREFIX}:cancel:{job_id}"
+
+
+def secret_env(job_id: str) -> str:
+    """String: a job's sealed env values (records.SecretEnv), whose digest its envelope signs
+    (gridcore/secretenv.py); lives as long as the job's record. Not readable by the viewer."""
+    return f"{SECRET_PREFIX}:env:{job_id}"
 
 
 def nonce(value: str) -> str:

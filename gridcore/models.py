@@ -166,11 +166,12 @@ class Job:
     usage: dict[str, Any] | None = None  # what its last attempt used (records.Usage), measured on the node
     problems: tuple[str, ...] = ()  # corrupt records read for this job, each naming its key and field
     signature: str = ""  # "verified: <signer>" / "NOT verified: <why>" for the envelope; "" not checked
+    env_names: tuple[str, ...] = ()  # the variables its envelope sets: names only, never values
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["state"] = self.state.value
-        for k in ("tags", "attempts", "waiting_on", "gpus", "problems"):
+        for k in ("tags", "attempts", "waiting_on", "gpus", "problems", "env_names"):
             d[k] = list(d[k])
         return d
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridcore import keys, nodekeys
+from gridcore import keys, nodekeys, secretenv
 from gridcore.records import AttemptProof, CorruptRecord, SignedEnvelope
 from gridcore.signing import AuthorizedKeys, Refused, fingerprint, parse_public_line, verify
 
@@ -43,7 +43,8 @@ class Signed:
 
     command: str | None  # None: no readable envelope
     signature: str  # "verified: <key comment>", or "NOT verified: <why>"
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the values inline (a sweep's): never sealed ones
+    env_names: tuple[str, ...] = ()  # every variable it sets, inline or sealed (gridcore/secretenv.py)
 
     @property
     def verified(self) -> bool:
@@ -142,7 +143,7 @@ class EnvelopeReader:
             # Still say what it would run: the nodes check its signature themselves.
             signature = f"NOT verified: {e}" if isinstance(e, Refused) else f"NOT verified: cannot read keys ({e})"
             envelope = _unverified(signed)
-        return Signed(_command(envelope), signature, _env(envelope))
+        return Signed(_command(envelope), signature, _env(envelope), tuple(secretenv.names(envelope)))
 
 
 def _unverified(signed: Any) -> dict[str, Any]:

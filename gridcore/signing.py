@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gridcore.records import ENVELOPE_VERSION
+from gridcore.records import ENVELOPE_VERSIONS_RUN
 
 DOMAIN = b"science-grid job v1\x00"
 """Prefix mixed into every signature so a grid signature can't be replayed as anything else."""
@@ -217,8 +217,9 @@ def verify(signed: Any, keys: AuthorizedKeys) -> tuple[dict[str, Any], str]:
         raise Refused("envelope is not JSON") from None
     if not isinstance(envelope, dict):
         raise Refused("envelope is not a JSON object")
-    if envelope.get("v") != ENVELOPE_VERSION:
+    if envelope.get("v") not in ENVELOPE_VERSIONS_RUN or isinstance(envelope.get("v"), bool):
         # Nodes are upgraded one at a time: say which format came and which this node runs.
+        runs = ", ".join(f"v{v}" for v in ENVELOPE_VERSIONS_RUN)
         raise Refused(f"envelope format v{str(envelope.get('v'))[:20]} is not one this node runs "
-                      f"(it runs v{ENVELOPE_VERSION}): upgrade grid-agent on this node")
+                      f"(it runs {runs}): upgrade grid-agent on this node")
     return envelope, comment

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import ValidationError
 
-from gridcore import events, keys, rqjob
+from gridcore import events, keys, rqjob, secretenv
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError
 from gridcore.explain import Explainer
@@ -112,11 +112,19 @@ class Submission:
         self._server_version: tuple[int, int, int] | None = None
         self._queues: dict[tuple[str, int], Queue] = {}
 
-    def envelope(self, spec: JobSpec, job_id: str, queue: str, now: float, attempts: int) -> dict[str, Any]:
-        """What the submitter signs for one job: everything that decides what runs, where, how often."""
+    def envelope(self, spec: JobSpec, job_id: str, queue: str, now: float, attempts: int,
+                 sealed: secretenv.Sealed | None = None) -> dict[str, Any]:
+        """What the submitter signs for one job: everything that decides what runs, where, how often.
+
+        `sealed`: the spec's env values kept out of the envelope (secretenv.seal); the envelope
+        signs their names and digest."""
+        public, hidden = secretenv.split(spec.env)
+        if hidden and (sealed is None or sorted(hidden) != list(sealed.names)):
+            raise GridError(f"job {job_id}: its env values must be sealed to be signed")
         return _record(lambda: Envelope(
             v=ENVELOPE_VERSION, job_id=job_id, command=spec.command,
-            argv=list(spec.argv) if spec.argv is not None else None, cwd=spec.cwd, env=dict(spec.env),
+            argv=list(spec.argv) if spec.argv is not None else None, cwd=spec.cwd, env=public,
+            env_names=list(sealed.names) if sealed else [], env_digest=sealed.digest if sealed else None,
             timeout=spec.timeout, resources=ResourcesRecord.of(spec.resources), queue=queue,
             job_queue=spec.queue, after=list(spec.after), after_on=spec.after_on,
             submitter=self._signer().name, issued_at=now, expires_at=now + self.settings.envelope_ttl,
@@ -220,7 +228,10 @@ class Submission:
             return
         queue_name = route(spec, max_parallel)
         meta = self.meta(spec, now, max_parallel)
-        signed = self._signer().sign(self.envelope(spec, job_id, queue_name, now, 1 + spec.retries + LOST_RETRIES))
+        sealed = _record(lambda: secretenv.seal(spec.env), f"job {job_id}: env")
+        signed = self._signer().sign(self.envelope(spec, job_id, queue_name, now, 1 + spec.retries + LOST_RETRIES,
+                                                   sealed))
+        lifetime = secretenv.lifetime(self.settings.envelope_ttl, self.settings.result_ttl)
         # RQ's own timeout only sizes heartbeats here: the runner enforces the real one.
         rq_timeout = int(spec.timeout + self.settings.agent.kill_grace + 60) if spec.timeout else -1
         if spec.after:
@@ -228,6 +239,9 @@ class Submission:
             # RQ on its own, and the grid's records of it follow in `pipe`.
             from rq import Retry
             from rq.job import Dependency
+
+            if sealed is not None:  # before RQ's enqueue: a job whose parents ended may start at once
+                self.redis.set(keys.secret_env(job_id), sealed.text, ex=lifetime)
 
             self._queue(queue_name, spec.priority).enqueue_call(
                 func=keys.RUNNER_FUNC, args=(signed,), job_id=job_id, timeout=rq_timeout,
@@ -238,6 +252,8 @@ class Submission:
                                       enqueue_at_front=False),
             )
         else:
+            if sealed is not None:  # in the job's own transaction
+                pipe.set(keys.secret_env(job_id), sealed.text, ex=lifetime)
             record = rqjob.queued_record(
                 job_id, keys.RUNNER_FUNC, (signed,), queue=queue_name, description=meta.name, timeout=rq_timeout,
                 result_ttl=self.settings.result_ttl, failure_ttl=self.settings.result_ttl,

@@ -93,6 +93,7 @@ def job_view(job_id: str, fields: Sequence[bytes | None], result: bytes | None,
         usage=res.usage.model_dump(mode="json", exclude_none=True) if res.usage is not None else None,
         problems=tuple(problems),
         signature=signed.signature if signed is not None else "",
+        env_names=signed.env_names if signed is not None else (),
     )
 
 

@@ -51,6 +51,7 @@ def job_fields(job: Job, now: float) -> Text:
         ("group", job.group or "", ""),
         ("params", _compact(job.params), ""),
         ("tags", ", ".join(map(str, job.tags)), ""),
+        ("env", ", ".join(map(str, job.env_names)), ""),  # names only: values are not the viewer's
         ("waiting on", ", ".join(map(str, job.waiting_on)), "yellow"),
         ("output", f"stdout {fmt.size(job.stdout_bytes)}, stderr {fmt.size(job.stderr_bytes)}"
          if job.stdout_bytes or job.stderr_bytes else "", ""),

@@ -12,6 +12,7 @@ Where each record lives (keys in gridcore/keys.py) and its wire form:
 |---------------|---------------------------------------|---------------------------------------|
 | `SignedEnvelope` | the RQ job's single argument       | {"envelope": JSON text, "sig", "kid"} |
 | `Envelope`    | inside it (the signed text)           | JSON object                           |
+| `SecretEnv`   | `gridsecret:env:<id>` (not the viewer's) | JSON text whose digest the envelope signs |
 | `JobMeta`     | `rq:job:<id>` field `meta`            | JSON object                           |
 | `ActiveEntry` | `grid:active` field `<id>`            | JSON object                           |
 | `Attempt`     | `grid:attempts:<id>` list items       | JSON object                           |
@@ -39,7 +40,7 @@ Output stream entry fields (one letter: there are millions of these):
 
 from gridcore.records.base import CorruptRecord, JsonRecord, REASON_KINDS, lenient, salvage, text
 from gridcore.records.jobs import (
-    ActiveEntry, Attempt, AttemptProof, CLAIM, ENDED, ENVELOPE_VERSION, Envelope, HeldEntry, JobMeta, OWNER_FN, Placement, Result, ResourcesRecord, RunningEntry, SignedEnvelope, Usage,
+    ActiveEntry, Attempt, AttemptProof, CLAIM, ENDED, ENVELOPE_VERSION, ENVELOPE_VERSIONS_RUN, Envelope, HeldEntry, JobMeta, OWNER_FN, Placement, Result, ResourcesRecord, RunningEntry, SecretEnv, SignedEnvelope, Usage,
 )
 from gridcore.records.history import FinishedEntry
 from gridcore.records.nodes import (
@@ -57,6 +58,7 @@ __all__ = [
     "CorruptRecord",
     "ENDED",
     "ENVELOPE_VERSION",
+    "ENVELOPE_VERSIONS_RUN",
     "EndMarker",
     "Envelope",
     "EventEntry",
@@ -80,6 +82,7 @@ __all__ = [
     "ResourcesRecord",
     "Result",
     "RunningEntry",
+    "SecretEnv",
     "SignedEnvelope",
     "Usage",
     "decode_output",

@@ -27,8 +27,12 @@ class ResourcesRecord(JsonRecord):
         return cls(cpus=res.cpus, gpus=res.gpus, memory=res.memory, labels=list(res.labels), node=res.node)
 
 
-ENVELOPE_VERSION = 1
-"""Format of the signed envelope this code writes and the only one it runs."""
+ENVELOPE_VERSION = 2
+"""Format of the signed envelope this code writes. v2: env values other than a sweep's
+GRID_SWEEP_* are sealed outside the envelope (gridcore/secretenv.py), which signs their digest."""
+
+ENVELOPE_VERSIONS_RUN = (1, 2)
+"""Formats a node runs: v1 (env values inline) stays valid until its envelopes expire."""
 
 
 class Envelope(JsonRecord):
@@ -41,6 +45,8 @@ class Envelope(JsonRecord):
     argv: Annotated[list[Annotated[str, StringConstraints(max_length=128 * 1024)]], Field(max_length=4096)] | None = None
     cwd: Line | None = None
     env: Annotated[dict[Name, Annotated[str, StringConstraints(max_length=128 * 1024)]], Field(max_length=1024)] = {}
+    env_names: Annotated[list[Name], Field(max_length=1024)] = []  # variables sealed in SecretEnv (v2)
+    env_digest: Annotated[str, StringConstraints(max_length=128)] | None = None  # its SecretEnv's digest
     timeout: Annotated[float, Field(gt=0, le=1e9)] | None = None
     resources: ResourcesRecord = ResourcesRecord()
     queue: Name  # where it was routed: the job's queue, or grid.pending for the placement pass
@@ -52,6 +58,15 @@ class Envelope(JsonRecord):
     expires_at: Stamp
     nonce: Annotated[str, StringConstraints(min_length=16, max_length=128)]
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class SecretEnv(JsonRecord):
+    """A job's sealed env values (`gridsecret:env:<id>`): the salt keeps the signed digest from
+    telling a reader of the envelope whether a guessed value is right."""
+
+    MAX_BYTES: ClassVar[int] = 1024 * 1024
+    salt: Annotated[str, StringConstraints(min_length=16, max_length=128)]
+    env: Annotated[dict[Name, Annotated[str, StringConstraints(max_length=128 * 1024)]], Field(max_length=1024)]
 
 
 class SignedEnvelope(JsonRecord):
