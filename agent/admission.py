@@ -29,7 +29,8 @@ class Admission:
         self.conn = conn
         self.cfg = cfg
         self.journal = journal or Journal(journal_path(cfg.node_name))
-        self.key = nodekeys.node_key(cfg.node_name)  # made by the daemon at the node's first start
+        # The node's key, made by the daemon at the node's first start.
+        self.signer = nodekeys.NodeSigner(cfg.node_name, nodekeys.node_key(cfg.node_name))
 
     def admit(self, job_id: str, taken_from: str, placement: Placement | None, envelope: dict[str, Any],
               now: float) -> Ticket:
@@ -48,10 +49,11 @@ class Admission:
 
     def attest(self, result: Result, job_id: str, envelope: dict[str, Any], number: int) -> Result:
         """The attempt's end, signed by this node: what operators check before they renew a failure."""
-        claim = {"job_id": job_id, "nonce": envelope.get("nonce"), "attempt": number, "node": self.cfg.node_name,
-                 "start": result.start, "end": result.end, "exit_code": result.exit_code, "signal": result.signal,
-                 "reason_kind": result.reason_kind, "reason": (result.reason or "")[:500]}
-        return result.model_copy(update={"proof": nodekeys.attest(self.key, claim)})
+        return self.signer.attest(result, job_id, envelope.get("nonce"), number)
+
+    def attest_refusal(self, result: Result, job_id: str, signed: Any) -> Result:
+        """A refusal, signed by this node for the envelope it was shown (verified or not)."""
+        return self.signer.attest(result, job_id, nodekeys.claimed_nonce(signed), None)
 
     def ended(self, ticket: Ticket, now: float, result: Result, outcome: str | None) -> None:
         """The start ended; one that ran to its end (exit 0, canceled) never starts here again."""

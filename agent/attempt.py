@@ -41,10 +41,12 @@ from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
 from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
+from agent.rqadapter.jobs import shown_argument
 from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
 from gridcore import efficiency, events, history, keys
 from gridcore.dependencies import fail_dependents
 from gridcore.models import LOST_RETRIES, Resources
+from gridcore.nodekeys import NodeSigner, claimed_nonce
 from gridcore.records import (
     ActiveEntry,
     Attempt,
@@ -55,6 +57,7 @@ from gridcore.records import (
     Result,
     RunningEntry,
     lenient,
+    text,
 )
 from gridcore.reservations import release, reserve_args
 from gridcore.signing import Refused
@@ -188,11 +191,14 @@ class JobAttempt:
 
     # ---- not run here -------------------------------------------------------------------
 
-    def refuse(self, reason: str, now: float) -> None:
-        """The job is refused (bad signature, replay, policy): it failed, with the reason."""
+    def refuse(self, reason: str, now: float, sign: Callable[[Result], Result] | None = None) -> None:
+        """The job is refused (bad signature, replay, policy): it failed, with the reason; `sign`
+        adds the node's proof to the record."""
         log.warning("job %s: %s", self.id, reason)
         metrics.job_refused(self.node, reason)
         record = Result(reason=reason[:4096], reason_kind="refused", end=now, node=self.node)
+        if sign is not None:
+            record = sign(record)
         with self.conn.pipeline() as pipe:
             release(pipe, self.id, self.node)
             self.book.refuse(pipe, self.job, self.queue, record.reason)
@@ -411,10 +417,11 @@ class JobAttempt:
         pipe.execute()
         return False
 
-    def lost(self, pipe, now: float, reason: str) -> bool:
+    def lost(self, pipe, now: float, reason: str, witness: NodeSigner | None = None) -> bool:
         """The job was running on a node that is gone: the attempt is lost; the job is retried
         while it has lost-retries left, else failed. `pipe` WATCHes the job's running-hash
-        entry and RQ hash (what a slot recording the job's end writes). True if reclaimed."""
+        entry and RQ hash (what a slot recording the job's end writes). `witness`: the node
+        reclaiming it, which signs the lost record. True if reclaimed."""
         active = lenient(ActiveEntry, pipe.hget(keys.ACTIVE, self.id), f"{keys.ACTIVE} field {self.id}")
         if (active is not None and active.node != self.node) or self.book.status(self.job) != "started":
             return self.drop_entry(pipe)
@@ -426,6 +433,11 @@ class JobAttempt:
         self.job.meta.pop("run", None)
         retry = lost <= LOST_RETRIES
         record = Result(node=self.node, end=now, reason=reason[:4096], reason_kind="lost")
+        if witness is not None:
+            nonce = claimed_nonce(shown_argument(self.job))
+            used = text(pipe.get(keys.nonce(nonce))) if nonce else ""  # the envelope's starts: this attempt's number
+            record = witness.attest(record, self.id, nonce, int(used) if used.isdigit() and len(used) < 6 else None,
+                                    on=self.node)
         pipe.multi()
         pipe.hdel(keys.node_running(self.node), self.id)
         pipe.hdel(keys.ACTIVE, self.id)

@@ -88,6 +88,7 @@ class Agent:
         self.placing: threading.Event | None = None  # set: the placement loop stops
         self.broker_down_since: float | None = None
         self.watch = recovery.NodeWatch()
+        self.witness: nodekeys.NodeSigner | None = None  # the node's key, once the agent has started
         self.last_beat_ok: float | None = None  # monotonic time of the last heartbeat that got through
         self.broker_run_id: str | None = None
         self.ready = False
@@ -161,12 +162,14 @@ class Agent:
             log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()
         now = self.broker_time()
+        # Made at the node's first start; it signs the lost records of every job this agent reclaims.
+        self.witness = nodekeys.NodeSigner(self.node, nodekeys.node_key(self.node))
         lost = recovery.reclaim(self.conn, self.node, now, f"node lost: agent on {self.node} restarted",
-                                self.settings.result_ttl)
+                                self.settings.result_ttl, witness=self.witness)
         if lost:
             log.warning("marked %d job(s) of the earlier incarnation lost", len(lost))
         self.read_inventory()
-        nodekeys.publish(self.conn, self.node, nodekeys.node_key(self.node))  # made at the first start
+        nodekeys.publish(self.conn, self.node, self.witness.key)
         n = self.cfg.slots or self.inventory.cpus
         if n > self.inventory.cpus:
             log.warning("%d slots but %d CPUs (agent.cpus): each plain job holds one CPU, so at most %d run at "
@@ -255,7 +258,7 @@ class Agent:
             if ids:
                 recovery.reclaim(self.conn, self.node, self.broker_time(),
                                  f"node lost: worker slot {s.index} on {self.node} died", self.settings.result_ttl,
-                                 worker=s.dead_name)
+                                 worker=s.dead_name, witness=self.witness)
                 log.warning("slot %d died holding job(s) %s: reclaimed", s.index, ", ".join(ids))
             s.dead_name = None
         except OUTAGE_ERRORS:
@@ -321,7 +324,7 @@ class Agent:
             self.last_sweep = now
             self._note_broker_restart()
             recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl,
-                                      watch=self.watch)
+                                      watch=self.watch, witness=self.witness)
 
     def _note_broker_restart(self) -> None:
         """A restarted broker means every node missed heartbeats: watch them all afresh."""

@@ -20,6 +20,7 @@ from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS, OutageClock
 from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
+from agent.rqadapter.jobs import shown_argument
 from agent.verify import AlreadyRunning, Gatekeeper
 from gridcore.records import Result
 from gridcore.settings import Settings
@@ -131,7 +132,8 @@ class Performer:
             attempt.drop_twin(f"refused: {e}", now)
             return
         except Refused as e:
-            attempt.refuse(f"refused: {e}", now)
+            shown = shown_argument(attempt.job)
+            attempt.refuse(f"refused: {e}", now, lambda r: self.admission.attest_refusal(r, attempt.id, shown))
             return
         if not started:
             if attempt.canceled_at_start:

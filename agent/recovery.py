@@ -16,17 +16,21 @@ from agent.attempt import JobAttempt
 from agent.rqadapter.book import RQBook
 from gridcore import events, keys
 from gridcore.models import NodeState, node_state
+from gridcore.nodekeys import NodeSigner
 from gridcore.records import ActiveEntry, JobMeta, RunningEntry, lenient
 from gridcore.reservations import release
 
 log = logging.getLogger("grid.recovery")
 
 
-def reclaim(conn: redis.Redis, node: str, now: float, reason: str, ttl: int, worker: str | None = None) -> list[str]:
+def reclaim(conn: redis.Redis, node: str, now: float, reason: str, ttl: int, worker: str | None = None,
+            witness: NodeSigner | None = None) -> list[str]:
     """Mark every job running on `node` (or in its slot `worker`) lost; requeue it while it
-    has lost-retries left. Jobs claimed there but never started go back in line as they are."""
+    has lost-retries left. Jobs claimed there but never started go back in line as they are.
+    `witness`: the reclaiming node's key, which signs each lost record."""
     book = RQBook(conn, ttl)
-    return [job_id for job_id in jobs_of(conn, node, worker) if _reclaim_one(conn, book, node, job_id, now, reason)]
+    return [job_id for job_id in jobs_of(conn, node, worker)
+            if _reclaim_one(conn, book, node, job_id, now, reason, witness)]
 
 
 def jobs_of(conn: redis.Redis, node: str, worker: str | None = None) -> list[str]:
@@ -45,7 +49,8 @@ def jobs_of(conn: redis.Redis, node: str, worker: str | None = None) -> list[str
     return out
 
 
-def _reclaim_one(conn: redis.Redis, book: RQBook, node: str, job_id: str, now: float, reason: str) -> bool:
+def _reclaim_one(conn: redis.Redis, book: RQBook, node: str, job_id: str, now: float, reason: str,
+                 witness: NodeSigner | None) -> bool:
     # WATCH what a slot recording the job's end writes (node_running) and what this writes
     # (the job's hash, which that slot WATCHes): whichever commits first wins, the other
     # sees it and stands down, so a job never both finishes and gets requeued.
@@ -70,7 +75,7 @@ def _reclaim_one(conn: redis.Redis, book: RQBook, node: str, job_id: str, now: f
                 if entry.phase == "ended":
                     pipe.reset()
                     return attempt.complete_recorded()
-                return attempt.lost(pipe, now, reason)
+                return attempt.lost(pipe, now, reason, witness)
             except redis.WatchError:
                 continue
 
@@ -120,7 +125,7 @@ def replace_queued(conn: redis.Redis, node: str) -> int:
 
 
 def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float, ttl: int,
-                     watch: NodeWatch | None = None) -> list[str]:
+                     watch: NodeWatch | None = None, witness: NodeSigner | None = None) -> list[str]:
     """Reclaim the jobs of every other node whose heartbeat is older than `node_timeout`
     (and, with a `watch`, that this agent has seen stand still for that long)."""
     reclaimed = []
@@ -144,7 +149,8 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
                 with conn.pipeline() as pipe:
                     events.emit(pipe, now, "node_down", node=node, message=f"no heartbeat for {age:.0f}s")
                     pipe.execute()
-                reclaimed += reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl)
+                reclaimed += reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl,
+                                     witness=witness)
             if claim.give_back(conn, node):
                 log.warning("node %s: jobs it took off their queues, unclaimed, are back in line", node)
             replace_queued(conn, node)

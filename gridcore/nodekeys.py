@@ -3,7 +3,9 @@
 Nodes already trust operator keys (authorized_keys). In the other direction, each node makes
 its own key at its first start (`<data dir>/nodes/<node>/node_ed25519`, 0600), publishes the
 public half in the broker (`grid:node:<node>:key`), and signs what it records about each
-attempt it ran: job id, envelope nonce, attempt number, start, end, exit code, signal, reason.
+attempt it ran or refused: job id, envelope nonce, attempt number, start, end, exit code,
+signal, reason. A node that reclaims a dead node's job signs its "lost" record, naming the
+dead node (`node`) and itself (`by`).
 
 The broker copy of a node key is only a suggestion: an operator pins it in `known_nodes`
 (`<config dir>/known_nodes`, one `<node> ssh-ed25519 AAAA... comment` line each), after
@@ -25,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gridcore import keys
-from gridcore.records import AttemptProof
+from gridcore.records import AttemptProof, Result
 from gridcore.settings import config_dir, data_dir
 from gridcore.signing import SigningError, canonical, fingerprint, generate_key, load_private_key, parse_public_line, public_line
 
@@ -73,6 +75,35 @@ def attest(key: Ed25519PrivateKey, claim: dict[str, Any]) -> AttemptProof:
     text = canonical({"v": CLAIM_VERSION, **claim})
     sig = key.sign(DOMAIN + text.encode())
     return AttemptProof(claim=text, sig=base64.b64encode(sig).decode(), kid=fingerprint(key.public_key()))
+
+
+@dataclass(frozen=True)
+class NodeSigner:
+    """A node's key, signing what it records about attempts: those it ran or refused, and those
+    it found lost when it reclaimed a dead node's jobs (the claim then names both nodes)."""
+
+    node: str
+    key: Ed25519PrivateKey
+
+    def attest(self, result: Result, job_id: str, nonce: Any, attempt: int | None, on: str | None = None) -> Result:
+        """`result` with this node's proof; `on`: the node the attempt was on, when not this one."""
+        claim = {"job_id": job_id, "nonce": nonce if isinstance(nonce, str) else None, "attempt": attempt,
+                 "node": on or self.node, "start": result.start, "end": result.end, "exit_code": result.exit_code,
+                 "signal": result.signal, "reason_kind": result.reason_kind, "reason": (result.reason or "")[:500]}
+        if on is not None and on != self.node:
+            claim["by"] = self.node
+        return result.model_copy(update={"proof": attest(self.key, claim)})
+
+
+def claimed_nonce(signed: Any) -> str | None:
+    """The nonce a job's signed argument names, unverified: a node signing a refusal or a loss says
+    which envelope it saw; the operator's renewal compares it with the one it verified."""
+    text = signed.get("envelope") if isinstance(signed, dict) else None
+    try:
+        nonce = json.loads(text).get("nonce") if isinstance(text, str) and len(text) <= (1 << 20) else None
+    except (ValueError, AttributeError):
+        return None
+    return nonce[:128] if isinstance(nonce, str) else None
 
 
 class KnownNodes:
@@ -136,15 +167,18 @@ def check(proof: AttemptProof | None, known: dict[str, Ed25519PublicKey], job_id
     if not isinstance(claim, dict) or claim.get("v") != CLAIM_VERSION:
         return Checked("bad", "its node signature is unreadable")
     node = claim.get("node")
+    by = claim.get("by", node)  # the signer: the attempt's node, or the node that reclaimed it
     if claim.get("job_id") != job_id:
         return Checked("bad", "signed by a node for another job", claim)
-    pub = known.get(node) if isinstance(node, str) else None
+    pub = known.get(by) if isinstance(by, str) else None
     if pub is None:
-        return Checked("unpinned", f"signed by node {str(node)[:100]}, whose key is not pinned here", claim)
+        return Checked("unpinned", f"signed by node {str(by)[:100]}, whose key is not pinned here", claim)
     if fingerprint(pub) != proof.kid:
-        return Checked("bad", f"signed by a key that is not {str(node)[:100]}'s pinned key", claim)
+        return Checked("bad", f"signed by a key that is not {str(by)[:100]}'s pinned key", claim)
     try:
         pub.verify(base64.b64decode(proof.sig, validate=True), DOMAIN + proof.claim.encode())
     except (InvalidSignature, ValueError):
-        return Checked("bad", f"bad signature for node {str(node)[:100]}", claim)
+        return Checked("bad", f"bad signature for node {str(by)[:100]}", claim)
+    if by != node:
+        return Checked("pinned", f"signed by pinned node {by}, for node {str(node)[:100]}", claim)
     return Checked("pinned", f"signed by pinned node {node}", claim)

@@ -7,8 +7,9 @@ refused for what a broker writer could have laundered by editing a job's status.
 - an envelope past its expiry is renewed only when the operator named the job: a bulk
   requeue (`--all-failed`, a sweep's cells, the console's `R`) skips it and says why;
 - once the operator pins node keys (`known_nodes`), a bulk requeue renews a failed job only if
-  its last attempt's failure is signed by a pinned node for this job and envelope (a lost
-  job, whose node could not sign, is renewed by naming it).
+  its last attempt's failure is signed by a pinned node for this job and envelope: the node
+  that ran or refused it, or, for a lost one, the node that reclaimed it (a failure no node
+  signed, such as one recorded by an older agent, is renewed by naming it).
 
 The attempt records read here are the broker's: a writer who also rewrites them is stopped
 only by what each node keeps itself (agent/journal.py). See the README's Security section.

@@ -23,7 +23,7 @@ from typing import Any
 
 from gridcore import keys
 from gridcore.records import CorruptRecord, SecretEnv
-from gridcore.signing import Refused, canonical
+from gridcore.signing import Refused
 
 PUBLIC_PREFIX = "GRID_SWEEP_"
 """Variables that stay in the envelope: a sweep cell's values (descriptors/sweep.py), not secrets."""

@@ -138,3 +138,12 @@ def signed_argument(job: Job) -> Any:
     if getattr(job, "webhooks", None):
         raise Refused("job names webhooks")
     return job.args[0]
+
+
+def shown_argument(job: Job) -> Any:
+    """signed_argument(), or None where the record has no such argument (what a node that
+    refuses a job says it was shown)."""
+    try:
+        return signed_argument(job)
+    except Refused:
+        return None
