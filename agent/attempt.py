@@ -369,7 +369,10 @@ class JobAttempt:
         release(pipe, self.id, self.node, group)
         if group and result.usage is not None:  # the sweep's median and max per cell
             efficiency.record_cell(pipe, group, self.id, result.usage.model_dump(), self.result_ttl)
-        pipe.delete(keys.cancel(self.id))
+        if outcome == "canceled":  # the operator's signed cancel stays with the record (gridcore/cancelproof.py)
+            pipe.expire(keys.cancel(self.id), self.result_ttl)
+        else:
+            pipe.delete(keys.cancel(self.id))
         events.emit(pipe, result.end or 0.0, kind, job=self.id, node=self.node,
                     message=result.reason or "exit code 0")
         history.append(pipe, history.entry(self.id, self.meta, result, kind))

@@ -115,7 +115,7 @@ def job_detail(j: Job, gpu_memory: int | None = None) -> None:
         ("signature", j.signature or "-"),  # of the command above: what the nodes check
         ("exit code", "-" if j.exit_code is None else j.exit_code),
         ("signal", "-" if j.signal is None else f"{j.signal} ({_signame(j.signal)})"),
-        ("reason", j.reason or "-"), ("submitted", _ts(j.enqueued_at)), ("started", _ts(j.started_at)),
+        ("reason", j.reason or "-"), *([("cancel", j.cancel)] if j.cancel else []), ("submitted", _ts(j.enqueued_at)), ("started", _ts(j.started_at)),
         ("ended", _ts(j.ended_at)), ("duration", format_duration(j.duration)),
         ("timeout", format_duration(j.timeout) if j.timeout else "none"),
         ("retries left", "-" if j.retries_left is None else j.retries_left),

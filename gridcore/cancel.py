@@ -12,16 +12,18 @@ never starts either. Only then are running jobs told to stop, all at once, and w
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 from rq.command import send_command
 
-from gridcore import dependencies, events, history, keys, reservations
+from gridcore import cancelproof, dependencies, events, history, keys, reservations
 from gridcore.clock import BrokerClock
 from gridcore.errors import JobNotFound
 from gridcore.models import JobState
 from gridcore.records import JobMeta, Result, salvage, text
+from gridcore.signedview import payload_nonce
+from gridcore.signing import Signer, SigningError
 from gridcore.views import job_state
 
 CANCEL_FLAG_TTL = 7 * 24 * 3600
@@ -33,15 +35,20 @@ STOP_POLL = 0.05
 
 
 def cancel_jobs(conn: redis.Redis, clock: BrokerClock, result_ttl: int, job_ids: Sequence[str],
-                wait: float = 15.0) -> dict[str, JobState]:
+                wait: float = 15.0, signer: Callable[[], Signer] | None = None) -> dict[str, JobState]:
     """Cancel every job of `job_ids`; return the state each reached (a running one: canceled
     once its agent confirms, within `wait` seconds). Raises JobNotFound, before changing
-    anything, if one of them does not exist."""
+    anything, if one of them does not exist. `signer`: the operator's key, which signs each
+    cancel (gridcore/cancelproof.py); without one, or where it can't be loaded, unsigned."""
     ids = list(dict.fromkeys(job_ids))
     if not ids:
         return {}
     now = clock.now()
-    unstarted, running = _cancel_atomically(conn, ids, now)
+    try:
+        key = signer() if signer is not None else None
+    except SigningError:
+        key = None  # a client without a key still cancels; its cancel shows as unsigned
+    unstarted, running = _cancel_atomically(conn, ids, now, key)
     if unstarted:
         _canceled_before_start(conn, unstarted, now, result_ttl)
     if running:
@@ -62,9 +69,10 @@ def _states(conn: redis.Redis, ids: list[str]) -> dict[str, JobState]:
     return {jid: job_state(jid, s) for jid, s in zip(ids, raw, strict=True)}
 
 
-def _cancel_atomically(conn: redis.Redis, ids: list[str], now: float) -> tuple[dict[str, str], list[str]]:
-    """The one step: flags for all, canceled for the unstarted. Returns (unstarted job -> its
-    queue, ids of the running ones)."""
+def _cancel_atomically(conn: redis.Redis, ids: list[str], now: float,
+                       signer: Signer | None) -> tuple[dict[str, str], list[str]]:
+    """The one step: flags for all (each the signed cancel), canceled for the unstarted.
+    Returns (unstarted job -> its queue, ids of the running ones)."""
     with conn.pipeline() as pipe:
         while True:
             try:
@@ -73,11 +81,12 @@ def _cancel_atomically(conn: redis.Redis, ids: list[str], now: float) -> tuple[d
                 # after these reads still aborts the transaction below.
                 with conn.pipeline(transaction=False) as read:
                     for jid in ids:
-                        read.hmget(keys.rq_job(jid), "status", "origin")
+                        read.hmget(keys.rq_job(jid), "status", "origin", "data")
                     rows = read.execute()
                 unstarted: dict[str, str] = {}
                 running: list[str] = []
-                for jid, (status, origin) in zip(ids, rows, strict=True):
+                flags: dict[str, str] = {}
+                for jid, (status, origin, data) in zip(ids, rows, strict=True):
                     if status is None:
                         raise JobNotFound(f"no job {jid!r} on this grid")
                     status = text(status)
@@ -87,9 +96,11 @@ def _cancel_atomically(conn: redis.Redis, ids: list[str], now: float) -> tuple[d
                         running.append(jid)
                     else:
                         unstarted[jid] = text(origin or b"")
+                    flags[jid] = cancelproof.flag(
+                        cancelproof.sign(signer, jid, payload_nonce(data), now) if signer is not None else None)
                 pipe.multi()
                 for jid in [*unstarted, *running]:
-                    pipe.set(keys.cancel(jid), "1", ex=CANCEL_FLAG_TTL)
+                    pipe.set(keys.cancel(jid), flags[jid], ex=CANCEL_FLAG_TTL)
                 for jid, queue in unstarted.items():
                     pipe.hset(keys.rq_job(jid), "status", "canceled")
                     pipe.hdel(keys.PRIORITY, jid)
@@ -127,6 +138,7 @@ def _canceled_before_start(conn: redis.Redis, jobs: dict[str, str], now: float, 
                 reservations.release(pipe, jid, node=node, group=meta.group if meta else None)
             pipe.set(keys.result(jid), encoded, ex=result_ttl, nx=True)
             pipe.expire(keys.secret_env(jid), result_ttl)  # its env values go with its record
+            pipe.expire(keys.cancel(jid), result_ttl)  # the signed cancel too: requeue's rules read it
             events.emit(pipe, now, "canceled", job=jid, message="canceled before it started")
             history.append(pipe, history.entry(jid, meta or JobMeta(), record, "canceled"))
         pipe.execute()

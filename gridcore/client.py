@@ -71,8 +71,7 @@ class Grid:
     def _envelope_reader(self) -> EnvelopeReader:
         from gridcore.signedview import EnvelopeReader
 
-        key = self.settings.key_path
-        return EnvelopeReader(self.settings.authorized_keys_path, key.with_name(key.name + ".pub"))
+        return EnvelopeReader(self.settings.authorized_keys_path, self.settings.public_key_path)
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> Grid:

@@ -11,7 +11,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.registry import CanceledJobRegistry
 
-from gridcore import dependencies, events, keys, nodekeys, renewal, reservations, secretenv
+from gridcore import cancelproof, dependencies, events, keys, nodekeys, renewal, reservations, secretenv
 from gridcore.cancel import cancel_jobs
 from gridcore.clock import BrokerClock
 from gridcore.errors import GridError, JobNotFound
@@ -21,6 +21,7 @@ from gridcore.reads import Reads
 from gridcore.boundedjob import BoundedJob
 from gridcore.records import ENVELOPE_VERSION, CorruptRecord, Envelope, JobMeta, NodeRecord
 from gridcore.settings import Settings
+from gridcore.signedview import TrustedKeys
 from gridcore.signing import AuthorizedKeys, Refused, Signer, verify
 from gridcore.submission import SERIALIZER
 
@@ -58,7 +59,7 @@ class Control:
     def cancel_many(self, job_ids: Sequence[str], wait: float = 15.0) -> dict[str, JobState]:
         """Cancel jobs: every one not started yet in one atomic step (none of them starts after
         it), then the running ones stopped at once; the state each reached (gridcore/cancel.py)."""
-        return cancel_jobs(self.redis, self.clock, self.settings.result_ttl, job_ids, wait=wait)
+        return cancel_jobs(self.redis, self.clock, self.settings.result_ttl, job_ids, wait=wait, signer=self._signer)
 
     def fail_dependents(self, job_id: str, now: float) -> list[str]:
         """Mark every job that needs `job_id` to succeed as failed ('dependency failed')."""
@@ -78,7 +79,8 @@ class Control:
         now = self.clock.now()
         stored = self._verified_envelope(job.args[0], job_id)
         renewal.check(self.redis, stored, job_id, now, named=named, failed=state is JobState.FAILED,
-                      known=nodekeys.KnownNodes().entries())
+                      known=nodekeys.KnownNodes().entries(), canceled=self._cancel_verdict(job_id, stored)
+                      if state is JobState.CANCELED else None)
         try:  # its env values, still as signed, sealed again for the renewed envelope
             public, sealed = secretenv.renewed(self.redis, stored.model_dump(mode="json"), job_id)
         except Refused as e:
@@ -111,6 +113,12 @@ class Control:
             raise GridError(f"cannot requeue {job_id}: {e}") from None
         reposition(self.redis, [job_id])  # RQ put it at the back: where its priority says
         return envelope
+
+    def _cancel_verdict(self, job_id: str, envelope: Envelope) -> cancelproof.Verdict:
+        """Whether the job's cancel is signed, for `envelope`, by a key trusted here: the
+        authorized_keys file, or this operator's own."""
+        trusted = TrustedKeys(self.settings.authorized_keys_path, self.settings.public_key_path)
+        return cancelproof.check(self.redis.get(keys.cancel(job_id)), job_id, envelope.nonce, trusted)
 
     def _verified_envelope(self, signed: Any, job_id: str) -> Envelope:
         # Re-signing what the broker holds would launder a tampered command: verify first,

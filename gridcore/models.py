@@ -167,6 +167,7 @@ class Job:
     problems: tuple[str, ...] = ()  # corrupt records read for this job, each naming its key and field
     signature: str = ""  # "verified: <signer>" / "NOT verified: <why>" for the envelope; "" not checked
     env_names: tuple[str, ...] = ()  # the variables its envelope sets: names only, never values
+    cancel: str = ""  # a canceled job's cancel: "canceled by <key> (signature verified)" / "NOT verified: <why>"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -135,8 +135,16 @@ class Reads:
             job = job_view(jid, fields, result, *more, signed=signed)
             if detail and self.envelopes is not None:  # each attempt: was it signed by a pinned node?
                 job = replace(job, attempts=self.envelopes.attempts(jid, job.attempts))
+                if job.state is JobState.CANCELED:  # and its cancel by a trusted operator key?
+                    job = replace(job, cancel=self.envelopes.canceled(jid, self._cancel_flag(jid), signed))
             out.append(job)
         return out
+
+    def _cancel_flag(self, job_id: str) -> bytes | None:
+        try:
+            return self.redis.get(keys.cancel(job_id))
+        except redis.ResponseError:  # a key of another type: no cancel record
+            return None
 
     def state(self, job_id: str) -> JobState:
         """A job's state alone (one field read)."""

@@ -4,6 +4,8 @@ refused for what a broker writer could have laundered by editing a job's status.
 - an envelope signed for another job id is never renewed (a record's envelope swapped in);
 - a job the broker says ended with exit code 0 on some attempt is not renewed (a finished job
   set back to `failed`);
+- a canceled job is renewed in bulk only if its cancel is signed by a key the operator trusts,
+  for this job and envelope (gridcore/cancelproof.py); an unsigned or forged one needs its name;
 - an envelope past its expiry is renewed only when the operator named the job: a bulk
   requeue (`--all-failed`, a sweep's cells, the console's `R`) skips it and says why;
 - once the operator pins node keys (`known_nodes`), a bulk requeue renews a failed job only if
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridcore import keys, nodekeys
+from gridcore import cancelproof, keys, nodekeys
 from gridcore.errors import GridError
 from gridcore.records import Attempt, Envelope, lenient
 
@@ -42,12 +44,14 @@ def signed_command(envelope: Envelope) -> str:
 
 
 def check(conn: redis.Redis, envelope: Envelope, job_id: str, now: float, *, named: bool, failed: bool = False,
-          known: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+          known: Mapping[str, Ed25519PublicKey] | None = None, canceled: cancelproof.Verdict | None = None) -> None:
     """Raise GridError (RenewalSkipped for what only a named requeue renews) if `envelope` must not be renewed.
 
     `failed`: the job is failed (not canceled); `known`: the operator's pinned node keys. Once
     an operator pins node keys, a bulk requeue renews a failed job only if its last attempt's
-    failure was signed by a pinned node, for this job and this envelope."""
+    failure was signed by a pinned node, for this job and this envelope. `canceled`: for a
+    canceled job, whether its cancel is signed by a key trusted here, for this envelope; a bulk
+    requeue renews it only then."""
     if envelope.job_id != job_id:
         raise GridError(f"will not requeue {job_id}: its envelope was signed for job {envelope.job_id}")
     last: Attempt | None = None
@@ -61,6 +65,8 @@ def check(conn: redis.Redis, envelope: Envelope, job_id: str, now: float, *, nam
         if not named:
             raise RenewalSkipped(f"skipped {job_id}: its envelope expired {days:.1f} days ago; "
                                  f"name the job to renew it (grid requeue {job_id})")
+    if canceled is not None and not canceled.verified and not named:
+        raise RenewalSkipped(f"skipped {job_id}: {canceled.note}; name the job to renew it (grid requeue {job_id})")
     if failed and known and not named:
         why = _unsigned_failure(last, known, job_id, envelope.nonce)
         if why:

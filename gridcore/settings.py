@@ -112,6 +112,12 @@ class Settings(BaseModel):
         return Path(self.key_file) if self.key_file else config_dir() / "keys" / "id_ed25519"
 
     @property
+    def public_key_path(self) -> Path:
+        """The signing key's public half (`<key>.pub`): what this user trusts as its own."""
+        key = self.key_path
+        return key.with_name(key.name + ".pub")
+
+    @property
     def authorized_keys_path(self) -> Path:
         a = self.agent.authorized_keys
         return Path(a) if a else config_dir() / "authorized_keys"

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridcore import keys, nodekeys, secretenv
+from gridcore import cancelproof, keys, nodekeys, secretenv
 from gridcore.records import AttemptProof, CorruptRecord, SignedEnvelope
 from gridcore.signing import AuthorizedKeys, Refused, fingerprint, parse_public_line, verify
 
@@ -45,13 +45,14 @@ class Signed:
     signature: str  # "verified: <key comment>", or "NOT verified: <why>"
     env: dict[str, str] = field(default_factory=dict)  # the values inline (a sweep's): never sealed ones
     env_names: tuple[str, ...] = ()  # every variable it sets, inline or sealed (gridcore/secretenv.py)
+    nonce: str | None = None  # the verified envelope's (a cancel statement names it)
 
     @property
     def verified(self) -> bool:
         return self.signature.startswith("verified")
 
 
-class _KeyRing(AuthorizedKeys):
+class TrustedKeys(AuthorizedKeys):
     """The authorized_keys file, then this user's own public key (a submitter trusts its own)."""
 
     def __init__(self, authorized: Path, own_pub: Path):
@@ -88,7 +89,7 @@ class EnvelopeReader:
     """Reads and verifies the envelopes of jobs, remembering recent answers."""
 
     def __init__(self, authorized: Path, own_pub: Path, known_nodes: nodekeys.KnownNodes | None = None):
-        self.keys = _KeyRing(authorized, own_pub)
+        self.keys = TrustedKeys(authorized, own_pub)
         self.known_nodes = known_nodes or nodekeys.KnownNodes()
         self._seen: dict[bytes, Signed] = {}
 
@@ -143,7 +144,25 @@ class EnvelopeReader:
             # Still say what it would run: the nodes check its signature themselves.
             signature = f"NOT verified: {e}" if isinstance(e, Refused) else f"NOT verified: cannot read keys ({e})"
             envelope = _unverified(signed)
-        return Signed(_command(envelope), signature, _env(envelope), tuple(secretenv.names(envelope)))
+        nonce = envelope.get("nonce") if signature.startswith("verified") else None
+        return Signed(_command(envelope), signature, _env(envelope), tuple(secretenv.names(envelope)),
+                      nonce if isinstance(nonce, str) else None)
+
+    def canceled(self, job_id: str, flag: bytes | None, signed: Signed | None) -> str:
+        """Whether the job's cancel was signed by a key trusted here, for its envelope (a line)."""
+        verdict = cancelproof.check(flag, job_id, signed.nonce if signed is not None else None, self.keys)
+        return verdict.note if verdict.verified else f"NOT verified: {verdict.note}"
+
+
+def payload_nonce(data: bytes | None) -> str | None:
+    """The nonce the envelope in RQ's payload names, unverified; None when none can be read."""
+    try:
+        payload = _payload(data) if data else None
+    except (ValueError, zlib.error):
+        return None
+    if not (isinstance(payload, list) and len(payload) == 4 and isinstance(payload[2], list) and len(payload[2]) == 1):
+        return None
+    return nodekeys.claimed_nonce(payload[2][0])
 
 
 def _unverified(signed: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ def job_fields(job: Job, now: float) -> Text:
         ("name", job.name, ""),
         ("state", job.state.value + (f" — {job.reason}" if job.reason else ""), fmt.STATE_STYLE.get(job.state, "")),
         ("command", job.command, ""),
+        ("cancel", job.cancel, "" if job.cancel.startswith("canceled by") else "bold red"),
         ("signature", job.signature, "" if job.signature.startswith("verified") else "bold red"),
         ("queue", job.queue, ""),
         ("node", f"{job.node or ''}" + (f" slot {job.slot}" if job.slot is not None else ""), ""),

@@ -17,6 +17,7 @@ Where each record lives (keys in gridcore/keys.py) and its wire form:
 | `ActiveEntry` | `grid:active` field `<id>`            | JSON object                           |
 | `Attempt`     | `grid:attempts:<id>` list items       | JSON object                           |
 | `Result`      | `grid:result:<id>`                    | JSON object (an Attempt and more)     |
+| `CancelProof` | `grid:cancel:<id>` (or "1": unsigned) | JSON object                           |
 | `HeldEntry`   | `grid:node:<n>:held` field `<id>`     | JSON object, also read by Lua         |
 | `NodeRecord`  | `grid:node:<n>` hash                  | fields below; inventory/load JSON     |
 | `GroupRecord` | `grid:group:<id>` hash                | fields below                          |
@@ -40,7 +41,7 @@ Output stream entry fields (one letter: there are millions of these):
 
 from gridcore.records.base import CorruptRecord, JsonRecord, REASON_KINDS, lenient, salvage, text
 from gridcore.records.jobs import (
-    ActiveEntry, Attempt, AttemptProof, CLAIM, ENDED, ENVELOPE_VERSION, ENVELOPE_VERSIONS_RUN, Envelope, HeldEntry, JobMeta, OWNER_FN, Placement, Result, ResourcesRecord, RunningEntry, SecretEnv, SignedEnvelope, Usage,
+    ActiveEntry, Attempt, AttemptProof, CLAIM, CancelProof, ENDED, ENVELOPE_VERSION, ENVELOPE_VERSIONS_RUN, Envelope, HeldEntry, JobMeta, OWNER_FN, Placement, Result, ResourcesRecord, RunningEntry, SecretEnv, SignedEnvelope, Usage,
 )
 from gridcore.records.history import FinishedEntry
 from gridcore.records.nodes import (
@@ -55,6 +56,7 @@ __all__ = [
     "Attempt",
     "AttemptProof",
     "CLAIM",
+    "CancelProof",
     "CorruptRecord",
     "ENDED",
     "ENVELOPE_VERSION",

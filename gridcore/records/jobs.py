@@ -170,6 +170,15 @@ class AttemptProof(JsonRecord):
     kid: Annotated[str, StringConstraints(max_length=256)]
 
 
+class CancelProof(JsonRecord):
+    """An operator's signature over a cancel (gridcore/cancelproof.py): the job's cancel flag."""
+
+    MAX_BYTES: ClassVar[int] = 8192
+    statement: Annotated[str, StringConstraints(max_length=4096)]
+    sig: Annotated[str, StringConstraints(max_length=256)]
+    kid: Annotated[str, StringConstraints(max_length=256)]
+
+
 class Attempt(JsonRecord):
     """How one attempt of a job ended (one per attempt, oldest first)."""
 

@@ -167,21 +167,3 @@ def test_submit_many_and_jobs_with_parents_seal_each_jobs_values(r, grid):
     assert not r.exists(keys.secret_env(second))
     for jid in (first, second, child):
         assert TOKEN.encode() not in zlib.decompress(r.hget(keys.rq_job(jid), "data"))
-
-
-@pytest.mark.agents
-def test_a_job_run_by_an_agent_user_gets_its_env_and_the_viewer_never_sees_it(r, grid, settings, users, node,  # noqa: F811
-                                                                              agents, monkeypatch, tmp_path):
-    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
-    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
-    agents(node, slots=1)
-    monkeypatch.delenv("GRID_REDIS_USERNAME")
-    monkeypatch.delenv("GRID_REDIS_PASSWORD")
-    got = tmp_path / "got"
-    operator = as_user(settings, users["operator"])
-    jid = operator.submit(JobSpec(command=f'printf %s "$TOKEN" > {got}; echo done', env={"TOKEN": TOKEN}))
-    assert operator.wait([jid], timeout=30)[jid] is JobState.FINISHED, operator.get(jid).reason
-    assert got.read_text() == TOKEN
-    values, denied = everything_readable(as_user(settings, users["viewer"]).redis)
-    assert leaks(values) == [] and denied == [keys.secret_env(jid)]
-    assert 0 < r.ttl(keys.secret_env(jid)) <= settings.result_ttl  # it ended: it lives as long as its record
