@@ -62,6 +62,8 @@ def test_sigkill_mid_job_runs_it_elsewhere_once(agents, grid, r, cleanup_jobs, h
     assert job.node == "node-a" and job.stdout == "done on node-a\n"
     if how == "power-off":
         assert attempts(grid, jid) == [("node-b", "lost"), ("node-a", None)]
+        # The lost record is signed by the node that reclaimed it (not pinned here).
+        assert grid.get(jid).attempts[0]["signed"] == "signed by node node-a, whose key is not pinned here"
         # Detected within the node timeout plus one sweep period (and the short rerun).
         assert time.monotonic() - t0 < NODE_TIMEOUT + 2 * NODE_TIMEOUT / 3 + 8
         assert any(e.kind == "node_down" and e.node == "node-b" for e in grid.events())
