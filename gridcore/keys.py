@@ -106,7 +106,9 @@ def attempts(job_id: str) -> str:
 
 
 def cancel(job_id: str) -> str:
-    """String flag: cancel requested for a running job (read by the runner each heartbeat)."""
+    """String flag: cancel requested for a job (read by the runner each heartbeat): the operator's
+    signed statement (records.CancelProof), or "1" from a client without a key; it stays with a
+    canceled job's record, for requeue's rules (gridcore/cancelproof.py)."""
     return f"{PREFIX}:cancel:{job_id}"
 
 
