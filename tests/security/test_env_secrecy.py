@@ -24,8 +24,11 @@ from gridcore.signing import AuthorizedKeys, Refused
 from gridcore.submission import SERIALIZER
 from tests.engine.test_reads import fail
 from tests.security import forge
-from tests.security.test_acl import as_user, users  # noqa: F401 - the fixture
+from tests.security import test_acl
+from tests.security.test_acl import as_user
 from tests.support.cli import call_cli
+
+users = test_acl.users  # the ACL users fixture (operator, viewer, agents of `node`)
 
 TOKEN = "tok-" + "7f3a9c" * 6
 """The secret: long and random enough that finding it anywhere is a leak, not a coincidence."""
@@ -85,7 +88,7 @@ def as_node(r, jid: str) -> GridJob:
     return GridJob.fetch(jid, connection=r, serializer=SERIALIZER)
 
 
-def test_the_viewer_reads_no_env_value_in_any_key_while_the_operator_can(r, grid, settings, users):  # noqa: F811
+def test_the_viewer_reads_no_env_value_in_any_key_while_the_operator_can(r, grid, settings, users):
     operator = as_user(settings, users["operator"])
     jid = operator.submit(JobSpec(command="deploy", env={"TOKEN": TOKEN, "MODE": "fast"}))
     plain = operator.submit(JobSpec(command="true"))

@@ -8,13 +8,16 @@ import pytest
 
 from gridcore import keys
 from gridcore.models import JobSpec, JobState
-from tests.security.test_acl import as_user, users  # noqa: F401 - the fixture
+from tests.security import test_acl
+from tests.security.test_acl import as_user
 from tests.security.test_env_secrecy import TOKEN, everything_readable, leaks
 from tests.support.wait import eventually
 
+users = test_acl.users  # the ACL users fixture (operator, viewer, agents of `node`)
+
 
 @pytest.mark.agents
-def test_an_agent_user_runs_sealed_env_and_keeps_a_running_jobs_signed_cancel(r, settings, users, node,  # noqa: F811
+def test_an_agent_user_runs_sealed_env_and_keeps_a_running_jobs_signed_cancel(r, settings, users, node,
                                                                              agents, monkeypatch, tmp_path):
     monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
     monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
