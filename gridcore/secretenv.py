@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from gridcore import keys
 from gridcore.records import CorruptRecord, SecretEnv
 from gridcore.signing import Refused
@@ -110,7 +112,15 @@ def read(conn: Any, envelope: Mapping[str, Any], job_id: str) -> dict[str, str]:
     """unseal() on the values in the broker; one GET, and none for a job with nothing sealed."""
     if envelope.get("env_names") in (None, []) and envelope.get("env_digest") is None:
         return unseal(envelope, None, job_id)
-    return unseal(envelope, conn.get(keys.secret_env(job_id)), job_id)
+    return unseal(envelope, _stored(conn, job_id), job_id)
+
+
+def _stored(conn: Any, job_id: str) -> bytes | None:
+    key = keys.secret_env(job_id)
+    try:
+        return conn.get(key)
+    except redis.ResponseError as e:  # a key of another type, or an ACL user without the pattern
+        raise Refused(f"cannot read its env values ({key}): {str(e)[:200]}") from None
 
 
 def renewed(conn: Any, envelope: Mapping[str, Any], job_id: str) -> tuple[dict[str, str], Sealed | None]:
@@ -120,6 +130,6 @@ def renewed(conn: Any, envelope: Mapping[str, Any], job_id: str) -> tuple[dict[s
     if envelope.get("env_digest") is None:
         whole = unseal(envelope, None, job_id)
         return split(whole)[0], seal(whole)
-    raw = conn.get(keys.secret_env(job_id))
+    raw = _stored(conn, job_id)
     whole = unseal(envelope, raw, job_id)
     return split(whole)[0], Sealed(raw.decode(), str(envelope["env_digest"]), tuple(sorted(envelope["env_names"])))

@@ -117,7 +117,7 @@ def test_grid_show_json_gives_env_names_only(capsys, grid):
     assert code == 0 and "TOKEN" in out and TOKEN not in out
 
 
-@pytest.mark.parametrize("tamper", ["missing", "changed", "other job's"])
+@pytest.mark.parametrize("tamper", ["missing", "changed", "other job's", "another type"])
 def test_a_node_refuses_env_values_that_are_missing_or_not_the_signed_ones(r, grid, settings, tamper):
     jid = grid.submit(JobSpec(command="deploy", env={"TOKEN": TOKEN}))
     other = grid.submit(JobSpec(command="deploy", env={"TOKEN": "something else"}))
@@ -125,11 +125,14 @@ def test_a_node_refuses_env_values_that_are_missing_or_not_the_signed_ones(r, gr
         r.delete(keys.secret_env(jid))
     elif tamper == "changed":
         r.set(keys.secret_env(jid), r.get(keys.secret_env(jid)).replace(TOKEN.encode(), b"evil"))
-    else:
+    elif tamper == "other job's":
         r.set(keys.secret_env(jid), r.get(keys.secret_env(other)))
+    else:
+        r.delete(keys.secret_env(jid))
+        r.hset(keys.secret_env(jid), "TOKEN", TOKEN)
     with pytest.raises(Refused) as e:
         gate(settings, r).verify(as_node(r, jid), grid.broker_time())
-    why = "are missing" if tamper == "missing" else "are not the ones signed"
+    why = {"missing": "are missing", "another type": "WRONGTYPE"}.get(tamper, "are not the ones signed")
     assert why in str(e.value) and keys.secret_env(jid) in str(e.value)
 
 

@@ -63,6 +63,7 @@ def poison(r, rnd: random.Random, node: str, running: str, any_type: bool = True
     ghost = f"ghost-{rnd.randrange(1000)}"
     # Per-id and per-node families of ids no legitimate job or node has: any type, any value.
     for key in (keys.rq_job(fake), keys.result(fake), keys.attempts(fake), keys.output(fake), keys.cancel(fake),
+                keys.secret_env(fake),
                 keys.nonce(fake), keys.group(fake), keys.group_jobs(fake), keys.group_slots(fake),
                 keys.rq_dependents(fake), keys.rq_dependencies(fake), keys.node(ghost), keys.node_jobs(ghost),
                 keys.node_running(ghost), keys.node_taking(ghost), keys.node_gpus(ghost), keys.node_held(ghost),
