@@ -350,6 +350,9 @@ def cancel(ctx: typer.Context, job_ids: list[str],
     ids = list(dict.fromkeys(grid.resolve(j) for j in job_ids))
     befores = grid.wait(ids, timeout=0)
     reached_by_id = grid.cancel_many(ids, wait=wait_s)  # the queued ones in one step: none of them starts
+    if not shared(ctx).settings.key_path.exists():
+        render.err("no signing key (grid keys init): these cancels are unsigned, and a bulk requeue "
+                   "renews them only when named")
     for jid in ids:
         before, reached = befores[jid], reached_by_id[jid]
         if reached is JobState.CANCELED:

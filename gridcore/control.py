@@ -58,7 +58,8 @@ class Control:
 
     def cancel_many(self, job_ids: Sequence[str], wait: float = 15.0) -> dict[str, JobState]:
         """Cancel jobs: every one not started yet in one atomic step (none of them starts after
-        it), then the running ones stopped at once; the state each reached (gridcore/cancel.py)."""
+        it), then the running ones stopped at once; the state each reached (gridcore/cancel.py).
+        Each cancel is signed with this operator's key, or unsigned without one (gridcore/cancelproof.py)."""
         return cancel_jobs(self.redis, self.clock, self.settings.result_ttl, job_ids, wait=wait, signer=self._signer)
 
     def fail_dependents(self, job_id: str, now: float) -> list[str]:

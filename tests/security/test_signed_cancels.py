@@ -74,3 +74,12 @@ def test_only_a_cancel_signed_by_a_trusted_key_for_this_envelope_is_renewed_in_b
         grid.requeue(unsigned)
     grid.requeue(unsigned, named=True)  # the operator named it: renewed
     assert grid.state(unsigned) is JobState.QUEUED
+
+
+def test_grid_cancel_without_a_key_says_its_cancel_is_unsigned(capsys, r, grid, settings, monkeypatch, tmp_path):
+    jid = cell(grid, 0)
+    monkeypatch.setenv("GRID_KEY_FILE", str(tmp_path / "no-key"))
+    code, out, err = call_cli(capsys, "cancel", jid)
+    assert code == 0 and out.strip() == f"{jid} canceled"
+    assert "no signing key (grid keys init): these cancels are unsigned" in err
+    assert r.get(keys.cancel(jid)) == b"1" and grid.get(jid).cancel.startswith("NOT verified: the cancel is not signed")
