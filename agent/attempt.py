@@ -266,12 +266,14 @@ class JobAttempt:
                 if done is not None:
                     if not done:
                         log.warning("%s: reclaimed by the grid while running here; result discarded", what)
+                        until_broker(self._drop_reclaimed, f"{what}: dropping its entries", give_up)
                     self.book.forget(self.execution)
                     return
             owned = until_broker(lambda: self._record_end(envelope, result, outcome), f"{what}: recording its end",
                                  give_up)
             if not owned:
                 log.warning("%s: reclaimed by the grid while running here; result discarded", what)
+                until_broker(self._drop_reclaimed, f"{what}: dropping its entries", give_up)
                 self.book.forget(self.execution)
                 return
             if outcome in HANDED_BACK:
@@ -287,6 +289,12 @@ class JobAttempt:
         finally:
             if self.sink is not None:
                 self.sink.close()
+
+    def _drop_reclaimed(self) -> None:
+        """The job was recovered by another agent while it ran here (this node was counted down),
+        which left this node's keys alone: its running entry and what it held here go now."""
+        claim.release(self.conn, self.node, self.id, RunningEntry("started", slot=self.slot).encode())
+        claim.reconcile_held(self.conn, self.node)
 
     def _is_final(self, result: Result, outcome: str | None) -> bool:
         """No further attempt of this envelope may run (so its nonce is spent)."""
@@ -393,8 +401,9 @@ class JobAttempt:
         history.append(pipe, history.entry(self.id, self.meta, result.model_copy(update={"reason": why}),
                                            "requeued"))
 
-    def _after_end(self, result: Result, outcome: str | None, entry: RunningEntry) -> None:
-        claim.release(self.conn, self.node, self.id, entry.encode())
+    def _after_end(self, result: Result, outcome: str | None, entry: RunningEntry, foreign: bool = False) -> None:
+        if not foreign:  # another node's running hash is not this agent's to write
+            claim.release(self.conn, self.node, self.id, entry.encode())
         end = result.end or 0.0
         if outcome == "canceled":
             fail_dependents(self.conn, self.id, end, self.result_ttl)
@@ -410,24 +419,34 @@ class JobAttempt:
                 fail_dependents(self.conn, self.id, end, self.result_ttl)
 
     # ---- node-loss recovery -------------------------------------------------------------
+    # `foreign`: the attempt was on another (down) node, whose keys this agent may not write:
+    # the job is recovered through its own, the shared and RQ's keys only; the down node's
+    # running, held and taking entries stay, and it drops them itself when it is back (each
+    # step below reads the job's state, so a stale entry read again changes nothing).
 
-    def drop_entry(self, pipe) -> bool:
-        """A stale running-hash entry (the job is gone, or runs or ended elsewhere): only it goes.
+    def drop_entry(self, pipe, foreign: bool = False) -> bool:
+        """A stale running-hash entry (the job is gone, or runs or ended elsewhere): only it goes
+        (on this node; another node's is left to it).
 
         `pipe` WATCHes the entry; returns False (nothing reclaimed)."""
+        if foreign:
+            pipe.reset()
+            return False
         pipe.multi()
         pipe.hdel(keys.node_running(self.node), self.id)
         pipe.execute()
         return False
 
-    def lost(self, pipe, now: float, reason: str, witness: NodeSigner | None = None) -> bool:
+    def lost(self, pipe, now: float, reason: str, witness: NodeSigner | None = None, foreign: bool = False) -> bool:
         """The job was running on a node that is gone: the attempt is lost; the job is retried
         while it has lost-retries left, else failed. `pipe` WATCHes the job's running-hash
         entry and RQ hash (what a slot recording the job's end writes). `witness`: the node
         reclaiming it, which signs the lost record. True if reclaimed."""
         active = lenient(ActiveEntry, pipe.hget(keys.ACTIVE, self.id), f"{keys.ACTIVE} field {self.id}")
         if (active is not None and active.node != self.node) or self.book.status(self.job) != "started":
-            return self.drop_entry(pipe)
+            return self.drop_entry(pipe, foreign)
+        if foreign and active is None and not (self.job.worker_name or "").startswith(f"{self.node}."):
+            return self.drop_entry(pipe, foreign)  # a stale entry: the job was taken up again elsewhere
         started = self.book.started_entries(pipe, self.job)
         meta = self.meta
         lost = meta.lost + 1
@@ -442,13 +461,14 @@ class JobAttempt:
             record = witness.attest(record, self.id, nonce, int(used) if used.isdigit() and len(used) < 6 else None,
                                     on=self.node)
         pipe.multi()
-        pipe.hdel(keys.node_running(self.node), self.id)
+        if not foreign:
+            pipe.hdel(keys.node_running(self.node), self.id)
         pipe.hdel(keys.ACTIVE, self.id)
         pipe.rpush(keys.attempts(self.id), record.attempt().encode())
         history.append(pipe, history.entry(self.id, meta, record.model_copy(
             update={"start": active.started if active is not None else None}), "lost"))
         self.book.save_meta(pipe, self.job)
-        release(pipe, self.id, self.node, meta.group)
+        release(pipe, self.id, None if foreign else self.node, meta.group)
         if retry:
             # A job the grid placed goes back to placement; one a user pinned waits for its node.
             to = keys.PENDING_QUEUE if meta.placement is not None and not meta.resources.node else None
@@ -464,18 +484,24 @@ class JobAttempt:
             fail_dependents(self.conn, self.id, now, self.result_ttl)
         return True
 
-    def requeue_claimed(self, pipe) -> bool:
+    def requeue_claimed(self, pipe, others=(), foreign: bool = False) -> bool:
         """The slot claimed the job and died before it ran: back at the front of its queue, as it
         was. RQ may already say `started` (the slot got that far); no attempt is counted.
-        `pipe` WATCHes as for `lost`."""
+        `pipe` WATCHes as for `lost`. Not if one of the nodes `others` has taken or claimed it
+        since (the claim read is stale: recovery put the job back already)."""
         active = lenient(ActiveEntry, pipe.hget(keys.ACTIVE, self.id), f"{keys.ACTIVE} field {self.id}")
         ours = active is None or active.owned_by(self.worker)
-        if not ours or self.book.status(self.job) not in ("queued", "started"):
-            return self.drop_entry(pipe)
+        if not ours or self.book.status(self.job) not in ("queued", "started") \
+                or claim.claimed_elsewhere(pipe, self.id, self.node, others):
+            return self.drop_entry(pipe, foreign)
         started = self.book.started_entries(pipe, self.job)
         queued = pipe.lpos(keys.rq_queue(self.job.origin), self.id) is not None
+        if foreign and queued and not started and active is None and self.book.status(self.job) == "queued":
+            pipe.reset()  # back in its queue already (an earlier sweep): nothing to do
+            return False
         pipe.multi()
-        pipe.hdel(keys.node_running(self.node), self.id)
+        if not foreign:
+            pipe.hdel(keys.node_running(self.node), self.id)
         if active is not None:
             pipe.hdel(keys.ACTIVE, self.id)
         self.book.requeue_claimed(pipe, self.job, started, queued)
@@ -483,17 +509,18 @@ class JobAttempt:
         log.warning("job %s: claimed on %s but never run there; back in its queue", self.id, self.node)
         return True
 
-    def complete_recorded(self) -> bool:
+    def complete_recorded(self, foreign: bool = False) -> bool:
         """The slot recorded the job's end and died before RQ's bookkeeping: finish that from the
         recorded result, as the slot would have. True if there was something to finish."""
         if self.book.status(self.job) != "started":
-            claim.release(self.conn, self.node, self.id, RunningEntry("ended", worker=self.worker).encode())
+            if not foreign:
+                claim.release(self.conn, self.node, self.id, RunningEntry("ended", worker=self.worker).encode())
             return False
         # An end whose result is gone (expired, deleted) counts as a failure.
         result = lenient(Result, self.conn.get(keys.result(self.id)), keys.result(self.id)) or Result(reason="failed")
         outcome = "canceled" if result.reason_kind == "canceled" else None
         self.book.finish(self.job, None, result, outcome, None)
-        self._after_end(result, outcome, RunningEntry("ended", worker=self.worker))
+        self._after_end(result, outcome, RunningEntry("ended", worker=self.worker), foreign)
         log.warning("job %s: its slot on %s died after recording its end; RQ's records finished", self.id,
                     self.node)
         return True

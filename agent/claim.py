@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from gridcore import keys
 from gridcore.priority import PUT_BACK
 from gridcore.records import ActiveEntry, CorruptRecord, RunningEntry, lenient
@@ -181,6 +183,102 @@ def give_back(conn, node: str) -> int:
     script = conn.register_script(_GIVE_BACK + "return give_back(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
     return int(script(keys=[keys.node_taking(node)],
                       args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY]))
+
+
+_GIVE_BACK_CHECKED = _GIVE_BACK + """
+local function has(cmd, key, id)
+  -- HEXISTS answers 1, LPOS a position (0 too); a key of another type holds nothing.
+  local r = redis.pcall(cmd, key, id)
+  if cmd == 'LPOS' then return type(r) == 'number' end
+  return r == 1
+end
+local function elsewhere(id)
+  for i = 5, #ARGV - 1, 2 do
+    if has('HEXISTS', ARGV[i], id) or has('LPOS', ARGV[i + 1], id) then return true end
+  end
+  return false
+end
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+if ARGV[4] ~= '1' then redis.call('DEL', KEYS[1]) end
+local n = 0
+for i = #ids, 1, -1 do
+  local id = ids[i]
+  local h = hash_read('HMGET', ARGV[1] .. id, 'origin', 'status')
+  if h[1] and h[2] == 'queued' and not has('LPOS', ARGV[2] .. h[1], id) and not elsewhere(id) then
+    put_back(ARGV[2] .. h[1], ARGV[3], id)
+    n = n + 1
+  end
+end
+return n
+"""
+"""Lua: `give_back`, for a taking list that may be stale (its node was down, and recovery may
+have put its jobs back already): only a job still queued, in no queue, and taken or claimed by
+no other node goes back. ARGV[4] '1': leave the list as it is (another node's: not ours to
+write); then the other nodes' running and taking keys, in pairs."""
+
+
+def give_back_checked(conn, node: str, others, keep: bool) -> int:
+    """Put back the jobs a down node's slots took and never claimed, unless that happened already;
+    `keep`: the list is another node's (left as it is), else this node's own (emptied)."""
+    pairs = [k for n in others if n != node for k in (keys.node_running(n), keys.node_taking(n))]
+    script = conn.register_script(_GIVE_BACK_CHECKED)
+    return int(script(keys=[keys.node_taking(node)],
+                      args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY, "1" if keep else "0", *pairs]))
+
+
+def claimed_elsewhere(pipe, job_id: str, node: str, others) -> bool:
+    """Whether a node other than `node` has taken or claimed the job (WATCHing what it reads)."""
+    for n in others:
+        if n == node:
+            continue
+        pipe.watch(keys.node_running(n), keys.node_taking(n))
+        try:
+            if pipe.hexists(keys.node_running(n), job_id) or pipe.lpos(keys.node_taking(n), job_id) is not None:
+                return True
+        except redis.ResponseError:  # a key of another type (an operator's stray write) holds no job
+            continue
+    return False
+
+
+_RECONCILE_HELD = """
+-- KEYS: the node's held hash, its running hash, its node queue, grid:active; ARGV: the node
+local function has(cmd, key, id)
+  -- HEXISTS answers 1, LPOS a position (0 too); a key of another type holds nothing.
+  local r = redis.pcall(cmd, key, id)
+  if cmd == 'LPOS' then return type(r) == 'number' end
+  return r == 1
+end
+local ids = redis.pcall('HKEYS', KEYS[1])
+if ids.err then return 0 end
+local n = 0
+for _, id in ipairs(ids) do
+  local keep = has('HEXISTS', KEYS[2], id) or has('LPOS', KEYS[3], id)
+  if not keep then
+    local a = redis.call('HGET', KEYS[4], id)
+    if a and #a <= 4096 then
+      local ok, e = pcall(cjson.decode, a)
+      keep = ok and type(e) == 'table' and e.node == ARGV[1]
+    end
+  end
+  if not keep then
+    redis.call('HDEL', KEYS[1], id)
+    n = n + 1
+  end
+end
+return n
+"""
+"""Lua: drop what a node's held hash still holds for jobs no longer its own: none of its running
+entries, not in its node queue, and no `grid:active` entry naming it."""
+
+
+def reconcile_held(conn, node: str) -> int:
+    """Drop this node's holds for jobs no longer its own (recovered by other agents while it was
+    down or cut off: they may not write its keys); how many were dropped. Every hold is written
+    together with its job's running entry, node-queue entry or `grid:active` entry, so this is
+    safe while the node's slots run."""
+    script = conn.register_script(_RECONCILE_HELD)
+    return int(script(keys=[keys.node_held(node), keys.node_running(node),
+                            keys.rq_queue(keys.node_queue(node)), keys.ACTIVE], args=[node]))
 
 
 def release(conn, node: str, job_id: str, value: str) -> None:

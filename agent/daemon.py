@@ -84,7 +84,7 @@ class Agent:
             proctree.ENV_AGENT_PID: str(os.getpid()),
         }
         self.last_sweep = 0.0
-        self.negotiator = Negotiator(self.conn, owner=f"{self.node}.{self.agent_id}")
+        self.negotiator = Negotiator(self.conn, owner=f"{self.node}.{self.agent_id}", node=self.node)
         self.placing: threading.Event | None = None  # set: the placement loop stops
         self.broker_down_since: float | None = None
         self.watch = recovery.NodeWatch()
@@ -168,6 +168,7 @@ class Agent:
                                 self.settings.result_ttl, witness=self.witness)
         if lost:
             log.warning("marked %d job(s) of the earlier incarnation lost", len(lost))
+        self.reconcile()
         self.read_inventory()
         nodekeys.publish(self.conn, self.node, self.witness.key)
         n = self.cfg.slots or self.inventory.cpus
@@ -281,28 +282,30 @@ class Agent:
         sec, usec = self.conn.time()
         return sec + usec / 1e6
 
-    def node_record(self, started: float | None = None) -> NodeRecord:
+    def node_record(self, started: float | None = None, beat: float | None = None) -> NodeRecord:
         """This node's hash as the agent publishes it (without `draining`, which operators set)."""
         load = lenient_load(live_load(self.nvml))
         return NodeRecord(inventory=self.inventory, load=load, slots=len(self.slots),
                           hb_interval=self.cfg.heartbeat_interval, node_timeout=self.cfg.node_timeout,
                           agent_pid=os.getpid(), agent_id=self.agent_id, hostname=socket.gethostname(),
                           queues=tuple(self.cfg.queues), started=started, ready=str(os.getpid()) if self.ready else "",
-                          version=package_version())
+                          version=package_version(), beat=beat)
 
     def heartbeat(self, first: bool = False) -> None:
         now = self.broker_time()
-        prev = self.conn.zscore(keys.NODES, self.node)
-        record = self.node_record(started=now if first else None)
+        prev = _float(self.conn.hget(keys.node(self.node), "beat"))
+        record = self.node_record(started=now if first else None, beat=now)
         names = ["load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
-                 "version"]
+                 "version", "beat"]
         if first:
             names += ["inventory", "started", "ready"]
         elif self.republish:
             names += ["inventory", "ready"]
         fields = _pick(record, *names)
+        back = not first and prev is not None and now - prev > self.cfg.node_timeout
         with self.conn.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.NODES, {self.node: now})
+            # The registry only names the node (any agent may add to it); its heartbeat is `beat`.
+            pipe.zadd(keys.NODES, {self.node: now}, nx=True)
             pipe.hset(keys.node(self.node), mapping=fields)
             if first or self.republish:
                 pipe.hsetnx(keys.node(self.node), "draining", "0")
@@ -310,9 +313,11 @@ class Agent:
                 kind = "node_joined" if prev is None else "node_back"
                 events.emit(pipe, now, kind, node=self.node,
                             message=f"{len(self.slots)} slots, {len(self.inventory.gpus)} GPUs")
-            elif prev is not None and now - prev > self.cfg.node_timeout:
+            elif back:
                 events.emit(pipe, now, "node_back", node=self.node, message=f"after {now - prev:.0f}s silent")
             pipe.execute()
+        if back:
+            self.reconcile()  # cut off, not restarted: other agents may have recovered its jobs
         self.republish = False
         mono = time.monotonic()
         gap = max(2 * self.cfg.heartbeat_interval + 1, self.cfg.node_timeout / 2)
@@ -325,6 +330,13 @@ class Agent:
             self._note_broker_restart()
             recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl,
                                       watch=self.watch, witness=self.witness)
+
+    def reconcile(self) -> None:
+        """Drop from this node's keys what other agents recovered while it was down or cut off."""
+        back, dropped = recovery.reconcile_own(self.conn, self.node)
+        if back or dropped:
+            log.warning("back after being counted down: %d job(s) taken but not claimed put back in line, "
+                        "%d hold(s) of jobs recovered elsewhere dropped", back, dropped)
 
     def _note_broker_restart(self) -> None:
         """A restarted broker means every node missed heartbeats: watch them all afresh."""
@@ -411,9 +423,9 @@ class Agent:
                 log.info("gave back %d job(s) taken but not started", n)
             now = self.broker_time()
             with self.conn.pipeline(transaction=False) as pipe:
-                pipe.hset(keys.node(self.node), mapping=_pick(NodeRecord(), "ready", "slots"))
-                # An orderly exit is not a node loss: age the heartbeat past the timeout.
-                pipe.zadd(keys.NODES, {self.node: now - self.cfg.node_timeout - 1})
+                # An orderly exit is not a node loss: the heartbeat aged past the timeout.
+                pipe.hset(keys.node(self.node), mapping=_pick(NodeRecord(beat=now - self.cfg.node_timeout - 1),
+                                                              "ready", "slots", "beat"))
                 events.emit(pipe, now, "node_left", node=self.node, message="agent stopped")
                 pipe.execute()
         except redis.RedisError as e:
@@ -432,6 +444,13 @@ def lenient_load(data: dict) -> Load:
     except CorruptRecord as e:
         log.warning("%s", e)
         return Load()
+
+
+def _float(v: bytes | None) -> float | None:
+    try:
+        return float(v) if v else None
+    except ValueError:
+        return None
 
 
 def _text(v: bytes | str) -> str:

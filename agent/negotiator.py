@@ -5,9 +5,11 @@ listens to it). Their submitter places those that fit at once (gridcore/placing.
 rest are placed here. Every agent runs this loop in a thread: it waits on the wake list that
 every release of resources or of a sweep's throttle slot pushes to (`reservations.release`),
 and runs a pass at once when woken, or every heartbeat interval when not (the safety net:
-a job that waits for a node to come back, or to be resumed). One agent at a time runs a pass
-(under a lock); the pass reads a bounded window of the queue and places, by priority then
-age, each job that fits now, by `placing.PLACE` (atomic, so racing submitters are harmless).
+a job that waits for a node to come back, or to be resumed). An agent places onto its own node
+only (its ACL user can write no other node's reservations): every node fills itself. One pass
+at a time per node (under a lock); the pass reads a bounded window of the queue and places, by
+priority then age, each job that fits now, by `placing.PLACE` (atomic, so racing submitters
+are harmless).
 A job that fits nowhere now keeps a plain-words reason per node, shown by `grid why` and the
 console, written by the periodic pass. A slot whose job had been placed (or was in a throttled
 sweep) also runs a quick pass itself as the job ends (agent/perform.py), before it looks for
@@ -52,9 +54,13 @@ return 0
 
 
 class Negotiator:
-    def __init__(self, conn: redis.Redis, owner: str):
+    def __init__(self, conn: redis.Redis, owner: str, node: str | None = None):
+        """`node`: the one node this placer places onto (an agent's own); None: any node (a
+        placer running as operator)."""
         self.conn = conn
         self.owner = owner
+        self.node = node
+        self._lock_key = keys.placing_lock(node) if node else keys.NEGOTIATOR_LOCK
         self.placer = Placer(conn)
         self._mutex = threading.Lock()  # the loop's thread and a caller's run_once: one pass at a time
         self._read: dict[str, Waiting | str] = {}  # waiting job id -> its record (unchanged while it waits)
@@ -79,7 +85,7 @@ class Negotiator:
                 return self._pass(full, *survey)
             finally:
                 if lock:
-                    self._unlock(keys=[keys.NEGOTIATOR_LOCK], args=[token])
+                    self._unlock(keys=[self._lock_key], args=[token])
 
     def _survey(self, token: str, full: bool, lock: bool) -> tuple[list[str], View] | None:
         """Take the pass lock and read the waiting jobs' ids and the grid, in one round trip
@@ -91,7 +97,7 @@ class Negotiator:
                          if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel})
         with self.conn.pipeline(transaction=False) as pipe:
             if lock:
-                pipe.set(keys.NEGOTIATOR_LOCK, token, nx=True, ex=LOCK_TTL)
+                pipe.set(self._lock_key, token, nx=True, ex=LOCK_TTL)
             else:
                 pipe.echo("unlocked")  # keeps the replies' order
             pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, (WINDOW if full else EVENT_WINDOW) + PREFETCH - 1)
@@ -101,7 +107,7 @@ class Negotiator:
             raise locked
         if not locked:
             return None
-        view = take_view(replies, self._names, groups)
+        view = take_view(replies, self._names, groups, mine=self.node)
         if view is None:  # a node joined or left since the last pass, or a bad key or entry
             view = self._careful_view(groups)
             self._names = [n.name for n in view.nodes]
@@ -110,9 +116,11 @@ class Negotiator:
 
     def _careful_view(self, groups: list[str]) -> View:
         """The grid read key by key; held entries that are no HeldEntry (the reserve script
-        counts them as nothing) are set aside for good, then the grid is read again."""
+        counts them as nothing) are set aside for good, then the grid is read again. An agent
+        sets aside its own node's only: another node's are that node's to set aside."""
         corrupt: list[Corrupt] = []
         view = self.placer.view(groups, corrupt=corrupt)
+        corrupt = [c for c in corrupt if self.node is None or c.node == self.node]
         if not corrupt:
             return view
         for c in corrupt:
@@ -137,7 +145,7 @@ class Negotiator:
             self.quarantine.list_item(keys.rq_queue(keys.PENDING_QUEUE), jid, why, job=jid)
         jobs = [w for i in window if isinstance(w := self._read[i], Waiting)]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
-        out = self.placer.place(jobs, view=view, explain_rest=None if full else ())
+        out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node)
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)

@@ -1,7 +1,12 @@
 """Node loss: jobs that were running on a node that stopped heartbeating are lost and retried.
 
 Any agent may do this for any down node (one at a time, under a lock); an agent also does it
-for its own node at start, for what its earlier incarnation was running.
+for its own node at start, for what its earlier incarnation was running. An agent writes no key
+of another node (its ACL user may not): a down node's jobs are requeued, lost or finished
+through their own, the shared and RQ's keys, and the down node's running, taking and held
+entries stay as they were. So each step reads the job's own state first (a stale entry read
+again changes nothing), readers count nothing a down node holds, and a node coming back
+reconciles its own keys before it takes work (`reconcile_own`).
 """
 
 from __future__ import annotations
@@ -17,20 +22,22 @@ from agent.rqadapter.book import RQBook
 from gridcore import events, keys
 from gridcore.models import NodeState, node_state
 from gridcore.nodekeys import NodeSigner
-from gridcore.records import ActiveEntry, JobMeta, RunningEntry, lenient
+from gridcore.records import ActiveEntry, JobMeta, NodeRecord, RunningEntry, lenient, text
 from gridcore.reservations import release
 
 log = logging.getLogger("grid.recovery")
 
 
 def reclaim(conn: redis.Redis, node: str, now: float, reason: str, ttl: int, worker: str | None = None,
-            witness: NodeSigner | None = None) -> list[str]:
+            witness: NodeSigner | None = None, foreign: bool = False) -> list[str]:
     """Mark every job running on `node` (or in its slot `worker`) lost; requeue it while it
     has lost-retries left. Jobs claimed there but never started go back in line as they are.
-    `witness`: the reclaiming node's key, which signs each lost record."""
+    `witness`: the reclaiming node's key, which signs each lost record. `foreign`: `node` is
+    another node (its keys are left as they are)."""
     book = RQBook(conn, ttl)
+    others = [text(n) for n in conn.zrange(keys.NODES, 0, -1) if text(n) != node]
     return [job_id for job_id in jobs_of(conn, node, worker)
-            if _reclaim_one(conn, book, node, job_id, now, reason, witness)]
+            if _reclaim_one(conn, book, node, job_id, now, reason, witness, others, foreign)]
 
 
 def jobs_of(conn: redis.Redis, node: str, worker: str | None = None) -> list[str]:
@@ -50,7 +57,7 @@ def jobs_of(conn: redis.Redis, node: str, worker: str | None = None) -> list[str
 
 
 def _reclaim_one(conn: redis.Redis, book: RQBook, node: str, job_id: str, now: float, reason: str,
-                 witness: NodeSigner | None) -> bool:
+                 witness: NodeSigner | None, others: list[str], foreign: bool) -> bool:
     # WATCH what a slot recording the job's end writes (node_running) and what this writes
     # (the job's hash, which that slot WATCHes): whichever commits first wins, the other
     # sees it and stands down, so a job never both finishes and gets requeued.
@@ -66,16 +73,17 @@ def _reclaim_one(conn: redis.Redis, book: RQBook, node: str, job_id: str, now: f
                 attempt = JobAttempt(conn, book, job, None, node=node, worker=entry.worker or "",
                                      result_ttl=book.result_ttl, slot=entry.slot) if job is not None else None
                 if attempt is None:
-                    pipe.multi()
-                    pipe.hdel(keys.node_running(node), job_id)  # the job is gone: only its entry goes
-                    pipe.execute()
+                    if not foreign:
+                        pipe.multi()
+                        pipe.hdel(keys.node_running(node), job_id)  # the job is gone: only its entry goes
+                        pipe.execute()
                     return False
                 if entry.phase == "claimed":
-                    return attempt.requeue_claimed(pipe)
+                    return attempt.requeue_claimed(pipe, others, foreign)
                 if entry.phase == "ended":
                     pipe.reset()
-                    return attempt.complete_recorded()
-                return attempt.lost(pipe, now, reason, witness)
+                    return attempt.complete_recorded(foreign)
+                return attempt.lost(pipe, now, reason, witness, foreign)
             except redis.WatchError:
                 continue
 
@@ -108,7 +116,9 @@ class NodeWatch:
 
 
 def replace_queued(conn: redis.Redis, node: str) -> int:
-    """Send jobs the grid had placed on a down node (not yet started) back to placement."""
+    """Send jobs the grid had placed on a down node (not yet started) back to placement; what
+    they hold there stays in its keys (counted as nothing while it is down, dropped by it when
+    it is back), their sweep slots are given back."""
     nq = keys.node_queue(node)
     moved = 0
     for raw in conn.lrange(keys.rq_queue(nq), 0, -1):
@@ -118,7 +128,7 @@ def replace_queued(conn: redis.Redis, node: str) -> int:
             continue  # pinned by the user to this node: it waits for the node
         with conn.pipeline() as pipe:
             RQBook.move_waiting(pipe, job_id, nq, keys.PENDING_QUEUE)
-            release(pipe, job_id, node, meta.group)
+            release(pipe, job_id, None, meta.group)
             pipe.execute()
         moved += 1
     return moved
@@ -129,12 +139,15 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
     """Reclaim the jobs of every other node whose heartbeat is older than `node_timeout`
     (and, with a `watch`, that this agent has seen stand still for that long)."""
     reclaimed = []
-    for raw, score in conn.zrange(keys.NODES, 0, -1, withscores=True):
-        node = raw.decode()
-        if node == me:
-            continue
-        silent = watch.silent_for(node, score) if watch is not None else None
-        age = now - score
+    names = [text(n) for n in conn.zrange(keys.NODES, 0, -1) if text(n) != me]
+    with conn.pipeline(transaction=False) as pipe:
+        for node in names:
+            pipe.hget(keys.node(node), "beat")
+        beats = pipe.execute(raise_on_error=False)
+    for node, raw in zip(names, beats, strict=True):
+        beat = NodeRecord.decode({"beat": raw} if isinstance(raw, bytes) else {}, keys.node(node)).beat
+        silent = watch.silent_for(node, beat or 0.0) if watch is not None else None
+        age = None if beat is None else now - beat
         if node_state(age, 0.0, node_timeout, False) is not NodeState.DOWN:
             continue
         if silent is not None and silent < node_timeout:
@@ -145,15 +158,27 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
         if not conn.set(keys.reclaim_lock(node), me, nx=True, ex=30):
             continue
         try:
-            if running:
+            lost = reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl, witness=witness,
+                           foreign=True) if running else []
+            if lost:  # its entries stay (not this agent's to drop): say it once, when jobs were lost
                 with conn.pipeline() as pipe:
-                    events.emit(pipe, now, "node_down", node=node, message=f"no heartbeat for {age:.0f}s")
+                    silence = "no heartbeat" if age is None else f"no heartbeat for {age:.0f}s"
+                    events.emit(pipe, now, "node_down", node=node, message=f"{silence}; {len(lost)} job(s) lost")
                     pipe.execute()
-                reclaimed += reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl,
-                                     witness=witness)
-            if claim.give_back(conn, node):
+            reclaimed += lost
+            if claim.give_back_checked(conn, node, [me, *names], keep=True):
                 log.warning("node %s: jobs it took off their queues, unclaimed, are back in line", node)
             replace_queued(conn, node)
         finally:
             conn.delete(keys.reclaim_lock(node))
     return reclaimed
+
+
+def reconcile_own(conn: redis.Redis, node: str) -> tuple[int, int]:
+    """At an agent's start, after its own reclaim: drop from this node's keys what other agents
+    recovered while it was down (they could not write them). What its waits took goes back in
+    line unless it is back already or another node took it; what it held for jobs no longer
+    its own is given back. Returns (jobs put back, holds dropped)."""
+    others = [text(n) for n in conn.zrange(keys.NODES, 0, -1)]
+    back = claim.give_back_checked(conn, node, others, keep=False)
+    return back, claim.reconcile_held(conn, node)

@@ -7,13 +7,19 @@ visibly missing. What each role may do:
   Not `gridsecret:*`: jobs' env values live there (gridcore/secretenv.py).
 - operator: read and write `grid:*`, `rq:*` and `gridsecret:*`, publish RQ's stop-job commands; no admin
   commands (ACL, CONFIG, FLUSH*, KEYS, DEBUG, ...).
-- agent <node>: read everything of the grid; write RQ's keys (job records, queues, registries,
-  workers: an RQ worker writes all of them), its own node's keys, job output/results/attempts
-  and env values (a node reads them to run a job, and ends their life with the job's),
-  replay counters, and the coordination keys every live agent shares (heartbeat set, events,
-  the quarantine of corrupt records, active jobs, every node's `running`/`held` hashes and sweep slots: agents place pending jobs
-  on other nodes and reclaim a dead node's jobs). It cannot write another node's inventory,
-  flags, job list or GPUs, and holds no signing key, so it cannot make any node run anything.
+- agent <node>: read everything of the grid; write its own node's keys (`grid:node:<node>` and
+  `grid:node:<node>:*`: inventory, heartbeat, reservations, running and taking lists, GPUs, its
+  placement lock), the per-job keys (output, results, attempts, cancel flags, replay counters, env values:
+  a node reads them to run a job, and ends their life with the job's),
+  RQ's keys (job records, queues, registries, workers: an RQ worker writes all of them), and the
+  coordination keys that belong to no node (events, history, active jobs, priorities, placement
+  reasons and wake-ups, sweep slots and usage, reclaim locks, the quarantine, the write probe).
+  The registry of node names (`grid:nodes`) it may only add to (ZADD, through an ACL selector);
+  nothing but a name is believed from it. It cannot write any key of another node: it places
+  jobs onto its own node only, and recovers a dead node's jobs through job and RQ keys alone,
+  leaving the dead node's own keys for it to reconcile when it comes back. It holds no signing
+  key, so it cannot make any node run anything; it can still write the job-level and RQ keys of
+  any job (requeue, cancel or fail another node's jobs: denial of service, never a forged run).
 """
 
 from __future__ import annotations
@@ -77,7 +83,8 @@ class AclUser:
         args = [self.name, "reset", "on"]
         if password is not None:
             args.append("#" + hashlib.sha256(password.encode()).hexdigest())
-        return "ACL SETUSER " + " ".join(args + list(self.rules))
+        # A selector holds a space: quoted, as redis-cli reads one argument.
+        return "ACL SETUSER " + " ".join(f'"{a}"' if " " in a else a for a in args + list(self.rules))
 
 
 def viewer_rules() -> tuple[str, ...]:
@@ -96,16 +103,20 @@ def agent_write_keys(node: str) -> tuple[str, ...]:
     """Grid key patterns an agent for `node` writes (read-write); it reads all of `grid:*`."""
     check_node(node)
     own = (keys.node(node), keys.node(node) + ":*")
-    # Any live agent places pending jobs on other nodes and reclaims a dead node's jobs.
+    # Shared by all agents and per no node: another node's keys are in none of these patterns.
     coordination = (
-        keys.node_running(ANY), keys.node_held(ANY), keys.node_taking(ANY), keys.group_slots(ANY),
-        keys.group_usage(ANY, ANY),
-        keys.NODES, keys.EVENTS, keys.HISTORY, keys.ACTIVE, keys.GRID_ID, keys.WHY, keys.PRIORITY,
-        keys.NEGOTIATOR_LOCK, keys.PLACE_WAKE, keys.reclaim_lock(ANY), keys.QUARANTINE, keys.WRITE_PROBE,
+        keys.group_slots(ANY), keys.group_usage(ANY, ANY),
+        keys.EVENTS, keys.HISTORY, keys.ACTIVE, keys.GRID_ID, keys.WHY, keys.PRIORITY,
+        keys.PLACE_WAKE, keys.reclaim_lock(ANY), keys.QUARANTINE, keys.WRITE_PROBE,
     )
     per_job = (keys.output(ANY), keys.result(ANY), keys.attempts(ANY), keys.cancel(ANY), keys.nonce(ANY),
                keys.secret_env(ANY))
     return own + coordination + per_job
+
+
+REGISTRY = f"(~{keys.NODES} +zadd)"
+"""ACL selector: an agent adds its name to the registry of nodes and can do nothing else to it
+(no ZREM, DEL, ZINCRBY, ZPOPMIN: it cannot make another node vanish from the list)."""
 
 
 def agent_rules(node: str) -> tuple[str, ...]:
@@ -117,6 +128,7 @@ def agent_rules(node: str) -> tuple[str, ...]:
         "~" + keys.rq_pattern(), "%R~" + keys.GRID_PATTERN, *writable,
         # RQ workers listen on rq:pubsub:<worker name>; the agent names its workers <node>.<id>.<slot>.
         "resetchannels", "&" + keys.rq_pubsub(f"{node}.*"),
+        REGISTRY,
     )
 
 

@@ -25,7 +25,9 @@ GRID_ID = f"{PREFIX}:id"
 """String: this grid's random identity, set by the first agent (scopes process markers)."""
 
 NODES = f"{PREFIX}:nodes"
-"""Sorted set: node name -> last heartbeat (broker time, seconds)."""
+"""Sorted set: the registry of node names -> when each first registered (broker time). Any agent
+may add to it (ZADD only), so nothing but a name is believed from it: a node's liveness is the
+`beat` field of its own hash, which that node alone writes."""
 
 EVENTS = f"{PREFIX}:events"
 """Stream of grid events (submitted, started, finished, failed, canceled, node up/down...)."""
@@ -61,7 +63,7 @@ collect` copies it to the append-only store that outlives `result_ttl` (gridcore
 
 
 def node(name: str) -> str:
-    """Hash: a node's inventory, live load and flags (draining)."""
+    """Hash: a node's inventory, live load, heartbeat (`beat`, broker time) and flags (draining)."""
     return f"{PREFIX}:node:{name}"
 
 
@@ -286,7 +288,13 @@ PENDING_QUEUE = "grid.pending"
 """RQ queue (no slot listens) where jobs wait for placement: resources, priority, throttles."""
 
 NEGOTIATOR_LOCK = f"{PREFIX}:lock:negotiator"
-"""String lock: one agent at a time runs the placement pass."""
+"""String lock: one pass at a time of the placers that place onto any node (run as operator);
+an agent's pass, onto its own node only, takes `placing_lock(node)` instead."""
+
+
+def placing_lock(name: str) -> str:
+    """String lock: one placement pass at a time onto a node (its agent places onto itself only)."""
+    return f"{PREFIX}:node:{name}:placing"
 
 PLACE_WAKE = f"{PREFIX}:placement:wake"
 """List of at most one token: pushed whenever a job gives back what it held (resources, a

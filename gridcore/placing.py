@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import redis
 
 from gridcore import keys
-from gridcore.models import Node, Resources
+from gridcore.models import Node, NodeState, Resources
 from gridcore.placement import Committed, Fit, choose_node, explain
 from gridcore.reads import Reads
 from gridcore.records import NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
@@ -162,13 +162,15 @@ class Placer:
         return self.place(jobs, view=view, explain_rest=())  # view None (a node joined): read again
 
     def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
-              view: View | None = None) -> Outcome:
+              view: View | None = None, onto: str | None = None) -> Outcome:
         """Place what fits now, highest priority then oldest first, throttles respected.
 
         A job that does not fit gets its reason in `Outcome.whys` when its id is in
         `explain_rest` (None: every job): naming each node's reason costs a pass more than
         placing does, so the submitter and a woken pass name none. `view`:
-        what the caller read of the grid for this (None: read now)."""
+        what the caller read of the grid for this (None: read now). `onto`: the one node jobs
+        may be placed on (an agent places onto itself only: no agent writes another node's
+        reservations); a job that fits another node now gets no reason, that node places it."""
         order = sorted(jobs, key=lambda w: (-w.meta.priority, w.meta.submitted or 0))
         out = Outcome()
         if not order:
@@ -179,6 +181,7 @@ class Placer:
         running.update(self.throttles(missing))
         want = None if explain_rest is None else set(explain_rest)
         by_name = {n.name: n for n in nodes}
+        candidates = nodes if onto is None else [n for n in nodes if n.name == onto]
         for w in order:
             meta = w.meta
             group, limit = meta.group, meta.max_parallel or 0
@@ -188,9 +191,14 @@ class Placer:
                 continue
             res = meta.resources.resources()
             queue = meta.queue or "default"
-            choice = choose_node(res, nodes, committed, queue=queue)
+            choice = choose_node(res, candidates, committed, queue=queue)
+            if choice is not None and onto is not None and not res.gpus and by_name[onto].gpus:
+                best = choose_node(res, nodes, committed, queue=queue)
+                if best is not None and not by_name[best.node].gpus:
+                    choice = None  # a node without GPUs takes it (its own pass): GPU nodes are kept for GPU jobs
             if choice is None:
-                if want is None or w.id in want:
+                if (want is None or w.id in want) and (onto is None or choose_node(res, nodes, committed, queue=queue)
+                                                       is None):
                     out.whys[w.id] = _why_not(res, nodes, committed, queue)
                 continue
             node = by_name[choice.node]
@@ -213,8 +221,9 @@ class Placer:
         """The grid as placement sees it now (the nodes named by the broker's own list); held
         entries that are no HeldEntry count as nothing and are listed in `corrupt`."""
         nodes = self.reads.nodes()
-        return View(nodes, self.reservations.committed([n.name for n in nodes], corrupt=corrupt),
-                    self.throttles(groups))
+        live = [n.name for n in nodes if n.state is not NodeState.DOWN]  # a down node's held: see held_sum
+        committed = {n.name: Committed() for n in nodes} | self.reservations.committed(live, corrupt=corrupt)
+        return View(nodes, committed, self.throttles(groups))
 
     def throttles(self, groups: Iterable[str]) -> dict[str, int]:
         """Sweep id -> how many of its jobs are placed or running."""
@@ -245,7 +254,7 @@ class Placer:
 def ask_view(pipe, names: Sequence[str], groups: Sequence[str]) -> None:
     """Queue on `pipe` the reads of a `View` of nodes `names` and sweeps `groups` (`take_view`)."""
     pipe.time()
-    pipe.zrange(keys.NODES, 0, -1, withscores=True)
+    pipe.zrange(keys.NODES, 0, -1)
     for n in names:
         pipe.hmget(keys.node(n), NODE_FIELDS)
         pipe.hkeys(keys.node_running(n))
@@ -254,30 +263,44 @@ def ask_view(pipe, names: Sequence[str], groups: Sequence[str]) -> None:
         pipe.scard(keys.group_slots(g))
 
 
-def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str]) -> View | None:
+def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str], mine: str | None = None) -> View | None:
     """The `View` from the replies (read with `raise_on_error=False`) of `ask_view`'s reads;
     None if the grid's nodes are not `names` (a node joined or left), or if any reply is an
     error or a held entry is no HeldEntry: then `Placer.view` reads it again the careful way
-    (each bad key failing alone, bad held entries listed to be set aside)."""
+    (each bad key failing alone, bad held entries listed to be set aside). With `mine` (an
+    agent placing onto its own node), only that node's bad held entries count: another node's
+    count as nothing, and its own agent sets them aside (no agent writes another's keys)."""
     if any(isinstance(x, Exception) for x in replies):
         return None
     (sec, usec), members = replies[0], replies[1]
-    if [text(m) for m, _ in members] != list(names):
+    if [text(m) for m in members] != list(names):
         return None
     now = sec + usec / 1e6
     nodes, committed, seen = [], {}, []
-    for i, (m, beat) in enumerate(members):
-        name = text(m)
+    for i, name in enumerate(names):
         fields, running, held = replies[2 + 3 * i: 5 + 3 * i]
-        nodes.append(node_view(name, dict(zip(NODE_FIELDS, fields, strict=True)), running, now - beat))
-        c = Committed()
-        for k, v in held.items():
-            e = salvage(HeldEntry, v, f"{keys.node_held(name)} {text(k)}", seen) or HeldEntry()
-            c = c.plus(Resources(cpus=e.cpus, memory=e.memory), e.gpus)
-        committed[name] = c
+        node = node_view(name, dict(zip(NODE_FIELDS, fields, strict=True)), running, now)
+        nodes.append(node)
+        bad: list[str] = []
+        committed[name] = held_sum(name, node, held, bad)
+        if mine is None or name == mine:
+            seen += bad
     if seen:
         return None
     return View(nodes, committed, dict(zip(groups, replies[2 + 3 * len(names):], strict=True)))
+
+
+def held_sum(name: str, node: Node, held: Mapping[bytes, bytes], seen: list[str]) -> Committed:
+    """What node `name` has committed by its held hash; nothing for a down node (what its keys
+    still hold, recovery gave back without writing them; the node reconciles them when back).
+    Entries that are no HeldEntry count as nothing and are named in `seen`."""
+    c = Committed()
+    if node.state is NodeState.DOWN:
+        return c
+    for k, v in held.items():
+        e = salvage(HeldEntry, v, f"{keys.node_held(name)} {text(k)}", seen) or HeldEntry()
+        c = c.plus(Resources(cpus=e.cpus, memory=e.memory), e.gpus)
+    return c
 
 
 def _unfit(size: int | Exception) -> str:

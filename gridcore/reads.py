@@ -381,37 +381,38 @@ class Reads:
     # ---- nodes --------------------------------------------------------------------------
 
     def nodes(self) -> list[Node]:
-        """Every node that ever heartbeated, with its state by heartbeat age (broker time)."""
-        beats = self._heartbeats()
+        """Every registered node, with its state by the age of its own heartbeat (broker time)."""
+        now, names = self._registry()
         with self.redis.pipeline(transaction=False) as pipe:
-            for name, _ in beats:
+            for name in names:
                 pipe.hmget(keys.node(name), NODE_FIELDS)
                 pipe.hkeys(keys.node_running(name))
             # A node key of another type (anyone can write one) reads as empty, for that node only.
             r = pipe.execute(raise_on_error=False)
         r = [([None] * len(NODE_FIELDS) if i % 2 == 0 else []) if isinstance(x, redis.ResponseError) else x
              for i, x in enumerate(r)]
-        return [node_view(name, dict(zip(NODE_FIELDS, r[2 * i], strict=True)), r[2 * i + 1], age)
-                for i, (name, age) in enumerate(beats)]
+        return [node_view(name, dict(zip(NODE_FIELDS, r[2 * i], strict=True)), r[2 * i + 1], now)
+                for i, name in enumerate(names)]
 
     def node_states(self) -> dict[str, NodeState]:
         """Every node's state, as `nodes()` gives it, without its inventory, load or jobs."""
-        beats = self._heartbeats()
+        now, names = self._registry()
         with self.redis.pipeline(transaction=False) as pipe:
-            for name, _ in beats:
+            for name in names:
                 pipe.hmget(keys.node(name), STATE_FIELDS)
-            r = pipe.execute()
-        return {name: node_view_state(name, dict(zip(STATE_FIELDS, fields, strict=True)), age)
-                for (name, age), fields in zip(beats, r, strict=True)}
+            r = [[None] * len(STATE_FIELDS) if isinstance(x, redis.ResponseError) else x
+                 for x in pipe.execute(raise_on_error=False)]
+        return {name: node_view_state(name, dict(zip(STATE_FIELDS, fields, strict=True)), now)
+                for name, fields in zip(names, r, strict=True)}
 
-    def _heartbeats(self) -> list[tuple[str, float]]:
-        """(name, heartbeat age in broker seconds) of every node, oldest heartbeat first."""
+    def _registry(self) -> tuple[float, list[str]]:
+        """Broker time now and the registered node names (their scores mean nothing: any agent
+        may add to the registry; each node's heartbeat is in its own hash)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.zrange(keys.NODES, 0, -1, withscores=True)
+            pipe.zrange(keys.NODES, 0, -1)
             now_raw, members = pipe.execute()
-        now = now_raw[0] + now_raw[1] / 1e6
-        return [(text(m), now - score) for m, score in members]
+        return now_raw[0] + now_raw[1] / 1e6, [text(m) for m in members]
 
     def node(self, name: str) -> Node | None:
         """One node by name, or None."""

@@ -18,7 +18,7 @@ from gridcore.signedview import Signed, disagreements, signed_params
 JOB_FIELDS = ("status", "origin", "meta", "description", "retries_left")
 """The fields of RQ's job hash a `Job` is made of."""
 
-STATE_FIELDS = ("hb_interval", "node_timeout", "draining")
+STATE_FIELDS = ("hb_interval", "node_timeout", "draining", "beat")
 """The node hash fields its state needs besides the heartbeat age."""
 
 
@@ -102,14 +102,20 @@ def _count(raw: bytes | None, default: int | None) -> int | None:
     return int(value) if value.isdigit() and len(value) < 10 else default
 
 
-def node_view(name: str, fields: dict, running: Sequence[bytes], age: float) -> Node:
-    """One node from its hash (any of records.NODE_FIELDS), its running jobs and its heartbeat age."""
+def node_view(name: str, fields: dict, running: Sequence[bytes], now: float) -> Node:
+    """One node from its hash (any of records.NODE_FIELDS) and its running jobs, at broker time `now`."""
     rec = NodeRecord.decode(fields, keys.node(name))
     inv, load = rec.inventory, rec.load
+    age = rec.age(now)
+    state = node_state(age, rec.hb_interval, rec.node_timeout, rec.draining)
+    if state is NodeState.DOWN:
+        # What a down node's keys still say it runs is no longer so: recovery reran those jobs
+        # elsewhere without writing its keys, and the node drops the stale entries when it is back.
+        running = ()
     return Node(
         name=name,
-        state=node_state(age, rec.hb_interval, rec.node_timeout, rec.draining),
-        heartbeat_age=max(age, 0.0),
+        state=state,
+        heartbeat_age=None if age is None else max(age, 0.0),
         cpus=inv.cpus,
         cpus_physical=inv.cpus_physical,
         cpu_model=inv.cpu_model,
@@ -137,7 +143,7 @@ def node_view(name: str, fields: dict, running: Sequence[bytes], age: float) -> 
     )
 
 
-def node_view_state(name: str, fields: dict, age: float) -> NodeState:
-    """A node's state from its `STATE_FIELDS` alone, as `node_view` gives it."""
+def node_view_state(name: str, fields: dict, now: float) -> NodeState:
+    """A node's state from its `STATE_FIELDS` alone at broker time `now`, as `node_view` gives it."""
     rec = NodeRecord.decode(fields, keys.node(name))
-    return node_state(age, rec.hb_interval, rec.node_timeout, rec.draining)
+    return node_state(rec.age(now), rec.hb_interval, rec.node_timeout, rec.draining)

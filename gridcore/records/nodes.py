@@ -51,7 +51,7 @@ class Load(JsonRecord):
 
 
 NODE_FIELDS = ("inventory", "load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname",
-               "queues", "started", "ready", "draining", "drain_reason", "version")
+               "queues", "started", "ready", "draining", "drain_reason", "version", "beat")
 """The fields of a node's hash."""
 
 
@@ -77,6 +77,7 @@ class NodeRecord:
     draining: bool = False
     drain_reason: str | None = None
     version: str | None = None  # the agent's package version (nodes are upgraded one at a time)
+    beat: float | None = None  # the last heartbeat (broker time): written by the node alone
     problems: tuple[str, ...] = ()
 
     def encode(self) -> dict[str, str]:
@@ -87,7 +88,7 @@ class NodeRecord:
             "agent_pid": "" if self.agent_pid is None else str(self.agent_pid), "agent_id": self.agent_id or "",
             "hostname": self.hostname or "", "queues": json.dumps(list(self.queues)),
             "started": "" if self.started is None else repr(self.started), "ready": self.ready,
-            "version": self.version or "",
+            "version": self.version or "", "beat": "" if self.beat is None else repr(self.beat),
         }
 
     @classmethod
@@ -102,7 +103,7 @@ class NodeRecord:
         if load is not None:
             out["load"] = load
         for name, conv in (("slots", _count), ("hb_interval", _positive), ("node_timeout", _positive),
-                           ("agent_pid", _count), ("started", _positive)):
+                           ("agent_pid", _count), ("started", _positive), ("beat", _positive)):
             raw = h.get(name)
             if raw in (None, ""):
                 continue
@@ -122,6 +123,10 @@ class NodeRecord:
                 out["queues"] = tuple(str(q)[:256] for q in queues[:256])
         out["draining"] = h.get("draining") == "1"
         return cls(**out, problems=tuple(problems))
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the node's last heartbeat at broker time `now`; None if it never beat."""
+        return None if self.beat is None else now - self.beat
 
     @staticmethod
     def drain_fields(draining: bool, reason: str = "") -> dict[str, str]:

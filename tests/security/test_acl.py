@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from gridcore import acl, keys
 from gridcore.client import Grid
 from gridcore.connection import connect
-from gridcore.models import JobSpec, JobState
+from gridcore.models import JobSpec, JobState, NodeState
 from gridcore.signing import SigningError
 from tests.security import forge
 from tests.support.cli import call_cli
@@ -159,3 +159,42 @@ def test_agent_user_cannot_make_jobs_run_nor_touch_other_nodes(settings, grid, u
     denied(lambda: me.redis.execute_command("ACL", "LIST"))
     denied(lambda: me.redis.flushdb())
     no_permission_errors(agent)
+
+
+@pytest.mark.both_brokers
+def test_an_agent_writes_no_key_of_another_node(settings, grid, users, node):
+    """One compromised node cannot touch another's reservations, jobs, claims, GPUs, inventory
+    or heartbeat, nor fake its liveness through the shared registry of node names."""
+    other = f"{node}-b"
+    me = as_user(settings, users[node])
+    for call in (
+        lambda: me.redis.hset(keys.node_held(other), "j", '{"cpus": 64}'),
+        lambda: me.redis.hdel(keys.node_held(other), "j"),
+        lambda: me.redis.hset(keys.node_running(other), "j", "0"),
+        lambda: me.redis.hdel(keys.node_running(other), "j"),
+        lambda: me.redis.rpush(keys.node_taking(other), "j"),
+        lambda: me.redis.rpop(keys.node_taking(other)),
+        lambda: me.redis.hset(keys.node_gpus(other), "0", "j"),
+        lambda: me.redis.hset(keys.node(other), "beat", str(grid.broker_time())),
+        lambda: me.redis.hset(keys.node(other), "inventory", "{}"),
+        lambda: me.redis.delete(keys.node(other)),
+        # The registry of names: add only, never remove or rewrite.
+        lambda: me.redis.zrem(keys.NODES, other),
+        lambda: me.redis.delete(keys.NODES),
+        lambda: me.redis.zincrby(keys.NODES, 100, other),
+        lambda: me.redis.zpopmin(keys.NODES),
+    ):
+        denied(call)
+    # What n2's agent writes of itself, n2's ACL user may write; n1 writes its own the same way.
+    them = as_user(settings, users[other])
+    for agent, name in ((me, node), (them, other)):
+        now = agent.broker_time()
+        agent.redis.hset(keys.node_held(name), "j", '{"cpus": 1}')
+        agent.redis.hset(keys.node_running(name), "j", "0")
+        agent.redis.rpush(keys.node_taking(name), "j")
+        agent.redis.zadd(keys.NODES, {name: now}, nx=True)
+    them.redis.hset(keys.node(other), mapping={"beat": repr(them.broker_time() - 3600), "node_timeout": "30"})
+    # n2 went silent an hour ago; n1 re-adds it to the registry with a fresh score: it stays down.
+    me.redis.zadd(keys.NODES, {other: me.broker_time(), f"{other}-ghost": me.broker_time()})
+    states = {n.name: n.state for n in grid.nodes()}
+    assert states[other] is NodeState.DOWN and states[f"{other}-ghost"] is NodeState.DOWN, states

@@ -33,7 +33,7 @@ def put_node(r: redis.Redis, name: str, heartbeat: float, record: NodeRecord | N
     """Node `name`'s hash from `record` (node_record() if None) with its last heartbeat at broker
     time `heartbeat`; its drain flag and reason written as an operator's drain writes them."""
     record = record or node_record()
-    fields = record.encode() | {"draining": "1" if record.draining else "0"}
+    fields = record.encode() | {"draining": "1" if record.draining else "0", "beat": repr(heartbeat)}
     if record.drain_reason:
         fields["drain_reason"] = record.drain_reason
     with r.pipeline() as pipe:
