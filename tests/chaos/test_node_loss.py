@@ -203,7 +203,9 @@ def test_a_claimed_job_of_a_dead_node_goes_back_in_line(agents, grid, r, cleanup
     agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
     states = assert_accounted(r, grid, [jid], timeout=30)
     assert states[jid] is JobState.FINISHED and grid.get(jid).stdout == "rescued\n"
-    assert not r.hexists(keys.node_running("ghost"), jid) and not r.llen(keys.node_taking("ghost"))
+    # Recovery wrote no key of the dead node (node-a's ACL user may not): what it left is its own
+    # to drop when it is back, and counts for nothing while it is down.
+    assert r.hexists(keys.node_running("ghost"), jid) or r.lrange(keys.node_taking("ghost"), 0, -1) == [jid.encode()]
 
 
 def test_a_dead_slots_recorded_failure_is_retried_after_its_backoff(agents, grid, r, cleanup_jobs):
@@ -228,4 +230,4 @@ def test_a_dead_slots_recorded_failure_is_retried_after_its_backoff(agents, grid
     assert states[jid] is JobState.FINISHED and grid.get(jid).stdout == "rerun\n"
     assert attempts(grid, jid) == [("ghost", "exit"), ("node-a", None)]
     assert any(e.kind == "retried" and e.job == jid for e in grid.events())
-    assert not r.hexists(keys.node_running("ghost"), jid)
+    assert r.hexists(keys.node_running("ghost"), jid)  # the dead node's own key: left to it

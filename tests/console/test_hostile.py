@@ -30,7 +30,7 @@ def plant(r, grid) -> str:
                                          "node": {"nested": EVIL}, "stdout": EVIL}))
     now = grid.broker_time()
     r.zadd(keys.NODES, {"evil\x1b[5m": now})
-    r.hset(keys.node("evil\x1b[5m"), mapping={
+    r.hset(keys.node("evil\x1b[5m"), mapping={"beat": repr(now),
         "inventory": json.dumps({"cpus": 4, "labels": ["[link=http://x]l[/link]"],
                                  "gpus": [{"index": 0, "name": EVIL, "utilization": "hot"}]}),
         "load": json.dumps({"loadavg": ["a", None], "cpu_percent": "x"}),
@@ -79,7 +79,8 @@ async def test_hostile_records_are_shown_inert(make, grid, r):
 async def test_one_malformed_node_does_not_hide_the_others(make, grid, r, agents):
     agents("node-a", slots=1)
     r.zadd(keys.NODES, {"broken": grid.broker_time()})
-    r.hset(keys.node("broken"), mapping={"load": json.dumps({"memory_used": "lots"}), "slots": "many"})
+    r.hset(keys.node("broken"), mapping={"load": json.dumps({"memory_used": "lots"}), "slots": "many",
+                                        "beat": repr(grid.broker_time())})
     app = make()
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.press("3")

@@ -25,12 +25,12 @@ def test_node_states_are_the_states_nodes_gives(r, grid):
     beat(r, grid, "stale", 10)
     beat(r, grid, "down", 100)
     beat(r, grid, "slow", 10, hb_interval=5.0)  # its own interval: 10 s is not stale for it
-    r.zadd(keys.NODES, {"gone": grid.broker_time()})  # a heartbeat but no hash
+    r.zadd(keys.NODES, {"gone": grid.broker_time()})  # a name in the registry, no heartbeat of its own
     running(r, "up", j2=1, j1=0)
     nodes = grid.nodes()
     assert grid.node_states() == {n.name: n.state for n in nodes}
     assert grid.node_states() == {"down": NodeState.DOWN, "stale": NodeState.STALE, "slow": NodeState.UP,
-                                  "up": NodeState.UP, "draining": NodeState.DRAINING, "gone": NodeState.UP}
+                                  "up": NodeState.UP, "draining": NodeState.DRAINING, "gone": NodeState.DOWN}
 
 
 def test_nodes_reads_every_field_a_node_shows(r, grid):

@@ -136,9 +136,11 @@ def test_an_agent_user_may_set_corrupt_records_aside(r, node):
     account = acl.users([node], roles=["agent"])[0]
     acl.apply(r, [account])
     try:
-        for cmd in (("HSET", keys.QUARANTINE, "k", "v"), ("HDEL", keys.node_held("other"), "x"),
+        for cmd in (("HSET", keys.QUARANTINE, "k", "v"), ("HDEL", keys.node_held(node), "x"),
                     ("SREM", keys.rq_dependents("j"), "x"), ("LREM", keys.rq_queue(keys.PENDING_QUEUE), "1", "x")):
             assert r.execute_command("ACL", "DRYRUN", account.name, *cmd) in (b"OK", "OK"), cmd
+        # Another node's corrupt held entries are that node's to set aside (its own placement pass).
+        assert b"no permissions" in r.execute_command("ACL", "DRYRUN", account.name, "HDEL", keys.node_held("other"), "x")
     finally:
         r.execute_command("ACL", "DELUSER", account.name)
 

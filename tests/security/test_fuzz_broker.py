@@ -101,7 +101,7 @@ def poison(r, rnd: random.Random, node: str, running: str, any_type: bool = True
     for key in (keys.QUEUES, keys.rq_queues(), keys.rq_workers(), keys.rq_dependents(running)):
         r.sadd(key, rnd.choice(BAD_IDS) or "-", v()[:64] or "-")
     r.xadd(keys.EVENTS, {"t": v(), "kind": v()[:64], "job": v()[:300], "msg": v()[:1000]})
-    r.set(keys.NEGOTIATOR_LOCK, v()[:64], ex=1)  # a squatter: the lock expires
+    r.set(keys.placing_lock(node), v()[:64], ex=1)  # a squatter: the lock expires
 
 
 def test_fuzzed_broker_stops_no_job_and_no_process(grid, agents, node, r, gate):
