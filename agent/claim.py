@@ -193,13 +193,13 @@ local function has(cmd, key, id)
   return r == 1
 end
 local function elsewhere(id)
-  for i = 5, #ARGV - 1, 2 do
+  for i = 6, #ARGV - 1, 2 do
     if has('HEXISTS', ARGV[i], id) or has('LPOS', ARGV[i + 1], id) then return true end
   end
   return false
 end
-local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-if ARGV[4] ~= '1' then redis.call('DEL', KEYS[1]) end
+local ids = redis.call('LRANGE', ARGV[5], 0, -1)
+if ARGV[4] ~= '1' then redis.call('DEL', ARGV[5]) end
 local n = 0
 for i = #ids, 1, -1 do
   local id = ids[i]
@@ -214,7 +214,8 @@ return n
 """Lua: `give_back`, for a taking list that may be stale (its node was down, and recovery may
 have put its jobs back already): only a job still queued, in no queue, and taken or claimed by
 no other node goes back. ARGV[4] '1': leave the list as it is (another node's: not ours to
-write); then the other nodes' running and taking keys, in pairs."""
+write); ARGV[5] the list (not a KEYS entry: a script's declared keys must be writable by the
+caller's ACL user); then the other nodes' running and taking keys, in pairs."""
 
 
 def give_back_checked(conn, node: str, others, keep: bool) -> int:
@@ -222,8 +223,8 @@ def give_back_checked(conn, node: str, others, keep: bool) -> int:
     `keep`: the list is another node's (left as it is), else this node's own (emptied)."""
     pairs = [k for n in others if n != node for k in (keys.node_running(n), keys.node_taking(n))]
     script = conn.register_script(_GIVE_BACK_CHECKED)
-    return int(script(keys=[keys.node_taking(node)],
-                      args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY, "1" if keep else "0", *pairs]))
+    return int(script(keys=[], args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY, "1" if keep else "0",
+                                     keys.node_taking(node), *pairs]))
 
 
 def claimed_elsewhere(pipe, job_id: str, node: str, others) -> bool:

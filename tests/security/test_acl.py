@@ -6,6 +6,7 @@ theirs. Every denied call must be denied by the broker (NOPERM), not by politene
 
 from __future__ import annotations
 
+import signal
 import uuid
 
 import pytest
@@ -16,10 +17,12 @@ from rq.serializers import JSONSerializer
 from gridcore import acl, keys
 from gridcore.client import Grid
 from gridcore.connection import connect
-from gridcore.models import JobSpec, JobState, NodeState
+from gridcore.models import JobSpec, JobState, NodeState, Resources
 from gridcore.signing import SigningError
+from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
 from tests.security import forge
 from tests.support.cli import call_cli
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -39,12 +42,14 @@ def as_user(settings, cred, **over) -> Grid:
 
 @pytest.fixture
 def agent_as_user(agents, node, users, monkeypatch):
-    """A real agent for `node`, logged in as that node's ACL user (settings from GRID_* env)."""
-    def start(**cfg):
-        monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
-        monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
+    """A real agent for `node` (or `name`, another node with a user), logged in as that node's
+    ACL user (settings from GRID_* env)."""
+    def start(name: str | None = None, slots: int = 2, **cfg):
+        name = name or node
+        monkeypatch.setenv("GRID_REDIS_USERNAME", users[name][0])
+        monkeypatch.setenv("GRID_REDIS_PASSWORD", users[name][1])
         try:
-            return agents(node, slots=2, **cfg)
+            return agents(name, slots=slots, **cfg)
         finally:
             monkeypatch.delenv("GRID_REDIS_USERNAME")
             monkeypatch.delenv("GRID_REDIS_PASSWORD")
@@ -198,3 +203,38 @@ def test_an_agent_writes_no_key_of_another_node(settings, grid, users, node):
     me.redis.zadd(keys.NODES, {other: me.broker_time(), f"{other}-ghost": me.broker_time()})
     states = {n.name: n.state for n in grid.nodes()}
     assert states[other] is NodeState.DOWN and states[f"{other}-ghost"] is NodeState.DOWN, states
+
+
+def test_agents_as_their_users_fill_their_own_nodes_and_rerun_a_dead_nodes_job(settings, grid, users, agent_as_user,
+                                                                                node, r):
+    """Placement and node-loss recovery work with the narrow agent users: each agent places onto
+    itself only, and the survivor reruns a dead node's job without writing any of its keys."""
+    other = f"{node}-b"
+    cfg = {"cpus": 2, "node_timeout": NODE_TIMEOUT}
+    a, b = agent_as_user(node, slots=1, **cfg), agent_as_user(other, slots=1, **cfg)
+    op = as_user(settings, users["operator"])
+    # Two CPUs each: one such job per node at a time; the rest wait and the agents place them.
+    where = 'sleep 0.3; echo "$GRID_JOB_NODE"'
+    jobs = [op.submit(JobSpec(command=where, resources=Resources(cpus=2))) for _ in range(6)]
+    assert set(op.wait(jobs, timeout=30).values()) == {JobState.FINISHED}
+    ran = [op.get(j).stdout.strip() for j in jobs]
+    assert set(ran) == {node, other}, ran
+    # A job on the other node (this one drained meanwhile); then that whole node dies.
+    op.drain(node, "keep it off")
+    slow = f'if [ "$GRID_JOB_NODE" = {other} ]; then sleep 60; fi; echo "done on $GRID_JOB_NODE"'
+    jid = op.submit(JobSpec(command=slow, resources=Resources(cpus=2)))
+    eventually(lambda: running_on(r, jid) == other, 20, 0.1, "the job to run on the other node")
+    op.resume(node)
+    signal_node(b, r, signal.SIGKILL)
+    assert op.wait([jid], timeout=30)[jid] is JobState.FINISHED, (op.get(jid), a.log.read_text()[-3000:])
+    assert op.get(jid).stdout == f"done on {node}\n"
+    assert [(x.get("node"), x.get("reason_kind")) for x in op.get(jid).attempts] == [(other, "lost"), (node, None)]
+    # The survivor wrote none of the dead node's keys: its entries wait for it to come back...
+    assert r.hexists(keys.node_running(other), jid) and r.hexists(keys.node_held(other), jid)
+    assert {n.name: n.running for n in op.nodes()}[other] == ()  # ...and are not shown as running
+    no_permission_errors(a)
+    # Back, the node drops what was recovered elsewhere before it takes work.
+    b.start()
+    eventually(lambda: not r.hexists(keys.node_running(other), jid) and not r.hexists(keys.node_held(other), jid),
+               10, 0.1, "the node back to drop its stale entries")
+    no_permission_errors(b)
