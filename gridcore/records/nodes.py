@@ -59,7 +59,7 @@ NODE_FIELDS = ("inventory", "load", "slots", "hb_interval", "node_timeout", "age
 class NodeRecord:
     """A node's hash: inventory and load (JSON), heartbeat settings, slots, drain flag.
 
-    Decoded field by field: one bad field (any agent may write any node's hash) blanks that
+    Decoded field by field: one bad field (its node or an operator may write anything there) blanks that
     field and is named in `problems`, never the whole node or the node list.
     """
 
