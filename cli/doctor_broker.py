@@ -164,7 +164,9 @@ def _probes(user: acl.AclUser, nodes: list[str]) -> list[tuple[list[str], bool]]
     if user.role == "operator":
         return [(["HSET", keys.node(other), "draining", "1"], True), (["CONFIG", "GET", "maxmemory"], False),
                 (["FLUSHALL"], False), (["ACL", "LIST"], False)]
+    # An agent user made before agents stopped writing other nodes' keys can still write their holds.
     return [(["HSET", keys.node(user.node), "slots", "1"], True), (["HSET", keys.node(other), "slots", "1"], False),
+            (["HSET", keys.node_held(other), "j", "{}"], False), (["ZADD", keys.NODES, "NX", "1", user.node], True),
             (["CONFIG", "GET", "maxmemory"], False)]
 
 
