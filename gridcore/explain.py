@@ -63,7 +63,7 @@ class Explainer:
                   ) -> dict[str, Committed]:
         """node name -> what running and placed jobs hold there."""
         nodes = self.reads.nodes() if nodes is None else nodes
-        return Reservations(self.redis).committed([n.name for n in nodes], problems)
+        return Reservations(self.redis).committed_live(nodes, problems)
 
     def check_placeable(self, specs: Sequence[JobSpec]) -> None:
         """Refuse a request no node of the grid could ever run, with the reason."""

@@ -221,9 +221,7 @@ class Placer:
         """The grid as placement sees it now (the nodes named by the broker's own list); held
         entries that are no HeldEntry count as nothing and are listed in `corrupt`."""
         nodes = self.reads.nodes()
-        live = [n.name for n in nodes if n.state is not NodeState.DOWN]  # a down node's held: see held_sum
-        committed = {n.name: Committed() for n in nodes} | self.reservations.committed(live, corrupt=corrupt)
-        return View(nodes, committed, self.throttles(groups))
+        return View(nodes, self.reservations.committed_live(nodes, corrupt=corrupt), self.throttles(groups))
 
     def throttles(self, groups: Iterable[str]) -> dict[str, int]:
         """Sweep id -> how many of its jobs are placed or running."""

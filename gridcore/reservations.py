@@ -14,7 +14,7 @@ from typing import NamedTuple
 import redis
 
 from gridcore import keys
-from gridcore.models import Resources
+from gridcore.models import Node, NodeState, Resources
 from gridcore.placement import Committed
 from gridcore.records import HeldEntry, salvage, text
 
@@ -79,6 +79,13 @@ class Reservations:
                 c = c.plus(Resources(cpus=e.cpus, memory=e.memory), e.gpus)
             out[node] = c
         return out
+
+    def committed_live(self, nodes: Sequence[Node], problems: list[str] | None = None,
+                       corrupt: list[Corrupt] | None = None) -> dict[str, Committed]:
+        """`committed` for these nodes, nothing for a down one: what its keys still hold, other
+        agents recovered without writing them (agent/recovery.py), and it drops when back."""
+        live = [n.name for n in nodes if n.state is not NodeState.DOWN]
+        return {n.name: Committed() for n in nodes} | self.committed(live, problems, corrupt)
 
     def held(self, nodes: Sequence[str], problems: list[str] | None = None,
              corrupt: list[Corrupt] | None = None) -> dict[str, dict[str, HeldEntry]]:

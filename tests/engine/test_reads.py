@@ -5,7 +5,8 @@ from __future__ import annotations
 from gridcore import keys
 from gridcore.client import Grid
 from gridcore.models import JobSpec, JobState, NodeState, Resources
-from gridcore.records import RunningEntry
+from gridcore.placement import Committed
+from gridcore.records import HeldEntry, RunningEntry
 from tests.support.records import node_record, put_node
 
 
@@ -148,3 +149,18 @@ def test_canceling_a_placed_job_with_unreadable_meta_gives_back_its_hold_everywh
     assert grid.committed()["n2"].cpus == 2
     assert grid.cancel(jid) is JobState.CANCELED
     assert not r.hexists(keys.node_held("n2"), jid) and grid.committed()["n2"].cpus == 0
+
+
+def test_a_down_nodes_own_keys_are_not_believed(r, grid):
+    """Recovery leaves a dead node's keys alone (no agent may write them): what they still say it
+    runs or holds is neither shown nor counted, until the node is back and drops it itself."""
+    beat(r, grid, "down", 100)
+    beat(r, grid, "up", 0)
+    for name in ("down", "up"):
+        running(r, name, j1=0)
+        r.hset(keys.node_held(name), "j1", HeldEntry(cpus=2, memory=2**30).encode())
+    nodes = {n.name: n for n in grid.nodes()}
+    assert nodes["down"].running == () and nodes["down"].slots_busy == 0
+    assert nodes["up"].running == ("j1",) and nodes["up"].slots_busy == 1
+    committed = grid.committed()
+    assert committed["down"] == Committed() and committed["up"].cpus == 2
