@@ -263,7 +263,8 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
             start.wait()
             for _ in range(15):
                 if i % 2:
-                    Negotiator(conn, owner=f"agent{i}").run_once(full=bool(_ % 2))
+                    # An agent's pass places onto its own node only.
+                    Negotiator(conn, owner=f"agent{i}", node=names[i // 2 % 2]).run_once(full=bool(_ % 2))
                 else:
                     Placer(conn).place_ids([j.decode() for j in conn.lrange("rq:queue:grid.pending", 0, -1)])
         except BaseException as e:  # noqa: BLE001 - reported by the test below

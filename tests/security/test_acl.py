@@ -14,14 +14,17 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from agent.negotiator import Negotiator
 from gridcore import acl, keys
 from gridcore.client import Grid
 from gridcore.connection import connect
 from gridcore.models import JobSpec, JobState, NodeState, Resources
+from gridcore.records import Inventory
 from gridcore.signing import SigningError
 from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
 from tests.security import forge
 from tests.support.cli import call_cli
+from tests.support.records import node_record, put_node
 from tests.support.wait import eventually
 
 
@@ -238,3 +241,26 @@ def test_agents_as_their_users_fill_their_own_nodes_and_rerun_a_dead_nodes_job(s
     eventually(lambda: not r.hexists(keys.node_running(other), jid) and not r.hexists(keys.node_held(other), jid),
                10, 0.1, "the node back to drop its stale entries")
     no_permission_errors(b)
+
+
+def test_an_agents_pass_places_onto_its_own_node_only(settings, grid, users, node, r):
+    """Under its narrow user an agent's placement pass fills its own node, leaves a job that fits
+    elsewhere to that node's pass (without a reason: it is not stuck), and leaves another node's
+    corrupt hold for that node to set aside."""
+    other = f"{node}-b"
+    jobs = [grid.submit(JobSpec(command="true", resources=Resources(cpus=2))) for _ in range(3)]  # no node yet
+    inv = Inventory(cpus=2, memory_total=8 * 2**30)
+    for n in (node, other):
+        put_node(r, n, grid.broker_time(), node_record(inventory=inv, slots=4, queues=()))
+    r.hset(keys.node_held(other), "junk", "not json")
+    mine = as_user(settings, users[node]).redis
+    assert Negotiator(mine, owner="a", node=node).run_once() == 1
+    placed = r.lrange(keys.rq_queue(keys.node_queue(node)), 0, -1)
+    assert len(placed) == 1 and not r.llen(keys.rq_queue(keys.node_queue(other)))
+    waiting = [j for j in jobs if j.encode() not in placed]
+    assert r.hmget(keys.WHY, waiting) == [None, None]  # the other node fits them now: its pass places one
+    assert r.hexists(keys.node_held(other), "junk")
+    assert Negotiator(as_user(settings, users[other]).redis, owner="b", node=other).run_once() == 1
+    assert r.llen(keys.rq_queue(keys.node_queue(other))) == 1 and not r.hexists(keys.node_held(other), "junk")
+    last = next(j for j in waiting if r.hget(keys.WHY, j))
+    assert f"{node}: needs 2 CPUs free" in r.hget(keys.WHY, last).decode()
