@@ -47,11 +47,13 @@ def check_nodes(nodes: list[Node]) -> list[Finding]:
         name = render.clean(n.name, 60)
         check = f"node.{name}"
         if n.state is NodeState.DOWN:
+            # A name in the registry with no heartbeat of its own never ran an agent (or one older than this check).
+            age = "never" if n.heartbeat_age is None else f"{n.heartbeat_age:.0f}s old"
             if n.slots_total == 0:
-                out.append(warn(check, f"stopped (heartbeat {n.heartbeat_age:.0f}s old)",
+                out.append(warn(check, f"stopped (heartbeat {age})",
                                 f"on {name}: systemctl start grid-agent, if it should run"))
             else:
-                out.append(problem(check, f"down: no heartbeat for {n.heartbeat_age:.0f}s; its jobs are lost and rerun",
+                out.append(problem(check, f"down: no heartbeat ({age}); its jobs are lost and rerun",
                                    f"on {name}: systemctl status grid-agent; journalctl -u grid-agent"))
             continue
         if n.state is NodeState.STALE:
