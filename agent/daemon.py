@@ -304,8 +304,9 @@ class Agent:
         fields = _pick(record, *names)
         back = not first and prev is not None and now - prev > self.cfg.node_timeout
         with self.conn.pipeline(transaction=False) as pipe:
-            # The registry only names the node (any agent may add to it); its heartbeat is `beat`.
-            pipe.zadd(keys.NODES, {self.node: now}, nx=True)
+            # The registry names the node (any agent may add to it); its heartbeat is `beat`. The
+            # score is kept fresh for agents of earlier versions, which read it (rolling upgrade).
+            pipe.zadd(keys.NODES, {self.node: now})
             pipe.hset(keys.node(self.node), mapping=fields)
             if first or self.republish:
                 pipe.hsetnx(keys.node(self.node), "draining", "0")
@@ -424,8 +425,9 @@ class Agent:
             now = self.broker_time()
             with self.conn.pipeline(transaction=False) as pipe:
                 # An orderly exit is not a node loss: the heartbeat aged past the timeout.
-                pipe.hset(keys.node(self.node), mapping=_pick(NodeRecord(beat=now - self.cfg.node_timeout - 1),
-                                                              "ready", "slots", "beat"))
+                aged = now - self.cfg.node_timeout - 1
+                pipe.hset(keys.node(self.node), mapping=_pick(NodeRecord(beat=aged), "ready", "slots", "beat"))
+                pipe.zadd(keys.NODES, {self.node: aged})
                 events.emit(pipe, now, "node_left", node=self.node, message="agent stopped")
                 pipe.execute()
         except redis.RedisError as e:

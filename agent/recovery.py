@@ -139,15 +139,17 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
     """Reclaim the jobs of every other node whose heartbeat is older than `node_timeout`
     (and, with a `watch`, that this agent has seen stand still for that long)."""
     reclaimed = []
-    names = [text(n) for n in conn.zrange(keys.NODES, 0, -1) if text(n) != me]
+    registry = [(text(n), score) for n, score in conn.zrange(keys.NODES, 0, -1, withscores=True) if text(n) != me]
+    names = [n for n, _ in registry]
+    fields = ("beat", "agent_id")
     with conn.pipeline(transaction=False) as pipe:
         for node in names:
-            pipe.hget(keys.node(node), "beat")
-        beats = pipe.execute(raise_on_error=False)
-    for node, raw in zip(names, beats, strict=True):
-        beat = NodeRecord.decode({"beat": raw} if isinstance(raw, bytes) else {}, keys.node(node)).beat
-        silent = watch.silent_for(node, beat or 0.0) if watch is not None else None
-        age = None if beat is None else now - beat
+            pipe.hmget(keys.node(node), fields)
+        replies = pipe.execute(raise_on_error=False)
+    for (node, score), raw in zip(registry, replies, strict=True):
+        rec = NodeRecord.decode(dict(zip(fields, raw, strict=True)) if isinstance(raw, list) else {}, keys.node(node))
+        age = rec.age(now, score)
+        silent = watch.silent_for(node, now - age if age is not None else 0.0) if watch is not None else None
         if node_state(age, 0.0, node_timeout, False) is not NodeState.DOWN:
             continue
         if silent is not None and silent < node_timeout:

@@ -36,7 +36,7 @@ def pass_on(conn: redis.Redis, meta: JobMeta, node: str, queue: str, now: float)
 def others_serving(conn: redis.Redis, node: str, queue: str, now: float) -> list[str]:
     """Live, ready, undrained nodes other than `node` whose slots take from `queue`."""
     out = []
-    for raw in conn.zrange(keys.NODES, 0, -1):
+    for raw, score in conn.zrange(keys.NODES, 0, -1, withscores=True):
         name = raw.decode()
         if name == node:
             continue
@@ -45,7 +45,7 @@ def others_serving(conn: redis.Redis, node: str, queue: str, now: float) -> list
         except CorruptRecord as e:
             log.warning("%s", e)
             continue
-        state = node_state(rec.age(now), rec.hb_interval, rec.node_timeout, rec.draining)
+        state = node_state(rec.age(now, score), rec.hb_interval, rec.node_timeout, rec.draining)
         if state is NodeState.UP and rec.ready and queue in rec.queues:
             out.append(name)
     return out

@@ -25,9 +25,9 @@ GRID_ID = f"{PREFIX}:id"
 """String: this grid's random identity, set by the first agent (scopes process markers)."""
 
 NODES = f"{PREFIX}:nodes"
-"""Sorted set: the registry of node names -> when each first registered (broker time). Any agent
-may add to it (ZADD only), so nothing but a name is believed from it: a node's liveness is the
-`beat` field of its own hash, which that node alone writes."""
+"""Sorted set: the registry of node names -> last heartbeat (broker time). Any agent may ZADD to
+it, so only the names are believed: a node's liveness is the `beat` field of its own hash, which
+that node alone writes (the score is kept, and read, for agents of earlier versions only)."""
 
 EVENTS = f"{PREFIX}:events"
 """Stream of grid events (submitted, started, finished, failed, canceled, node up/down...)."""

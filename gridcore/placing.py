@@ -252,7 +252,7 @@ class Placer:
 def ask_view(pipe, names: Sequence[str], groups: Sequence[str]) -> None:
     """Queue on `pipe` the reads of a `View` of nodes `names` and sweeps `groups` (`take_view`)."""
     pipe.time()
-    pipe.zrange(keys.NODES, 0, -1)
+    pipe.zrange(keys.NODES, 0, -1, withscores=True)
     for n in names:
         pipe.hmget(keys.node(n), NODE_FIELDS)
         pipe.hkeys(keys.node_running(n))
@@ -271,13 +271,13 @@ def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str], mi
     if any(isinstance(x, Exception) for x in replies):
         return None
     (sec, usec), members = replies[0], replies[1]
-    if [text(m) for m in members] != list(names):
+    if [text(m) for m, _ in members] != list(names):
         return None
     now = sec + usec / 1e6
     nodes, committed, seen = [], {}, []
-    for i, name in enumerate(names):
+    for i, (name, (_, score)) in enumerate(zip(names, members, strict=True)):
         fields, running, held = replies[2 + 3 * i: 5 + 3 * i]
-        node = node_view(name, dict(zip(NODE_FIELDS, fields, strict=True)), running, now)
+        node = node_view(name, dict(zip(NODE_FIELDS, fields, strict=True)), running, now, score)
         nodes.append(node)
         bad: list[str] = []
         committed[name] = held_sum(name, node, held, bad)

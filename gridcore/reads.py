@@ -382,37 +382,37 @@ class Reads:
 
     def nodes(self) -> list[Node]:
         """Every registered node, with its state by the age of its own heartbeat (broker time)."""
-        now, names = self._registry()
+        now, registry = self._registry()
         with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
+            for name, _ in registry:
                 pipe.hmget(keys.node(name), NODE_FIELDS)
                 pipe.hkeys(keys.node_running(name))
             # A node key of another type (anyone can write one) reads as empty, for that node only.
             r = pipe.execute(raise_on_error=False)
         r = [([None] * len(NODE_FIELDS) if i % 2 == 0 else []) if isinstance(x, redis.ResponseError) else x
              for i, x in enumerate(r)]
-        return [node_view(name, dict(zip(NODE_FIELDS, r[2 * i], strict=True)), r[2 * i + 1], now)
-                for i, name in enumerate(names)]
+        return [node_view(name, dict(zip(NODE_FIELDS, r[2 * i], strict=True)), r[2 * i + 1], now, score)
+                for i, (name, score) in enumerate(registry)]
 
     def node_states(self) -> dict[str, NodeState]:
         """Every node's state, as `nodes()` gives it, without its inventory, load or jobs."""
-        now, names = self._registry()
+        now, registry = self._registry()
         with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
+            for name, _ in registry:
                 pipe.hmget(keys.node(name), STATE_FIELDS)
             r = [[None] * len(STATE_FIELDS) if isinstance(x, redis.ResponseError) else x
                  for x in pipe.execute(raise_on_error=False)]
-        return {name: node_view_state(name, dict(zip(STATE_FIELDS, fields, strict=True)), now)
-                for name, fields in zip(names, r, strict=True)}
+        return {name: node_view_state(name, dict(zip(STATE_FIELDS, fields, strict=True)), now, score)
+                for (name, score), fields in zip(registry, r, strict=True)}
 
-    def _registry(self) -> tuple[float, list[str]]:
-        """Broker time now and the registered node names (their scores mean nothing: any agent
-        may add to the registry; each node's heartbeat is in its own hash)."""
+    def _registry(self) -> tuple[float, list[tuple[str, float]]]:
+        """Broker time now and the registered node names with their scores (believed only for an
+        agent of an earlier version: each node's heartbeat is in its own hash, NodeRecord.age)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.zrange(keys.NODES, 0, -1)
+            pipe.zrange(keys.NODES, 0, -1, withscores=True)
             now_raw, members = pipe.execute()
-        return now_raw[0] + now_raw[1] / 1e6, [text(m) for m in members]
+        return now_raw[0] + now_raw[1] / 1e6, [(text(m), score) for m, score in members]
 
     def node(self, name: str) -> Node | None:
         """One node by name, or None."""

@@ -18,7 +18,7 @@ from gridcore.signedview import Signed, disagreements, signed_params
 JOB_FIELDS = ("status", "origin", "meta", "description", "retries_left")
 """The fields of RQ's job hash a `Job` is made of."""
 
-STATE_FIELDS = ("hb_interval", "node_timeout", "draining", "beat")
+STATE_FIELDS = ("hb_interval", "node_timeout", "draining", "beat", "agent_id")
 """The node hash fields its state needs besides the heartbeat age."""
 
 
@@ -102,11 +102,12 @@ def _count(raw: bytes | None, default: int | None) -> int | None:
     return int(value) if value.isdigit() and len(value) < 10 else default
 
 
-def node_view(name: str, fields: dict, running: Sequence[bytes], now: float) -> Node:
-    """One node from its hash (any of records.NODE_FIELDS) and its running jobs, at broker time `now`."""
+def node_view(name: str, fields: dict, running: Sequence[bytes], now: float, registered: float | None = None) -> Node:
+    """One node from its hash (any of records.NODE_FIELDS) and its running jobs, at broker time
+    `now` (`registered`: its registry score, see NodeRecord.age)."""
     rec = NodeRecord.decode(fields, keys.node(name))
     inv, load = rec.inventory, rec.load
-    age = rec.age(now)
+    age = rec.age(now, registered)
     state = node_state(age, rec.hb_interval, rec.node_timeout, rec.draining)
     if state is NodeState.DOWN:
         # What a down node's keys still say it runs is no longer so: recovery reran those jobs
@@ -143,7 +144,7 @@ def node_view(name: str, fields: dict, running: Sequence[bytes], now: float) -> 
     )
 
 
-def node_view_state(name: str, fields: dict, now: float) -> NodeState:
+def node_view_state(name: str, fields: dict, now: float, registered: float | None = None) -> NodeState:
     """A node's state from its `STATE_FIELDS` alone at broker time `now`, as `node_view` gives it."""
     rec = NodeRecord.decode(fields, keys.node(name))
-    return node_state(rec.age(now), rec.hb_interval, rec.node_timeout, rec.draining)
+    return node_state(rec.age(now, registered), rec.hb_interval, rec.node_timeout, rec.draining)

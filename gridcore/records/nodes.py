@@ -124,9 +124,15 @@ class NodeRecord:
         out["draining"] = h.get("draining") == "1"
         return cls(**out, problems=tuple(problems))
 
-    def age(self, now: float) -> float | None:
-        """Seconds since the node's last heartbeat at broker time `now`; None if it never beat."""
-        return None if self.beat is None else now - self.beat
+    def age(self, now: float, registered: float | None = None) -> float | None:
+        """Seconds since the node's last heartbeat at broker time `now`; None if it never beat.
+
+        An agent of an earlier version (mid rolling upgrade) writes no `beat`, only the registry
+        score `registered`: that is believed for a node whose own hash has an agent's `agent_id`
+        and no `beat` (a name anyone added, with no hash of its own, stays down)."""
+        if self.beat is not None:
+            return now - self.beat
+        return now - registered if registered is not None and self.agent_id else None
 
     @staticmethod
     def drain_fields(draining: bool, reason: str = "") -> dict[str, str]:

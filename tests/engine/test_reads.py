@@ -164,3 +164,15 @@ def test_a_down_nodes_own_keys_are_not_believed(r, grid):
     assert nodes["up"].running == ("j1",) and nodes["up"].slots_busy == 1
     committed = grid.committed()
     assert committed["down"] == Committed() and committed["up"].cpus == 2
+
+
+def test_an_agent_of_an_earlier_version_is_up_by_its_registry_score(r, grid):
+    """Mid rolling upgrade, an older agent heartbeats only into the registry's score: believed for
+    a node whose own hash an agent wrote (it has an agent_id) and that has no `beat` of its own."""
+    now = grid.broker_time()
+    fields = node_record().encode() | {"draining": "0"}
+    del fields["beat"]
+    r.hset(keys.node("old"), mapping=fields)
+    r.zadd(keys.NODES, {"old": now, "name-only": now})
+    assert grid.node_states() == {"old": NodeState.UP, "name-only": NodeState.DOWN}
+    assert {n.name: n.state for n in grid.nodes()} == {"old": NodeState.UP, "name-only": NodeState.DOWN}
