@@ -445,7 +445,7 @@ class JobAttempt:
         active = lenient(ActiveEntry, pipe.hget(keys.ACTIVE, self.id), f"{keys.ACTIVE} field {self.id}")
         if (active is not None and active.node != self.node) or self.book.status(self.job) != "started":
             return self.drop_entry(pipe, foreign)
-        if foreign and active is None and not (self.job.worker_name or "").startswith(f"{self.node}."):
+        if foreign and active is None and not self.book.started_by(self.job).startswith(f"{self.node}."):
             return self.drop_entry(pipe, foreign)  # a stale entry: the job was taken up again elsewhere
         started = self.book.started_entries(pipe, self.job)
         meta = self.meta

@@ -54,6 +54,11 @@ class RQBook:
         status = job.get_status(refresh=False)
         return status.value if status is not None else None
 
+    @staticmethod
+    def started_by(job: Job) -> str:
+        """The name of the worker RQ says started the job ('' if none)."""
+        return job.worker_name or ""
+
     def started_entries(self, pipe, job: Job) -> list[bytes]:
         """The job's members of its queue's started registry (read now: call before MULTI)."""
         prefix = f"{job.id}:".encode()
