@@ -26,6 +26,7 @@ import uuid
 
 import redis
 
+from agent.outage import OUTAGE_ERRORS
 from gridcore import keys
 from gridcore.placing import WINDOW, Placer, View, Waiting, ask_view, take_view
 from gridcore.quarantine import Quarantine
@@ -173,8 +174,12 @@ class Negotiator:
                 elif woke is not None:
                     self.run_once(full=False, wait=LOCK_WAIT)
             except redis.RedisError as e:
-                # The heartbeat sees (and logs) an outage; this loop only waits it out.
-                log.debug("placement loop: %s", e)
+                # The heartbeat sees (and logs) an outage; this loop only waits it out. A refusal
+                # (NOPERM: an ACL user that does not fit this version) is no outage: it is logged.
+                if isinstance(e, redis.ResponseError) and not isinstance(e, OUTAGE_ERRORS):
+                    log.error("placement pass refused: %s", e)
+                else:
+                    log.debug("placement loop: %s", e)
                 stop.wait(1.0)
             except Exception:  # noqa: BLE001 - a placement bug must not end placement for good; it is logged
                 log.exception("placement pass failed")
