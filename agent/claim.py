@@ -185,13 +185,17 @@ def give_back(conn, node: str) -> int:
                       args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY]))
 
 
-_GIVE_BACK_CHECKED = _GIVE_BACK + """
+_HAS = """
 local function has(cmd, key, id)
   -- HEXISTS answers 1, LPOS a position (0 too); a key of another type holds nothing.
   local r = redis.pcall(cmd, key, id)
   if cmd == 'LPOS' then return type(r) == 'number' end
   return r == 1
 end
+"""
+"""Lua: whether a hash has a field or a list an item, for keys another node or an operator wrote."""
+
+_GIVE_BACK_CHECKED = _GIVE_BACK + _HAS + """
 local function elsewhere(id)
   for i = 6, #ARGV - 1, 2 do
     if has('HEXISTS', ARGV[i], id) or has('LPOS', ARGV[i + 1], id) then return true end
@@ -241,14 +245,8 @@ def claimed_elsewhere(pipe, job_id: str, node: str, others) -> bool:
     return False
 
 
-_RECONCILE_HELD = """
+_RECONCILE_HELD = _HAS + """
 -- KEYS: the node's held hash, its running hash, its node queue, grid:active; ARGV: the node
-local function has(cmd, key, id)
-  -- HEXISTS answers 1, LPOS a position (0 too); a key of another type holds nothing.
-  local r = redis.pcall(cmd, key, id)
-  if cmd == 'LPOS' then return type(r) == 'number' end
-  return r == 1
-end
 local ids = redis.pcall('HKEYS', KEYS[1])
 if ids.err then return 0 end
 local n = 0
