@@ -437,7 +437,8 @@ class JobAttempt:
         pipe.execute()
         return False
 
-    def lost(self, pipe, now: float, reason: str, witness: NodeSigner | None = None, foreign: bool = False) -> bool:
+    def lost(self, pipe, now: float, reason: str, witness: NodeSigner | None = None,
+             foreign: bool = False) -> bool:
         """The job was running on a node that is gone: the attempt is lost; the job is retried
         while it has lost-retries left, else failed. `pipe` WATCHes the job's running-hash
         entry and RQ hash (what a slot recording the job's end writes). `witness`: the node

@@ -57,7 +57,8 @@ class Performer:
         self.busy = False
         self.cold = False
         self.cold_at = 0.0
-        self.placing = Negotiator(conn, owner=worker, node=node)  # this slot's quick pass onto its node at a placed job's end
+        # This slot's quick pass at a placed job's end, onto its own node.
+        self.placing = Negotiator(conn, owner=worker, node=node)
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
         self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
 
