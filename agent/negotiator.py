@@ -21,11 +21,12 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import redis
 
 from gridcore import keys
-from gridcore.placing import WINDOW, Placer, View, Waiting, ask_view, take_view
+from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, take_view
 from gridcore.quarantine import Quarantine
 from gridcore.records import text
 from gridcore.reservations import Corrupt
@@ -33,11 +34,14 @@ from gridcore.reservations import Corrupt
 log = logging.getLogger("grid.negotiator")
 
 EVENT_WINDOW = 100
-"""Waiting jobs a woken pass looks at (the periodic pass looks at WINDOW): it runs at every job
-end, so it stays small; a job further down the queue is placed by the next periodic pass."""
+"""Waiting jobs a woken pass looks at in one chunk (the periodic pass looks at WINDOW): it runs
+at every job end, so it stays small; it looks further only while nothing it looked at fits."""
 PREFETCH = 64
 """Waiting jobs past the window whose records a pass reads ahead, so that as the queue moves up
 a pass reads new records once per this many jobs, not at every pass."""
+DEPTH = 2000
+"""Waiting jobs a pass looks at, at most, while none it looked at fits (the jobs past them are
+looked at by the next passes: each starts past the unfit head the last one found)."""
 LOCK_TTL = 15
 """Seconds the pass lock outlives an agent that died holding it."""
 LOCK_WAIT = 3.0
@@ -51,6 +55,17 @@ return 0
 """Lua: drop the pass lock if this pass still holds it (it may have expired and been taken)."""
 
 
+@dataclass(frozen=True)
+class Skip:
+    """The head of the waiting queue that fitted nowhere at the last pass: how many jobs, the
+    last of them (a different job there means the queue moved under it: look from the top),
+    and their shapes (if none of these fits now, none of those jobs does)."""
+
+    count: int
+    last: str
+    shapes: frozenset[Shape]
+
+
 class Negotiator:
     def __init__(self, conn: redis.Redis, owner: str):
         self.conn = conn
@@ -60,6 +75,7 @@ class Negotiator:
         self._read: dict[str, Waiting | str] = {}  # waiting job id -> its record (unchanged while it waits)
         self._explained: dict[str, str] = {}  # job id -> the reason last written for it
         self._names: list[str] = []  # the nodes the last pass saw
+        self._skip: Skip | None = None  # the unfit head of the queue, as the last pass left it
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -81,22 +97,31 @@ class Negotiator:
                 if lock:
                     self._unlock(keys=[keys.NEGOTIATOR_LOCK], args=[token])
 
-    def _survey(self, token: str, full: bool, lock: bool) -> tuple[list[str], View] | None:
-        """Take the pass lock and read the waiting jobs' ids and the grid, in one round trip
-        (the nodes and sweeps of the last pass are read; others take a second one); None if
-        another agent holds the lock."""
+    def _survey(self, token: str, full: bool, lock: bool) -> tuple[list[str], View, int] | None:
+        """Take the pass lock and read the waiting jobs' ids (past the unfit head the last pass
+        found, if it is still there and none of its shapes fits now) and the grid, in one round
+        trip (the nodes and sweeps of the last pass are read; others take a second one); None
+        if another agent holds the lock. Returns the ids, the view and the ids' offset."""
         if full:
-            self._read, self._explained = {}, {}
+            self._read, self._explained, self._skip = {}, {}, None
+        skip = self._skip
         groups = sorted({w.meta.group for w in self._read.values()
-                         if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel})
+                         if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel}
+                        | {s.group for s in (skip.shapes if skip else ()) if s.group})
+        pending = keys.rq_queue(keys.PENDING_QUEUE)
+        offset = skip.count if skip else 0
         with self.conn.pipeline(transaction=False) as pipe:
             if lock:
                 pipe.set(keys.NEGOTIATOR_LOCK, token, nx=True, ex=LOCK_TTL)
             else:
                 pipe.echo("unlocked")  # keeps the replies' order
-            pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, (WINDOW if full else EVENT_WINDOW) + PREFETCH - 1)
+            if skip:
+                pipe.lindex(pending, skip.count - 1)
+            else:
+                pipe.echo("")
+            pipe.lrange(pending, offset, offset + self._chunk(full) + PREFETCH - 1)
             ask_view(pipe, self._names, groups)
-            locked, ids, *replies = pipe.execute(raise_on_error=False)
+            locked, last, ids, *replies = pipe.execute(raise_on_error=False)
         if isinstance(locked, Exception):
             raise locked
         if not locked:
@@ -105,8 +130,25 @@ class Negotiator:
         if view is None:  # a node joined or left since the last pass, or a bad key or entry
             view = self._careful_view(groups)
             self._names = [n.name for n in view.nodes]
+        if skip and (isinstance(last, Exception) or last is None or text(last) != skip.last
+                     or self.placer.any_fits(skip.shapes, view)):
+            # Something in the head may fit now (or the queue moved): from the top, one more read.
+            self._skip, offset = None, 0
+            ids = self._ids(0, full)
         # A pending queue of another type (anyone can write one) holds nothing to place.
-        return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view
+        return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view, offset
+
+    @staticmethod
+    def _chunk(full: bool) -> int:
+        return WINDOW if full else EVENT_WINDOW
+
+    def _ids(self, offset: int, full: bool) -> list[bytes] | Exception:
+        """The ids of the waiting jobs from `offset` on (a chunk and the prefetch)."""
+        try:
+            return self.conn.lrange(keys.rq_queue(keys.PENDING_QUEUE), offset,
+                                    offset + self._chunk(full) + PREFETCH - 1)
+        except redis.ResponseError as e:
+            return e
 
     def _careful_view(self, groups: list[str]) -> View:
         """The grid read key by key; held entries that are no HeldEntry (the reserve script
@@ -119,34 +161,78 @@ class Negotiator:
             self.quarantine.hash_field(keys.node_held(c.node), c.field, c.raw, c.problem, node=c.node)
         return self.placer.view(groups)
 
-    def _pass(self, full: bool, ids: list[str], view: View) -> int:
+    def _pass(self, full: bool, ids: list[str], view: View, offset: int) -> int:
+        """Place what fits in the chunk at `offset`; while every job looked at fits nowhere, go
+        on with the next chunk (up to DEPTH jobs a pass), so a job that fits is placed however
+        many unfit ones wait ahead of it. What stays unfit at the head is remembered (`Skip`):
+        the next pass starts past it unless something there may fit now."""
+        skip = self._skip
+        head = skip.count if skip else 0
+        shapes = set(skip.shapes) if skip else set()
+        last = skip.last if skip else ""
+        seen: set[str] = set()
+        placed = looked = 0
+        first = True
+        while True:
+            chunk = ids[:self._chunk(full)]
+            seen.update(ids)
+            out, gone = self._place_chunk(full and first, chunk, ids, view)
+            placed += len(out.placed)
+            looked += len(chunk)
+            first = False
+            # The chunk starts where the unfit head ends, so its unfit jobs extend the head up to the
+            # first one to read again (those placed or set aside have left the queue).
+            lead = 0
+            for jid in chunk:
+                if jid in out.placed or jid in gone:
+                    continue
+                w = self._read.get(jid)
+                if jid in out.changed or not isinstance(w, Waiting):
+                    break
+                shapes.add(Shape.of(w.meta))
+                last = jid
+                lead += 1
+            head += lead
+            if lead < len(chunk) or len(ids) <= len(chunk) or looked >= DEPTH:
+                break
+            offset += len(chunk)  # every job so far fits nowhere: look further down the queue
+            more = self._ids(offset, full)
+            ids = [] if isinstance(more, Exception) else [text(i) for i in more]
+            if not ids:
+                break
+        self._skip = Skip(head, last, frozenset(shapes)) if head else None
         # Records of jobs no longer waiting are forgotten; a waiting job's meta changes only when
-        # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again below).
-        self._read = {i: self._read[i] for i in ids if i in self._read}
+        # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again).
+        self._read = {i: w for i, w in self._read.items() if i in seen}
         self._explained = {i: w for i, w in self._explained.items() if i in self._read}
-        window = ids[:WINDOW if full else EVENT_WINDOW]
-        if not window:
-            return 0
-        if any(i not in self._read for i in window):  # the prefetch too: one read per PREFETCH new jobs
+        return placed
+
+    def _place_chunk(self, full: bool, chunk: list[str], ids: list[str], view: View) -> tuple[Outcome, set[str]]:
+        """Place what fits of `chunk` (the records of `ids`, the chunk and its prefetch, read
+        where not known yet); the outcome, and the corrupt records set aside."""
+        if not chunk:
+            return Outcome(), set()
+        if any(i not in self._read for i in chunk):  # the prefetch too: one read per PREFETCH new jobs
             new = [i for i in ids if i not in self._read]
             self._read.update(zip(new, self.placer.read(new), strict=True))
-        whys = {i: f"not placed: {w}" for i in window if isinstance(w := self._read[i], str)}
+        whys = {i: f"not placed: {w}" for i in chunk if isinstance(w := self._read[i], str)}
         for jid, why in whys.items():
             # Out of the window for good: a corrupt record must not be read on every pass, nor
             # crowd out the jobs behind it.
             self.quarantine.list_item(keys.rq_queue(keys.PENDING_QUEUE), jid, why, job=jid)
-        jobs = [w for i in window if isinstance(w := self._read[i], Waiting)]
+        jobs = [w for i in chunk if isinstance(w := self._read[i], Waiting)]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else ())
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)
+        gone = set(whys)
         whys.update(out.whys)
         fresh = {i: w for i, w in whys.items() if self._explained.get(i) != w and i in self._read}
         if fresh:
             self.conn.hset(keys.WHY, mapping=fresh)
             self._explained.update(fresh)
-        return len(out.placed)
+        return out, gone
 
     def loop(self, stop: threading.Event, interval: float) -> None:
         """Place at once when woken, and every `interval` s regardless, until `stop` is set."""

@@ -182,7 +182,7 @@ class Placer:
         for w in order:
             meta = w.meta
             group, limit = meta.group, meta.max_parallel or 0
-            if group and limit and running.get(group, 0) >= limit:
+            if _throttled(meta, running):
                 if want is None or w.id in want:
                     out.whys[w.id] = f"throttled: {running[group]} of this sweep running (max_parallel {limit})"
                 continue
@@ -208,6 +208,16 @@ class Placer:
             elif result == CHANGED:
                 out.changed.append(w.id)
         return out
+
+    def any_fits(self, shapes: Iterable[Shape], view: View) -> bool:
+        """Whether a job of any of these shapes would be placed now, on `view` (the sweeps of
+        throttled shapes counted where `view` has not)."""
+        shapes = list(shapes)
+        running = dict(view.running)
+        running.update(self.throttles({s.group for s in shapes if s.group} - set(running)))
+        return any(not _throttled(s, running)
+                   and choose_node(s.res, view.nodes, view.committed, queue=s.queue) is not None
+                   for s in shapes)
 
     def view(self, groups: Iterable[str] = (), corrupt: list[Corrupt] | None = None) -> View:
         """The grid as placement sees it now (the nodes named by the broker's own list); held
@@ -240,6 +250,29 @@ class Placer:
             args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
                   *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:], _pool(node, w.meta), NUDGE],
         ))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What decides whether a waiting job can be placed now: two jobs of one shape fit or not
+    together (the cells of a sweep are one shape), so a pass can skip a run of unfit jobs by
+    their shapes alone."""
+
+    res: Resources
+    queue: str
+    group: str | None
+    max_parallel: int
+
+    @classmethod
+    def of(cls, meta: JobMeta) -> Shape:
+        limit = meta.max_parallel or 0
+        return cls(meta.resources.resources(), meta.queue or "default", meta.group if limit else None, limit)
+
+
+def _throttled(job: JobMeta | Shape, running: Mapping[str, int]) -> bool:
+    """Whether the job's sweep has as many jobs placed or running as its max_parallel allows."""
+    limit = job.max_parallel or 0
+    return bool(job.group and limit and running.get(job.group, 0) >= limit)
 
 
 def ask_view(pipe, names: Sequence[str], groups: Sequence[str]) -> None:

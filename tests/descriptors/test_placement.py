@@ -366,3 +366,57 @@ def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
         waker.join(10)
         loop.join(10)
     assert b"needs 2 GPUs free, has 1" in r.hget(keys.WHY, jid)
+
+
+def test_a_woken_pass_places_a_job_that_fits_behind_many_that_fit_nowhere(grid, r):
+    """A woken pass looks at a small window of the waiting queue; a job that fits must still be
+    placed at once when 150 jobs ahead of it fit nowhere, and the next passes start past that
+    unfit head (unless something in it fits now: then from the top, priority order kept)."""
+    from agent.negotiator import EVENT_WINDOW, Negotiator
+    from gridcore import keys
+    from gridcore.models import JobSpec
+    from gridcore.reservations import Reservations, release
+
+    blocked = grid.submit_many([JobSpec(command="true", resources=Resources(gpus=2)) for _ in range(150)])
+    fits = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    assert len(blocked) > EVENT_WINDOW
+    _grid_nodes(r, ["node-a"], cpus=64, memory=8 * GB, gpus=2)
+    assert Reservations(r).reserve("node-a", "holder", Resources(gpus=1), [0], 64, 8 * GB)
+    neg = Negotiator(r, "agent")
+    assert neg.run_once(full=False) == 1
+    assert _where(r, ["node-a"])[fits] == "node-a"
+    assert neg._skip is not None and neg._skip.count == 150 and neg._skip.last == blocked[-1]
+    later = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    r.lrem(keys.rq_queue(keys.node_queue("node-a")), 1, later)  # as if placed elsewhere: put back to wait
+    r.hdel(keys.node_held("node-a"), later)
+    r.rpush(keys.rq_queue(keys.PENDING_QUEUE), later)
+    assert neg.run_once(full=False) == 1 and _where(r, ["node-a"])[later] == "node-a"
+    with r.pipeline() as pipe:  # the GPU comes back: the head's first job fits now, and goes first
+        release(pipe, "holder", "node-a")
+        pipe.execute()
+    assert neg.run_once(full=False) == 1
+    at = _where(r, ["node-a"])
+    assert at[blocked[0]] == "node-a" and all(at[j] == "pending" for j in blocked[1:])
+    assert neg._skip is not None and neg._skip.count == EVENT_WINDOW - 1  # the rest of the chunk read
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 149 and neg._skip.last == blocked[-1]
+
+
+def test_a_pass_looks_from_the_top_when_the_queue_moved_under_its_unfit_head(grid, r):
+    """The remembered unfit head is checked by its last job: a job that goes back to the top of
+    the queue (a lost job, a higher priority) shifts it, and the next pass starts from the top."""
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.models import JobSpec
+
+    blocked = grid.submit_many([JobSpec(command="true", resources=Resources(gpus=4)) for _ in range(120)])
+    _grid_nodes(r, ["node-a"], cpus=64, memory=8 * GB, gpus=2)
+    _grid_nodes(r, ["node-b"], cpus=64, memory=8 * GB, gpus=4)
+    r.hset(keys.node("node-b"), "draining", "1")
+    neg = Negotiator(r, "agent")
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 120 and neg._skip.last == blocked[-1]
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 120  # started past it: still unfit
+    fits = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    r.lrem(keys.rq_queue(keys.node_queue("node-a")), 1, fits)  # placed at submit: put back, at the top
+    r.hdel(keys.node_held("node-a"), fits)
+    r.lpush(keys.rq_queue(keys.PENDING_QUEUE), fits)
+    assert neg.run_once(full=False) == 1 and _where(r, ["node-a", "node-b"])[fits] == "node-a"
