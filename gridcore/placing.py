@@ -139,17 +139,26 @@ class Placer:
         return [waiting(jid, next(fetched)) if ok else str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", _unfit(n)))
                 for jid, ok, n in zip(ids, fits, sizes, strict=True)]
 
-    def place_ids(self, ids: Sequence[str]) -> Outcome:
+    def place_ids(self, ids: Sequence[str], *, own: bool = True) -> Outcome:
         """Place these jobs where they fit now (those no longer waiting are skipped), reading
-        them and the grid in two round trips (the submitter's own jobs: their records are
-        as it just wrote them)."""
+        them and the grid in two round trips. `own`: the submitter's own jobs, whose records
+        are as it just wrote them; else (jobs a parent's end released) each record is read
+        within its bound first (one more round trip)."""
         with self.conn.pipeline(transaction=False) as pipe:
             for jid in ids:
-                pipe.hget(keys.rq_job(jid), "meta")
+                pipe.hmget(keys.rq_job(jid), "status", "meta" if own else "origin")
             pipe.zrange(keys.NODES, 0, -1)
-            *metas, names = pipe.execute()
-        jobs = [w for w in (waiting(jid, m) for jid, m in zip(ids, metas, strict=True))
-                if isinstance(w, Waiting) and w.raw]
+            *rows, names = pipe.execute(raise_on_error=False)
+        if isinstance(names, Exception):
+            raise names
+        # Only jobs queued for placement (a child of a running parent is deferred: not yet).
+        queued = [(jid, row[1]) for jid, row in zip(ids, rows, strict=True)
+                  if isinstance(row, list) and row[0] == b"queued"]
+        if own:
+            found = [waiting(jid, m) for jid, m in queued]
+        else:
+            found = self.read([jid for jid, origin in queued if origin == keys.PENDING_QUEUE.encode()])
+        jobs = [w for w in found if isinstance(w, Waiting) and w.raw]
         if not jobs:
             return Outcome()
         names = [text(n) for n in names]
@@ -333,14 +342,15 @@ def _why_not(res, nodes: Sequence[Node], committed: Mapping[str, Committed], que
     return "; ".join(str(v) for v in verdicts if v.fit is not Fit.NOW) or "no node is up"
 
 
-def place_submitted(conn: redis.Redis, ids: Sequence[str]) -> None:
-    """Right after a submission: place those of its jobs (sent to `grid.pending`) that fit now.
+def place_submitted(conn: redis.Redis, ids: Sequence[str], *, own: bool = True) -> None:
+    """Right after a submission: place those of its jobs (sent to `grid.pending`) that fit now;
+    `own=False`: jobs a parent's end has just released (their records read within bounds).
 
     The jobs are enqueued already, so a broker error here is no failed submission: the jobs wait
     for the agents' placement loop, as they would on a full grid (logged, not raised)."""
     if not ids:
         return
     try:
-        Placer(conn).place_ids(ids)
+        Placer(conn).place_ids(ids, own=own)
     except redis.RedisError as e:
-        log.warning("placing %d new job(s) at submit failed (%s); the agents' placement loop will", len(ids), e)
+        log.warning("placing %d waiting job(s) at once failed (%s); the agents' placement loop will", len(ids), e)

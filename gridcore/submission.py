@@ -178,9 +178,10 @@ class Submission:
                 if len(indexes.jobs) == BATCH:
                     flush()
             flush()
-        placing = [job_id for spec, job_id in zip(specs, ids, strict=True)  # for placement, able to run now
-                   if not spec.after and route(spec, groups.get(spec.group, {}).get("max_parallel")
-                                               if spec.group else None) == keys.PENDING_QUEUE]
+        # For placement (a child whose parents have ended is queued already: place_ids skips the rest).
+        placing = [job_id for spec, job_id in zip(specs, ids, strict=True)
+                   if route(spec, groups.get(spec.group, {}).get("max_parallel") if spec.group else None)
+                   == keys.PENDING_QUEUE]
         if placing:
             from gridcore.placing import place_submitted  # only a submission with jobs to place imports it
 

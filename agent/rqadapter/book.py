@@ -24,8 +24,10 @@ from rq.worker import WorkerStatus
 
 from agent.rqadapter.jobs import GridJob, GridQueue, fetch_job
 from gridcore import keys
+from gridcore.dependencies import JOB_ID
+from gridcore.placing import place_submitted
 from gridcore.priority import reposition
-from gridcore.records import Result
+from gridcore.records import Result, text
 
 log = logging.getLogger("grid.book")
 
@@ -147,6 +149,8 @@ class RQBook:
             queue.enqueue_dependents(job)
         if dependents:
             reposition(self.conn, dependents)  # RQ releases them at the back of their queues
+            if released:  # those sent to placement are placed now, not at the next periodic pass
+                place_submitted(self.conn, [text(d) for d in dependents if JOB_ID.fullmatch(d)], own=False)
 
     def _end(self, pipe, job: Job, queue: GridQueue, result: Result, outcome: str | None,
              execution: Execution | None) -> bool:

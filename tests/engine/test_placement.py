@@ -181,3 +181,15 @@ def test_jobs_are_placed_at_submit_and_as_jobs_end_not_on_the_clock(grid, agents
     assert max_overlap([grid.get(i) for i in cells]) == 1
     assert max_overlap([grid.get(i) for i in wide]) == 1
     assert not r.llen(keys.rq_queue(keys.PENDING_QUEUE))
+
+
+def test_dependents_are_placed_as_their_parent_ends_not_on_the_clock(grid, agents):
+    """With the periodic placement pass once a minute: a child with a memory request starts as
+    its parent's end releases it, and one submitted after its parent ended starts at submit."""
+    agents("node-a", slots=2, cpus=2, heartbeat_interval=60, node_timeout=180)
+    parent = grid.submit(JobSpec(command="sleep 0.3"))
+    child = grid.submit(JobSpec(command="true", after=(parent,), resources=Resources(memory=10**7)))
+    assert grid.state(child) is JobState.WAITING
+    assert grid.wait([child], timeout=15)[child] is JobState.FINISHED
+    late = grid.submit(JobSpec(command="true", after=(parent,), resources=Resources(memory=10**7)))
+    assert grid.wait([late], timeout=15)[late] is JobState.FINISHED
