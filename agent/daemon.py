@@ -84,7 +84,7 @@ class Agent:
             proctree.ENV_AGENT_PID: str(os.getpid()),
         }
         self.last_sweep = 0.0
-        self.negotiator = Negotiator(self.conn, owner=f"{self.node}.{self.agent_id}")
+        self.negotiator = Negotiator(self.conn, owner=f"{self.node}.{self.agent_id}", node=self.node)
         self.placing: threading.Event | None = None  # set: the placement loop stops
         self.broker_down_since: float | None = None
         self.watch = recovery.NodeWatch()

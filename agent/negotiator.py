@@ -2,12 +2,14 @@
 
 Jobs with anything beyond the plainest needs wait in the `grid.pending` RQ queue (no slot
 listens to it). Their submitter places those that fit at once (gridcore/placing.py); the
-rest are placed here. Every agent runs this loop in a thread: it waits on the wake list that
-every release of resources or of a sweep's throttle slot pushes to (`reservations.release`),
-and runs a pass at once when woken, or every heartbeat interval when not (the safety net:
-a job that waits for a node to come back, or to be resumed). One agent at a time runs a pass
-(under a lock); the pass reads a bounded window of the queue and places, by priority then
-age, each job that fits now, by `placing.PLACE` (atomic, so racing submitters are harmless).
+rest are placed here. Every agent runs this loop in a thread: it reads the wake stream that
+every release of resources or of a sweep's throttle slot adds to (`reservations.wake`), and
+runs a pass at once when an entry concerns it (its own node gave resources back, or any node
+may place: a throttle slot), or every heartbeat interval when not (the safety net: a job
+that waits for a node to come back, or to be resumed). One agent at a time runs a pass
+(under a lock); the pass reads a chunk of the queue and places, by priority then age, each
+job that fits now, by `placing.PLACE` (atomic, so racing submitters are harmless); while
+nothing it read fits it reads on, and the next pass starts past that unfit head (`Skip`).
 A job that fits nowhere now keeps a plain-words reason per node, shown by `grid why` and the
 console, written by the periodic pass. A slot whose job had been placed (or was in a throttled
 sweep) also runs a quick pass itself as the job ends (agent/perform.py), before it looks for
@@ -42,6 +44,8 @@ a pass reads new records once per this many jobs, not at every pass."""
 DEPTH = 2000
 """Waiting jobs a pass looks at, at most, while none it looked at fits (the jobs past them are
 looked at by the next passes: each starts past the unfit head the last one found)."""
+WAKE_READ = 256
+"""Wake entries a loop reads at once (a busy grid adds one at every job end)."""
 LOCK_TTL = 15
 """Seconds the pass lock outlives an agent that died holding it."""
 LOCK_WAIT = 3.0
@@ -67,9 +71,10 @@ class Skip:
 
 
 class Negotiator:
-    def __init__(self, conn: redis.Redis, owner: str):
+    def __init__(self, conn: redis.Redis, owner: str, node: str | None = None):
         self.conn = conn
         self.owner = owner
+        self.node = node  # the agent's node: its loop wakes for what is given back there (None: any)
         self.placer = Placer(conn)
         self._mutex = threading.Lock()  # the loop's thread and a caller's run_once: one pass at a time
         self._read: dict[str, Waiting | str] = {}  # waiting job id -> its record (unchanged while it waits)
@@ -234,21 +239,41 @@ class Negotiator:
             self._explained.update(fresh)
         return out, gone
 
+    def wait_wake(self, last: str, timeout: float) -> tuple[str, bool]:
+        """Wait up to `timeout` s for wake entries after `last` (`$`: from now on); returns the
+        last entry read and whether one concerns this loop (its node, or any node)."""
+        try:
+            got = self.conn.xread({keys.PLACE_WAKES: last}, count=WAKE_READ, block=max(1, int(timeout * 1000)))
+        except redis.ResponseError as e:  # not a stream (anyone can write the key): the periodic pass stays
+            log.debug("placement wake stream unreadable: %s", e)
+            time.sleep(timeout)
+            return last, False
+        woke = False
+        for _stream, entries in got or ():
+            for eid, fields in entries:
+                last = text(eid)
+                woke = woke or self.node is None or fields.get(b"any") == b"1" \
+                    or fields.get(b"node") == self.node.encode()
+        return last, woke
+
     def loop(self, stop: threading.Event, interval: float) -> None:
         """Place at once when woken, and every `interval` s regardless, until `stop` is set."""
         due = time.monotonic()
+        last = "$"
         while not stop.is_set():
             try:
+                if last == "$":  # the stream's end, read once: no entry added after it is missed
+                    last = self._tail()
                 # Each wait is shorter than the connection's socket timeout, so it never trips it.
                 wait = min(max(0.0, due - time.monotonic()), 5.0)
-                woke = self.conn.blpop([keys.PLACE_WAKE], timeout=max(0.1, wait))
+                last, woke = self.wait_wake(last, max(0.1, wait))
                 if stop.is_set():
                     break
                 # A busy grid wakes this loop at every job end: the periodic pass is due all the same.
                 if time.monotonic() >= due:
                     due = time.monotonic() + interval
-                    self.run_once(full=True, wait=LOCK_WAIT if woke is not None else 0.0)
-                elif woke is not None:
+                    self.run_once(full=True, wait=LOCK_WAIT if woke else 0.0)
+                elif woke:
                     self.run_once(full=False, wait=LOCK_WAIT)
             except redis.RedisError as e:
                 # The heartbeat sees (and logs) an outage; this loop only waits it out.
@@ -257,6 +282,14 @@ class Negotiator:
             except Exception:  # noqa: BLE001 - a placement bug must not end placement for good; it is logged
                 log.exception("placement pass failed")
                 stop.wait(1.0)
+
+    def _tail(self) -> str:
+        """The id of the wake stream's last entry ('0-0' if it has none, or is no stream)."""
+        try:
+            entries = self.conn.xrevrange(keys.PLACE_WAKES, count=1)
+        except redis.ResponseError:
+            return "0-0"
+        return text(entries[0][0]) if entries else "0-0"
 
     def start(self, interval: float) -> threading.Event:
         """Run `loop` in a daemon thread; set the returned event to stop it."""

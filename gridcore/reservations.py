@@ -113,18 +113,27 @@ def release(pipe, job_id: str, node: str | None = None, group: str | None = None
     reservation on `node`, its sweep's throttle slot (`group`), and its placement-reason and
     priority entries. The one place that does this; the attempt's `grid:active` entry is the
     attempt's own to drop (only while it still owns the job). What was given back may let a
-    waiting job in: the placement loop is woken (one token at most, however many releases)."""
+    waiting job in: the placement loops it concerns are woken (`wake`)."""
     if node:
         pipe.hdel(keys.node_held(node), job_id)
     if group:
         pipe.srem(keys.group_slots(group), job_id)
     if node or group:
-        wake(pipe)
+        wake(pipe, node, anywhere=bool(group))
     pipe.hdel(keys.WHY, job_id)
     pipe.hdel(keys.PRIORITY, job_id)
 
 
-def wake(pipe) -> None:
-    """Wake one agent's placement loop, on the caller's pipeline (a list of at most one token)."""
-    pipe.lpush(keys.PLACE_WAKE, 1)
-    pipe.ltrim(keys.PLACE_WAKE, 0, 0)
+def wake(pipe, node: str | None = None, *, anywhere: bool = False) -> None:
+    """Wake the placement loops concerned, on the caller's pipeline: `node`'s (what it gave
+    back fits its waiting jobs), and every agent's if `anywhere` (a sweep's throttle slot came
+    free: the sweep's next cell may go to any node)."""
+    pipe.eval(_WAKE, 1, keys.PLACE_WAKES, node or "", "1" if anywhere else "0", keys.PLACE_WAKES_CAP)
+
+
+_WAKE = """
+redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'node', ARGV[1], 'any', ARGV[2])
+return 1
+"""
+"""Lua: add a wake entry. Best effort: a wake key spoiled by a broker writer (another type, an
+entry id no new one can follow) fails no release; the periodic pass is the safety net."""

@@ -294,19 +294,34 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
     assert ended | set(at) == set(ids) and not [w for w in at.values() if w == "pending"]
 
 
-def test_every_release_wakes_the_placement_loop_with_one_token(r):
+def test_a_release_wakes_its_nodes_loop_and_a_freed_throttle_slot_wakes_every_loop(r):
+    """Resources given back on a node wake that node's agent (what came back fits there); a
+    sweep's throttle slot wakes every agent (its next cell may go anywhere); a spoiled wake key
+    fails no release and stops no loop."""
+    from agent.negotiator import Negotiator
     from gridcore import keys
     from gridcore.reservations import release
 
-    for job in ("a", "b", "c"):
+    def released(*args):
         with r.pipeline() as pipe:
-            release(pipe, job, "node-a", "sweep")
+            release(pipe, *args)
             pipe.execute()
-    assert r.llen(keys.PLACE_WAKE) == 1
-    with r.pipeline() as pipe:
-        release(pipe, "d")  # nothing held on a node, no sweep slot: nothing given back
-        pipe.execute()
-    assert r.lpop(keys.PLACE_WAKE) and not r.llen(keys.PLACE_WAKE)
+
+    a, b = Negotiator(r, "a", node="node-a"), Negotiator(r, "b", node="node-b")
+    at_a, at_b = a._tail(), b._tail()
+    released("j1", "node-a")
+    at_a, woke_a = a.wait_wake(at_a, 0.05)
+    at_b, woke_b = b.wait_wake(at_b, 0.05)
+    assert woke_a and not woke_b
+    released("j2", "node-b", "sweep")
+    released("j3")  # nothing held on a node, no sweep slot: nothing given back, nobody woken
+    assert a.wait_wake(at_a, 0.05)[1] and b.wait_wake(at_b, 0.05)[1]
+    assert r.xlen(keys.PLACE_WAKES) == 2
+    r.delete(keys.PLACE_WAKES)
+    r.set(keys.PLACE_WAKES, "spoiled")
+    released("j4", "node-a", "sweep")
+    assert a.wait_wake("0-0", 0.05) == ("0-0", False)
+    assert r.hlen(keys.node_held("node-a")) == 0
 
 
 def test_a_job_whose_record_changed_since_it_was_read_is_not_placed(grid, r):
@@ -339,7 +354,7 @@ def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
     from agent.negotiator import Negotiator
     from gridcore import keys
     from gridcore.models import JobSpec
-    from gridcore.reservations import Reservations
+    from gridcore.reservations import Reservations, wake
     from tests.support.wait import eventually
 
     _grid_nodes(r, ["node-a"], cpus=4, memory=8 * GB, gpus=2)
@@ -350,8 +365,7 @@ def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
     def wakes():
         while not stop.is_set():
             with r.pipeline() as pipe:
-                pipe.lpush(keys.PLACE_WAKE, 1)
-                pipe.ltrim(keys.PLACE_WAKE, 0, 0)
+                wake(pipe, anywhere=True)
                 pipe.execute()
             stop.wait(0.01)
 
