@@ -181,7 +181,9 @@ class Negotiator:
         while True:
             chunk = ids[:self._chunk(full)]
             seen.update(ids)
-            out, gone = self._place_chunk(full and first, chunk, ids, view)
+            # Nothing was placed so far (else the pass would have ended): the view is as read, so a
+            # shape that did not fit before does not fit now, and its jobs are not looked at again.
+            out, gone = self._place_chunk(full and first, chunk, ids, view, shapes)
             placed += len(out.placed)
             looked += len(chunk)
             first = False
@@ -194,7 +196,7 @@ class Negotiator:
                 w = self._read.get(jid)
                 if jid in out.changed or not isinstance(w, Waiting):
                     break
-                shapes.add(Shape.of(w.meta))
+                shapes.add(w.shape)
                 last = jid
                 lead += 1
             head += lead
@@ -205,16 +207,20 @@ class Negotiator:
             ids = [] if isinstance(more, Exception) else [text(i) for i in more]
             if not ids:
                 break
-        self._skip = Skip(head, last, frozenset(shapes)) if head else None
+        # A head shorter than a chunk is not worth skipping: the next pass reads a chunk from the
+        # top anyway (and a sweep's throttled cells are such a head after each of its cells ends).
+        self._skip = Skip(head, last, frozenset(shapes)) if head >= EVENT_WINDOW else None
         # Records of jobs no longer waiting are forgotten; a waiting job's meta changes only when
         # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again).
         self._read = {i: w for i, w in self._read.items() if i in seen}
         self._explained = {i: w for i, w in self._explained.items() if i in self._read}
         return placed
 
-    def _place_chunk(self, full: bool, chunk: list[str], ids: list[str], view: View) -> tuple[Outcome, set[str]]:
+    def _place_chunk(self, full: bool, chunk: list[str], ids: list[str], view: View,
+                     unfit: set[Shape]) -> tuple[Outcome, set[str]]:
         """Place what fits of `chunk` (the records of `ids`, the chunk and its prefetch, read
-        where not known yet); the outcome, and the corrupt records set aside."""
+        where not known yet), jobs of the `unfit` shapes aside; the outcome, and the corrupt
+        records set aside."""
         if not chunk:
             return Outcome(), set()
         if any(i not in self._read for i in chunk):  # the prefetch too: one read per PREFETCH new jobs
@@ -225,7 +231,7 @@ class Negotiator:
             # Out of the window for good: a corrupt record must not be read on every pass, nor
             # crowd out the jobs behind it.
             self.quarantine.list_item(keys.rq_queue(keys.PENDING_QUEUE), jid, why, job=jid)
-        jobs = [w for i in chunk if isinstance(w := self._read[i], Waiting)]
+        jobs = [w for i in chunk if isinstance(w := self._read[i], Waiting) and w.shape not in unfit]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else ())
         for jid in [*out.placed, *out.changed]:

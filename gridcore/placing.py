@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import redis
 
@@ -79,6 +80,11 @@ class Waiting:
     meta: JobMeta
     raw: dict
     digest: str
+
+    @cached_property
+    def shape(self) -> Shape:
+        """What decides whether it can be placed now (computed once: a pass asks for every job)."""
+        return Shape.of(self.meta)
 
 
 def waiting(job_id: str, raw: bytes | Exception | None) -> Waiting | str:
