@@ -260,10 +260,16 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
     def placer(i):
         try:
             conn = broker.client()
+            # One negotiator per racer for all its passes: what it remembers between passes (the
+            # records read, the unfit head) is raced too; racer 3 passes as an ending slot does
+            # (no pass lock, alongside the agents').
+            neg = Negotiator(conn, owner=f"agent{i}")
             start.wait()
             for _ in range(15):
-                if i % 2:
-                    Negotiator(conn, owner=f"agent{i}").run_once(full=bool(_ % 2))
+                if i == 3:
+                    neg.run_once(full=False, lock=False)
+                elif i % 2:
+                    neg.run_once(full=bool(_ % 2))
                 else:
                     Placer(conn).place_ids([j.decode() for j in conn.lrange("rq:queue:grid.pending", 0, -1)])
         except BaseException as e:  # noqa: BLE001 - reported by the test below
@@ -280,12 +286,15 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
     at = _check_never_overcommitted(r, names, **caps, sweeps=sweeps)
     assert any(w != "pending" for w in at.values())
     ended: set[str] = set()
+    slot, agent = Negotiator(broker.client(), "slot"), Negotiator(broker.client(), "agent")  # passes that remember
     for _ in range(40):  # jobs end a few at a time while placers race again, until none waits
         if not [j for j, w in at.items() if w != "pending"]:
             break
         ended.update(_finish(r, at, min(3, len([w for w in at.values() if w != "pending"])), sweeps, rng))
         racers = [threading.Thread(target=lambda: Placer(broker.client()).place_ids(
-            [j.decode() for j in r.lrange("rq:queue:grid.pending", 0, -1)])) for _ in range(RACERS)]
+            [j.decode() for j in r.lrange("rq:queue:grid.pending", 0, -1)])) for _ in range(RACERS - 2)]
+        racers += [threading.Thread(target=slot.run_once, kwargs={"full": False, "lock": False}),
+                   threading.Thread(target=agent.run_once, kwargs={"full": False, "wait": 1.0})]
         for t in racers:
             t.start()
         for t in racers:
