@@ -63,7 +63,9 @@ return 0
 class Skip:
     """The head of the waiting queue that fitted nowhere at the last pass: how many jobs, the
     last of them (a different job there means the queue moved under it: look from the top),
-    and their shapes (if none of these fits now, none of those jobs does)."""
+    and their shapes (if none of these fits now, none of those jobs does). A job taken out of
+    the head and another put into it meanwhile go unnoticed: the periodic pass, which reads
+    from the top, places that one."""
 
     count: int
     last: str

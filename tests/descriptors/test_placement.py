@@ -326,9 +326,12 @@ def test_a_release_wakes_its_nodes_loop_and_a_freed_throttle_slot_wakes_every_lo
     released("j3")  # nothing held on a node, no sweep slot: nothing given back, nobody woken
     assert a.wait_wake(at_a, 0.05)[1] and b.wait_wake(at_b, 0.05)[1]
     assert r.xlen(keys.PLACE_WAKES) == 2
+    r.xadd(keys.PLACE_WAKES, {"node": "x" * 1000}, id="18446744073709551615-18446744073709551615")
+    released("j4", "node-a", "sweep")  # no entry can follow that one: the wake is dropped, nothing else
     r.delete(keys.PLACE_WAKES)
     r.set(keys.PLACE_WAKES, "spoiled")
-    released("j4", "node-a", "sweep")
+    r.hset(keys.node_held("node-a"), "j5", '{"cpus": 1}')
+    released("j5", "node-a", "sweep")
     assert a.wait_wake("0-0", 0.05) == ("0-0", False)
     assert r.hlen(keys.node_held("node-a")) == 0
 
