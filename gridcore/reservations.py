@@ -130,12 +130,7 @@ def wake(pipe, node: str | None = None, *, anywhere: bool = False) -> None:
     """Wake the placement loops concerned, on the caller's pipeline: `node`'s (what it gave
     back fits its waiting jobs), and every agent's if `anywhere` (a sweep's throttle slot came
     free: the sweep's next cell may go to any node)."""
-    pipe.eval(_WAKE, 1, keys.PLACE_WAKES, node or "", "1" if anywhere else "0", keys.PLACE_WAKES_CAP)
-
-
-_WAKE = """
-redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'node', ARGV[1], 'any', ARGV[2])
-return 1
-"""
-"""Lua: add a wake entry. Best effort: a wake key spoiled by a broker writer (another type, an
-entry id no new one can follow) fails no release; the periodic pass is the safety net."""
+    # A plain command, not a script: an attempt's end runs its recorded commands inside a script
+    # (agent/guarded.py), where a script may not be called.
+    pipe.xadd(keys.PLACE_WAKES, {"node": node or "", "any": "1" if anywhere else "0"},
+              maxlen=keys.PLACE_WAKES_CAP, approximate=True)
