@@ -107,6 +107,14 @@ class JobAttempt:
             log.warning("job %s: %s", self.id, e)
             return JobMeta()
 
+    @property
+    def places_next(self) -> bool:
+        """Whether this slot places the next waiting jobs itself as the job ends (a placed job, or
+        a cell of a throttled sweep: the next cell usually fits where it ran): then its end wakes
+        no placement loop unless that pass placed nothing (agent/perform.py)."""
+        meta = self.meta
+        return meta.placement is not None or bool(meta.max_parallel)
+
     def _owns(self, raw: bytes | None) -> bool:
         # The node-loss sweep removes a lost job's ACTIVE entry: a copy still running here
         # after that is stale and must neither go on nor record a result.
@@ -374,7 +382,7 @@ class JobAttempt:
             pipe.hset(keys.node_running(self.node), self.id, RunningEntry("ended", worker=self.worker).encode())
         pipe.hdel(keys.ACTIVE, self.id)
         group = self.meta.group
-        release(pipe, self.id, self.node, group)
+        release(pipe, self.id, self.node, group, wake_loops=not self.places_next)
         if group and result.usage is not None:  # the sweep's median and max per cell
             efficiency.record_cell(pipe, group, self.id, result.usage.model_dump(), self.result_ttl)
         if outcome == "canceled":  # the operator's signed cancel stays with the record (gridcore/cancelproof.py)

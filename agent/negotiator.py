@@ -2,14 +2,15 @@
 
 Jobs with anything beyond the plainest needs wait in the `grid.pending` RQ queue (no slot
 listens to it). Their submitter places those that fit at once (gridcore/placing.py); the
-rest are placed here. Every agent runs this loop in a thread: it waits on the wake list that
-every release of resources or of a sweep's throttle slot pushes to (`reservations.release`),
-and runs a pass at once when woken, or every heartbeat interval when not (the safety net:
-a job that waits for a node to come back, or to be resumed). An agent places onto its own node
+rest are placed here. Every agent runs this loop in a thread: it reads the wake stream that
+every release of resources or of a sweep's throttle slot adds to (`reservations.wake`), and
+runs a pass at once when an entry concerns it (its own node gave resources back, or any node
+may place: a throttle slot), or every heartbeat interval when not (the safety net: a job
+that waits for a node to come back, or to be resumed). An agent places onto its own node
 only (its ACL user can write no other node's reservations): every node fills itself. One pass
-at a time per node (under a lock); the pass reads a bounded window of the queue and places, by
-priority then age, each job that fits now, by `placing.PLACE` (atomic, so racing submitters
-are harmless).
+at a time per node (under a lock); the pass reads a chunk of the queue and places, by priority then age, each
+job that fits now, by `placing.PLACE` (atomic, so racing submitters are harmless); while
+nothing it read fits it reads on, and the next pass starts past that unfit head (`Skip`).
 A job that fits nowhere now keeps a plain-words reason per node, shown by `grid why` and the
 console, written by the periodic pass. A slot whose job had been placed (or was in a throttled
 sweep) also runs a quick pass itself as the job ends (agent/perform.py), before it looks for
@@ -23,12 +24,13 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import redis
 
 from agent.outage import OUTAGE_ERRORS
 from gridcore import keys
-from gridcore.placing import WINDOW, Placer, View, Waiting, ask_view, take_view
+from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, take_view
 from gridcore.quarantine import Quarantine
 from gridcore.records import text
 from gridcore.reservations import Corrupt
@@ -36,11 +38,16 @@ from gridcore.reservations import Corrupt
 log = logging.getLogger("grid.negotiator")
 
 EVENT_WINDOW = 100
-"""Waiting jobs a woken pass looks at (the periodic pass looks at WINDOW): it runs at every job
-end, so it stays small; a job further down the queue is placed by the next periodic pass."""
+"""Waiting jobs a woken pass looks at in one chunk (the periodic pass looks at WINDOW): it runs
+at every job end, so it stays small; it looks further only while nothing it looked at fits."""
 PREFETCH = 64
 """Waiting jobs past the window whose records a pass reads ahead, so that as the queue moves up
 a pass reads new records once per this many jobs, not at every pass."""
+DEPTH = 2000
+"""Waiting jobs a pass looks at, at most, while none it looked at fits (the jobs past them are
+looked at by the next passes: each starts past the unfit head the last one found)."""
+WAKE_READ = 256
+"""Wake entries a loop reads at once (a busy grid adds one at every job end)."""
 LOCK_TTL = 15
 """Seconds the pass lock outlives an agent that died holding it."""
 LOCK_WAIT = 3.0
@@ -54,10 +61,23 @@ return 0
 """Lua: drop the pass lock if this pass still holds it (it may have expired and been taken)."""
 
 
+@dataclass(frozen=True)
+class Skip:
+    """The head of the waiting queue that fitted nowhere at the last pass: how many jobs, the
+    last of them (a different job there means the queue moved under it: look from the top),
+    and their shapes (if none of these fits now, none of those jobs does). A job taken out of
+    the head and another put into it meanwhile go unnoticed: the periodic pass, which reads
+    from the top, places that one."""
+
+    count: int
+    last: str
+    shapes: frozenset[Shape]
+
+
 class Negotiator:
     def __init__(self, conn: redis.Redis, owner: str, node: str | None = None):
-        """`node`: the one node this placer places onto (an agent's own); None: any node (a
-        placer running as operator)."""
+        """`node`: the one node this placer places onto (an agent's own; its loop wakes for what
+        is given back there); None: any node (a placer running as operator)."""
         self.conn = conn
         self.owner = owner
         self.node = node
@@ -67,6 +87,7 @@ class Negotiator:
         self._read: dict[str, Waiting | str] = {}  # waiting job id -> its record (unchanged while it waits)
         self._explained: dict[str, str] = {}  # job id -> the reason last written for it
         self._names: list[str] = []  # the nodes the last pass saw
+        self._skip: Skip | None = None  # the unfit head of the queue, as the last pass left it
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -88,22 +109,31 @@ class Negotiator:
                 if lock:
                     self._unlock(keys=[self._lock_key], args=[token])
 
-    def _survey(self, token: str, full: bool, lock: bool) -> tuple[list[str], View] | None:
-        """Take the pass lock and read the waiting jobs' ids and the grid, in one round trip
-        (the nodes and sweeps of the last pass are read; others take a second one); None if
-        another agent holds the lock."""
+    def _survey(self, token: str, full: bool, lock: bool) -> tuple[list[str], View, int] | None:
+        """Take the pass lock and read the waiting jobs' ids (past the unfit head the last pass
+        found, if it is still there and none of its shapes fits now) and the grid, in one round
+        trip (the nodes and sweeps of the last pass are read; others take a second one); None
+        if another agent holds the lock. Returns the ids, the view and the ids' offset."""
         if full:
-            self._read, self._explained = {}, {}
+            self._read, self._explained, self._skip = {}, {}, None
+        skip = self._skip
         groups = sorted({w.meta.group for w in self._read.values()
-                         if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel})
+                         if isinstance(w, Waiting) and w.meta.group and w.meta.max_parallel}
+                        | {s.group for s in (skip.shapes if skip else ()) if s.group})
+        pending = keys.rq_queue(keys.PENDING_QUEUE)
+        offset = skip.count if skip else 0
         with self.conn.pipeline(transaction=False) as pipe:
             if lock:
                 pipe.set(self._lock_key, token, nx=True, ex=LOCK_TTL)
             else:
                 pipe.echo("unlocked")  # keeps the replies' order
-            pipe.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, (WINDOW if full else EVENT_WINDOW) + PREFETCH - 1)
+            if skip:
+                pipe.lindex(pending, skip.count - 1)
+            else:
+                pipe.echo("")
+            pipe.lrange(pending, offset, offset + self._chunk(full) + PREFETCH - 1)
             ask_view(pipe, self._names, groups)
-            locked, ids, *replies = pipe.execute(raise_on_error=False)
+            locked, last, ids, *replies = pipe.execute(raise_on_error=False)
         if isinstance(locked, Exception):
             raise locked
         if not locked:
@@ -112,8 +142,25 @@ class Negotiator:
         if view is None:  # a node joined or left since the last pass, or a bad key or entry
             view = self._careful_view(groups)
             self._names = [n.name for n in view.nodes]
+        if skip and (isinstance(last, Exception) or last is None or text(last) != skip.last
+                     or self.placer.any_fits(skip.shapes, view)):
+            # Something in the head may fit now (or the queue moved): from the top, one more read.
+            self._skip, offset = None, 0
+            ids = self._ids(0, full)
         # A pending queue of another type (anyone can write one) holds nothing to place.
-        return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view
+        return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view, offset
+
+    @staticmethod
+    def _chunk(full: bool) -> int:
+        return WINDOW if full else EVENT_WINDOW
+
+    def _ids(self, offset: int, full: bool) -> list[bytes] | Exception:
+        """The ids of the waiting jobs from `offset` on (a chunk and the prefetch)."""
+        try:
+            return self.conn.lrange(keys.rq_queue(keys.PENDING_QUEUE), offset,
+                                    offset + self._chunk(full) + PREFETCH - 1)
+        except redis.ResponseError as e:
+            return e
 
     def _careful_view(self, groups: list[str]) -> View:
         """The grid read key by key; held entries that are no HeldEntry (the reserve script
@@ -128,50 +175,120 @@ class Negotiator:
             self.quarantine.hash_field(keys.node_held(c.node), c.field, c.raw, c.problem, node=c.node)
         return self.placer.view(groups)
 
-    def _pass(self, full: bool, ids: list[str], view: View) -> int:
+    def _pass(self, full: bool, ids: list[str], view: View, offset: int) -> int:
+        """Place what fits in the chunk at `offset`; while every job looked at fits nowhere, go
+        on with the next chunk (up to DEPTH jobs a pass), so a job that fits is placed however
+        many unfit ones wait ahead of it. What stays unfit at the head is remembered (`Skip`):
+        the next pass starts past it unless something there may fit now."""
+        skip = self._skip
+        head = skip.count if skip else 0
+        shapes = set(skip.shapes) if skip else set()
+        last = skip.last if skip else ""
+        seen: set[str] = set()
+        placed = looked = 0
+        first = True
+        while True:
+            chunk = ids[:self._chunk(full)]
+            seen.update(ids)
+            # Nothing was placed so far (else the pass would have ended): the view is as read, so a
+            # shape that did not fit before does not fit now, and its jobs are not looked at again.
+            out, gone = self._place_chunk(full and first, chunk, ids, view, shapes)
+            placed += len(out.placed)
+            looked += len(chunk)
+            first = False
+            # The chunk starts where the unfit head ends, so its unfit jobs extend the head up to the
+            # first one to read again (those placed or set aside have left the queue).
+            lead = 0
+            for jid in chunk:
+                if jid in out.placed or jid in gone:
+                    continue
+                w = self._read.get(jid)
+                if jid in out.changed or not isinstance(w, Waiting):
+                    break
+                shapes.add(w.shape)
+                last = jid
+                lead += 1
+            head += lead
+            if lead < len(chunk) or len(ids) <= len(chunk) or looked >= DEPTH:
+                break
+            offset += len(chunk)  # every job so far fits nowhere: look further down the queue
+            more = self._ids(offset, full)
+            ids = [] if isinstance(more, Exception) else [text(i) for i in more]
+            if not ids:
+                break
+        # A head shorter than a chunk is not worth skipping: the next pass reads a chunk from the
+        # top anyway (and a sweep's throttled cells are such a head after each of its cells ends).
+        self._skip = Skip(head, last, frozenset(shapes)) if head >= EVENT_WINDOW else None
         # Records of jobs no longer waiting are forgotten; a waiting job's meta changes only when
-        # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again below).
-        self._read = {i: self._read[i] for i in ids if i in self._read}
+        # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again).
+        self._read = {i: w for i, w in self._read.items() if i in seen}
         self._explained = {i: w for i, w in self._explained.items() if i in self._read}
-        window = ids[:WINDOW if full else EVENT_WINDOW]
-        if not window:
-            return 0
-        if any(i not in self._read for i in window):  # the prefetch too: one read per PREFETCH new jobs
+        return placed
+
+    def _place_chunk(self, full: bool, chunk: list[str], ids: list[str], view: View,
+                     unfit: set[Shape]) -> tuple[Outcome, set[str]]:
+        """Place what fits of `chunk` (the records of `ids`, the chunk and its prefetch, read
+        where not known yet), jobs of the `unfit` shapes aside; the outcome, and the corrupt
+        records set aside."""
+        if not chunk:
+            return Outcome(), set()
+        if any(i not in self._read for i in chunk):  # the prefetch too: one read per PREFETCH new jobs
             new = [i for i in ids if i not in self._read]
             self._read.update(zip(new, self.placer.read(new), strict=True))
-        whys = {i: f"not placed: {w}" for i in window if isinstance(w := self._read[i], str)}
+        whys = {i: f"not placed: {w}" for i in chunk if isinstance(w := self._read[i], str)}
         for jid, why in whys.items():
             # Out of the window for good: a corrupt record must not be read on every pass, nor
             # crowd out the jobs behind it.
             self.quarantine.list_item(keys.rq_queue(keys.PENDING_QUEUE), jid, why, job=jid)
-        jobs = [w for i in window if isinstance(w := self._read[i], Waiting)]
+        jobs = [w for i in chunk if isinstance(w := self._read[i], Waiting) and w.shape not in unfit]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node)
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)
+        gone = set(whys)
         whys.update(out.whys)
         fresh = {i: w for i, w in whys.items() if self._explained.get(i) != w and i in self._read}
         if fresh:
             self.conn.hset(keys.WHY, mapping=fresh)
             self._explained.update(fresh)
-        return len(out.placed)
+        return out, gone
+
+    def wait_wake(self, last: str, timeout: float) -> tuple[str, bool]:
+        """Wait up to `timeout` s for wake entries after `last` (`$`: from now on); returns the
+        last entry read and whether one concerns this loop (its node, or any node)."""
+        try:
+            got = self.conn.xread({keys.PLACE_WAKES: last}, count=WAKE_READ, block=max(1, int(timeout * 1000)))
+        except redis.ResponseError as e:  # not a stream (anyone can write the key): the periodic pass stays
+            log.debug("placement wake stream unreadable: %s", e)
+            time.sleep(timeout)
+            return last, False
+        woke = False
+        for _stream, entries in got or ():
+            for eid, fields in entries:
+                last = text(eid)
+                woke = woke or self.node is None or fields.get(b"any") == b"1" \
+                    or fields.get(b"node") == self.node.encode()
+        return last, woke
 
     def loop(self, stop: threading.Event, interval: float) -> None:
         """Place at once when woken, and every `interval` s regardless, until `stop` is set."""
         due = time.monotonic()
+        last = "$"
         while not stop.is_set():
             try:
+                if last == "$":  # the stream's end, read once: no entry added after it is missed
+                    last = self._tail()
                 # Each wait is shorter than the connection's socket timeout, so it never trips it.
                 wait = min(max(0.0, due - time.monotonic()), 5.0)
-                woke = self.conn.blpop([keys.PLACE_WAKE], timeout=max(0.1, wait))
+                last, woke = self.wait_wake(last, max(0.1, wait))
                 if stop.is_set():
                     break
                 # A busy grid wakes this loop at every job end: the periodic pass is due all the same.
                 if time.monotonic() >= due:
                     due = time.monotonic() + interval
-                    self.run_once(full=True, wait=LOCK_WAIT if woke is not None else 0.0)
-                elif woke is not None:
+                    self.run_once(full=True, wait=LOCK_WAIT if woke else 0.0)
+                elif woke:
                     self.run_once(full=False, wait=LOCK_WAIT)
             except redis.RedisError as e:
                 # The heartbeat sees (and logs) an outage; this loop only waits it out. A refusal
@@ -184,6 +301,14 @@ class Negotiator:
             except Exception:  # noqa: BLE001 - a placement bug must not end placement for good; it is logged
                 log.exception("placement pass failed")
                 stop.wait(1.0)
+
+    def _tail(self) -> str:
+        """The id of the wake stream's last entry ('0-0' if it has none, or is no stream)."""
+        try:
+            entries = self.conn.xrevrange(keys.PLACE_WAKES, count=1)
+        except redis.ResponseError:
+            return "0-0"
+        return text(entries[0][0]) if entries else "0-0"
 
     def start(self, interval: float) -> threading.Event:
         """Run `loop` in a daemon thread; set the returned event to stop it."""

@@ -23,6 +23,7 @@ from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import shown_argument
 from agent.verify import AlreadyRunning, Gatekeeper
 from gridcore.records import Result
+from gridcore.reservations import wake
 from gridcore.settings import Settings
 from gridcore.signing import Refused
 
@@ -199,17 +200,27 @@ class Performer:
         result = self.admission.attest(result, attempt.id, envelope, attempt.number)
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
         attempt.finish(envelope, result, outcome, give_up=self._give_up)
-        meta = attempt.meta
-        if meta.placement is not None or meta.max_parallel:
-            self._place_next()
+        if attempt.places_next:
+            self._place_next(attempt.meta.group)
         return result, outcome
 
-    def _place_next(self) -> None:
+    def _place_next(self, group: str | None) -> None:
         """What the ended job gave back may let the next waiting job in (the next cell of its
-        sweep): place it now, before this slot looks for its next job (agent/negotiator.py)."""
+        sweep): place it now, before this slot looks for its next job (agent/negotiator.py).
+        Its end woke no placement loop: if this places nothing, the loops it concerns are woken
+        now (another node may take what this one could not)."""
+        placed = 0
         try:
-            self.placing.run_once(full=False, lock=False)
+            placed = self.placing.run_once(full=False, lock=False)
         except OUTAGE_ERRORS as e:
             log.warning("placing after a job's end: %s (the agents' placement loop will)", e)
         except Exception:  # noqa: BLE001 - a placement bug must not take the slot down; it is logged
             log.exception("placing after a job's end failed")
+        if placed:
+            return
+        try:
+            with self.conn.pipeline(transaction=False) as pipe:
+                wake(pipe, self.node, anywhere=bool(group))
+                pipe.execute()
+        except OUTAGE_ERRORS as e:
+            log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)

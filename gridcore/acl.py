@@ -107,7 +107,7 @@ def agent_write_keys(node: str) -> tuple[str, ...]:
     coordination = (
         keys.group_slots(ANY), keys.group_usage(ANY, ANY),
         keys.EVENTS, keys.HISTORY, keys.ACTIVE, keys.GRID_ID, keys.WHY, keys.PRIORITY,
-        keys.PLACE_WAKE, keys.reclaim_lock(ANY), keys.QUARANTINE, keys.WRITE_PROBE,
+        keys.PLACE_WAKES, keys.reclaim_lock(ANY), keys.QUARANTINE, keys.WRITE_PROBE,
     )
     per_job = (keys.output(ANY), keys.result(ANY), keys.attempts(ANY), keys.cancel(ANY), keys.nonce(ANY),
                keys.secret_env(ANY))

@@ -157,7 +157,7 @@ class Control:
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.node(node), mapping=NodeRecord.drain_fields(draining, message))
             if not draining:  # a node back in service may take waiting jobs now
-                reservations.wake(pipe)
+                reservations.wake(pipe, node)
             events.emit(pipe, now, event, node=node, message=message)
             pipe.execute()
 

@@ -296,9 +296,14 @@ def placing_lock(name: str) -> str:
     """String lock: one placement pass at a time onto a node (its agent places onto itself only)."""
     return f"{PREFIX}:node:{name}:placing"
 
-PLACE_WAKE = f"{PREFIX}:placement:wake"
-"""List of at most one token: pushed whenever a job gives back what it held (resources, a
-sweep's throttle slot); an agent's placement loop waits on it to place the next jobs at once."""
+PLACE_WAKES = f"{PREFIX}:placement:wakes"
+"""Stream (capped): an entry whenever a job gives back what it held, naming the node it held
+resources on (`node`) and whether any node may now place (`any`: a sweep's throttle slot, a
+node back in service). Every agent's placement loop reads it, so one entry wakes every agent
+it concerns: the node whose resources came back, every node for a throttle slot."""
+
+PLACE_WAKES_CAP = 1000
+"""Entries the wake stream keeps (approximately): a loop that fell further behind wakes anyway."""
 
 WHY = f"{PREFIX}:why"
 """Hash: pending job id -> why it is not placed yet (per node, plain words)."""

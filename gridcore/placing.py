@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import redis
 
@@ -80,6 +81,11 @@ class Waiting:
     raw: dict
     digest: str
 
+    @cached_property
+    def shape(self) -> Shape:
+        """What decides whether it can be placed now (computed once: a pass asks for every job)."""
+        return Shape.of(self.meta)
+
 
 def waiting(job_id: str, raw: bytes | Exception | None) -> Waiting | str:
     """A waiting job's record, or what is wrong with it (a corrupt one is not placed)."""
@@ -139,17 +145,27 @@ class Placer:
         return [waiting(jid, next(fetched)) if ok else str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", _unfit(n)))
                 for jid, ok, n in zip(ids, fits, sizes, strict=True)]
 
-    def place_ids(self, ids: Sequence[str]) -> Outcome:
+    def place_ids(self, ids: Sequence[str], *, own: bool = True, onto: str | None = None) -> Outcome:
         """Place these jobs where they fit now (those no longer waiting are skipped), reading
-        them and the grid in two round trips (the submitter's own jobs: their records are
-        as it just wrote them)."""
+        them and the grid in two round trips. `own`: the submitter's own jobs, whose records
+        are as it just wrote them; else (jobs a parent's end released) each record is read
+        within its bound first (one more round trip). `onto`: the one node they may be placed on
+        (an agent's own), as in `place`."""
         with self.conn.pipeline(transaction=False) as pipe:
             for jid in ids:
-                pipe.hget(keys.rq_job(jid), "meta")
+                pipe.hmget(keys.rq_job(jid), "status", "meta" if own else "origin")
             pipe.zrange(keys.NODES, 0, -1)
-            *metas, names = pipe.execute()
-        jobs = [w for w in (waiting(jid, m) for jid, m in zip(ids, metas, strict=True))
-                if isinstance(w, Waiting) and w.raw]
+            *rows, names = pipe.execute(raise_on_error=False)
+        if isinstance(names, Exception):
+            raise names
+        # Only jobs queued for placement (a child of a running parent is deferred: not yet).
+        queued = [(jid, row[1]) for jid, row in zip(ids, rows, strict=True)
+                  if isinstance(row, list) and row[0] == b"queued"]
+        if own:
+            found = [waiting(jid, m) for jid, m in queued]
+        else:
+            found = self.read([jid for jid, origin in queued if origin == keys.PENDING_QUEUE.encode()])
+        jobs = [w for w in found if isinstance(w, Waiting) and w.raw]
         if not jobs:
             return Outcome()
         names = [text(n) for n in names]
@@ -159,7 +175,7 @@ class Placer:
             view = take_view(pipe.execute(raise_on_error=False), names, groups)
         # No reasons: they are not written here (the agents' periodic pass does), and naming every
         # node's reason for each cell of a big sweep would cost the submitter more than placing.
-        return self.place(jobs, view=view, explain_rest=())  # view None (a node joined): read again
+        return self.place(jobs, view=view, explain_rest=(), onto=onto)  # view None (a node joined): read again
 
     def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
               view: View | None = None, onto: str | None = None) -> Outcome:
@@ -185,7 +201,7 @@ class Placer:
         for w in order:
             meta = w.meta
             group, limit = meta.group, meta.max_parallel or 0
-            if group and limit and running.get(group, 0) >= limit:
+            if _throttled(meta, running):
                 if want is None or w.id in want:
                     out.whys[w.id] = f"throttled: {running[group]} of this sweep running (max_parallel {limit})"
                 continue
@@ -217,6 +233,16 @@ class Placer:
                 out.changed.append(w.id)
         return out
 
+    def any_fits(self, shapes: Iterable[Shape], view: View) -> bool:
+        """Whether a job of any of these shapes would be placed now, on `view` (the sweeps of
+        throttled shapes counted where `view` has not)."""
+        shapes = list(shapes)
+        running = dict(view.running)
+        running.update(self.throttles({s.group for s in shapes if s.group} - set(running)))
+        return any(not _throttled(s, running)
+                   and choose_node(s.res, view.nodes, view.committed, queue=s.queue) is not None
+                   for s in shapes)
+
     def view(self, groups: Iterable[str] = (), corrupt: list[Corrupt] | None = None) -> View:
         """The grid as placement sees it now (the nodes named by the broker's own list); held
         entries that are no HeldEntry count as nothing and are listed in `corrupt`."""
@@ -247,6 +273,29 @@ class Placer:
             args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
                   *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:], _pool(node, w.meta), NUDGE],
         ))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What decides whether a waiting job can be placed now: two jobs of one shape fit or not
+    together (the cells of a sweep are one shape), so a pass can skip a run of unfit jobs by
+    their shapes alone."""
+
+    res: Resources
+    queue: str
+    group: str | None
+    max_parallel: int
+
+    @classmethod
+    def of(cls, meta: JobMeta) -> Shape:
+        limit = meta.max_parallel or 0
+        return cls(meta.resources.resources(), meta.queue or "default", meta.group if limit else None, limit)
+
+
+def _throttled(job: JobMeta | Shape, running: Mapping[str, int]) -> bool:
+    """Whether the job's sweep has as many jobs placed or running as its max_parallel allows."""
+    limit = job.max_parallel or 0
+    return bool(job.group and limit and running.get(job.group, 0) >= limit)
 
 
 def ask_view(pipe, names: Sequence[str], groups: Sequence[str]) -> None:
@@ -321,14 +370,16 @@ def _why_not(res, nodes: Sequence[Node], committed: Mapping[str, Committed], que
     return "; ".join(str(v) for v in verdicts if v.fit is not Fit.NOW) or "no node is up"
 
 
-def place_submitted(conn: redis.Redis, ids: Sequence[str]) -> None:
-    """Right after a submission: place those of its jobs (sent to `grid.pending`) that fit now.
+def place_submitted(conn: redis.Redis, ids: Sequence[str], *, own: bool = True, onto: str | None = None) -> None:
+    """Right after a submission: place those of its jobs (sent to `grid.pending`) that fit now;
+    `own=False`: jobs a parent's end has just released (their records read within bounds), placed
+    `onto` the releasing agent's own node only (its ACL user writes no other node's holds).
 
     The jobs are enqueued already, so a broker error here is no failed submission: the jobs wait
     for the agents' placement loop, as they would on a full grid (logged, not raised)."""
     if not ids:
         return
     try:
-        Placer(conn).place_ids(ids)
+        Placer(conn).place_ids(ids, own=own, onto=onto)
     except redis.RedisError as e:
-        log.warning("placing %d new job(s) at submit failed (%s); the agents' placement loop will", len(ids), e)
+        log.warning("placing %d waiting job(s) at once failed (%s); the agents' placement loop will", len(ids), e)

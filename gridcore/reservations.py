@@ -115,23 +115,29 @@ def reserve_args(job_id: str, res: Resources, gpus: Sequence[int], cap_cpus: flo
     return [job_id, res.cpus, res.memory, json.dumps(list(gpus)), cap_cpus, cap_memory, entry]
 
 
-def release(pipe, job_id: str, node: str | None = None, group: str | None = None) -> None:
+def release(pipe, job_id: str, node: str | None = None, group: str | None = None, *,
+            wake_loops: bool = True) -> None:
     """Give back what a job holds while it waits or runs, on the caller's pipeline: its
     reservation on `node`, its sweep's throttle slot (`group`), and its placement-reason and
     priority entries. The one place that does this; the attempt's `grid:active` entry is the
     attempt's own to drop (only while it still owns the job). What was given back may let a
-    waiting job in: the placement loop is woken (one token at most, however many releases)."""
+    waiting job in: the placement loops it concerns are woken (`wake`), unless the caller places
+    the next jobs itself (`wake_loops=False`) and wakes them only if that finds nothing to place."""
     if node:
         pipe.hdel(keys.node_held(node), job_id)
     if group:
         pipe.srem(keys.group_slots(group), job_id)
-    if node or group:
-        wake(pipe)
+    if (node or group) and wake_loops:
+        wake(pipe, node, anywhere=bool(group))
     pipe.hdel(keys.WHY, job_id)
     pipe.hdel(keys.PRIORITY, job_id)
 
 
-def wake(pipe) -> None:
-    """Wake one agent's placement loop, on the caller's pipeline (a list of at most one token)."""
-    pipe.lpush(keys.PLACE_WAKE, 1)
-    pipe.ltrim(keys.PLACE_WAKE, 0, 0)
+def wake(pipe, node: str | None = None, *, anywhere: bool = False) -> None:
+    """Wake the placement loops concerned, on the caller's pipeline: `node`'s (what it gave
+    back fits its waiting jobs), and every agent's if `anywhere` (a sweep's throttle slot came
+    free: the sweep's next cell may go to any node)."""
+    # A plain command, not a script: an attempt's end runs its recorded commands inside a script
+    # (agent/guarded.py), where a script may not be called.
+    pipe.xadd(keys.PLACE_WAKES, {"node": node or "", "any": "1" if anywhere else "0"},
+              maxlen=keys.PLACE_WAKES_CAP, approximate=True)

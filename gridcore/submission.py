@@ -178,14 +178,36 @@ class Submission:
                 if len(indexes.jobs) == BATCH:
                     flush()
             flush()
-        placing = [job_id for spec, job_id in zip(specs, ids, strict=True)  # for placement, able to run now
-                   if not spec.after and route(spec, groups.get(spec.group, {}).get("max_parallel")
-                                               if spec.group else None) == keys.PENDING_QUEUE]
+        self._fail_children_of_failed([(spec, job_id) for spec, job_id in zip(specs, ids, strict=True) if spec.after],
+                                      now)
+        # For placement (a child whose parents have ended is queued already: place_ids skips the rest).
+        placing = [job_id for spec, job_id in zip(specs, ids, strict=True)
+                   if route(spec, groups.get(spec.group, {}).get("max_parallel") if spec.group else None)
+                   == keys.PENDING_QUEUE]
         if placing:
             from gridcore.placing import place_submitted  # only a submission with jobs to place imports it
 
             place_submitted(self.redis, placing)
         return ids
+
+    def _fail_children_of_failed(self, children: Sequence[tuple[JobSpec, str]], now: float) -> None:
+        """A child submitted after a parent it needed to succeed had failed: RQ leaves it deferred
+        forever (the parent's end, which fails its dependents, is past), so it fails now, as it
+        would have at the parent's end (gridcore/dependencies.py)."""
+        needing = [(spec, job_id) for spec, job_id in children if spec.after_on != "any"]
+        if not needing:
+            return
+        parents = sorted({p for spec, _ in needing for p in spec.after})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for p in parents:
+                pipe.hget(keys.rq_job(p), "status")
+            states = dict(zip(parents, pipe.execute(), strict=True))
+        failed = [p for p in parents if states[p] in (b"failed", b"canceled", b"stopped")]
+        if failed:
+            from gridcore.dependencies import fail_dependents  # imports RQ: only when it has work
+
+            for p in failed:
+                fail_dependents(self.redis, p, now, self.settings.result_ttl)
 
     def meta(self, spec: JobSpec, now: float, max_parallel: int | None) -> JobMeta:
         """The grid's part of the RQ job: what listings show and the placement pass reads."""

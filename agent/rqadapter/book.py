@@ -24,8 +24,10 @@ from rq.worker import WorkerStatus
 
 from agent.rqadapter.jobs import GridJob, GridQueue, fetch_job
 from gridcore import keys
+from gridcore.dependencies import JOB_ID
+from gridcore.placing import place_submitted
 from gridcore.priority import reposition
-from gridcore.records import Result
+from gridcore.records import Result, text
 
 log = logging.getLogger("grid.book")
 
@@ -33,10 +35,13 @@ log = logging.getLogger("grid.book")
 class RQBook:
     """RQ's records of the attempts of one slot (`worker`) or, without one, of recovery."""
 
-    def __init__(self, conn: redis.Redis, result_ttl: int, worker: Any = None):
+    def __init__(self, conn: redis.Redis, result_ttl: int, worker: Any = None, node: str | None = None):
+        """`node`: the node whose agent writes these records; dependents a parent's end releases
+        are placed onto it only (None, recovery: the agents' placement loops place them)."""
         self.conn = conn
         self.result_ttl = result_ttl
         self.worker = worker
+        self.node = node
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -152,6 +157,9 @@ class RQBook:
             queue.enqueue_dependents(job)
         if dependents:
             reposition(self.conn, dependents)  # RQ releases them at the back of their queues
+            if released and self.node:  # those sent to placement are placed now, not at the next periodic pass
+                place_submitted(self.conn, [text(d) for d in dependents if JOB_ID.fullmatch(d)], own=False,
+                                onto=self.node)
 
     def _end(self, pipe, job: Job, queue: GridQueue, result: Result, outcome: str | None,
              execution: Execution | None) -> bool:

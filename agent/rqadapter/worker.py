@@ -65,8 +65,8 @@ class GridWorker(SimpleWorker):
         super().__init__(queues, connection=connection, name=name, serializer=JSONSerializer,
                          queue_class=GridQueue, job_class=GridJob, default_result_ttl=settings.result_ttl)
         self.node = node
-        self.performer = Performer(connection, RQBook(connection, settings.result_ttl, worker=self), node=node,
-                                   slot=slot, worker=name, settings=settings, gate=gate, marker_env=marker_env,
+        book = RQBook(connection, settings.result_ttl, worker=self, node=node)
+        self.performer = Performer(connection, book, node=node, slot=slot, worker=name, settings=settings, gate=gate, marker_env=marker_env,
                                    capacity=capacity)
         self.taken: claim.Taken | None = None  # what the last pop read besides the job
         self._beat_at = 0.0

@@ -260,11 +260,16 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
     def placer(i):
         try:
             conn = broker.client()
+            # One negotiator per racer for all its passes: what it remembers between passes (the
+            # records read, the unfit head) is raced too; racer 3 passes as an ending slot does
+            # (no pass lock, alongside the agents'). An agent's pass places onto its own node only.
+            neg = Negotiator(conn, owner=f"agent{i}", node=names[i // 2 % 2]) if i % 2 else None
             start.wait()
             for _ in range(15):
-                if i % 2:
-                    # An agent's pass places onto its own node only.
-                    Negotiator(conn, owner=f"agent{i}", node=names[i // 2 % 2]).run_once(full=bool(_ % 2))
+                if i == 3:
+                    neg.run_once(full=False, lock=False)
+                elif i % 2:
+                    neg.run_once(full=bool(_ % 2))
                 else:
                     Placer(conn).place_ids([j.decode() for j in conn.lrange("rq:queue:grid.pending", 0, -1)])
         except BaseException as e:  # noqa: BLE001 - reported by the test below
@@ -281,12 +286,15 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
     at = _check_never_overcommitted(r, names, **caps, sweeps=sweeps)
     assert any(w != "pending" for w in at.values())
     ended: set[str] = set()
+    slot, agent = Negotiator(broker.client(), "slot"), Negotiator(broker.client(), "agent")  # passes that remember
     for _ in range(40):  # jobs end a few at a time while placers race again, until none waits
         if not [j for j, w in at.items() if w != "pending"]:
             break
         ended.update(_finish(r, at, min(3, len([w for w in at.values() if w != "pending"])), sweeps, rng))
         racers = [threading.Thread(target=lambda: Placer(broker.client()).place_ids(
-            [j.decode() for j in r.lrange("rq:queue:grid.pending", 0, -1)])) for _ in range(RACERS)]
+            [j.decode() for j in r.lrange("rq:queue:grid.pending", 0, -1)])) for _ in range(RACERS - 2)]
+        racers += [threading.Thread(target=slot.run_once, kwargs={"full": False, "lock": False}),
+                   threading.Thread(target=agent.run_once, kwargs={"full": False, "wait": 1.0})]
         for t in racers:
             t.start()
         for t in racers:
@@ -295,19 +303,43 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
     assert ended | set(at) == set(ids) and not [w for w in at.values() if w == "pending"]
 
 
-def test_every_release_wakes_the_placement_loop_with_one_token(r):
+def test_a_release_wakes_its_nodes_loop_and_a_freed_throttle_slot_wakes_every_loop(r):
+    """Resources given back on a node wake that node's agent (what came back fits there); a
+    sweep's throttle slot wakes every agent (its next cell may go anywhere); a spoiled wake key
+    fails the wake alone and stops no loop."""
+    import redis
+
+    from agent.negotiator import Negotiator
     from gridcore import keys
     from gridcore.reservations import release
 
-    for job in ("a", "b", "c"):
+    def released(*args):
         with r.pipeline() as pipe:
-            release(pipe, job, "node-a", "sweep")
+            release(pipe, *args)
             pipe.execute()
-    assert r.llen(keys.PLACE_WAKE) == 1
-    with r.pipeline() as pipe:
-        release(pipe, "d")  # nothing held on a node, no sweep slot: nothing given back
-        pipe.execute()
-    assert r.lpop(keys.PLACE_WAKE) and not r.llen(keys.PLACE_WAKE)
+
+    a, b = Negotiator(r, "a", node="node-a"), Negotiator(r, "b", node="node-b")
+    at_a, at_b = a._tail(), b._tail()
+    released("j1", "node-a")
+    at_a, woke_a = a.wait_wake(at_a, 0.05)
+    at_b, woke_b = b.wait_wake(at_b, 0.05)
+    assert woke_a and not woke_b
+    released("j2", "node-b", "sweep")
+    released("j3")  # nothing held on a node, no sweep slot: nothing given back, nobody woken
+    assert a.wait_wake(at_a, 0.05)[1] and b.wait_wake(at_b, 0.05)[1]
+    assert r.xlen(keys.PLACE_WAKES) == 2
+    for spoil in ({"node": "x" * 1000}, "spoiled"):  # an entry no later one can follow; another type
+        r.delete(keys.PLACE_WAKES)
+        if isinstance(spoil, dict):
+            r.xadd(keys.PLACE_WAKES, spoil, id="18446744073709551615-18446744073709551615")
+        else:
+            r.set(keys.PLACE_WAKES, spoil)
+        r.hset(keys.node_held("node-a"), "j4", '{"cpus": 1}')
+        with r.pipeline() as pipe:  # the release's own writes still apply (as in MULTI/EXEC)
+            release(pipe, "j4", "node-a", "sweep")
+            assert isinstance(pipe.execute(raise_on_error=False)[2], redis.ResponseError)
+        assert a.wait_wake("0-0", 0.05)[1] is False  # and no loop stops
+    assert r.hlen(keys.node_held("node-a")) == 0
 
 
 def test_a_job_whose_record_changed_since_it_was_read_is_not_placed(grid, r):
@@ -340,7 +372,7 @@ def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
     from agent.negotiator import Negotiator
     from gridcore import keys
     from gridcore.models import JobSpec
-    from gridcore.reservations import Reservations
+    from gridcore.reservations import Reservations, wake
     from tests.support.wait import eventually
 
     _grid_nodes(r, ["node-a"], cpus=4, memory=8 * GB, gpus=2)
@@ -351,8 +383,7 @@ def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
     def wakes():
         while not stop.is_set():
             with r.pipeline() as pipe:
-                pipe.lpush(keys.PLACE_WAKE, 1)
-                pipe.ltrim(keys.PLACE_WAKE, 0, 0)
+                wake(pipe, anywhere=True)
                 pipe.execute()
             stop.wait(0.01)
 
@@ -367,3 +398,57 @@ def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
         waker.join(10)
         loop.join(10)
     assert b"needs 2 GPUs free, has 1" in r.hget(keys.WHY, jid)
+
+
+def test_a_woken_pass_places_a_job_that_fits_behind_many_that_fit_nowhere(grid, r):
+    """A woken pass looks at a small window of the waiting queue; a job that fits must still be
+    placed at once when 150 jobs ahead of it fit nowhere, and the next passes start past that
+    unfit head (unless something in it fits now: then from the top, priority order kept)."""
+    from agent.negotiator import EVENT_WINDOW, Negotiator
+    from gridcore import keys
+    from gridcore.models import JobSpec
+    from gridcore.reservations import Reservations, release
+
+    blocked = grid.submit_many([JobSpec(command="true", resources=Resources(gpus=2)) for _ in range(150)])
+    fits = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    assert len(blocked) > EVENT_WINDOW
+    _grid_nodes(r, ["node-a"], cpus=64, memory=8 * GB, gpus=2)
+    assert Reservations(r).reserve("node-a", "holder", Resources(gpus=1), [0], 64, 8 * GB)
+    neg = Negotiator(r, "agent")
+    assert neg.run_once(full=False) == 1
+    assert _where(r, ["node-a"])[fits] == "node-a"
+    assert neg._skip is not None and neg._skip.count == 150 and neg._skip.last == blocked[-1]
+    later = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    r.lrem(keys.rq_queue(keys.node_queue("node-a")), 1, later)  # as if placed elsewhere: put back to wait
+    r.hdel(keys.node_held("node-a"), later)
+    r.rpush(keys.rq_queue(keys.PENDING_QUEUE), later)
+    assert neg.run_once(full=False) == 1 and _where(r, ["node-a"])[later] == "node-a"
+    with r.pipeline() as pipe:  # the GPU comes back: the head's first job fits now, and goes first
+        release(pipe, "holder", "node-a")
+        pipe.execute()
+    assert neg.run_once(full=False) == 1
+    at = _where(r, ["node-a"])
+    assert at[blocked[0]] == "node-a" and all(at[j] == "pending" for j in blocked[1:])
+    assert neg._skip is None  # a head shorter than a chunk is read from the top again
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 149 and neg._skip.last == blocked[-1]
+
+
+def test_a_pass_looks_from_the_top_when_the_queue_moved_under_its_unfit_head(grid, r):
+    """The remembered unfit head is checked by its last job: a job that goes back to the top of
+    the queue (a lost job, a higher priority) shifts it, and the next pass starts from the top."""
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.models import JobSpec
+
+    blocked = grid.submit_many([JobSpec(command="true", resources=Resources(gpus=4)) for _ in range(120)])
+    _grid_nodes(r, ["node-a"], cpus=64, memory=8 * GB, gpus=2)
+    _grid_nodes(r, ["node-b"], cpus=64, memory=8 * GB, gpus=4)
+    r.hset(keys.node("node-b"), "draining", "1")
+    neg = Negotiator(r, "agent")
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 120 and neg._skip.last == blocked[-1]
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 120  # started past it: still unfit
+    fits = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    r.lrem(keys.rq_queue(keys.node_queue("node-a")), 1, fits)  # placed at submit: put back, at the top
+    r.hdel(keys.node_held("node-a"), fits)
+    r.lpush(keys.rq_queue(keys.PENDING_QUEUE), fits)
+    assert neg.run_once(full=False) == 1 and _where(r, ["node-a", "node-b"])[fits] == "node-a"

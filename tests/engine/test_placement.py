@@ -87,6 +87,17 @@ def test_child_of_failed_parent_fails_at_once(grid, agents):
     assert states[tolerant] is JobState.FINISHED and grid.get(tolerant).stdout == "ran\n"
 
 
+def test_a_child_submitted_after_its_parent_failed_fails_at_once(grid, r):
+    """RQ leaves such a child deferred forever (the parent's end, which fails its dependents, is
+    past): it fails at submit, with its own children; one that accepts any outcome waits to run."""
+    parent = grid.submit(JobSpec(command="exit 1", queue="nobody-serves-this"))
+    r.hset(keys.rq_job(parent), "status", "failed")  # as its end left it
+    child = grid.submit(JobSpec(command="echo never", after=(parent,)))
+    tolerant = grid.submit(JobSpec(command="echo ran", after=(parent,), after_on="any"))
+    assert grid.state(child) is JobState.FAILED and grid.get(child).reason == "dependency failed"
+    assert grid.state(tolerant) is JobState.QUEUED
+
+
 def test_dependency_runs_after_parent_succeeds(grid, agents):
     agents("node-a", slots=2)
     parent = grid.submit(JobSpec(command="sleep 0.5; echo parent"))
@@ -181,3 +192,19 @@ def test_jobs_are_placed_at_submit_and_as_jobs_end_not_on_the_clock(grid, agents
     assert max_overlap([grid.get(i) for i in cells]) == 1
     assert max_overlap([grid.get(i) for i in wide]) == 1
     assert not r.llen(keys.rq_queue(keys.PENDING_QUEUE))
+
+
+def test_dependents_are_placed_as_their_parent_ends_not_on_the_clock(grid, agents, r):
+    """With the periodic placement pass once a minute: a child with a memory request starts as
+    its parent's end releases it, and one submitted after its parent ended starts at submit.
+    A plain job's end (recorded by one script) wakes its node's placement loop."""
+    agents("node-a", slots=2, cpus=2, heartbeat_interval=60, node_timeout=180)
+    first = grid.submit(JobSpec(command="true"))
+    assert grid.wait([first], timeout=15)[first] is JobState.FINISHED
+    assert [f for _, f in r.xrange(keys.PLACE_WAKES)] == [{b"node": b"node-a", b"any": b"0"}]
+    parent = grid.submit(JobSpec(command="sleep 0.3"))
+    child = grid.submit(JobSpec(command="true", after=(parent,), resources=Resources(memory=10**7)))
+    assert grid.state(child) is JobState.WAITING
+    assert grid.wait([child], timeout=15)[child] is JobState.FINISHED
+    late = grid.submit(JobSpec(command="true", after=(parent,), resources=Resources(memory=10**7)))
+    assert grid.wait([late], timeout=15)[late] is JobState.FINISHED

@@ -19,6 +19,7 @@ from gridcore import acl, keys
 from gridcore.client import Grid
 from gridcore.connection import connect
 from gridcore.models import JobSpec, JobState, NodeState, Resources
+from gridcore.placing import Placer
 from gridcore.records import Inventory
 from gridcore.signing import SigningError
 from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
@@ -264,3 +265,19 @@ def test_an_agents_pass_places_onto_its_own_node_only(settings, grid, users, nod
     assert r.llen(keys.rq_queue(keys.node_queue(other))) == 1 and not r.hexists(keys.node_held(other), "junk")
     last = next(j for j in waiting if r.hget(keys.WHY, j))
     assert f"{node}: needs 2 CPUs free" in r.hget(keys.WHY, last).decode()
+
+
+def test_a_slot_places_released_dependents_onto_its_own_node_only(settings, grid, users, node, r):
+    """A parent's end places the dependents it released from the slot, under the node's narrow
+    user: onto that node only (another node's holds are not its to write), never a refusal."""
+    other = f"{node}-b"
+    jobs = [grid.submit(JobSpec(command="true", resources=Resources(cpus=2))) for _ in range(2)]
+    inv = Inventory(cpus=2, memory_total=8 * 2**30)
+    for n in (node, other):
+        put_node(r, n, grid.broker_time(), node_record(inventory=inv, slots=4, queues=()))
+    mine = as_user(settings, users[node]).redis
+    out = Placer(mine).place_ids(jobs, own=False, onto=node)
+    assert len(out.placed) == 1 and r.llen(keys.rq_queue(keys.node_queue(node))) == 1
+    assert not r.llen(keys.rq_queue(keys.node_queue(other))) and not r.hlen(keys.node_held(other))
+    with pytest.raises(redis.ResponseError, match="NOPERM|permission"):
+        Placer(mine).place_ids(jobs, own=False)  # onto any node: the one left fits the other's holds
