@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from gridcore import keys
+from gridcore.placing import NUDGE, NUDGE_HOPS, NUDGE_PATTERN
 from gridcore.priority import PUT_BACK
 from gridcore.records import ActiveEntry, CorruptRecord, RunningEntry, lenient
 
@@ -84,20 +85,41 @@ if id then  -- the slot's first queue (its node's) goes first; what a wait took 
   give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5])
   return claimed(KEYS[2], id)
 end
+local passing = {}
+local function nudged(id)
+  -- A nudge (placing.NUDGE) is no job: this node's is dropped (its job is in the node queue,
+  -- looked at first), another node's goes on to the next slot waiting on that queue (`passed`,
+  -- as the script ends: not to this pop).
+  local hops, to, q = string.match(id, ARGV[8])
+  if not hops then return false end
+  hops = tonumber(hops)
+  if to ~= ARGV[7] and hops < tonumber(ARGV[9]) then
+    passing[#passing + 1] = {ARGV[6] .. q, ARGV[10] .. ':' .. (hops + 1) .. ':' .. to .. ':' .. q}
+  end
+  return true
+end
+local function passed(reply)
+  -- pcall: a forged nudge naming a queue key of another type is dropped, not a failed pop.
+  for _, p in ipairs(passing) do redis.pcall('LPUSH', p[1], p[2]) end
+  return reply
+end
 while true do
   id = redis.call('LPOP', KEYS[1])
   if not id then break end
-  local h = hash_read('HMGET', ARGV[2] .. id, 'origin', 'status')
-  if h[1] and h[2] ~= 'canceled' then return claimed(ARGV[6] .. h[1], id) end
+  if not nudged(id) then
+    local h = hash_read('HMGET', ARGV[2] .. id, 'origin', 'status')
+    if h[1] and h[2] ~= 'canceled' then return passed(claimed(ARGV[6] .. h[1], id)) end
+  end
 end
 for i = 3, n + 1 do
-  id = redis.call('LPOP', KEYS[i])
-  if id then return claimed(KEYS[i], id) end
+  repeat id = redis.call('LPOP', KEYS[i]) until not id or not nudged(id)
+  if id then return passed(claimed(KEYS[i], id)) end
 end
-return {'', '', {}, t[1], t[2], '', 0, 0}
+return passed({'', '', {}, t[1], t[2], '', 0, 0})
 """
 """Pop and claim: from the slot's first queue (its node's: placed and pinned jobs), else what
-the node's waits took (skipping a job canceled or deleted while it lay there; any other is
+the node's waits took (skipping a job canceled or deleted while it lay there, and passing
+on another node's nudge; any other is
 judged by the slot, as one from a queue: a twin of a running job is refused), else its other
 queues in order. A job from the node queue sends what the waits took back to its queue, for
 another slot, rather than keep it waiting here. In the same step, read what
@@ -146,7 +168,7 @@ def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
     script = conn.register_script(_POP)
     got = script(keys=[keys.node_taking(node), *queue_keys, keys.node_running(node), keys.node(node)],
                  args=[marker(worker), keys.rq_job_prefix(), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
-                       keys.rq_queue_prefix()])
+                       keys.rq_queue_prefix(), node, NUDGE_PATTERN, NUDGE_HOPS, NUDGE])
     time = (int(got[3]), int(got[4]))
     if int(got[7]) or not got[1]:
         return Popped(time, bool(int(got[7])), None)

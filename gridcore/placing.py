@@ -67,8 +67,25 @@ NUDGE = "grid-placed-nudge"
 """What PLACE pushes onto an empty pool queue of the node it placed a job on, if the node
 has an idle slot (a slot's job end frees it in the same step that wakes placement). An idle
 slot blocks on its pool queue only (agent/claim.py) and looks at its node's queue when it
-wakes, so without this a placed job would wait for the slot's next wake (up to a second). The nudge is no job: the slot that takes it drops it (there is no such record), as it
-drops a job deleted while it waited, and takes the placed job from its node queue first."""
+wakes, so without this a placed job would wait for the slot's next wake (seconds). The nudge is
+no job; it names its node and queue (`nudge`). The pool queue is shared by the slots of every
+node listening on it and a push wakes the one waiting longest, which may be another node's:
+that slot passes the nudge on (back onto the queue, where the next waiting slot gets it), at most
+`NUDGE_HOPS` times; the node's own slot drops it and takes the placed job from its node queue."""
+
+NUDGE_HOPS = 32
+"""How often a nudge is passed on before it is dropped (the idle slots of other nodes that may
+be waiting ahead of the node's own; with none of its own waiting, a slot finishing its job looks
+at its node queue first anyway)."""
+
+NUDGE_PATTERN = "^grid%-placed%-nudge:(%d+):([^:]+):(.+)$"
+"""Lua pattern of a nudge: hops so far, node, pool queue name (the name, never a key: a forged
+nudge can make a slot push only onto some RQ queue)."""
+
+
+def nudge(node: str, queue: str, hops: int = 0) -> str:
+    """The nudge for an idle slot of `node` waiting on pool queue `queue` (a name)."""
+    return f"{NUDGE}:{hops}:{node}:{queue}"
 
 
 @dataclass(frozen=True)
@@ -271,7 +288,7 @@ class Placer:
             keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
                   keys.WHY, keys.node_held(node.name), keys.group_slots(group)],
             args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
-                  *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:], _pool(node, w.meta), NUDGE],
+                  *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:], *_nudge(node, w.meta)],
         ))
 
 
@@ -356,13 +373,14 @@ def _unfit(size: int | Exception) -> str:
     return f"{size} bytes, more than the {JobMeta.MAX_BYTES} a JobMeta may have"
 
 
-def _pool(node: Node, meta: JobMeta) -> str:
-    """The queue an idle slot of `node` blocks on (its first pool queue), if the node has an
-    idle slot; '' if every slot is busy (the first to finish looks at the node queue first,
-    and a nudge would show as a queued job until some slot took it)."""
+def _nudge(node: Node, meta: JobMeta) -> tuple[str, str]:
+    """The pool queue (key) an idle slot of `node` blocks on (its first) and the nudge to push
+    there, if the node has an idle slot; ('', '') if every slot is busy (the first to finish
+    looks at the node queue first, and a nudge would show as a queued job until some slot took it)."""
     if node.slots_total and node.slots_busy >= node.slots_total:
-        return ""
-    return keys.rq_queue(node.queues[0] if node.queues else (meta.queue or "default"))
+        return "", ""
+    queue = node.queues[0] if node.queues else (meta.queue or "default")
+    return keys.rq_queue(queue), nudge(node.name, queue)
 
 
 def _why_not(res, nodes: Sequence[Node], committed: Mapping[str, Committed], queue: str) -> str:
