@@ -308,6 +308,10 @@ class JobAttempt:
         """No further attempt of this envelope may run (so its nonce is spent)."""
         return outcome == "canceled" or result.exit_code == 0 or not self.job.should_retry
 
+    def ends_job(self, result: Result, outcome: str | None) -> bool:
+        """The attempt is the job's last (what its node signs as `final`): not handed back, not retried."""
+        return outcome not in HANDED_BACK and self._is_final(result, outcome)
+
     def _end_at_once(self, envelope: dict[str, Any], result: Result) -> bool | None:
         """The whole end of a successful attempt in one script: the grid's records and RQ's.
 
@@ -468,7 +472,7 @@ class JobAttempt:
             nonce = claimed_nonce(shown_argument(self.job))
             used = text(pipe.get(keys.nonce(nonce))) if nonce else ""  # the envelope's starts: this attempt's number
             record = witness.attest(record, self.id, nonce, int(used) if used.isdigit() and len(used) < 6 else None,
-                                    on=self.node)
+                                    final=not retry, on=self.node)
         pipe.multi()
         if not foreign:
             pipe.hdel(keys.node_running(self.node), self.id)
