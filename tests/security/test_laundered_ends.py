@@ -9,10 +9,14 @@ import pytest
 from rq.serializers import JSONSerializer
 
 from agent.admission import Admission
-from agent.rqadapter.jobs import GridJob, signed_argument
+from agent.perform import Performer
+from agent.rqadapter.book import RQBook
+from agent.rqadapter.jobs import GridJob, GridQueue, signed_argument
+from agent.verify import Gatekeeper
 from gridcore import keys, nodekeys
 from gridcore.models import JobSpec, JobState
 from gridcore.records import Result
+from gridcore.signing import AuthorizedKeys
 from tests.engine.test_reads import fail
 from tests.support.cli import call_cli
 
@@ -27,6 +31,17 @@ def slot_of(settings, node: str) -> Admission:
     admission = Admission(None, settings.agent.model_copy(update={"node_name": node}))
     nodekeys.KnownNodes().pin(node, admission.signer.key.public_key())
     return admission
+
+
+def take(r, settings, node: str, jid: str, queue: str) -> None:
+    """What a slot of `node` does with `jid`, taken off `queue`."""
+    agent = settings.agent.model_copy(update={"node_name": node})
+    s = settings.model_copy(update={"agent": agent})
+    slot = Performer(r, RQBook(r, s.result_ttl), node=node, slot=0, worker=f"{node}.x.0", settings=s,
+                     gate=Gatekeeper(r, AuthorizedKeys(s.authorized_keys_path), agent), marker_env={})
+    r.lrem(keys.rq_queue(queue), 0, jid)
+    slot.perform(GridJob.fetch(jid, connection=r, serializer=JSONSerializer),
+                 GridQueue(queue, connection=r, serializer=JSONSerializer), None)
 
 
 def test_a_signed_failure_the_job_was_retried_after_is_not_renewed_in_bulk(capsys, r, grid, settings):
@@ -65,3 +80,34 @@ def test_a_lost_record_the_job_was_rerun_after_is_not_renewed_in_bulk(capsys, r,
     fail(r, jid, "default", now)
     code, out, err = call_cli(capsys, "requeue", "--all-failed")
     assert code == 1 and out == "" and f"skipped {jid}: its failure is not signed by a pinned node (" in err
+
+
+def test_a_finished_job_a_writer_gets_refused_on_a_pinned_node_is_not_renewed_in_bulk(capsys, r, grid, settings):
+    """A refusal says only that the copy a node was shown did not run there, never that the job
+    did not run: a writer moves a finished job into a queue it was not signed for, where a
+    pinned node refuses it (signing the refusal, for this job and envelope), then removes the
+    job's success from its attempts."""
+    n1, _ = slot_of(settings, "n1"), slot_of(settings, "n2")
+    jid = grid.submit(JobSpec(command="echo once"))
+    job = GridJob.fetch(jid, connection=r, serializer=JSONSerializer)
+    envelope = json.loads(signed_argument(job)["envelope"])
+    now = grid.broker_time()
+    done = n1.attest(Result(node="n1", start=now, end=now, exit_code=0), jid, envelope, 1, final=True)
+    r.rpush(keys.attempts(jid), done.attempt().encode())
+    r.lrem(keys.rq_queue("default"), 0, jid)
+    r.hset(keys.rq_job(jid), "status", "finished")
+    # The writer: the finished job into a queue n2 serves, which it was not signed for.
+    r.hset(keys.rq_job(jid), mapping={"status": "queued", "origin": "elsewhere"})
+    r.rpush(keys.rq_queue("elsewhere"), jid)
+    take(r, settings, "n2", jid, "elsewhere")
+    shown = grid.get(jid)
+    assert shown.state is JobState.FAILED and "signed for queue 'default', found in queue 'elsewhere'" in shown.reason
+    assert shown.attempts[-1]["trust"] == "pinned"  # n2 did sign the refusal
+    r.lrem(keys.attempts(jid), 1, done.attempt().encode())  # ...and the success is gone,
+    r.zrem(keys.rq_registry("failed", "elsewhere"), jid)  # the failure back where listings look
+    r.hset(keys.rq_job(jid), "origin", "default")
+    fail(r, jid, "default", now)
+    code, out, err = call_cli(capsys, "requeue", "--all-failed")
+    assert code == 1 and out == "", out
+    assert f"skipped {jid}: its failure is not signed by a pinned node (" in err
+    assert grid.state(jid) is JobState.FAILED
