@@ -119,7 +119,7 @@ class Control:
         """Whether the job's cancel is signed, for `envelope`, by a key trusted here: the
         authorized_keys file, or this operator's own."""
         trusted = TrustedKeys(self.settings.authorized_keys_path, self.settings.public_key_path)
-        return cancelproof.check(self.redis.get(keys.cancel(job_id)), job_id, envelope.nonce, trusted)
+        return cancelproof.check(cancelproof.stored(self.redis, job_id), job_id, envelope.nonce, trusted)
 
     def _verified_envelope(self, signed: Any, job_id: str) -> Envelope:
         # Re-signing what the broker holds would launder a tampered command: verify first,
