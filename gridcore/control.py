@@ -45,6 +45,8 @@ class Control:
             raise JobNotFound(f"no job {job_id!r} on this grid") from None
         except CorruptRecord as e:
             raise GridError(str(e)) from None
+        except ValueError:  # RQ refuses to load a record under an id it would never make: planted
+            raise GridError(f"will not requeue {job_id[:200]!r}: not an id this grid makes") from None
 
     # ---- jobs ---------------------------------------------------------------------------
 

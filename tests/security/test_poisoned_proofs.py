@@ -1,6 +1,7 @@
 """Poison in the records the #15 defences added — a job's cancel flag (`grid:cancel:<id>`), its
 sealed env (`gridsecret:env:<id>`), the node proofs in its attempts — read by `grid show`,
-`grid requeue` and a node's gate: each is shown inert, refused with its reason, never a crash."""
+`grid requeue` and a node's gate — and a failed record under an id RQ cannot load: each is
+shown inert, refused with its reason, never a crash, and a bulk requeue goes on past it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gridcore.models import JobSpec, JobState
 from gridcore.records import CancelProof
 from gridcore.settings import AgentSettings
 from gridcore.signing import AuthorizedKeys, Refused
+from tests.engine.test_reads import fail
 from tests.security.test_inert_cli import EVIL, inert
 from tests.support.cli import call_cli, run_cli_tty
 
@@ -88,3 +90,23 @@ def test_poisoned_node_proofs_and_sealed_env_show_inert_on_a_terminal(r, grid, s
     with pytest.raises(Refused, match="WRONGTYPE") as e:
         gate.verify(GridJob.fetch(jid, connection=r, serializer=JSONSerializer), grid.broker_time())
     inert(str(e.value))
+
+
+def test_a_failed_record_under_an_id_rq_rejects_is_refused_with_its_reason(capsys, r, grid):
+    """A record a writer planted under an id RQ refuses to load (RQ raises ValueError for it):
+    `grid requeue` and `grid cancel` of it say why, inert (not an internal error); `--all-failed`
+    goes on past it."""
+    honest = grid.submit(JobSpec(command="echo honest"))
+    fail(r, honest, "default", grid.broker_time())
+    evil = "0123456789" + EVIL
+    r.copy(keys.rq_job(honest), keys.rq_job(evil))
+    r.zadd(keys.JOBS, {evil: grid.broker_time() + 1})
+    fail(r, evil, "default", grid.broker_time())
+    code, out, err = call_cli(capsys, "requeue", evil)
+    assert code == 1 and "not an id this grid makes" in err and "internal error" not in err, err
+    inert(out + err)
+    code, out, err = call_cli(capsys, "cancel", evil)
+    assert code == 1 and "already failed; nothing to cancel" in err, err
+    inert(out + err)
+    code, out, err = call_cli(capsys, "requeue", "--all-failed")
+    assert code == 0 and out.strip() == f"{honest} requeued: echo honest", (out, err)
