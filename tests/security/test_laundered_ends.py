@@ -111,3 +111,12 @@ def test_a_finished_job_a_writer_gets_refused_on_a_pinned_node_is_not_renewed_in
     assert code == 1 and out == "", out
     assert f"skipped {jid}: its failure is not signed by a pinned node (" in err
     assert grid.state(jid) is JobState.FAILED
+
+
+@pytest.mark.agents
+def test_a_real_slot_signs_a_retried_failure_as_not_final_and_the_last_one_as_final(grid, agents, node, r):
+    agents(node, slots=1)
+    jid = grid.submit(JobSpec(command="exit 3", retries=1, retry_backoff=[0]))
+    assert grid.wait([jid], timeout=30)[jid] is JobState.FAILED
+    claims = [json.loads(json.loads(a)["proof"]["claim"]) for a in r.lrange(keys.attempts(jid), 0, -1)]
+    assert [(c["attempt"], c["exit_code"], c["final"]) for c in claims] == [(1, 3, False), (2, 3, True)]
