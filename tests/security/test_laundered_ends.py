@@ -8,14 +8,15 @@ import json
 import pytest
 from rq.serializers import JSONSerializer
 
+from agent import recovery
 from agent.admission import Admission
 from agent.perform import Performer
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import GridJob, GridQueue, signed_argument
 from agent.verify import Gatekeeper
 from gridcore import keys, nodekeys
-from gridcore.models import JobSpec, JobState
-from gridcore.records import Result
+from gridcore.models import LOST_RETRIES, JobSpec, JobState
+from gridcore.records import ActiveEntry, Result, RunningEntry
 from gridcore.signing import AuthorizedKeys
 from tests.engine.test_reads import fail
 from tests.support.cli import call_cli
@@ -70,7 +71,7 @@ def test_a_signed_failure_the_job_was_retried_after_is_not_renewed_in_bulk(capsy
 def test_a_lost_record_the_job_was_rerun_after_is_not_renewed_in_bulk(capsys, r, grid, settings):
     """Same with a loss: n2 reclaimed the job from n1 with a lost-retry left (signed, not final);
     the rerun finished; the writer drops it and sets the job `failed`."""
-    witness = slot_of(settings, "n2").signer
+    witness, _ = slot_of(settings, "n2").signer, slot_of(settings, "n1")
     jid = grid.submit(JobSpec(command="echo once"))
     envelope = json.loads(signed_argument(GridJob.fetch(jid, connection=r, serializer=JSONSerializer))["envelope"])
     now = grid.broker_time()
@@ -79,7 +80,8 @@ def test_a_lost_record_the_job_was_rerun_after_is_not_renewed_in_bulk(capsys, r,
     r.rpush(keys.attempts(jid), record.attempt().encode())
     fail(r, jid, "default", now)
     code, out, err = call_cli(capsys, "requeue", "--all-failed")
-    assert code == 1 and out == "" and f"skipped {jid}: its failure is not signed by a pinned node (" in err
+    assert code == 1 and out == "" and f"skipped {jid}: its failure is not signed by a pinned node (the node " \
+        "signed attempt 1 as retried" in err
 
 
 def test_a_finished_job_a_writer_gets_refused_on_a_pinned_node_is_not_renewed_in_bulk(capsys, r, grid, settings):
@@ -120,3 +122,29 @@ def test_a_real_slot_signs_a_retried_failure_as_not_final_and_the_last_one_as_fi
     assert grid.wait([jid], timeout=30)[jid] is JobState.FAILED
     claims = [json.loads(json.loads(a)["proof"]["claim"]) for a in r.lrange(keys.attempts(jid), 0, -1)]
     assert [(c["attempt"], c["exit_code"], c["final"]) for c in claims] == [(1, 3, False), (2, 3, True)]
+
+
+def test_a_finished_job_a_writer_gets_reclaimed_from_a_made_up_node_is_not_renewed_in_bulk(capsys, r, grid, settings):
+    """A loss is the reclaiming node's word on what the broker said: a writer plants a finished
+    job as running on a node nobody knows, which looks long dead; a pinned node reclaims it and
+    signs the loss (final: no lost-retry left, as the writer's meta says)."""
+    n1, n2 = slot_of(settings, "n1"), slot_of(settings, "n2")
+    jid = grid.submit(JobSpec(command="echo once", queue="parked"))
+    job = GridJob.fetch(jid, connection=r, serializer=JSONSerializer)
+    envelope = json.loads(signed_argument(job)["envelope"])
+    now = grid.broker_time()
+    done = n1.attest(Result(node="n1", start=now, end=now, exit_code=0), jid, envelope, 1, final=True)
+    r.rpush(keys.attempts(jid), done.attempt().encode())
+    r.lrem(keys.rq_queue("parked"), 0, jid)
+    meta = json.loads(r.hget(keys.rq_job(jid), "meta"))
+    r.hset(keys.rq_job(jid), mapping={"status": "started", "meta": json.dumps({**meta, "lost": LOST_RETRIES})})
+    r.hset(keys.node_running("ghost"), jid, RunningEntry("started", slot=0).encode())
+    r.hset(keys.ACTIVE, jid, ActiveEntry(node="ghost", slot=0, worker="ghost.x.0", started=now).encode())
+    assert recovery.reclaim(r, "ghost", now, "node lost: ghost stopped heartbeating", settings.result_ttl,
+                            witness=n2.signer) == [jid]
+    assert grid.get(jid).attempts[-1]["trust"] == "pinned"  # n2 did sign the loss
+    r.lrem(keys.attempts(jid), 1, done.attempt().encode())  # ...and the success is gone
+    code, out, err = call_cli(capsys, "requeue", "--all-failed")
+    assert code == 1 and out == "", out
+    assert f"skipped {jid}: its failure is not signed by a pinned node (it was lost on node ghost, " in err
+    assert grid.state(jid) is JobState.FAILED

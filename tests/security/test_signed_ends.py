@@ -78,6 +78,7 @@ def test_a_refusal_is_signed_by_the_node_that_refused_it_and_renewed_when_named(
 
 def test_a_loss_is_signed_by_the_node_that_reclaimed_it_naming_the_lost_node(capsys, r, grid, settings, tmp_path):
     witness = pinned("n2")
+    pinned("n1")  # the node it was lost on: a loss on a node nobody pinned is renewed only by name
     lost = running_on(r, grid, "n1", "echo lost")
     assert recovery.reclaim(r, "n1", grid.broker_time(), "node lost: n1 stopped heartbeating", settings.result_ttl,
                             witness=witness) == [lost]
