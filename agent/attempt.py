@@ -37,6 +37,7 @@ from typing import Any
 import redis
 
 from agent import claim, guarded, metrics
+from agent.journal import Journal, journal_path
 from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
 from agent.pulse import ORPHANED
@@ -471,8 +472,11 @@ class JobAttempt:
         if witness is not None:
             nonce = claimed_nonce(shown_argument(self.job))
             used = text(pipe.get(keys.nonce(nonce))) if nonce else ""  # the envelope's starts: this attempt's number
+            seen = None  # another node's loss: this node cannot know what ran there
+            if witness.node == self.node:  # its own: vouched for only as far as its journal saw the start
+                seen = bool(nonce) and Journal(journal_path(self.node)).started_unended(nonce)
             record = witness.attest(record, self.id, nonce, int(used) if used.isdigit() and len(used) < 6 else None,
-                                    final=not retry, on=self.node)
+                                    final=not retry, on=self.node, seen=seen)
         pipe.multi()
         if not foreign:
             pipe.hdel(keys.node_running(self.node), self.id)

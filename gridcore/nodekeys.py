@@ -88,13 +88,16 @@ class NodeSigner:
     key: Ed25519PrivateKey
 
     def attest(self, result: Result, job_id: str, nonce: Any, attempt: int | None, *, final: bool,
-               on: str | None = None) -> Result:
+               on: str | None = None, seen: bool | None = None) -> Result:
         """`result` with this node's proof; `final`: the job ends with this attempt (no retry of
-        this envelope follows); `on`: the node the attempt was on, when not this one."""
+        this envelope follows); `on`: the node the attempt was on, when not this one; `seen`:
+        for a loss on this node, whether its own journal shows the attempt started here."""
         claim = {"job_id": job_id, "nonce": nonce if isinstance(nonce, str) else None, "attempt": attempt,
                  "node": on or self.node, "start": result.start, "end": result.end, "exit_code": result.exit_code,
                  "signal": result.signal, "reason_kind": result.reason_kind, "reason": (result.reason or "")[:500],
                  "final": final}
+        if seen is not None:
+            claim["seen"] = seen
         if on is not None and on != self.node:
             claim["by"] = self.node
         return result.model_copy(update={"proof": attest(self.key, claim)})

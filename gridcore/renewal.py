@@ -100,6 +100,8 @@ def _unsigned_failure(last: Attempt | None, known: Mapping[str, Ed25519PublicKey
         # A loss is the reclaiming node's word on what the broker said ran where: a writer can
         # plant any finished job as running on a made-up node that looks long dead.
         return f"it was lost on node {str(lost_on)[:100]}, which is not pinned here"
+    if claim.get("reason_kind") == "lost" and claim.get("by", lost_on) == lost_on and claim.get("seen") is not True:
+        return f"node {str(lost_on)[:100]} signed the loss without its journal showing that the job started there"
     if claim.get("final") is not True:  # a retry of this envelope followed it: not how the job ended
         return f"the node signed attempt {str(claim.get('attempt'))[:20]} as retried, not as the job's end"
     return None

@@ -148,3 +148,33 @@ def test_a_finished_job_a_writer_gets_reclaimed_from_a_made_up_node_is_not_renew
     assert code == 1 and out == "", out
     assert f"skipped {jid}: its failure is not signed by a pinned node (it was lost on node ghost, " in err
     assert grid.state(jid) is JobState.FAILED
+
+
+def planted_running(r, grid, jid: str, node: str) -> None:
+    """A writer's records of `jid` running on `node`, on its last lost-retry."""
+    r.lrem(keys.rq_queue("parked"), 0, jid)
+    meta = json.loads(r.hget(keys.rq_job(jid), "meta"))
+    r.hset(keys.rq_job(jid), mapping={"status": "started", "meta": json.dumps({**meta, "lost": LOST_RETRIES})})
+    r.hset(keys.node_running(node), jid, RunningEntry("started", slot=0).encode())
+    r.hset(keys.ACTIVE, jid, ActiveEntry(node=node, slot=0, worker=f"{node}.x.0", started=grid.broker_time()).encode())
+
+
+def test_a_job_planted_in_a_pinned_nodes_running_records_is_renewed_only_if_its_journal_saw_it(
+        capsys, r, grid, settings):
+    """A node that reclaims its own jobs (its agent restarted, a slot died) signs a loss only as
+    far as its own journal saw the attempt: a finished job a writer planted as running there
+    never started there, or ran to its end there."""
+    n1 = slot_of(settings, "n1")
+    planted = grid.submit(JobSpec(command="echo planted", queue="parked"))
+    genuine = grid.submit(JobSpec(command="echo genuine", queue="parked"))
+    envelope = json.loads(signed_argument(GridJob.fetch(genuine, connection=r, serializer=JSONSerializer))["envelope"])
+    n1.journal.admit(envelope, genuine, grid.broker_time())  # it did start here; its slot died
+    for jid in (planted, genuine):
+        planted_running(r, grid, jid, "n1")
+    assert sorted(recovery.reclaim(r, "n1", grid.broker_time(), "node lost: agent on n1 restarted",
+                                   settings.result_ttl, witness=n1.signer)) == sorted([planted, genuine])
+    assert grid.get(planted).attempts[-1]["trust"] == "pinned"
+    code, out, err = call_cli(capsys, "requeue", "--all-failed")
+    assert code == 1 and out.strip() == f"{genuine} requeued: echo genuine", err
+    assert f"skipped {planted}: its failure is not signed by a pinned node (node n1 signed the loss without " \
+        "its journal showing that the job started there)" in err
