@@ -47,13 +47,14 @@ class Admission:
             # The row stays and counts as one of the envelope's starts here: safe, and said.
             log.error("replay journal: withdrawing a start that did not happen: %s", e)
 
-    def attest(self, result: Result, job_id: str, envelope: dict[str, Any], number: int) -> Result:
-        """The attempt's end, signed by this node: what operators check before they renew a failure."""
-        return self.signer.attest(result, job_id, envelope.get("nonce"), number)
+    def attest(self, result: Result, job_id: str, envelope: dict[str, Any], number: int, *, final: bool) -> Result:
+        """The attempt's end, signed by this node: what operators check before they renew a failure.
+        `final`: the job ends with it (a failure that is retried is not how the job ended)."""
+        return self.signer.attest(result, job_id, envelope.get("nonce"), number, final=final)
 
     def attest_refusal(self, result: Result, job_id: str, signed: Any) -> Result:
         """A refusal, signed by this node for the envelope it was shown (verified or not)."""
-        return self.signer.attest(result, job_id, nodekeys.claimed_nonce(signed), None)
+        return self.signer.attest(result, job_id, nodekeys.claimed_nonce(signed), None, final=True)
 
     def ended(self, ticket: Ticket, now: float, result: Result, outcome: str | None) -> None:
         """The start ended; one that ran to its end (exit 0, canceled) never starts here again."""

@@ -37,6 +37,7 @@ from typing import Any
 import redis
 
 from agent import claim, guarded, metrics
+from agent.journal import Journal, journal_path
 from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
 from agent.pulse import ORPHANED
@@ -308,6 +309,10 @@ class JobAttempt:
         """No further attempt of this envelope may run (so its nonce is spent)."""
         return outcome == "canceled" or result.exit_code == 0 or not self.job.should_retry
 
+    def ends_job(self, result: Result, outcome: str | None) -> bool:
+        """The attempt is the job's last (what its node signs as `final`): not handed back, not retried."""
+        return outcome not in HANDED_BACK and self._is_final(result, outcome)
+
     def _end_at_once(self, envelope: dict[str, Any], result: Result) -> bool | None:
         """The whole end of a successful attempt in one script: the grid's records and RQ's.
 
@@ -467,8 +472,11 @@ class JobAttempt:
         if witness is not None:
             nonce = claimed_nonce(shown_argument(self.job))
             used = text(pipe.get(keys.nonce(nonce))) if nonce else ""  # the envelope's starts: this attempt's number
+            seen = None  # another node's loss: this node cannot know what ran there
+            if witness.node == self.node:  # its own: vouched for only as far as its journal saw the start
+                seen = bool(nonce) and Journal(journal_path(self.node)).started_unended(nonce)
             record = witness.attest(record, self.id, nonce, int(used) if used.isdigit() and len(used) < 6 else None,
-                                    on=self.node)
+                                    final=not retry, on=self.node, seen=seen)
         pipe.multi()
         if not foreign:
             pipe.hdel(keys.node_running(self.node), self.id)

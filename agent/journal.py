@@ -143,6 +143,16 @@ class Journal:
         """The admitted start did not happen (no room here, refused by the broker's count)."""
         self._conn().execute("DELETE FROM starts WHERE nonce = ? AND seq = ?", (ticket.nonce, ticket.seq))
 
+    def started_unended(self, nonce: str) -> bool:
+        """Did this node start this envelope and never record that start's end? What a node's
+        own loss of a job must show: a job a broker writer planted in the node's running records
+        never started here, or ran to its end here. Unreadable: False (the node does not vouch)."""
+        try:
+            return self._conn().execute("SELECT 1 FROM starts WHERE nonce = ? AND ended IS NULL LIMIT 1",
+                                        (nonce,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
     def ended(self, ticket: Ticket, now: float, final: bool) -> None:
         """The start ended; `final`: it ran to its end (exit 0, canceled), so never again here."""
         self._conn().execute("UPDATE starts SET ended = ?, final = ? WHERE nonce = ? AND seq = ?",

@@ -197,7 +197,8 @@ class Performer:
                             reason=f"agent error: {type(e).__name__}: {e}"[:4096], reason_kind="error")
             outcome = None
         result = meter.finish(result)
-        result = self.admission.attest(result, attempt.id, envelope, attempt.number)
+        result = self.admission.attest(result, attempt.id, envelope, attempt.number,
+                                       final=attempt.ends_job(result, outcome))
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
         attempt.finish(envelope, result, outcome, give_up=self._give_up)
         if attempt.places_next:

@@ -17,8 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from cryptography.exceptions import InvalidSignature
 
+from gridcore import keys
 from gridcore.records import CancelProof, CorruptRecord
 from gridcore.signing import AuthorizedKeys, Refused, Signer, canonical
 
@@ -39,6 +41,15 @@ def sign(signer: Signer, job_id: str, nonce: str | None, at: float) -> CancelPro
 def flag(proof: CancelProof | None) -> str:
     """The value of the job's cancel flag."""
     return proof.encode() if proof is not None else UNSIGNED
+
+
+def stored(conn: redis.Redis, job_id: str) -> bytes | None:
+    """The job's cancel flag as stored; None when there is none, or a broker writer left a key of
+    another type there (read as no record: a bulk requeue skips the job, a named one renews it)."""
+    try:
+        return conn.get(keys.cancel(job_id))
+    except redis.ResponseError:
+        return None
 
 
 @dataclass(frozen=True)

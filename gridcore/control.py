@@ -45,6 +45,8 @@ class Control:
             raise JobNotFound(f"no job {job_id!r} on this grid") from None
         except CorruptRecord as e:
             raise GridError(str(e)) from None
+        except ValueError:  # RQ refuses to load a record under an id it would never make: planted
+            raise GridError(f"will not requeue {job_id[:200]!r}: not an id this grid makes") from None
 
     # ---- jobs ---------------------------------------------------------------------------
 
@@ -119,7 +121,7 @@ class Control:
         """Whether the job's cancel is signed, for `envelope`, by a key trusted here: the
         authorized_keys file, or this operator's own."""
         trusted = TrustedKeys(self.settings.authorized_keys_path, self.settings.public_key_path)
-        return cancelproof.check(self.redis.get(keys.cancel(job_id)), job_id, envelope.nonce, trusted)
+        return cancelproof.check(cancelproof.stored(self.redis, job_id), job_id, envelope.nonce, trusted)
 
     def _verified_envelope(self, signed: Any, job_id: str) -> Envelope:
         # Re-signing what the broker holds would launder a tampered command: verify first,

@@ -4,7 +4,9 @@ Nodes already trust operator keys (authorized_keys). In the other direction, eac
 its own key at its first start (`<data dir>/nodes/<node>/node_ed25519`, 0600), publishes the
 public half in the broker (`grid:node:<node>:key`), and signs what it records about each
 attempt it ran or refused: job id, envelope nonce, attempt number, start, end, exit code,
-signal, reason. A node that reclaims a dead node's job signs its "lost" record, naming the
+signal, reason, and whether the attempt ended the job (`final`: no attempt of this envelope
+follows it, so a failure signed without it was retried and is not how the job ended). A node
+that reclaims a dead node's job signs its "lost" record, naming the
 dead node (`node`) and itself (`by`).
 
 The broker copy of a node key is only a suggestion: an operator pins it in `known_nodes`
@@ -85,11 +87,17 @@ class NodeSigner:
     node: str
     key: Ed25519PrivateKey
 
-    def attest(self, result: Result, job_id: str, nonce: Any, attempt: int | None, on: str | None = None) -> Result:
-        """`result` with this node's proof; `on`: the node the attempt was on, when not this one."""
+    def attest(self, result: Result, job_id: str, nonce: Any, attempt: int | None, *, final: bool,
+               on: str | None = None, seen: bool | None = None) -> Result:
+        """`result` with this node's proof; `final`: the job ends with this attempt (no retry of
+        this envelope follows); `on`: the node the attempt was on, when not this one; `seen`:
+        for a loss on this node, whether its own journal shows the attempt started here."""
         claim = {"job_id": job_id, "nonce": nonce if isinstance(nonce, str) else None, "attempt": attempt,
                  "node": on or self.node, "start": result.start, "end": result.end, "exit_code": result.exit_code,
-                 "signal": result.signal, "reason_kind": result.reason_kind, "reason": (result.reason or "")[:500]}
+                 "signal": result.signal, "reason_kind": result.reason_kind, "reason": (result.reason or "")[:500],
+                 "final": final}
+        if seen is not None:
+            claim["seen"] = seen
         if on is not None and on != self.node:
             claim["by"] = self.node
         return result.model_copy(update={"proof": attest(self.key, claim)})

@@ -141,10 +141,9 @@ class Reads:
         return out
 
     def _cancel_flag(self, job_id: str) -> bytes | None:
-        try:
-            return self.redis.get(keys.cancel(job_id))
-        except redis.ResponseError:  # a key of another type: no cancel record
-            return None
+        from gridcore import cancelproof  # only a detail read of a canceled job needs it
+
+        return cancelproof.stored(self.redis, job_id)
 
     def state(self, job_id: str) -> JobState:
         """A job's state alone (one field read)."""

@@ -10,8 +10,13 @@ refused for what a broker writer could have laundered by editing a job's status.
   requeue (`--all-failed`, a sweep's cells, the console's `R`) skips it and says why;
 - once the operator pins node keys (`known_nodes`), a bulk requeue renews a failed job only if
   its last attempt's failure is signed by a pinned node for this job and envelope: the node
-  that ran or refused it, or, for a lost one, the node that reclaimed it (a failure no node
-  signed, such as one recorded by an older agent, is renewed by naming it).
+  that ran it or, for a lost one, the node that reclaimed it, and the node it was lost on must
+  be pinned too (a failure no node signed, such as one recorded by an older agent, is renewed
+  by naming it). The node must have signed it
+  as the job's end (`final`): a writer who removes a later attempt (a success) leaves a
+  genuine failure that was retried. A signed refusal is renewed only by naming the job: a
+  node signs one for whatever copy it is shown, a finished job that a writer put in a queue
+  it was not signed for included.
 
 The attempt records read here are the broker's: a writer who also rewrites them is stopped
 only by what each node keeps itself (agent/journal.py). See the README's Security section.
@@ -87,4 +92,16 @@ def _unsigned_failure(last: Attempt | None, known: Mapping[str, Ed25519PublicKey
         return "signed for another envelope of this job"
     if claim.get("exit_code") == 0:
         return "the node signed a success"
+    if claim.get("reason_kind") == "refused":  # a writer routes any finished job where a node refuses it
+        return (f"node {str(claim.get('by', claim.get('node')))[:100]} signed a refusal, which says only that "
+                "the copy it was shown did not run there, not that the job never ran")
+    lost_on = claim.get("node")
+    if claim.get("reason_kind") == "lost" and not (isinstance(lost_on, str) and lost_on in known):
+        # A loss is the reclaiming node's word on what the broker said ran where: a writer can
+        # plant any finished job as running on a made-up node that looks long dead.
+        return f"it was lost on node {str(lost_on)[:100]}, which is not pinned here"
+    if claim.get("reason_kind") == "lost" and claim.get("by", lost_on) == lost_on and claim.get("seen") is not True:
+        return f"node {str(lost_on)[:100]} signed the loss without its journal showing that the job started there"
+    if claim.get("final") is not True:  # a retry of this envelope followed it: not how the job ended
+        return f"the node signed attempt {str(claim.get('attempt'))[:20]} as retried, not as the job's end"
     return None

@@ -1,6 +1,6 @@
 """Every end a node records is signed by a node: a refusal by the node that refused the job, a
 loss by the node that reclaimed it (naming the lost node). So `grid requeue --all-failed`,
-once node keys are pinned, renews them in bulk, and a made-up one still only by name."""
+once node keys are pinned, renews a loss in bulk, and a refusal or a made-up loss only by name."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def running_on(r, grid, node: str, command: str) -> str:
     return jid
 
 
-def test_a_refusal_is_signed_by_the_node_that_refused_it_and_renewed_in_bulk(capsys, r, grid, settings):
+def test_a_refusal_is_signed_by_the_node_that_refused_it_and_renewed_when_named(capsys, r, grid, settings):
     pinned("n1")
     jid = grid.submit(JobSpec(command="deploy", env={"TOKEN": "t"}))
     refused_on(r, settings, "n1", jid)
@@ -67,13 +67,18 @@ def test_a_refusal_is_signed_by_the_node_that_refused_it_and_renewed_in_bulk(cap
     assert job.attempts[-1]["signed"] == "signed by pinned node n1" and job.attempts[-1]["trust"] == "pinned"
     code, out, _ = call_cli(capsys, "show", jid)
     assert code == 0 and " pinned \n" in out  # the RECORD column of its attempt
+    # A refusal is no evidence the job never ran (tests/security/test_laundered_ends.py): by name only.
     code, out, err = call_cli(capsys, "requeue", "--all-failed")
+    assert code == 1 and out == "" and f"skipped {jid}: its failure is not signed by a pinned node (node n1 signed " \
+        "a refusal" in err
+    code, out, err = call_cli(capsys, "requeue", jid)
     assert code == 0 and out.strip() == f"{jid} requeued: deploy", err
     assert grid.state(jid) is JobState.QUEUED
 
 
 def test_a_loss_is_signed_by_the_node_that_reclaimed_it_naming_the_lost_node(capsys, r, grid, settings, tmp_path):
     witness = pinned("n2")
+    pinned("n1")  # the node it was lost on: a loss on a node nobody pinned is renewed only by name
     lost = running_on(r, grid, "n1", "echo lost")
     assert recovery.reclaim(r, "n1", grid.broker_time(), "node lost: n1 stopped heartbeating", settings.result_ttl,
                             witness=witness) == [lost]
