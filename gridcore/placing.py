@@ -27,7 +27,7 @@ from gridcore.models import Node, NodeState, Resources
 from gridcore.placement import Committed, Fit, choose_node, explain
 from gridcore.reads import Reads
 from gridcore.records import NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
-from gridcore.reservations import RESERVE_FN, Corrupt, Reservations, reserve_args
+from gridcore.reservations import RESERVE_FN, Corrupt, Reservations, reserve_args, wake
 from gridcore.views import node_view
 
 log = logging.getLogger("grid.placing")
@@ -134,6 +134,7 @@ class Outcome:
     placed: dict[str, str] = field(default_factory=dict)
     whys: dict[str, str] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)  # read stale: read again before placing
+    unplaced: list[str] = field(default_factory=list)  # `place_ids`: waiting jobs it placed nowhere
 
 
 class Placer:
@@ -192,7 +193,9 @@ class Placer:
             view = take_view(pipe.execute(raise_on_error=False), names, groups)
         # No reasons: they are not written here (the agents' periodic pass does), and naming every
         # node's reason for each cell of a big sweep would cost the submitter more than placing.
-        return self.place(jobs, view=view, explain_rest=(), onto=onto)  # view None (a node joined): read again
+        out = self.place(jobs, view=view, explain_rest=(), onto=onto)  # view None (a node joined): read again
+        out.unplaced = [w.id for w in jobs if w.id not in out.placed]
+        return out
 
     def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
               view: View | None = None, onto: str | None = None) -> Outcome:
@@ -393,11 +396,18 @@ def place_submitted(conn: redis.Redis, ids: Sequence[str], *, own: bool = True, 
     `own=False`: jobs a parent's end has just released (their records read within bounds), placed
     `onto` the releasing agent's own node only (its ACL user writes no other node's holds).
 
+    What does not fit that node wakes every agent's loop: another node may have room now, and
+    its loop would otherwise not look before its periodic pass.
+
     The jobs are enqueued already, so a broker error here is no failed submission: the jobs wait
     for the agents' placement loop, as they would on a full grid (logged, not raised)."""
     if not ids:
         return
     try:
-        Placer(conn).place_ids(ids, own=own, onto=onto)
+        out = Placer(conn).place_ids(ids, own=own, onto=onto)
+        if onto is not None and out.unplaced:
+            with conn.pipeline(transaction=False) as pipe:
+                wake(pipe, anywhere=True)
+                pipe.execute()
     except redis.RedisError as e:
         log.warning("placing %d waiting job(s) at once failed (%s); the agents' placement loop will", len(ids), e)

@@ -19,7 +19,7 @@ from gridcore import acl, keys
 from gridcore.client import Grid
 from gridcore.connection import connect
 from gridcore.models import JobSpec, JobState, NodeState, Resources
-from gridcore.placing import Placer
+from gridcore.placing import Placer, place_submitted
 from gridcore.records import Inventory
 from gridcore.signing import SigningError
 from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
@@ -279,5 +279,10 @@ def test_a_slot_places_released_dependents_onto_its_own_node_only(settings, grid
     out = Placer(mine).place_ids(jobs, own=False, onto=node)
     assert len(out.placed) == 1 and r.llen(keys.rq_queue(keys.node_queue(node))) == 1
     assert not r.llen(keys.rq_queue(keys.node_queue(other))) and not r.hlen(keys.node_held(other))
+    # The one left fits the other node only: every agent's loop is woken for it (its narrow user
+    # may write the wake stream), as that node's periodic pass would find it only later.
+    r.delete(keys.PLACE_WAKES)
+    place_submitted(mine, jobs, own=False, onto=node)
+    assert [f for _, f in r.xrange(keys.PLACE_WAKES)] == [{b"node": b"", b"any": b"1"}]
     with pytest.raises(redis.ResponseError, match="NOPERM|permission"):
         Placer(mine).place_ids(jobs, own=False)  # onto any node: the one left fits the other's holds
