@@ -24,7 +24,8 @@ from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS
-from agent.pulse import Pulse
+from agent.pulse import Pulse, silence_limit
+from agent.wakeup import Wakeup
 from gridcore import events, keys, nodekeys
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
@@ -292,8 +293,12 @@ class Agent:
                           version=package_version(), beat=beat)
 
     def heartbeat(self, first: bool = False) -> None:
-        now = self.broker_time()
-        prev = _float(self.conn.hget(keys.node(self.node), "beat"))
+        with self.conn.pipeline(transaction=False) as pipe:  # one round trip for both
+            pipe.time()
+            pipe.hget(keys.node(self.node), "beat")
+            (sec, usec), last = pipe.execute()
+        now = sec + usec / 1e6
+        prev = _float(last)
         record = self.node_record(started=now if first else None, beat=now)
         names = ["load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
                  "version", "beat"]
@@ -371,8 +376,12 @@ class Agent:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        wakeup = Wakeup()  # before the slots exist: a slot that dies at once still wakes the loop
         self.start()
         interval = self.cfg.heartbeat_interval
+        # The slots count the agent gone once its pulse is older than this (agent/pulse.py);
+        # stamping four times within it keeps them well clear of their closer look at half of it.
+        stamp_every = silence_limit(interval, self.cfg.node_timeout) / 4
         next_beat = time.monotonic()
         while True:
             now = time.monotonic()
@@ -401,9 +410,23 @@ class Agent:
                     self.cold_stop()
                 if self.all_slots_exited():
                     break
-            time.sleep(min(0.1, max(0.0, next_beat - time.monotonic())))
+            wakeup.wait(self.next_due(next_beat, stamp_every) - time.monotonic())
+        wakeup.close()
         self.leave()
         return 0
+
+    def next_due(self, next_beat: float, stamp_every: float) -> float:
+        """When the main loop has something to do next, short of a signal (a slot exiting, a
+        stop request): the heartbeat, the pulse, a slot's restart, the cold stop."""
+        due = min(next_beat, time.monotonic() + stamp_every)
+        for s in self.slots:
+            if s.restart_at:
+                due = min(due, s.restart_at)
+            if s.dead_name:
+                due = min(due, time.monotonic() + 1.0)  # its recovery is tried again until done
+        if self.stopping and self.stop_deadline is not None and not self.cold:
+            due = min(due, self.stop_deadline)
+        return due
 
     def broker_back(self) -> None:
         """Slots that died while the broker was away restart now, without crash-loop backoff."""

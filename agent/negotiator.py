@@ -285,11 +285,16 @@ class Negotiator:
                 if stop.is_set():
                     break
                 # A busy grid wakes this loop at every job end: the periodic pass is due all the same.
-                if time.monotonic() >= due:
+                periodic = time.monotonic() >= due
+                if periodic:
                     due = time.monotonic() + interval
-                    self.run_once(full=True, wait=LOCK_WAIT if woke else 0.0)
-                elif woke:
-                    self.run_once(full=False, wait=LOCK_WAIT)
+                if not (periodic or woke):
+                    continue
+                if not self.conn.llen(keys.rq_queue(keys.PENDING_QUEUE)):
+                    # Nothing waits (plain jobs, whose every end wakes this loop, or an idle grid):
+                    # one command instead of a pass, on the cores the jobs run on.
+                    continue
+                self.run_once(full=periodic, wait=LOCK_WAIT if woke else 0.0)
             except redis.RedisError as e:
                 # The heartbeat sees (and logs) an outage; this loop only waits it out. A refusal
                 # (NOPERM: an ACL user that does not fit this version) is no outage: it is logged.

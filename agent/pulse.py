@@ -28,8 +28,12 @@ log = logging.getLogger("grid.pulse")
 
 ORPHANED = "orphaned"
 """A running job's stop reason when its agent stopped heartbeating: handed back, not failed."""
-WATCH_EVERY = 0.1
-"""Seconds between a slot's looks at its agent's pulse (a read of 8 bytes of shared memory)."""
+WATCH_SHARE = 20
+"""A slot looks at its agent's pulse this many times per silence limit (a read of 8 bytes of
+shared memory): the limit is half the node timeout, so a look every few hundred ms answers
+within a few percent of it, and an idle node's slots do not wake ten times a second for it."""
+WATCH_EVERY = (0.05, 1.0)
+"""The shortest and the longest seconds between two looks."""
 PING_TIMEOUT = 1.0
 """Seconds a slot waits on the broker's answer when it checks that it can reach it."""
 _FMT = "d"
@@ -72,6 +76,7 @@ class PulseWatch(threading.Thread):
         self.on_orphaned = on_orphaned
         self.orphaned = threading.Event()
         self.reachable_since: float | None = None
+        self.every = min(WATCH_EVERY[1], max(WATCH_EVERY[0], limit / WATCH_SHARE))
 
     def age(self) -> float:
         (stamped,) = struct.unpack(_FMT, os.pread(self.fd, struct.calcsize(_FMT), 0))
@@ -118,4 +123,4 @@ class PulseWatch(threading.Thread):
                 self.check()
             except Exception:  # noqa: BLE001 - the watch must outlive a bad moment; it is logged
                 log.exception("checking the agent's pulse failed")
-            time.sleep(WATCH_EVERY)
+            time.sleep(self.every)

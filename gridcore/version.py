@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import metadata
 
 from gridcore.records import ENVELOPE_VERSION
@@ -12,6 +13,8 @@ PACKAGE = "science-grid"
 __all__ = ["ENVELOPE_VERSION", "PACKAGE", "package_version"]
 
 
+@cache  # parsing the metadata was most of an agent's heartbeat; and a running process is the
+# version it started as, whatever was installed since
 def package_version() -> str:
     """The installed package's version (what `grid nodes` shows per node), or "unknown"."""
     try:

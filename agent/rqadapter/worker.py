@@ -8,8 +8,9 @@ killing the whole tree).
 Jobs are taken with agent/claim.py (pop and claim in one step), never with RQ's BLPOP, whose
 popped job is lost if the reply is (broker restart) or the slot dies before it records the
 job. The idle loop waits for the broker instead of quitting on a connection error (stock RQ
-leaves the loop on most of them) and wakes every DEQUEUE_WAKE seconds, so stop signals only
-set flags and never interrupt a dequeue.
+leaves the loop on most of them) and wakes every DEQUEUE_WAKE seconds. Stop signals set flags,
+and interrupt the slot only inside its blocking wait: what that wait takes is in the node's
+taking list, never lost (agent/claim.py).
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ log = logging.getLogger("grid.slot")
 
 BEAT_EVERY = 1.0
 """Seconds between a slot's own RQ worker heartbeats outside a job's start and end."""
-DEQUEUE_WAKE = 1
-"""Seconds an idle slot blocks waiting for a job before it looks at stop requests and heartbeats again."""
+DEQUEUE_WAKE = 5
+"""Seconds an idle slot blocks waiting for a job before it heartbeats and looks at the node
+queue, the suspend flag and the scheduler again: every wake costs the broker a few commands,
+which were most of an idle node's load at one a second. A job for the slot's pool queue ends
+the wait at once, a placed one nudges it (gridcore/placing.py), a stop signal interrupts it."""
 SUSPENSION_CHECK = 1.0
 """Seconds between a slot's looks at RQ's suspend flag."""
 DRAIN_POLL = 1.0
@@ -53,6 +57,10 @@ ORPHAN_POLL = 0.5
 """Seconds between an orphaned slot's looks at whether its agent's pulse is back."""
 SCHEDULER_RETRY = 5.0
 """Seconds between attempts to restart RQ's scheduler process after it died with the broker."""
+
+
+class _StopWaiting(Exception):
+    """Raised by a stop signal's handler into the slot's blocking wait for a job, only there."""
 
 
 class GridWorker(SimpleWorker):
@@ -73,6 +81,7 @@ class GridWorker(SimpleWorker):
         self._suspension_checked = 0.0
         self._scheduler_retry_at = 0.0
         self._pubsub_down = False
+        self._waiting = False  # in claim.wait: a stop signal may interrupt it
         GridQueue.result_ttl = settings.result_ttl
 
     # ---- signals and commands -----------------------------------------------------------
@@ -83,14 +92,20 @@ class GridWorker(SimpleWorker):
         # Ctrl-C in the agent's terminal reaches us too; the agent decides what it means.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    # Handlers only set flags (the idle loop wakes every second to see them): raising into a
-    # wait that has just handed this slot a job would lose the job.
+    # Handlers set flags, and raise only into the idle wait: anywhere else (a job being taken,
+    # started or ended) an exception could leave the job half-recorded. What the interrupted
+    # wait took is in the node's taking list, which any pop of the node takes from, and which the
+    # agent gives back when its slots have exited.
     def _warm_stop(self, signum, frame):
         self._stop_requested = True
+        if self._waiting:
+            raise _StopWaiting
 
     def _cold_stop(self, signum, frame):
         self._stop_requested = True
         self.performer.stop_cold()
+        if self._waiting:
+            raise _StopWaiting
 
     def kill_horse(self, sig=None):
         """RQ's stop-job command (from the pubsub thread): cancel the running job."""
@@ -244,12 +259,20 @@ class GridWorker(SimpleWorker):
                 if result is None:
                     queues = self._ordered_queues
                     pool = queues[1] if len(queues) > 1 else queues[0]
-                    claim.wait(self.connection, self.node, pool.key, DEQUEUE_WAKE)
+                    try:
+                        self._waiting = True
+                        if self._stop_requested:  # a signal that came just before the flag was set
+                            break
+                        claim.wait(self.connection, self.node, pool.key, DEQUEUE_WAKE)
+                    finally:
+                        self._waiting = False
                     if self.performer.orphaned.is_set():
                         continue
                     result = self._pop()
                     if result is claim.DRAINING:
                         continue
+            except _StopWaiting:
+                break  # redis-py dropped the interrupted connection: no reply is left half-read
             except OUTAGE_ERRORS as e:
                 if failures == 0:
                     log.warning("slot %s: broker unreachable (%s); waiting for it", self.name, e)
