@@ -110,3 +110,15 @@ def test_an_open_start_under_a_reused_pid_is_not_a_twin(tmp_path):
     # The slot that journaled it died and its pid now names another live process (our parent).
     j._conn().execute("UPDATE starts SET pid = ?, born = 1.0", (os.getppid(),))
     j.admit(envelope(), "job", NOW)
+
+
+def test_a_start_survives_its_slot_killed_at_once(tmp_path):
+    """WAL with synchronous=NORMAL (no fsync per commit) keeps every commit through a crash of
+    the process: a slot SIGKILLed right after its job ended leaves the row behind."""
+    path = tmp_path / "j.sqlite"
+    code = ("import os, signal, sys; from agent.journal import Journal; from tests.security.test_journal import "
+            "envelope, NOW; from pathlib import Path; j = Journal(Path(sys.argv[1]));"
+            "j.ended(j.admit(envelope(), 'job', NOW), NOW + 1, final=True); os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([sys.executable, "-c", code, str(path)], cwd=os.getcwd()).returncode == -9
+    with pytest.raises(Refused, match="already ran to its end on this node"):
+        Journal(path).admit(envelope(), "job", NOW + 2)
