@@ -8,7 +8,7 @@ RUSAGE_CHILDREN of the slot, before and after the job, counts the CPU time and b
 whole tree exactly, waited-for children and not, with no sampling loss.
 
 Peak memory is the job cgroup's peak where the runner made one (a job with a memory limit);
-else the summed resident size of the tree sampled by one thread per slot, at 0.1 s, then every
+else the summed resident size of the tree sampled by one thread per slot (kept across jobs), at 0.1 s, then every
 0.5 s backing off to every 2 s, less often for a tree so large that a sample would cost more
 than 0.5% of a core (a few /proc reads per process per sample), and never
 below the largest reaped process's maxrss. GPU figures come from NVML for the job's own GPUs;
@@ -206,11 +206,9 @@ class Meter:
         self.vanished = 0  # processes seen in one sample and gone by the next
         self.sampler_cpu = 0.0
         self._last: set[int] = set()
-        self._stop = threading.Event()
         self.t0 = time.monotonic()
         self.ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
-        self._thread.start()
+        _SAMPLER.arm(self)
 
     def job_pids(self) -> list[int]:
         """The job's processes now: the slot's children it did not have before, and theirs."""
@@ -239,24 +237,6 @@ class Meter:
             self.gpus.sample(now)
         self.samples += 1
 
-    def _run(self) -> None:
-        interval = min(FIRST_SAMPLE, self.first)
-        taken = 0
-        while not self._stop.wait(interval):
-            interval = max(interval, self.first)
-            spent = time.thread_time()
-            try:
-                self.sample()
-            except Exception:  # noqa: BLE001 - a sampling bug costs figures, never the job
-                log.exception("sampling a job's processes failed; its usage figures stop here")
-                break
-            taken += 1
-            if taken >= BACKOFF_AFTER and interval < self.most:
-                interval, taken = min(self.most, interval * 2), 0
-            # A tree of thousands of processes costs more per sample: sample it less often.
-            interval = max(interval, (time.thread_time() - spent) / MAX_SHARE)
-        self.sampler_cpu = time.thread_time()
-
     def reap(self) -> int:
         """Reap the job's orphans that ended while re-parented to this slot (their CPU time and
         IO then count in RUSAGE_CHILDREN). Only new children, never the slot's own."""
@@ -273,8 +253,7 @@ class Meter:
 
     def finish(self, result: Result) -> Result:
         """Stop sampling and return `result` with its `usage` (call after the runner ended the tree)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        _SAMPLER.disarm(self)
         wall = time.monotonic() - self.t0
         self.reap()
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -304,6 +283,69 @@ class Meter:
         log.debug("usage: %s; %d processes vanished between samples; sampler used %.3fs CPU", figures,
                   self.vanished, self.sampler_cpu)
         return result.model_copy(update={"usage": Usage(**figures)})
+
+
+class _Sampler:
+    """The slot's one sampling thread, started with its first job and kept: a thread started
+    and joined per job cost a trivial job more than its samples (two hand-overs of the GIL on
+    a busy node). It samples the armed meter, one at a time (a slot runs one job at a time)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._meter: Meter | None = None
+        self._thread: threading.Thread | None = None
+
+    def arm(self, meter: Meter) -> None:
+        with self._cv:
+            self._meter = meter
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def disarm(self, meter: Meter) -> None:
+        """Stop sampling `meter`; returns once no sample of it is under way (they run under the lock)."""
+        with self._cv:
+            if self._meter is meter:
+                self._meter = None
+                self._cv.notify()
+
+    def _run(self) -> None:
+        with self._cv:
+            while True:
+                while self._meter is None:
+                    self._cv.wait()
+                self._measure(self._meter)
+
+    def _measure(self, m: Meter) -> None:
+        """Sample `m` until it is disarmed (called holding the lock, which `wait` gives up)."""
+        interval = min(FIRST_SAMPLE, m.first)
+        taken = 0
+        due = time.monotonic() + interval
+        while self._meter is m:
+            left = due - time.monotonic()
+            if left > 0:
+                self._cv.wait(left)
+                continue
+            interval = max(interval, m.first)
+            spent = time.thread_time()
+            try:
+                m.sample()
+            except Exception:  # noqa: BLE001 - a sampling bug costs figures, never the job
+                log.exception("sampling a job's processes failed; its usage figures stop here")
+                self._meter = None
+                return
+            cost = time.thread_time() - spent
+            m.sampler_cpu += cost
+            taken += 1
+            if taken >= BACKOFF_AFTER and interval < m.most:
+                interval, taken = min(m.most, interval * 2), 0
+            # A tree of thousands of processes costs more per sample: sample it less often.
+            interval = max(interval, cost / MAX_SHARE)
+            due = time.monotonic() + interval
+
+
+_SAMPLER = _Sampler()
 
 
 def _descendants(p: Any) -> list[Any]:

@@ -11,7 +11,10 @@ Then the placement paths (bench/placement_paths.py): jobs with a memory request,
 2 CPUs, and throttled sweeps, against plain jobs on the same agent, as ratios.
 
     python bench/throughput.py [--jobs 1000] [--latency-samples 200] [--broker redis|valkey]
-                               [--sweep-cells 1000] [--placement-only]
+                               [--sweep-cells 1000] [--placement-only] [--vs-celery]
+
+`--vs-celery`: the agent and Celery only, the same jobs and samples (no seed, CLI, bulk or
+placement figures), for a quick A/B of the engine.
 """
 
 from __future__ import annotations
@@ -144,7 +147,8 @@ def agent_run(broker: Broker, n: int, home: Path) -> dict:
         v = _pcts(visible)
         time.sleep(2)
         idle = idle_cpu(agent.pid, broker.proc.pid, ARGS.idle_seconds)
-        cli = cli_medians(broker.url, dict(os.environ), ARGS.cli_runs)  # the agent is up: no "no node" note
+        # The agent is up: no "no node" note.
+        cli = cli_medians(broker.url, dict(os.environ), ARGS.cli_runs) if not ARGS.vs_celery else {}
         return {"jobs_per_s": n / span, "span_s": span, "slots": slots, **_pcts(lat),
                 "submit_call_to_process_p50_ms": s["latency_p50_ms"],
                 "submit_call_to_process_p99_ms": s["latency_p99_ms"],
@@ -153,6 +157,22 @@ def agent_run(broker: Broker, n: int, home: Path) -> dict:
     finally:
         agent.terminate()
         agent.wait(60)
+
+
+def peer_table(agent: dict, peer: dict | None) -> str:
+    """The agent against Celery: jobs/s, the two latencies and idle CPU, and the ratios."""
+    lines = [f"{'':<34}{'jobs/s':>9}{'submit->process p50':>21}{'->result visible p50':>22}{'idle CPU':>10}"]
+    rows = [(f"grid-agent, {agent['slots']} slots", agent)] + ([(f"Celery prefork, {peer['workers']} procs", peer)]
+                                                            if peer else [])
+    for name, row in rows:
+        lines.append(f"{name:<34}{row['jobs_per_s']:>9.1f}{row['submit_call_to_process_p50_ms']:>18.2f} ms"
+                     f"{row['submit_to_result_visible_p50_ms']:>19.2f} ms{row['idle_cpu_pct']:>9.2f}%")
+    if peer:
+        lines.append(f"agent / Celery = {agent['jobs_per_s'] / peer['jobs_per_s']:.2f}x jobs/s (idle CPU includes "
+                     f"the broker's)")
+    else:
+        lines.append(celery_peer.MISSING)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -166,6 +186,7 @@ def main() -> None:
     p.add_argument("--each-lines", type=int, default=10000, help="Lines of the `grid submit --each` file.")
     p.add_argument("--sweep-cells", type=int, default=300, help="cells of the placement paths' sweeps (1000: the target)")
     p.add_argument("--placement-only", action="store_true", help="only the placement paths (bench/placement_paths.py)")
+    p.add_argument("--vs-celery", action="store_true", help="only the agent and Celery (bench/celery_peer.py)")
     ARGS = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="grid-bench-"))
     os.environ["GRID_CONFIG_DIR"] = str(home / "config")
@@ -180,6 +201,17 @@ def main() -> None:
             broker.stop()
         print(placement_paths.report(placement))
         print(json.dumps({"jobs": ARGS.jobs, "broker": ARGS.broker, "placement": placement}))
+        return
+    if ARGS.vs_celery:
+        try:
+            agent = agent_run(broker, ARGS.jobs, home)
+            peer = (celery_peer.run(broker.url, ARGS.jobs, agent["slots"], ARGS.latency_samples, COMMANDS,
+                                    ARGS.idle_seconds, broker.proc.pid) if celery_peer.available() else None)
+        finally:
+            broker.stop()
+        print(peer_table(agent, peer))
+        print(json.dumps({"jobs": ARGS.jobs, "broker": ARGS.broker, "agent": agent, "celery": peer,
+                          "ratio_vs_celery": agent["jobs_per_s"] / peer["jobs_per_s"] if peer else None}))
         return
     try:
         cores = psutil.cpu_count(logical=True)
@@ -210,16 +242,7 @@ def main() -> None:
           f"{agent['submit_call_to_process_p50_ms']:.2f} ms, p99 {agent['submit_call_to_process_p99_ms']:.2f} ms")
     print(f"agent / seed(1 worker) = {result['ratio_vs_seed_1_worker']:.2f}x; "
           f"agent / seed({cores} workers) = {result['ratio_vs_seed_equal_workers']:.2f}x")
-    print(f"{'':<34}{'jobs/s':>9}{'submit->process p50':>21}{'->result visible p50':>22}{'idle CPU':>10}")
-    rows = [(f"grid-agent, {agent['slots']} slots", agent)] + ([(f"Celery prefork, {peer['workers']} procs", peer)]
-                                                            if peer else [])
-    for name, row in rows:
-        print(f"{name:<34}{row['jobs_per_s']:>9.1f}{row['submit_call_to_process_p50_ms']:>18.2f} ms"
-              f"{row['submit_to_result_visible_p50_ms']:>19.2f} ms{row['idle_cpu_pct']:>9.2f}%")
-    if peer:
-        print(f"agent / Celery = {result['ratio_vs_celery']:.2f}x (idle CPU includes the broker's)")
-    else:
-        print(celery_peer.MISSING)
+    print(peer_table(agent, peer))
     for name, t in agent["cli"].items():
         print(f"{name:<24} median {t['wall_ms']:7.1f} ms wall, {t['cpu_ms']:7.1f} ms CPU")
     b = bulk_figures
