@@ -17,8 +17,9 @@ every slot of the node pops from that list, so a lost BLMOVE reply (broker resta
 slot that died there loses nothing: the node's next pop takes it, a draining node puts it
 back where it was in its queue, and node-loss recovery does the same for a dead node. The
 node queue (placed and pinned jobs) comes before it and is looked at every time a slot
-wakes, at least once a second; a job taken from there sends the taken one back to its queue
-rather than keep it waiting on this node.
+wakes: a placed job nudges an idle slot, and an idle slot wakes every 5 s anyway
+(rqadapter/worker.py DEQUEUE_WAKE); a job taken from there sends the taken one back to its
+queue rather than keep it waiting on this node.
 
 A job's entry in that hash goes claim -> slot index (started) -> `ended:<worker>` (its end
 is recorded, RQ's bookkeeping not yet done) -> gone. Recovery acts on each: a claim goes back

@@ -146,7 +146,7 @@ class GridWorker(SimpleWorker):
 
     def set_state(self, state, pipeline=None):
         if pipeline is None and state == self._state:
-            return  # unchanged; the heartbeat rewrites it every second anyway
+            return  # unchanged; the heartbeat rewrites it at every wake anyway
         try:
             super().set_state(state, pipeline)
         except OUTAGE_ERRORS:
