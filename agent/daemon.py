@@ -417,13 +417,17 @@ class Agent:
 
     def next_due(self, next_beat: float, stamp_every: float) -> float:
         """When the main loop has something to do next, short of a signal (a slot exiting, a
-        stop request): the heartbeat, the pulse, a slot's restart, the cold stop."""
-        due = min(next_beat, time.monotonic() + stamp_every)
-        for s in self.slots:
-            if s.restart_at:
-                due = min(due, s.restart_at)
-            if s.dead_name:
-                due = min(due, time.monotonic() + 1.0)  # its recovery is tried again until done
+        stop request): the heartbeat, the pulse, a slot's restart or recovery, the cold stop.
+        A restart that cannot happen now (stopping, broker away) is no reason to wake: the
+        loop would spin; the broker's return is seen by a heartbeat, which wakes it anyway."""
+        now = time.monotonic()
+        due = min(next_beat, now + stamp_every)
+        if not self.stopping and self.broker_down_since is None:
+            for s in self.slots:
+                if s.restart_at > now:
+                    due = min(due, s.restart_at)
+                if s.dead_name:
+                    due = min(due, now + 1.0)  # its recovery is tried again until done
         if self.stopping and self.stop_deadline is not None and not self.cold:
             due = min(due, self.stop_deadline)
         return due

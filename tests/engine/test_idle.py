@@ -71,3 +71,22 @@ def test_the_agents_wait_ends_when_a_child_exits():
         assert time.monotonic() - t0 < 1.0
     finally:
         wakeup.close()
+
+
+def test_the_agents_loop_does_not_spin_on_a_restart_it_cannot_make_now(settings):
+    """A slot due for a restart while the broker is away (or the agent stops) is restarted only
+    once the broker is back: the loop then waits for its heartbeat, it does not go round at once."""
+    from agent.daemon import Agent, SlotProcess
+
+    agent = Agent(settings)
+    dead = SlotProcess(0, "node.x.0")
+    agent.slots = [dead]
+    beat = time.monotonic() + 2.0
+    dead.restart_at = time.monotonic() + 0.5
+    assert agent.next_due(beat, 10.0) == dead.restart_at  # its backoff ends before the heartbeat
+    dead.restart_at = time.monotonic() - 1.0  # overdue, but the broker is away: no restart yet
+    agent.broker_down_since = time.monotonic()
+    assert agent.next_due(beat, 10.0) == beat
+    agent.broker_down_since = None
+    agent.stopping = True  # nor while the agent stops
+    assert agent.next_due(beat, 10.0) == beat
