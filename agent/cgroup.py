@@ -110,6 +110,17 @@ class JobCgroup:
     def procs_file(self) -> Path:
         return self.path / "cgroup.procs"
 
+    @property
+    def enter_file(self) -> Path:
+        """Where a process writes "0" to move itself in.
+
+        cgroup v1: the `tasks` file moves only the writing thread, and the kernel then skips
+        the global threadgroup lock whose write side waits for an RCU grace period (~10 ms
+        here, most of a short job's cost); for a single-threaded process (the runner's `sh`
+        shim) that thread is the whole process. v2 has no such file: `cgroup.procs`.
+        """
+        return self.path / ("cgroup.procs" if self.v2 else "tasks")
+
     def oom_kills(self) -> int:
         """Processes of this group the kernel OOM killer killed (limit or whole node)."""
         text = _read(self.path / ("memory.events" if self.v2 else "memory.oom_control")) or ""

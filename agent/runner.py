@@ -31,8 +31,9 @@ from gridcore.records import Result
 log = logging.getLogger("grid.runner")
 
 READ_SIZE = 64 * 1024
-CGROUP_SHIM = 'echo $$ > "$0" 2>/dev/null; exec "$@"'
-"""`sh -c` script that moves itself into the job's cgroup, then becomes the job."""
+CGROUP_SHIM = 'echo 0 > "$0" 2>/dev/null; exec "$@"'
+"""`sh -c` script that moves itself into the job's cgroup (`$0`: JobCgroup.enter_file), then
+becomes the job."""
 REASON_MAX = 4096
 """Characters of a reason a result keeps (a program name in one may be long)."""
 SURVIVORS_MAX = 1024
@@ -158,7 +159,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         if cg is not None:
             _check_program(argv[0], cwd, env)
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", CGROUP_SHIM, str(cg.procs_file), *argv] if cg is not None else argv,
+            ["/bin/sh", "-c", CGROUP_SHIM, str(cg.enter_file), *argv] if cg is not None else argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
