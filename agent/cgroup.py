@@ -99,12 +99,19 @@ def adopt_v2() -> bool:
     return _write(here / "cgroup.subtree_control", "+memory")
 
 
+RESIDUE_MAX = 2 << 20
+"""Bytes a v1 group may stay charged with between two jobs (the kernel's per-CPU charge
+batches, some cache): more is reclaimed, or the group replaced, before it is reused, since the
+next job's peak starts from it."""
+
+
 @dataclass
 class JobCgroup:
-    """One job's group."""
+    """One job's group (on cgroup v1, the slot's group, reused by its jobs one at a time)."""
 
     path: Path
     v2: bool
+    oom_base: int = 0  # the group's OOM kills before this job (a reused group counts on)
 
     @property
     def procs_file(self) -> Path:
@@ -122,7 +129,10 @@ class JobCgroup:
         return self.path / ("cgroup.procs" if self.v2 else "tasks")
 
     def oom_kills(self) -> int:
-        """Processes of this group the kernel OOM killer killed (limit or whole node)."""
+        """Processes of this job the kernel OOM killer killed (limit or whole node)."""
+        return max(0, self._oom_total() - self.oom_base)
+
+    def _oom_total(self) -> int:
         text = _read(self.path / ("memory.events" if self.v2 else "memory.oom_control")) or ""
         for line in text.splitlines():
             k, _, v = line.partition(" ")
@@ -140,6 +150,13 @@ class JobCgroup:
     def pids(self) -> list[int]:
         return [int(p) for p in (_read(self.procs_file) or "").split()]
 
+    def usage(self) -> int | None:
+        raw = _read(self.path / ("memory.current" if self.v2 else "memory.usage_in_bytes"))
+        try:
+            return int(raw) if raw else None
+        except ValueError:
+            return None
+
     def remove(self) -> bool:
         try:
             self.path.rmdir()
@@ -149,6 +166,39 @@ class JobCgroup:
         except OSError:
             return False
 
+    def set_limit(self, limit: int | None) -> bool:
+        """Memory (and memory+swap, where counted) limited to `limit` bytes, or unlimited."""
+        if self.v2:
+            return _write(self.path / "memory.max", str(int(limit)) if limit else "max")
+        value = str(int(limit)) if limit else "-1"
+        # v1 keeps memory <= memory+swap at every step: lift the latter, set both.
+        _write(self.path / "memory.memsw.limit_in_bytes", "-1")
+        ok = _write(self.path / "memory.limit_in_bytes", value)
+        _write(self.path / "memory.memsw.limit_in_bytes", value)  # absent without swap accounting
+        return ok
+
+    def recycle(self) -> bool:
+        """v1, after a job: make the group fit for the next one, or say it is not (then remove it).
+
+        Fit: empty (kill by attempt left nothing), charged with no more than RESIDUE_MAX, its
+        peak restarted from there and its OOM count taken as the next job's zero.
+        """
+        if self.v2 or self.pids():
+            return False
+        used = self.usage()
+        if used is None:
+            return False
+        if used > RESIDUE_MAX:
+            _write(self.path / "memory.force_empty", "0")  # reclaims the cache the last job left
+            used = self.usage()
+            if used is None or used > RESIDUE_MAX:
+                return False
+        if not _write(self.path / "memory.max_usage_in_bytes", "0"):
+            return False
+        _write(self.path / "memory.memsw.max_usage_in_bytes", "0")
+        self.oom_base = self._oom_total()
+        return True
+
 
 class JobCgroups:
     """Where this slot creates job groups."""
@@ -156,6 +206,8 @@ class JobCgroups:
     def __init__(self, base: Path, v2: bool):
         self.base = base
         self.v2 = v2
+        self.idle: JobCgroup | None = None  # v1: the group the slot's last job left fit for reuse
+        self.made = 0  # groups this slot made (names a v1 slot group)
 
     @classmethod
     def probe(cls) -> JobCgroups | None:
@@ -176,13 +228,51 @@ class JobCgroups:
                         return cls(base, v2=True)
         return None
 
-    def create(self, name: str, limit: int | None) -> JobCgroup | None:
-        """A fresh group for one job, with `limit` bytes of memory if given; None if it fails."""
+    def acquire(self, job: str, tag: str, limit: int | None) -> JobCgroup | None:
+        """An empty group for one job, with `limit` bytes of memory if given; None if it fails.
+
+        cgroup v1: the slot's own group, reused job after job (`release` left it empty, its peak
+        and OOM count restarted): creating and removing a v1 memory group per job costs the
+        kernel far more than resetting one. v2: a fresh group named for the job.
+        """
+        cg, self.idle = self.idle, None
+        if cg is not None:
+            if cg.set_limit(limit):
+                return cg
+            log.warning("cannot set a memory limit on %s: making a new group", cg.path)
+            cg.remove()
+        if self.v2:
+            return self.create(f"{job}.{tag}", limit)
+        for _ in range(3):  # a name a dead slot of the same name left in use is skipped
+            self.made += 1
+            made = self.create(f"{tag}.{self.made}", limit, fresh=True)
+            if made is not False:
+                return made
+        return None
+
+    def release(self, cg: JobCgroup) -> bool:
+        """After the job's end (its figures read): keep the group for the next job, or remove it.
+        False if it could not be removed (processes left in it)."""
+        if self.idle is None and cg.recycle():
+            self.idle = cg
+            return True
+        return cg.remove()
+
+    def close(self) -> None:
+        """The slot is stopping: remove the group it kept."""
+        if self.idle is not None:
+            self.idle.remove()
+            self.idle = None
+
+    def create(self, name: str, limit: int | None, fresh: bool = False) -> JobCgroup | None | bool:
+        """A group, with `limit` bytes of memory if given; None if it fails, False if `fresh`
+        and the name is taken."""
         path = self.base / name
         try:
             path.mkdir()
         except FileExistsError:
-            pass
+            if fresh:
+                return False
         except OSError as e:
             log.warning("cannot create job cgroup %s: %s", path, e)
             return None
@@ -191,15 +281,31 @@ class JobCgroups:
             _write(path / "memory.oom.group", "1")  # an OOM kill takes the whole job, not one child
             # Swap would turn a memory limit into thrashing instead of a clean OOM kill.
             _write(path / "memory.swap.max", "0")
-        if limit:
-            ok = _write(path / ("memory.max" if self.v2 else "memory.limit_in_bytes"), str(int(limit)))
-            if not self.v2:
-                _write(path / "memory.memsw.limit_in_bytes", str(int(limit)))
-            if not ok:
-                log.warning("cannot set a memory limit on %s", path)
-                cg.remove()
-                return None
+        if limit and not cg.set_limit(limit):
+            log.warning("cannot set a memory limit on %s", path)
+            cg.remove()
+            return None
+        cg.oom_base = cg._oom_total()  # a name reused after a crash may have counted before
         return cg
+
+
+def remove_left_groups(node: str, agent_id: str, worker: str | None = None) -> int:
+    """Remove the v1 slot groups (`<worker>.<n>`) of a dead slot `worker`, or without one, of
+    earlier agents of `node` (any agent id but `agent_id`): those a killed slot could not remove
+    itself. A group still holding processes stays (rmdir refuses). Returns how many went."""
+    cgs = JobCgroups.probe()
+    if cgs is None or cgs.v2:
+        return 0
+    gone = 0
+    for d in cgs.base.iterdir():
+        owner, _, n = d.name.rpartition(".")
+        # worker names are <node>.<agent id>.<slot>.<deaths> (agent/daemon.py)
+        parts = owner.rsplit(".", 3)
+        if not n.isdigit() or len(parts) != 4 or parts[0] != node:
+            continue
+        if (owner == worker) if worker is not None else (parts[1] != agent_id):
+            gone += JobCgroup(d, v2=False).remove()
+    return gone
 
 
 def _make(path: Path) -> bool:

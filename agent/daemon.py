@@ -162,6 +162,7 @@ class Agent:
         if cgroup.adopt_v2():  # before any slot exists: only a cgroup the agent has to itself
             log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()
+        cgroup.remove_left_groups(self.node, self.agent_id)
         now = self.broker_time()
         # Made at the node's first start; it signs the lost records of every job this agent reclaims.
         self.witness = nodekeys.NodeSigner(self.node, nodekeys.node_key(self.node))
@@ -257,6 +258,7 @@ class Agent:
             mine = {proctree.ENV_NODE: self.node, proctree.ENV_AGENT: self.agent_id, proctree.ENV_WORKER: s.dead_name}
             for jid in ids:
                 proctree.kill_tree(None, None, {**mine, proctree.ENV_JOB: jid}, grace=self.cfg.kill_grace)
+            cgroup.remove_left_groups(self.node, self.agent_id, s.dead_name)
             if ids:
                 recovery.reclaim(self.conn, self.node, self.broker_time(),
                                  f"node lost: worker slot {s.index} on {self.node} died", self.settings.result_ttl,

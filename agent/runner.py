@@ -80,6 +80,12 @@ def job_cgroups() -> cgroup.JobCgroups | None:
     return _cgroups
 
 
+def close_cgroups() -> None:
+    """The slot is stopping: remove the job cgroup it kept for its next job."""
+    if _cgroups is not None:
+        _cgroups.close()
+
+
 def build_env(envelope: dict[str, Any], ctx: RunContext) -> dict[str, str]:
     """The job's environment: the agent's (less GRID_*), the envelope's, then the grid's own
     variables (documented in agent/deploy/README.md, "What a job gets")."""
@@ -151,7 +157,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     # Moving a process into a cgroup costs milliseconds (cgroup v1), a lot next to a short
     # job: only a job with a memory limit gets a group of its own.
     cgroups = job_cgroups() if limit else None
-    cg = cgroups.create(f"{ctx.job_id}.{ctx.cgroup_tag or os.getpid()}", limit) if cgroups else None
+    cg = cgroups.acquire(ctx.job_id, ctx.cgroup_tag or str(os.getpid()), limit) if cgroups else None
     # This slot is the subreaper of what its jobs start (agent/usage.py): a child that
     # escaped the job's session becomes a child of ours, one we did not have before.
     before = proctree.own_children()
@@ -170,7 +176,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         )
     except OSError as e:
         if cg is not None:
-            cg.remove()
+            cgroups.release(cg)
         end = ctx.broker_time()
         if cwd and (e.filename == cwd or not os.path.isdir(cwd)):
             msg = f"cannot use the working directory {cwd!r} on {ctx.node}: {e.strerror or e}"
@@ -273,7 +279,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         peak = cg.peak()
         if peak:
             record["memory_peak"] = peak
-        if not cg.remove():
+        if not cgroups.release(cg):
             log.warning("job %s: cgroup %s not removed (processes left?)", ctx.job_id, cg.path)
     elif node_ooms is not None and (rc == -signal.SIGKILL or rc == 128 + signal.SIGKILL) and not killed_for:
         # No cgroup of our own: a SIGKILL we did not send while the node's OOM counter moved.

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from agent import logsetup, usage
+from agent import logsetup, runner, usage
 from agent.pulse import ORPHANED, PING_TIMEOUT, PulseWatch, silence_limit
 from agent.verify import Gatekeeper
 from agent.rqadapter.worker import GridWorker
@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                            lambda: worker.performer.cancel(ORPHANED))
         worker.performer.orphaned = watch.orphaned
         watch.start()
-    worker.work(logging_level=logsetup.rq_level(settings.agent.log_level), with_scheduler=args.scheduler)
+    try:
+        worker.work(logging_level=logsetup.rq_level(settings.agent.log_level), with_scheduler=args.scheduler)
+    finally:
+        runner.close_cgroups()
     return 0
 
 

@@ -1,0 +1,119 @@
+"""A slot's job memory cgroup, reused job after job on cgroup v1: each job's OOM kills and peak
+are its own, its whole tree is limited, and a group that is not fit for the next job is not
+reused. The runner is called as a slot calls it, on a real broker, with real cgroups."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from agent import cgroup, runner
+from agent.output import OutputSink
+from agent.runner import RunContext, execute
+
+MB = 1 << 20
+
+HOG = 'python3 -c "b = []\nwhile True: b.append(bytearray(8 << 20))"'
+SMALL = "python3 -c \"b = bytearray(8 << 20); b[::4096] = b'x' * len(b[::4096]); print(len(b))\""
+# Two children of 24 MB each, alive at the same time: each fits a 40 MB limit, together they don't.
+PAIR = ("python3 -c \"import time; b = bytearray(24 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)\" & "
+        "python3 -c \"import time; b = bytearray(24 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)\" & "
+        "wait")
+
+
+def _v1() -> str | None:
+    cgs = cgroup.JobCgroups.probe()
+    if cgs is None:
+        return "no writable memory cgroup here"
+    if cgs.v2:
+        return "cgroup v2: a fresh group per job, nothing reused"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_v1() is not None, reason=str(_v1()))
+
+
+@pytest.fixture
+def groups(monkeypatch):
+    """The slot's job cgroups, as runner.job_cgroups() probes them; the kept group removed after."""
+    cgs = cgroup.JobCgroups.probe()
+    monkeypatch.setattr(runner, "_cgroups", cgs)
+    monkeypatch.setattr(runner, "_cgroups_probed", True)
+    yield cgs
+    runner.close_cgroups()
+
+
+def _run(r, tmp_path, command: str, memory: int):
+    job = uuid.uuid4().hex
+    ctx = RunContext(job_id=job, node="n1", slot=0, kill_grace=1.0, marker_env={}, broker_time=time.time,
+                     cgroup_tag=f"n1.test{uuid.uuid4().hex[:8]}.0.0", run_id=uuid.uuid4().hex)
+    sink = OutputSink(r, job, "n1", time.time(), budget=1 << 20, log_dir=tmp_path, log_cap=1 << 20, ttl=60)
+    result, _ = execute({"command": command, "resources": {"memory": memory}}, ctx, sink)
+    return result
+
+
+def test_the_next_job_on_a_slot_sees_only_its_own_oom_and_peak(r, tmp_path, groups):
+    oom = _run(r, tmp_path, HOG, 64 * MB)
+    assert oom.reason_kind == "oom" and oom.oom_kills >= 1, oom
+    assert 0.9 * 64 * MB <= oom.memory_peak <= 64 * MB, oom
+    kept = groups.idle
+    assert kept is not None and kept.path.is_dir() and not kept.pids()
+
+    small = _run(r, tmp_path, SMALL, 64 * MB)
+    assert groups.idle is not None and groups.idle.path == kept.path  # the same group, reused
+    assert small.exit_code == 0 and small.stdout == f"{8 << 20}\n", small
+    assert not small.oom_kills and small.reason_kind is None, small  # the first job's OOM kill is not its own
+    assert 8 * MB <= small.memory_peak < 24 * MB, small  # nor is the first job's 64 MB peak
+
+    # Reused with a smaller limit: the whole tree is held to it, not each process.
+    pair = _run(r, tmp_path, PAIR, 40 * MB)
+    assert pair.oom_kills >= 1 and pair.memory_peak <= 40 * MB, pair
+    assert groups.idle is not None and groups.idle.path == kept.path
+
+
+def test_the_cache_a_job_leaves_is_not_the_next_jobs_peak(r, tmp_path, groups):
+    # 32 MB written and kept: its page cache stays charged to the group after the job.
+    first = _run(r, tmp_path, f"head -c {32 * MB} /dev/urandom > {tmp_path / 'kept'}", 256 * MB)
+    assert first.exit_code == 0 and first.memory_peak >= 32 * MB, first
+    assert groups.idle is None or groups.idle.usage() <= cgroup.RESIDUE_MAX
+    second = _run(r, tmp_path, "true", 256 * MB)
+    assert second.exit_code == 0 and second.memory_peak <= cgroup.RESIDUE_MAX, second
+
+
+def test_a_group_with_a_process_left_in_it_is_not_kept(groups):
+    cg = groups.acquire("job", f"n1.test{uuid.uuid4().hex[:8]}.0.0", 64 * MB)
+    assert cg is not None
+    stray = subprocess.Popen(["sleep", "30"])
+    try:
+        cg.procs_file.write_text(str(stray.pid))
+        assert groups.release(cg) is False  # neither kept nor removable
+        assert groups.idle is None and cg.path.is_dir()
+    finally:
+        stray.kill()
+        stray.wait()
+    deadline = time.monotonic() + 5
+    while cg.pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cg.remove()
+    assert groups.acquire("job", f"n1.test{uuid.uuid4().hex[:8]}.0.0", 64 * MB).path != cg.path
+
+
+def test_groups_left_by_earlier_agents_of_the_node_are_removed(groups):
+    node = f"n{uuid.uuid4().hex[:6]}"
+    old = groups.base / f"{node}.oldagent.0.0.1"
+    dead = groups.base / f"{node}.live.1.0.3"
+    live = groups.base / f"{node}.live.0.0.1"
+    other = groups.base / f"x{node}.oldagent.0.0.1"
+    for d in (old, dead, live, other):
+        d.mkdir()
+    try:
+        assert cgroup.remove_left_groups(node, "live") == 1 and not old.exists()
+        assert cgroup.remove_left_groups(node, "live", f"{node}.live.1.0") == 1 and not dead.exists()
+        assert live.exists() and other.exists()
+    finally:
+        for d in (old, dead, live, other):
+            if d.exists():
+                d.rmdir()
