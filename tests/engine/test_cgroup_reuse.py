@@ -98,7 +98,9 @@ def test_a_group_with_a_process_left_in_it_is_not_kept(groups):
     while cg.pids() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert cg.remove()
-    assert groups.acquire("job", f"n1.test{uuid.uuid4().hex[:8]}.0.0", 64 * MB).path != cg.path
+    fresh = groups.acquire("job", f"n1.test{uuid.uuid4().hex[:8]}.0.0", 64 * MB)
+    assert fresh is not None and fresh.path != cg.path
+    assert groups.release(fresh) and groups.idle is fresh
 
 
 def test_groups_left_by_earlier_agents_of_the_node_are_removed(groups):
