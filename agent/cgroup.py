@@ -6,6 +6,11 @@ most containers), or cgroup v2 in a delegated subtree (`grid-agent` under system
 `Delegate=yes`: the agent moves itself into a `grid-agent` leaf so its parent can hand the
 memory controller to job groups). Elsewhere `JobCgroups.probe()` returns None and the runner
 falls back to the node-wide OOM counter in /proc/vmstat.
+
+On v1 a slot runs its jobs, one at a time, in one group it keeps (`JobCgroups.acquire` /
+`release`): a job's OOM kills are counted from the group's count at its start, its peak
+restarted at its start; a group that still holds a process or more than RESIDUE_MAX of
+charges is not reused. On v2 (whose peak cannot simply be restarted) each job gets a fresh group.
 """
 
 from __future__ import annotations
@@ -232,8 +237,9 @@ class JobCgroups:
         """An empty group for one job, with `limit` bytes of memory if given; None if it fails.
 
         cgroup v1: the slot's own group, reused job after job (`release` left it empty, its peak
-        and OOM count restarted): creating and removing a v1 memory group per job costs the
-        kernel far more than resetting one. v2: a fresh group named for the job.
+        and OOM count restarted): resetting costs less than making one (bench/cgroup_steps.py),
+        and a v1 memory group removed with cache still charged lingers in the kernel (a sweep
+        of thousands of cells would leave thousands). v2: a fresh group named for the job.
         """
         cg, self.idle = self.idle, None
         if cg is not None:
