@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,15 +303,19 @@ def remove_left_groups(node: str, agent_id: str, worker: str | None = None) -> i
     cgs = JobCgroups.probe()
     if cgs is None or cgs.v2:
         return 0
+    # Slot names are <node>.<agent id: 12 hex>.<slot>[.<deaths>] (agent/daemon.py).
+    earlier = re.compile(re.escape(node) + r"\.([0-9a-f]{12})\.\d+(?:\.\d+)?\.\d+")
     gone = 0
     for d in cgs.base.iterdir():
-        owner, _, n = d.name.rpartition(".")
-        # worker names are <node>.<agent id>.<slot>.<deaths> (agent/daemon.py)
-        parts = owner.rsplit(".", 3)
-        if not n.isdigit() or len(parts) != 4 or parts[0] != node:
-            continue
-        if (owner == worker) if worker is not None else (parts[1] != agent_id):
-            gone += JobCgroup(d, v2=False).remove()
+        if worker is not None:
+            owner, _, n = d.name.rpartition(".")
+            if owner != worker or not n.isdigit():
+                continue
+        else:
+            m = earlier.fullmatch(d.name)
+            if m is None or m.group(1) == agent_id:
+                continue
+        gone += JobCgroup(d, v2=False).remove()
     return gone
 
 

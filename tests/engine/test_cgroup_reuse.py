@@ -104,18 +104,20 @@ def test_a_group_with_a_process_left_in_it_is_not_kept(groups):
 
 
 def test_groups_left_by_earlier_agents_of_the_node_are_removed(groups):
-    node = f"n{uuid.uuid4().hex[:6]}"
-    old = groups.base / f"{node}.oldagent.0.0.1"
-    dead = groups.base / f"{node}.live.1.0.3"
-    live = groups.base / f"{node}.live.0.0.1"
-    other = groups.base / f"x{node}.oldagent.0.0.1"
-    for d in (old, dead, live, other):
+    node, live = f"n{uuid.uuid4().hex[:6]}", "a" * 12
+    old = groups.base / f"{node}.{'b' * 12}.0.1"  # an earlier agent's slot 0
+    old_restarted = groups.base / f"{node}.{'b' * 12}.1.2.3"  # its slot 1 after two deaths
+    dead = groups.base / f"{node}.{live}.1.2.1"  # a dead slot of the live agent
+    mine = groups.base / f"{node}.{live}.0.1"
+    other = groups.base / f"{node}.x.{'b' * 12}.0.1"  # node "<node>.x"
+    made = (old, old_restarted, dead, mine, other)
+    for d in made:
         d.mkdir()
     try:
-        assert cgroup.remove_left_groups(node, "live") == 1 and not old.exists()
-        assert cgroup.remove_left_groups(node, "live", f"{node}.live.1.0") == 1 and not dead.exists()
-        assert live.exists() and other.exists()
+        assert cgroup.remove_left_groups(node, live) == 2 and not old.exists() and not old_restarted.exists()
+        assert cgroup.remove_left_groups(node, live, f"{node}.{live}.1.2") == 1 and not dead.exists()
+        assert mine.exists() and other.exists()
     finally:
-        for d in (old, dead, live, other):
+        for d in made:
             if d.exists():
                 d.rmdir()
