@@ -4,15 +4,20 @@ reused. The runner is called as a slot calls it, on a real broker, with real cgr
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 import uuid
 
+import psutil
 import pytest
 
 from agent import cgroup, runner
 from agent.output import OutputSink
 from agent.runner import RunContext, execute
+from gridcore.models import JobSpec, Resources
+from tests.support.wait import eventually
 
 MB = 1 << 20
 
@@ -121,3 +126,18 @@ def test_groups_left_by_earlier_agents_of_the_node_are_removed(groups):
         for d in made:
             if d.exists():
                 d.rmdir()
+
+
+@pytest.mark.agents
+def test_the_group_of_a_killed_slot_is_removed_by_its_agent(agents, grid, groups):
+    a = agents("node-a", slots=1)
+    grid.submit(JobSpec(command="sleep 30", resources=Resources(memory=64 * MB)))
+
+    def running_group():
+        return next((d for d in groups.base.iterdir()
+                     if d.name.startswith("node-a.") and cgroup.JobCgroup(d, v2=False).pids()), None)
+
+    group = eventually(running_group, message="the job running in its slot's group")
+    slot = next(p for p in psutil.Process(a.proc.pid).children() if "agent.slotmain" in " ".join(p.cmdline()))
+    os.kill(slot.pid, signal.SIGKILL)  # it cannot remove its group: its agent does, once the job is killed
+    eventually(lambda: not group.exists(), message=f"{group.name} removed")
