@@ -1,6 +1,7 @@
 """A slot's job memory cgroup, reused job after job on cgroup v1: each job's OOM kills and peak
 are its own, its whole tree is limited, and a group that is not fit for the next job is not
-reused. The runner is called as a slot calls it, on a real broker, with real cgroups."""
+reused; a killed slot's group is removed by its agent. The runner is called as a slot calls
+it, on a real broker, with real cgroups."""
 
 from __future__ import annotations
 
