@@ -305,8 +305,13 @@ def remove_left_groups(node: str, agent_id: str, worker: str | None = None) -> i
         return 0
     # Slot names are <node>.<agent id: 12 hex>.<slot>[.<deaths>] (agent/daemon.py).
     earlier = re.compile(re.escape(node) + r"\.([0-9a-f]{12})\.\d+(?:\.\d+)?\.\d+")
+    try:
+        entries = list(cgs.base.iterdir())
+    except OSError as e:
+        log.warning("cannot list job cgroups in %s: %s", cgs.base, e)
+        return 0
     gone = 0
-    for d in cgs.base.iterdir():
+    for d in entries:
         if worker is not None:
             owner, _, n = d.name.rpartition(".")
             if owner != worker or not n.isdigit():
