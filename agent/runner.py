@@ -154,8 +154,8 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     t0 = time.monotonic()
     record: dict[str, Any] = {"node": ctx.node, "slot": ctx.slot, "start": start}
     env = build_env(envelope, ctx)
-    # Moving a process into a cgroup costs milliseconds (cgroup v1), a lot next to a short
-    # job: only a job with a memory limit gets a group of its own.
+    # A group costs a job about a millisecond (the shim's exec, the group's files; see
+    # bench/cgroup_steps.py), a lot next to a short job: only a job with a memory limit gets one.
     cgroups = job_cgroups() if limit else None
     cg = cgroups.acquire(ctx.job_id, ctx.cgroup_tag or str(os.getpid()), limit) if cgroups else None
     # This slot is the subreaper of what its jobs start (agent/usage.py): a child that
