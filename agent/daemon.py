@@ -23,10 +23,10 @@ import redis
 from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
-from agent.outage import OUTAGE_ERRORS
+from agent.outage import OUTAGE_ERRORS, retyped
 from agent.pulse import Pulse, silence_limit
 from agent.wakeup import Wakeup
-from gridcore import events, keys, nodekeys
+from gridcore import events, keys, nodekeys, quarantine
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
 from gridcore.settings import Settings, data_dir
@@ -162,6 +162,7 @@ class Agent:
         if cgroup.adopt_v2():  # before any slot exists: only a cgroup the agent has to itself
             log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()
+        self.heal()
         now = self.broker_time()
         # Made at the node's first start; it signs the lost records of every job this agent reclaims.
         self.witness = nodekeys.NodeSigner(self.node, nodekeys.node_key(self.node))
@@ -265,6 +266,10 @@ class Agent:
             s.dead_name = None
         except OUTAGE_ERRORS:
             pass  # tried again on the next round
+        except redis.RedisError as e:  # a record it tripped over must not take the daemon down
+            log.warning("recovering slot %d's jobs: %s (tried again)", s.index, e)
+            if retyped(e):
+                self.heal()
 
     def signal_slots(self, sig: int) -> None:
         for s in self.slots:
@@ -292,11 +297,26 @@ class Agent:
                           queues=tuple(self.cfg.queues), started=started, ready=str(os.getpid()) if self.ready else "",
                           version=package_version(), beat=beat)
 
+    def heal(self, reply=None) -> None:
+        """Remove a shared key another node's user retyped (gridcore/quarantine.py), before it stops
+        this node's pops, starts and ends, and every other node's; `reply`: the heartbeat's heal."""
+        try:
+            if healed := quarantine.heal(self.conn, reply):
+                log.warning("removed shared key(s) of the wrong type (quarantined): %s", ", ".join(healed))
+        except redis.ResponseError as e:  # an ACL user from an older `grid acl`: the heartbeat goes on
+            log.warning("could not check the shared keys' types: %s", e)
+
     def heartbeat(self, first: bool = False) -> None:
-        with self.conn.pipeline(transaction=False) as pipe:  # one round trip for both
+        with self.conn.pipeline(transaction=False) as pipe:  # one round trip for the three
             pipe.time()
             pipe.hget(keys.node(self.node), "beat")
-            (sec, usec), last = pipe.execute()
+            quarantine.queue_heal(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        for x in replies[:2]:
+            if isinstance(x, Exception):
+                raise x
+        (sec, usec), last = replies[:2]
+        self.heal(replies[2])
         now = sec + usec / 1e6
         prev = _float(last)
         record = self.node_record(started=now if first else None, beat=now)

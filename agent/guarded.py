@@ -26,6 +26,8 @@ local function run_recorded(i)
   -- A write that changes nothing, with redis.call: a broker refusing writes (out of memory,
   -- a failed save, a replica) fails the script here, before any recorded command ran; once
   -- it passed, the broker lets the script's writes through to the end.
+  -- It is never written: a writer's value of another type (WRONGTYPE) is deleted first.
+  redis.call('DEL', '""" + keys.WRITE_PROBE + """')
   redis.call('SETRANGE', '""" + keys.WRITE_PROBE + """', 0, '')
   local errs, nums = {}, {}
   for x in string.gmatch(ARGV[i], '%d+') do nums[#nums + 1] = tonumber(x) end

@@ -1,0 +1,85 @@
+"""One node's ACL user turns a shared coordination key (one that belongs to no node and no job,
+so every agent may write it) into another type: `SET grid:priority x`, `HSET grid:write-probe a b`.
+
+Every script and pipeline of every node that touches that key would fail with WRONGTYPE (pops,
+starts, ends, the daemon's recovery of a dead slot): a one-command stop of the whole grid from
+one compromised node. Such a key holds nothing the grid wrote, so agents remove it (`heal`) and
+name it in the quarantine; the scripts a slot cannot wait for read past it meanwhile.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import claim
+from gridcore import keys, quarantine
+from gridcore.models import JobSpec, JobState, Resources
+from tests.security import test_acl
+from tests.security.test_acl import as_user
+from tests.support.wait import eventually
+
+users = test_acl.users  # ACL users: operator, viewer, agents of `node` and `<node>-b`
+
+
+def poison_shared(conn) -> None:
+    """As the writer `conn`: every shared key holds a value of another type than the grid's."""
+    for key, kind in quarantine.SHARED_TYPES.items():
+        conn.delete(key)
+        if kind == "string":
+            conn.hset(key, "x", "y")
+        else:
+            conn.set(key, "x")
+
+
+@pytest.mark.both_brokers
+def test_another_nodes_user_retypes_every_shared_key_and_an_agent_heals_them(settings, grid, users, node, r):
+    poison_shared(as_user(settings, users[f"{node}-b"]).redis)
+    me = as_user(settings, users[node]).redis
+    assert sorted(quarantine.heal(me)) == sorted(quarantine.SHARED_TYPES)
+    for key, kind in quarantine.SHARED_TYPES.items():
+        assert r.type(key).decode() in ("none", kind), key
+    named = " ".join(quarantine.entries(r))
+    assert all(f"quarantined {key}: a " in named for key in quarantine.SHARED_TYPES), named
+    assert any("not the hash the grid keeps" in e.message for e in grid.events() if e.kind == "corrupt")
+    assert quarantine.heal(me) == []  # nothing left to heal; the grid's own types stay
+
+
+@pytest.mark.both_brokers
+def test_a_pop_claims_its_job_past_retyped_priority_and_active_keys(settings, grid, users, node, r):
+    """The slot's pop reads `grid:active` and drops the job's `grid:priority` entry in the step
+    that claims it: a retyped key of either must not fail the pop midway (the job popped, its
+    claim written, the reply an error)."""
+    jid = grid.submit(JobSpec(command="true", queue="red2"))
+    writer = as_user(settings, users[f"{node}-b"]).redis
+    writer.set(keys.PRIORITY, "x")
+    writer.set(keys.ACTIVE, "x")
+    me = as_user(settings, users[node]).redis
+    popped = claim.pop(me, node, f"{node}.w.0", [keys.rq_queue(keys.node_queue(node)), keys.rq_queue("red2")])
+    assert popped.taken is not None and popped.taken.job_id == jid
+    assert r.hget(keys.node_running(node), jid) == claim.marker(f"{node}.w.0").encode()
+
+
+@pytest.mark.agents
+def test_a_node_runs_on_while_another_nodes_user_retypes_the_shared_keys(settings, grid, users, node, agents,
+                                                                         monkeypatch, r):
+    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
+    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
+    agent = agents(node, slots=2)
+    monkeypatch.delenv("GRID_REDIS_USERNAME")
+    monkeypatch.delenv("GRID_REDIS_PASSWORD")
+    grid.drain(node, "hold the jobs")
+    jobs = [grid.submit(JobSpec(command="echo plain")), grid.submit(JobSpec(command="echo placed", resources=Resources(cpus=1)))]
+    poison_shared(as_user(settings, users[f"{node}-b"]).redis)
+    grid.redis.hset(keys.node(node), "draining", "0")  # resume by hand: `resume` writes an event
+    states = grid.wait(jobs, timeout=30)
+    log = agent.log.read_text()
+    assert all(s is JobState.FINISHED for s in states.values()), f"{states}\n{log[-6000:]}"
+    # Again, with the node busy: the keys retyped under its pops, starts and ends.
+    jobs = [grid.submit(JobSpec(command="sleep 0.2; echo again")) for _ in range(4)]
+    poison_shared(as_user(settings, users[f"{node}-b"]).redis)
+    states = grid.wait(jobs, timeout=30)
+    log = agent.log.read_text()
+    assert all(s is JobState.FINISHED for s in states.values()), f"{states}\n{log[-6000:]}"
+    assert agent.proc.poll() is None, log[-3000:]
+    assert " exited with " not in log and "Traceback" not in log, log[-6000:]
+    eventually(lambda: keys.PRIORITY in " ".join(quarantine.entries(r)), 10, message="the agent to heal the keys")
