@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,8 +77,7 @@ class Agent:
         self.stop_deadline: float | None = None
         self.inventory = Inventory()
         # Two grids (brokers) on one machine may both have a node of this name: scope by grid.
-        self.conn.set(keys.GRID_ID, uuid.uuid4().hex, nx=True)
-        self.grid_id = _text(self.conn.get(keys.GRID_ID))
+        self.grid_id = grid_identity(self.conn, self.node)
         self.marker_env = {
             proctree.ENV_GRID: self.grid_id,
             proctree.ENV_NODE: self.node,
@@ -479,6 +479,34 @@ class Agent:
                 pipe.execute()
         except redis.RedisError as e:
             log.error("could not record the agent's exit: %s", e)
+
+
+GRID_ID_SHAPE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+"""What a grid id may look like (it goes into every job process's environment)."""
+
+
+def grid_identity(conn: redis.Redis, node: str) -> str:
+    """The grid id this node marks its processes with: the one it saw first, kept on its own disk
+    (`<data dir>/nodes/<node>/grid_id`). Any agent's user may rewrite `grid:id`; a node that took
+    it afresh at each start would, after such a rewrite, no longer find what its earlier
+    incarnation left running (a stale copy of a job, alive beside its rerun)."""
+    path = data_dir() / "nodes" / node / "grid_id"
+    try:
+        kept = path.read_text().strip()
+        if GRID_ID_SHAPE.fullmatch(kept):
+            return kept
+    except FileNotFoundError:
+        pass
+    try:
+        conn.set(keys.GRID_ID, uuid.uuid4().hex, nx=True)
+        value = _text(conn.get(keys.GRID_ID) or b"")
+    except redis.ResponseError:  # another type (healed at the first heartbeat): this node's own
+        value = ""
+    if not GRID_ID_SHAPE.fullmatch(value):
+        value = uuid.uuid4().hex
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(value + "\n")
+    return value
 
 
 def _pick(record: NodeRecord, *names: str) -> dict[str, str]:

@@ -9,9 +9,11 @@ name it in the quarantine; the scripts a slot cannot wait for read past it meanw
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from agent import claim
+from agent.proctree import ENV_JOB, tagged
 from gridcore import keys, quarantine
 from gridcore.models import JobSpec, JobState, Resources
 from tests.security import test_acl
@@ -83,3 +85,24 @@ def test_a_node_runs_on_while_another_nodes_user_retypes_the_shared_keys(setting
     assert agent.proc.poll() is None, log[-3000:]
     assert " exited with " not in log and "Traceback" not in log, log[-6000:]
     eventually(lambda: keys.PRIORITY in " ".join(quarantine.entries(r)), 10, message="the agent to heal the keys")
+
+
+@pytest.mark.agents
+def test_a_rewritten_grid_id_hides_no_stale_copy_from_the_nodes_next_agent(settings, grid, users, node, agents, r):
+    """`grid:id` scopes the markers a node finds its earlier incarnation's processes by. Another
+    node's user rewrites it while this node is down: its next agent must still kill the job left
+    running there, or that copy runs on beside the job's rerun (two copies of one job)."""
+    agent = agents(node, slots=1)
+    jid = grid.submit(JobSpec(command="sleep 300 & sleep 300; wait"))
+    eventually(lambda: tagged({ENV_JOB: jid}), 20, 0.1, "the job to run")
+    stale = [p.pid for p in tagged({ENV_JOB: jid})]
+    # The whole node stops at once but its job's processes (their slot gone, nothing kills them).
+    daemon = psutil.Process(agent.proc.pid)
+    for p in [daemon, *daemon.children()]:
+        p.kill()
+    agent.proc.wait(10)
+    as_user(settings, users[f"{node}-b"]).redis.set(keys.GRID_ID, "another-grid")
+    agent.start()
+    eventually(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                               for p in stale), 20, 0.1, "the earlier incarnation's job to be killed",
+               tolerate=(psutil.NoSuchProcess,))
