@@ -16,6 +16,7 @@ from agent import claim
 from agent.proctree import ENV_JOB, tagged
 from gridcore import keys, quarantine
 from gridcore.models import JobSpec, JobState, Resources
+from gridcore.records import ActiveEntry
 from tests.security import test_acl
 from tests.security.test_acl import as_user
 from tests.support.wait import eventually
@@ -106,3 +107,23 @@ def test_a_rewritten_grid_id_hides_no_stale_copy_from_the_nodes_next_agent(setti
     eventually(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                                for p in stale), 20, 0.1, "the earlier incarnation's job to be killed",
                tolerate=(psutil.NoSuchProcess,))
+
+
+@pytest.mark.agents
+def test_a_forged_active_entry_makes_no_node_drop_a_queued_job(settings, grid, users, node, agents, monkeypatch, r):
+    """`grid:active` is any agent's to write. An entry that names a live worker (even a made-up
+    one: RQ's worker keys are any agent's too) for a job RQ's record does not show started by that
+    worker is no running copy: the job runs, instead of being dropped as its twin."""
+    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
+    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
+    agent = agents(node, slots=1)
+    monkeypatch.delenv("GRID_REDIS_USERNAME")
+    monkeypatch.delenv("GRID_REDIS_PASSWORD")
+    grid.drain(node, "hold the job")
+    jid = grid.submit(JobSpec(command="echo ran"))
+    writer = as_user(settings, users[f"{node}-b"]).redis
+    live = next(iter(r.smembers(keys.rq_workers()))).decode().removeprefix(keys.rq_worker(""))
+    writer.hset(keys.ACTIVE, jid, ActiveEntry(node=node, slot=0, worker=live, started=grid.broker_time()).encode())
+    grid.redis.hset(keys.node(node), "draining", "0")
+    assert grid.wait([jid], timeout=20)[jid] is JobState.FINISHED, (grid.get(jid), agent.log.read_text()[-3000:])
+    assert grid.get(jid).stdout == "ran\n"
