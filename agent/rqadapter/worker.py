@@ -226,13 +226,15 @@ class GridWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         self.set_state("idle")
         failures = 0
+        stale_claims = False  # a pop failed after it may have claimed a job
         while not self._stop_requested:
             try:
                 self.heartbeat()
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 self._revive_scheduler()
-                if failures:
+                if failures or stale_claims:
+                    stale_claims = False
                     claim.requeue_own(self.connection, self.node, self.name)  # a pop the outage swallowed
                 if self.performer.no_room:
                     held = room.no_room(self.connection, self.node, self.performer.capacity.cpus)
@@ -284,7 +286,7 @@ class GridWorker(SimpleWorker):
                 if not retyped(e):
                     raise
                 self._heal(e)
-                failures += 1  # a pop that failed after it claimed a job: the claim goes back
+                stale_claims = True  # a pop that failed after it claimed a job: the claim goes back
                 time.sleep(RECONNECT_BACKOFF[0])
                 continue
             if failures:
