@@ -9,6 +9,8 @@ name it in the quarantine; the scripts a slot cannot wait for read past it meanw
 
 from __future__ import annotations
 
+import signal
+
 import psutil
 import pytest
 
@@ -17,6 +19,7 @@ from agent.proctree import ENV_JOB, tagged
 from gridcore import keys, quarantine
 from gridcore.models import JobSpec, JobState, Resources
 from gridcore.records import ActiveEntry
+from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
 from tests.security import test_acl
 from tests.security.test_acl import as_user
 from tests.support.wait import eventually
@@ -127,3 +130,19 @@ def test_a_forged_active_entry_makes_no_node_drop_a_queued_job(settings, grid, u
     grid.redis.hset(keys.node(node), "draining", "0")
     assert grid.wait([jid], timeout=20)[jid] is JobState.FINISHED, (grid.get(jid), agent.log.read_text()[-3000:])
     assert grid.get(jid).stdout == "ran\n"
+
+
+@pytest.mark.agents
+def test_a_reclaim_lock_set_without_expiry_stops_no_recovery(settings, grid, users, node, agents, r):
+    """Reclaim locks are any agent's to write (agents take them with a 30 s expiry). One set with
+    no expiry by another node's user would stop every agent from recovering that node's jobs."""
+    dead, survivor = f"{node}-c", f"{node}-d"
+    cfg = {"node_timeout": NODE_TIMEOUT}
+    victim = agents(dead, slots=1, **cfg)
+    as_user(settings, users[f"{node}-b"]).redis.set(keys.reclaim_lock(dead), "squatter")
+    jid = grid.submit(JobSpec(command=f'if [ "$GRID_JOB_NODE" = {dead} ]; then sleep 60; fi; echo "on $GRID_JOB_NODE"'))
+    eventually(lambda: running_on(r, jid) == dead, 20, 0.1, "the job to run on the node that dies")
+    agents(survivor, slots=1, **cfg)
+    signal_node(victim, r, signal.SIGKILL)
+    assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED, grid.get(jid)
+    assert grid.get(jid).stdout == f"on {survivor}\n"
