@@ -77,9 +77,13 @@ local function claimed(q, id)
   -- overwrite the running copy's entry (the slot refuses the twin; see pop()).
   local prev = redis.call('HGET', KEYS[n + 2], id)
   if not (prev and string.match(prev, '^%d+$')) then redis.call('HSET', KEYS[n + 2], id, ARGV[1]) end
-  redis.call('HDEL', ARGV[5], id)
+  -- pcall: grid:priority and grid:active are any agent's to write, of any type (agents heal
+  -- them: gridcore/quarantine.py); one retyped must not fail a pop after it took the job.
+  redis.pcall('HDEL', ARGV[5], id)
+  local active = redis.pcall('HGET', ARGV[3], id)
+  if type(active) ~= 'string' then active = '' end
   return {q, id, hash_read('HGETALL', ARGV[2] .. id), t[1], t[2],
-          redis.call('HGET', ARGV[3], id) or '', redis.call('EXISTS', ARGV[4] .. id), 0}
+          active, redis.call('EXISTS', ARGV[4] .. id), 0}
 end
 local id = redis.call('LPOP', KEYS[2])
 if id then  -- the slot's first queue (its node's) goes first; what a wait took goes back

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,10 +24,10 @@ import redis
 from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
-from agent.outage import OUTAGE_ERRORS
+from agent.outage import OUTAGE_ERRORS, retyped
 from agent.pulse import Pulse, silence_limit
 from agent.wakeup import Wakeup
-from gridcore import events, keys, nodekeys
+from gridcore import events, keys, nodekeys, quarantine
 from gridcore.connection import connect, resolve_url
 from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
 from gridcore.settings import Settings, data_dir
@@ -76,8 +77,7 @@ class Agent:
         self.stop_deadline: float | None = None
         self.inventory = Inventory()
         # Two grids (brokers) on one machine may both have a node of this name: scope by grid.
-        self.conn.set(keys.GRID_ID, uuid.uuid4().hex, nx=True)
-        self.grid_id = _text(self.conn.get(keys.GRID_ID))
+        self.grid_id = grid_identity(self.conn, self.node)
         self.marker_env = {
             proctree.ENV_GRID: self.grid_id,
             proctree.ENV_NODE: self.node,
@@ -163,6 +163,7 @@ class Agent:
             log.info("cgroup v2: job memory groups enabled (agent moved into %s)", cgroup.AGENT_LEAF)
         self.reap_earlier_incarnations()
         cgroup.remove_left_groups(self.node, self.agent_id)
+        self.heal()
         now = self.broker_time()
         # Made at the node's first start; it signs the lost records of every job this agent reclaims.
         self.witness = nodekeys.NodeSigner(self.node, nodekeys.node_key(self.node))
@@ -267,6 +268,10 @@ class Agent:
             s.dead_name = None
         except OUTAGE_ERRORS:
             pass  # tried again on the next round
+        except redis.RedisError as e:  # a record it tripped over must not take the daemon down
+            log.warning("recovering slot %d's jobs: %s (tried again)", s.index, e)
+            if retyped(e):
+                self.heal()
 
     def signal_slots(self, sig: int) -> None:
         for s in self.slots:
@@ -294,11 +299,26 @@ class Agent:
                           queues=tuple(self.cfg.queues), started=started, ready=str(os.getpid()) if self.ready else "",
                           version=package_version(), beat=beat)
 
+    def heal(self, reply=None) -> None:
+        """Remove a shared key another node's user retyped (gridcore/quarantine.py), before it stops
+        this node's pops, starts and ends, and every other node's; `reply`: the heartbeat's heal."""
+        try:
+            if healed := quarantine.heal(self.conn, reply):
+                log.warning("removed shared key(s) of the wrong type (quarantined): %s", ", ".join(healed))
+        except redis.ResponseError as e:  # an ACL user from an older `grid acl`: the heartbeat goes on
+            log.warning("could not check the shared keys' types: %s", e)
+
     def heartbeat(self, first: bool = False) -> None:
-        with self.conn.pipeline(transaction=False) as pipe:  # one round trip for both
+        with self.conn.pipeline(transaction=False) as pipe:  # one round trip for the three
             pipe.time()
             pipe.hget(keys.node(self.node), "beat")
-            (sec, usec), last = pipe.execute()
+            quarantine.queue_heal(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        for x in replies[:2]:
+            if isinstance(x, Exception):
+                raise x
+        (sec, usec), last = replies[:2]
+        self.heal(replies[2])
         now = sec + usec / 1e6
         prev = _float(last)
         record = self.node_record(started=now if first else None, beat=now)
@@ -461,6 +481,34 @@ class Agent:
                 pipe.execute()
         except redis.RedisError as e:
             log.error("could not record the agent's exit: %s", e)
+
+
+GRID_ID_SHAPE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+"""What a grid id may look like (it goes into every job process's environment)."""
+
+
+def grid_identity(conn: redis.Redis, node: str) -> str:
+    """The grid id this node marks its processes with: the one it saw first, kept on its own disk
+    (`<data dir>/nodes/<node>/grid_id`). Any agent's user may rewrite `grid:id`; a node that took
+    it afresh at each start would, after such a rewrite, no longer find what its earlier
+    incarnation left running (a stale copy of a job, alive beside its rerun)."""
+    path = data_dir() / "nodes" / node / "grid_id"
+    try:
+        kept = path.read_text().strip()
+        if GRID_ID_SHAPE.fullmatch(kept):
+            return kept
+    except FileNotFoundError:
+        pass
+    try:
+        conn.set(keys.GRID_ID, uuid.uuid4().hex, nx=True)
+        value = _text(conn.get(keys.GRID_ID) or b"")
+    except redis.ResponseError:  # another type (healed at the first heartbeat): this node's own
+        value = ""
+    if not GRID_ID_SHAPE.fullmatch(value):
+        value = uuid.uuid4().hex
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(value + "\n")
+    return value
 
 
 def _pick(record: NodeRecord, *names: str) -> dict[str, str]:

@@ -23,10 +23,16 @@ from gridcore.reservations import RESERVE_FN
 
 RUN_FN = """
 local function run_recorded(i)
-  -- A write that changes nothing, with redis.call: a broker refusing writes (out of memory,
+  -- A write that changes nothing, first: a broker refusing writes (out of memory,
   -- a failed save, a replica) fails the script here, before any recorded command ran; once
   -- it passed, the broker lets the script's writes through to the end.
-  redis.call('SETRANGE', '""" + keys.WRITE_PROBE + """', 0, '')
+  local probe = redis.pcall('SETRANGE', '""" + keys.WRITE_PROBE + """', 0, '')
+  if type(probe) == 'table' and probe.err then
+    if not string.find(probe.err, 'WRONGTYPE', 1, true) then error(probe) end
+    -- Never written by the grid: a writer's value of another type goes (no probe this once;
+    -- a DEL first would pass as the script's first write and let it past a full broker).
+    redis.call('DEL', '""" + keys.WRITE_PROBE + """')
+  end
   local errs, nums = {}, {}
   for x in string.gmatch(ARGV[i], '%d+') do nums[#nums + 1] = tonumber(x) end
   local blob, k, pos = ARGV[i + 1], 2, 1

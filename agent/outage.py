@@ -35,6 +35,18 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
 """Errors that mean the broker cannot do the request for now (it is away, or refuses every
 write), not that the request was wrong: retry later, and never count the write as done."""
 
+RETYPED_PATIENCE = 15.0
+"""Seconds `until_broker` keeps retrying a write that met a retyped shared key (`retyped`): the
+daemon's next heartbeat removes such a key (gridcore/quarantine.py heal); a per-job key of the
+wrong type is no outage, and after that long the error is the caller's."""
+
+
+def retyped(e: BaseException) -> bool:
+    """A command met a key of another type than the grid keeps there (WRONGTYPE): a broker writer's
+    doing (any agent may write the shared keys); not the broker refusing writes."""
+    return isinstance(e, redis.ResponseError) and "WRONGTYPE" in str(e)
+
+
 RETRY_BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 """Seconds between attempts to reach the broker again, by attempt (the last one repeats)."""
 
@@ -49,6 +61,7 @@ def until_broker(fn: Callable[[], T], what: str, give_up: Callable[[], bool] | N
     """Call `fn` until it gets through to the broker; it must be safe to repeat."""
     attempt = 0
     down_since: float | None = None
+    retyped_since: float | None = None
     while True:
         try:
             out = fn()
@@ -58,6 +71,17 @@ def until_broker(fn: Callable[[], T], what: str, give_up: Callable[[], bool] | N
                 log.warning("%s: broker unreachable (%s); retrying until it is back", what, e)
             if give_up is not None and give_up():
                 raise GaveUp(f"{what}: gave up after {time.monotonic() - down_since:.0f}s without the broker") from e
+            time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
+            attempt += 1
+            continue
+        except redis.ResponseError as e:
+            if not retyped(e):
+                raise
+            if retyped_since is None:
+                retyped_since = time.monotonic()
+                log.warning("%s: %s; retrying until the key is healed", what, e)
+            if time.monotonic() - retyped_since > RETYPED_PATIENCE or (give_up is not None and give_up()):
+                raise
             time.sleep(RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)])
             attempt += 1
             continue

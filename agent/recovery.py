@@ -134,6 +134,25 @@ def replace_queued(conn: redis.Redis, node: str) -> int:
     return moved
 
 
+RECLAIM_LOCK_TTL = 30
+"""Seconds a reclaim lock lives: longer than a reclaim, short enough for a crashed reclaimer."""
+
+
+def take_reclaim_lock(conn: redis.Redis, node: str, me: str) -> bool:
+    """Take the lock on reclaiming `node`'s jobs. Agents set it with an expiry of
+    RECLAIM_LOCK_TTL; one without (or with a longer one) is a writer's squat that would stop
+    every agent from ever recovering the node: it is removed, and taken."""
+    key = keys.reclaim_lock(node)
+    if conn.set(key, me, nx=True, ex=RECLAIM_LOCK_TTL):
+        return True
+    ttl = conn.ttl(key)
+    if ttl == -1 or ttl > RECLAIM_LOCK_TTL:
+        log.warning("node %s: removing a reclaim lock no agent set (ttl %s)", node, ttl)
+        conn.delete(key)
+        return bool(conn.set(key, me, nx=True, ex=RECLAIM_LOCK_TTL))
+    return False
+
+
 def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float, ttl: int,
                      watch: NodeWatch | None = None, witness: NodeSigner | None = None) -> list[str]:
     """Reclaim the jobs of every other node whose heartbeat is older than `node_timeout`
@@ -157,7 +176,7 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
         running = conn.hlen(keys.node_running(node))
         if not (running or conn.llen(keys.rq_queue(keys.node_queue(node))) or conn.llen(keys.node_taking(node))):
             continue
-        if not conn.set(keys.reclaim_lock(node), me, nx=True, ex=30):
+        if not take_reclaim_lock(conn, node, me):
             continue
         try:
             lost = reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl, witness=witness,

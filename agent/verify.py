@@ -58,12 +58,18 @@ class Gatekeeper:
             raise Refused("envelope has no nonce")
         if active is ...:
             active = lenient(ActiveEntry, self.conn.hget(keys.ACTIVE, job.id), f"{keys.ACTIVE} field {job.id}")
-        self._not_running(active)
+        self._not_running(active, job)
         return envelope, signer or envelope.get("submitter") or ""
 
-    def _not_running(self, active: ActiveEntry | None) -> None:
+    def _not_running(self, active: ActiveEntry | None, job: Any) -> None:
         # Retries and node-loss requeues come after the last attempt left ACTIVE (or its slot died).
-        if active is not None and self.conn.exists(keys.rq_worker(active.worker)):
+        # A running copy has two witnesses, written in one step at its start: its `grid:active`
+        # entry and RQ's record, started by the same worker. Any agent may write the entry alone
+        # (naming a live worker, or one it made up): believed alone, it would drop a queued job as
+        # a twin. (A pop with no entry makes one from RQ's record: agent/claim.py `started_by`.)
+        if active is None or job.worker_name != active.worker or job.get_status(refresh=False) != "started":
+            return
+        if self.conn.exists(keys.rq_worker(active.worker)):
             raise AlreadyRunning(f"job is already running on {active.node} (a second copy of its envelope)")
 
     def _policy(self, envelope: dict[str, Any]) -> None:

@@ -10,6 +10,11 @@ from __future__ import annotations
 from gridcore import keys
 
 _INSERT_AHEAD = """
+local function prio_at(prio_key, j)
+  -- pcall: the hash is any agent's to write, also as another type (healed: gridcore/quarantine.py)
+  local v = redis.pcall('HGET', prio_key, j)
+  return tonumber(type(v) == 'string' and v or '0') or 0
+end
 local function insert_ahead(q, prio_key, id, p, ties)
   -- ahead of the first job of queue q with a lower priority than p (ties: or the same)
   local n, i = redis.call('LLEN', q), 0
@@ -17,7 +22,7 @@ local function insert_ahead(q, prio_key, id, p, ties)
     local chunk = redis.call('LRANGE', q, i, i + 99)
     for k, j in ipairs(chunk) do
       -- anyone can write this hash: a value that is not a number is priority 0, not a script error
-      local pj = tonumber(redis.call('HGET', prio_key, j) or '0') or 0
+      local pj = prio_at(prio_key, j)
       if pj < p or (ties and pj == p) then
         if i + k == 1 then return redis.call('LPUSH', q, id) end
         return redis.call('LINSERT', q, 'BEFORE', j, id)
@@ -30,7 +35,7 @@ end
 """
 
 _PLACE = _INSERT_AHEAD + """
-local function prio_of(prio_key, j) return tonumber(redis.call('HGET', prio_key, j) or '0') or 0 end
+local function prio_of(prio_key, j) return prio_at(prio_key, j) end
 local function place(q, prio_key, id, p)
   -- id onto queue q where priority p puts it
   local function prio(j) return prio_of(prio_key, j) end
@@ -93,7 +98,7 @@ return #ARGV / 2
 
 PUT_BACK = _INSERT_AHEAD + """
 local function put_back(q, prio_key, id)
-  return insert_ahead(q, prio_key, id, tonumber(redis.call('HGET', prio_key, id) or '0') or 0, true)
+  return insert_ahead(q, prio_key, id, prio_at(prio_key, id), true)
 end
 """
 """Lua function: put a job that was taken off a queue and not run back where it was, ahead of

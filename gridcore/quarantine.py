@@ -83,3 +83,51 @@ def entries(conn: redis.Redis, prefix: str = "") -> list[str]:
 def about(conn: redis.Redis, job_id: str) -> list[str]:
     """What the quarantine holds about one job (its id in the key, field or member), a line each."""
     return [line for line in entries(conn) if job_id in line]
+
+
+SHARED_TYPES = {
+    keys.QUARANTINE: "hash", keys.EVENTS: "stream", keys.ACTIVE: "hash", keys.PRIORITY: "hash", keys.WHY: "hash",
+    keys.HISTORY: "stream", keys.PLACE_WAKES: "stream", keys.GRID_ID: "string", keys.WRITE_PROBE: "string",
+}
+"""The keys every agent's ACL user may write that belong to no node and no job, with the type the
+grid keeps in each. One `SET grid:priority x` from any node would otherwise fail every script and
+pipeline that touches one of them, on every node (pops, starts, ends, submits); held in the
+quarantine first and events second, as `heal` reports into them."""
+
+_HEAL = """
+local out = {}
+for i = 1, #KEYS do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= ARGV[i] then
+    redis.call('DEL', KEYS[i])
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = t
+  end
+end
+return out
+"""
+
+
+def queue_heal(pipe) -> None:
+    """`heal`'s script on the caller's pipeline (the agent's heartbeat); its reply goes to `heal`."""
+    pipe.eval(_HEAL, len(SHARED_TYPES), *SHARED_TYPES, *SHARED_TYPES.values())
+
+
+def heal(conn: redis.Redis, reply=None) -> list[str]:
+    """Remove each shared key (SHARED_TYPES) that holds another type than the grid's: nothing the
+    grid wrote is in it. Each is named in the quarantine and by a `corrupt` event; returns them.
+    `reply`: what `queue_heal` got on a pipeline (an error in it is raised here), else run now."""
+    if isinstance(reply, Exception):
+        raise reply
+    got = reply if reply is not None else conn.eval(_HEAL, len(SHARED_TYPES), *SHARED_TYPES, *SHARED_TYPES.values())
+    found = [(text(k), text(t)) for k, t in zip(got[::2], got[1::2])]
+    if found:
+        sec, usec = conn.time()
+        with conn.pipeline(transaction=False) as pipe:
+            for key, kind in found:
+                problem = f"a {kind}, not the {SHARED_TYPES[key]} the grid keeps there: removed"
+                pipe.hset(keys.QUARANTINE, key, problem)
+                entry = EventEntry(time=sec + usec / 1e6, kind="corrupt", job=None, node=None, message=clean(f"{key}: {problem}", 1000))
+                pipe.xadd(keys.EVENTS, entry.fields(), maxlen=MAX_EVENTS, approximate=True)
+            pipe.execute(raise_on_error=False)  # a writer racing this heal: reported at the next one
+    return [key for key, _ in found]

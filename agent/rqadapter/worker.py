@@ -31,12 +31,13 @@ from rq.utils import now as rq_now
 from rq.worker import SimpleWorker
 
 from agent import claim, room
-from agent.outage import OUTAGE_ERRORS
+from agent.outage import OUTAGE_ERRORS, retyped
 from agent.perform import Performer
 from agent.rqadapter import scheduler
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import GridJob, GridQueue, restore_job
 from agent.verify import Gatekeeper
+from gridcore import quarantine
 
 log = logging.getLogger("grid.slot")
 
@@ -225,13 +226,15 @@ class GridWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         self.set_state("idle")
         failures = 0
+        stale_claims = False  # a pop failed after it may have claimed a job
         while not self._stop_requested:
             try:
                 self.heartbeat()
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 self._revive_scheduler()
-                if failures:
+                if failures or stale_claims:
+                    stale_claims = False
                     claim.requeue_own(self.connection, self.node, self.name)  # a pop the outage swallowed
                 if self.performer.no_room:
                     held = room.no_room(self.connection, self.node, self.performer.capacity.cpus)
@@ -279,6 +282,13 @@ class GridWorker(SimpleWorker):
                 time.sleep(RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF) - 1)])
                 failures += 1
                 continue
+            except redis.ResponseError as e:
+                if not retyped(e):
+                    raise
+                self._heal(e)
+                stale_claims = True  # a pop that failed after it claimed a job: the claim goes back
+                time.sleep(RECONNECT_BACKOFF[0])
+                continue
             if failures:
                 log.warning("slot %s: broker back; taking jobs again", self.name)
                 failures = 0
@@ -319,4 +329,19 @@ class GridWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue):
         taken = self.taken if self.taken is not None and self.taken.job_id == job.id else None
-        self.performer.perform(job, queue, taken)
+        try:
+            self.performer.perform(job, queue, taken)
+        except redis.ResponseError as e:
+            if not retyped(e):
+                raise
+            self._heal(e)
+            claim.requeue_own(self.connection, self.node, self.name)  # claimed, not started: back in line
+
+    def _heal(self, e: redis.ResponseError) -> None:
+        """A shared key retyped by a broker writer (agent/outage.py `retyped`): remove it now
+        rather than at the daemon's next heartbeat, and go on."""
+        log.warning("slot %s: %s; removing retyped shared keys", self.name, e)
+        try:
+            quarantine.heal(self.connection)
+        except redis.RedisError as err:
+            log.warning("slot %s: healing the shared keys: %s", self.name, err)

@@ -1,0 +1,148 @@
+"""One node's ACL user turns a shared coordination key (one that belongs to no node and no job,
+so every agent may write it) into another type: `SET grid:priority x`, `HSET grid:write-probe a b`.
+
+Every script and pipeline of every node that touches that key would fail with WRONGTYPE (pops,
+starts, ends, the daemon's recovery of a dead slot): a one-command stop of the whole grid from
+one compromised node. Such a key holds nothing the grid wrote, so agents remove it (`heal`) and
+name it in the quarantine; the scripts a slot cannot wait for read past it meanwhile.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import psutil
+import pytest
+
+from agent import claim
+from agent.proctree import ENV_JOB, tagged
+from gridcore import keys, quarantine
+from gridcore.models import JobSpec, JobState, Resources
+from gridcore.records import ActiveEntry
+from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
+from tests.security import test_acl
+from tests.security.test_acl import as_user
+from tests.support.wait import eventually
+
+users = test_acl.users  # ACL users: operator, viewer, agents of `node` and `<node>-b`
+
+
+def poison_shared(conn) -> None:
+    """As the writer `conn`: every shared key holds a value of another type than the grid's."""
+    for key, kind in quarantine.SHARED_TYPES.items():
+        conn.delete(key)
+        if kind == "string":
+            conn.hset(key, "x", "y")
+        else:
+            conn.set(key, "x")
+
+
+@pytest.mark.both_brokers
+def test_another_nodes_user_retypes_every_shared_key_and_an_agent_heals_them(settings, grid, users, node, r):
+    poison_shared(as_user(settings, users[f"{node}-b"]).redis)
+    me = as_user(settings, users[node]).redis
+    assert sorted(quarantine.heal(me)) == sorted(quarantine.SHARED_TYPES)
+    for key, kind in quarantine.SHARED_TYPES.items():
+        assert r.type(key).decode() in ("none", kind), key
+    named = " ".join(quarantine.entries(r))
+    assert all(f"quarantined {key}: a " in named for key in quarantine.SHARED_TYPES), named
+    assert any("not the hash the grid keeps" in e.message for e in grid.events() if e.kind == "corrupt")
+    assert quarantine.heal(me) == []  # nothing left to heal; the grid's own types stay
+
+
+@pytest.mark.both_brokers
+def test_a_pop_claims_its_job_past_retyped_priority_and_active_keys(settings, grid, users, node, r):
+    """The slot's pop reads `grid:active` and drops the job's `grid:priority` entry in the step
+    that claims it: a retyped key of either must not fail the pop midway (the job popped, its
+    claim written, the reply an error)."""
+    jid = grid.submit(JobSpec(command="true", queue="red2"))
+    writer = as_user(settings, users[f"{node}-b"]).redis
+    writer.set(keys.PRIORITY, "x")
+    writer.set(keys.ACTIVE, "x")
+    me = as_user(settings, users[node]).redis
+    popped = claim.pop(me, node, f"{node}.w.0", [keys.rq_queue(keys.node_queue(node)), keys.rq_queue("red2")])
+    assert popped.taken is not None and popped.taken.job_id == jid
+    assert r.hget(keys.node_running(node), jid) == claim.marker(f"{node}.w.0").encode()
+
+
+@pytest.mark.agents
+def test_a_node_runs_on_while_another_nodes_user_retypes_the_shared_keys(settings, grid, users, node, agents,
+                                                                         monkeypatch, r):
+    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
+    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
+    agent = agents(node, slots=2)
+    monkeypatch.delenv("GRID_REDIS_USERNAME")
+    monkeypatch.delenv("GRID_REDIS_PASSWORD")
+    grid.drain(node, "hold the jobs")
+    jobs = [grid.submit(JobSpec(command="echo plain")), grid.submit(JobSpec(command="echo placed", resources=Resources(cpus=1)))]
+    poison_shared(as_user(settings, users[f"{node}-b"]).redis)
+    grid.redis.hset(keys.node(node), "draining", "0")  # resume by hand: `resume` writes an event
+    states = grid.wait(jobs, timeout=30)
+    log = agent.log.read_text()
+    assert all(s is JobState.FINISHED for s in states.values()), f"{states}\n{log[-6000:]}"
+    # Again, with the node busy: the keys retyped under its pops, starts and ends.
+    jobs = [grid.submit(JobSpec(command="sleep 0.2; echo again")) for _ in range(4)]
+    poison_shared(as_user(settings, users[f"{node}-b"]).redis)
+    states = grid.wait(jobs, timeout=30)
+    log = agent.log.read_text()
+    assert all(s is JobState.FINISHED for s in states.values()), f"{states}\n{log[-6000:]}"
+    assert agent.proc.poll() is None, log[-3000:]
+    assert " exited with " not in log and "Traceback" not in log, log[-6000:]
+    eventually(lambda: keys.PRIORITY in " ".join(quarantine.entries(r)), 10, message="the agent to heal the keys")
+
+
+@pytest.mark.agents
+def test_a_rewritten_grid_id_hides_no_stale_copy_from_the_nodes_next_agent(settings, grid, users, node, agents, r):
+    """`grid:id` scopes the markers a node finds its earlier incarnation's processes by. Another
+    node's user rewrites it while this node is down: its next agent must still kill the job left
+    running there, or that copy runs on beside the job's rerun (two copies of one job)."""
+    agent = agents(node, slots=1)
+    jid = grid.submit(JobSpec(command="sleep 300 & sleep 300; wait"))
+    eventually(lambda: tagged({ENV_JOB: jid}), 20, 0.1, "the job to run")
+    stale = [p.pid for p in tagged({ENV_JOB: jid})]
+    # The whole node stops at once but its job's processes (their slot gone, nothing kills them).
+    daemon = psutil.Process(agent.proc.pid)
+    for p in [daemon, *daemon.children()]:
+        p.kill()
+    agent.proc.wait(10)
+    as_user(settings, users[f"{node}-b"]).redis.set(keys.GRID_ID, "another-grid")
+    agent.start()
+    eventually(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                               for p in stale), 20, 0.1, "the earlier incarnation's job to be killed",
+               tolerate=(psutil.NoSuchProcess,))
+
+
+@pytest.mark.agents
+def test_a_forged_active_entry_makes_no_node_drop_a_queued_job(settings, grid, users, node, agents, monkeypatch, r):
+    """`grid:active` is any agent's to write. An entry that names a live worker (even a made-up
+    one: RQ's worker keys are any agent's too) for a job RQ's record does not show started by that
+    worker is no running copy: the job runs, instead of being dropped as its twin."""
+    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
+    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
+    agent = agents(node, slots=1)
+    monkeypatch.delenv("GRID_REDIS_USERNAME")
+    monkeypatch.delenv("GRID_REDIS_PASSWORD")
+    grid.drain(node, "hold the job")
+    jid = grid.submit(JobSpec(command="echo ran"))
+    writer = as_user(settings, users[f"{node}-b"]).redis
+    live = next(iter(r.smembers(keys.rq_workers()))).decode().removeprefix(keys.rq_worker(""))
+    writer.hset(keys.ACTIVE, jid, ActiveEntry(node=node, slot=0, worker=live, started=grid.broker_time()).encode())
+    grid.redis.hset(keys.node(node), "draining", "0")
+    assert grid.wait([jid], timeout=20)[jid] is JobState.FINISHED, (grid.get(jid), agent.log.read_text()[-3000:])
+    assert grid.get(jid).stdout == "ran\n"
+
+
+@pytest.mark.agents
+def test_a_reclaim_lock_set_without_expiry_stops_no_recovery(settings, grid, users, node, agents, r):
+    """Reclaim locks are any agent's to write (agents take them with a 30 s expiry). One set with
+    no expiry by another node's user would stop every agent from recovering that node's jobs."""
+    dead, survivor = f"{node}-c", f"{node}-d"
+    cfg = {"node_timeout": NODE_TIMEOUT}
+    victim = agents(dead, slots=1, **cfg)
+    as_user(settings, users[f"{node}-b"]).redis.set(keys.reclaim_lock(dead), "squatter")
+    jid = grid.submit(JobSpec(command=f'if [ "$GRID_JOB_NODE" = {dead} ]; then sleep 60; fi; echo "on $GRID_JOB_NODE"'))
+    eventually(lambda: running_on(r, jid) == dead, 20, 0.1, "the job to run on the node that dies")
+    agents(survivor, slots=1, **cfg)
+    signal_node(victim, r, signal.SIGKILL)
+    assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED, grid.get(jid)
+    assert grid.get(jid).stdout == f"on {survivor}\n"
