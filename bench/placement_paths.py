@@ -1,5 +1,6 @@
 """Benchmark: jobs that go through placement (a memory request, a label, a throttled sweep) against
-plain jobs, on one grid-agent, in the same run; every figure also as a ratio to the plain one.
+plain jobs, on one grid-agent or on `--agents N` (distinct nodes on this machine, each with its
+own data dir), in the same run; every figure also as a ratio to the plain one.
 
 - Latency, on an idle grid, from the start of the `Grid.submit` call (before the envelope is
   signed) to the job's process start: plain, memory (10MB), label and cpus=2 jobs, interleaved
@@ -8,11 +9,20 @@ plain jobs, on one grid-agent, in the same run; every figure also as a ratio to 
   the node's slots, then the same sweep with a label instead of the memory request (a memory
   request also costs the job a memory cgroup of its own: the label sweep is placement alone). Both are submitted while the node is drained and run from its resume, so
   the submission's own cost is not in either figure: jobs/s from the first start to the last end;
-  the median of `--rounds` rounds, plain and sweep alternated.
+  the median of `--rounds` rounds, plain and sweep alternated. With several agents every node is
+  drained and resumed together; the sweep's max_parallel is the grid's slots.
+- A chain of dependents (a->b->c..., each with a memory request, so each goes through placement
+  when its parent ends): the median gap from a parent's end to its child's start.
+- Full, then freed: every slot of the grid runs a job that waits for a gate file while as many
+  jobs with a memory request are submitted; the gate opens; the gap from the first blocker's end
+  to the last waiting job's start, and where the waiting jobs ran (no node may be starved).
+- The broker's commands per job (INFO commandstats) over the throughput rounds: scripts, blocking
+  moves and wake-stream reads per job show a nudge ping-pong or a wake storm where there is one.
 
 Run by bench/throughput.py (its `--placement-only` runs just this part), or on its own:
 
-    python bench/placement_paths.py [--jobs 300] [--sweep-cells 1000] [--latency-samples 100]
+    python bench/placement_paths.py [--agents 3] [--slots 2] [--jobs 300] [--sweep-cells 1000]
+                                    [--latency-samples 100]
 """
 
 from __future__ import annotations
@@ -69,34 +79,101 @@ def _span(grid: Grid, ids: list[str]) -> float:
     return max(j.ended_at for j in jobs) - min(j.started_at for j in jobs)
 
 
-def _drained_run(grid: Grid, r: redis.Redis, node: str, specs: list[JobSpec], groups: dict | None = None) -> float:
-    """Jobs/s of `specs` submitted while `node` is drained, run from its resume."""
-    grid.drain(node, "bench: queueing a batch")
-    ids = grid.submit_many(specs, groups=groups)
-    grid.resume(node)
-    wait_done(r, ids)
+def _check(r: redis.Redis, ids: list[str]) -> None:
     failed = [i for i in ids if r.hget(keys.rq_job(i), "status") != b"finished"]
     if failed:
         raise RuntimeError(f"{len(failed)} bench jobs failed, e.g. {failed[0]}")
+
+
+def _drained_run(grid: Grid, r: redis.Redis, nodes: list[str], specs: list[JobSpec],
+                 groups: dict | None = None) -> float:
+    """Jobs/s of `specs` submitted while `nodes` are drained, run from their resume."""
+    for node in nodes:
+        grid.drain(node, "bench: queueing a batch")
+    ids = grid.submit_many(specs, groups=groups)
+    for node in nodes:
+        grid.resume(node)
+    wait_done(r, ids)
+    _check(r, ids)
     return len(ids) / _span(grid, ids)
 
 
-def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds: int = 3) -> dict:
+COUNTED = ("evalsha", "eval", "blmove", "xread", "xadd", "lpop", "lpush")
+"""The broker commands counted per job (INFO commandstats)."""
+
+
+def _calls(r: redis.Redis) -> dict[str, int]:
+    stats = r.info("commandstats")
+    return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in COUNTED}
+
+
+def _chain(grid: Grid, r: redis.Redis, length: int) -> list[float]:
+    """Gaps (ms) from each parent's end to its child's start, in a chain of `length` jobs with a
+    memory request (each child goes through placement when its parent ends)."""
+    ids = [uuid.uuid4().hex for _ in range(length)]
+    specs = [JobSpec(command="true", resources=KINDS["memory"], after=(ids[i - 1],) if i else ())
+             for i in range(length)]
+    grid.submit_many(specs, job_ids=ids)
+    wait_done(r, ids, timeout=60 + length * 10)
+    _check(r, ids)
+    jobs = [grid.get(i) for i in ids]
+    return [(c.started_at - p.ended_at) * 1000 for p, c in zip(jobs, jobs[1:])]
+
+
+def _full_then_freed(grid: Grid, r: redis.Redis, home: Path, total: int) -> dict:
+    """Every slot busy on a gate file; `total` memory jobs submitted meanwhile; the gate opens."""
+    gate = home / f"gate-{uuid.uuid4().hex[:8]}"
+    blockers = grid.submit_many([JobSpec(command=f"while [ ! -e {gate} ]; do sleep 0.005; done")
+                                 for _ in range(total)])
+    deadline = time.monotonic() + 60
+    while sum(r.hget(keys.rq_job(i), "status") == b"started" for i in blockers) < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the blockers did not all start")
+        time.sleep(0.02)
+    waiting = grid.submit_many([JobSpec(command="true", resources=KINDS["memory"]) for _ in range(total)])
+    time.sleep(0.5)
+    gate.touch()
+    wait_done(r, blockers + waiting)
+    _check(r, blockers + waiting)
+    freed = min(grid.get(i).ended_at for i in blockers)
+    jobs = [grid.get(i) for i in waiting]
+    where: dict[str, int] = {}
+    for j in jobs:
+        where[j.node] = where.get(j.node, 0) + 1
+    return {"freed_to_last_start_ms": (max(j.started_at for j in jobs) - freed) * 1000,
+            "freed_to_first_start_ms": (min(j.started_at for j in jobs) - freed) * 1000, "ran_on": where}
+
+
+def _start_agents(broker_url: str, home: Path, count: int, slots: int) -> tuple[list[str], list[subprocess.Popen]]:
+    """`count` agents on this machine, nodes bench1..benchN (one: `bench`), each with its own data dir."""
+    import os
+
+    names = ["bench"] if count == 1 else [f"bench{i + 1}" for i in range(count)]
+    procs = []
+    for i, name in enumerate(names):
+        labels = '["bench", "bench-one"]' if i == 0 else '["bench"]'  # `bench-one`: the first node only
+        cfg = home / f"placement-agent-{name}.toml"
+        cfg.write_text(f'redis_url = "{broker_url}"\n[agent]\nnode_name = "{name}"\nallow_root = true\n'
+                       f'labels = {labels}\nslots = {slots}\nlog_dir = "{home / ("logs-" + name)}"\n')
+        env = dict(os.environ, GRID_DATA_DIR=str(home / f"data-{name}"))
+        procs.append(subprocess.Popen([sys.executable, "-m", "agent", "--config", str(cfg)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    return names, procs
+
+
+def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds: int = 3, agents: int = 1,
+        slots: int = 2, chain: int = 30) -> dict:
     r = redis.Redis.from_url(broker_url)
     r.flushdb()
     grid = Grid(r, load_settings(overrides={"redis_url": broker_url}))
-    cfg = home / "placement-agent.toml"
-    cfg.write_text(f'redis_url = "{broker_url}"\n[agent]\nnode_name = "bench"\nallow_root = true\n'
-                   f'labels = ["bench"]\n')
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    names, procs = _start_agents(broker_url, home, agents, slots)
     try:
-        deadline = time.monotonic() + 60
-        while not r.hget("grid:node:bench", "ready"):
+        deadline = time.monotonic() + 90
+        while not all(r.hget(keys.node(n), "ready") for n in names):
             if time.monotonic() > deadline:
-                raise RuntimeError("the bench agent did not become ready")
+                raise RuntimeError("the bench agents did not become ready")
             time.sleep(0.1)
-        slots = int(r.hget("grid:node:bench", "slots") or 0)
+        slots = sum(int(r.hget(keys.node(n), "slots") or 0) for n in names)
         time.sleep(1.0)
         lat: dict[str, list[float]] = {k: [] for k in KINDS}
         for _ in range(samples):
@@ -106,20 +183,46 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
                 j = grid.get(jid)
                 lat[kind].append((j.started_at - j.enqueued_at) * 1000)
         plain_runs, sweep_runs, label_runs = [], [], []
+        calls = {"plain": dict.fromkeys(COUNTED, 0), "memory": dict.fromkeys(COUNTED, 0),
+                 "label": dict.fromkeys(COUNTED, 0)}
         for _ in range(rounds):  # alternated, so that all see the same machine (it is shared)
-            plain_runs.append(_drained_run(grid, r, "bench", [JobSpec(command="true") for _ in range(jobs)]))
-            for res, runs in ((KINDS["memory"], sweep_runs), (KINDS["label"], label_runs)):
+            before = _calls(r)
+            plain_runs.append(_drained_run(grid, r, names, [JobSpec(command="true") for _ in range(jobs)]))
+            after = _calls(r)
+            calls["plain"] = {c: calls["plain"][c] + after[c] - before[c] for c in COUNTED}
+            for kind, runs in (("memory", sweep_runs), ("label", label_runs)):
                 gid = uuid.uuid4().hex
-                sweep = [JobSpec(command="true", resources=res, group=gid, params={"i": i, "_cell": i})
+                sweep = [JobSpec(command="true", resources=KINDS[kind], group=gid, params={"i": i, "_cell": i})
                          for i in range(cells)]
-                runs.append(_drained_run(grid, r, "bench", sweep, {gid: {"name": "bench", "max_parallel": slots}}))
+                before = _calls(r)
+                runs.append(_drained_run(grid, r, names, sweep, {gid: {"name": "bench", "max_parallel": slots}}))
+                after = _calls(r)
+                calls[kind] = {c: calls[kind][c] + after[c] - before[c] for c in COUNTED}
         plain_jobs, sweep_jobs = statistics.median(plain_runs), statistics.median(sweep_runs)
         label_jobs = statistics.median(label_runs)
+        # A sweep only the first node can run (a label), its other nodes idle: what their idle
+        # slots cost it (nudges passed on, wakes read).
+        gid = uuid.uuid4().hex
+        one = [JobSpec(command="true", resources=Resources(labels=("bench-one",)), group=gid,
+                       params={"i": i, "_cell": i}) for i in range(cells)]
+        before = _calls(r)
+        one_node = _drained_run(grid, r, names, one, {gid: {"name": "bench", "max_parallel": slots // agents}})
+        after = _calls(r)
+        calls["one_node_label"] = {c: after[c] - before[c] for c in COUNTED}
+        gaps = _chain(grid, r, chain) if chain > 1 else []
+        freed = _full_then_freed(grid, r, home, slots)
     finally:
-        agent.terminate()
-        agent.wait(60)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
     p50 = {k: statistics.median(v) for k, v in lat.items()}
-    out: dict = {"slots": slots, "latency_samples": samples}
+    runs_of = {"plain": rounds * jobs, "memory": rounds * cells, "label": rounds * cells, "one_node_label": cells}
+    per_job = {kind: {c: n / runs_of[kind] for c, n in counted.items()} for kind, counted in calls.items()}
+    out: dict = {"agents": agents, "slots": slots, "latency_samples": samples, "calls_per_job": per_job,
+                 "chain_links": len(gaps), "chain_gap_p50_ms": statistics.median(gaps) if gaps else None,
+                 "chain_gap_max_ms": max(gaps) if gaps else None, "one_node_label_sweep_jobs_per_s": one_node,
+                 "one_node_label_sweep_vs_plain": one_node / plain_jobs, **freed}
     for k in KINDS:
         out[f"{k}_submit_call_to_process_p50_ms"] = p50[k]
         out[f"{k}_submit_call_to_process_p99_ms"] = _p(lat[k], 0.99)
@@ -136,7 +239,7 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
 
 def report(out: dict) -> str:
     """The figures as the table bench/throughput.py prints."""
-    lines = [f"placement paths, one grid-agent with {out['slots']} slots:",
+    lines = [f"placement paths, {out.get('agents', 1)} grid-agent(s) with {out['slots']} slots in all:",
              f"  {'job kind':<10}{'p50 ms':>10}{'p99 ms':>10}{'p50 vs plain':>15}"]
     for k in KINDS:
         ratio = out.get(f"{k}_p50_vs_plain")
@@ -148,6 +251,19 @@ def report(out: dict) -> str:
                  f"{out['throttled_memory_sweep_jobs_per_s']:.0f} jobs/s "
                  f"({out['throttled_sweep_vs_plain']:.0%} of plain); the same with a label instead: "
                  f"{out['throttled_label_sweep_jobs_per_s']:.0f} jobs/s ({out['throttled_label_sweep_vs_plain']:.0%})")
+    if "one_node_label_sweep_jobs_per_s" in out:
+        lines.append(f"  {out['sweep_cells']}-cell sweep only the first node can run (a label), max_parallel its "
+                     f"slots: {out['one_node_label_sweep_jobs_per_s']:.0f} jobs/s "
+                     f"({out['one_node_label_sweep_vs_plain']:.0%} of plain)")
+    if out.get("chain_links"):
+        lines.append(f"  chain of {out['chain_links'] + 1} dependents (memory request): parent end -> child start "
+                     f"p50 {out['chain_gap_p50_ms']:.1f} ms, max {out['chain_gap_max_ms']:.1f} ms")
+    if "freed_to_last_start_ms" in out:
+        lines.append(f"  full grid freed: first blocker end -> first / last of {out['slots']} waiting memory jobs "
+                     f"started {out['freed_to_first_start_ms']:.1f} / {out['freed_to_last_start_ms']:.1f} ms; "
+                     f"ran on {out['ran_on']}")
+    for kind, per in out.get("calls_per_job", {}).items():
+        lines.append(f"  broker calls per job, {kind}: " + ", ".join(f"{c} {n:.2f}" for c, n in per.items()))
     return "\n".join(lines)
 
 
@@ -165,6 +281,9 @@ def main() -> None:
     p.add_argument("--sweep-cells", type=int, default=300)
     p.add_argument("--latency-samples", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds (plain and sweep alternated)")
+    p.add_argument("--agents", type=int, default=1, help="agents (distinct nodes) on this machine")
+    p.add_argument("--slots", type=int, default=2, help="slots of each agent")
+    p.add_argument("--chain", type=int, default=30, help="jobs in the chain of dependents (0: none)")
     p.add_argument("--broker", choices=sorted(available_kinds()), default="redis" if "redis" in available_kinds() else None)
     args = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="grid-bench-"))
@@ -174,7 +293,8 @@ def main() -> None:
     (home / "config" / "authorized_keys").write_text((home / "config" / "keys" / "id_ed25519.pub").read_text())
     broker = Broker(kind=args.broker, binary=available_kinds()[args.broker]).start(appendonly=True)
     try:
-        out = run(broker.url, home, args.jobs, args.sweep_cells, args.latency_samples, args.rounds)
+        out = run(broker.url, home, args.jobs, args.sweep_cells, args.latency_samples, args.rounds, args.agents,
+                  args.slots, args.chain)
     finally:
         broker.stop()
     print(report(out))
