@@ -75,19 +75,22 @@ class Skip:
 
 
 class Negotiator:
-    def __init__(self, conn: redis.Redis, owner: str, node: str | None = None):
+    def __init__(self, conn: redis.Redis, owner: str, node: str | None = None, taker: bool = False):
         """`node`: the one node this placer places onto (an agent's own; its loop wakes for what
-        is given back there); None: any node (a placer running as operator)."""
+        is given back there); None: any node (a placer running as operator). `taker`: a slot's
+        pass at its job's end, whose slot takes the first job it places itself (no nudge for it)."""
         self.conn = conn
         self.owner = owner
         self.node = node
         self._lock_key = keys.placing_lock(node) if node else keys.NEGOTIATOR_LOCK
         self.placer = Placer(conn)
+        self.taker = taker
         self._mutex = threading.Lock()  # the loop's thread and a caller's run_once: one pass at a time
         self._read: dict[str, Waiting | str] = {}  # waiting job id -> its record (unchanged while it waits)
         self._explained: dict[str, str] = {}  # job id -> the reason last written for it
         self._names: list[str] = []  # the nodes the last pass saw
         self._skip: Skip | None = None  # the unfit head of the queue, as the last pass left it
+        self._taking = 0  # jobs this pass places that its own slot takes (`taker`), not placed yet
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -186,6 +189,7 @@ class Negotiator:
         last = skip.last if skip else ""
         seen: set[str] = set()
         placed = looked = 0
+        self._taking = 1 if self.taker else 0
         first = True
         while True:
             chunk = ids[:self._chunk(full)]
@@ -242,7 +246,9 @@ class Negotiator:
             self.quarantine.list_item(keys.rq_queue(keys.PENDING_QUEUE), jid, why, job=jid)
         jobs = [w for i in chunk if isinstance(w := self._read[i], Waiting) and w.shape not in unfit]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
-        out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node)
+        out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node,
+                                taking=self._taking)
+        self._taking = max(0, self._taking - len(out.placed))
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)

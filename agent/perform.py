@@ -58,8 +58,8 @@ class Performer:
         self.busy = False
         self.cold = False
         self.cold_at = 0.0
-        # This slot's quick pass at a placed job's end, onto its own node.
-        self.placing = Negotiator(conn, owner=worker, node=node)
+        # This slot's quick pass at a placed job's end, onto its own node; it takes the first job itself.
+        self.placing = Negotiator(conn, owner=worker, node=node, taker=True)
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
         self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
 

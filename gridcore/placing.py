@@ -71,12 +71,16 @@ wakes, so without this a placed job would wait for the slot's next wake (seconds
 no job; it names its node and queue (`nudge`). The pool queue is shared by the slots of every
 node listening on it and a push wakes the one waiting longest, which may be another node's:
 that slot passes the nudge on (back onto the queue, where the next waiting slot gets it), at most
-`NUDGE_HOPS` times; the node's own slot drops it and takes the placed job from its node queue."""
+as many times as the other nodes have idle slots (those that may wait ahead of the node's own in
+line), never more than `NUDGE_HOPS`; the node's own slot drops it and takes the placed job from
+its node queue. No nudge goes out for a job the placer takes itself (a slot's pass at its job's
+end) or for more jobs than the node has idle slots: nobody would drop it, and the other nodes'
+idle slots would pass it around."""
 
 NUDGE_HOPS = 32
-"""How often a nudge is passed on before it is dropped (the idle slots of other nodes that may
-be waiting ahead of the node's own; with none of its own waiting, a slot finishing its job looks
-at its node queue first anyway)."""
+"""How often a nudge is passed on at most before it is dropped. A nudge starts at this less
+the idle slots of the other nodes (`_nudge`): with none of its node's own slots waiting (a slot
+finishing its job looks at its node queue first anyway), the rest is a ping-pong."""
 
 NUDGE_PATTERN = "^grid%-placed%-nudge:(%d+):([^:]+):(.+)$"
 """Lua pattern of a nudge: hops so far, node, pool queue name (the name, never a key: a forged
@@ -198,7 +202,7 @@ class Placer:
         return out
 
     def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
-              view: View | None = None, onto: str | None = None) -> Outcome:
+              view: View | None = None, onto: str | None = None, taking: int = 0) -> Outcome:
         """Place what fits now, highest priority then oldest first, throttles respected.
 
         A job that does not fit gets its reason in `Outcome.whys` when its id is in
@@ -206,7 +210,9 @@ class Placer:
         placing does, so the submitter and a woken pass name none. `view`:
         what the caller read of the grid for this (None: read now). `onto`: the one node jobs
         may be placed on (an agent places onto itself only: no agent writes another node's
-        reservations); a job that fits another node now gets no reason, that node places it."""
+        reservations); a job that fits another node now gets no reason, that node places it.
+        `taking`: how many of the jobs placed onto `onto` the caller's own slot takes itself (a
+        slot placing as its job ends): no nudge is pushed for those."""
         order = sorted(jobs, key=lambda w: (-w.meta.priority, w.meta.submitted or 0))
         out = Outcome()
         if not order:
@@ -218,6 +224,7 @@ class Placer:
         want = None if explain_rest is None else set(explain_rest)
         by_name = {n.name: n for n in nodes}
         candidates = nodes if onto is None else [n for n in nodes if n.name == onto]
+        placed_on: dict[str, int] = {}  # node -> jobs this call placed there (each wants a slot)
         for w in order:
             meta = w.meta
             group, limit = meta.group, meta.max_parallel or 0
@@ -238,8 +245,11 @@ class Placer:
                     out.whys[w.id] = _why_not(res, nodes, committed, queue)
                 continue
             node = by_name[choice.node]
-            result = self._one(w, node, choice.gpus)
+            before = placed_on.get(node.name, 0)
+            nudged = before >= (taking if node.name == onto else 0) and _idle(node) > before
+            result = self._one(w, node, choice.gpus, _idle_elsewhere(node, nodes) if nudged else None)
             if result == PLACED:
+                placed_on[node.name] = before + 1
                 out.placed[w.id] = node.name
                 committed[node.name] = committed.get(node.name, Committed()).plus(res, choice.gpus)
                 if group:
@@ -279,8 +289,9 @@ class Placer:
                 pipe.scard(keys.group_slots(g))
             return dict(zip(groups, pipe.execute(), strict=True))
 
-    def _one(self, w: Waiting, node: Node, gpus: Sequence[int]) -> int:
-        """Run `PLACE` for one job on one node; its result code."""
+    def _one(self, w: Waiting, node: Node, gpus: Sequence[int], idle_elsewhere: int | None) -> int:
+        """Run `PLACE` for one job on one node; its result code. `idle_elsewhere`: the idle
+        slots of the other nodes, where a nudge is pushed (None: no nudge)."""
         raw = dict(w.raw)
         raw["placement"] = Placement(node=node.name, gpus=list(gpus)).model_dump()
         raw.pop("why", None)
@@ -291,7 +302,8 @@ class Placer:
             keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
                   keys.WHY, keys.node_held(node.name), keys.group_slots(group)],
             args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
-                  *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:], *_nudge(node, w.meta)],
+                  *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:],
+                  *_nudge(node, w.meta, idle_elsewhere)],
         ))
 
 
@@ -376,14 +388,25 @@ def _unfit(size: int | Exception) -> str:
     return f"{size} bytes, more than the {JobMeta.MAX_BYTES} a JobMeta may have"
 
 
-def _nudge(node: Node, meta: JobMeta) -> tuple[str, str]:
+def _idle(node: Node) -> int:
+    """Slots of `node` running nothing, by its running hash as read (unknown slots: one)."""
+    return max(0, node.slots_total - node.slots_busy) if node.slots_total else 1
+
+
+def _idle_elsewhere(node: Node, nodes: Sequence[Node]) -> int:
+    """The idle slots of the nodes other than `node` that are not down (those a nudge may meet)."""
+    return sum(_idle(n) for n in nodes if n.name != node.name and n.state is not NodeState.DOWN)
+
+
+def _nudge(node: Node, meta: JobMeta, idle_elsewhere: int | None) -> tuple[str, str]:
     """The pool queue (key) an idle slot of `node` blocks on (its first) and the nudge to push
-    there, if the node has an idle slot; ('', '') if every slot is busy (the first to finish
-    looks at the node queue first, and a nudge would show as a queued job until some slot took it)."""
-    if node.slots_total and node.slots_busy >= node.slots_total:
+    there, passed on at most `idle_elsewhere` times; ('', '') for none (every slot of the node
+    is busy or taking a job already: the first to look takes it from the node queue, and a
+    nudge would show as a queued job until some slot took it)."""
+    if idle_elsewhere is None:
         return "", ""
     queue = node.queues[0] if node.queues else (meta.queue or "default")
-    return keys.rq_queue(queue), nudge(node.name, queue)
+    return keys.rq_queue(queue), nudge(node.name, queue, hops=max(0, NUDGE_HOPS - idle_elsewhere))
 
 
 def _why_not(res, nodes: Sequence[Node], committed: Mapping[str, Committed], queue: str) -> str:

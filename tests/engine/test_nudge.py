@@ -24,11 +24,12 @@ def test_another_nodes_idle_slot_passes_the_nudge_on(grid, r):
         put_node(r, n, grid.broker_time(), node_record(queues=("default",)))
     job = grid.submit(JobSpec(command="true", resources=Resources(memory=10 * 2**20, node="a")))
     assert r.lrange(keys.rq_queue(keys.node_queue("a")), 0, -1) == [job.encode()]
-    assert r.lrange(POOL, 0, -1) == [nudge("a", "default").encode()]
+    # Passed on at most as often as node b has idle slots (4) that may wait ahead of a's in line.
+    assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=NUDGE_HOPS - 4).encode()]
     # Node b's slot waited longest: it gets the nudge, takes nothing and passes it on.
     popped = slot_wakes(r, "b")
     assert popped.taken is None
-    assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=1).encode()]
+    assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=NUDGE_HOPS - 3).encode()]
     assert not r.llen(keys.node_taking("b"))
     # Node a's slot gets it next and takes the placed job; the nudge is gone.
     popped = slot_wakes(r, "a")
@@ -52,3 +53,46 @@ def test_a_forged_nudge_is_dropped_without_failing_the_pop(r):
     r.rpush(POOL, "j1")
     assert slot_wakes(r, "b").taken.job_id == "j1"  # the nudges before it hold nothing up
     assert r.type(keys.rq_queue("evil")) == b"hash" and not r.llen(POOL)
+
+
+def _nodes(r, grid, busy: dict[str, int], slots: int = 2) -> None:
+    """Nodes serving "default" with `slots` slots each, `busy[n]` of them running a job."""
+    for n, k in busy.items():
+        put_node(r, n, grid.broker_time(), node_record(queues=("default",), slots=slots))
+        for i in range(k):
+            r.hset(keys.node_running(n), f"running-{n}-{i}", str(i))
+
+
+def test_a_slot_placing_at_its_jobs_end_nudges_no_slot_for_the_job_it_takes_itself(grid, r):
+    """The slot whose job just ended places the next waiting job onto its node and takes it
+    itself at once: a nudge for it would only be passed around between other nodes' idle slots
+    (a ping-pong at every cell end of a sweep that fits one node). A second job placed in the
+    same pass does nudge, if the node has another idle slot."""
+    from agent.negotiator import Negotiator
+
+    jobs = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20)) for _ in range(3)])
+    _nodes(r, grid, {"a": 1, "b": 0, "c": 0})  # a's other slot is busy; b's and c's slots wait idle
+    slot = Negotiator(r, "a.x.0", node="a", taker=True)
+    r.hset(keys.node_held("a"), "running-a-0", '{"cpus": 7}')  # room for one more job on a
+    assert slot.run_once(full=False, lock=False) == 1
+    assert r.lrange(keys.rq_queue(keys.node_queue("a")), 0, -1) == [jobs[0].encode()]
+    assert not r.llen(POOL)
+    # a's other slot is idle now, and the freed room takes two jobs: the second one is nudged for.
+    r.delete(keys.node_running("a"), keys.node_held("a"))
+    r.lpop(keys.rq_queue(keys.node_queue("a")))
+    assert slot.run_once(full=False, lock=False) == 2
+    assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=NUDGE_HOPS - 4).encode()]
+
+
+def test_a_nudge_is_passed_on_at_most_as_often_as_other_nodes_have_idle_slots(grid, r):
+    """Idle slots wait on a pool queue in line: a nudge reaches its node's waiting slot after at
+    most one pass per idle slot of the other nodes. If that slot is not waiting (it is between
+    two pops, and looks at its node queue anyway), passing it on further is only a ping-pong."""
+    _nodes(r, grid, {"a": 0, "b": 0, "c": 2})  # b has 2 idle slots; c's are busy
+    job = grid.submit(JobSpec(command="true", resources=Resources(memory=10 * 2**20, node="a")))
+    assert r.lrange(keys.rq_queue(keys.node_queue("a")), 0, -1) == [job.encode()]
+    for _ in range(2):
+        assert slot_wakes(r, "b").taken is None
+        assert r.llen(POOL) == 1
+    assert slot_wakes(r, "b").taken is None
+    assert not r.llen(POOL)
