@@ -485,10 +485,10 @@ class JobAttempt:
         history.append(pipe, history.entry(self.id, meta, record.model_copy(
             update={"start": active.started if active is not None else None}), "lost"))
         self.book.save_meta(pipe, self.job)
-        release(pipe, self.id, None if foreign else self.node, meta.group)
+        # A job the grid placed goes back to placement; one a user pinned waits for its node.
+        to = keys.PENDING_QUEUE if retry and meta.placement is not None and not meta.resources.node else None
+        release(pipe, self.id, None if foreign else self.node, meta.group, requeued=to is not None)
         if retry:
-            # A job the grid placed goes back to placement; one a user pinned waits for its node.
-            to = keys.PENDING_QUEUE if meta.placement is not None and not meta.resources.node else None
             self.book.requeue_lost(pipe, self.job, started, to)
             events.emit(pipe, now, "lost", job=self.id, node=self.node, message=f"{reason}; retrying")
         else:

@@ -128,7 +128,7 @@ def replace_queued(conn: redis.Redis, node: str) -> int:
             continue  # pinned by the user to this node: it waits for the node
         with conn.pipeline() as pipe:
             RQBook.move_waiting(pipe, job_id, nq, keys.PENDING_QUEUE)
-            release(pipe, job_id, None, meta.group)
+            release(pipe, job_id, None, meta.group, requeued=True)
             pipe.execute()
         moved += 1
     return moved

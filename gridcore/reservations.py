@@ -116,19 +116,21 @@ def reserve_args(job_id: str, res: Resources, gpus: Sequence[int], cap_cpus: flo
 
 
 def release(pipe, job_id: str, node: str | None = None, group: str | None = None, *,
-            wake_loops: bool = True) -> None:
+            wake_loops: bool = True, requeued: bool = False) -> None:
     """Give back what a job holds while it waits or runs, on the caller's pipeline: its
     reservation on `node`, its sweep's throttle slot (`group`), and its placement-reason and
     priority entries. The one place that does this; the attempt's `grid:active` entry is the
     attempt's own to drop (only while it still owns the job). What was given back may let a
     waiting job in: the placement loops it concerns are woken (`wake`), unless the caller places
-    the next jobs itself (`wake_loops=False`) and wakes them only if that finds nothing to place."""
+    the next jobs itself (`wake_loops=False`) and wakes them only if that finds nothing to place.
+    `requeued`: the job itself goes back to `grid.pending` (recovery): every loop is woken, any
+    node may take it now (else the other nodes would place it only at their periodic pass)."""
     if node:
         pipe.hdel(keys.node_held(node), job_id)
     if group:
         pipe.srem(keys.group_slots(group), job_id)
-    if (node or group) and wake_loops:
-        wake(pipe, node, anywhere=bool(group))
+    if (node or group or requeued) and wake_loops:
+        wake(pipe, node, anywhere=bool(group) or requeued)
     pipe.hdel(keys.WHY, job_id)
     pipe.hdel(keys.PRIORITY, job_id)
 

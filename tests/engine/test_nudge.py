@@ -96,3 +96,22 @@ def test_a_nudge_is_passed_on_at_most_as_often_as_other_nodes_have_idle_slots(gr
         assert r.llen(POOL) == 1
     assert slot_wakes(r, "b").taken is None
     assert not r.llen(POOL)
+
+
+def test_placed_jobs_a_down_node_never_started_wake_every_placement_loop(grid, r):
+    """Recovery sends the jobs placed on a down node back to placement: the other nodes' loops
+    are woken for them (not left to their periodic pass, a heartbeat later), sweep or not."""
+    from agent import recovery
+    from agent.negotiator import Negotiator
+
+    _nodes(r, grid, {"gone": 0})
+    job = grid.submit(JobSpec(command="true", resources=Resources(memory=10 * 2**20)))
+    assert r.lrange(keys.rq_queue(keys.node_queue("gone")), 0, -1) == [job.encode()]
+    put_node(r, "gone", grid.broker_time() - 1000, node_record(queues=("default",), slots=2))
+    _nodes(r, grid, {"b": 0})
+    b = Negotiator(r, "b", node="b")
+    tail = b._tail()
+    assert recovery.replace_queued(r, "gone") == 1
+    assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [job.encode()]
+    assert b.wait_wake(tail, 0.05)[1]
+    assert b.run_once(full=False) == 1
