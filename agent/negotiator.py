@@ -91,6 +91,7 @@ class Negotiator:
         self._names: list[str] = []  # the nodes the last pass saw
         self._skip: Skip | None = None  # the unfit head of the queue, as the last pass left it
         self._taking = 0  # jobs this pass places that its own slot takes (`taker`), not placed yet
+        self.raced = 0  # placements the last pass lost to another placer (Outcome.raced)
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -102,6 +103,7 @@ class Negotiator:
         with self._mutex:
             token = f"{self.owner}.{uuid.uuid4().hex[:8]}"
             deadline = time.monotonic() + wait
+            self.raced = 0
             while (survey := self._survey(token, full, lock)) is None:
                 if time.monotonic() >= deadline:
                     return 0
@@ -190,6 +192,7 @@ class Negotiator:
         seen: set[str] = set()
         placed = looked = 0
         self._taking = 1 if self.taker else 0
+        self.raced = 0
         first = True
         while True:
             chunk = ids[:self._chunk(full)]
@@ -249,6 +252,7 @@ class Negotiator:
         out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node,
                                 taking=self._taking)
         self._taking = max(0, self._taking - len(out.placed))
+        self.raced += out.raced
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)

@@ -209,15 +209,19 @@ class Performer:
         """What the ended job gave back may let the next waiting job in (the next cell of its
         sweep): place it now, before this slot looks for its next job (agent/negotiator.py).
         Its end woke no placement loop: if this places nothing, the loops it concerns are woken
-        now (another node may take what this one could not)."""
-        placed = 0
+        now (another node may take what this one could not), unless other placers beat this one
+        to what it tried: they are placing what was given back (on a grid of several nodes every
+        node's ending slots race for the head of the queue; waking every loop then would only
+        add a pass per agent that finds nothing)."""
+        placed = raced = 0
         try:
             placed = self.placing.run_once(full=False, lock=False)
+            raced = self.placing.raced
         except OUTAGE_ERRORS as e:
             log.warning("placing after a job's end: %s (the agents' placement loop will)", e)
         except Exception:  # noqa: BLE001 - a placement bug must not take the slot down; it is logged
             log.exception("placing after a job's end failed")
-        if placed:
+        if placed or raced:
             return
         try:
             with self.conn.pipeline(transaction=False) as pipe:

@@ -139,6 +139,7 @@ class Outcome:
     whys: dict[str, str] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)  # read stale: read again before placing
     unplaced: list[str] = field(default_factory=list)  # `place_ids`: waiting jobs it placed nowhere
+    raced: int = 0  # placements another placer beat (job gone, room or sweep slot taken, record changed)
 
 
 class Placer:
@@ -248,6 +249,7 @@ class Placer:
             before = placed_on.get(node.name, 0)
             nudged = before >= (taking if node.name == onto else 0) and _idle(node) > before
             result = self._one(w, node, choice.gpus, _idle_elsewhere(node, nodes) if nudged else None)
+            out.raced += result != PLACED
             if result == PLACED:
                 placed_on[node.name] = before + 1
                 out.placed[w.id] = node.name

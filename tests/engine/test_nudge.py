@@ -1,4 +1,5 @@
-"""The nudge that wakes an idle slot for a job placed on its node reaches a slot of that node,
+"""Nudges and wakes on a grid of several nodes. The nudge that wakes an idle slot for a job placed
+on its node reaches a slot of that node,
 whichever node's idle slot the shared pool queue hands it to first (no agents: the slots' own
 wait and pop, as a slot runs them)."""
 
@@ -115,3 +116,23 @@ def test_placed_jobs_a_down_node_never_started_wake_every_placement_loop(grid, r
     assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [job.encode()]
     assert b.wait_wake(tail, 0.05)[1]
     assert b.run_once(full=False) == 1
+
+
+def test_a_slots_pass_that_lost_its_jobs_to_another_nodes_placer_says_so(grid, r):
+    """Every node's ending slots race for the head of the waiting queue. A slot's pass that
+    placed nothing because another placer took what it tried says so (`raced`): the slot then
+    wakes no loop (the others are placing what was given back), instead of a pass per agent."""
+    from agent.negotiator import Negotiator
+    from gridcore.placing import Placer
+
+    gid = "sweep-1"
+    cells = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20), group=gid,
+                                      params={"i": i}) for i in range(2)], groups={gid: {"max_parallel": 6}})
+    _nodes(r, grid, {"a": 0, "b": 0})
+    slot = Negotiator(r, "a.x.0", node="a", taker=True)
+    survey = slot._survey("token", False, False)  # the slot has read the queue and the grid ...
+    out = Placer(r).place_ids(cells, own=False, onto="b")
+    assert out.placed == dict.fromkeys(cells, "b"), out  # ... b's won
+    assert slot._pass(False, *survey) == 0
+    assert slot.raced == 2
+    assert slot.run_once(full=False, lock=False) == 0 and slot.raced == 0  # nothing tried, nothing lost
