@@ -209,10 +209,11 @@ class Performer:
         """What the ended job gave back may let the next waiting job in (the next cell of its
         sweep): place it now, before this slot looks for its next job (agent/negotiator.py).
         Its end woke no placement loop: if this places nothing, the loops it concerns are woken
-        now (another node may take what this one could not), unless other placers beat this one
-        to what it tried: they are placing what was given back (on a grid of several nodes every
-        node's ending slots race for the head of the queue; waking every loop then would only
-        add a pass per agent that finds nothing)."""
+        now (another node may take what this one could not). If other placers beat this one to
+        what it tried, they are placing what was given back: only this node's loop is woken (it
+        reads the queue from the top), not every agent's (on a grid of several nodes every node's
+        ending slots race for the head of a sweep; waking every loop at each lost race added a
+        pass per agent that found nothing)."""
         placed = raced = 0
         try:
             placed = self.placing.run_once(full=False, lock=False)
@@ -221,11 +222,11 @@ class Performer:
             log.warning("placing after a job's end: %s (the agents' placement loop will)", e)
         except Exception:  # noqa: BLE001 - a placement bug must not take the slot down; it is logged
             log.exception("placing after a job's end failed")
-        if placed or raced:
+        if placed:
             return
         try:
             with self.conn.pipeline(transaction=False) as pipe:
-                wake(pipe, self.node, anywhere=bool(group))
+                wake(pipe, self.node, anywhere=bool(group) and not raced)
                 pipe.execute()
         except OUTAGE_ERRORS as e:
             log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)

@@ -121,7 +121,8 @@ def test_placed_jobs_a_down_node_never_started_wake_every_placement_loop(grid, r
 def test_a_slots_pass_that_lost_its_jobs_to_another_nodes_placer_says_so(grid, r):
     """Every node's ending slots race for the head of the waiting queue. A slot's pass that
     placed nothing because another placer took what it tried says so (`raced`): the slot then
-    wakes no loop (the others are placing what was given back), instead of a pass per agent."""
+    wakes its own node's loop only (the others are placing what was given back), not a pass per
+    agent."""
     from agent.negotiator import Negotiator
     from gridcore.placing import Placer
 
