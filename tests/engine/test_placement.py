@@ -208,3 +208,22 @@ def test_dependents_are_placed_as_their_parent_ends_not_on_the_clock(grid, agent
     assert grid.wait([child], timeout=15)[child] is JobState.FINISHED
     late = grid.submit(JobSpec(command="true", after=(parent,), resources=Resources(memory=10**7)))
     assert grid.wait([late], timeout=15)[late] is JobState.FINISHED
+
+
+def test_a_placed_job_lost_with_its_node_is_placed_at_once_on_another(grid, agents, r, settings, gate):
+    """With the periodic placement pass once a minute: a job the grid placed, lost with its node
+    (reclaimed by another agent, which leaves the lost node's keys alone), goes back to placement
+    and wakes every agent's loop, so an idle node takes it at once."""
+    from agent import recovery
+
+    agents("node-a", slots=1, heartbeat_interval=60, node_timeout=180)
+    jid = grid.submit(JobSpec(command=gate.command(), resources=Resources(memory=10**7)))
+    eventually(lambda: grid.state(jid) is JobState.RUNNING, 15, 0.05, "the job to run on node-a")
+    agents("node-b", slots=1, heartbeat_interval=60, node_timeout=180)
+    sec, usec = r.time()
+    assert recovery.reclaim(r, "node-a", sec + usec / 1e6, "node lost: node-a (test)", settings.result_ttl,
+                            foreign=True) == [jid]
+    eventually(lambda: (j := grid.get(jid)).state is JobState.RUNNING and j.node == "node-b", 5, 0.05,
+               "the lost job to start on node-b")
+    gate.open()
+    assert grid.wait([jid], timeout=15)[jid] is JobState.FINISHED
