@@ -42,9 +42,10 @@ wrong type is no outage, and after that long the error is the caller's."""
 
 
 def retyped(e: BaseException) -> bool:
-    """A command met a key of another type than the grid keeps there (WRONGTYPE): a broker writer's
-    doing (any agent may write the shared keys); not the broker refusing writes."""
-    return isinstance(e, redis.ResponseError) and "WRONGTYPE" in str(e)
+    """A command met a shared key spoiled by a broker writer (any agent may write them): of another
+    type than the grid keeps there (WRONGTYPE), or a stream whose ids are used up (an XADD with
+    the largest id); not the broker refusing writes. The daemon's heal removes both."""
+    return isinstance(e, redis.ResponseError) and ("WRONGTYPE" in str(e) or "exhausted the last possible ID" in str(e))
 
 
 RETRY_BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)

@@ -11,13 +11,15 @@ import threading
 import time
 from typing import Any
 
+import redis
+
 from agent import rerun, runner, usage
 from agent.admission import Admission
 from agent.journal import EarlierStartRunning
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
 from agent.negotiator import Negotiator
-from agent.outage import OUTAGE_ERRORS, OutageClock
+from agent.outage import OUTAGE_ERRORS, OutageClock, retyped
 from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import shown_argument
@@ -229,4 +231,9 @@ class Performer:
                 wake(pipe, self.node, anywhere=bool(group) and not raced)
                 pipe.execute()
         except OUTAGE_ERRORS as e:
+            log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)
+        except redis.ResponseError as e:
+            if not retyped(e):
+                raise
+            # The wake stream spoiled by a writer: the heartbeat heals it; the job's end is written.
             log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)

@@ -96,12 +96,27 @@ quarantine first and events second, as `heal` reports into them."""
 
 _HEAL = """
 local out = {}
+local function spoiled(key, t, want)
+  if t ~= want then return t end
+  if t == 'stream' then
+    -- A stream whose last id has the largest time takes no more XADD *: one XADD with an
+    -- explicit id of 2^64-1 from any writer would fail every later wake, event or end.
+    local info = redis.call('XINFO', 'STREAM', key)
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' and string.sub(info[j + 1], 1, 21) == '18446744073709551615-' then
+        return 'stream with its ids used up'
+      end
+    end
+  end
+  return nil
+end
 for i = 1, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= ARGV[i] then
+  local why = t ~= 'none' and spoiled(KEYS[i], t, ARGV[i])
+  if why then
     redis.call('DEL', KEYS[i])
     out[#out + 1] = KEYS[i]
-    out[#out + 1] = t
+    out[#out + 1] = why
   end
 end
 return out
@@ -114,8 +129,8 @@ def queue_heal(pipe) -> None:
 
 
 def heal(conn: redis.Redis, reply=None) -> list[str]:
-    """Remove each shared key (SHARED_TYPES) that holds another type than the grid's: nothing the
-    grid wrote is in it. Each is named in the quarantine and by a `corrupt` event; returns them.
+    """Remove each shared key (SHARED_TYPES) that holds another type than the grid's (nothing the
+    grid wrote is in it), or a stream whose ids are used up (it takes nothing more). Each is named in the quarantine and by a `corrupt` event; returns them.
     `reply`: what `queue_heal` got on a pipeline (an error in it is raised here), else run now."""
     if isinstance(reply, Exception):
         raise reply
@@ -125,7 +140,8 @@ def heal(conn: redis.Redis, reply=None) -> list[str]:
         sec, usec = conn.time()
         with conn.pipeline(transaction=False) as pipe:
             for key, kind in found:
-                problem = f"a {kind}, not the {SHARED_TYPES[key]} the grid keeps there: removed"
+                what = kind if " " in kind else f"a {kind}, not the {SHARED_TYPES[key]} the grid keeps there"
+                problem = f"{what}: removed"
                 pipe.hset(keys.QUARANTINE, key, problem)
                 entry = EventEntry(time=sec + usec / 1e6, kind="corrupt", job=None, node=None, message=clean(f"{key}: {problem}", 1000))
                 pipe.xadd(keys.EVENTS, entry.fields(), maxlen=MAX_EVENTS, approximate=True)

@@ -13,10 +13,11 @@ import signal
 
 import psutil
 import pytest
+import redis
 
-from agent import claim
+from agent import claim, outage
 from agent.proctree import ENV_JOB, tagged
-from gridcore import keys, quarantine
+from gridcore import keys, quarantine, reservations
 from gridcore.models import JobSpec, JobState, Resources
 from gridcore.records import ActiveEntry
 from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
@@ -48,6 +49,28 @@ def test_another_nodes_user_retypes_every_shared_key_and_an_agent_heals_them(set
     assert all(f"quarantined {key}: a " in named for key in quarantine.SHARED_TYPES), named
     assert any("not the hash the grid keeps" in e.message for e in grid.events() if e.kind == "corrupt")
     assert quarantine.heal(me) == []  # nothing left to heal; the grid's own types stay
+
+
+@pytest.mark.both_brokers
+def test_a_shared_stream_whose_ids_are_used_up_is_healed_and_its_error_waited_out(settings, grid, users, node, r):
+    """One XADD with the largest id from any node's user makes every later XADD * to that stream
+    fail (every wake of the placement loops, every event, every end's history): the heal removes
+    such a stream, and the error is one the agent's writes wait out until it has."""
+    writer = as_user(settings, users[f"{node}-b"]).redis
+    streams = [k for k, kind in quarantine.SHARED_TYPES.items() if kind == "stream"]
+    for key in streams:
+        writer.xadd(key, {"x": "y"}, id="18446744073709551615-18446744073709551614")
+    writer.xadd(keys.PLACE_WAKES, {"x": "y"})  # the last id there is
+    with pytest.raises(redis.ResponseError) as spoiled:
+        writer.xadd(keys.PLACE_WAKES, {"x": "y"})
+    assert outage.retyped(spoiled.value)
+    me = as_user(settings, users[node]).redis
+    assert sorted(quarantine.heal(me)) == sorted(streams)
+    assert "ids used up" in " ".join(quarantine.entries(r))
+    with me.pipeline(transaction=False) as pipe:
+        reservations.wake(pipe, node)
+        pipe.execute()
+    assert quarantine.heal(me) == []
 
 
 @pytest.mark.both_brokers
