@@ -25,6 +25,7 @@ import redis
 from gridcore import keys
 from gridcore.models import Node, NodeState, Resources
 from gridcore.placement import Committed, Fit, choose_node, explain
+from gridcore.quarantine import heal
 from gridcore.reads import Reads
 from gridcore.records import NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
 from gridcore.reservations import RESERVE_FN, Corrupt, Reservations, reserve_args, wake
@@ -289,7 +290,17 @@ class Placer:
         with self.conn.pipeline(transaction=False) as pipe:
             for g in groups:
                 pipe.scard(keys.group_slots(g))
-            return dict(zip(groups, pipe.execute(), strict=True))
+            counts = pipe.execute(raise_on_error=False)
+        # A sweep's slots set is every agent's to write: one of another type would fail every pass
+        # of every agent. It holds nothing the grid wrote: removed (quarantined), counted empty.
+        spoiled = {keys.group_slots(g): "set" for g, n in zip(groups, counts, strict=True)
+                   if isinstance(n, redis.ResponseError) and "WRONGTYPE" in str(n)}
+        if spoiled:
+            heal(self.conn, types=spoiled)
+        for n in counts:
+            if isinstance(n, Exception) and not (isinstance(n, redis.ResponseError) and "WRONGTYPE" in str(n)):
+                raise n
+        return {g: n if isinstance(n, int) else 0 for g, n in zip(groups, counts, strict=True)}
 
     def _one(self, w: Waiting, node: Node, gpus: Sequence[int], idle_elsewhere: int | None) -> int:
         """Run `PLACE` for one job on one node; its result code. `idle_elsewhere`: the idle

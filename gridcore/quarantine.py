@@ -10,6 +10,7 @@ so a legitimate writer racing with it is never undone), and what was wrong is ke
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import redis
 
@@ -128,19 +129,21 @@ def queue_heal(pipe) -> None:
     pipe.eval(_HEAL, len(SHARED_TYPES), *SHARED_TYPES, *SHARED_TYPES.values())
 
 
-def heal(conn: redis.Redis, reply=None) -> list[str]:
-    """Remove each shared key (SHARED_TYPES) that holds another type than the grid's (nothing the
-    grid wrote is in it), or a stream whose ids are used up (it takes nothing more). Each is named in the quarantine and by a `corrupt` event; returns them.
-    `reply`: what `queue_heal` got on a pipeline (an error in it is raised here), else run now."""
+def heal(conn: redis.Redis, reply=None, types: Mapping[str, str] = SHARED_TYPES) -> list[str]:
+    """Remove each shared key (`types`: SHARED_TYPES, or keys of one sweep that every agent may
+    write) that holds another type than the grid's (nothing the grid wrote is in it), or a stream
+    whose ids are used up (it takes nothing more). Each is named in the quarantine and by a
+    `corrupt` event; returns them. `reply`: what `queue_heal` got on a pipeline (an error in it
+    is raised here), else run now."""
     if isinstance(reply, Exception):
         raise reply
-    got = reply if reply is not None else conn.eval(_HEAL, len(SHARED_TYPES), *SHARED_TYPES, *SHARED_TYPES.values())
+    got = reply if reply is not None else conn.eval(_HEAL, len(types), *types, *types.values())
     found = [(text(k), text(t)) for k, t in zip(got[::2], got[1::2])]
     if found:
         sec, usec = conn.time()
         with conn.pipeline(transaction=False) as pipe:
             for key, kind in found:
-                what = kind if " " in kind else f"a {kind}, not the {SHARED_TYPES[key]} the grid keeps there"
+                what = kind if " " in kind else f"a {kind}, not the {types[key]} the grid keeps there"
                 problem = f"{what}: removed"
                 pipe.hset(keys.QUARANTINE, key, problem)
                 entry = EventEntry(time=sec + usec / 1e6, kind="corrupt", job=None, node=None, message=clean(f"{key}: {problem}", 1000))

@@ -16,13 +16,15 @@ import pytest
 import redis
 
 from agent import claim, outage
+from agent.negotiator import Negotiator
 from agent.proctree import ENV_JOB, tagged
 from gridcore import keys, quarantine, reservations
 from gridcore.models import JobSpec, JobState, Resources
-from gridcore.records import ActiveEntry
+from gridcore.records import ActiveEntry, Inventory
 from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
 from tests.security import test_acl
 from tests.security.test_acl import as_user
+from tests.support.records import node_record, put_node
 from tests.support.wait import eventually
 
 users = test_acl.users  # ACL users: operator, viewer, agents of `node` and `<node>-b`
@@ -71,6 +73,19 @@ def test_a_shared_stream_whose_ids_are_used_up_is_healed_and_its_error_waited_ou
         reservations.wake(pipe, node)
         pipe.execute()
     assert quarantine.heal(me) == []
+
+
+@pytest.mark.both_brokers
+def test_a_retyped_sweep_slots_set_stops_no_placement(settings, grid, users, node, r):
+    """A sweep's throttle set is every agent's to write: one of another type failed every
+    placement pass of every agent. It is removed (quarantined) and the sweep placed."""
+    specs = [JobSpec(command="true", resources=Resources(cpus=1), group="sw") for _ in range(3)]
+    jobs = grid.submit_many(specs, groups={"sw": {"name": "sw", "max_parallel": 2}})  # no node yet: all wait
+    put_node(r, node, grid.broker_time(), node_record(inventory=Inventory(cpus=4, memory_total=2**33), queues=()))
+    as_user(settings, users[f"{node}-b"]).redis.set(keys.group_slots("sw"), "x")
+    assert Negotiator(as_user(settings, users[node]).redis, owner="a", node=node).run_once() == 2
+    assert set(map(bytes.decode, r.smembers(keys.group_slots("sw")))) < set(jobs)
+    assert any(keys.group_slots("sw") in e for e in quarantine.entries(r))
 
 
 @pytest.mark.both_brokers
