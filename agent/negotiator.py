@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import redis
 
-from agent.outage import OUTAGE_ERRORS
+from agent.outage import OUTAGE_ERRORS, retyped
 from gridcore import keys
 from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, take_view
 from gridcore.quarantine import Quarantine
@@ -264,6 +264,16 @@ class Negotiator:
             self._explained.update(fresh)
         return out, gone
 
+    def _waiting(self) -> int:
+        """How many jobs wait for placement; 0 for a pending queue of another type (anyone can
+        write one: it holds nothing to place, and the pass would only fail on it)."""
+        try:
+            return self.conn.llen(keys.rq_queue(keys.PENDING_QUEUE))
+        except redis.ResponseError as e:
+            if not retyped(e):
+                raise
+            return 0
+
     def wait_wake(self, last: str, timeout: float) -> tuple[str, bool]:
         """Wait up to `timeout` s for wake entries after `last` (`$`: from now on); returns the
         last entry read and whether one concerns this loop (its node, or any node)."""
@@ -300,7 +310,7 @@ class Negotiator:
                     due = time.monotonic() + interval
                 if not (periodic or woke):
                     continue
-                if not self.conn.llen(keys.rq_queue(keys.PENDING_QUEUE)):
+                if not self._waiting():
                     # Nothing waits (plain jobs, whose every end wakes this loop, or an idle grid):
                     # one command instead of a pass, on the cores the jobs run on.
                     continue

@@ -18,6 +18,7 @@ import redis
 
 from agent import claim
 from agent.attempt import JobAttempt
+from agent.outage import retyped
 from agent.rqadapter.book import RQBook
 from gridcore import events, keys
 from gridcore.models import NodeState, node_state
@@ -173,26 +174,39 @@ def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float
             continue
         if silent is not None and silent < node_timeout:
             continue
-        running = conn.hlen(keys.node_running(node))
-        if not (running or conn.llen(keys.rq_queue(keys.node_queue(node))) or conn.llen(keys.node_taking(node))):
-            continue
-        if not take_reclaim_lock(conn, node, me):
-            continue
         try:
-            lost = reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl, witness=witness,
-                           foreign=True) if running else []
-            if lost:  # its entries stay (not this agent's to drop): say it once, when jobs were lost
-                with conn.pipeline() as pipe:
-                    silence = "no heartbeat" if age is None else f"no heartbeat for {age:.0f}s"
-                    events.emit(pipe, now, "node_down", node=node, message=f"{silence}; {len(lost)} job(s) lost")
-                    pipe.execute()
-            reclaimed += lost
-            if claim.give_back_checked(conn, node, [me, *names], keep=True):
-                log.warning("node %s: jobs it took off their queues, unclaimed, are back in line", node)
-            replace_queued(conn, node)
-        finally:
-            conn.delete(keys.reclaim_lock(node))
+            reclaimed += _sweep_one(conn, me, node, names, now, age, ttl, witness)
+        except redis.ResponseError as e:
+            # The down node's own keys are its user's to write, of any type: one it spoiled must
+            # not stop the recovery of every node after it in the registry.
+            if not retyped(e):
+                raise
+            log.warning("node %s: its jobs can't be reclaimed: %s", node, e)
     return reclaimed
+
+
+def _sweep_one(conn: redis.Redis, me: str, node: str, names: list[str], now: float, age: float | None,
+               ttl: int, witness: NodeSigner | None) -> list[str]:
+    """`sweep_down_nodes` for one down node: reclaim its jobs under the reclaim lock."""
+    running = conn.hlen(keys.node_running(node))
+    if not (running or conn.llen(keys.rq_queue(keys.node_queue(node))) or conn.llen(keys.node_taking(node))):
+        return []
+    if not take_reclaim_lock(conn, node, me):
+        return []
+    try:
+        lost = reclaim(conn, node, now, f"node lost: {node} stopped heartbeating", ttl, witness=witness,
+                       foreign=True) if running else []
+        if lost:  # its entries stay (not this agent's to drop): say it once, when jobs were lost
+            with conn.pipeline() as pipe:
+                silence = "no heartbeat" if age is None else f"no heartbeat for {age:.0f}s"
+                events.emit(pipe, now, "node_down", node=node, message=f"{silence}; {len(lost)} job(s) lost")
+                pipe.execute()
+        if claim.give_back_checked(conn, node, [me, *names], keep=True):
+            log.warning("node %s: jobs it took off their queues, unclaimed, are back in line", node)
+        replace_queued(conn, node)
+    finally:
+        conn.delete(keys.reclaim_lock(node))
+    return lost
 
 
 def reconcile_own(conn: redis.Redis, node: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import redis
 
-from agent import claim, outage
+from agent import claim, outage, recovery
 from agent.negotiator import Negotiator
 from agent.proctree import ENV_JOB, tagged
 from gridcore import keys, quarantine, reservations
@@ -24,6 +24,7 @@ from gridcore.records import ActiveEntry, Inventory
 from tests.chaos.conftest import NODE_TIMEOUT, running_on, signal_node
 from tests.security import test_acl
 from tests.security.test_acl import as_user
+from tests.security.test_laundered_ends import planted_running
 from tests.support.records import node_record, put_node
 from tests.support.wait import eventually
 
@@ -86,6 +87,20 @@ def test_a_retyped_sweep_slots_set_stops_no_placement(settings, grid, users, nod
     assert Negotiator(as_user(settings, users[node]).redis, owner="a", node=node).run_once() == 2
     assert set(map(bytes.decode, r.smembers(keys.group_slots("sw")))) < set(jobs)
     assert any(keys.group_slots("sw") in e for e in quarantine.entries(r))
+
+
+@pytest.mark.both_brokers
+def test_a_down_node_whose_own_keys_are_spoiled_stops_no_recovery_of_the_others(settings, grid, r):
+    """A node's own keys are its user's to write, of any type: one down node's spoiled running
+    hash must not end the sweep before the down nodes after it in the registry."""
+    now = grid.broker_time()
+    put_node(r, "aa", now - 1000)
+    put_node(r, "zz", now - 500)
+    r.set(keys.node_running("aa"), "x")
+    jid = grid.submit(JobSpec(command="true", queue="parked"))
+    planted_running(r, grid, jid, "zz")
+    assert recovery.sweep_down_nodes(r, "me", now, 30.0, settings.result_ttl) == [jid]
+    assert grid.state(jid) is JobState.FAILED
 
 
 @pytest.mark.both_brokers
