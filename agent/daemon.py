@@ -6,6 +6,7 @@ First SIGTERM (or Ctrl-C) is a warm stop: slots take nothing new and running job
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -77,7 +78,7 @@ class Agent:
         self.stop_deadline: float | None = None
         self.inventory = Inventory()
         # Two grids (brokers) on one machine may both have a node of this name: scope by grid.
-        self.grid_id = grid_identity(self.conn, self.node)
+        self.grid_id = grid_identity(self.conn, self.node, url)
         self.marker_env = {
             proctree.ENV_GRID: self.grid_id,
             proctree.ENV_NODE: self.node,
@@ -487,12 +488,16 @@ GRID_ID_SHAPE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 """What a grid id may look like (it goes into every job process's environment)."""
 
 
-def grid_identity(conn: redis.Redis, node: str) -> str:
-    """The grid id this node marks its processes with: the one it saw first, kept on its own disk
-    (`<data dir>/nodes/<node>/grid_id`). Any agent's user may rewrite `grid:id`; a node that took
-    it afresh at each start would, after such a rewrite, no longer find what its earlier
-    incarnation left running (a stale copy of a job, alive beside its rerun)."""
-    path = data_dir() / "nodes" / node / "grid_id"
+def grid_identity(conn: redis.Redis, node: str, broker: str) -> str:
+    """The grid id this node marks its processes with: the one it saw first on the broker at URL
+    `broker`, kept on its own disk (`<data dir>/nodes/<node>/grid_id-<hash of the URL>`). Any
+    agent's user may rewrite `grid:id`; a node that took it afresh at each start would, after
+    such a rewrite, no longer find what its earlier incarnation left running (a stale copy of a
+    job, alive beside its rerun). Kept per broker: a machine whose node of one name serves two
+    grids (a lab's and its own `grid up`) must not mark both with one id (each agent would take
+    the other's jobs for leftovers of its own)."""
+    tag = hashlib.sha256(broker.encode()).hexdigest()[:16]
+    path = data_dir() / "nodes" / node / f"grid_id-{tag}"
     try:
         kept = path.read_text().strip()
         if GRID_ID_SHAPE.fullmatch(kept):

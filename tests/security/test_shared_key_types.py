@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from agent import claim, outage, recovery
+from agent.daemon import grid_identity
 from agent.negotiator import Negotiator
 from agent.proctree import ENV_JOB, tagged
 from gridcore import keys, quarantine, reservations
@@ -101,6 +102,19 @@ def test_a_down_node_whose_own_keys_are_spoiled_stops_no_recovery_of_the_others(
     planted_running(r, grid, jid, "zz")
     assert recovery.sweep_down_nodes(r, "me", now, 30.0, settings.result_ttl) == [jid]
     assert grid.state(jid) is JobState.FAILED
+
+
+def test_a_node_keeps_one_grid_id_per_broker(settings, broker, r):
+    """The id a node marks its processes with is kept on its disk per broker: rewriting a broker's
+    `grid:id` changes nothing, and a second grid on the same machine (its own broker, a node of
+    the same name) gets its own id, not the first grid's."""
+    other = broker.client(db=1)
+    other.delete(keys.GRID_ID)
+    first = grid_identity(r, "n1", "redis://lab:6379/0")
+    r.set(keys.GRID_ID, "rewritten")
+    assert grid_identity(r, "n1", "redis://lab:6379/0") == first
+    second = grid_identity(other, "n1", "redis://127.0.0.1:7000/1")
+    assert second != first and second == other.get(keys.GRID_ID).decode()
 
 
 @pytest.mark.both_brokers
