@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from agent import claim, guarded, metrics
+from agent import claim, guarded, metrics, slotnames
 from agent.journal import Journal, journal_path
 from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
@@ -459,7 +459,7 @@ class JobAttempt:
         active = lenient(ActiveEntry, pipe.hget(keys.ACTIVE, self.id), f"{keys.ACTIVE} field {self.id}")
         if (active is not None and active.node != self.node) or self.book.status(self.job) != "started":
             return self.drop_entry(pipe, foreign)
-        if foreign and active is None and not self.book.started_by(self.job).startswith(f"{self.node}."):
+        if foreign and active is None and not slotnames.of_node(self.book.started_by(self.job), self.node):
             return self.drop_entry(pipe, foreign)  # a stale entry: the job was taken up again elsewhere
         started = self.book.started_entries(pipe, self.job)
         meta = self.meta

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import slotnames
+
 log = logging.getLogger("grid.cgroup")
 
 AGENT_LEAF = "grid-agent"
@@ -303,8 +305,8 @@ def remove_left_groups(node: str, agent_id: str, worker: str | None = None) -> i
     cgs = JobCgroups.probe()
     if cgs is None or cgs.v2:
         return 0
-    # Slot names are <node>.<agent id: 12 hex>.<slot>[.<deaths>] (agent/daemon.py).
-    earlier = re.compile(re.escape(node) + r"\.([0-9a-f]{12})\.\d+(?:\.\d+)?\.\d+")
+    # A slot's groups are <slot name>.<n> (agent/slotnames.py).
+    earlier = re.compile(slotnames.pattern(node, "(" + slotnames.AGENT_ID + ")") + r"\.\d+")
     try:
         entries = list(cgs.base.iterdir())
     except OSError as e:

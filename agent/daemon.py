@@ -26,6 +26,7 @@ from agent import cgroup, claim, metrics, proctree, recovery
 from agent.inventory import Nvml, live_load, static_inventory
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS, retyped
+from agent.slotnames import slot_name
 from agent.pulse import Pulse, silence_limit
 from agent.wakeup import Wakeup
 from gridcore import events, keys, nodekeys, quarantine
@@ -180,7 +181,7 @@ class Agent:
             log.warning("%d slots but %d CPUs (agent.cpus): each plain job holds one CPU, so at most %d run at "
                         "once and the other slots wait for room; set agent.cpus to oversubscribe",
                         n, self.inventory.cpus, self.inventory.cpus)
-        self.slots = [SlotProcess(i, f"{self.node}.{self.agent_id}.{i}") for i in range(n)]
+        self.slots = [SlotProcess(i, slot_name(self.node, self.agent_id, i)) for i in range(n)]
         self.heartbeat(first=True)
         self.placing = self.negotiator.start(self.cfg.heartbeat_interval)  # its own thread: placement at event speed
         for s in self.slots:
@@ -248,7 +249,7 @@ class Agent:
             elif now >= s.restart_at and self.broker_down_since is None:
                 # A slot cannot register while the broker is away: it restarts once it is back.
                 s.restart_at = 0.0
-                s.name = f"{self.node}.{self.agent_id}.{s.index}.{s.deaths}"
+                s.name = slot_name(self.node, self.agent_id, s.index, s.deaths)
                 self.spawn(s)
 
     def recover_slot(self, s: SlotProcess) -> None:
