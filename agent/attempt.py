@@ -96,6 +96,7 @@ class JobAttempt:
         self.gpus: list[int] = []
         self.started = False  # its start is recorded: the claim became the start
         self.canceled_at_start = False
+        self.taken_elsewhere = False  # claimed here, then taken up elsewhere before it started
         self.number = 0  # which start of its envelope this is, once started
         self.sink: OutputSink | None = None
 
@@ -158,6 +159,9 @@ class JobAttempt:
             self.execution = None
         if ok == -2:  # canceled before it started: its canceler recorded that; it must not run
             self.canceled_at_start = True
+            return False
+        if ok == -3:  # taken up elsewhere since it was claimed here: nothing to start or record
+            self.taken_elsewhere = True
             return False
         if ok == 0:
             return False

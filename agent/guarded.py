@@ -59,8 +59,14 @@ START = RESERVE_FN + RUN_FN + """
 -- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag, its RQ hash
 -- ARGV: job id, cpus, memory, gpus (JSON), node cpus, node memory, held entry,
 --       nonce expiry (unix s), max attempts, spent mark, then the recorded start (2 args)
-if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('HGET', KEYS[4], 'status') == 'canceled' then
+local status = redis.call('HGET', KEYS[4], 'status')
+if redis.call('EXISTS', KEYS[3]) == 1 and status == 'canceled' then
   return {-2, 0, {}, 1}  -- canceled before it started: its canceler recorded that (gridcore/cancel.py)
+end
+if status ~= 'queued' then
+  -- No longer waiting: recovery put this claim back in line while the node was cut off, and
+  -- another node runs it, or ran it to its end. Not this slot's to start, nor to refuse.
+  return {-3, 0, {}, 0}
 end
 if reserve(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 0 then
   return {0, 0, {}, 0}
@@ -75,7 +81,8 @@ return {1, used, run_recorded(11), redis.call('EXISTS', KEYS[3])}
 """
 """Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
 whether the job's cancel flag is set, read in the same atomic step as the start. A job whose
-cancel flag is set is not started at all (nothing written): it never runs."""
+cancel flag is set is not started at all (nothing written): it never runs; nor is one that no
+longer waits (taken up elsewhere since this slot claimed it)."""
 
 END = OWNER_FN + RUN_FN + """
 -- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list

@@ -143,6 +143,9 @@ class Performer:
             if attempt.canceled_at_start:
                 log.info("job %s: canceled before it started; not run", attempt.id)
                 return  # not started: `perform` drops this slot's claim
+            if attempt.taken_elsewhere:
+                log.warning("job %s: recovered elsewhere while this node was away; not run here", attempt.id)
+                return  # not started: `perform` drops this slot's claim
             attempt.put_back()
             self.no_room = True  # until a plain job fits, the slot takes nothing (agent/room.py)
             time.sleep(PUT_BACK_PAUSE)
