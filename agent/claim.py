@@ -112,10 +112,8 @@ while true do
   id = redis.call('LPOP', KEYS[1])
   if not id then break end
   if not nudged(id) then
-    -- Only a job still queued: a stale entry (one recovery put back in line while this node was
-    -- cut off, and that ran to its end elsewhere since) is no job to claim.
     local h = hash_read('HMGET', ARGV[2] .. id, 'origin', 'status')
-    if h[1] and h[2] == 'queued' then return passed(claimed(ARGV[6] .. h[1], id)) end
+    if h[1] and h[2] ~= 'canceled' then return passed(claimed(ARGV[6] .. h[1], id)) end
   end
 end
 for i = 3, n + 1 do
@@ -125,9 +123,10 @@ end
 return passed({'', '', {}, t[1], t[2], '', 0, 0})
 """
 """Pop and claim: from the slot's first queue (its node's: placed and pinned jobs), else what
-the node's waits took (skipping a job no longer queued: canceled, deleted, or ended elsewhere
-while it lay there; and passing on another node's nudge; any other is judged by the slot, as
-one from a queue: a twin of a running job is refused), else its other queues in order. A job from the node queue sends what the waits took back to its queue, for
+the node's waits took (skipping a job canceled or deleted while it lay there, and passing
+on another node's nudge; any other is
+judged by the slot, as one from a queue: a twin of a running job is refused), else its other
+queues in order. A job from the node queue sends what the waits took back to its queue, for
 another slot, rather than keep it waiting here. In the same step, read what
 the slot's start needs: broker TIME, the node's drain flag (a draining node pops nothing and
 gives back what its waits took), the job's `grid:active` entry (a copy still running

@@ -34,16 +34,3 @@ def test_a_stale_taking_list_puts_back_only_what_no_one_put_back_or_took(r):
     # n1 itself, back: nothing more goes back, and its list is emptied.
     assert claim.give_back_checked(r, "n1", ["n2"], keep=False) == 0
     assert r.lrange(queue, 0, -1) == [b"lost", b"requeued"] and not r.exists(keys.node_taking("n1"))
-
-
-def test_a_node_back_from_a_cut_claims_no_job_that_ended_elsewhere_from_its_taking_list(r):
-    """Cut off, a node's blocked wait still took a job the broker pushed (recovery put its lost
-    job back in line); recovery put it back again without emptying the node's list (not its to
-    write), and another node ran it to its end. Back, the node's pop must not claim it: the
-    slot would refuse the ended envelope and record that refusal as the job's failure."""
-    r.hset(keys.rq_job("done"), mapping={"origin": "default", "status": "finished"})
-    r.hset(keys.rq_job("next"), mapping={"origin": "default", "status": "queued"})
-    r.rpush(keys.node_taking("n1"), "done", "next")
-    popped = claim.pop(r, "n1", "n1.a.0", [keys.rq_queue(keys.node_queue("n1")), keys.rq_queue("default")])
-    assert popped.taken is not None and popped.taken.job_id == "next"
-    assert not r.hexists(keys.node_running("n1"), "done") and not r.llen(keys.node_taking("n1"))
