@@ -22,6 +22,7 @@ from gridcore.connection import connect, describe_error, resolve_url
 from gridcore.models import Node, NodeState
 from gridcore.settings import Settings
 from gridcore.signing import AuthorizedKeys, SigningError, fingerprint, load_private_key, public_line
+from gridcore.units import NEVER_BEAT
 from gridcore.version import package_version
 
 EVENTS_READ = 2000
@@ -48,7 +49,7 @@ def check_nodes(nodes: list[Node]) -> list[Finding]:
         check = f"node.{name}"
         if n.state is NodeState.DOWN:
             # A name in the registry with no heartbeat of its own never ran an agent (or one older than this check).
-            age = "never" if n.heartbeat_age is None else f"{n.heartbeat_age:.0f}s old"
+            age = NEVER_BEAT if n.heartbeat_age is None else f"{n.heartbeat_age:.0f}s old"
             if n.slots_total == 0:
                 out.append(warn(check, f"stopped (heartbeat {age})",
                                 f"on {name}: systemctl start grid-agent, if it should run"))

@@ -108,7 +108,8 @@ class GridCollector:
                 state.add_metric([n.name, s.value], int(n.state is s))
             slots.add_metric([n.name], n.slots_total)
             busy.add_metric([n.name], n.slots_busy)
-            age.add_metric([n.name], n.heartbeat_age or 0.0)
+            if n.heartbeat_age is not None:  # never beat: unknown, so no sample (0 would read as fresh)
+                age.add_metric([n.name], n.heartbeat_age)
             info.add_metric([n.name], {"version": n.version or "unknown", "hostname": n.hostname or ""})
         yield from (state, slots, busy, age, info)
 

@@ -15,7 +15,7 @@ from cli.tables import Col, emit
 from gridcore import efficiency
 from gridcore.models import Job, Node
 from gridcore.sanitize import clean, clean_line
-from gridcore.units import format_duration
+from gridcore.units import format_duration, format_heartbeat_age
 from gridcore.units import format_size as _size
 
 echo, err = say.echo, say.err  # the commands' plain lines (cli/say.py), as render.echo and render.err
@@ -204,7 +204,7 @@ def nodes_table(nodes: list[Node], idle_why: dict[str, str] | None = None) -> No
             for g in n.gpus
         ) or "-"
         state = n.state.value + (f" ({clean(n.drain_reason, 30)})" if n.draining and n.drain_reason else "")
-        rows.append([Text(clean(n.name, 200)), _state(state), format_duration(n.heartbeat_age), str(n.cpus),
+        rows.append([Text(clean(n.name, 200)), _state(state), format_heartbeat_age(n.heartbeat_age), str(n.cpus),
                      " ".join(f"{x:.2f}" for x in n.load) or "-",
                      f"{format_size(n.memory_used)}/{format_size(n.memory_total)}", Text(gpus),
                      Text(clean(",".join(n.labels), 200) or "-"),

@@ -81,6 +81,15 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
+NEVER_BEAT = "never"
+"""How every view shows the heartbeat age of a node that never sent a heartbeat (unknown, not 0)."""
+
+
+def format_heartbeat_age(age: float | None) -> str:
+    """A node's heartbeat age for tables and messages: "never" when it never sent one."""
+    return NEVER_BEAT if age is None else format_duration(age)
+
+
 def format_duration(s: float | None) -> str:
     """Short duration for tables: 4.2 -> "4.2s", 125 -> "2m05s", 7300 -> "2h01m"."""
     if s is None:

@@ -17,6 +17,7 @@ from console.sanitize import clean, text
 from console.screens.base import Rows, TableScreen
 from console.widgets.table import Column, KeyedTable
 from gridcore.models import Node
+from gridcore.units import NEVER_BEAT
 
 COLUMNS = [
     Column("name", "node", 12, 0, flex=True),
@@ -45,7 +46,7 @@ def node_cells(node: Node) -> dict[str, Text]:
     return {
         "name": text(node.name),
         "state": Text(node.state.value, style=fmt.NODE_STYLE.get(node.state, "")),
-        "age": Text(fmt.duration(node.heartbeat_age) or "never"),
+        "age": Text(fmt.duration(node.heartbeat_age) or NEVER_BEAT),
         "cpu": Text(f"{node.cpus} {load}"),
         "mem": Text(mem),
         "gpus": Text(_gpus(node)),

@@ -69,3 +69,16 @@ def test_other_tables_are_whole_when_piped(jobs, broker, r):
         p = run_cli(command, url=broker.url)
         assert p.returncode == 0, p.stderr
         assert "\t" in p.stdout.splitlines()[0] and "…" not in p.stdout
+
+
+def test_nodes_says_never_for_a_node_that_never_beat(r, grid, broker):
+    """As the console and `grid doctor` say it: no heartbeat is "never", not a blank age."""
+    from tests.support.records import put_node
+
+    now = grid.broker_time()
+    put_node(r, "up", now - 3)
+    r.zadd(keys.NODES, {"gone": now})
+    p = run_cli("nodes", url=broker.url)
+    assert p.returncode == 0, p.stderr
+    ages = {row.split("\t")[0]: row.split("\t")[2] for row in p.stdout.splitlines()[1:]}
+    assert ages["gone"] == "never" and ages["up"].endswith("s") and ages["up"] != "never"

@@ -104,3 +104,24 @@ def _exercise(grid, agents, r, exporter_port, tmp_path):
     assert used and used <= served, used - served  # every figure the Grafana dashboard plots exists
     assert grid.wait([long], timeout=0)[long] in (JobState.QUEUED, JobState.RUNNING)
     grid.cancel(long, wait=20)
+
+
+def test_a_node_that_never_beat_has_no_heartbeat_age(grid, r):
+    """A name in the registry with no heartbeat of its own is down, and its age unknown: the
+    exporter leaves its age out (as `grid nodes` and the console say "never"), never 0 (fresh)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from cli.metrics import GridCollector
+    from gridcore import keys
+    from tests.support.records import put_node
+
+    now = grid.broker_time()
+    put_node(r, "up", now - 3)
+    r.zadd(keys.NODES, {"gone": now})
+    registry = CollectorRegistry()
+    registry.register(GridCollector(grid))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
+    ages = {dict(labels)["node"]: v for (name, labels), v in samples.items() if name == "grid_node_heartbeat_age_seconds"}
+    assert set(ages) == {"up"} and ages["up"] >= 3
+    assert value(samples, "grid_node_state", node="gone", state="down") == 1
