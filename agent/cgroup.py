@@ -216,6 +216,7 @@ class JobCgroups:
         self.v2 = v2
         self.idle: JobCgroup | None = None  # v1: the group the slot's last job left fit for reuse
         self.made = 0  # groups this slot made (names a v1 slot group)
+        self.why = ""  # why the last group could not be made or limited
 
     @classmethod
     def probe(cls) -> JobCgroups | None:
@@ -249,6 +250,7 @@ class JobCgroups:
             if cg.set_limit(limit):
                 return cg
             log.warning("cannot set a memory limit on %s: making a new group", cg.path)
+            self.why = f"cannot set a memory limit on {cg.path}"
             cg.remove()
         if self.v2:
             return self.create(f"{job}.{tag}", limit)
@@ -284,6 +286,7 @@ class JobCgroups:
                 return False
         except OSError as e:
             log.warning("cannot create job cgroup %s: %s", path, e)
+            self.why = f"cannot create {path}: {e.strerror or e}"
             return None
         cg = JobCgroup(path, self.v2)
         if self.v2:
@@ -292,6 +295,7 @@ class JobCgroups:
             _write(path / "memory.swap.max", "0")
         if limit and not cg.set_limit(limit):
             log.warning("cannot set a memory limit on %s", path)
+            self.why = f"cannot set a memory limit on {path}"
             cg.remove()
             return None
         cg.oom_base = cg._oom_total()  # a name reused after a crash may have counted before

@@ -31,9 +31,13 @@ from gridcore.records import Result
 log = logging.getLogger("grid.runner")
 
 READ_SIZE = 64 * 1024
-CGROUP_SHIM = 'echo 0 > "$0" 2>/dev/null; exec "$@"'
+CGROUP_SHIM = '{ echo 0 > "$0"; } 2>&0 || exit 1; exec "$@" </dev/null'
 """`sh -c` script that moves itself into the job's cgroup (`$0`: JobCgroup.enter_file), then
-becomes the job."""
+becomes the job. Its stdin is the runner's report pipe (dash takes only descriptors 0-9 in a
+redirection; the job gets /dev/null as every job does): a failed move is written there and the
+job is not run, since unconfined it would run past the memory limit its node promises."""
+REPORT_MAX = 4096
+"""Bytes of a failed move's report the runner reads."""
 REASON_MAX = 4096
 """Characters of a reason a result keeps (a program name in one may be long)."""
 SURVIVORS_MAX = 1024
@@ -158,23 +162,30 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     # bench/cgroup_steps.py), a lot next to a short job: only a job with a memory limit gets one.
     cgroups = job_cgroups() if limit else None
     cg = cgroups.acquire(ctx.job_id, ctx.cgroup_tag or str(os.getpid()), limit) if cgroups else None
+    if cgroups is not None and cg is None:  # a node that makes memory cgroups runs no limited job outside one
+        return _not_run(record, sink, ctx, start, f"no memory cgroup for its {_mib(limit)} limit: {cgroups.why}")
     # This slot is the subreaper of what its jobs start (agent/usage.py): a child that
     # escaped the job's session becomes a child of ours, one we did not have before.
     before = proctree.own_children()
+    report: int | None = None  # read end of the shim's report of a failed move into the group
     try:
         if cg is not None:
             _check_program(argv[0], cwd, env)
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", CGROUP_SHIM, str(cg.enter_file), *argv] if cg is not None else argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-        )
+            report, report_w = os.pipe()
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", CGROUP_SHIM, str(cg.enter_file), *argv],
+                    cwd=cwd, env=env, stdin=report_w, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    start_new_session=True, close_fds=True,
+                )
+            finally:
+                os.close(report_w)
+        else:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
     except OSError as e:
+        if report is not None:
+            os.close(report)
         if cg is not None:
             cgroups.release(cg)
         end = ctx.broker_time()
@@ -265,6 +276,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
             if not f.closed:
                 f.close()
     rc = proc.wait()
+    not_moved = _moved_report(report) if report is not None else ""
     # Leftovers of a finished job (background children, escaped or not) are part of the job:
     # end them too, whatever way it ended.
     escaped = proctree.own_children() - before - {proc.pid}
@@ -274,6 +286,9 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     if escaped:  # reparented to this slot: collect the exit of every one, killed or not
         proctree.reap(proctree.own_children() - before)
     oom_kills = 0
+    if not_moved:
+        cgroups.release(cg)  # the shim exited before the job ran: nothing of it in the group
+        return _not_run(record, sink, ctx, start, f"cannot move the job into its memory cgroup {cg.path}: {not_moved}")
     if cg is not None:
         oom_kills = cg.oom_kills()
         peak = cg.peak()
@@ -311,6 +326,33 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         record.update(reason=None, reason_kind=None)
     # canceled / shutdown / fenced: not a job failure
     return _finish(record, sink, ctx, killed_for if killed_for and killed_for != "timeout" else None)
+
+
+def _moved_report(fd: int) -> str:
+    """What the cgroup shim reported on `fd` (read end; closed here): '' when the job was moved
+    into its group, else why not (the error's last part: "Is a directory", "I/O error")."""
+    try:
+        os.set_blocking(fd, False)
+        try:
+            raw = os.read(fd, REPORT_MAX)
+        except BlockingIOError:  # open still somewhere (not expected: the job's exec closes it): no report
+            raw = b""
+    finally:
+        os.close(fd)
+    text = raw.decode("utf-8", "replace").strip()
+    return text.rpartition(": ")[2] or text
+
+
+def _not_run(record: dict[str, Any], sink: OutputSink, ctx: RunContext, start: float,
+             why: str) -> tuple[Result, str | None]:
+    """The job's command did not run: a node's failure (`why`), not the job's exit."""
+    end = ctx.broker_time()
+    msg = f"not run: {why}"
+    log.error("job %s: %s", ctx.job_id, msg)
+    sink.add("e", (msg + "\n").encode())
+    record.update(exit_code=None, signal=None, reason=msg, reason_kind="error", end=end,
+                  duration=max(0.0, round(end - start, 6)))
+    return _finish(record, sink, ctx, None)
 
 
 def _finish(record: dict[str, Any], sink: OutputSink, ctx: RunContext, outcome: str | None) -> tuple[Result, str | None]:

@@ -1,0 +1,74 @@
+"""A job with a memory limit never runs outside its memory cgroup on a node that makes them:
+if its group cannot be made, or the job cannot be moved into it, the attempt fails with a
+reason naming the group, and the command does not run. Plain directories stand in for the
+cgroup hierarchy (a real group's files cannot be made to refuse root's writes on demand)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from agent import cgroup, runner
+from agent.output import OutputSink
+from agent.runner import RunContext, execute
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def slot_groups(monkeypatch):
+    """Point the runner at job cgroups of the test's choosing, as runner.job_cgroups() would probe them."""
+    def use(cgs: cgroup.JobCgroups) -> cgroup.JobCgroups:
+        monkeypatch.setattr(runner, "_cgroups", cgs)
+        monkeypatch.setattr(runner, "_cgroups_probed", True)
+        return cgs
+    return use
+
+
+def _run(r, tmp_path, command: str, memory: int | None):
+    job = uuid.uuid4().hex
+    ctx = RunContext(job_id=job, node="n1", slot=0, kill_grace=1.0, marker_env={}, broker_time=time.time,
+                     cgroup_tag="n1.test.0", run_id=uuid.uuid4().hex)
+    sink = OutputSink(r, job, "n1", time.time(), budget=1 << 20, log_dir=tmp_path / "logs", log_cap=1 << 20, ttl=60)
+    resources = {"memory": memory} if memory else {}
+    result, outcome = execute({"command": command, "resources": resources}, ctx, sink)
+    return result, outcome
+
+
+def test_a_job_that_cannot_enter_its_group_does_not_run(r, tmp_path, slot_groups):
+    """The slot's kept group (cgroup v1) whose `tasks` file refuses the move: here a directory."""
+    group = tmp_path / "grid-jobs" / "n1.test.0.1"
+    (group / "tasks").mkdir(parents=True)
+    cgs = slot_groups(cgroup.JobCgroups(tmp_path / "grid-jobs", v2=False))
+    cgs.idle = cgroup.JobCgroup(group, v2=False)
+    ran = tmp_path / "ran"
+    result, outcome = _run(r, tmp_path, f"touch {ran}", 64 * MB)
+    assert not ran.exists()  # never ran, limited or not
+    assert outcome is None and result.reason_kind == "error" and result.exit_code is None, result
+    assert result.reason.startswith(f"not run: cannot move the job into its memory cgroup {group}: "), result
+    assert "Is a directory" in result.reason and result.memory_peak is None and result.reason in result.stderr
+
+
+def test_a_job_whose_group_cannot_be_made_does_not_run(r, tmp_path, slot_groups):
+    slot_groups(cgroup.JobCgroups(tmp_path / "gone" / "grid-jobs", v2=False))
+    ran = tmp_path / "ran"
+    result, outcome = _run(r, tmp_path, f"touch {ran}", 64 * MB)
+    assert not ran.exists()
+    assert outcome is None and result.reason_kind == "error" and result.exit_code is None, result
+    assert result.reason.startswith("not run: no memory cgroup for its 64 MiB limit: cannot create "), result
+    assert str(tmp_path / "gone" / "grid-jobs") in result.reason and "No such file or directory" in result.reason
+
+
+def test_a_job_that_enters_its_group_runs_and_keeps_its_descriptors(r, tmp_path, slot_groups):
+    """The move's report channel is the shim's alone: the job has 0, 1 and 2 open, its stdin /dev/null."""
+    cgs = slot_groups(cgroup.JobCgroups(tmp_path / "grid-jobs", v2=False))
+    (tmp_path / "grid-jobs").mkdir()
+    result, _ = _run(r, tmp_path, "ls /proc/self/fd; readlink /proc/self/fd/0", 64 * MB)
+    assert result.exit_code == 0 and result.reason is None, result
+    *fds, stdin = result.stdout.split()
+    assert sorted(map(int, fds)) == [0, 1, 2, 3] and stdin == "/dev/null"  # 3: ls's own listing of the directory
+    entered = [p for p in (tmp_path / "grid-jobs").iterdir() if (p / "tasks").is_file()]
+    assert len(entered) == 1 and (entered[0] / "tasks").read_text() == "0\n"
+    assert cgs.idle is None  # a plain directory is not fit for reuse; the runner tried to remove it
