@@ -8,7 +8,7 @@ visibly missing. What each role may do:
 - operator: read and write `grid:*`, `rq:*` and `gridsecret:*`, publish RQ's stop-job commands; no admin
   commands (ACL, CONFIG, FLUSH*, KEYS, DEBUG, ...).
 - agent <node>: read everything of the grid; write its own node's keys (`grid:node:<node>` and
-  `grid:node:<node>:*`: inventory, heartbeat, reservations, running and taking lists, GPUs, its
+  `grid:node:<node>:*`: inventory, heartbeat, reservations (GPUs held among them), running and taking lists, its
   placement lock), the per-job keys (output, results, attempts, cancel flags, replay counters, env values:
   a node reads them to run a job, and ends their life with the job's),
   RQ's keys (job records, queues, registries, workers: an RQ worker writes all of them), and the

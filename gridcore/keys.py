@@ -82,11 +82,6 @@ def node_taking(name: str) -> str:
     return f"{PREFIX}:node:{name}:taking"
 
 
-def node_gpus(name: str) -> str:
-    """Hash: GPU index -> job id holding it on that node."""
-    return f"{PREFIX}:node:{name}:gpus"
-
-
 def node_queue(name: str) -> str:
     """RQ queue name (not a key) for jobs pinned to one node."""
     return f"node.{name}"

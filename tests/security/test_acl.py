@@ -161,7 +161,7 @@ def test_agent_user_cannot_make_jobs_run_nor_touch_other_nodes(settings, grid, u
     assert "not authorized" in me.get(jid).reason and not marker.exists()
     # Other nodes' keys are not its to write, nor the grid's job index, nor other workers' channels.
     other = f"{node}-b"
-    for key in (keys.node(other), keys.node(node + "x"), keys.node_jobs(other), keys.node_gpus(other)):
+    for key in (keys.node(other), keys.node(node + "x"), keys.node_jobs(other), keys.node_held(other)):
         denied(lambda key=key: me.redis.hset(key, "draining", "1"))
     denied(lambda: me.redis.zadd(keys.JOBS, {"x": 1}))
     denied(lambda: me.redis.publish(f"rq:pubsub:{other}.x.0", "{}"))
@@ -172,7 +172,7 @@ def test_agent_user_cannot_make_jobs_run_nor_touch_other_nodes(settings, grid, u
 
 @pytest.mark.both_brokers
 def test_an_agent_writes_no_key_of_another_node(settings, grid, users, node):
-    """One compromised node cannot touch another's reservations, jobs, claims, GPUs, inventory
+    """One compromised node cannot touch another's reservations (GPUs included), jobs, claims, inventory
     or heartbeat, nor fake its liveness through the shared registry of node names."""
     other = f"{node}-b"
     me = as_user(settings, users[node])
@@ -183,7 +183,6 @@ def test_an_agent_writes_no_key_of_another_node(settings, grid, users, node):
         lambda: me.redis.hdel(keys.node_running(other), "j"),
         lambda: me.redis.rpush(keys.node_taking(other), "j"),
         lambda: me.redis.rpop(keys.node_taking(other)),
-        lambda: me.redis.hset(keys.node_gpus(other), "0", "j"),
         lambda: me.redis.hset(keys.node(other), "beat", str(grid.broker_time())),
         lambda: me.redis.hset(keys.node(other), "inventory", "{}"),
         lambda: me.redis.delete(keys.node(other)),

@@ -66,7 +66,7 @@ def poison(r, rnd: random.Random, node: str, running: str, any_type: bool = True
                 keys.secret_env(fake),
                 keys.nonce(fake), keys.group(fake), keys.group_jobs(fake), keys.group_slots(fake),
                 keys.rq_dependents(fake), keys.rq_dependencies(fake), keys.node(ghost), keys.node_jobs(ghost),
-                keys.node_running(ghost), keys.node_taking(ghost), keys.node_gpus(ghost), keys.node_held(ghost),
+                keys.node_running(ghost), keys.node_taking(ghost), keys.node_held(ghost),
                 keys.rq_queue(keys.node_queue(ghost)), keys.rq_worker(ghost), keys.reclaim_lock(ghost),
                 keys.queue_jobs(ghost), keys.rq_queue(ghost)):
         if any_type:
