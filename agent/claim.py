@@ -48,48 +48,29 @@ local function hash_read(cmd, key, ...)
   end
   return r
 end
-local function give_back(taking, job_prefix, queue_prefix, prio_key)
+local function give_back(taking, job_prefix, queue_prefix, prio_key, nudged)
   local n = 0
   while true do
     local id = redis.call('RPOP', taking)
     if not id then return n end
-    local h = hash_read('HMGET', job_prefix .. id, 'origin', 'status')
-    if h[1] and h[2] == 'queued' then
-      put_back(queue_prefix .. h[1], prio_key, id)
-      n = n + 1
+    if not (nudged and nudged(id)) then
+      local h = hash_read('HMGET', job_prefix .. id, 'origin', 'status')
+      if h[1] and h[2] == 'queued' then
+        put_back(queue_prefix .. h[1], prio_key, id)
+        n = n + 1
+      end
     end
   end
 end
 """
 """Lua: put every job of a taking list back where it was in its queue (ahead of the jobs of
 its priority that came after it), in the order it was taken; a job canceled or gone
-meanwhile is no longer queued and is dropped."""
+meanwhile is no longer queued and is dropped. `nudged` (optional): takes a nudge (True), as
+the pop does; without it a nudge, no job, is dropped."""
 
 _POP = _GIVE_BACK + """
 local n = #KEYS - 3
 local t = redis.call('TIME')
-if redis.call('HGET', KEYS[n + 3], 'draining') == '1' then
-  give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5])
-  return {'', '', {}, t[1], t[2], '', 0, 1}
-end
-local function claimed(q, id)
-  -- A started entry (a slot index) means the job runs on this node now: a pushed twin must not
-  -- overwrite the running copy's entry (the slot refuses the twin; see pop()).
-  local prev = redis.call('HGET', KEYS[n + 2], id)
-  if not (prev and string.match(prev, '^%d+$')) then redis.call('HSET', KEYS[n + 2], id, ARGV[1]) end
-  -- pcall: grid:priority and grid:active are any agent's to write, of any type (agents heal
-  -- them: gridcore/quarantine.py); one retyped must not fail a pop after it took the job.
-  redis.pcall('HDEL', ARGV[5], id)
-  local active = redis.pcall('HGET', ARGV[3], id)
-  if type(active) ~= 'string' then active = '' end
-  return {q, id, hash_read('HGETALL', ARGV[2] .. id), t[1], t[2],
-          active, redis.call('EXISTS', ARGV[4] .. id), 0}
-end
-local id = redis.call('LPOP', KEYS[2])
-if id then  -- the slot's first queue (its node's) goes first; what a wait took goes back
-  give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5])
-  return claimed(KEYS[2], id)
-end
 local passing = {}
 local function nudged(id)
   -- A nudge (placing.NUDGE) is no job: this node's is dropped (its job is in the node queue,
@@ -107,6 +88,29 @@ local function passed(reply)
   -- pcall: a forged nudge naming a queue key of another type is dropped, not a failed pop.
   for _, p in ipairs(passing) do redis.pcall('LPUSH', p[1], p[2]) end
   return reply
+end
+if redis.call('HGET', KEYS[n + 3], 'draining') == '1' then
+  -- Jobs back in line; another node's nudge goes on (dropped, its idle slot would sleep on).
+  give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5], nudged)
+  return passed({'', '', {}, t[1], t[2], '', 0, 1})
+end
+local function claimed(q, id)
+  -- A started entry (a slot index) means the job runs on this node now: a pushed twin must not
+  -- overwrite the running copy's entry (the slot refuses the twin; see pop()).
+  local prev = redis.call('HGET', KEYS[n + 2], id)
+  if not (prev and string.match(prev, '^%d+$')) then redis.call('HSET', KEYS[n + 2], id, ARGV[1]) end
+  -- pcall: grid:priority and grid:active are any agent's to write, of any type (agents heal
+  -- them: gridcore/quarantine.py); one retyped must not fail a pop after it took the job.
+  redis.pcall('HDEL', ARGV[5], id)
+  local active = redis.pcall('HGET', ARGV[3], id)
+  if type(active) ~= 'string' then active = '' end
+  return {q, id, hash_read('HGETALL', ARGV[2] .. id), t[1], t[2],
+          active, redis.call('EXISTS', ARGV[4] .. id), 0}
+end
+local id = redis.call('LPOP', KEYS[2])
+if id then  -- the slot's first queue (its node's) goes first; what a wait took goes back
+  give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5], nudged)
+  return passed(claimed(KEYS[2], id))
 end
 while true do
   id = redis.call('LPOP', KEYS[1])
@@ -129,7 +133,7 @@ judged by the slot, as one from a queue: a twin of a running job is refused), el
 queues in order. A job from the node queue sends what the waits took back to its queue, for
 another slot, rather than keep it waiting here. In the same step, read what
 the slot's start needs: broker TIME, the node's drain flag (a draining node pops nothing and
-gives back what its waits took), the job's `grid:active` entry (a copy still running
+gives back what its waits took, passing another node's nudge on), the job's `grid:active` entry (a copy still running
 elsewhere?) and its cancel flag; and drop its priority entry (it no longer waits). One round
 trip instead of five."""
 

@@ -137,3 +137,34 @@ def test_a_slots_pass_that_lost_its_jobs_to_another_nodes_placer_says_so(grid, r
     assert slot._pass(False, *survey) == 0
     assert slot.raced == 2
     assert slot.run_once(full=False, lock=False) == 0 and slot.raced == 0  # nothing tried, nothing lost
+
+
+def test_a_draining_nodes_slot_passes_another_nodes_nudge_on(grid, r):
+    """A slot of node b waited on the pool queue as b began to drain: what its wait took goes
+    back, and a nudge for node a goes on to the next waiting slot, not into the void (a's idle
+    slot would otherwise sleep through the job placed on it until its next wake)."""
+    put_node(r, "a", grid.broker_time(), node_record(queues=("default",)))
+    put_node(r, "b", grid.broker_time(), node_record(queues=("default",), draining=True))
+    job = grid.submit(JobSpec(command="true"))
+    r.lrem(POOL, 0, job)
+    r.rpush(keys.node_taking("b"), job)  # an earlier wait of b took a job...
+    r.rpush(POOL, nudge("a", "default", hops=NUDGE_HOPS - 2))  # ...this one takes the nudge
+    popped = slot_wakes(r, "b")
+    assert popped.draining and popped.taken is None and not r.llen(keys.node_taking("b"))
+    assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=NUDGE_HOPS - 1).encode(), job.encode()]
+    # Its own node's nudge it drops, as any slot of b would (b's placed job waits in b's queue).
+    r.delete(POOL)
+    r.rpush(POOL, nudge("b", "default"))
+    assert slot_wakes(r, "b").draining and not r.llen(POOL) and not r.llen(keys.node_taking("b"))
+
+
+def test_a_slot_taking_its_nodes_placed_job_passes_another_nodes_nudge_on(grid, r):
+    """What the waits took goes back when a placed job comes first: a nudge among it goes on too."""
+    put_node(r, "a", grid.broker_time(), node_record(queues=("default",)))
+    put_node(r, "b", grid.broker_time(), node_record(queues=("default",)))
+    r.rpush(keys.node_taking("b"), nudge("a", "default", hops=NUDGE_HOPS - 2))
+    r.rpush(keys.rq_queue(keys.node_queue("b")), "placed")
+    r.hset(keys.rq_job("placed"), mapping={"origin": "default", "status": "queued"})
+    popped = claim.pop(r, "b", "b.x.0", [keys.rq_queue(keys.node_queue("b")), POOL])
+    assert popped.taken is not None and popped.taken.job_id == "placed"
+    assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=NUDGE_HOPS - 1).encode()]
