@@ -177,6 +177,11 @@ class Submission:
                 self._enqueue(spec, job_id, now, mp, order=now + k * ORDER_STEP, pipe=pipe, indexes=indexes)
                 if len(indexes.jobs) == BATCH:
                     flush()
+            # A group's jobs are one event: 10,000 of them would push every other event out of
+            # the capped log. Each job's submission is in its own record (time, group).
+            for gid, n in sizes.items():
+                name = groups.get(gid, {}).get("name") or gid
+                events.emit(pipe, now, "submitted", message=f"group {gid} ({name}): {n} job{'s' if n != 1 else ''}")
             flush()
         self._fail_children_of_failed([(spec, job_id) for spec, job_id in zip(specs, ids, strict=True) if spec.after],
                                       now)
@@ -285,4 +290,5 @@ class Submission:
             rqjob.enqueue(pipe, job_id, queue_name, record, None if queue_name == keys.PENDING_QUEUE else spec.priority,
                           register_queue=False, pushes=indexes.pushes)  # with the batch's indexes
         indexes.add(spec, job_id, queue_name, order or now)
-        events.emit(pipe, now, "submitted", job=job_id, message=meta.name)
+        if not spec.group:  # a group's jobs are one event (submit_many)
+            events.emit(pipe, now, "submitted", job=job_id, message=meta.name)

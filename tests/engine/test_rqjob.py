@@ -119,3 +119,22 @@ def test_submit_many_records_a_submitted_event_per_job_in_order(grid, r):
     assert [(e.kind, e.job, e.message) for e in shown] == [("submitted", single, "single")] + [
         ("submitted", jid, s.name or s.display_command) for jid, s in zip(ids, specs)]
     assert len({e.time for e in shown[1:]}) == 1 and shown[1].time >= shown[0].time > 0
+
+
+def test_a_group_submission_records_one_submitted_event_for_the_group(grid, r):
+    """A sweep or `grid submit --each` of 10,000 jobs would otherwise fill the capped event log
+    (events.MAX_EVENTS) with its own lines, pushing out every node, refusal and failure event;
+    each job's submission stays in its own record (its submit time, its group)."""
+    from gridcore import events
+
+    before = grid.submit(JobSpec(command="true", name="before"))
+    cells = [JobSpec(command=f"echo {i}", group="g1", params={"_cell": i, "i": i}) for i in range(3)]
+    ids = grid.submit_many([*cells, JobSpec(command="true", name="loose")],
+                           groups={"g1": {"name": "sweep one", "max_parallel": None, "axes": ["i"]}})
+    shown = [(e.kind, e.job, e.message) for e in reversed(grid.events(count=10))]
+    assert shown == [("submitted", before, "before"), ("submitted", ids[3], "loose"),
+                     ("submitted", None, "group g1 (sweep one): 3 jobs")]
+    assert "submitted" in events.KINDS
+    for jid in ids[:3]:
+        job = grid.get(jid)
+        assert job.group == "g1" and job.enqueued_at == grid.get(ids[3]).enqueued_at > 0
