@@ -61,6 +61,7 @@ def connect(settings: Settings, *, url: str | None = None, socket_timeout: float
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(),
     }
+    kwargs.update(_driver_info())
     if settings.redis_username:
         kwargs["username"] = settings.redis_username
     if password:
@@ -88,6 +89,14 @@ def connect(settings: Settings, *, url: str | None = None, socket_timeout: float
     if parsed.scheme not in ("redis", "rediss", "unix"):
         raise BrokerError(f"{url}: unsupported broker URL scheme {parsed.scheme!r} (use redis://, rediss:// or sentinel://)")
     return redis.Redis.from_url(url, **kwargs)
+
+
+def _driver_info() -> dict:
+    """The version redis-py tells the broker (CLIENT SETINFO), given: left out, redis-py reads it
+    from the installed package's metadata at every connection (importlib.metadata and a scan of
+    the environment's packages, at every short `grid` command)."""
+    info = getattr(redis, "DriverInfo", None)  # redis-py 7+; before, a lib_version argument
+    return {"driver_info": info(lib_version=redis.__version__)} if info else {"lib_version": redis.__version__}
 
 
 KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 30_000}

@@ -45,7 +45,7 @@ R = TypeVar("R", bound="JsonRecord")
 class JsonRecord(BaseModel):
     """A record stored as one JSON object; subclasses set MAX_BYTES."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False, defer_build=True)
     MAX_BYTES: ClassVar[int] = 16 * 1024
 
     def encode(self) -> str:
