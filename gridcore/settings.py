@@ -45,7 +45,10 @@ class NodePolicy(BaseModel):
     """Limits a node puts on the jobs it accepts, on top of signature checks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    cwd_roots: list[str] = Field(default_factory=list)  # empty = any cwd
+    # Empty lists as plain defaults (pydantic copies them per instance): `default_factory=list`
+    # has pydantic read the signature of `list`, which compiles the tokenizer's patterns (1 ms of
+    # every `grid` command).
+    cwd_roots: list[str] = []  # empty = any cwd
     max_timeout: float | None = None
     env_allow: list[str] | None = None  # None = any variable; else the names a job may set
 
@@ -56,9 +59,9 @@ class AgentSettings(BaseModel):
     node_name: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     slots: int | None = None  # None = logical cores
     queues: list[str] = Field(default_factory=lambda: ["default"])
-    labels: list[str] = Field(default_factory=list)
+    labels: list[str] = []
     gpus: list[DeclaredGpu] | None = None  # None = detect with NVML; [] = none
-    extra_gpus: list[DeclaredGpu] = Field(default_factory=list)
+    extra_gpus: list[DeclaredGpu] = []
     cpus: int | None = None  # override detected logical cores
     memory: int | None = None  # override detected memory (bytes)
     authorized_keys: str | None = None  # default: <config dir>/authorized_keys
