@@ -85,3 +85,66 @@ assert gc.isenabled() == was, (was, gc.isenabled())
     for prefix in ("", "import gc; gc.disable()\n"):
         p = subprocess.run([sys.executable, "-c", prefix + code], capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
+
+
+def test_the_cli_imports_are_frozen_before_collection_resumes():
+    # The first collection after the imports would walk every object they made (14 ms of a
+    # submit); frozen, it walks none of them.
+    code = """
+import gc
+import cli.app
+assert gc.isenabled()
+assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
+assert gc.get_count()[0] < 700, gc.get_count()
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+
+
+def test_command_annotations_are_objects_not_strings():
+    # Typer reads a command's annotations at every call: strings it would evaluate each time.
+    import inspect
+
+    from cli import app
+
+    for command in (app.main, app.submit, app.ls):
+        annotations = inspect.get_annotations(command)
+        assert len(annotations) >= 3, command
+        assert [name for name, a in annotations.items() if isinstance(a, str)] == [], command
+
+
+def test_records_build_their_schemas_on_first_use():
+    # A command pays for the records it reads or writes, not for all of them; a deferred
+    # record still validates (and refuses) as before.
+    code = """
+from gridcore import records
+assert not records.Attempt.__pydantic_complete__
+assert not records.Result.__pydantic_complete__
+try:
+    records.Attempt.decode('{"exit_code": "x"}', "k")
+except records.CorruptRecord as e:
+    assert "exit_code" in str(e), e
+else:
+    raise AssertionError("a bad record was accepted")
+assert records.Attempt.__pydantic_complete__
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+
+
+def test_connecting_reads_no_package_metadata(settings, monkeypatch):
+    # redis-py is told its version (CLIENT SETINFO): left to itself it reads the package's
+    # metadata at every connection (a scan of the environment's packages).
+    import importlib.metadata
+
+    from gridcore.connection import connect
+
+    def no_lookup(name):
+        raise AssertionError(f"metadata lookup of {name}")
+
+    monkeypatch.setattr(importlib.metadata, "version", no_lookup)
+    client = connect(settings)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
