@@ -244,7 +244,10 @@ def ls(
     if json_out:
         print_json({"total": total, "jobs": [j.to_dict() for j in jobs]})
         return
-    render.jobs_table(jobs, total, offset)
+    from cli.piped import jobs_listed
+
+    if not jobs_listed(jobs, total, offset):  # piped: the same lines, without importing Rich
+        render.jobs_table(jobs, total, offset)
 
 @app.command()
 def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:

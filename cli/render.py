@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import signal
-import time
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from cli import say
+from cli.piped import JOB_COLS, job_cells
+from cli.piped import timestamp as _ts
 from cli.tables import Col, emit
 
 from gridcore import efficiency
@@ -47,35 +48,17 @@ def gap(size: int, lines: int) -> str:
             "`grid show` names the full log on the node")
 
 
-def _ts(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
-
-
 def _state(s: str) -> Text:
     return Text(s, style=STATE_STYLE.get(s, ""))
 
 
-JOB_COLS = (
-    Col("ID"), Col("NAME", flex=True), Col("STATE"), Col("QUEUE", 1, cap=16), Col("NODE", cap=20),
-    Col("SUBMITTER", 4, cap=24), Col("SUBMITTED", 3), Col("RUNTIME", right=True), Col("EXIT", right=True),
-    Col("REASON", 2, cap=30),
-)
-"""`grid ls`: id, name, state, node, runtime and exit always; the rest as the width allows."""
-
-
-def exit_text(code: int | None, sig: int | None) -> str:
-    """The exit column: the code, `sig15` for a signal, `-` before the end."""
-    if code is not None:
-        return str(code)
-    return f"sig{sig}" if sig else "-"
+STATE_COLUMN = 2
+"""Where the state sits in JOB_COLS: the one cell of `grid ls` with a colour."""
 
 
 def jobs_table(jobs: list[Job], total: int, offset: int) -> None:
     piped = not out.is_terminal
-    rows = [[Text(clean(j.id, 256) if piped else clean(j.id[:8])), Text(clean(j.name, 10_000 if piped else 200)), _state(j.state.value),
-             Text(clean(j.queue, 200)), Text(clean(j.node or "-", 200)), Text(clean(j.submitter or "-", 200)),
-             Text(_ts(j.enqueued_at)), Text(format_duration(j.duration)), Text(exit_text(j.exit_code, j.signal)),
-             Text(clean(j.reason or "", 10_000 if piped else 500))] for j in jobs]
+    rows = [[_state(v) if i == STATE_COLUMN else Text(v) for i, v in enumerate(job_cells(j, piped))] for j in jobs]
     emit(out, JOB_COLS, rows)
     shown = f"{offset + 1 if jobs else 0}-{offset + len(jobs)} of {total}"
     if not piped:

@@ -8,14 +8,16 @@ Piped, every column is written whole, tab-separated, one row per line, after a h
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli.piped import WHOLE, Col, table_text
 from gridcore.sanitize import clean
+
+__all__ = ["Col", "emit"]
 
 GAP = 2
 """Cells between two columns on a terminal."""
@@ -27,22 +29,7 @@ FLEX_WANT = 30
 """Cells the flexible column keeps before a column of priority > 0 may take room from it."""
 
 
-@dataclass(frozen=True)
-class Col:
-    """One column: its header, how soon it is left out when narrow, and how it sits."""
-
-    header: str
-    priority: int = 0  # 0: always shown; higher: left out sooner
-    flex: bool = False  # takes the width left over (at most one per table)
-    cap: int = 40  # widest a fixed column gets on a terminal
-    right: bool = False
-
-
 Cell = Text | str
-
-
-WHOLE = 100_000
-"""Longest cell `emit` keeps: callers cut cells for a terminal; piped, a cell is written whole."""
 
 
 def _plain(cell: Cell) -> str:
@@ -63,9 +50,7 @@ def emit(console: Console, cols: Sequence[Col], rows: Sequence[Sequence[Cell]]) 
     """Print `rows` under `cols`: fitted on a terminal, tab-separated when piped."""
     rows = [[_inert(v) for v in row] for row in rows]
     if not console.is_terminal:
-        lines = ["\t".join(c.header for c in cols)]
-        lines += ["\t".join(_plain(v).replace("\t", " ") for v in row) for row in rows]
-        console.file.write("\n".join(lines) + "\n")
+        console.file.write(table_text(cols, [[_plain(v) for v in row] for row in rows]))
         return
     widths = [min(c.cap, max([cell_len(c.header)] + [cell_len(_plain(r[i])) for r in rows])) if not c.flex
               else max([cell_len(c.header)] + [cell_len(_plain(r[i])) for r in rows])

@@ -24,8 +24,9 @@ run()
 """
 
 
-def _modules(*args: str, url: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    env = {**os.environ, "GRID_REDIS_URL": url}
+def _modules(*args: str, url: str,
+             env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    env = {**os.environ, "GRID_REDIS_URL": url, **(env or {})}
     p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=60)
     line = next(ln for ln in p.stderr.splitlines() if ln.startswith("MODULES "))
     return p, set(json.loads(line.removeprefix("MODULES ")))
@@ -47,6 +48,18 @@ def test_ls_imports_no_rq_console_or_descriptors(settings, broker):
     p, modules = _modules("ls", "--json", url=broker.url)
     assert p.returncode == 0, p.stderr
     assert [m for m in NOT_FOR_EVERY_COMMAND if _loaded(modules, m)] == []
+
+
+def test_a_whole_listing_piped_imports_no_rich(settings, broker):
+    # Rich decides only where stdout may be a terminal, or for a note on stderr (more jobs
+    # than --limit shows).
+    p, modules = _modules("ls", url=broker.url)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ID\tNAME\t")
+    assert not _loaded(modules, "rich")
+    p, modules = _modules("ls", url=broker.url, env={"FORCE_COLOR": ""})
+    assert p.returncode == 0, p.stderr
+    assert _loaded(modules, "rich")
 
 
 def test_help_still_lists_every_command(home):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gridcore import keys
@@ -62,6 +64,19 @@ def test_ls_piped_is_whole_and_tab_separated(jobs, broker):
     sig = rows[jobs["signal"]]
     assert sig[1] == LONG_NAME and sig[2] == "failed" and sig[8] == "sig15"
     assert sig[9] == "killed by signal 15 (SIGTERM)" and "…" not in p.stdout
+
+
+@pytest.mark.parametrize("limit", ["50", "2"])
+def test_ls_piped_writes_what_rich_writes(jobs, grid, broker, limit):
+    # Piped, `grid ls` writes its lines without Rich (cli/piped.py) when the pipe is surely no
+    # terminal; TTY_COMPATIBLE=0 has Rich decide, and it takes the pipe for no terminal too.
+    grid.submit(JobSpec(command="true", name="a\ttab, \x1b[31mred\x1b[0m, a\nnewline \u202e and [bold]markup[/]"))
+    fast = run_cli("ls", "--limit", limit, url=broker.url)
+    through_rich = run_cli("ls", "--limit", limit, url=broker.url, env={**os.environ, "TTY_COMPATIBLE": "0"})
+    assert fast.returncode == through_rich.returncode == 0, fast.stderr + through_rich.stderr
+    assert (fast.stdout, fast.stderr) == (through_rich.stdout, through_rich.stderr)
+    assert len(fast.stdout.splitlines()) == 1 + min(int(limit), len(jobs) + 1)
+    assert "\ta   tab, red, a newline  and [bold]markup[/]\t" in fast.stdout  # cleaned, never parsed
 
 
 def test_other_tables_are_whole_when_piped(jobs, broker, r):
