@@ -1,8 +1,10 @@
 """The shell user's costs: one `grid` command, and many jobs at once.
 
 - CLI medians: `grid submit -- true`, `grid ls` (piped, and on a terminal: a pseudo-terminal,
-  where it prints Rich's fitted table) and `grid --help`, next to `python3 -c pass` and
-  `rq --help`, wall and CPU (user + system) time, median of `--runs`, the commands interleaved.
+  where it prints Rich's fitted table) and `grid --help`, next to `python3 -c pass`,
+  `rq --help` and the floor under them all (importing typer, redis-py, pydantic and
+  cryptography as the CLI does, nothing of the grid's), wall and CPU (user + system) time,
+  median of `--runs`, the commands interleaved.
   Measured as a user runs them, with bytecode: a `pip install .` compiles every module, but a
   development venv is an editable install, and a session that sets PYTHONDONTWRITEBYTECODE
   (these machines do) would compile every grid module it imports, at every call (~50 ms of CPU
@@ -37,6 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PACKAGES = ("gridcore", "cli", "descriptors", "agent", "console")
 """The grid's import packages (compiled before the CLI is timed)."""
+
+
+DEPENDENCY_FLOOR = ("import gc; gc.disable(); import cli, typer, redis; from pydantic import BaseModel; "
+                    "import cryptography.hazmat.primitives.serialization, cryptography.hazmat.primitives.asymmetric.ed25519")
+"""What a short command imports of its libraries (`cli` defers redis.asyncio, as for a command)."""
 
 
 def _on_terminal(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -96,6 +103,9 @@ def cli_medians(url: str, env: dict[str, str], runs: int) -> dict:
     cmds = {"python3 -c pass": [sys.executable, "-c", "pass"]}
     if (BIN / "rq").exists() or shutil.which("rq"):
         cmds["rq --help"] = [str(BIN / "rq") if (BIN / "rq").exists() else "rq", "--help"]
+    # The floor under any `grid` command: the imports of the libraries a submit uses, as the CLI
+    # imports them (collection off, redis-py's asyncio client deferred), nothing of the grid's.
+    cmds["imports of typer, redis, pydantic, cryptography"] = [sys.executable, "-c", DEPENDENCY_FLOOR]
     cmds |= {"grid --help": [grid, "--help"], "grid submit -- true": [grid, "submit", "--", "true"],
              "grid ls": [grid, "ls"], "grid ls (terminal)": [grid, "ls"]}
     return timed(cmds, env, runs, terminal=frozenset({"grid ls (terminal)"}))

@@ -18,12 +18,12 @@ from gridcore.connection import connect
 from gridcore.errors import AmbiguousId, GridError, JobNotFound, Unplaceable
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobSpec, JobState, Node, NodeState, OutputChunk, QueueStats
-from gridcore.placement import Committed, is_plain
 from gridcore.reads import FIND_ALL_CAP, Reads
 from gridcore.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from gridcore.control import Control
+    from gridcore.placement import Committed
     from gridcore.explain import Explainer
     from gridcore.records import Envelope
     from gridcore.signedview import EnvelopeReader
@@ -97,6 +97,8 @@ class Grid:
     @staticmethod
     def is_plain(spec: JobSpec, max_parallel: int | None = None) -> bool:
         """A job any slot of its queue may take: one CPU, nothing else asked for."""
+        from gridcore.placement import is_plain  # placement's model: not for a command that only reads
+
         return is_plain(spec, max_parallel)
 
     def route(self, spec: JobSpec, max_parallel: int | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from gridcore import efficiency, events, keys, quarantine
+from gridcore import events, keys, quarantine
 from gridcore.errors import AmbiguousId, GridError, JobNotFound
 from gridcore.jobfilter import JobFilter
 from gridcore.models import Event, Job, JobState, Node, NodeState, OutputChunk, QueueStats
@@ -353,6 +353,8 @@ class Reads:
     def _group_usage(self, groups: Sequence[dict[str, Any]]) -> None:
         """Add to each group its cells' usage, each figure's cells, median and max (efficiency.Spread's fields:
         two round trips, whatever the sweep's size), and the first cell's request."""
+        from gridcore import efficiency  # only `groups` reads usage: a short command goes without
+
         pairs = [(g, f) for g in groups for f in efficiency.FIGURES]
         with self.redis.pipeline(transaction=False) as pipe:
             for g, f in pairs:

@@ -12,8 +12,12 @@ NOT_FOR_EVERY_COMMAND = ("textual", "rq", "descriptors", "agent", "console", "re
 """Never imported by a short command: the console, RQ, the descriptor format, redis-py's asyncio
 client, and click itself (typer vendors its own)."""
 
-NOT_FOR_SUBMIT = (*NOT_FOR_EVERY_COMMAND, "cli.tasks", "cli.doctor", "cryptography.x509", "rich", "cli.tables")
-"""A submit prints an id and perhaps a note: plain lines (cli/say.py), no Rich."""
+NOT_FOR_SUBMIT = (*NOT_FOR_EVERY_COMMAND, "cli.tasks", "cli.doctor", "cryptography.x509", "rich", "cli.tables",
+                  "gridcore.efficiency")
+"""A submit prints an id and perhaps a note: plain lines (cli/say.py), no Rich; it reads no usage."""
+
+NOT_FOR_LS = (*NOT_FOR_EVERY_COMMAND, "gridcore.placement", "gridcore.efficiency", "gridcore.submission")
+"""A listing neither places, nor reads usage, nor submits."""
 
 PROBE = """
 import atexit, json, sys
@@ -47,7 +51,7 @@ def test_submit_imports_only_what_it_needs(settings, broker):
 def test_ls_imports_no_rq_console_or_descriptors(settings, broker):
     p, modules = _modules("ls", "--json", url=broker.url)
     assert p.returncode == 0, p.stderr
-    assert [m for m in NOT_FOR_EVERY_COMMAND if _loaded(modules, m)] == []
+    assert [m for m in NOT_FOR_LS if _loaded(modules, m)] == []
 
 
 def test_a_whole_listing_piped_imports_no_rich(settings, broker):
