@@ -40,6 +40,7 @@ finally:
 
 render = defer("cli.render")  # Rich, for the commands that print more than ids
 
+
 class _Grid(typer.Typer):
     """The `grid` app; the commands of other modules are added only when the command run is one
     of theirs, or --help lists them all (importing them is most of a short command's cost)."""
@@ -58,8 +59,10 @@ class _Grid(typer.Typer):
         finally:
             self.registered_commands = every
 
+
 app = _Grid(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Science Grid: run and watch jobs on the lab's machines.")
+
 
 @app.callback()
 def main(
@@ -69,7 +72,9 @@ def main(
 ) -> None:
     ctx.obj = State(config, redis_url)
 
+
 # ---- jobs -------------------------------------------------------------------------------
+
 
 def _parse_env(pairs: list[str] | None) -> dict[str, str]:
     env = {}
@@ -80,6 +85,7 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
         env[k] = v
     return env
 
+
 def _parse_memory(text: str | None) -> int:
     if not text:
         return 0
@@ -89,6 +95,7 @@ def _parse_memory(text: str | None) -> int:
     if size is None:
         raise CliError(f'--memory {text!r}: not a size like "16GB"', 2)
     return size
+
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
@@ -169,6 +176,7 @@ def submit(
         sys.stdout.write(jid + "\n")
     warn_if_nobody_takes_jobs(st.grid)
 
+
 def _parse_timeout(text: str | None) -> float | None:
     if text is None:
         return None
@@ -178,6 +186,7 @@ def _parse_timeout(text: str | None) -> float | None:
     if seconds is None or seconds <= 0:
         raise CliError(f'--timeout {text!r}: not a duration like "90", "30m", "2h" or "1:30:00"', 2)
     return seconds
+
 
 def warn_if_nobody_takes_jobs(grid) -> None:
     """A submit that no node will take now is accepted, and said so (on stderr: stdout is the ids)."""
@@ -194,6 +203,7 @@ def warn_if_nobody_takes_jobs(grid) -> None:
 FILTER_HELP = "What the console's / takes: state:failed queue:gpu node:a words (name, command, reason)."
 """Help of every --filter option: one filter language for the console and the CLI."""
 
+
 def _filter(query: str, **options: str | None) -> JobFilter:
     """The filter typed in `query`, with --state/--queue/--node filling the parts it leaves out."""
     try:
@@ -208,6 +218,7 @@ def _filter(query: str, **options: str | None) -> JobFilter:
         if value and not typed:
             flt = replace(flt, **{part: JobState(value) if part == "state" else value})
     return flt
+
 
 @app.command("ls")
 def ls(
@@ -249,6 +260,7 @@ def ls(
     if not jobs_listed(jobs, total, offset):  # piped: the same lines, without importing Rich
         render.jobs_table(jobs, total, offset)
 
+
 @app.command()
 def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Everything about one job."""
@@ -266,6 +278,7 @@ def show(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option
 
     node = grid.node(job.node) if job.gpus and job.node and job.usage else None  # GPU memory: "of 80 GiB"
     render.job_detail(job, gpu_memory_of(job.gpus, node.gpus) if node is not None else None)
+
 
 @app.command()
 def logs(
@@ -314,6 +327,7 @@ def logs(
             job = grid.get(job_id)
             raise typer.Exit(render.exit_status(job.exit_code, job.signal, job.reason))
 
+
 @app.command()
 def wait(
     ctx: typer.Context,
@@ -333,6 +347,7 @@ def wait(
         if any(not s.terminal for s in states.values()):
             say.err(f"timed out after {timeout:g}s waiting for {sum(not s.terminal for s in states.values())} job(s)")
         raise typer.Exit(1)
+
 
 @app.command()
 def cancel(ctx: typer.Context, job_ids: list[str],
@@ -358,6 +373,7 @@ def cancel(ctx: typer.Context, job_ids: list[str],
             failed = True
     if failed:
         raise typer.Exit(1)
+
 
 @app.command()
 def requeue(
@@ -396,6 +412,7 @@ def requeue(
 
     requeue_each(grid, ids, named)
 
+
 @app.command()
 def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Why a job is not running yet: for a job waiting for room, each node's failing requirement."""
@@ -407,6 +424,7 @@ def why(ctx: typer.Context, job_id: str, json_out: Annotated[bool, typer.Option(
         return
     for line in lines:
         say.echo(clean(line, 500))
+
 
 @app.command()
 def plan(
@@ -425,6 +443,7 @@ def plan(
     if not plan_planned(shared(ctx).grid, load_planned(paths), json_out=json_out):
         raise typer.Exit(2)
 
+
 @app.command()
 def groups(ctx: typer.Context, limit: Annotated[int, typer.Option()] = 20,
            json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -434,6 +453,7 @@ def groups(ctx: typer.Context, limit: Annotated[int, typer.Option()] = 20,
         print_json([{k: v for k, v in g.items() if k != "jobs"} for g in gs])
         return
     render.groups_table(gs)
+
 
 @app.command()
 def nodes(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -445,6 +465,7 @@ def nodes(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
         return
     render.nodes_table(ns, idle_why(ns, grid.committed(ns)))
     render.problems(grid.quarantined(nodes_only=True), " set aside")
+
 
 def idle_why(nodes, committed) -> dict[str, str]:
     """node name -> why its idle slots take nothing, where the grid can tell: draining, or full
@@ -460,6 +481,7 @@ def idle_why(nodes, committed) -> dict[str, str]:
             out[n.name] = f"full: {held.cpus:g}/{n.cpus} CPUs held"
     return out
 
+
 @app.command()
 def queues(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Job counts by state per queue, and the workers serving it."""
@@ -468,6 +490,7 @@ def queues(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")]
         print_json([q.to_dict() for q in qs])
         return
     render.queues_table(qs)
+
 
 @app.command()
 def events(ctx: typer.Context, count: Annotated[int, typer.Option()] = 50,
@@ -479,11 +502,13 @@ def events(ctx: typer.Context, count: Annotated[int, typer.Option()] = 50,
         return
     render.events_table(evs)
 
+
 @app.command()
 def drain(ctx: typer.Context, node: str, reason: Annotated[str, typer.Option()] = "") -> None:
     """Let a node finish what it runs and take nothing new."""
     shared(ctx).grid.drain(node, reason)
     say.echo(f"{node} draining")
+
 
 @app.command()
 def resume(ctx: typer.Context, node: str) -> None:
@@ -491,11 +516,13 @@ def resume(ctx: typer.Context, node: str) -> None:
     shared(ctx).grid.resume(node)
     say.echo(f"{node} taking jobs")
 
+
 CORE_COMMANDS = frozenset({"submit", "ls", "show", "logs", "wait", "cancel", "requeue", "why", "plan", "groups",
                            "nodes", "queues", "events", "drain", "resume"})
 """The commands defined in this module."""
 
 _APP_OPTIONS_WITH_VALUE = ("--config", "--redis-url")
+
 
 def _command_named(argv: list[str]) -> str | None:
     """The command an argv runs: its first word after the app's own options (None: none, --help)."""
@@ -509,9 +536,11 @@ def _command_named(argv: list[str]) -> str | None:
             return word
     return None
 
+
 def _name_of(command) -> str:
     """The name a registered Typer command is run by (Typer's own rule)."""
     return command.name or command.callback.__name__.lower().replace("_", "-")
+
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (once)."""
@@ -528,6 +557,7 @@ def _register_subcommands() -> None:
         app.command(command.__name__)(command)
     app.add_typer(trust.app, name="keys")
     app.add_typer(acl.app, name="acl")
+
 
 def run() -> None:
     """Console-script entry: run the app, turning known failures into one-line messages."""
