@@ -9,6 +9,7 @@ no terminal; anything else goes through Rich (cli/render.py), which decides.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,8 +86,6 @@ def job_cells(j: Job, piped: bool) -> list[str]:
 def jobs_listed(jobs: Sequence[Job], total: int, offset: int) -> bool:
     """`grid ls` written to a pipe without Rich; False, with nothing written, when stdout may be
     a terminal or the listing has a note for stderr (Rich writes both: cli/render.py)."""
-    import sys
-
     if not surely_piped(sys.stdout) or offset + len(jobs) < total or any(j.problems for j in jobs):
         return False
     sys.stdout.write(table_text(JOB_COLS, [job_cells(j, piped=True) for j in jobs]))
