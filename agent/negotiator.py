@@ -40,6 +40,13 @@ log = logging.getLogger("grid.negotiator")
 EVENT_WINDOW = 100
 """Waiting jobs a woken pass looks at in one chunk (the periodic pass looks at WINDOW): it runs
 at every job end, so it stays small; it looks further only while nothing it looked at fits."""
+TAKE_WINDOW = 8
+"""Waiting jobs a slot's pass at its job's end looks at (`taker`), one chunk and no further: it
+fills what that job gave back (its own slot, an idle one), at every cell end of a sweep, in the
+slot's own process, so it looks at the head only. If nothing there fits, the slot wakes its
+node's loop (agent/perform.py), whose pass looks further down the queue. Looking at a chunk of
+EVENT_WINDOW, and on down the queue when a race lost every job it tried, cost the slot ~1 ms of
+CPU per cell (every record of a big sweep read again by each lost pass)."""
 PREFETCH = 64
 """Waiting jobs past the window whose records a pass reads ahead, so that as the queue moves up
 a pass reads new records once per this many jobs, not at every pass."""
@@ -92,6 +99,8 @@ class Negotiator:
         self._skip: Skip | None = None  # the unfit head of the queue, as the last pass left it
         self._taking = 0  # jobs this pass places that its own slot takes (`taker`), not placed yet
         self.raced = 0  # placements the last pass lost to another placer (Outcome.raced)
+        self.full: set[str] = set()  # sweeps the last pass found at their max_parallel (Outcome.full)
+        self._quick_pass = False  # the pass now running looks at one chunk (`_quick`)
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -104,6 +113,7 @@ class Negotiator:
             token = f"{self.owner}.{uuid.uuid4().hex[:8]}"
             deadline = time.monotonic() + wait
             self.raced = 0
+            self.full = set()
             while (survey := self._survey(token, full, lock)) is None:
                 if time.monotonic() >= deadline:
                     return 0
@@ -136,7 +146,7 @@ class Negotiator:
                 pipe.lindex(pending, skip.count - 1)
             else:
                 pipe.echo("")
-            pipe.lrange(pending, offset, offset + self._chunk(full) + PREFETCH - 1)
+            pipe.lrange(pending, offset, offset + self._chunk(full) + self._prefetch(full) - 1)
             ask_view(pipe, self._names, groups)
             locked, last, ids, *replies = pipe.execute(raise_on_error=False)
         if isinstance(locked, Exception):
@@ -155,15 +165,21 @@ class Negotiator:
         # A pending queue of another type (anyone can write one) holds nothing to place.
         return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view, offset
 
-    @staticmethod
-    def _chunk(full: bool) -> int:
-        return WINDOW if full else EVENT_WINDOW
+    def _chunk(self, full: bool) -> int:
+        return WINDOW if full else TAKE_WINDOW if self.taker else EVENT_WINDOW
+
+    def _prefetch(self, full: bool) -> int:
+        return PREFETCH if full or not self.taker else PREFETCH - TAKE_WINDOW
+
+    def _quick(self, full: bool) -> bool:
+        """Whether this pass looks at one chunk only (a slot's pass at its job's end)."""
+        return self.taker and not full
 
     def _ids(self, offset: int, full: bool) -> list[bytes] | Exception:
         """The ids of the waiting jobs from `offset` on (a chunk and the prefetch)."""
         try:
             return self.conn.lrange(keys.rq_queue(keys.PENDING_QUEUE), offset,
-                                    offset + self._chunk(full) + PREFETCH - 1)
+                                    offset + self._chunk(full) + self._prefetch(full) - 1)
         except redis.ResponseError as e:
             return e
 
@@ -193,6 +209,8 @@ class Negotiator:
         placed = looked = 0
         self._taking = 1 if self.taker else 0
         self.raced = 0
+        self.full = set()
+        self._quick_pass = self._quick(full)
         first = True
         while True:
             chunk = ids[:self._chunk(full)]
@@ -216,7 +234,7 @@ class Negotiator:
                 last = jid
                 lead += 1
             head += lead
-            if lead < len(chunk) or len(ids) <= len(chunk) or looked >= DEPTH:
+            if lead < len(chunk) or len(ids) <= len(chunk) or looked >= DEPTH or self._quick_pass:
                 break
             offset += len(chunk)  # every job so far fits nowhere: look further down the queue
             more = self._ids(offset, full)
@@ -253,10 +271,13 @@ class Negotiator:
                                 taking=self._taking)
         self._taking = max(0, self._taking - len(out.placed))
         self.raced += out.raced
+        self.full |= out.full
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)
         gone = set(whys)
+        if self._quick_pass:
+            return out, gone  # a slot's pass writes no reasons, not even of the races it lost
         whys.update(out.whys)
         fresh = {i: w for i, w in whys.items() if self._explained.get(i) != w and i in self._read}
         if fresh:

@@ -218,11 +218,14 @@ class Performer:
         what it tried, they are placing what was given back: only this node's loop is woken (it
         reads the queue from the top), not every agent's (on a grid of several nodes every node's
         ending slots race for the head of a sweep; waking every loop at each lost race added a
-        pass per agent that found nothing)."""
+        pass per agent that found nothing); nor when the pass found the job's sweep at its
+        max_parallel again (another placer took the slot it gave back). The pass looks at the
+        head of the queue only (agent/negotiator.py TAKE_WINDOW): the woken loop looks further."""
         placed = raced = 0
+        full: set[str] = set()
         try:
             placed = self.placing.run_once(full=False, lock=False)
-            raced = self.placing.raced
+            raced, full = self.placing.raced, self.placing.full
         except OUTAGE_ERRORS as e:
             log.warning("placing after a job's end: %s (the agents' placement loop will)", e)
         except Exception:  # noqa: BLE001 - a placement bug must not take the slot down; it is logged
@@ -231,7 +234,7 @@ class Performer:
             return
         try:
             with self.conn.pipeline(transaction=False) as pipe:
-                wake(pipe, self.node, anywhere=bool(group) and not raced)
+                wake(pipe, self.node, anywhere=bool(group) and not raced and group not in full)
                 pipe.execute()
         except OUTAGE_ERRORS as e:
             log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)

@@ -141,6 +141,7 @@ class Outcome:
     changed: list[str] = field(default_factory=list)  # read stale: read again before placing
     unplaced: list[str] = field(default_factory=list)  # `place_ids`: waiting jobs it placed nowhere
     raced: int = 0  # placements another placer beat (job gone, room or sweep slot taken, record changed)
+    full: set[str] = field(default_factory=set)  # sweeps found at their max_parallel (as read, or by PLACE)
 
 
 class Placer:
@@ -231,6 +232,7 @@ class Placer:
             meta = w.meta
             group, limit = meta.group, meta.max_parallel or 0
             if _throttled(meta, running):
+                out.full.add(group or "")
                 if want is None or w.id in want:
                     out.whys[w.id] = f"throttled: {running[group]} of this sweep running (max_parallel {limit})"
                 continue
@@ -259,8 +261,16 @@ class Placer:
                     running[group] = running.get(group, 0) + 1
             elif result == NO_ROOM:
                 out.whys[w.id] = f"{node.name}: resources taken meanwhile"
+            elif result == GONE:
+                if group and limit:
+                    # Another placer took it (or it was canceled): the sweep most likely holds one
+                    # more slot than read. Counting it keeps this pass from trying the next cells
+                    # against a full sweep (a script each, at every race of ending slots); if that
+                    # is one too many, the next release or the periodic pass places the cell.
+                    running[group] = running.get(group, 0) + 1
             elif result == THROTTLED:
                 running[group or ""] = limit  # another placer took the sweep's last slot
+                out.full.add(group or "")
                 out.whys[w.id] = f"throttled: {limit} of this sweep running (max_parallel {limit})"
             elif result == CHANGED:
                 out.changed.append(w.id)

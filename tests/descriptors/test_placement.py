@@ -262,8 +262,9 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
             conn = broker.client()
             # One negotiator per racer for all its passes: what it remembers between passes (the
             # records read, the unfit head) is raced too; racer 3 passes as an ending slot does
-            # (no pass lock, alongside the agents'). An agent's pass places onto its own node only.
-            neg = Negotiator(conn, owner=f"agent{i}", node=names[i // 2 % 2]) if i % 2 else None
+            # (no pass lock, alongside the agents', the head of the queue only). An agent's pass
+            # places onto its own node only.
+            neg = Negotiator(conn, owner=f"agent{i}", node=names[i // 2 % 2], taker=i == 3) if i % 2 else None
             start.wait()
             for _ in range(15):
                 if i == 3:
@@ -287,6 +288,7 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
     assert any(w != "pending" for w in at.values())
     ended: set[str] = set()
     slot, agent = Negotiator(broker.client(), "slot"), Negotiator(broker.client(), "agent")  # passes that remember
+    taker = Negotiator(broker.client(), "node-b.x.0", node="node-b", taker=True)  # an ending slot's quick pass
     for _ in range(40):  # jobs end a few at a time while placers race again, until none waits
         if not [j for j, w in at.items() if w != "pending"]:
             break
@@ -294,6 +296,7 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
         racers = [threading.Thread(target=lambda: Placer(broker.client()).place_ids(
             [j.decode() for j in r.lrange("rq:queue:grid.pending", 0, -1)])) for _ in range(RACERS - 2)]
         racers += [threading.Thread(target=slot.run_once, kwargs={"full": False, "lock": False}),
+                   threading.Thread(target=taker.run_once, kwargs={"full": False, "lock": False}),
                    threading.Thread(target=agent.run_once, kwargs={"full": False, "wait": 1.0})]
         for t in racers:
             t.start()

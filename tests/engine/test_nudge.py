@@ -168,3 +168,45 @@ def test_a_slot_taking_its_nodes_placed_job_passes_another_nodes_nudge_on(grid, 
     popped = claim.pop(r, "b", "b.x.0", [keys.rq_queue(keys.node_queue("b")), POOL])
     assert popped.taken is not None and popped.taken.job_id == "placed"
     assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=NUDGE_HOPS - 1).encode()]
+
+
+def test_a_slots_pass_looks_at_the_head_only_and_its_nodes_loop_looks_further(grid, r):
+    """A slot's pass at its job's end looks at the head of the waiting queue (TAKE_WINDOW jobs),
+    never further: at every cell end of a big sweep whose max_parallel another placer had
+    already filled, looking on down the queue read every cell's record again. What fits behind
+    the head is its node's loop's (the slot wakes it), and the pass says which sweeps it found
+    full (a full sweep's freed slot was taken: no other node's loop is woken for it)."""
+    from agent.negotiator import TAKE_WINDOW, Negotiator
+
+    gid = "sweep-full"
+    grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20), group=gid,
+                              params={"i": i}) for i in range(TAKE_WINDOW + 2)], groups={gid: {"max_parallel": 1}})
+    behind = grid.submit(JobSpec(command="true", resources=Resources(memory=10 * 2**20)))
+    _nodes(r, grid, {"a": 0})
+    r.sadd(keys.group_slots(gid), "a-cell-running-elsewhere")  # the sweep is at its max_parallel
+    slot = Negotiator(r, "a.x.0", node="a", taker=True)
+    assert slot.run_once(full=False, lock=False) == 0
+    assert slot.full == {gid} and slot.raced == 0
+    assert len(slot._read) <= TAKE_WINDOW + 64  # the head and its prefetch, not the whole queue
+    assert Negotiator(r, "a", node="a").run_once(full=False) == 1
+    assert r.lrange(keys.rq_queue(keys.node_queue("a")), 0, -1) == [behind.encode()]
+
+
+def test_a_pass_that_finds_a_sweeps_cells_taken_counts_them_against_its_max_parallel(grid, r):
+    """Ending slots race for the head of a sweep. A pass whose view is older than another
+    placer's placements finds the cells it tries gone: each one gone most likely took a slot of
+    the sweep, so once the cells gone fill its max_parallel the pass stops trying cells (a
+    script each, every one refused)."""
+    from gridcore.placing import Placer
+
+    gid = "sweep-raced"
+    cells = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20), group=gid,
+                                      params={"i": i}) for i in range(4)], groups={gid: {"max_parallel": 2}})
+    _nodes(r, grid, {"a": 0, "b": 0})
+    slow = Placer(r)
+    jobs = [w for w in slow.read(cells)]
+    view = slow.view([gid])  # read before the other placer's placements
+    assert Placer(r).place_ids(cells, own=False, onto="b").placed == dict.fromkeys(cells[:2], "b")
+    out = slow.place(jobs, view=view, explain_rest=(), onto="a")
+    assert out.placed == {} and out.raced == 2 and out.full == {gid}
+    assert r.scard(keys.group_slots(gid)) == 2
