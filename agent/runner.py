@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,9 @@ redirection; the job gets /dev/null as every job does): a failed move is written
 job is not run, since unconfined it would run past the memory limit its node promises."""
 REPORT_MAX = 4096
 """Bytes of a failed move's report the runner reads."""
+CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\nexec </dev/null\n'
+"""The first lines of a shell command's `sh -c` script that moves the shell itself into the job's
+cgroup before the command runs, as the shim does (the report on stdin, then /dev/null)."""
 REASON_MAX = 4096
 """Characters of a reason a result keeps (a program name in one may be long)."""
 SURVIVORS_MAX = 1024
@@ -144,6 +148,17 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
+def _entering(argv: list[str], envelope: dict[str, Any], enter_file: str) -> list[str]:
+    """`argv` started in the job's cgroup: the process moves itself in before the job's own
+    code runs. A shell command (`sh -c COMMAND`, what most jobs are) does so in its own shell,
+    by first lines before the command (CGROUP_ENTER): one exec less than the shim (~0.7 ms of
+    CPU a memory job, next to ~1 ms for a trivial one). The command's text, `$0` and `$@` are
+    as signed; only `$LINENO` counts the lines before it."""
+    if not envelope.get("argv"):
+        return ["/bin/sh", "-c", CGROUP_ENTER.format(file=shlex.quote(enter_file)) + argv[2]]
+    return ["/bin/sh", "-c", CGROUP_SHIM, enter_file, *argv]
+
+
 def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tuple[Result, str | None]:
     """Run the envelope's command to completion (or cancel/timeout), its output into `sink`.
 
@@ -174,7 +189,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
             report, report_w = os.pipe()
             try:
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", CGROUP_SHIM, str(cg.enter_file), *argv],
+                    _entering(argv, envelope, str(cg.enter_file)),
                     cwd=cwd, env=env, stdin=report_w, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     start_new_session=True, close_fds=True,
                 )

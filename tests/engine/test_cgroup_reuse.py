@@ -80,6 +80,22 @@ def test_the_next_job_on_a_slot_sees_only_its_own_oom_and_peak(r, tmp_path, grou
     assert groups.idle is not None and groups.idle.path == kept.path
 
 
+def test_a_shell_command_enters_its_group_itself_and_runs_as_signed(r, tmp_path, groups):
+    """A shell command moves its own shell into the group (no shim process before it): the
+    command and what it starts run in the group, with the same `$0`, arguments and exit code
+    as without one, and an error in the command is its own."""
+    got = _run(r, tmp_path, 'echo "$0 $#"; cat /proc/self/cgroup; exit 3', 64 * MB)
+    kept = groups.idle
+    assert kept is not None
+    assert got.exit_code == 3, got
+    first, *groups_of = got.stdout.splitlines()
+    assert first == "/bin/sh 0"
+    memory = [g for g in groups_of if ":memory:" in g]
+    assert memory and memory[0].endswith("/" + kept.path.name), got.stdout
+    broken = _run(r, tmp_path, "if then fi", 64 * MB)
+    assert broken.exit_code == 2 and "Syntax error" in broken.stderr, broken
+
+
 def test_the_cache_a_job_leaves_is_not_the_next_jobs_peak(r, tmp_path, groups):
     # 32 MB written and kept: its page cache stays charged to the group after the job.
     first = _run(r, tmp_path, f"head -c {32 * MB} /dev/urandom > {tmp_path / 'kept'}", 256 * MB)
