@@ -16,6 +16,8 @@ own data dir), in the same run; every figure also as a ratio to the plain one.
 - Full, then freed: every slot of the grid runs a job that waits for a gate file while as many
   jobs with a memory request are submitted; the gate opens; the gap from the first blocker's end
   to the last waiting job's start, and where the waiting jobs ran (no node may be starved).
+- CPU per job (psutil, user + system) of the broker, the agents, their slots and the jobs the
+  slots reaped, over the throughput rounds: less disturbed by other load than the rates.
 - The broker's commands per job (INFO commandstats) over the throughput rounds: scripts, blocking
   moves and wake-stream reads per job show a nudge ping-pong or a wake storm where there is one.
 
@@ -118,6 +120,38 @@ def _calls(r: redis.Redis) -> dict[str, int]:
     return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in COUNTED}
 
 
+def _cpu(procs: list[subprocess.Popen], broker_pid: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the broker, the agents' main processes, their slot
+    processes, and the jobs those slots ran and reaped: figures that other load on the machine
+    disturbs less than wall-clock rates."""
+    import psutil
+
+    def used(p: psutil.Process, children: bool = False) -> float:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return t.children_user + t.children_system if children else t.user + t.system
+
+    out = {"broker": 0.0, "agent": 0.0, "slots": 0.0, "jobs": 0.0}
+    if broker_pid:
+        out["broker"] = used(psutil.Process(broker_pid))
+    for proc in procs:
+        try:
+            agent = psutil.Process(proc.pid)
+            kids = agent.children()
+        except psutil.Error:
+            continue
+        out["agent"] += used(agent)
+        for kid in kids:
+            out["slots"] += used(kid)
+            out["jobs"] += used(kid, children=True)
+    return out
+
+
+CPU_PARTS = ("broker", "agent", "slots", "jobs")
+
+
 def _chain(grid: Grid, r: redis.Redis, length: int) -> list[float]:
     """Gaps (ms) from each parent's end to its child's start, in a chain of `length` jobs with a
     memory request (each child goes through placement when its parent ends)."""
@@ -173,7 +207,7 @@ def _start_agents(broker_url: str, home: Path, count: int, slots: int) -> tuple[
 
 
 def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds: int = 3, agents: int = 1,
-        slots: int = 2, chain: int = 30) -> dict:
+        slots: int = 2, chain: int = 30, broker_pid: int | None = None) -> dict:
     r = redis.Redis.from_url(broker_url)
     r.flushdb()
     grid = Grid(r, load_settings(overrides={"redis_url": broker_url}))
@@ -196,19 +230,22 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
         plain_runs, sweep_runs, label_runs = [], [], []
         calls = {"plain": dict.fromkeys(COUNTED, 0), "memory": dict.fromkeys(COUNTED, 0),
                  "label": dict.fromkeys(COUNTED, 0)}
+        cpu = {k: dict.fromkeys(CPU_PARTS, 0.0) for k in calls}
         for _ in range(rounds):  # alternated, so that all see the same machine (it is shared)
-            before = _calls(r)
+            before, cpu0 = _calls(r), _cpu(procs, broker_pid)
             plain_runs.append(_drained_run(grid, r, names, [JobSpec(command="true") for _ in range(jobs)]))
-            after = _calls(r)
+            after, cpu1 = _calls(r), _cpu(procs, broker_pid)
             calls["plain"] = {c: calls["plain"][c] + after[c] - before[c] for c in COUNTED}
+            cpu["plain"] = {c: cpu["plain"][c] + cpu1[c] - cpu0[c] for c in CPU_PARTS}
             for kind, runs in (("memory", sweep_runs), ("label", label_runs)):
                 gid = uuid.uuid4().hex
                 sweep = [JobSpec(command="true", resources=KINDS[kind], group=gid, params={"i": i, "_cell": i})
                          for i in range(cells)]
-                before = _calls(r)
+                before, cpu0 = _calls(r), _cpu(procs, broker_pid)
                 runs.append(_drained_run(grid, r, names, sweep, {gid: {"name": "bench", "max_parallel": slots}}))
-                after = _calls(r)
+                after, cpu1 = _calls(r), _cpu(procs, broker_pid)
                 calls[kind] = {c: calls[kind][c] + after[c] - before[c] for c in COUNTED}
+                cpu[kind] = {c: cpu[kind][c] + cpu1[c] - cpu0[c] for c in CPU_PARTS}
         plain_jobs, sweep_jobs = statistics.median(plain_runs), statistics.median(sweep_runs)
         label_jobs = statistics.median(label_runs)
         # A sweep only the first node can run (a label), its other nodes idle: what their idle
@@ -230,7 +267,9 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
     p50 = {k: statistics.median(v) for k, v in lat.items()}
     runs_of = {"plain": rounds * jobs, "memory": rounds * cells, "label": rounds * cells, "one_node_label": cells}
     per_job = {kind: {c: n / runs_of[kind] for c, n in counted.items()} for kind, counted in calls.items()}
+    cpu_ms = {kind: {c: s * 1000 / runs_of[kind] for c, s in used.items()} for kind, used in cpu.items()}
     out: dict = {"agents": agents, "slots": slots, "latency_samples": samples, "calls_per_job": per_job,
+                 "cpu_ms_per_job": cpu_ms,
                  "chain_links": len(gaps), "chain_gap_p50_ms": statistics.median(gaps) if gaps else None,
                  "chain_gap_max_ms": max(gaps) if gaps else None, "one_node_label_sweep_jobs_per_s": one_node,
                  "one_node_label_sweep_vs_plain": one_node / plain_jobs, **freed}
@@ -273,6 +312,9 @@ def report(out: dict) -> str:
         lines.append(f"  full grid freed: first blocker end -> first / last of {out['slots']} waiting memory jobs "
                      f"started {out['freed_to_first_start_ms']:.1f} / {out['freed_to_last_start_ms']:.1f} ms; "
                      f"ran on {out['ran_on']}")
+    for kind, per in out.get("cpu_ms_per_job", {}).items():
+        lines.append(f"  CPU ms per job, {kind}: " + ", ".join(f"{c} {n:.2f}" for c, n in per.items())
+                     + f" (all but jobs {sum(n for c, n in per.items() if c != 'jobs'):.2f})")
     for kind, per in out.get("calls_per_job", {}).items():
         lines.append(f"  broker calls per job, {kind}: " + ", ".join(f"{c} {n:.2f}" for c, n in per.items()))
     return "\n".join(lines)
@@ -305,7 +347,7 @@ def main() -> None:
     broker = Broker(kind=args.broker, binary=available_kinds()[args.broker]).start(appendonly=True)
     try:
         out = run(broker.url, home, args.jobs, args.sweep_cells, args.latency_samples, args.rounds, args.agents,
-                  args.slots, args.chain)
+                  args.slots, args.chain, broker_pid=broker.proc.pid if broker.proc else None)
     finally:
         broker.stop()
     print(report(out))
