@@ -71,10 +71,12 @@ return 0
 @dataclass(frozen=True)
 class Skip:
     """The head of the waiting queue that fitted nowhere at the last pass: how many jobs, the
-    last of them (a different job there means the queue moved under it: look from the top),
-    and their shapes (if none of these fits now, none of those jobs does). A job taken out of
-    the head and another put into it meanwhile go unnoticed: the periodic pass, which reads
-    from the top, places that one."""
+    last of them, and their shapes (if none of these fits now, none of those jobs does). The
+    last job further down than it was means jobs were put ahead of it: look from the top; higher
+    up, that jobs left the head (as a busy sweep's cells do at every turn): the rest of it is
+    skipped still. Jobs taken out of the head and as many others put into it meanwhile go
+    unnoticed: the periodic pass, which reads from the top, places those (and so does any pass
+    when one of the head's shapes fits again)."""
 
     count: int
     last: str
@@ -143,7 +145,7 @@ class Negotiator:
             else:
                 pipe.echo("unlocked")  # keeps the replies' order
             if skip:
-                pipe.lindex(pending, skip.count - 1)
+                pipe.lpos(pending, skip.last)
             else:
                 pipe.echo("")
             pipe.lrange(pending, offset, offset + self._chunk(full) + self._prefetch(full) - 1)
@@ -157,11 +159,16 @@ class Negotiator:
         if view is None:  # a node joined or left since the last pass, or a bad key or entry
             view = self._careful_view(groups)
             self._names = [n.name for n in view.nodes]
-        if skip and (isinstance(last, Exception) or last is None or text(last) != skip.last
-                     or self.placer.any_fits(skip.shapes, view)):
+        if skip and (not isinstance(last, int) or last >= skip.count or self.placer.any_fits(skip.shapes, view)):
             # Something in the head may fit now (or the queue moved): from the top, one more read.
             self._skip, offset = None, 0
             ids = self._ids(0, full)
+        elif skip and last < skip.count - 1:
+            # Jobs left the head (placed by other nodes, canceled; a sweep's cells, as they run):
+            # what is left of it is still unfit, and the jobs after it start higher up.
+            self._skip = skip = Skip(last + 1, skip.last, skip.shapes)
+            offset = skip.count
+            ids = self._ids(offset, full)
         # A pending queue of another type (anyone can write one) holds nothing to place.
         return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view, offset
 

@@ -455,3 +455,29 @@ def test_a_pass_looks_from_the_top_when_the_queue_moved_under_its_unfit_head(gri
     r.hdel(keys.node_held("node-a"), fits)
     r.lpush(keys.rq_queue(keys.PENDING_QUEUE), fits)
     assert neg.run_once(full=False) == 1 and _where(r, ["node-a", "node-b"])[fits] == "node-a"
+
+
+def test_a_pass_still_skips_the_unfit_head_after_jobs_left_it(grid, r):
+    """Jobs that leave the remembered unfit head (a sweep's cells as other nodes take them,
+    cancels) move its last job up, not down: the next pass starts past what is left of it
+    instead of reading the whole queue from the top again (a busy sweep's head moves at every
+    cell, and every woken pass read all its cells); a job that fits behind it is placed."""
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.models import JobSpec
+
+    blocked = grid.submit_many([JobSpec(command="true", resources=Resources(gpus=4)) for _ in range(120)])
+    _grid_nodes(r, ["node-a"], cpus=64, memory=8 * GB, gpus=2)
+    neg = Negotiator(r, "agent")
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 120
+    for j in blocked[:5]:  # taken out of the head meanwhile
+        r.lrem(keys.rq_queue(keys.PENDING_QUEUE), 1, j)
+    fits = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    r.lrem(keys.rq_queue(keys.node_queue("node-a")), 1, fits)  # placed at submit: put back, behind the head
+    r.hdel(keys.node_held("node-a"), fits)
+    r.rpush(keys.rq_queue(keys.PENDING_QUEUE), fits)
+    read_from: list[int] = []
+    ids = neg._ids
+    neg._ids = lambda offset, full: read_from.append(offset) or ids(offset, full)
+    assert neg.run_once(full=False) == 1 and _where(r, ["node-a"])[fits] == "node-a"
+    assert read_from == [115] and neg._skip.count == 115 and neg._skip.last == blocked[-1]
