@@ -159,16 +159,23 @@ class Negotiator:
         if view is None:  # a node joined or left since the last pass, or a bad key or entry
             view = self._careful_view(groups)
             self._names = [n.name for n in view.nodes]
-        if skip and (not isinstance(last, int) or last >= skip.count or self.placer.any_fits(skip.shapes, view)):
-            # Something in the head may fit now (or the queue moved): from the top, one more read.
+        if skip and (not isinstance(last, int) or last >= skip.count):
+            # Jobs were put ahead of the head's last job (or it left): from the top, one more read.
             self._skip, offset = None, 0
             ids = self._ids(0, full)
-        elif skip and last < skip.count - 1:
-            # Jobs left the head (placed by other nodes, canceled; a sweep's cells, as they run):
-            # what is left of it is still unfit, and the jobs after it start higher up.
-            self._skip = skip = Skip(last + 1, skip.last, skip.shapes)
-            offset = skip.count
-            ids = self._ids(offset, full)
+        elif skip:
+            if last < skip.count - 1:
+                # Jobs left the head (placed by other nodes, canceled; a sweep's cells, as they
+                # run): the rest of it is as it was, and the jobs after it start higher up.
+                self._skip = skip = Skip(last + 1, skip.last, skip.shapes)
+            if self.placer.any_fits(skip.shapes, view):
+                # Something in the head may fit now: from the top, one more read. The head is
+                # still known: if the pass finds its shapes unfit again, it jumps past it (`_pass`).
+                offset = 0
+                ids = self._ids(0, full)
+            elif offset != skip.count:
+                offset = skip.count
+                ids = self._ids(offset, full)
         # A pending queue of another type (anyone can write one) holds nothing to place.
         return ([] if isinstance(ids, Exception) else [text(i) for i in ids]), view, offset
 
@@ -209,9 +216,10 @@ class Negotiator:
         many unfit ones wait ahead of it. What stays unfit at the head is remembered (`Skip`):
         the next pass starts past it unless something there may fit now."""
         skip = self._skip
-        head = skip.count if skip else 0
-        shapes = set(skip.shapes) if skip else set()
-        last = skip.last if skip else ""
+        past = skip is not None and offset == skip.count  # started past the head, else from the top
+        head = skip.count if past else 0
+        shapes = set(skip.shapes) if past else set()
+        last = skip.last if past else ""
         seen: set[str] = set()
         placed = looked = 0
         self._taking = 1 if self.taker else 0
@@ -244,13 +252,25 @@ class Negotiator:
             if lead < len(chunk) or len(ids) <= len(chunk) or looked >= DEPTH or self._quick_pass:
                 break
             offset += len(chunk)  # every job so far fits nowhere: look further down the queue
+            if skip is not None and not past and offset < skip.count and skip.shapes <= shapes:
+                # Into the head the last passes found: its jobs are all of shapes that fit nowhere
+                # now (nothing was placed yet in this pass), so none of them is looked at again.
+                offset = head = skip.count
+                last = skip.last
+                past = True
             more = self._ids(offset, full)
             ids = [] if isinstance(more, Exception) else [text(i) for i in more]
             if not ids:
                 break
         # A head shorter than a chunk is not worth skipping: the next pass reads a chunk from the
         # top anyway (and a sweep's throttled cells are such a head after each of its cells ends).
-        self._skip = Skip(head, last, frozenset(shapes)) if head >= EVENT_WINDOW else None
+        # A pass from the top that placed what fitted in it keeps the head the last passes found
+        # (the next survey finds how many of its jobs left it): when the sweep is at its
+        # max_parallel again, the next pass jumps past its cells instead of reading them all.
+        if head >= EVENT_WINDOW:
+            self._skip = Skip(head, last, frozenset(shapes))
+        elif past or full:
+            self._skip = None
         # Records of jobs no longer waiting are forgotten; a waiting job's meta changes only when
         # it leaves and comes back (a lost job), and PLACE refuses a stale one (read again).
         self._read = {i: w for i, w in self._read.items() if i in seen}

@@ -406,7 +406,8 @@ def test_the_periodic_pass_runs_even_when_woken_at_every_turn(grid, broker, r):
 def test_a_woken_pass_places_a_job_that_fits_behind_many_that_fit_nowhere(grid, r):
     """A woken pass looks at a small window of the waiting queue; a job that fits must still be
     placed at once when 150 jobs ahead of it fit nowhere, and the next passes start past that
-    unfit head (unless something in it fits now: then from the top, priority order kept)."""
+    unfit head (unless something in it fits now: then from the top, priority order kept, and the
+    head stays known for the passes after)."""
     from agent.negotiator import EVENT_WINDOW, Negotiator
     from gridcore import keys
     from gridcore.models import JobSpec
@@ -432,8 +433,13 @@ def test_a_woken_pass_places_a_job_that_fits_behind_many_that_fit_nowhere(grid, 
     assert neg.run_once(full=False) == 1
     at = _where(r, ["node-a"])
     assert at[blocked[0]] == "node-a" and all(at[j] == "pending" for j in blocked[1:])
-    assert neg._skip is None  # a head shorter than a chunk is read from the top again
+    # The head stays known (a job left it): with its shape unfit again, the next pass starts past it.
+    assert neg._skip is not None and neg._skip.last == blocked[-1]
+    read_from: list[int] = []
+    ids = neg._ids
+    neg._ids = lambda offset, full: read_from.append(offset) or ids(offset, full)
     assert neg.run_once(full=False) == 0 and neg._skip.count == 149 and neg._skip.last == blocked[-1]
+    assert read_from == [149]
 
 
 def test_a_pass_looks_from_the_top_when_the_queue_moved_under_its_unfit_head(grid, r):
@@ -481,3 +487,35 @@ def test_a_pass_still_skips_the_unfit_head_after_jobs_left_it(grid, r):
     neg._ids = lambda offset, full: read_from.append(offset) or ids(offset, full)
     assert neg.run_once(full=False) == 1 and _where(r, ["node-a"])[fits] == "node-a"
     assert read_from == [115] and neg._skip.count == 115 and neg._skip.last == blocked[-1]
+
+
+def test_a_pass_from_the_top_jumps_past_the_known_head_once_it_finds_its_shapes_unfit(grid, r):
+    """A sweep's cells fill the head of the queue. A pass reads from the top when the sweep may
+    take a cell (its shape fits as read); if it finds the cells unfit after all (another placer
+    took the sweep's free slot), it jumps past the cells the last passes found, to the job that
+    fits behind them, instead of reading every cell."""
+    from agent.negotiator import EVENT_WINDOW, Negotiator
+    from gridcore import keys
+    from gridcore.models import JobSpec
+
+    gid = "sweep-head"
+    cells = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20), group=gid,
+                                      params={"i": i}) for i in range(150)], groups={gid: {"max_parallel": 1}})
+    _grid_nodes(r, ["node-a"], cpus=64, memory=8 * GB, gpus=0)
+    r.sadd(keys.group_slots(gid), "running-elsewhere")
+    neg = Negotiator(r, "agent", node="node-a")
+    assert neg.run_once(full=False) == 0 and neg._skip.count == 150 and neg._skip.last == cells[-1]
+    fits = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    r.lrem(keys.rq_queue(keys.node_queue("node-a")), 1, fits)  # placed at submit: put back, behind the cells
+    r.hdel(keys.node_held("node-a"), fits)
+    r.rpush(keys.rq_queue(keys.PENDING_QUEUE), fits)
+    r.srem(keys.group_slots(gid), "running-elsewhere")  # the sweep may take a cell ...
+    survey = neg._survey("token", False, False)
+    assert survey[2] == 0  # ... so the pass reads from the top
+    r.sadd(keys.group_slots(gid), "taken-meanwhile")  # ... but another placer takes that slot first
+    read_from: list[int] = []
+    ids = neg._ids
+    neg._ids = lambda offset, full: read_from.append(offset) or ids(offset, full)
+    assert neg._pass(False, *survey) == 1
+    assert _where(r, ["node-a"])[fits] == "node-a" and all(_where(r, ["node-a"])[c] == "pending" for c in cells)
+    assert read_from == [150] and 150 > EVENT_WINDOW  # not 100, 200, ...: the cells' records not read again
