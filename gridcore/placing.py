@@ -228,6 +228,10 @@ class Placer:
         by_name = {n.name: n for n in nodes}
         candidates = nodes if onto is None else [n for n in nodes if n.name == onto]
         placed_on: dict[str, int] = {}  # node -> jobs this call placed there (each wants a slot)
+        # (resources, queue) that fit no candidate, and the reason if one was asked: what is
+        # committed only grows in this call, so the other jobs of that shape (a sweep's cells
+        # behind a full node) are not matched against every node again, one by one.
+        unfit: dict[tuple[Resources, str], str | None] = {}
         for w in order:
             meta = w.meta
             group, limit = meta.group, meta.max_parallel or 0
@@ -238,15 +242,23 @@ class Placer:
                 continue
             res = meta.resources.resources()
             queue = meta.queue or "default"
+            if (res, queue) in unfit:
+                if (why := unfit[(res, queue)]) is not None and (want is None or w.id in want):
+                    out.whys[w.id] = why
+                continue
             choice = choose_node(res, candidates, committed, queue=queue)
             if choice is not None and onto is not None and not res.gpus and by_name[onto].gpus:
                 best = choose_node(res, nodes, committed, queue=queue)
                 if best is not None and not by_name[best.node].gpus:
                     choice = None  # a node without GPUs takes it (its own pass): GPU nodes are kept for GPU jobs
             if choice is None:
+                why = None
                 if (want is None or w.id in want) and (onto is None or choose_node(res, nodes, committed, queue=queue)
                                                        is None):
-                    out.whys[w.id] = _why_not(res, nodes, committed, queue)
+                    why = out.whys[w.id] = _why_not(res, nodes, committed, queue)
+                if want is not None and want:
+                    continue  # reasons asked for some jobs only: each is worked out for its own
+                unfit[(res, queue)] = why
                 continue
             node = by_name[choice.node]
             before = placed_on.get(node.name, 0)

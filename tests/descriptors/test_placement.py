@@ -519,3 +519,30 @@ def test_a_pass_from_the_top_jumps_past_the_known_head_once_it_finds_its_shapes_
     assert neg._pass(False, *survey) == 1
     assert _where(r, ["node-a"])[fits] == "node-a" and all(_where(r, ["node-a"])[c] == "pending" for c in cells)
     assert read_from == [150] and 150 > EVENT_WINDOW  # not 100, 200, ...: the cells' records not read again
+
+
+def test_jobs_of_a_shape_no_node_has_room_for_are_matched_once_per_pass(grid, r, monkeypatch):
+    """A pass over a sweep's cells on a full grid matches the cells' shape against the nodes
+    once, not once per cell (what is committed only grows in a pass); each cell still gets its
+    reason when reasons are asked for."""
+    from gridcore import placing
+    from gridcore.models import JobSpec
+    from gridcore.placing import Placer
+
+    cells = grid.submit_many([JobSpec(command="true", resources=Resources(cpus=4), group="full-grid",
+                                      params={"i": i}) for i in range(30)])
+    _grid_nodes(r, ["node-a", "node-b"], cpus=4, memory=8 * GB, gpus=0)
+    from gridcore.reservations import Reservations
+    for n in ("node-a", "node-b"):
+        assert Reservations(r).reserve(n, f"holder-{n}", Resources(cpus=4), [], 4, 8 * GB)
+    calls = []
+    real = placing.choose_node
+    monkeypatch.setattr(placing, "choose_node", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = Placer(r)
+    out = p.place([w for w in p.read(cells)])
+    assert not out.placed and len(calls) == 1
+    assert set(out.whys) == set(cells) and len(set(out.whys.values())) == 1
+    assert "node-a" in out.whys[cells[0]] and "node-b" in out.whys[cells[0]]
+    calls.clear()
+    out = p.place([w for w in p.read(cells)], explain_rest=cells[:2], onto="node-a")
+    assert not out.placed and set(out.whys) == set(cells[:2])
