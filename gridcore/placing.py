@@ -38,29 +38,49 @@ WINDOW = 500
 
 PLACE = RESERVE_FN + """
 -- KEYS: the pending queue, the node's RQ queue, the job's RQ hash, RQ's set of queues, grid:why,
---       the node's held hash, the sweep's slots set (any key when the job is in no sweep)
+--       the node's held hash, the sweep's slots set (any key when the job is in no sweep), then
+--       the RQ hashes of the alternates
 -- ARGV: job id, node queue name, the new meta, sha1 of the meta the placer read,
 --       max_parallel (0: none), '1' if the job is in a sweep, then reserve's cpus, memory,
 --       GPUs (JSON), node cpus, node memory, held entry; the node's pool queue to nudge ('' none)
---       and the nudge
--- Returns 1 placed, 0 no room on the node, -1 no longer waiting, -2 throttled, -3 meta changed.
-local id = ARGV[1]
-if not redis.call('LPOS', KEYS[1], id) then return -1 end
-if redis.sha1hex(redis.call('HGET', KEYS[3], 'meta') or '') ~= ARGV[4] then return -3 end
-local mp = tonumber(ARGV[5])
-if mp > 0 and redis.call('SISMEMBER', KEYS[7], id) == 0 and redis.call('SCARD', KEYS[7]) >= mp then
-  return -2
+--       and the nudge; then per alternate its id, new meta and sha1 (ARGV[15..])
+-- Alternates: the jobs right behind it in the placer's order, of its shape (resources, queue,
+-- sweep), no GPUs: tried in turn while the one before is no longer waiting (another placer took
+-- it), as the placer would try them one script each.
+-- Returns {code, n}: n alternates were gone before the one the code is for; code 1 placed, 0 no
+-- room on the node, -1 no longer waiting, -2 throttled, -3 meta changed.
+local function place(id, job, meta, digest)
+  if not redis.call('LPOS', KEYS[1], id) then return -1 end
+  if redis.sha1hex(redis.call('HGET', job, 'meta') or '') ~= digest then return -3 end
+  local mp = tonumber(ARGV[5])
+  if mp > 0 and redis.call('SISMEMBER', KEYS[7], id) == 0 and redis.call('SCARD', KEYS[7]) >= mp then
+    return -2
+  end
+  if reserve(KEYS[6], id, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]) == 0 then return 0 end
+  redis.call('LREM', KEYS[1], 1, id)
+  redis.call('HSET', job, 'origin', ARGV[2], 'meta', meta)
+  redis.call('RPUSH', KEYS[2], id)
+  redis.call('SADD', KEYS[4], KEYS[2])
+  redis.call('HDEL', KEYS[5], id)
+  if ARGV[6] == '1' then redis.call('SADD', KEYS[7], id) end
+  if ARGV[13] ~= '' and redis.call('LLEN', ARGV[13]) == 0 then redis.call('RPUSH', ARGV[13], ARGV[14]) end
+  return 1
 end
-if reserve(KEYS[6], id, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]) == 0 then return 0 end
-redis.call('LREM', KEYS[1], 1, id)
-redis.call('HSET', KEYS[3], 'origin', ARGV[2], 'meta', ARGV[3])
-redis.call('RPUSH', KEYS[2], id)
-redis.call('SADD', KEYS[4], KEYS[2])
-redis.call('HDEL', KEYS[5], id)
-if ARGV[6] == '1' then redis.call('SADD', KEYS[7], id) end
-if ARGV[13] ~= '' and redis.call('LLEN', ARGV[13]) == 0 then redis.call('RPUSH', ARGV[13], ARGV[14]) end
-return 1
+local code = place(ARGV[1], KEYS[3], ARGV[3], ARGV[4])
+local n = 0
+while code == -1 and KEYS[8 + n] do
+  local a = 15 + 3 * n
+  n = n + 1
+  code = place(ARGV[a], KEYS[7 + n], ARGV[a + 1], ARGV[a + 2])
+end
+return {code, n}
 """
+
+ALTERNATES = 2
+"""Jobs of the same shape tried by one PLACE after the first, each only if the one before was
+gone: on a grid of several nodes, the nodes' ending slots race for the head of a sweep, and a
+slot that lost found the next cell gone too, one script each. Sent only where other nodes may
+race (a one-node grid's slots seldom do, and each alternate costs its meta's encoding)."""
 
 PLACED, NO_ROOM, GONE, THROTTLED, CHANGED = 1, 0, -1, -2, -3
 
@@ -232,7 +252,12 @@ class Placer:
         # committed only grows in this call, so the other jobs of that shape (a sweep's cells
         # behind a full node) are not matched against every node again, one by one.
         unfit: dict[tuple[Resources, str], str | None] = {}
-        for w in order:
+        racing = sum(n.state is not NodeState.DOWN for n in nodes) > 1  # other nodes' placers: alternates
+        skip = 0  # alternates the last PLACE tried: already decided
+        for i, w in enumerate(order):
+            if skip:
+                skip -= 1
+                continue
             meta = w.meta
             group, limit = meta.group, meta.max_parallel or 0
             if _throttled(meta, running):
@@ -263,7 +288,14 @@ class Placer:
             node = by_name[choice.node]
             before = placed_on.get(node.name, 0)
             nudged = before >= (taking if node.name == onto else 0) and _idle(node) > before
-            result = self._one(w, node, choice.gpus, _idle_elsewhere(node, nodes) if nudged else None)
+            alternates = _alternates(order, i, running) if racing and not choice.gpus else []
+            result, gone = self._one(w, node, choice.gpus, _idle_elsewhere(node, nodes) if nudged else None, alternates)
+            if gone:  # the job and the alternates before the one the result is for: taken by other placers
+                out.raced += gone
+                if group and limit:
+                    running[group] = running.get(group, 0) + gone
+                w = alternates[gone - 1]
+            skip = gone
             out.raced += result != PLACED
             if result == PLACED:
                 placed_on[node.name] = before + 1
@@ -324,22 +356,35 @@ class Placer:
                 raise n
         return {g: n if isinstance(n, int) else 0 for g, n in zip(groups, counts, strict=True)}
 
-    def _one(self, w: Waiting, node: Node, gpus: Sequence[int], idle_elsewhere: int | None) -> int:
-        """Run `PLACE` for one job on one node; its result code. `idle_elsewhere`: the idle
-        slots of the other nodes, where a nudge is pushed (None: no nudge)."""
-        raw = dict(w.raw)
-        raw["placement"] = Placement(node=node.name, gpus=list(gpus)).model_dump()
-        raw.pop("why", None)
+    def _one(self, w: Waiting, node: Node, gpus: Sequence[int], idle_elsewhere: int | None,
+             alternates: Sequence[Waiting] = ()) -> tuple[int, int]:
+        """Run `PLACE` for one job on one node, and its `alternates` in turn while the one
+        before is gone; its result code, and how many of the alternates were gone before the job
+        the code is for. `idle_elsewhere`: the idle slots of the other nodes, where a nudge is
+        pushed (None: no nudge)."""
         nq = keys.node_queue(node.name)
         group = w.meta.group or ""
         res = w.meta.resources.resources()
-        return int(self._place(
+        more_keys, more_args = [], []
+        for a in alternates:
+            more_keys.append(keys.rq_job(a.id))
+            more_args += [a.id, _placed_meta(a, node, gpus), a.digest]
+        code, gone = self._place(
             keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
-                  keys.WHY, keys.node_held(node.name), keys.group_slots(group)],
-            args=[w.id, nq, json.dumps(raw), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
+                  keys.WHY, keys.node_held(node.name), keys.group_slots(group), *more_keys],
+            args=[w.id, nq, _placed_meta(w, node, gpus), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
                   *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:],
-                  *_nudge(node, w.meta, idle_elsewhere)],
-        ))
+                  *_nudge(node, w.meta, idle_elsewhere), *more_args],
+        )
+        return int(code), int(gone)
+
+
+def _placed_meta(w: Waiting, node: Node, gpus: Sequence[int]) -> str:
+    """The job's meta as PLACE writes it: where it is placed, no reason why it waits."""
+    raw = dict(w.raw)
+    raw["placement"] = Placement(node=node.name, gpus=list(gpus)).model_dump()
+    raw.pop("why", None)
+    return json.dumps(raw)
 
 
 @dataclass(frozen=True)
@@ -357,6 +402,21 @@ class Shape:
     def of(cls, meta: JobMeta) -> Shape:
         limit = meta.max_parallel or 0
         return cls(meta.resources.resources(), meta.queue or "default", meta.group if limit else None, limit)
+
+
+def _alternates(order: Sequence[Waiting], i: int, running: Mapping[str, int]) -> list[Waiting]:
+    """The jobs right after `order[i]` that PLACE may try in its stead if it is gone: of its shape
+    and sweep, and as many as its sweep has room for (as read) beyond it, up to ALTERNATES."""
+    w = order[i]
+    room = ALTERNATES
+    if w.meta.group and w.meta.max_parallel:
+        room = min(room, w.meta.max_parallel - running.get(w.meta.group, 0) - 1)
+    out: list[Waiting] = []
+    for a in order[i + 1:i + 1 + max(0, room)]:
+        if a.shape != w.shape or a.meta.group != w.meta.group:
+            break
+        out.append(a)
+    return out
 
 
 def _throttled(job: JobMeta | Shape, running: Mapping[str, int]) -> bool:

@@ -210,3 +210,28 @@ def test_a_pass_that_finds_a_sweeps_cells_taken_counts_them_against_its_max_para
     out = slow.place(jobs, view=view, explain_rest=(), onto="a")
     assert out.placed == {} and out.raced == 2 and out.full == {gid}
     assert r.scard(keys.group_slots(gid)) == 2
+
+
+def test_a_placer_that_finds_a_cell_gone_tries_the_next_ones_in_the_same_script(grid, r):
+    """On a grid of several nodes the nodes' ending slots race for the head of a sweep: a
+    placement whose cell another placer took tries the cells right behind it in the same script
+    (as many as the sweep has room for), instead of a script each; what it places is still
+    bounded by max_parallel and the node's room."""
+    from gridcore.placing import Placer
+
+    gid = "sweep-alt"
+    cells = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20), group=gid,
+                                      params={"i": i}) for i in range(6)], groups={gid: {"max_parallel": 4}})
+    _nodes(r, grid, {"a": 0, "b": 0})
+    slow = Placer(r)
+    jobs = slow.read(cells)
+    view = slow.view([gid])  # read before the other placer's placements
+    assert Placer(r).place_ids(cells[:2], own=False, onto="b").placed == dict.fromkeys(cells[:2], "b")
+    scripts = []
+    place = slow._place
+    slow._place = lambda **kw: scripts.append(kw["args"][0]) or place(**kw)
+    out = slow.place(jobs, view=view, explain_rest=(), onto="a")
+    assert out.placed == dict.fromkeys(cells[2:4], "a") and out.raced == 2, out
+    assert scripts == [cells[0], cells[3]]  # cells 0, 1 (gone) and 2 in one script; then 3
+    assert r.scard(keys.group_slots(gid)) == 4
+    assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [c.encode() for c in cells[4:]]
