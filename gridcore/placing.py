@@ -447,13 +447,17 @@ def take_view(replies: Sequence, names: Sequence[str], groups: Sequence[str], mi
     if any(isinstance(x, Exception) for x in replies):
         return None
     (sec, usec), members = replies[0], replies[1]
-    if [text(m) for m, _ in members] != list(names):
+    # The registry is ordered by heartbeat time, which reorders its nodes at every heartbeat:
+    # the same nodes in another order are the same grid (reading it again the careful way cost a
+    # pass on a grid of several nodes two more round trips every few passes).
+    scores = {text(m): score for m, score in members}
+    if len(members) != len(names) or scores.keys() != set(names):
         return None
     now = sec + usec / 1e6
     nodes, committed, seen = [], {}, []
-    for i, (name, (_, score)) in enumerate(zip(names, members, strict=True)):
+    for i, name in enumerate(names):
         fields, running, held = replies[2 + 3 * i: 5 + 3 * i]
-        node = node_view(name, dict(zip(NODE_FIELDS, fields, strict=True)), running, now, score)
+        node = node_view(name, dict(zip(NODE_FIELDS, fields, strict=True)), running, now, scores[name])
         nodes.append(node)
         bad: list[str] = []
         committed[name] = held_sum(name, node, held, bad)

@@ -546,3 +546,22 @@ def test_jobs_of_a_shape_no_node_has_room_for_are_matched_once_per_pass(grid, r,
     calls.clear()
     out = p.place([w for w in p.read(cells)], explain_rest=cells[:2], onto="node-a")
     assert not out.placed and set(out.whys) == set(cells[:2])
+
+
+def test_a_pass_reads_the_grid_in_one_round_trip_whatever_the_order_of_the_heartbeats(grid, r):
+    """The node registry is ordered by heartbeat time: nodes heartbeating in another order than
+    at the last pass are still the same grid, read with the pass's one round trip (not again,
+    key by key), each node with its own heartbeat."""
+    from gridcore import keys
+    from gridcore.placing import ask_view, take_view
+
+    _grid_nodes(r, ["node-a", "node-b"], cpus=4, memory=8 * GB, gpus=0)
+    sec, _ = r.time()
+    r.zadd(keys.NODES, {"node-a": sec - 1, "node-b": sec - 5})  # b heartbeat first this time
+    with r.pipeline(transaction=False) as pipe:
+        ask_view(pipe, ["node-a", "node-b"], [])
+        view = take_view(pipe.execute(raise_on_error=False), ["node-a", "node-b"], [])
+    assert view is not None and [n.name for n in view.nodes] == ["node-a", "node-b"]
+    with r.pipeline(transaction=False) as pipe:
+        ask_view(pipe, ["node-a"], [])
+        assert take_view(pipe.execute(raise_on_error=False), ["node-a"], []) is None  # a node joined
