@@ -15,7 +15,9 @@ A job that fits nowhere now keeps a plain-words reason per node, shown by `grid 
 console, written by the periodic pass. A slot whose job had been placed (or was in a throttled
 sweep) also runs a quick pass itself as the job ends (agent/perform.py), before it looks for
 its next job: the next cell of a sweep is then in its node queue already, without waiting for
-the woken loop of the agent, a process that shares the node's cores with the jobs.
+the woken loop of the agent, a process that shares the node's cores with the jobs. That pass
+looks at the head of the queue only (TAKE_WINDOW); when it places nothing the slot wakes its
+node's loop, which looks further.
 """
 
 from __future__ import annotations
