@@ -99,15 +99,24 @@ class JobAttempt:
         self.taken_elsewhere = False  # claimed here, then taken up elsewhere before it started
         self.number = 0  # which start of its envelope this is, once started
         self.sink: OutputSink | None = None
+        self._meta: tuple[dict[str, Any], JobMeta] | None = None  # the raw meta read, and what it read as
 
     @property
     def meta(self) -> JobMeta:
-        """The grid's part of the job's record; a corrupt one reads as empty (logged)."""
+        """The grid's part of the job's record; a corrupt one reads as empty (logged).
+
+        Read once per version of the raw meta (a job's life reads it about ten times): a reload
+        of the job replaces the dict, and this class's own edits of it drop the copy."""
+        raw = self.job.meta
+        if self._meta is not None and self._meta[0] is raw:
+            return self._meta[1]
         try:
-            return JobMeta.from_dict(self.job.meta, f"{keys.rq_job(self.id)} meta")
+            meta = JobMeta.from_dict(raw, f"{keys.rq_job(self.id)} meta")
         except CorruptRecord as e:
             log.warning("job %s: %s", self.id, e)
-            return JobMeta()
+            meta = JobMeta()
+        self._meta = (raw, meta)
+        return meta
 
     @property
     def places_next(self) -> bool:
@@ -143,6 +152,7 @@ class JobAttempt:
         self.job.meta["run"] = run.model_dump()  # the raw meta: keys this agent does not know stay
         for k in ("lost_on", "lost_at"):  # a rerun started: where it had been lost no longer matters
             self.job.meta.pop(k, None)
+        self._meta = None
         self.book.save_meta(pipe, self.job)
         pipe.hset(keys.node_running(self.node), self.id, RunningEntry("started", slot=self.slot).encode())
         pipe.hset(keys.ACTIVE, self.id, run.encode())
@@ -151,9 +161,9 @@ class JobAttempt:
         events.emit(pipe, now, "started", job=self.id, node=self.node, message=f"slot {self.slot}")
         args = [*reserve_args(self.id, res, self.gpus, capacity.cpus, capacity.memory), nonce_expiry(envelope),
                 envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.conn, pipe)]
-        ok, used, errs, canceled = self.conn.register_script(guarded.START)(
-            keys=[keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id), keys.rq_job(self.id)],
-            args=args)
+        ok, used, errs, canceled = guarded.START(
+            self.conn, [keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id),
+                        keys.rq_job(self.id)], args)
         if ok <= 0:
             self.book.forget(self.execution)
             self.execution = None
@@ -245,15 +255,15 @@ class JobAttempt:
         # A job placed on this node keeps what it holds here; any other may start elsewhere.
         placement = self.meta.placement
         placed_here = placement is not None and placement.node == self.node
-        script = self.conn.register_script(guarded.REQUEUE_UNSTARTED)
         q = self.queue
 
         def once() -> int:
-            return script(
-                keys=[q.key, keys.rq_job(self.id), keys.node_running(self.node), keys.ACTIVE,
-                      q.intermediate_queue_key, keys.node_held(self.node), keys.rq_registry("running", q.name)],
-                args=[self.id, self.book.execution_member(self.job, self.execution), self.worker,
-                      "0" if placed_here else "1", claim.marker(self.worker)],
+            return guarded.REQUEUE_UNSTARTED(
+                self.conn,
+                [q.key, keys.rq_job(self.id), keys.node_running(self.node), keys.ACTIVE,
+                 q.intermediate_queue_key, keys.node_held(self.node), keys.rq_registry("running", q.name)],
+                [self.id, self.book.execution_member(self.job, self.execution), self.worker,
+                 "0" if placed_here else "1", claim.marker(self.worker)],
             )
 
         if until_broker(once, f"job {self.id}: handing back an unstarted job"):
@@ -329,9 +339,9 @@ class JobAttempt:
         self._write_end(pipe, result, None, rq_done=True)
         self.book.record_success(pipe, self.job, result, self.execution)
         self.book.idle(pipe)
-        ok, detail = self.conn.register_script(guarded.END)(
-            keys=[keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id)],
-            args=[self.id, self.worker, *guarded.packed(self.conn, pipe)])
+        ok, detail = guarded.END(
+            self.conn, [keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id)],
+            [self.id, self.worker, *guarded.packed(self.conn, pipe)])
         if ok == 2:
             return None
         if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
@@ -471,6 +481,7 @@ class JobAttempt:
         self.job.meta["lost"] = lost
         self.job.meta.update(lost_on=self.node, lost_at=now)  # its rerun prefers another node (agent/rerun.py)
         self.job.meta.pop("run", None)
+        self._meta = None
         retry = lost <= LOST_RETRIES
         record = Result(node=self.node, end=now, reason=reason[:4096], reason_kind="lost")
         if witness is not None:

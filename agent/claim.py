@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from agent.lua import Lua
 from gridcore import keys
 from gridcore.placing import NUDGE, NUDGE_HOPS, NUDGE_PATTERN
 from gridcore.priority import PUT_BACK
@@ -137,6 +138,8 @@ gives back what its waits took, passing another node's nudge on), the job's `gri
 elsewhere?) and its cancel flag; and drop its priority entry (it no longer waits). One round
 trip instead of five."""
 
+_POP_SCRIPT = Lua(_POP)
+
 DRAINING = "draining"
 """What `GridWorker`'s pop returns while the node is draining: nothing was taken."""
 
@@ -165,6 +168,7 @@ _RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
 """
+_RELEASE_SCRIPT = Lua(_RELEASE)
 
 
 def marker(worker: str) -> str:
@@ -174,9 +178,8 @@ def marker(worker: str) -> str:
 
 def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
     """Pop and claim the first job of `queue_keys` (the node queue first) for `worker`."""
-    script = conn.register_script(_POP)
-    got = script(keys=[keys.node_taking(node), *queue_keys, keys.node_running(node), keys.node(node)],
-                 args=[marker(worker), keys.rq_job_prefix(), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
+    got = _POP_SCRIPT(conn, [keys.node_taking(node), *queue_keys, keys.node_running(node), keys.node(node)],
+                      [marker(worker), keys.rq_job_prefix(), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
                        keys.rq_queue_prefix(), node, NUDGE_PATTERN, NUDGE_HOPS, NUDGE])
     time = (int(got[3]), int(got[4]))
     if int(got[7]) or not got[1]:
@@ -313,7 +316,7 @@ def reconcile_held(conn, node: str) -> int:
 
 def release(conn, node: str, job_id: str, value: str) -> None:
     """Drop a job's entry in the node's running hash if it is still `value` (a claim, an end)."""
-    conn.register_script(_RELEASE)(keys=[keys.node_running(node)], args=[job_id, value])
+    _RELEASE_SCRIPT(conn, [keys.node_running(node)], [job_id, value])
 
 
 _REQUEUE = """

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from agent.lua import Lua
 from gridcore import keys
 from gridcore.records import OWNER_FN
 from gridcore.reservations import RESERVE_FN
@@ -55,7 +56,7 @@ Two script arguments instead of one per command argument: redis-py's per-argumen
 was the largest single cost of a slot's start and end. A failing command is reported, not
 fatal: the rest still run, as in MULTI/EXEC; a broker that refuses writes fails it whole."""
 
-START = RESERVE_FN + RUN_FN + """
+START = Lua(RESERVE_FN + RUN_FN + """
 -- KEYS: node's held hash, the envelope's nonce counter, the job's cancel flag, its RQ hash
 -- ARGV: job id, cpus, memory, gpus (JSON), node cpus, node memory, held entry,
 --       nonce expiry (unix s), max attempts, spent mark, then the recorded start (2 args)
@@ -78,13 +79,13 @@ if used > tonumber(ARGV[10]) or used > tonumber(ARGV[9]) then
   return {-1, used, {}, 0}
 end
 return {1, used, run_recorded(11), redis.call('EXISTS', KEYS[3])}
-"""
+""")
 """Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
 whether the job's cancel flag is set, read in the same atomic step as the start. A job whose
 cancel flag is set is not started at all (nothing written): it never runs; nor is one that no
 longer waits (taken up elsewhere since this slot claimed it)."""
 
-END = OWNER_FN + RUN_FN + """
+END = Lua(OWNER_FN + RUN_FN + """
 -- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list
 -- ARGV: job id, this slot's worker name, then the recorded end (2 args)
 if owner_of(KEYS[1], ARGV[1]) ~= ARGV[2] then
@@ -94,7 +95,7 @@ if redis.call('HGET', KEYS[2], 'status') ~= 'started' or redis.call('SCARD', KEY
   return {2, ''}
 end
 return {1, run_recorded(3)}
-"""
+""")
 """Record a job's end while this slot still owns it and nothing waits on it in RQ."""
 
 
@@ -105,15 +106,17 @@ def recorder(conn: redis.Redis) -> redis.client.Pipeline:
 
 def packed(conn: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
     """The pipeline's queued commands as the two script arguments RUN_FN reads."""
-    encode = conn.get_encoder().encode
+    encoder = conn.get_encoder()
+    encode, charset, handling = encoder.encode, encoder.encoding, encoder.encoding_errors
     nums: list[int] = [len(pipe.command_stack)]
     parts: list[bytes] = []
     for args, _options in pipe.command_stack:
-        nums.append(len(args))
-        for a in args:
-            b = encode(a)
-            nums.append(len(b))
-            parts.append(b)
+        # The common types inline: redis-py's encode checks each argument against five types,
+        # and a job's start and end carry a few hundred arguments.
+        bs = [a if type(a) is bytes else a.encode(charset, handling) if type(a) is str else encode(a) for a in args]
+        nums.append(len(bs))
+        nums.extend(map(len, bs))
+        parts.extend(bs)
     pipe.reset()
     return [",".join(map(str, nums)), b"".join(parts)]
 
@@ -123,7 +126,7 @@ def errors(reply: Sequence[Any]) -> list[str]:
     return [e.decode(errors="replace") if isinstance(e, bytes) else str(e) for e in reply]
 
 
-REQUEUE_UNSTARTED = OWNER_FN + """
+REQUEUE_UNSTARTED = Lua(OWNER_FN + """
 -- KEYS: the job's queue, its RQ hash, the node's running hash, grid:active, RQ's taken list
 --       of the queue, the node's held hash, the queue's started registry
 -- ARGV: job id, its started-registry member ('' none), this slot's worker name,
@@ -147,6 +150,6 @@ if (status ~= 'queued' and status ~= 'started') or redis.call('LPOS', KEYS[1], i
 redis.call('HSET', KEYS[2], 'status', 'queued')
 redis.call('LPUSH', KEYS[1], id)
 return 1
-"""
+""")
 """Put a dequeued job that never started back at the front of its queue, once, undoing what
 its start had already written (started registry, running-here entries). Safe to repeat."""

@@ -1,0 +1,29 @@
+"""Scripts the slot runs by SHA (agent/lua.py): a broker that lost them (restarted, flushed,
+failed over) gets them again, and the call still answers."""
+
+from __future__ import annotations
+
+from agent.lua import Lua
+
+
+def test_a_script_the_broker_forgot_is_loaded_again(r):
+    script = Lua("return {KEYS[1], ARGV[1]}")
+    assert script(r, ["k"], ["v"]) == [b"k", b"v"]
+    r.script_flush()
+    assert not r.script_exists(script.sha)[0]
+    assert script(r, ["k2"], [3]) == [b"k2", b"3"]
+    assert r.script_exists(script.sha)[0]
+
+
+def test_recorded_commands_run_as_they_were_queued(r):
+    from agent import guarded
+
+    pipe = guarded.recorder(r)
+    pipe.hset("h", mapping={"é": "ü", "n": 1, "f": 0.5, "b": b"\x00\xff"})
+    pipe.rpush("l", "a", b"", 3)
+    pipe.incr("h")  # a failing command is reported, and the rest still ran
+    run = Lua(guarded.RUN_FN + "return run_recorded(1)")
+    errs = guarded.errors(run(r, [], guarded.packed(r, pipe)))
+    assert len(errs) == 1 and "WRONGTYPE" in errs[0]
+    assert r.hgetall("h") == {"é".encode(): "ü".encode(), b"n": b"1", b"f": b"0.5", b"b": b"\x00\xff"}
+    assert r.lrange("l", 0, -1) == [b"a", b"", b"3"]
