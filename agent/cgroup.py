@@ -340,7 +340,9 @@ def _make(path: Path) -> bool:
 
 def node_oom_kills() -> int | None:
     """The kernel's node-wide count of OOM kills (/proc/vmstat), or None where unreadable."""
-    for line in (_read(Path("/proc/vmstat")) or "").splitlines():
-        if line.startswith("oom_kill "):
-            return int(line.split()[1])
-    return None
+    raw = "\n" + (_read(Path("/proc/vmstat")) or "")
+    at = raw.find("\noom_kill ")  # one search, not a split of its ~180 lines: read at every job's start
+    if at < 0:
+        return None
+    end = raw.find("\n", at + 1)
+    return int(raw[at + len("\noom_kill ") : end if end >= 0 else None])

@@ -48,6 +48,7 @@ class Performer:
         self.slot = slot
         self.worker = worker
         self.settings = settings
+        self.log_dir = settings.log_dir  # resolved once: it is the same for every job of the slot
         self.gate = gate
         self.admission = Admission(conn, settings.agent)  # signed bounds and the node's replay journal
         self.marker_env = marker_env
@@ -191,8 +192,10 @@ class Performer:
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )
-        sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.settings.log_dir, log_cap=agent.log_cap)
+        sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.log_dir, log_cap=agent.log_cap)
         meter = usage.Meter(gpus)  # what the attempt uses, measured until its tree is gone
+        if meter.walk:  # one read of the slot's children for both (where /proc lists them)
+            ctx.children_before = meter.before
         try:
             result, outcome = runner.execute(envelope, ctx, sink)
         except Exception as e:  # noqa: BLE001 - an agent bug fails the job, loudly, not the slot
@@ -201,7 +204,7 @@ class Performer:
             result = Result(node=self.node, slot=self.slot, start=now, end=end, duration=max(0.0, end - now),
                             reason=f"agent error: {type(e).__name__}: {e}"[:4096], reason_kind="error")
             outcome = None
-        result = meter.finish(result)
+        result = meter.finish(result, ctx.children_after)
         result = self.admission.attest(result, attempt.id, envelope, attempt.number,
                                        final=attempt.ends_job(result, outcome))
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.

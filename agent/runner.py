@@ -71,6 +71,10 @@ class RunContext:
     attempt: int = 1  # which attempt of its envelope this is (1 for the first)
     run_id: str = ""  # the attempt's run id: its processes are killed by it (agent/proctree.py)
     worker: str = ""  # the slot's RQ worker name
+    children_before: set[int] | None = None  # the slot's children just before the job (read here if None)
+    # Set by the runner: the slot's children after the job, when nothing of the job was left to
+    # kill or reap; the meter (agent/usage.py) then need not look again.
+    children_after: set[int] | None = None
 
 
 _cgroups: cgroup.JobCgroups | None = None
@@ -94,10 +98,27 @@ def close_cgroups() -> None:
         _cgroups.close()
 
 
+_base_env: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _agent_env() -> dict[str, str]:
+    """The agent's environment less GRID_*, a copy. Filtered again only when the environment
+    changed (compared as os.environ's raw dict, in C): decoding every variable at each job cost
+    a trivial job more than its Popen's environment block."""
+    global _base_env
+    raw = getattr(os.environ, "_data", None)
+    if raw is None or _base_env is None or _base_env[0] != raw:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRID_")}
+        if raw is None:
+            return env
+        _base_env = (dict(raw), env)
+    return dict(_base_env[1])
+
+
 def build_env(envelope: dict[str, Any], ctx: RunContext) -> dict[str, str]:
     """The job's environment: the agent's (less GRID_*), the envelope's, then the grid's own
     variables (documented in agent/deploy/README.md, "What a job gets")."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRID_")}
+    env = _agent_env()
     env.update({str(k): str(v) for k, v in (envelope.get("env") or {}).items()})
     env.update(ctx.extra_env)
     env.update(ctx.marker_env)
@@ -181,7 +202,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         return _not_run(record, sink, ctx, start, f"no memory cgroup for its {_mib(limit)} limit: {cgroups.why}")
     # This slot is the subreaper of what its jobs start (agent/usage.py): a child that
     # escaped the job's session becomes a child of ours, one we did not have before.
-    before = proctree.own_children()
+    before = ctx.children_before if ctx.children_before is not None else proctree.own_children()
     report: int | None = None  # read end of the shim's report of a failed move into the group
     try:
         if cg is not None:
@@ -294,12 +315,15 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     not_moved = _moved_report(report) if report is not None else ""
     # Leftovers of a finished job (background children, escaped or not) are part of the job:
     # end them too, whatever way it ended.
-    escaped = proctree.own_children() - before - {proc.pid}
+    after = proctree.own_children()
+    escaped = after - before - {proc.pid}
     if kill_info is None and (escaped or proctree.group_alive(proc.pid) or (cg is not None and cg.pids())):
         kill_info = proctree.kill_tree(proc.pid, None, proctree.attempt_marker(ctx.job_id, ctx.run_id),
                                        ctx.kill_grace, members=members, reap=lambda: proctree.reap(escaped))
     if escaped:  # reparented to this slot: collect the exit of every one, killed or not
         proctree.reap(proctree.own_children() - before)
+    elif kill_info is None:
+        ctx.children_after = after
     oom_kills = 0
     if not_moved:
         cgroups.release(cg)  # the shim exited before the job ran: nothing of it in the group

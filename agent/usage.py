@@ -38,6 +38,8 @@ MAX_INTERVAL = 2.0
 """Seconds between samples once a job has run a while (the interval doubles up to this)."""
 BACKOFF_AFTER = 10
 """Samples taken at a given interval before it doubles."""
+KEEP_AWAKE = 1.0
+"""Seconds the sampling thread keeps looking for a next job after the last one started."""
 MAX_SHARE = 0.005
 """Share of one core the sampler may use: a large tree is sampled less often to stay within it."""
 PR_SET_CHILD_SUBREAPER = 36
@@ -237,11 +239,14 @@ class Meter:
             self.gpus.sample(now)
         self.samples += 1
 
-    def reap(self) -> int:
+    def reap(self, now: Iterable[int] | None = None) -> int:
         """Reap the job's orphans that ended while re-parented to this slot (their CPU time and
-        IO then count in RUSAGE_CHILDREN). Only new children, never the slot's own."""
+        IO then count in RUSAGE_CHILDREN). Only new children, never the slot's own. `now`: the
+        slot's children as the caller just read them, after the job's tree was gone."""
         n = 0
-        for pid in children(self.me) if self.walk else []:
+        if now is None:
+            now = children(self.me) if self.walk else []
+        for pid in now:
             if pid in self.before or not is_zombie(pid):
                 continue
             try:
@@ -251,11 +256,12 @@ class Meter:
                 continue
         return n
 
-    def finish(self, result: Result) -> Result:
-        """Stop sampling and return `result` with its `usage` (call after the runner ended the tree)."""
+    def finish(self, result: Result, children_after: Iterable[int] | None = None) -> Result:
+        """Stop sampling and return `result` with its `usage` (call after the runner ended the tree;
+        `children_after`: the slot's children it read then, if nothing was left to kill or reap)."""
         _SAMPLER.disarm(self)
         wall = time.monotonic() - self.t0
-        self.reap()
+        self.reap(children_after)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         figures: dict[str, Any] = {
             "wall": round(result.duration if result.duration is not None else wall, 6),
@@ -288,44 +294,61 @@ class Meter:
 class _Sampler:
     """The slot's one sampling thread, started with its first job and kept: a thread started
     and joined per job cost a trivial job more than its samples (two hand-overs of the GIL on
-    a busy node). It samples the armed meter, one at a time (a slot runs one job at a time)."""
+    a busy node). It samples the armed meter, one at a time (a slot runs one job at a time).
+
+    Arming and disarming do not wake it unless it would otherwise sleep past the new meter's
+    first sample (it is asleep, no job having come for a while): a wake per job's start and end
+    cost a trivial job two GIL hand-overs, for a sample that job never lived to take. While
+    jobs come it looks every FIRST_SAMPLE seconds instead, finding the meter of the moment."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._meter: Meter | None = None
         self._thread: threading.Thread | None = None
+        self._wake_at = float("inf")  # when the thread's current wait ends (inf: until woken)
+        self._armed_at = 0.0
 
     def arm(self, meter: Meter) -> None:
         with self._cv:
             self._meter = meter
+            self._armed_at = meter.t0
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            elif self._wake_at > meter.t0 + min(FIRST_SAMPLE, meter.first):
+                self._cv.notify()
 
     def disarm(self, meter: Meter) -> None:
-        """Stop sampling `meter`; returns once no sample of it is under way (they run under the lock)."""
+        """Stop sampling `meter`; returns once no sample of it is under way (they run under the
+        lock). The thread finds it gone when it next wakes."""
         with self._cv:
             if self._meter is meter:
                 self._meter = None
-                self._cv.notify()
+
+    def _wait(self, until: float) -> None:
+        self._wake_at = until
+        self._cv.wait(None if until == float("inf") else max(0.0, until - time.monotonic()))
+        self._wake_at = time.monotonic()  # awake: an arm now needs no notify
 
     def _run(self) -> None:
         with self._cv:
             while True:
-                while self._meter is None:
-                    self._cv.wait()
-                self._measure(self._meter)
+                m = self._meter
+                if m is not None:
+                    self._measure(m)
+                    continue
+                now = time.monotonic()
+                # No job now: look again shortly while jobs come, else sleep until one is armed.
+                self._wait(now + FIRST_SAMPLE if now - self._armed_at < KEEP_AWAKE else float("inf"))
 
     def _measure(self, m: Meter) -> None:
         """Sample `m` until it is disarmed (called holding the lock, which `wait` gives up)."""
         interval = min(FIRST_SAMPLE, m.first)
         taken = 0
-        due = time.monotonic() + interval
+        due = m.t0 + interval
         while self._meter is m:
-            left = due - time.monotonic()
-            if left > 0:
-                self._cv.wait(left)
+            if due > time.monotonic():
+                self._wait(due)
                 continue
             interval = max(interval, m.first)
             spent = time.thread_time()
