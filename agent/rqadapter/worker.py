@@ -78,6 +78,7 @@ class GridWorker(SimpleWorker):
         self.performer = Performer(connection, book, node=node, slot=slot, worker=name, settings=settings, gate=gate, marker_env=marker_env,
                                    capacity=capacity)
         self.taken: claim.Taken | None = None  # what the last pop read besides the job
+        self._own_queues = {q.key: q for q in self.queues}
         self._beat_at = 0.0
         self._suspension_checked = 0.0
         self._scheduler_retry_at = 0.0
@@ -144,6 +145,10 @@ class GridWorker(SimpleWorker):
             self._beat_at = time.monotonic()
         except OUTAGE_ERRORS as e:
             log.debug("slot heartbeat skipped: %s", e)  # the idle loop waits for the broker
+
+    def beat_due(self) -> bool:
+        """Whether the worker's heartbeat is older than BEAT_EVERY (a job's start beats only then)."""
+        return time.monotonic() - self._beat_at >= BEAT_EVERY
 
     def set_state(self, state, pipeline=None):
         if pipeline is None and state == self._state:
@@ -312,9 +317,11 @@ class GridWorker(SimpleWorker):
             self.taken = taken
             job = restore_job(self.connection, taken.job_id, taken.fields)
             if job is not None:
-                queue = self.queue_class.from_queue_key(taken.queue_key, connection=self.connection,
-                                                        job_class=self.job_class, serializer=self.serializer,
-                                                        death_penalty_class=self.death_penalty_class)
+                queue = self._own_queues.get(taken.queue_key)  # one of this slot's: no new Queue per job
+                if queue is None:
+                    queue = self.queue_class.from_queue_key(taken.queue_key, connection=self.connection,
+                                                            job_class=self.job_class, serializer=self.serializer,
+                                                            death_penalty_class=self.death_penalty_class)
                 return job, queue
             # The record is gone or unreadable: RQ's own fetch (and GridQueue's refusal).
             result = self.queue_class._fetch_dequeued_job(

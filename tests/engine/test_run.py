@@ -76,3 +76,27 @@ def test_events_record_the_lifecycle(grid, agents):
     kinds = [e.kind for e in grid.events() if e.job == jid]
     assert kinds == ["finished", "started", "submitted"]
     assert json.loads(json.dumps([e.to_dict() for e in grid.events()]))
+
+
+def test_a_finished_jobs_rq_record_is_whole(grid, agents, r, settings):
+    """The end writes only what it changes in RQ's job hash (not RQ's whole save): every field
+    the submit wrote is still there, unchanged but for the status, and RQ reads the job ended."""
+    from rq.registry import FinishedJobRegistry
+    from rq.results import Result as RQResult
+
+    from gridcore import keys
+
+    jid = grid.submit(JobSpec(command="true"))
+    queued = r.hgetall(keys.rq_job(jid))
+    agents("node-a", slots=1)
+    assert grid.wait([jid], timeout=20)[jid] is JobState.FINISHED
+    ended = r.hgetall(keys.rq_job(jid))
+    changed = {k for k in queued if ended.get(k) != queued[k]}
+    assert changed <= {b"status", b"meta", b"last_heartbeat", b"started_at", b"ended_at", b"worker_name"}, changed
+    assert ended[b"status"] == b"finished" and ended[b"ended_at"] and ended[b"started_at"]
+    rq_job = RQJob.fetch(jid, connection=r, serializer=JSONSerializer)
+    assert rq_job.ended_at >= rq_job.started_at and rq_job.worker_name.startswith("node-a.")
+    assert rq_job.latest_result().type is RQResult.Type.SUCCESSFUL
+    registry = FinishedJobRegistry(rq_job.origin, connection=r, serializer=JSONSerializer)
+    assert jid in registry.get_job_ids()
+    assert 0 < r.ttl(keys.rq_job(jid)) <= settings.result_ttl
