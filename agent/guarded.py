@@ -12,6 +12,7 @@ Also here: the other scripts that write an attempt's records only while this slo
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,15 +35,19 @@ local function run_recorded(i)
     -- a DEL first would pass as the script's first write and let it past a full broker).
     redis.call('DEL', '""" + keys.WRITE_PROBE + """')
   end
-  local errs, nums = {}, {}
-  for x in string.gmatch(ARGV[i], '%d+') do nums[#nums + 1] = tonumber(x) end
-  local blob, k, pos = ARGV[i + 1], 2, 1
-  for _ = 1, nums[1] do
-    local argc = nums[k]; k = k + 1
+  local errs, lens, blob, k, pos = {}, ARGV[i], ARGV[i + 1], 1, 1
+  local function num()
+    local v
+    v, k = struct.unpack('<I4', lens, k)
+    return v
+  end
+  for _ = 1, num() do
+    local argc = num()
     local cmd = {}
     for a = 1, argc do
-      cmd[a] = string.sub(blob, pos, pos + nums[k] - 1)
-      pos = pos + nums[k]; k = k + 1
+      local n = num()
+      cmd[a] = string.sub(blob, pos, pos + n - 1)
+      pos = pos + n
     end
     local r = redis.pcall(unpack(cmd))
     if type(r) == 'table' and r.err then errs[#errs + 1] = r.err end
@@ -50,8 +55,10 @@ local function run_recorded(i)
   return errs
 end
 """
-"""Lua: run the recorded commands packed into ARGV[i] (the numbers: command count, then each
-command's argc and its arguments' lengths) and ARGV[i + 1] (the arguments, concatenated).
+"""Lua: run the recorded commands packed into ARGV[i] (the numbers, as little-endian 32-bit
+integers: command count, then each command's argc and its arguments' lengths; decimal text
+cost the slot more to write than its commands cost to record) and ARGV[i + 1] (the
+arguments, concatenated).
 Two script arguments instead of one per command argument: redis-py's per-argument packing
 was the largest single cost of a slot's start and end. A failing command is reported, not
 fatal: the rest still run, as in MULTI/EXEC; a broker that refuses writes fails it whole."""
@@ -61,7 +68,8 @@ START = Lua(RESERVE_FN + RUN_FN + """
 -- ARGV: job id, cpus, memory, gpus (JSON), node cpus, node memory, held entry,
 --       nonce expiry (unix s), max attempts, spent mark, then the recorded start (2 args)
 local status = redis.call('HGET', KEYS[4], 'status')
-if redis.call('EXISTS', KEYS[3]) == 1 and status == 'canceled' then
+local canceled = redis.call('EXISTS', KEYS[3])  -- the start writes no cancel flag: read once
+if canceled == 1 and status == 'canceled' then
   return {-2, 0, {}, 1}  -- canceled before it started: its canceler recorded that (gridcore/cancel.py)
 end
 if status ~= 'queued' then
@@ -78,7 +86,7 @@ if used > tonumber(ARGV[10]) or used > tonumber(ARGV[9]) then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return {-1, used, {}, 0}
 end
-return {1, used, run_recorded(11), redis.call('EXISTS', KEYS[3])}
+return {1, used, run_recorded(11), canceled}
 """)
 """Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
 whether the job's cancel flag is set, read in the same atomic step as the start. A job whose
@@ -118,7 +126,7 @@ def packed(conn: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
         nums.extend(map(len, bs))
         parts.extend(bs)
     pipe.reset()
-    return [",".join(map(str, nums)), b"".join(parts)]
+    return [struct.pack(f"<{len(nums)}I", *nums), b"".join(parts)]
 
 
 def errors(reply: Sequence[Any]) -> list[str]:

@@ -27,3 +27,31 @@ def test_recorded_commands_run_as_they_were_queued(r):
     assert len(errs) == 1 and "WRONGTYPE" in errs[0]
     assert r.hgetall("h") == {"é".encode(): "ü".encode(), b"n": b"1", b"f": b"0.5", b"b": b"\x00\xff"}
     assert r.lrange("l", 0, -1) == [b"a", b"", b"3"]
+
+
+def _client_id(r) -> int:
+    from agent import lua
+
+    conn = lua._connection(r)  # the connection this thread's scripts run on
+    conn.send_command("CLIENT", "ID")
+    return conn.read_response()
+
+
+def test_a_dropped_connection_is_made_again(r):
+    script = Lua("return 1")
+    assert script(r, [], []) == 1
+    first = _client_id(r)
+    assert script(r, [], []) == 1 and _client_id(r) == first  # the same connection, call after call
+    r.client_kill_filter(_id=first)
+    assert script(r, [], []) == 1  # the client's retry policy: reconnect, send again
+    assert _client_id(r) != first
+
+
+def test_each_thread_runs_scripts_on_its_own_connection(r):
+    import threading
+
+    ids = []
+    t = threading.Thread(target=lambda: ids.append(_client_id(r)))
+    t.start()
+    t.join()
+    assert ids and ids[0] != _client_id(r)
