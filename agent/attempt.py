@@ -153,7 +153,7 @@ class JobAttempt:
         for k in ("lost_on", "lost_at"):  # a rerun started: where it had been lost no longer matters
             self.job.meta.pop(k, None)
         self._meta = None
-        self.book.save_meta(pipe, self.job)
+        self.book.save_meta(pipe, self.job, started=True)
         pipe.hset(keys.node_running(self.node), self.id, RunningEntry("started", slot=self.slot).encode())
         pipe.hset(keys.ACTIVE, self.id, run.encode())
         pipe.zadd(keys.node_jobs(self.node), {self.id: now})

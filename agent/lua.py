@@ -22,40 +22,78 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
+from redis.retry import Retry
 
-_held = threading.local()  # per thread: {pool: (pid, connection)}
+_held = threading.local()  # per thread: the last pool used and its connection, and {pool: connection}
 
 
-def _connection(client: redis.Redis) -> Any:
-    """This thread's own connection of `client`'s pool (made on first use, and again in a
-    forked child, which must not share its parent's socket)."""
-    held = getattr(_held, "conns", None)
-    if held is None:
-        held = _held.conns = weakref.WeakKeyDictionary()
-    pool = client.connection_pool
-    entry = held.get(pool)
-    if entry is None or entry[0] != os.getpid():
-        entry = held[pool] = (os.getpid(), pool.make_connection())
-    return entry[1]
+def _forget() -> None:
+    vars(_held).clear()  # a forked child must not share its parent's sockets
+
+
+os.register_at_fork(after_in_child=_forget)
+
+
+def _connection(pool: Any) -> Any:
+    """This thread's own connection of `pool`, taken from it on first use and kept (the pool's
+    checkout connects it: for Sentinel, to the primary of the moment)."""
+    if getattr(_held, "pool", None) is pool:
+        return _held.conn
+    conns = getattr(_held, "conns", None)
+    if conns is None:
+        conns = _held.conns = weakref.WeakKeyDictionary()
+    conn = conns.get(pool)
+    if conn is None:
+        conn = conns[pool] = pool.get_connection()
+    _held.pool, _held.conn = pool, conn
+    return conn
+
+
+def _drop(pool: Any, conn: Any) -> None:
+    """A failed connection goes back to its pool, closed; the next call takes a fresh one (which
+    finds a failed-over primary, as the client's next command would)."""
+    conn.disconnect()
+    conns = getattr(_held, "conns", None)
+    if conns is not None and conns.get(pool) is conn:
+        del conns[pool]
+    if getattr(_held, "conn", None) is conn:
+        _held.pool = _held.conn = None
+    pool.release(conn)
 
 
 def _run(client: redis.Redis, *args: Any) -> Any:
     if getattr(client, "connection", None) is not None:  # a single-connection client: its own
         return client.execute_command(*args)
-    conn = _connection(client)
+    pool = client.connection_pool
+    conn: Any = None
 
     def once() -> Any:
+        nonlocal conn
+        conn = _connection(pool)
         conn.send_command(*args)
         return conn.read_response()
 
+    def failed(_error: Exception) -> None:
+        nonlocal conn
+        if conn is not None:
+            _drop(pool, conn)
+            conn = None
+
     try:
-        return conn.retry.call_with_retry(once, lambda _error: conn.disconnect())
+        return _retry(client).call_with_retry(once, failed)
     except ResponseError:
         raise  # the broker answered: the connection is fine
     except BaseException:
-        conn.disconnect()  # a reply may be left half-read: the next call reconnects
+        failed(None)  # a reply may be left half-read
         raise
+
+
+def _retry(client: redis.Redis) -> Any:
+    """The client's retry policy (redis-py keeps it on its connections, and on the client)."""
+    retry = client.get_retry() if hasattr(client, "get_retry") else None
+    return retry if retry is not None else Retry(NoBackoff(), 0)
 
 
 class Lua:

@@ -18,6 +18,7 @@ where NVML is missing or refuses, they are absent, not an error.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import resource
@@ -64,8 +65,9 @@ def become_subreaper() -> bool:
     return _subreaper
 
 
+@functools.cache
 def io_accounting() -> bool:
-    """Whether the kernel counts per-task block IO (CONFIG_TASK_IO_ACCOUNTING)."""
+    """Whether the kernel counts per-task block IO (CONFIG_TASK_IO_ACCOUNTING); asked once."""
     return os.path.exists("/proc/self/io")
 
 
@@ -92,8 +94,9 @@ def children(pid: int) -> list[int]:
     return out
 
 
+@functools.cache
 def have_children_lists() -> bool:
-    """Whether the kernel has /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)."""
+    """Whether the kernel has /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN); asked once."""
     return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 

@@ -221,6 +221,13 @@ def rq_worker(name: str) -> str:
     return Worker.redis_worker_namespace_prefix + name
 
 
+def rq_executions(job_id: str) -> str:
+    """RQ's sorted set of one job's executions (ids scored by expiry)."""
+    from rq.executions import ExecutionRegistry
+
+    return ExecutionRegistry.key_template.format(job_id)
+
+
 def rq_workers_of(queue: str) -> str:
     """RQ's set of worker keys listening on a queue."""
     from rq.worker_registration import WORKERS_BY_QUEUE_KEY

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import uuid4
 
 import redis
 from rq.executions import Execution
@@ -79,14 +80,30 @@ class RQBook:
     # ---- start and run ------------------------------------------------------------------
 
     def start(self, pipe, job: Job) -> Execution:
-        """Queue RQ's start records (execution, started registry, job and worker state) on `pipe`."""
+        """Queue RQ's start records (execution, started registry, worker state) on `pipe`; the
+        job's own fields are set here and written with its meta (`save_meta(started=True)`)."""
         w = self.worker
         ttl = w.get_heartbeat_ttl(job)
-        execution = Execution.create(job, ttl, pipeline=pipe, worker_name=w.name)
+        # RQ's Execution.create, written here: RQ builds two registry objects for it, each
+        # resolving the serializer against a runtime Protocol, a few percent of a trivial job.
+        execution = Execution(uuid4().hex, job.id, job.connection, worker_name=w.name)
+        execution._job = job
+        expires = current_timestamp() + ttl
+        pipe.hset(execution.key, mapping=execution.serialize())
+        pipe.expire(execution.key, ttl)
+        pipe.zadd(keys.rq_executions(job.id), {execution.id: expires + 60})
+        pipe.expire(keys.rq_executions(job.id), ttl + 60)
+        pipe.zadd(keys.rq_registry("running", job.origin), {execution.composite_key: expires})
+        pipe.sadd(execution.worker_executions_key, execution.composite_key)
+        pipe.expire(execution.worker_executions_key, ttl + 60)
         w.set_state(WorkerStatus.BUSY, pipeline=pipe)
         if w.beat_due():  # its key lives for minutes: a slot starting hundreds of jobs a second beats once
             w.heartbeat(ttl, pipeline=pipe)
-        job.prepare_for_execution(w.name, pipeline=pipe)
+        # RQ's Job.prepare_for_execution, its fields written with the meta in one HSET (save_meta).
+        job.worker_name = w.name
+        job.last_heartbeat = rq_now()
+        job.started_at = job.last_heartbeat
+        job._status = JobStatus.STARTED
         pipe.persist(job.key)
         # Known before the start is: if its reply is lost, the hand-back undoes this execution.
         w.executions[execution.id] = execution
@@ -97,9 +114,14 @@ class RQBook:
         if execution is not None and self.worker is not None:
             self.worker.executions.pop(execution.id, None)
 
-    def save_meta(self, pipe, job: Job) -> None:
-        """Queue the job's `meta` as it is now in memory on `pipe`."""
-        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+    def save_meta(self, pipe, job: Job, started: bool = False) -> None:
+        """Queue the job's `meta` as it is now in memory on `pipe`; `started`: with the fields
+        `start` set (in the same HSET)."""
+        fields = {"meta": job.serializer.dumps(job.meta)}
+        if started:
+            fields.update(last_heartbeat=utcformat(job.last_heartbeat), status=JobStatus.STARTED.value,
+                          started_at=utcformat(job.started_at), worker_name=job.worker_name)
+        pipe.hset(job.key, mapping=fields)
 
     def beat(self, job: Job, execution: Execution) -> None:
         """Keep RQ's heartbeats of the worker, the execution and the job alive."""
@@ -218,7 +240,12 @@ class RQBook:
 
     def _drop_execution(self, pipe, job: Job, execution: Execution | None) -> None:
         if execution is not None:
-            execution.delete(job=job, pipeline=pipe)
+            # RQ's Execution.delete, without the two registry objects it builds.
+            pipe.delete(execution.key)
+            pipe.zrem(keys.rq_registry("running", job.origin), execution.composite_key)
+            pipe.zrem(keys.rq_executions(job.id), execution.id)
+            if execution.worker_name:
+                pipe.srem(execution.worker_executions_key, execution.composite_key)
             self.forget(execution)
 
     def _worker_name(self) -> str:

@@ -32,7 +32,7 @@ def test_recorded_commands_run_as_they_were_queued(r):
 def _client_id(r) -> int:
     from agent import lua
 
-    conn = lua._connection(r)  # the connection this thread's scripts run on
+    conn = lua._connection(r.connection_pool)  # the connection this thread's scripts run on
     conn.send_command("CLIENT", "ID")
     return conn.read_response()
 
@@ -55,3 +55,20 @@ def test_each_thread_runs_scripts_on_its_own_connection(r):
     t.start()
     t.join()
     assert ids and ids[0] != _client_id(r)
+
+
+def test_a_forked_child_makes_its_own_connection(r):
+    import os
+
+    parent = _client_id(r)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its connection's id, never touch the parent's socket
+        try:
+            os.write(write, str(_client_id(r)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = int(os.read(read, 64) or b"0")
+    os.waitpid(pid, 0)
+    assert child and child != parent and _client_id(r) == parent
