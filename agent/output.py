@@ -276,8 +276,10 @@ def reply_errors(replies: list[Any]) -> list[Exception]:
     return out
 
 
-class BrokerLink(threading.Thread):
-    """Flushes a job's output and heartbeats it, riding out broker outages.
+class BrokerLink:
+    """Flushes a job's output and heartbeats it, riding out broker outages, in a thread of its
+    own started on first need (`start_once`): most jobs of a big sweep end before they need one,
+    and a thread object made per job cost a trivial job more than its flush.
 
     `heartbeat` returns a reason to stop the job (canceled, fenced) or None; the link then
     appends it to `stop_reason` and sets `cancel`, which the runner's loop watches.
@@ -285,7 +287,7 @@ class BrokerLink(threading.Thread):
 
     def __init__(self, job_id: str, sink: OutputSink, heartbeat: Callable[[], str | None],
                  cancel: threading.Event, stop_reason: list[str]):
-        super().__init__(name=f"broker-link-{job_id}", daemon=True)
+        self.thread: threading.Thread | None = None
         self.job_id = job_id
         self.sink = sink
         self.heartbeat = heartbeat
@@ -328,12 +330,13 @@ class BrokerLink(threading.Thread):
 
     def start_once(self) -> None:
         """Start the thread unless it runs already."""
-        if self.ident is None:
-            self.start()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.run, name=f"broker-link-{self.job_id}", daemon=True)
+            self.thread.start()
 
     def stop(self) -> None:
-        if self.ident is None:
+        if self.thread is None:
             return
         self.done.set()
         self.wake.set()
-        self.join(LINK_JOIN)
+        self.thread.join(LINK_JOIN)
