@@ -336,12 +336,16 @@ class JobAttempt:
         """
         pipe = guarded.recorder(self.conn)
         spend(pipe, envelope)
-        self._write_end(pipe, result, None, rq_done=True)
+        self._write_end(pipe, result, None, rq_done=True, wake_in_script=True)
         self.book.record_success(pipe, self.job, result, self.execution)
         self.book.idle(pipe)
+        group = self.meta.group
+        # The wake the end's release would record, made by the script only if a job waits.
+        wake = [self.node or "", "1" if group else "0"] if (self.node or group) and not self.places_next else ["", ""]
         ok, detail = guarded.END(
-            self.conn, [keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id)],
-            [self.id, self.worker, *guarded.packed(self.conn, pipe)])
+            self.conn, [keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id),
+                        keys.rq_queue(keys.PENDING_QUEUE), keys.PLACE_WAKES],
+            [self.id, self.worker, *wake, *guarded.packed(self.conn, pipe)])
         if ok == 2:
             return None
         if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
@@ -380,9 +384,11 @@ class JobAttempt:
         last = lenient(Attempt, raw, keys.attempts(self.id))
         return last.run_id if last is not None else None
 
-    def _write_end(self, pipe, result: Result, outcome: str | None, rq_done: bool = False) -> None:
+    def _write_end(self, pipe, result: Result, outcome: str | None, rq_done: bool = False,
+                   wake_in_script: bool = False) -> None:
         """Queue the attempt's end on `pipe`. `rq_done`: RQ's own end records are in the same
-        atomic step, so the job leaves the node's running hash now."""
+        atomic step, so the job leaves the node's running hash now. `wake_in_script`: the end
+        script wakes the placement loops itself (only if a job waits: guarded.END)."""
         kind = outcome or ("finished" if result.exit_code == 0 else "failed")
         out = keys.output(self.id)
         if self.sink is not None:
@@ -401,7 +407,7 @@ class JobAttempt:
             pipe.hset(keys.node_running(self.node), self.id, RunningEntry("ended", worker=self.worker).encode())
         pipe.hdel(keys.ACTIVE, self.id)
         group = self.meta.group
-        release(pipe, self.id, self.node, group, wake_loops=not self.places_next)
+        release(pipe, self.id, self.node, group, wake_loops=not (self.places_next or wake_in_script))
         if group and result.usage is not None:  # the sweep's median and max per cell
             efficiency.record_cell(pipe, group, self.id, result.usage.model_dump(), self.result_ttl)
         if outcome == "canceled":  # the operator's signed cancel stays with the record (gridcore/cancelproof.py)

@@ -198,11 +198,12 @@ def test_jobs_are_placed_at_submit_and_as_jobs_end_not_on_the_clock(grid, agents
 def test_dependents_are_placed_as_their_parent_ends_not_on_the_clock(grid, agents, r):
     """With the periodic placement pass once a minute: a child with a memory request starts as
     its parent's end releases it, and one submitted after its parent ended starts at submit.
-    A plain job's end (recorded by one script) wakes its node's placement loop."""
+    A plain job's end (recorded by one script) wakes no placement loop: nothing waits for one
+    (tests/engine/test_end_wakes.py: it wakes its node's when a job waits)."""
     agents("node-a", slots=2, cpus=2, heartbeat_interval=60, node_timeout=180)
     first = grid.submit(JobSpec(command="true"))
     assert grid.wait([first], timeout=15)[first] is JobState.FINISHED
-    assert [f for _, f in r.xrange(keys.PLACE_WAKES)] == [{b"node": b"node-a", b"any": b"0"}]
+    assert [f for _, f in r.xrange(keys.PLACE_WAKES)] == []
     parent = grid.submit(JobSpec(command="sleep 0.3"))
     child = grid.submit(JobSpec(command="true", after=(parent,), resources=Resources(memory=10**7)))
     assert grid.state(child) is JobState.WAITING
