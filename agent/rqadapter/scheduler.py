@@ -35,9 +35,10 @@ from gridcore.priority import reposition
 log = logging.getLogger("grid.scheduler")
 
 PR_SET_PDEATHSIG = 1
-LOCK_RENEW = 15.0
-"""Seconds between renewals of the scheduler's locks and record (RQ renews them every tick)."""
-IDLE_WAIT = 10.0
+LOCK_RENEW = 30.0
+"""Seconds between renewals of the scheduler's locks and record (RQ renews them every tick; they
+live `interval + 60` s)."""
+IDLE_WAIT = 30.0
 """Seconds at most between two looks at the scheduled registries when no event comes and no job
 is due sooner: a job scheduled without an event (none is, today) waits at most this long."""
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from gridcore import keys
+from gridcore import events, keys
 from tests.support.wait import eventually
 
 IDLE_COMMANDS_PER_S = 25
@@ -155,3 +155,35 @@ def test_the_scheduler_knows_when_its_earliest_job_is_due(r):
     assert scheduler._due() == (False, now + 20)
     r.zadd("rq:scheduled:default", {"now": now})
     assert scheduler._due() == (True, now)
+
+
+def test_an_ordinary_heartbeat_writes_in_one_round_trip_what_the_full_one_does(settings, r, monkeypatch):
+    """The first heartbeat writes every field; the next ones write the live fields and the beat at
+    the broker's time with one script, in the same round trip as the shared keys' heal; a beat
+    after a silence longer than the node timeout still says the node is back."""
+    from dataclasses import replace
+
+    from agent.daemon import Agent
+    from gridcore.records import NodeRecord
+
+    agent = Agent(settings)
+    agent.read_inventory()
+    agent.heartbeat(first=True)
+    first = NodeRecord.decode(r.hgetall(keys.node(agent.node)), "node")
+    trips = []
+    real = agent.conn.pipeline
+    monkeypatch.setattr(agent.conn, "pipeline", lambda *a, **kw: trips.append(1) or real(*a, **kw))
+    sec, usec = r.time()
+    agent.heartbeat()
+    assert trips == [1]
+    beat = NodeRecord.decode(r.hgetall(keys.node(agent.node)), "node")
+    # The registry's score (read by earlier versions only): from the last beat's time and the time since.
+    assert beat.beat >= sec + usec / 1e6 and abs(beat.beat - r.zscore(keys.NODES, agent.node)) < 1.0
+    assert replace(beat, beat=0.0, load=first.load) == replace(first, beat=0.0)
+
+    r.hset(keys.node(agent.node), "beat", repr(beat.beat - agent.cfg.node_timeout - 5))  # silent since
+    agent._beat_anchor = (agent._beat_anchor[0] - 100, agent._beat_anchor[1])  # and a clock step
+    agent.heartbeat()
+    assert [e.kind for e in events.newest(r, 1)] == ["node_back"]
+    now = NodeRecord.decode(r.hgetall(keys.node(agent.node)), "node").beat
+    assert r.zscore(keys.NODES, agent.node) == now  # written again, at the beat's own time
