@@ -43,6 +43,10 @@ IDLE_WAIT = 30.0
 is due sooner: a job scheduled without an event (none is, today) waits at most this long."""
 
 
+READ_MARGIN = 2.0
+"""Seconds a blocking read of the event stream ends before the connection's socket timeout."""
+
+
 class _StopWaiting(Exception):
     """Raised by the stop signal's handler into the scheduler's wait for an event, only there."""
 
@@ -128,19 +132,26 @@ class GridScheduler(RQScheduler):
     def _wait_for_event(self, seconds: float) -> None:
         """Block until the grid's event stream has an event after the last one seen, or for
         `seconds`; a stream the broker cannot read (retyped) is waited out as a plain sleep."""
+        # RQ gives the slot's connection, and so this one, a socket timeout (its dequeue timeout
+        # + 10 s): each read blocks for less than that.
+        timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
+        longest = max(1.0, timeout - READ_MARGIN) if timeout else seconds
+        deadline = time.monotonic() + seconds
         self._waiting = True
         try:
-            if self._stop_requested:  # a signal that came just before the flag was set
-                return
-            got = self.connection.xread({keys.EVENTS: self._last_event or "0-0"}, count=1,
-                                        block=max(1, int(seconds * 1000)))
+            while not self._stop_requested:  # a signal that came just before the flag was set
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                got = self.connection.xread({keys.EVENTS: self._last_event or "0-0"}, count=1,
+                                            block=max(1, int(min(left, longest) * 1000)))
+                if got:
+                    self._last_event = got[0][1][-1][0].decode()
+                    return
         except redis.ResponseError:
             time.sleep(min(seconds, self.interval))
-            return
         finally:
             self._waiting = False
-        if got:
-            self._last_event = got[0][1][-1][0].decode()
 
     def enqueue_scheduled_jobs(self):
         if not self._scheduled_job_registries and self._acquired_locks:

@@ -187,3 +187,17 @@ def test_an_ordinary_heartbeat_writes_in_one_round_trip_what_the_full_one_does(s
     assert [e.kind for e in events.newest(r, 1)] == ["node_back"]
     now = NodeRecord.decode(r.hgetall(keys.node(agent.node)), "node").beat
     assert r.zscore(keys.NODES, agent.node) == now  # written again, at the beat's own time
+
+
+def test_the_schedulers_wait_outlasts_its_connections_socket_timeout(settings):
+    """RQ gives a slot's connection (and so its scheduler's) a socket timeout: a wait longer than
+    that is several reads, none of which times out (it was an outage, and a reconnect, each time)."""
+    from agent.rqadapter.scheduler import GridScheduler
+    from gridcore.connection import connect
+
+    conn = connect(settings, socket_timeout=3.0)
+    scheduler = GridScheduler(["default"], connection=conn)
+    scheduler._last_event = scheduler._newest_event()
+    t0 = time.monotonic()
+    scheduler._wait_for_event(4.0)  # raised TimeoutError at 3 s before
+    assert time.monotonic() - t0 >= 3.9 and scheduler._last_event == "0-0"
