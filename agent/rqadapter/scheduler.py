@@ -53,7 +53,7 @@ class _StopWaiting(Exception):
 
 class GridScheduler(RQScheduler):
     _waiting = False  # in the wait for an event: the stop signal interrupts it
-    _last_event: str | None = None  # the newest event of the grid's stream seen so far
+    _last_event: str | None = None  # the grid's newest event at the last look at the registries
 
     def request_stop(self, signum=None, frame=None):
         """RQ's handler sets a flag that its loop reads each tick; the wait is longer than a tick,
@@ -81,8 +81,6 @@ class GridScheduler(RQScheduler):
                 if time.monotonic() >= renew_at:
                     self.heartbeat()
                     renew_at = time.monotonic() + LOCK_RENEW
-                if self._last_event is None:  # before the first look: nothing after it is missed
-                    self._last_event = self._newest_event()
                 due, next_at = self._due()
                 if due:
                     self.enqueue_scheduled_jobs()
@@ -109,25 +107,23 @@ class GridScheduler(RQScheduler):
 
     def _due(self) -> tuple[bool, float | None]:
         """Whether a job of this scheduler's registries is due within the next tick, and when the
-        earliest one is due (None: none is scheduled), in one round trip."""
+        earliest one is due (None: none is scheduled), in one round trip. The grid's newest event
+        is read first in it: the wait that follows reads only what comes after this look."""
         if not self._scheduled_job_registries and self._acquired_locks:
             self.prepare_registries()
-        if not self._scheduled_job_registries:
-            return False, None
         horizon = current_timestamp() + max(1, int(self.interval))
         with self.connection.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(keys.EVENTS, count=1)
             for registry in self._scheduled_job_registries:
                 pipe.zrange(registry.key, 0, 0, withscores=True)
-            firsts = [entries[0][1] for entries in pipe.execute() if entries]
+            newest, *entries = pipe.execute(raise_on_error=False)
+        if not isinstance(newest, Exception):  # a writer's key of another type: healed by the agent
+            self._last_event = newest[0][0].decode() if newest else "0-0"
+        for e in entries:
+            if isinstance(e, Exception):
+                raise e
+        firsts = [found[0][1] for found in entries if found]
         return any(at <= horizon for at in firsts), min(firsts, default=None)
-
-    def _newest_event(self) -> str:
-        """The id of the grid's newest event ("0-0" if none): the wait reads what comes after it."""
-        try:
-            newest = self.connection.xrevrange(keys.EVENTS, count=1)
-        except redis.ResponseError:  # a writer's key of another type (healed by the agent)
-            return "0-0"
-        return newest[0][0].decode() if newest else "0-0"
 
     def _wait_for_event(self, seconds: float) -> None:
         """Block until the grid's event stream has an event after the last one seen, or for

@@ -125,8 +125,8 @@ def test_the_scheduler_waits_for_an_event_and_its_stop_ends_the_wait(r):
     from gridcore import events
 
     scheduler = GridScheduler(["default"], connection=r)
-    assert scheduler._due() == (False, None)
-    scheduler._last_event = scheduler._newest_event()
+    events.emit(r, 1.0, "finished", job="before", message="m")
+    assert scheduler._due() == (False, None)  # the look notes the newest event: the wait is for later ones
     threading.Timer(0.3, lambda: events.emit(r, 1.0, "retried", job="j", message="m")).start()
     scheduler._wait_for_event(60)
     assert scheduler._last_event == r.xrevrange(keys.EVENTS, count=1)[0][0].decode()
@@ -197,7 +197,7 @@ def test_the_schedulers_wait_outlasts_its_connections_socket_timeout(settings):
 
     conn = connect(settings, socket_timeout=3.0)
     scheduler = GridScheduler(["default"], connection=conn)
-    scheduler._last_event = scheduler._newest_event()
+    scheduler._due()
     t0 = time.monotonic()
     scheduler._wait_for_event(4.0)  # raised TimeoutError at 3 s before
     assert time.monotonic() - t0 >= 3.9 and scheduler._last_event == "0-0"
