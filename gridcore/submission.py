@@ -249,13 +249,14 @@ class Submission:
                 self._enqueue(spec, job_id, now, mp, order=now + k * ORDER_STEP, pipe=batches.pipe, indexes=indexes)
                 if len(indexes.jobs) == BATCH:
                     flush(last=k == len(specs) - 1)
+            indexes.write(batches.pipe)  # the last jobs, and their events, before the groups' events
             # A group's jobs are one event: 10,000 of them would push every other event out of
             # the capped log. Each job's submission is in its own record (time, group).
             for gid, n in sizes.items():
                 name = groups.get(gid, {}).get("name") or gid
                 events.emit(batches.pipe, now, "submitted",
                             message=f"group {gid} ({name}): {n} job{'s' if n != 1 else ''}")
-            flush(last=True)
+            batches.send(last=True)
         finally:
             batches.close()
         self._fail_children_of_failed([(spec, job_id) for spec, job_id in zip(specs, ids, strict=True) if spec.after],
