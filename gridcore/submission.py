@@ -76,14 +76,25 @@ class _Indexes:
 
     def __init__(self, result_ttl: int, now: float) -> None:
         self.result_ttl, self.now = result_ttl, now
+        self._reset()
+
+    def _reset(self) -> None:
         self.jobs: dict[str, float] = {}
         self.queue_jobs: dict[str, dict[str, float]] = {}
         self.queues: set[str] = set()
         self.group_jobs: dict[str, dict[str, int]] = {}
         self.pushes = rqjob.Pushes()
-        # RQ's created_at and enqueued_at of the batch's jobs: the hash fields they all share
-        self.writes = JobWrites(rqjob.batch_fields(rqjob.rq_stamp(), result_ttl, result_ttl), rqjob.JOB_FIELDS,
-                                EventEntry(time=now, kind="submitted", job=None, node=None, message=""))
+        self._writes: JobWrites | None = None
+
+    @property
+    def writes(self) -> JobWrites:
+        """The batch's job hashes and events, made at its first job (a single submit makes one)."""
+        if self._writes is None:
+            # RQ's created_at and enqueued_at of the batch's jobs: hash fields they all share
+            self._writes = JobWrites(rqjob.batch_fields(rqjob.rq_stamp(), self.result_ttl, self.result_ttl),
+                                     rqjob.JOB_FIELDS,
+                                     EventEntry(time=self.now, kind="submitted", job=None, node=None, message=""))
+        return self._writes
 
     def add(self, spec: JobSpec, job_id: str, queue_name: str, order: float) -> None:
         self.jobs[job_id] = order
@@ -95,7 +106,8 @@ class _Indexes:
     def write(self, pipe: redis.client.Pipeline) -> None:
         if not self.jobs:
             return
-        self.writes.write(pipe)
+        if self._writes is not None:
+            self._writes.write(pipe)
         self.pushes.write(pipe)
         pipe.zadd(keys.JOBS, self.jobs)
         pipe.zadd(keys.JOB_IDS, dict.fromkeys(self.jobs, 0))
@@ -105,7 +117,7 @@ class _Indexes:
         pipe.sadd(keys.rq_queues(), *(keys.rq_queue(q) for q in self.queues))  # RQ's own set, as RQ's enqueue does
         for group, members in self.group_jobs.items():
             pipe.zadd(keys.group_jobs(group), members)
-        self.__init__(self.result_ttl, self.now)
+        self._reset()
 
 
 class _Batches:
@@ -115,9 +127,16 @@ class _Batches:
 
     def __init__(self, conn: redis.Redis):
         self.conn = conn
-        self.pipe = conn.pipeline()  # the batch being built
+        self._pipe: redis.client.Pipeline | None = None
         self._sending: threading.Thread | None = None
         self._failed: BaseException | None = None
+
+    @property
+    def pipe(self) -> redis.client.Pipeline:
+        """The batch being built (a transaction, made on first use)."""
+        if self._pipe is None:
+            self._pipe = self.conn.pipeline()
+        return self._pipe
 
     def _execute(self, pipe: redis.client.Pipeline) -> None:
         try:
@@ -140,7 +159,7 @@ class _Batches:
         """Execute the batch built so far, after the one before it; `last`: here and now (the
         caller goes on with the broker), else on a thread while the caller builds the next."""
         self.wait()
-        pipe, self.pipe = self.pipe, self.conn.pipeline()
+        pipe, self._pipe = self.pipe, None
         if last or len(pipe.command_stack) == 0:
             try:
                 pipe.execute()
@@ -155,7 +174,8 @@ class _Batches:
         try:
             self.wait()
         finally:
-            self.pipe.reset()
+            if self._pipe is not None:
+                self._pipe.reset()
 
 
 class Submission:
