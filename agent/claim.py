@@ -205,10 +205,11 @@ def started_by(fields: dict[bytes, bytes]) -> ActiveEntry | None:
     return ActiveEntry(node=f"worker {name}", slot=0, worker=name, started=0)
 
 
-def wait(conn, node: str, queue_key: str, timeout: float) -> None:
+def wait(conn, node: str, queue_key: str, timeout: float) -> bool:
     """Block until the pool queue `queue_key` has a job, or `timeout` seconds; a job that comes
-    is moved to the node's taking list, for the pop that follows (or any slot's next pop)."""
-    conn.blmove(queue_key, keys.node_taking(node), timeout, src="LEFT", dest="RIGHT")
+    is moved to the node's taking list, for the pop that follows (or any slot's next pop).
+    Whether one came (False: the wait timed out)."""
+    return conn.blmove(queue_key, keys.node_taking(node), timeout, src="LEFT", dest="RIGHT") is not None
 
 
 def give_back(conn, node: str) -> int:

@@ -45,6 +45,25 @@ BROKER_SOCKET_TIMEOUT = 10.0
 """Seconds the agent waits on one broker reply, so a cut network can't freeze supervision."""
 
 
+BEAT_FIELDS = ("load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
+               "version")
+"""The node hash's fields an ordinary heartbeat rewrites, besides `beat`."""
+
+BEAT = """
+-- KEYS: the node's hash. ARGV: its fields (name, value, ...). The beat is the broker's time, as
+-- `sec.usec`; the time and the beat before it are returned.
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local prev = redis.call('HGET', KEYS[1], 'beat')
+redis.call('HSET', KEYS[1], 'beat', now, unpack(ARGV))
+return {t[1], t[2], prev or ''}
+"""
+"""Write an ordinary heartbeat's fields, its beat at the broker's time."""
+SCORE_SLACK = 1.0
+"""Seconds the node registry's score, written in the beat's round trip from the last beat's time
+and the time since, may be off the beat's own before it is written again (a clock step)."""
+
+
 class AgentError(Exception):
     """The agent cannot start; the message says why."""
 
@@ -97,6 +116,7 @@ class Agent:
         self.ready = False
         self.republish = False  # after an outage: the broker may have lost the node hash (no AOF)
         self.pulse = Pulse()  # stamped by the main loop; slots that find it stale stop (agent/pulse.py)
+        self._beat_anchor = (0.0, 0.0)  # the last beat's broker time, and the monotonic time it was read
 
     # ---- start --------------------------------------------------------------------------
 
@@ -311,6 +331,27 @@ class Agent:
             log.warning("could not check the shared keys' types: %s", e)
 
     def heartbeat(self, first: bool = False) -> None:
+        if first or self.republish:
+            now, back = self._full_heartbeat(first)
+        else:
+            now, back = self._beat()
+        if back:
+            self.reconcile()  # cut off, not restarted: other agents may have recovered its jobs
+        self.republish = False
+        mono = time.monotonic()
+        gap = max(2 * self.cfg.heartbeat_interval + 1, self.cfg.node_timeout / 2)
+        if self.last_beat_ok is not None and mono - self.last_beat_ok > gap:
+            # This agent itself was cut off or frozen: what it saw of others meanwhile is void.
+            self.watch.reset()
+        self.last_beat_ok = mono
+        if now - self.last_sweep >= max(self.cfg.node_timeout / 3, self.cfg.heartbeat_interval):
+            self.last_sweep = now
+            self._note_broker_restart()
+            recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl,
+                                      watch=self.watch, witness=self.witness)
+
+    def _full_heartbeat(self, first: bool) -> tuple[float, bool]:
+        """The first heartbeat, or one after an outage: every field, in two round trips."""
         with self.conn.pipeline(transaction=False) as pipe:  # one round trip for the three
             pipe.time()
             pipe.hget(keys.node(self.node), "beat")
@@ -322,6 +363,7 @@ class Agent:
         (sec, usec), last = replies[:2]
         self.heal(replies[2])
         now = sec + usec / 1e6
+        self._beat_anchor = (now, time.monotonic())
         prev = _float(last)
         record = self.node_record(started=now if first else None, beat=now)
         names = ["load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
@@ -346,20 +388,39 @@ class Agent:
             elif back:
                 events.emit(pipe, now, "node_back", node=self.node, message=f"after {now - prev:.0f}s silent")
             pipe.execute()
-        if back:
-            self.reconcile()  # cut off, not restarted: other agents may have recovered its jobs
-        self.republish = False
-        mono = time.monotonic()
-        gap = max(2 * self.cfg.heartbeat_interval + 1, self.cfg.node_timeout / 2)
-        if self.last_beat_ok is not None and mono - self.last_beat_ok > gap:
-            # This agent itself was cut off or frozen: what it saw of others meanwhile is void.
-            self.watch.reset()
-        self.last_beat_ok = mono
-        if now - self.last_sweep >= max(self.cfg.node_timeout / 3, self.cfg.heartbeat_interval):
-            self.last_sweep = now
-            self._note_broker_restart()
-            recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl,
-                                      watch=self.watch, witness=self.witness)
+        return now, back
+
+    def _beat(self) -> tuple[float, bool]:
+        """An ordinary heartbeat, in one round trip: the shared keys healed, then the beat written
+        at the broker's time by one script (BEAT). Every round trip is a wake of the broker and
+        of this loop, most of an idle node's cost."""
+        fields = _pick(self.node_record(), *BEAT_FIELDS)
+        # The registry's score is read by agents of earlier versions only (rolling upgrade); an
+        # agent may ZADD it and no more (gridcore/acl.py), so it is no script's key: it is written
+        # alongside, from the last beat's broker time and the time since, and again if that was off.
+        anchor, at = self._beat_anchor
+        guess = anchor + time.monotonic() - at
+        with self.conn.pipeline(transaction=False) as pipe:
+            quarantine.queue_heal(pipe)
+            pipe.eval(BEAT, 1, keys.node(self.node), *(x for kv in fields.items() for x in kv))
+            pipe.zadd(keys.NODES, {self.node: guess})
+            healed, beat, scored = pipe.execute(raise_on_error=False)
+        for x in (beat, scored):
+            if isinstance(x, Exception):
+                raise x
+        self.heal(healed)
+        sec, usec, last = beat
+        now = int(sec) + int(usec) / 1e6
+        self._beat_anchor = (now, time.monotonic())
+        prev = _float(last or None)
+        back = prev is not None and now - prev > self.cfg.node_timeout
+        if back or abs(now - guess) > SCORE_SLACK:
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.zadd(keys.NODES, {self.node: now})
+                if back:
+                    events.emit(pipe, now, "node_back", node=self.node, message=f"after {now - prev:.0f}s silent")
+                pipe.execute()
+        return now, back
 
     def reconcile(self) -> None:
         """Drop from this node's keys what other agents recovered while it was down or cut off."""

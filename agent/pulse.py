@@ -30,8 +30,11 @@ ORPHANED = "orphaned"
 """A running job's stop reason when its agent stopped heartbeating: handed back, not failed."""
 WATCH_SHARE = 20
 """A slot looks at its agent's pulse this many times per silence limit (a read of 8 bytes of
-shared memory): the limit is half the node timeout, so a look every few hundred ms answers
-within a few percent of it, and an idle node's slots do not wake ten times a second for it."""
+shared memory) once the pulse is late (older than half the limit): the limit is half the node
+timeout, so a look every few hundred ms answers within a few percent of it. While the pulse is
+fresh, the next look is when it would turn late, unless stamped again meanwhile (the agent
+stamps it four times per limit): a look every few seconds, not several a second, on every
+slot of every node, most of their idle wakes."""
 WATCH_EVERY = (0.05, 1.0)
 """The shortest and the longest seconds between two looks."""
 PING_TIMEOUT = 1.0
@@ -117,10 +120,21 @@ class PulseWatch(threading.Thread):
             self.on_orphaned()
         return True
 
+    def next_look(self) -> float:
+        """Seconds until the next look: `every` once the pulse is late (or this slot orphaned),
+        else until it would turn late (its age past half the limit), if not stamped meanwhile."""
+        if self.orphaned.is_set():
+            return self.every
+        until_late = self.limit / 2 - self.age()
+        # Just past the turn: the first late look comes no later than with a look every `every`.
+        return until_late + WATCH_EVERY[0] if until_late > self.every else self.every
+
     def run(self) -> None:
         while True:
+            wait = self.every
             try:
                 self.check()
+                wait = self.next_look()
             except Exception:  # noqa: BLE001 - the watch must outlive a bad moment; it is logged
                 log.exception("checking the agent's pulse failed")
-            time.sleep(self.every)
+            time.sleep(wait)

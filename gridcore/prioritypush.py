@@ -91,7 +91,25 @@ return place(q, KEYS[2], id, p)
 _PUSH_MANY = _PLACE + """
 -- KEYS: priority hash, queue. ARGV: job id, priority, job id, priority, ... in submit order:
 -- the same as one push of each, one after the other.
-for i = 1, #ARGV, 2 do place(KEYS[2], KEYS[1], ARGV[i], tonumber(ARGV[i + 1])) end
+local q, prio_key, i = KEYS[2], KEYS[1], 1
+while i <= #ARGV do
+  local id, p = ARGV[i], tonumber(ARGV[i + 1])
+  place(q, prio_key, id, p)
+  i = i + 2
+  -- Jobs of the same priority right after it, when it went last and none is above 0: a place
+  -- of each would put it last, behind the one before; one RPUSH puts them all there.
+  if p <= 0 and i <= #ARGV and tonumber(ARGV[i + 1]) == p and redis.call('LINDEX', q, -1) == id then
+    local run, prios = {}, {}
+    while i <= #ARGV and tonumber(ARGV[i + 1]) == p do
+      run[#run + 1] = ARGV[i]
+      prios[#prios + 1] = ARGV[i]
+      prios[#prios + 1] = p
+      i = i + 2
+    end
+    if p ~= 0 then redis.call('HSET', prio_key, unpack(prios)) end
+    redis.call('RPUSH', q, unpack(run))
+  end
+end
 return #ARGV / 2
 """
 

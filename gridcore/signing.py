@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from json.encoder import c_make_encoder, encode_basestring_ascii
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,8 +35,19 @@ class Refused(Exception):
     """An envelope failed verification; str(exc) is the reason shown to users."""
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+# The C encoder `json.dumps` makes afresh at every call, made once: a bulk submission signs
+# thousands of envelopes, and this was half of the time their text took. No circular check
+# (what is signed is a tree of plain values, built here); the same text as `_CANONICAL`.
+_C_CANONICAL = (c_make_encoder(None, _CANONICAL.default, encode_basestring_ascii, None, ":", ",", True, False, False)
+                if c_make_encoder is not None else None)
+
+
 def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    """The one text of `obj` that is signed: sorted keys, no spaces, ASCII, no NaN."""
+    if _C_CANONICAL is None:
+        return _CANONICAL.encode(obj)
+    return "".join(_C_CANONICAL(obj, 0))
 
 
 def fingerprint(pub: Ed25519PublicKey) -> str:

@@ -271,11 +271,11 @@ class GridWorker(SimpleWorker):
                         self._waiting = True
                         if self._stop_requested:  # a signal that came just before the flag was set
                             break
-                        claim.wait(self.connection, self.node, pool.key, DEQUEUE_WAKE)
+                        came = claim.wait(self.connection, self.node, pool.key, DEQUEUE_WAKE)
                     finally:
                         self._waiting = False
-                    if self.performer.orphaned.is_set():
-                        continue
+                    if self.performer.orphaned.is_set() or not came:
+                        continue  # a timed-out wait: the loop's top beats and pops (the node queue) anyway
                     result = self._pop()
                     if result is claim.DRAINING:
                         continue

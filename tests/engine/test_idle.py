@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 
-from gridcore import keys
+import pytest
+
+from gridcore import events, keys
 from tests.support.wait import eventually
 
 IDLE_COMMANDS_PER_S = 25
@@ -90,3 +92,112 @@ def test_the_agents_loop_does_not_spin_on_a_restart_it_cannot_make_now(settings)
     agent.broker_down_since = None
     agent.stopping = True  # nor while the agent stops
     assert agent.next_due(beat, 10.0) == beat
+
+
+def test_a_slots_pulse_watch_looks_when_the_pulse_would_turn_late_not_several_times_a_second(r):
+    """A fresh pulse is next looked at when it would turn late (half the silence limit), unless
+    stamped again; a late one, and an orphaned slot's, every `every` as before (agent/pulse.py)."""
+    import struct
+
+    from agent.pulse import WATCH_EVERY, Pulse, PulseWatch
+
+    pulse = Pulse()
+    watch = PulseWatch(pulse.fd, 15.0, r, on_orphaned=lambda: None)
+    assert watch.every == 0.75
+    pulse.stamp()
+    assert 7.0 < watch.next_look() <= 7.5 + WATCH_EVERY[0]  # was every 0.75 s
+    os.pwrite(pulse.fd, struct.pack("d", time.monotonic() - 7.3), 0)  # about to turn late
+    assert watch.next_look() == watch.every
+    os.pwrite(pulse.fd, struct.pack("d", time.monotonic() - 9.0), 0)  # late
+    assert not watch.check() and watch.next_look() == watch.every
+    watch.orphaned.set()
+    pulse.stamp()
+    assert watch.next_look() == watch.every
+
+
+def test_the_scheduler_waits_for_an_event_and_its_stop_ends_the_wait(r):
+    """An idle scheduler blocks on the grid's event stream (a retry is scheduled at an attempt's
+    end, which writes it) instead of looking at its registries every second; an event ends the
+    wait, and so does its stop signal (the slot's exit waits for the scheduler)."""
+    import threading
+
+    from agent.rqadapter.scheduler import GridScheduler, _StopWaiting
+    from gridcore import events
+
+    scheduler = GridScheduler(["default"], connection=r)
+    events.emit(r, 1.0, "finished", job="before", message="m")
+    assert scheduler._due() == (False, None)  # the look notes the newest event: the wait is for later ones
+    threading.Timer(0.3, lambda: events.emit(r, 1.0, "retried", job="j", message="m")).start()
+    scheduler._wait_for_event(60)
+    assert scheduler._last_event == r.xrevrange(keys.EVENTS, count=1)[0][0].decode()
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        scheduler._install_signal_handlers()
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        with pytest.raises(_StopWaiting):
+            scheduler._wait_for_event(60)
+        assert scheduler._stop_requested
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
+def test_the_scheduler_knows_when_its_earliest_job_is_due(r):
+    from rq.utils import current_timestamp
+
+    from agent.rqadapter.scheduler import GridScheduler
+
+    scheduler = GridScheduler(["default", "other"], connection=r)
+    scheduler._acquired_locks = {"default", "other"}
+    now = current_timestamp()
+    r.zadd("rq:scheduled:other", {"later": now + 30, "sooner": now + 20})
+    assert scheduler._due() == (False, now + 20)
+    r.zadd("rq:scheduled:default", {"now": now})
+    assert scheduler._due() == (True, now)
+
+
+def test_an_ordinary_heartbeat_writes_in_one_round_trip_what_the_full_one_does(settings, r, monkeypatch):
+    """The first heartbeat writes every field; the next ones write the live fields and the beat at
+    the broker's time with one script, in the same round trip as the shared keys' heal; a beat
+    after a silence longer than the node timeout still says the node is back."""
+    from dataclasses import replace
+
+    from agent.daemon import Agent
+    from gridcore.records import NodeRecord
+
+    agent = Agent(settings)
+    agent.read_inventory()
+    agent.heartbeat(first=True)
+    first = NodeRecord.decode(r.hgetall(keys.node(agent.node)), "node")
+    trips = []
+    real = agent.conn.pipeline
+    monkeypatch.setattr(agent.conn, "pipeline", lambda *a, **kw: trips.append(1) or real(*a, **kw))
+    sec, usec = r.time()
+    agent.heartbeat()
+    assert trips == [1]
+    beat = NodeRecord.decode(r.hgetall(keys.node(agent.node)), "node")
+    # The registry's score (read by earlier versions only): from the last beat's time and the time since.
+    assert beat.beat >= sec + usec / 1e6 and abs(beat.beat - r.zscore(keys.NODES, agent.node)) < 1.0
+    assert replace(beat, beat=0.0, load=first.load) == replace(first, beat=0.0)
+
+    r.hset(keys.node(agent.node), "beat", repr(beat.beat - agent.cfg.node_timeout - 5))  # silent since
+    agent._beat_anchor = (agent._beat_anchor[0] - 100, agent._beat_anchor[1])  # and a clock step
+    agent.heartbeat()
+    assert [e.kind for e in events.newest(r, 1)] == ["node_back"]
+    now = NodeRecord.decode(r.hgetall(keys.node(agent.node)), "node").beat
+    assert r.zscore(keys.NODES, agent.node) == now  # written again, at the beat's own time
+
+
+def test_the_schedulers_wait_outlasts_its_connections_socket_timeout(settings):
+    """RQ gives a slot's connection (and so its scheduler's) a socket timeout: a wait longer than
+    that is several reads, none of which times out (it was an outage, and a reconnect, each time)."""
+    from agent.rqadapter.scheduler import GridScheduler
+    from gridcore.connection import connect
+
+    conn = connect(settings, socket_timeout=3.0)
+    scheduler = GridScheduler(["default"], connection=conn)
+    scheduler._due()
+    t0 = time.monotonic()
+    scheduler._wait_for_event(4.0)  # raised TimeoutError at 3 s before
+    assert time.monotonic() - t0 >= 3.9 and scheduler._last_event == "0-0"

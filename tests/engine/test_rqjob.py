@@ -7,6 +7,7 @@ import json
 import zlib
 
 import pytest
+import redis
 from rq import Queue, Retry
 from rq.job import Job
 
@@ -138,3 +139,58 @@ def test_a_group_submission_records_one_submitted_event_for_the_group(grid, r):
     for jid in ids[:3]:
         job = grid.get(jid)
         assert job.group == "g1" and job.enqueued_at == grid.get(ids[3]).enqueued_at > 0
+
+
+def test_runs_of_one_priority_in_a_batch_land_where_one_push_of_each_would(r):
+    """A batch's runs of equal priorities go in with one RPUSH when a place of each would put
+    each last; a run whose first job went in the middle goes job by job."""
+    from gridcore.prioritypush import push, push_many
+
+    queued = [("q0", 3), ("q1", 0), ("q2", -3)]  # a -1 arriving goes ahead of q2, not last
+    arrivals = [("a", -1), ("b", -1), ("c", -1), ("d", 0), ("e", 0), ("f", 0), ("g", 2), ("h", 2), ("i", -3),
+                ("j", -3), ("k", -4), ("l", -4), ("m", 0), ("n", 0)]
+    for name in ("one-by-one", "batch"):
+        for jid, p in queued:
+            push(r, keys.rq_queue(name), jid, p)
+    for jid, p in arrivals:
+        push(r, keys.rq_queue("one-by-one"), jid, p)
+    assert push_many(r, keys.rq_queue("batch"), arrivals) == len(arrivals)
+    one_by_one = r.lrange(keys.rq_queue("one-by-one"), 0, -1)
+    assert r.lrange(keys.rq_queue("batch"), 0, -1) == one_by_one
+    assert [j.decode() for j in one_by_one] == [jid for jid, _ in sorted(queued + arrivals, key=lambda a: -a[1])]
+    assert r.hgetall(keys.PRIORITY) == {jid.encode(): str(p).encode() for jid, p in queued + arrivals if p}
+
+
+def test_a_submitted_jobs_hash_is_the_queued_record(grid, r, settings):
+    """The batch's one script writes each job's hash: the shared fields and its own, exactly
+    what `queued_record` (held equal to RQ's by test_record_is_rqs) makes of them."""
+    specs = [JobSpec(command="echo one", retries=2, retry_backoff=(1, 5)), JobSpec(command="echo two", timeout=30)]
+    for jid, spec in zip(grid.submit_many(specs), specs, strict=True):
+        h = r.hgetall(keys.rq_job(jid))
+        func, _, args, _ = json.loads(zlib.decompress(h[b"data"]))
+        expected = rqjob.queued_record(
+            jid, func, args, queue=h[b"origin"].decode(), description=spec.display_command,
+            timeout=int(h[b"timeout"]), result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
+            meta=h[b"meta"].decode(), retries=spec.retries,
+            retry_intervals=json.loads(h.get(b"retry_intervals", b"0")), stamp=h[b"created_at"].decode())
+        written = {k.decode(): v for k, v in h.items()}
+        assert written.pop("data") != b"" and written.keys() == expected.keys() - {"data"}
+        assert written == {k: str(v).encode() if not isinstance(v, bytes) else v for k, v in expected.items()
+                           if k != "data"}
+        assert expected["data"] == zlib.compress(zlib.decompress(h[b"data"]), 0)
+
+
+def test_a_failed_batch_ends_a_bulk_submission_there(grid, r, monkeypatch):
+    """Batches are written in order, the next one signed while one is on its way: a batch the
+    broker refuses raises in the submitter, and no batch after it is sent."""
+    from gridcore import submission
+
+    monkeypatch.setattr(submission, "BATCH", 10)
+    ids = [f"bulk-{i:02d}" for i in range(35)]
+    r.set(keys.rq_job(ids[13]), "not a hash")  # a writer's key of another type, in the second batch
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        grid.submit_many([JobSpec(command=f"echo {i}") for i in range(35)], job_ids=ids)
+    indexed = {j.decode() for j in r.zrange(keys.JOBS, 0, -1)}
+    assert indexed == set(ids[:20])  # the first two batches: the one that failed is written but for that job
+    assert all(r.hget(keys.rq_job(j), "status") == b"queued" for j in ids[:20] if j != ids[13])
+    assert not any(r.exists(keys.rq_job(j)) for j in ids[20:])

@@ -1,0 +1,154 @@
+"""Idle cost: an idle grid-agent with 2 slots against an idle Celery worker with 2 processes,
+each with its own freshly started broker, the broker's CPU included; and what the idle agent
+sends the broker (its INFO commandstats over the window).
+
+Each contender runs a few jobs first (so every process is warm and back in its wait), rests
+2 s, then the CPU time of its process tree and of the broker (every thread, from the kernel's
+schedstat, in nanoseconds) is read before and after `--seconds`. `--rounds` alternates the contenders; the spread is printed.
+
+    python bench/idle_cost.py [--seconds 60] [--rounds 2] [--only agent|celery]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import celery_peer  # noqa: E402
+from placement_paths import wait_done  # noqa: E402
+
+from gridcore.client import Grid  # noqa: E402
+from gridcore.models import JobSpec  # noqa: E402
+from gridcore.settings import load_settings  # noqa: E402
+from gridcore.signing import generate_key  # noqa: E402
+from tests.support.brokers import Broker, available_kinds  # noqa: E402
+
+
+def _broker() -> Broker:
+    kind = "redis" if "redis" in available_kinds() else sorted(available_kinds())[0]
+    return Broker(kind=kind, binary=available_kinds()[kind]).start(appendonly=True)
+
+
+def _cpu_ns(p: psutil.Process) -> int:
+    """CPU nanoseconds of every thread of `p` so far (the scheduler's count: psutil's times come
+    in 10 ms ticks, too coarse for a process that uses a few ms a minute)."""
+    total = 0
+    for task in Path(f"/proc/{p.pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def _cpu_by_process(pid: int, broker_pid: int, seconds: float) -> tuple[float, dict[str, float]]:
+    """Percent of one core used over `seconds` by the tree of `pid` and the broker, in all and by
+    process (named by its command line's end)."""
+    def read() -> dict[str, int]:
+        out = {}
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True), psutil.Process(broker_pid)]:
+            with contextlib.suppress(psutil.Error, OSError):
+                name = "broker" if p.pid == broker_pid else " ".join(p.cmdline()[1:])[:60]
+                out[f"{p.pid} {name}"] = _cpu_ns(p)
+        return out
+
+    before = read()
+    time.sleep(seconds)
+    after = read()
+    each = {k: round((after[k] - before.get(k, 0)) / 1e9 / seconds * 100, 4) for k in after}
+    return sum(each.values()), each
+
+
+def _commands(r) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+
+
+def agent_idle(seconds: float, home: Path) -> dict:
+    broker = _broker()
+    try:
+        r = broker.client()
+        settings = load_settings(overrides={"redis_url": broker.url})
+        grid = Grid(r, settings)
+        cfg = home / "agent.toml"
+        cfg.write_text(f'redis_url = "{broker.url}"\n[agent]\nnode_name = "idle"\nslots = 2\nallow_root = true\n')
+        agent = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_done(r, grid.submit_many([JobSpec(command="true") for _ in range(20)]))
+            time.sleep(2)
+            r.config_resetstat()
+            cpu, each = _cpu_by_process(agent.pid, broker.proc.pid, seconds)
+            calls = _commands(r)
+            calls.pop("info", None)
+            return {"idle_cpu_pct": cpu, "by_process": each, "broker_calls_per_s": {k: round(v / seconds, 2) for k, v in
+                                                                 sorted(calls.items(), key=lambda kv: -kv[1])}}
+        finally:
+            agent.terminate()
+            agent.wait(60)
+    finally:
+        broker.stop()
+
+
+def celery_idle(seconds: float) -> dict:
+    broker = _broker()
+    try:
+        _app, task = celery_peer.make_app(broker.url)
+        worker = celery_peer._worker(broker.url, 2)
+        try:
+            celery_peer._ready(task)
+            for _ in range(20):
+                task.apply_async(args=("true",)).get(timeout=60)
+            time.sleep(2)
+            r = broker.client()
+            r.config_resetstat()
+            cpu, each = _cpu_by_process(worker.pid, broker.proc.pid, seconds)
+            calls = _commands(r)
+            calls.pop("info", None)
+            return {"idle_cpu_pct": cpu, "by_process": each, "broker_calls_per_s": {k: round(v / seconds, 2) for k, v in
+                                                                 sorted(calls.items(), key=lambda kv: -kv[1])}}
+        finally:
+            celery_peer._stop(worker)
+    finally:
+        broker.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--only", choices=("agent", "celery"))
+    a = p.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="grid-idle-"))
+    os.environ["GRID_CONFIG_DIR"] = str(home / "config")
+    os.environ["GRID_DATA_DIR"] = str(home / "data")
+    generate_key(home / "config" / "keys" / "id_ed25519", "bench")
+    (home / "config" / "authorized_keys").write_text((home / "config" / "keys" / "id_ed25519.pub").read_text())
+    rows: dict[str, list[dict]] = {"agent": [], "celery": []}
+    for _ in range(a.rounds):
+        if a.only != "celery":
+            rows["agent"].append(agent_idle(a.seconds, home))
+            print("agent", json.dumps(rows["agent"][-1]), flush=True)
+        if a.only != "agent" and celery_peer.available():
+            rows["celery"].append(celery_idle(a.seconds))
+            print("celery", json.dumps(rows["celery"][-1]), flush=True)
+    summary = {name: {"idle_cpu_pct_each": [round(x["idle_cpu_pct"], 3) for x in xs],
+                      "median": round(statistics.median(x["idle_cpu_pct"] for x in xs), 3)}
+               for name, xs in rows.items() if xs}
+    print(json.dumps({"seconds": a.seconds, **summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
