@@ -245,6 +245,7 @@ class JobCgroups:
         and a v1 memory group removed with cache still charged lingers in the kernel (a sweep
         of thousands of cells would leave thousands). v2: a fresh group named for the job.
         """
+        self.why = ""  # a reason for this call's None only, never an earlier call's
         cg, self.idle = self.idle, None
         if cg is not None:
             if cg.set_limit(limit):
@@ -259,6 +260,7 @@ class JobCgroups:
             made = self.create(f"{tag}.{self.made}", limit, fresh=True)
             if made is not False:
                 return made
+        self.why = f"the names {tag}.{self.made - 2}..{self.made} are all taken under {self.base}"
         return None
 
     def release(self, cg: JobCgroup) -> bool:

@@ -219,13 +219,19 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         else:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
-    except OSError as e:
+    except BaseException as e:
+        # Whatever failed, nothing started: the report's read end and the group go back now,
+        # or each such job would keep a descriptor and a group for the agent's life.
         if report is not None:
             os.close(report)
         if cg is not None:
             cgroups.release(cg)
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         end = ctx.broker_time()
-        if cwd and (e.filename == cwd or not os.path.isdir(cwd)):
+        if isinstance(e, ValueError):  # a NUL byte in the command, an argument, the environment or cwd
+            msg = f"cannot start {argv[0]!r}: {e} in its command, arguments, environment or working directory"
+        elif cwd and (e.filename == cwd or not os.path.isdir(cwd)):
             msg = f"cannot use the working directory {cwd!r} on {ctx.node}: {e.strerror or e}"
         else:
             msg = f"cannot start {argv[0]!r}: {e.strerror or e}"

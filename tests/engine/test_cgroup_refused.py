@@ -5,6 +5,7 @@ cgroup hierarchy (a real group's files cannot be made to refuse root's writes on
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -72,3 +73,37 @@ def test_a_job_that_enters_its_group_runs_and_keeps_its_descriptors(r, tmp_path,
     entered = [p for p in (tmp_path / "grid-jobs").iterdir() if (p / "tasks").is_file()]
     assert len(entered) == 1 and (entered[0] / "tasks").read_text() == "0\n"
     assert cgs.idle is None  # a plain directory is not fit for reuse; the runner tried to remove it
+
+
+def test_a_group_whose_names_are_all_taken_says_why_and_no_earlier_reason(r, tmp_path, slot_groups):
+    """cgroup v1: the 3 names a slot tries are left in use (a dead slot of the same tag): the
+    failure names them, not an empty reason nor an earlier call's."""
+    base = tmp_path / "grid-jobs"
+    for i in (1, 2, 3):
+        (base / f"n1.test.0.{i}").mkdir(parents=True)
+    cgs = slot_groups(cgroup.JobCgroups(base, v2=False))
+    cgs.why = "cannot create an earlier group"
+    ran = tmp_path / "ran"
+    result, outcome = _run(r, tmp_path, f"touch {ran}", 64 * MB)
+    assert not ran.exists()
+    assert outcome is None and result.reason_kind == "error" and result.exit_code is None, result
+    assert result.reason == f"not run: no memory cgroup for its 64 MiB limit: the names n1.test.0.1..3 " \
+                            f"are all taken under {base}", result
+
+
+@pytest.mark.parametrize("memory", [64 * MB, None], ids=["in-a-group", "no-group"])
+def test_a_command_with_a_nul_fails_its_attempt_and_keeps_no_descriptor_nor_group(r, tmp_path, slot_groups, memory):
+    """Popen refuses a NUL byte with ValueError, not OSError: the attempt fails as a command that
+    cannot start, and the cgroup report pipe's read end and the group are given back."""
+    base = tmp_path / "grid-jobs"
+    base.mkdir()
+    cgs = slot_groups(cgroup.JobCgroups(base, v2=False))
+    released = []
+    cgs.release = lambda cg: released.append(cg.path) or True
+    before = sorted(os.listdir("/proc/self/fd"))
+    result, outcome = _run(r, tmp_path, "echo a\x00b", memory)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert outcome is None and result.reason_kind == "exit" and result.exit_code == 127, result
+    assert result.reason == "cannot start '/bin/sh': embedded null byte in its command, arguments, environment " \
+                            "or working directory" and result.reason in result.stderr, result
+    assert released == ([base / "n1.test.0.1"] if memory else [])
