@@ -16,8 +16,9 @@ console, written by the periodic pass. A slot whose job had been placed (or was 
 sweep) also runs a quick pass itself as the job ends (agent/perform.py), before it looks for
 its next job: the next cell of a sweep is then in its node queue already, without waiting for
 the woken loop of the agent, a process that shares the node's cores with the jobs. That pass
-looks at the head of the queue only (TAKE_WINDOW); when it places nothing the slot wakes its
-node's loop, which looks further.
+looks at the head of the queue only (TAKE_WINDOW), and at the jobs of a higher priority among
+the prefetched ones it has read; when it places nothing, or jobs wait past what it looked at,
+the slot wakes its node's loop, which looks further in priority order.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ at every job end, so it stays small; it looks further only while nothing it look
 TAKE_WINDOW = 8
 """Waiting jobs a slot's pass at its job's end looks at (`taker`), one chunk and no further: it
 fills what that job gave back (its own slot, an idle one), at every cell end of a sweep, in the
-slot's own process, so it looks at the head only. If nothing there fits, the slot wakes its
-node's loop (agent/perform.py), whose pass looks further down the queue. Looking at a chunk of
+slot's own process, so it looks at the head only (and at the prefetched jobs already read of a
+higher priority than the head's lowest). If nothing there fits, or jobs wait past it, the slot
+wakes its node's loop (agent/perform.py), whose pass looks further down the queue. Looking at a chunk of
 EVENT_WINDOW, and on down the queue when a race lost every job it tried, cost the slot ~1 ms of
 CPU per cell (every record of a big sweep read again by each lost pass)."""
 PREFETCH = 64
@@ -76,9 +78,12 @@ class Skip:
     last of them, and their shapes (if none of these fits now, none of those jobs does). The
     last job further down than it was means jobs were put ahead of it: look from the top; higher
     up, that jobs left the head (as a busy sweep's cells do at every turn): the rest of it is
-    skipped still. Jobs taken out of the head and as many others put into it meanwhile go
-    unnoticed: the periodic pass, which reads from the top, places those (and so does any pass
-    when one of the head's shapes fits again)."""
+    skipped still. Jobs put into the head while as many or more left it go unnoticed (the head
+    is shrunk by the difference, and they are within it): a lost job put back at the front of the
+    queue (`requeue_lost`) as a sweep's cells leave it, or a writer's insert amid the queue
+    (submissions go to its end). The periodic pass, which reads from the top, places those (and
+    so does any pass when one of the head's shapes fits again). Telling them apart would take a
+    read of the head at every pass, what the skip saves."""
 
     count: int
     last: str
@@ -105,6 +110,7 @@ class Negotiator:
         self.raced = 0  # placements the last pass lost to another placer (Outcome.raced)
         self.full: set[str] = set()  # sweeps the last pass found at their max_parallel (Outcome.full)
         self._quick_pass = False  # the pass now running looks at one chunk (`_quick`)
+        self.beyond = False  # the last quick pass left waiting jobs unread past its chunk (`_quick`)
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -118,6 +124,7 @@ class Negotiator:
             deadline = time.monotonic() + wait
             self.raced = 0
             self.full = set()
+            self.beyond = False
             while (survey := self._survey(token, full, lock)) is None:
                 if time.monotonic() >= deadline:
                     return 0
@@ -228,6 +235,9 @@ class Negotiator:
         self.raced = 0
         self.full = set()
         self._quick_pass = self._quick(full)
+        # Jobs past a quick pass's chunk may fit too, some of a higher priority than what it placed:
+        # its node's loop reads further (agent/perform.py wakes it).
+        self.beyond = self._quick_pass and len(ids) > self._chunk(full)
         first = True
         while True:
             chunk = ids[:self._chunk(full)]
@@ -295,6 +305,13 @@ class Negotiator:
             # crowd out the jobs behind it.
             self.quarantine.list_item(keys.rq_queue(keys.PENDING_QUEUE), jid, why, job=jid)
         jobs = [w for i in chunk if isinstance(w := self._read[i], Waiting) and w.shape not in unfit]
+        if self._quick_pass and jobs:
+            # The queue is in submission order: a job of a higher priority than the chunk's lowest,
+            # among the prefetched ones already read, competes for what was given back (a sweep's
+            # cells share one priority: nothing is added, nothing read for it).
+            low = min(w.meta.priority for w in jobs)
+            jobs += [w for i in ids[len(chunk):] if isinstance(w := self._read.get(i), Waiting)
+                     and w.meta.priority > low and w.shape not in unfit]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node,
                                 taking=self._taking)

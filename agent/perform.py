@@ -223,21 +223,25 @@ class Performer:
         ending slots race for the head of a sweep; waking every loop at each lost race added a
         pass per agent that found nothing); nor when the pass found the job's sweep at its
         max_parallel again (another placer took the slot it gave back). The pass looks at the
-        head of the queue only (agent/negotiator.py TAKE_WINDOW): the woken loop looks further."""
+        head of the queue only (agent/negotiator.py TAKE_WINDOW): the woken loop looks further,
+        so it is woken (this node's only) also when the pass placed a job but jobs wait past what
+        it looked at: what else fits, and a job of a higher priority further down, is placed at
+        once, not at the periodic pass."""
         placed = raced = 0
+        beyond = False
         full: set[str] = set()
         try:
             placed = self.placing.run_once(full=False, lock=False)
-            raced, full = self.placing.raced, self.placing.full
+            raced, full, beyond = self.placing.raced, self.placing.full, self.placing.beyond
         except OUTAGE_ERRORS as e:
             log.warning("placing after a job's end: %s (the agents' placement loop will)", e)
         except Exception:  # noqa: BLE001 - a placement bug must not take the slot down; it is logged
             log.exception("placing after a job's end failed")
-        if placed:
+        if placed and not beyond:
             return
         try:
             with self.conn.pipeline(transaction=False) as pipe:
-                wake(pipe, self.node, anywhere=bool(group) and not raced and group not in full)
+                wake(pipe, self.node, anywhere=not placed and bool(group) and not raced and group not in full)
                 pipe.execute()
         except OUTAGE_ERRORS as e:
             log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)

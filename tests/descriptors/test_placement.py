@@ -2,7 +2,7 @@
 
 import pytest
 
-from gridcore.models import GpuInfo, Node, NodeState, Resources
+from gridcore.models import GpuInfo, JobSpec, Node, NodeState, Resources
 from gridcore.placement import Committed, Fit, NodeVerdict, choose_gpus, choose_node, explain, never_fits, verdict
 
 GB = 10**9
@@ -565,3 +565,57 @@ def test_a_pass_reads_the_grid_in_one_round_trip_whatever_the_order_of_the_heart
     with r.pipeline(transaction=False) as pipe:
         ask_view(pipe, ["node-a"], [])
         assert take_view(pipe.execute(raise_on_error=False), ["node-a"], []) is None  # a node joined
+
+
+def _waited(r, node, jobs):
+    """Jobs placed at submit, put back as if they had waited for room (in this order)."""
+    from gridcore import keys
+
+    for j in jobs:
+        r.lrem(keys.rq_queue(keys.node_queue(node)), 1, j)
+        r.hdel(keys.node_held(node), j)
+    pending = keys.rq_queue(keys.PENDING_QUEUE)
+    r.delete(pending)
+    r.rpush(pending, *jobs)
+
+
+def test_a_slots_pass_gives_what_its_job_freed_to_a_higher_priority_job_past_its_head(grid, r):
+    """The waiting queue is in submission order, and a slot's pass at its job's end looks at its
+    head (TAKE_WINDOW jobs): a priority-9 job right behind the head gets the node's one free
+    place, not a priority-0 job of the head (issue 17: priority order at a job's end)."""
+    from agent.negotiator import TAKE_WINDOW, Negotiator
+    from gridcore.reservations import Reservations
+
+    _grid_nodes(r, ["node-a"], cpus=4, memory=8 * GB, gpus=0)
+    low = grid.submit_many([JobSpec(command="true", resources=Resources(memory=GB)) for _ in range(TAKE_WINDOW)])
+    high = grid.submit(JobSpec(command="true", resources=Resources(memory=GB), priority=9))
+    _waited(r, "node-a", [*low, high])
+    assert Reservations(r).reserve("node-a", "holder", Resources(cpus=3), [], 4, 8 * GB)  # room for one job
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1
+    at = _where(r, ["node-a"])
+    assert at[high] == "node-a" and all(at[j] == "pending" for j in low), at
+    assert taker.beyond  # jobs wait past its head: its node's loop is woken (agent/perform.py)
+
+
+def test_what_fits_past_a_slots_pass_head_is_placed_by_the_loop_it_wakes(grid, r):
+    """A slot's pass that placed a job but left jobs unread past its head says so (`beyond`),
+    and the slot wakes its node's loop even so: a second job that fits, behind 7 unfit ones,
+    is placed at once by that loop, not at the periodic pass. With the whole queue in its head,
+    there is nothing to wake a loop for."""
+    from agent.negotiator import TAKE_WINDOW, Negotiator
+    from gridcore.reservations import Reservations
+
+    _grid_nodes(r, ["node-a"], cpus=4, memory=8 * GB, gpus=0)
+    assert Reservations(r).reserve("node-a", "holder", Resources(cpus=2), [], 4, 8 * GB)
+    first = grid.submit(JobSpec(command="true", resources=Resources(memory=GB), priority=5))
+    unfit = grid.submit_many([JobSpec(command="true", resources=Resources(cpus=4), priority=5)
+                              for _ in range(TAKE_WINDOW - 1)])
+    second = grid.submit(JobSpec(command="true", resources=Resources(memory=GB), priority=5))
+    _waited(r, "node-a", [first, *unfit, second])
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1 and taker.beyond
+    assert _where(r, ["node-a"])[second] == "pending"
+    assert Negotiator(r, "node-a", node="node-a").run_once(full=False) == 1
+    assert _where(r, ["node-a"])[second] == "node-a"
+    assert taker.run_once(full=False, lock=False) == 0 and not taker.beyond  # the 7 unfit: all in its head

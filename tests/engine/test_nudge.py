@@ -235,3 +235,29 @@ def test_a_placer_that_finds_a_cell_gone_tries_the_next_ones_in_the_same_script(
     assert scripts == [cells[0], cells[3]]  # cells 0, 1 (gone) and 2 in one script; then 3
     assert r.scard(keys.group_slots(gid)) == 4
     assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [c.encode() for c in cells[4:]]
+
+
+def test_a_slot_whose_pass_placed_a_job_but_left_jobs_past_its_head_wakes_its_nodes_loop(grid, r):
+    """What fits past a slot's pass's head (TAKE_WINDOW), and a job of a higher priority there,
+    is its node's loop's: the slot wakes that loop (its node's only) even when its pass placed a
+    job; with nothing past the head it wakes none."""
+    from types import SimpleNamespace
+
+    from agent.negotiator import TAKE_WINDOW, Negotiator
+    from agent.perform import Performer
+
+    jobs = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20))
+                             for _ in range(TAKE_WINDOW + 1)])
+    pending = keys.rq_queue(keys.PENDING_QUEUE)
+    r.delete(pending, keys.PLACE_WAKES)
+    r.rpush(pending, *jobs)  # as if they had waited for room
+    _nodes(r, grid, {"a": 0})
+    slot = SimpleNamespace(placing=Negotiator(r, "a.x.0", node="a", taker=True), conn=r, node="a")
+    Performer._place_next(slot, None)
+    assert r.llen(keys.rq_queue(keys.node_queue("a"))) >= 1
+    assert [f for _, f in r.xrange(keys.PLACE_WAKES)] == [{b"node": b"a", b"any": b"0"}]
+    waiting = r.lrange(pending, 0, 0)  # one job the pass left waiting: the whole queue
+    r.delete(pending, keys.PLACE_WAKES, keys.node_held("a"), keys.rq_queue(keys.node_queue("a")))
+    r.rpush(pending, *waiting)
+    Performer._place_next(slot, None)
+    assert r.lrange(keys.rq_queue(keys.node_queue("a")), 0, -1) == waiting and r.xrange(keys.PLACE_WAKES) == []
