@@ -33,7 +33,7 @@ import redis
 
 from agent.outage import OUTAGE_ERRORS, retyped
 from gridcore import keys
-from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, take_view
+from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, idle_slots, take_view
 from gridcore.quarantine import Quarantine
 from gridcore.records import text
 from gridcore.reservations import Corrupt
@@ -110,7 +110,7 @@ class Negotiator:
         self.raced = 0  # placements the last pass lost to another placer (Outcome.raced)
         self.full: set[str] = set()  # sweeps the last pass found at their max_parallel (Outcome.full)
         self._quick_pass = False  # the pass now running looks at one chunk (`_quick`)
-        self.beyond = False  # the last quick pass left waiting jobs unread past its chunk (`_quick`)
+        self.beyond = False  # the last quick pass left jobs past its chunk and a slot of its node idle
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -235,9 +235,7 @@ class Negotiator:
         self.raced = 0
         self.full = set()
         self._quick_pass = self._quick(full)
-        # Jobs past a quick pass's chunk may fit too, some of a higher priority than what it placed:
-        # its node's loop reads further (agent/perform.py wakes it).
-        self.beyond = self._quick_pass and len(ids) > self._chunk(full)
+        unread = self._quick_pass and len(ids) > self._chunk(full)
         first = True
         while True:
             chunk = ids[:self._chunk(full)]
@@ -279,6 +277,12 @@ class Negotiator:
         # A pass from the top that placed what fitted in it keeps the head the last passes found
         # (the next survey finds how many of its jobs left it): when the sweep is at its
         # max_parallel again, the next pass jumps past its cells instead of reading them all.
+        # Jobs past a quick pass's chunk may fit what is left: its node's loop reads further, in
+        # priority order (agent/perform.py wakes it), if a slot of the node is left idle by what
+        # it placed (its own slot takes the first). A sweep's cell end that placed the next cell
+        # leaves none: a wake there would cost the agent a pass per cell that places nothing.
+        mine = next((n for n in view.nodes if n.name == self.node), None)
+        self.beyond = unread and mine is not None and idle_slots(mine) > placed
         if head >= EVENT_WINDOW:
             self._skip = Skip(head, last, frozenset(shapes))
         elif past or full:

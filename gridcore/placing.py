@@ -287,7 +287,7 @@ class Placer:
                 continue
             node = by_name[choice.node]
             before = placed_on.get(node.name, 0)
-            nudged = before >= (taking if node.name == onto else 0) and _idle(node) > before
+            nudged = before >= (taking if node.name == onto else 0) and idle_slots(node) > before
             alternates = _alternates(order, i, running) if racing and not choice.gpus else []
             result, gone = self._one(w, node, choice.gpus, _idle_elsewhere(node, nodes) if nudged else None, alternates)
             if gone:  # the job and the alternates before the one the result is for: taken by other placers
@@ -487,14 +487,15 @@ def _unfit(size: int | Exception) -> str:
     return f"{size} bytes, more than the {JobMeta.MAX_BYTES} a JobMeta may have"
 
 
-def _idle(node: Node) -> int:
+def idle_slots(node: Node) -> int:
     """Slots of `node` running nothing, by its running hash as read (unknown slots: one)."""
     return max(0, node.slots_total - node.slots_busy) if node.slots_total else 1
 
 
+
 def _idle_elsewhere(node: Node, nodes: Sequence[Node]) -> int:
     """The idle slots of the nodes other than `node` that are not down (those a nudge may meet)."""
-    return sum(_idle(n) for n in nodes if n.name != node.name and n.state is not NodeState.DOWN)
+    return sum(idle_slots(n) for n in nodes if n.name != node.name and n.state is not NodeState.DOWN)
 
 
 def _nudge(node: Node, meta: JobMeta, idle_elsewhere: int | None) -> tuple[str, str]:

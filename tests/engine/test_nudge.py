@@ -239,25 +239,30 @@ def test_a_placer_that_finds_a_cell_gone_tries_the_next_ones_in_the_same_script(
 
 def test_a_slot_whose_pass_placed_a_job_but_left_jobs_past_its_head_wakes_its_nodes_loop(grid, r):
     """What fits past a slot's pass's head (TAKE_WINDOW), and a job of a higher priority there,
-    is its node's loop's: the slot wakes that loop (its node's only) even when its pass placed a
-    job; with nothing past the head it wakes none."""
+    is its node's loop's: the slot wakes that loop (its node's only) even when its pass placed
+    jobs, while a slot of its node is left idle. With every slot taken (a sweep's cell end that
+    placed the next cell) or nothing past the head, it wakes none: a woken pass would place
+    nothing, at every cell's end."""
     from types import SimpleNamespace
 
     from agent.negotiator import TAKE_WINDOW, Negotiator
     from agent.perform import Performer
 
+    pending = keys.rq_queue(keys.PENDING_QUEUE)
+    node_queue = keys.rq_queue(keys.node_queue("a"))
+
+    def slot_ends(waiting: list[str], busy: int, slots: int) -> list[dict]:
+        """A slot's job ends with `waiting` waiting and `busy` of the node's `slots` running; the wakes."""
+        r.delete(pending, keys.PLACE_WAKES, keys.node_held("a"), node_queue, keys.node_running("a"))
+        r.rpush(pending, *waiting)  # as if they had waited for room
+        _nodes(r, grid, {"a": busy}, slots=slots)
+        slot = SimpleNamespace(placing=Negotiator(r, "a.x.0", node="a", taker=True), conn=r, node="a")
+        Performer._place_next(slot, None)
+        assert r.llen(node_queue) >= 1
+        return [f for _, f in r.xrange(keys.PLACE_WAKES)]
+
     jobs = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20))
                              for _ in range(TAKE_WINDOW + 1)])
-    pending = keys.rq_queue(keys.PENDING_QUEUE)
-    r.delete(pending, keys.PLACE_WAKES)
-    r.rpush(pending, *jobs)  # as if they had waited for room
-    _nodes(r, grid, {"a": 0})
-    slot = SimpleNamespace(placing=Negotiator(r, "a.x.0", node="a", taker=True), conn=r, node="a")
-    Performer._place_next(slot, None)
-    assert r.llen(keys.rq_queue(keys.node_queue("a"))) >= 1
-    assert [f for _, f in r.xrange(keys.PLACE_WAKES)] == [{b"node": b"a", b"any": b"0"}]
-    waiting = r.lrange(pending, 0, 0)  # one job the pass left waiting: the whole queue
-    r.delete(pending, keys.PLACE_WAKES, keys.node_held("a"), keys.rq_queue(keys.node_queue("a")))
-    r.rpush(pending, *waiting)
-    Performer._place_next(slot, None)
-    assert r.lrange(keys.rq_queue(keys.node_queue("a")), 0, -1) == waiting and r.xrange(keys.PLACE_WAKES) == []
+    assert slot_ends(jobs, 0, TAKE_WINDOW + 4) == [{b"node": b"a", b"any": b"0"}]
+    assert slot_ends(jobs, 1, 2) == []
+    assert slot_ends(jobs[:1], 0, TAKE_WINDOW + 4) == []
