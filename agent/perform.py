@@ -225,8 +225,9 @@ class Performer:
         max_parallel again (another placer took the slot it gave back). The pass looks at the
         head of the queue only (agent/negotiator.py TAKE_WINDOW): the woken loop looks further,
         so it is woken (this node's only) also when the pass placed a job but jobs wait past what
-        it looked at: what else fits, and a job of a higher priority further down, is placed at
-        once, not at the periodic pass."""
+        it looked at and a slot of the node is left idle (`Negotiator.beyond`): what else fits is
+        placed at once, not at the periodic pass. A sweep's cell end that placed the next cell
+        leaves no slot idle: no wake, no pass per cell that would place nothing."""
         placed = raced = 0
         beyond = False
         full: set[str] = set()
