@@ -17,8 +17,8 @@ sweep) also runs a quick pass itself as the job ends (agent/perform.py), before 
 its next job: the next cell of a sweep is then in its node queue already, without waiting for
 the woken loop of the agent, a process that shares the node's cores with the jobs. That pass
 looks at the head of the queue only (TAKE_WINDOW), and at the jobs of a higher priority among
-the prefetched ones it has read; when it places nothing, or jobs wait past what it looked at,
-the slot wakes its node's loop, which looks further in priority order.
+the prefetched ones it has read; when it places nothing, or jobs wait past what it looked at
+and a slot of its node is left idle, the slot wakes its node's loop, which looks further.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ TAKE_WINDOW = 8
 """Waiting jobs a slot's pass at its job's end looks at (`taker`), one chunk and no further: it
 fills what that job gave back (its own slot, an idle one), at every cell end of a sweep, in the
 slot's own process, so it looks at the head only (and at the prefetched jobs already read of a
-higher priority than the head's lowest). If nothing there fits, or jobs wait past it, the slot
-wakes its node's loop (agent/perform.py), whose pass looks further down the queue. Looking at a chunk of
+higher priority than the head's lowest). If nothing there fits, or jobs wait past it and a slot
+of its node is left idle, the slot wakes its node's loop (agent/perform.py), whose pass looks
+further down the queue. Looking at a chunk of
 EVENT_WINDOW, and on down the queue when a race lost every job it tried, cost the slot ~1 ms of
 CPU per cell (every record of a big sweep read again by each lost pass)."""
 PREFETCH = 64

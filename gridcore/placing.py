@@ -492,7 +492,6 @@ def idle_slots(node: Node) -> int:
     return max(0, node.slots_total - node.slots_busy) if node.slots_total else 1
 
 
-
 def _idle_elsewhere(node: Node, nodes: Sequence[Node]) -> int:
     """The idle slots of the nodes other than `node` that are not down (those a nudge may meet)."""
     return sum(idle_slots(n) for n in nodes if n.name != node.name and n.state is not NodeState.DOWN)
