@@ -10,6 +10,10 @@ took a connection from the pool and gave it back, past redis-py's per-command wr
 So each thread keeps one connection per pool for its scripts and runs them on it directly,
 with the client's retry policy (reconnect and send again once the broker is back), as the
 client itself would.
+
+For long-lived threads only (a slot's loop, the agent daemon's main and recovery threads): a
+connection goes back to its pool only when it fails, so a thread that ran a script and ended
+would leave its connection open and counted as in use.
 """
 
 from __future__ import annotations

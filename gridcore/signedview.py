@@ -25,7 +25,10 @@ from gridcore.records import AttemptProof, CorruptRecord, SignedEnvelope
 from gridcore.signing import AuthorizedKeys, Refused, fingerprint, parse_public_line, verify
 
 MAX_DATA = SignedEnvelope.MAX_BYTES + 64 * 1024
-"""Bytes of a job's payload read, compressed and decompressed: more is not an envelope."""
+"""Bytes of a job's payload read, decompressed: more is not an envelope."""
+MAX_STORED = MAX_DATA + MAX_DATA // 65535 * 5 + 64
+"""Bytes of a job's payload read as stored: MAX_DATA stored uncompressed (zlib level 0, as
+gridcore/rqjob.py writes it) is that plus 5 bytes per 64 KiB block and the stream's header."""
 
 CACHE = 4096
 """Payloads whose reading is remembered (a console poll reads the same page every second)."""
@@ -76,7 +79,7 @@ class TrustedKeys(AuthorizedKeys):
 
 def _payload(data: bytes) -> Any:
     """RQ's stored payload (zlib of JSON [func, instance, args, kwargs]), bounded before and after."""
-    if len(data) > MAX_DATA:
+    if len(data) > MAX_STORED:
         raise ValueError(f"{len(data)} bytes")
     inflater = zlib.decompressobj()
     raw = inflater.decompress(data, MAX_DATA)

@@ -9,12 +9,15 @@ rq is pinned to the series tested (~=3.0.0); run this after changing a pin.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import rq
 import textual
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.queue import Queue
+from rq.results import Result as RQResult
 from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 from textual.widgets import DataTable
@@ -70,6 +73,11 @@ RQ_CLASS_MEMBERS = [
     (Execution, "create", BOOK),
     (Execution, "delete", BOOK),
     (Execution, "composite_key", BOOK),
+    # RQ's Execution.create and Result.create, written by the book itself (agent/rqadapter/book.py).
+    (Execution, "serialize", BOOK),
+    (Execution, "key", BOOK),
+    (Execution, "worker_executions_key", BOOK),
+    (ExecutionRegistry, "key_template", "gridcore/keys.py"),
     (RQScheduler, "enqueue_scheduled_jobs", SCHEDULER),
     (RQScheduler, "prepare_registries", SCHEDULER),
     (RQScheduler, "acquire_locks", WORKER),
@@ -79,7 +87,7 @@ RQ_CLASS_MEMBERS = [
 RQ_INSTANCE_MEMBERS = {
     "worker": [("_stop_requested", WORKER), ("_state", WORKER), ("_ordered_queues", WORKER),
                ("executions", BOOK), ("last_cleaned_at", WORKER), ("death_penalty_class", WORKER)],
-    "job": [("_result", BOOK), ("enqueue_at_front_on_retry", BOOK), ("_instance", JOBS), ("_success_callback_name", JOBS),
+    "job": [("_result", BOOK), ("_status", BOOK), ("enqueue_at_front_on_retry", BOOK), ("_instance", JOBS), ("_success_callback_name", JOBS),
             ("_failure_callback_name", JOBS), ("_stopped_callback_name", JOBS)],
     "scheduler": [("_scheduled_job_registries", SCHEDULER), ("_acquired_locks", SCHEDULER),
                   ("_process", WORKER)],
@@ -141,3 +149,18 @@ def test_a_missing_member_fails_naming_it():
     with pytest.raises(AssertionError) as e:
         require(OlderJob, "_handle_success", "rq's Job", BOOK, "rq 9.9")
     assert "'_handle_success'" in str(e.value) and BOOK in str(e.value) and "rq 9.9" in str(e.value)
+
+
+RQ_CALL_KEYWORDS = [
+    (Execution.__init__, "Execution", ("id", "job_id", "connection", "worker_name")),
+    (RQResult.create, "Result.create", ("job", "type", "ttl", "return_value", "worker_name", "pipeline", "execution_id",
+                                        "execution_started_at", "execution_ended_at")),
+]
+"""RQ's constructors and methods the book calls by keyword, with the keywords it passes."""
+
+
+@pytest.mark.parametrize(("fn", "what", "names"), RQ_CALL_KEYWORDS, ids=[w for _, w, _ in RQ_CALL_KEYWORDS])
+def test_rq_calls_take_the_keywords_the_book_passes(fn, what, names):
+    params = inspect.signature(fn).parameters
+    missing = [n for n in names if n not in params]
+    assert not missing, f"rq {rq.__version__}'s {what} takes no {missing}; {BOOK} passes them"

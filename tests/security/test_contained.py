@@ -4,6 +4,7 @@ the daemon."""
 
 from __future__ import annotations
 
+import json
 import os
 import tracemalloc
 import zlib
@@ -44,6 +45,19 @@ def test_a_zlib_bomb_in_data_is_refused_before_it_inflates(grid, r):
     finally:
         tracemalloc.stop()
     assert peak < 16 * 1024 * 1024, peak
+
+
+def test_a_payload_stored_uncompressed_up_to_the_bound_is_read():
+    """The grid stores a job's payload at zlib level 0 (gridcore/rqjob.py): a stored stream is a
+    little longer than its text, so a payload whose text is within the bound still reads, and one
+    stored past the bound's stored size is refused unread."""
+    from gridcore.signedview import MAX_DATA, MAX_STORED, _payload
+
+    text = json.dumps(["f", "a" * (MAX_DATA - 20)]).encode()
+    assert len(text) <= MAX_DATA
+    assert _payload(zlib.compress(text, 0))[1] == "a" * (MAX_DATA - 20)
+    with pytest.raises(ValueError, match=f"{MAX_STORED + 1} bytes"):
+        _payload(b"x" * (MAX_STORED + 1))
 
 
 def test_an_oversized_meta_in_pending_is_set_aside_unread(grid, r, monkeypatch, capsys, settings):
