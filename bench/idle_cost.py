@@ -76,6 +76,17 @@ def _commands(r) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
 
 
+def _idle(r, pid: int, broker_pid: int, seconds: float) -> dict:
+    """One contender's idle figures over `seconds`: CPU of its tree and broker, and the broker's
+    commands per second (its own INFO calls left out)."""
+    r.config_resetstat()
+    cpu, each = _cpu_by_process(pid, broker_pid, seconds)
+    calls = _commands(r)
+    calls.pop("info", None)
+    return {"idle_cpu_pct": cpu, "by_process": each,
+            "broker_calls_per_s": {k: round(v / seconds, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}}
+
+
 def agent_idle(seconds: float, home: Path) -> dict:
     broker = _broker()
     try:
@@ -89,12 +100,7 @@ def agent_idle(seconds: float, home: Path) -> dict:
         try:
             wait_done(r, grid.submit_many([JobSpec(command="true") for _ in range(20)]))
             time.sleep(2)
-            r.config_resetstat()
-            cpu, each = _cpu_by_process(agent.pid, broker.proc.pid, seconds)
-            calls = _commands(r)
-            calls.pop("info", None)
-            return {"idle_cpu_pct": cpu, "by_process": each, "broker_calls_per_s": {k: round(v / seconds, 2) for k, v in
-                                                                 sorted(calls.items(), key=lambda kv: -kv[1])}}
+            return _idle(r, agent.pid, broker.proc.pid, seconds)
         finally:
             agent.terminate()
             agent.wait(60)
@@ -112,13 +118,7 @@ def celery_idle(seconds: float) -> dict:
             for _ in range(20):
                 task.apply_async(args=("true",)).get(timeout=60)
             time.sleep(2)
-            r = broker.client()
-            r.config_resetstat()
-            cpu, each = _cpu_by_process(worker.pid, broker.proc.pid, seconds)
-            calls = _commands(r)
-            calls.pop("info", None)
-            return {"idle_cpu_pct": cpu, "by_process": each, "broker_calls_per_s": {k: round(v / seconds, 2) for k, v in
-                                                                 sorted(calls.items(), key=lambda kv: -kv[1])}}
+            return _idle(broker.client(), worker.pid, broker.proc.pid, seconds)
         finally:
             celery_peer._stop(worker)
     finally:
