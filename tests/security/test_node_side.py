@@ -13,17 +13,14 @@ from tests.security.test_acl import as_user
 from tests.security.test_env_secrecy import TOKEN, everything_readable, leaks
 from tests.support.wait import eventually
 
-users = test_acl.users  # the ACL users fixture (operator, viewer, agents of `node`)
+users = test_acl.users
+agent_as_user = test_acl.agent_as_user  # a real agent logged in as its node's ACL user  # the ACL users fixture (operator, viewer, agents of `node`)
 
 
 @pytest.mark.agents
-def test_an_agent_user_runs_sealed_env_and_keeps_a_running_jobs_signed_cancel(r, settings, users, node,
-                                                                             agents, monkeypatch, tmp_path):
-    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
-    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
-    agents(node, slots=2)
-    monkeypatch.delenv("GRID_REDIS_USERNAME")
-    monkeypatch.delenv("GRID_REDIS_PASSWORD")
+def test_an_agent_user_runs_sealed_env_and_keeps_a_running_jobs_signed_cancel(r, settings, users, agent_as_user,
+                                                                             tmp_path):
+    agent_as_user(slots=2)
     got = tmp_path / "got"
     operator = as_user(settings, users["operator"])
     jid = operator.submit(JobSpec(command=f'printf %s "$TOKEN" > {got}; echo done', env={"TOKEN": TOKEN}))

@@ -29,7 +29,8 @@ from tests.security.test_laundered_ends import planted_running
 from tests.support.records import node_record, put_node
 from tests.support.wait import eventually
 
-users = test_acl.users  # ACL users: operator, viewer, agents of `node` and `<node>-b`
+users = test_acl.users
+agent_as_user = test_acl.agent_as_user  # a real agent logged in as its node's ACL user  # ACL users: operator, viewer, agents of `node` and `<node>-b`
 
 
 def poison_shared(conn) -> None:
@@ -133,13 +134,9 @@ def test_a_pop_claims_its_job_past_retyped_priority_and_active_keys(settings, gr
 
 
 @pytest.mark.agents
-def test_a_node_runs_on_while_another_nodes_user_retypes_the_shared_keys(settings, grid, users, node, agents,
-                                                                         monkeypatch, r):
-    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
-    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
-    agent = agents(node, slots=2)
-    monkeypatch.delenv("GRID_REDIS_USERNAME")
-    monkeypatch.delenv("GRID_REDIS_PASSWORD")
+def test_a_node_runs_on_while_another_nodes_user_retypes_the_shared_keys(settings, grid, users, node, agent_as_user,
+                                                                         r):
+    agent = agent_as_user(slots=2)
     grid.drain(node, "hold the jobs")
     jobs = [grid.submit(JobSpec(command="echo plain")), grid.submit(JobSpec(command="echo placed", resources=Resources(cpus=1)))]
     poison_shared(as_user(settings, users[f"{node}-b"]).redis)
@@ -180,15 +177,11 @@ def test_a_rewritten_grid_id_hides_no_stale_copy_from_the_nodes_next_agent(setti
 
 
 @pytest.mark.agents
-def test_a_forged_active_entry_makes_no_node_drop_a_queued_job(settings, grid, users, node, agents, monkeypatch, r):
+def test_a_forged_active_entry_makes_no_node_drop_a_queued_job(settings, grid, users, node, agent_as_user, r):
     """`grid:active` is any agent's to write. An entry that names a live worker (even a made-up
     one: RQ's worker keys are any agent's too) for a job RQ's record does not show started by that
     worker is no running copy: the job runs, instead of being dropped as its twin."""
-    monkeypatch.setenv("GRID_REDIS_USERNAME", users[node][0])
-    monkeypatch.setenv("GRID_REDIS_PASSWORD", users[node][1])
-    agent = agents(node, slots=1)
-    monkeypatch.delenv("GRID_REDIS_USERNAME")
-    monkeypatch.delenv("GRID_REDIS_PASSWORD")
+    agent = agent_as_user(slots=1)
     grid.drain(node, "hold the job")
     jid = grid.submit(JobSpec(command="echo ran"))
     writer = as_user(settings, users[f"{node}-b"]).redis
