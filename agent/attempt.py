@@ -60,7 +60,7 @@ from gridcore.records import (
     lenient,
     text,
 )
-from gridcore.reservations import release, reserve_args
+from gridcore.reservations import release, reserve_args, wake_entry
 from gridcore.signing import Refused
 
 log = logging.getLogger("grid.attempt")
@@ -339,9 +339,9 @@ class JobAttempt:
         self._write_end(pipe, result, None, rq_done=True, wake_in_script=True)
         self.book.record_success(pipe, self.job, result, self.execution)
         self.book.idle(pipe)
-        group = self.meta.group
         # The wake the end's release would record, made by the script only if a job waits.
-        wake = [self.node or "", "1" if group else "0"] if (self.node or group) and not self.places_next else ["", ""]
+        entry = None if self.places_next else wake_entry(self.node, self.meta.group)
+        wake = [x for kv in entry.items() for x in kv] if entry else ["", "", "", ""]
         ok, detail = guarded.END(
             self.conn, [keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id),
                         keys.rq_queue(keys.PENDING_QUEUE), keys.PLACE_WAKES],

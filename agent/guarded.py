@@ -96,23 +96,23 @@ longer waits (taken up elsewhere since this slot claimed it)."""
 END = Lua(OWNER_FN + RUN_FN + """
 -- KEYS: grid:active, the job's RQ hash, its RQ dependents set, its attempts list,
 --       the queue of jobs waiting for placement, the placement wake stream
--- ARGV: job id, this slot's worker name, the wake's node ('' none) and any-node flag
---       ('' no wake), then the recorded end (2 args)
+-- ARGV: job id, this slot's worker name, the wake entry's two fields and values
+--       (gridcore/reservations.py wake_entry; all '' for no wake), then the recorded end (2 args)
 if owner_of(KEYS[1], ARGV[1]) ~= ARGV[2] then
   return {0, redis.call('LINDEX', KEYS[4], -1) or ''}
 end
 if redis.call('HGET', KEYS[2], 'status') ~= 'started' or redis.call('SCARD', KEYS[3]) > 0 then
   return {2, ''}
 end
-local errs = run_recorded(5)
-if ARGV[4] ~= '' then
+local errs = run_recorded(7)
+if ARGV[3] ~= '' then
   -- Only a job waiting for placement can use what this end gave back. A submitter places
   -- what fits in one script too, so a job it could not place is in the queue by now.
   -- A queue of another type (anyone may write one) wakes the loops as before.
   local waiting = redis.pcall('LLEN', KEYS[5])
   if type(waiting) ~= 'number' or waiting > 0 then
     local r = redis.pcall('XADD', KEYS[6], 'MAXLEN', '~', '""" + str(keys.PLACE_WAKES_CAP) + """', '*',
-                          'node', ARGV[3], 'any', ARGV[4])
+                          ARGV[3], ARGV[4], ARGV[5], ARGV[6])
     if type(r) == 'table' and r.err then errs[#errs + 1] = r.err end
   end
 end

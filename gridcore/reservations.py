@@ -129,10 +129,23 @@ def release(pipe, job_id: str, node: str | None = None, group: str | None = None
         pipe.hdel(keys.node_held(node), job_id)
     if group:
         pipe.srem(keys.group_slots(group), job_id)
-    if (node or group or requeued) and wake_loops:
-        wake(pipe, node, anywhere=bool(group) or requeued)
+    entry = wake_entry(node, group, requeued=requeued) if wake_loops else None
+    if entry:
+        _add_wake(pipe, entry)
     pipe.hdel(keys.WHY, job_id)
     pipe.hdel(keys.PRIORITY, job_id)
+
+
+def wake_entry(node: str | None, group: str | None, *, requeued: bool = False) -> dict[str, str] | None:
+    """The wake a job's release makes (`release`), or None: what it gave back on `node` concerns
+    that node's loop, a sweep's throttle slot (`group`) or a requeued job every loop."""
+    if not (node or group or requeued):
+        return None
+    return _wake_fields(node, bool(group) or requeued)
+
+
+def _wake_fields(node: str | None, anywhere: bool) -> dict[str, str]:
+    return {"node": node or "", "any": "1" if anywhere else "0"}
 
 
 def wake(pipe, node: str | None = None, *, anywhere: bool = False) -> None:
@@ -141,5 +154,8 @@ def wake(pipe, node: str | None = None, *, anywhere: bool = False) -> None:
     free: the sweep's next cell may go to any node)."""
     # A plain command, not a script: an attempt's end runs its recorded commands inside a script
     # (agent/guarded.py), where a script may not be called.
-    pipe.xadd(keys.PLACE_WAKES, {"node": node or "", "any": "1" if anywhere else "0"},
-              maxlen=keys.PLACE_WAKES_CAP, approximate=True)
+    _add_wake(pipe, _wake_fields(node, anywhere))
+
+
+def _add_wake(pipe, entry: dict[str, str]) -> None:
+    pipe.xadd(keys.PLACE_WAKES, entry, maxlen=keys.PLACE_WAKES_CAP, approximate=True)
