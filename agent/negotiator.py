@@ -82,9 +82,10 @@ class Skip:
     skipped still. Jobs put into the head while as many or more left it go unnoticed (the head
     is shrunk by the difference, and they are within it): a lost job put back at the front of the
     queue (`requeue_lost`) as a sweep's cells leave it, or a writer's insert amid the queue
-    (submissions go to its end). The periodic pass, which reads from the top, places those (and
-    so does any pass when one of the head's shapes fits again). Telling them apart would take a
-    read of the head at every pass, what the skip saves."""
+    (submissions go to its end). The first says so in its wake (`front`): the woken loop drops
+    its skip and reads from the top (`wait_wake`). The periodic pass, which reads from the top,
+    places the others (and so does any pass when one of the head's shapes fits again). Telling
+    them apart would take a read of the head at every pass, what the skip saves."""
 
     count: int
     last: str
@@ -355,12 +356,19 @@ class Negotiator:
             log.debug("placement wake stream unreadable: %s", e)
             time.sleep(timeout)
             return last, False
-        woke = False
+        woke = front = False
         for _stream, entries in got or ():
             for eid, fields in entries:
                 last = text(eid)
                 woke = woke or self.node is None or fields.get(b"any") == b"1" \
                     or fields.get(b"node") == self.node.encode()
+                front = front or fields.get(b"front") == b"1"
+        if front:
+            # A job went back to the top of the queue (a lost job, `release(requeued=True)`): the
+            # next pass reads from the top, as the skip's check cannot see it when jobs of the
+            # head left in the same moment.
+            with self._mutex:
+                self._skip = None
         return last, woke
 
     def loop(self, stop: threading.Event, interval: float) -> None:

@@ -141,7 +141,12 @@ def wake_entry(node: str | None, group: str | None, *, requeued: bool = False) -
     that node's loop, a sweep's throttle slot (`group`) or a requeued job every loop."""
     if not (node or group or requeued):
         return None
-    return _wake_fields(node, bool(group) or requeued)
+    entry = _wake_fields(node, bool(group) or requeued)
+    if requeued:
+        # The job went back to the top of the waiting queue: a loop's remembered unfit head
+        # (agent/negotiator.py Skip) cannot tell it from the head's jobs that left meanwhile.
+        entry["front"] = "1"
+    return entry
 
 
 def _wake_fields(node: str | None, anywhere: bool) -> dict[str, str]:

@@ -619,3 +619,41 @@ def test_what_fits_past_a_slots_pass_head_is_placed_by_the_loop_it_wakes(grid, r
     assert Negotiator(r, "node-a", node="node-a").run_once(full=False) == 1
     assert _where(r, ["node-a"])[second] == "node-a"
     assert taker.run_once(full=False, lock=False) == 0 and not taker.beyond  # the 7 unfit: all in its head
+
+
+def test_a_lost_job_put_back_at_the_top_is_placed_by_the_loop_it_wakes_while_the_head_moves(grid, broker, r):
+    """Recovery puts a lost job back at the top of the waiting queue and wakes every loop. If a
+    job of the loop's remembered unfit head leaves in the same moment (another node takes it),
+    the head's last job stays where it was: the woken pass must still look from the top and
+    place the lost job, not leave it to the periodic pass (here an hour away)."""
+    import threading
+
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.reservations import release
+    from tests.support.wait import eventually
+
+    blocked = grid.submit_many([JobSpec(command="true", resources=Resources(gpus=4)) for _ in range(120)])
+    _grid_nodes(r, ["node-a"], cpus=64, memory=8 * GB, gpus=2)
+    _grid_nodes(r, ["node-b"], cpus=64, memory=8 * GB, gpus=4)
+    r.hset(keys.node("node-b"), "draining", "1")
+    lost = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    r.lrem(keys.rq_queue(keys.node_queue("node-a")), 1, lost)  # placed at submit: as if it ran, and was lost
+    r.hdel(keys.node_held("node-a"), lost)
+    neg = Negotiator(broker.client(), "agent", node="node-a")
+    stop = threading.Event()
+    loop = threading.Thread(target=neg.loop, args=(stop, 3600.0))
+    loop.start()
+    try:
+        eventually(lambda: neg._skip is not None and neg._skip.count == 120, 10, 0.02,
+                   "the first (periodic) pass to find the unfit head")
+        with r.pipeline() as pipe:  # one step: a head job taken elsewhere, the lost job requeued (attempt.lost)
+            pipe.lrem(keys.rq_queue(keys.PENDING_QUEUE), 1, blocked[0])
+            release(pipe, lost, None, None, requeued=True)
+            pipe.lpush(keys.rq_queue(keys.PENDING_QUEUE), lost)
+            pipe.execute()
+        eventually(lambda: _where(r, ["node-a", "node-b"]).get(lost) == "node-a", 10, 0.02,
+                   lambda: f"the woken loop to place the lost job (it is {_where(r, ['node-a', 'node-b']).get(lost)})")
+    finally:
+        stop.set()
+        loop.join(10)
