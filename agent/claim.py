@@ -69,27 +69,36 @@ its priority that came after it), in the order it was taken; a job canceled or g
 meanwhile is no longer queued and is dropped. `nudged` (optional): takes a nudge (True), as
 the pop does; without it a nudge, no job, is dropped."""
 
-_POP = _GIVE_BACK + """
+_NUDGES = """
+local function nudge_passer(node, pattern, max_hops, queue_prefix, name)
+  local passing = {}
+  local function nudged(id)
+    -- A nudge (placing.NUDGE) is no job: this node's is dropped (its job is in the node queue,
+    -- looked at first), another node's goes on to the next slot waiting on that queue (`passed`,
+    -- as the script ends: not to this pop).
+    local hops, to, q = string.match(id, pattern)
+    if not hops then return false end
+    hops = tonumber(hops)
+    if to ~= node and hops < tonumber(max_hops) then
+      passing[#passing + 1] = {queue_prefix .. q, name .. ':' .. (hops + 1) .. ':' .. to .. ':' .. q}
+    end
+    return true
+  end
+  local function passed(reply)
+    -- pcall: a forged nudge naming a queue key of another type is dropped, not a failed script.
+    for _, p in ipairs(passing) do redis.pcall('LPUSH', p[1], p[2]) end
+    return reply
+  end
+  return nudged, passed
+end
+"""
+"""Lua: `nudged(id)` takes a nudge out of what a script moves (True), to be passed on by
+`passed(reply)` as the script ends (another node's, within its hops) or dropped (`node`'s own)."""
+
+_POP = _GIVE_BACK + _NUDGES + """
 local n = #KEYS - 3
 local t = redis.call('TIME')
-local passing = {}
-local function nudged(id)
-  -- A nudge (placing.NUDGE) is no job: this node's is dropped (its job is in the node queue,
-  -- looked at first), another node's goes on to the next slot waiting on that queue (`passed`,
-  -- as the script ends: not to this pop).
-  local hops, to, q = string.match(id, ARGV[8])
-  if not hops then return false end
-  hops = tonumber(hops)
-  if to ~= ARGV[7] and hops < tonumber(ARGV[9]) then
-    passing[#passing + 1] = {ARGV[6] .. q, ARGV[10] .. ':' .. (hops + 1) .. ':' .. to .. ':' .. q}
-  end
-  return true
-end
-local function passed(reply)
-  -- pcall: a forged nudge naming a queue key of another type is dropped, not a failed pop.
-  for _, p in ipairs(passing) do redis.pcall('LPUSH', p[1], p[2]) end
-  return reply
-end
+local nudged, passed = nudge_passer(ARGV[7], ARGV[8], ARGV[9], ARGV[6], ARGV[10])
 if redis.call('HGET', KEYS[n + 3], 'draining') == '1' then
   -- Jobs back in line; another node's nudge goes on (dropped, its idle slot would sleep on).
   give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5], nudged)
@@ -212,12 +221,21 @@ def wait(conn, node: str, queue_key: str, timeout: float) -> bool:
     return conn.blmove(queue_key, keys.node_taking(node), timeout, src="LEFT", dest="RIGHT") is not None
 
 
+_GIVE_BACK_ALL = _GIVE_BACK + _NUDGES + """
+local nudged, passed = nudge_passer(ARGV[4], ARGV[5], ARGV[6], ARGV[2], ARGV[7])
+return passed(give_back(KEYS[1], ARGV[1], ARGV[2], ARGV[3], nudged))
+"""
+
+
 def give_back(conn, node: str) -> int:
     """Put the jobs a node's slots took off their queues, unclaimed, back where they were in
-    their queues (the node is gone); how many went back."""
-    script = conn.register_script(_GIVE_BACK + "return give_back(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+    their queues (the node is gone); how many went back. Another node's nudge among them goes
+    on to the next waiting slot, as a pop passes it on (dropped, that node's idle slot would
+    sleep through its placed job until its next wake)."""
+    script = conn.register_script(_GIVE_BACK_ALL)
     return int(script(keys=[keys.node_taking(node)],
-                      args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY]))
+                      args=[keys.rq_job_prefix(), keys.rq_queue_prefix(), keys.PRIORITY, node,
+                            NUDGE_PATTERN, NUDGE_HOPS, NUDGE]))
 
 
 _HAS = """

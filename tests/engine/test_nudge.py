@@ -266,3 +266,22 @@ def test_a_slot_whose_pass_placed_a_job_but_left_jobs_past_its_head_wakes_its_no
     assert slot_ends(jobs, 0, TAKE_WINDOW + 4) == [{b"node": b"a", b"any": b"0"}]
     assert slot_ends(jobs, 1, 2) == []
     assert slot_ends(jobs[:1], 0, TAKE_WINDOW + 4) == []
+
+
+def test_a_node_giving_back_what_its_waits_took_passes_another_nodes_nudge_on(grid, r):
+    """An orphaned slot (agent/pulse.py) and an exiting agent give back what the node's waits
+    took (`claim.give_back`): a nudge for node a among it goes on to the next waiting slot, as a
+    pop passes it on, not into the void (a's idle slot would sleep through the job placed on it
+    until its next wake); node b's own nudge is dropped (its placed job waits in its queue)."""
+    put_node(r, "a", grid.broker_time(), node_record(queues=("default",)))
+    put_node(r, "b", grid.broker_time(), node_record(queues=("default",)))
+    job = grid.submit(JobSpec(command="true"))
+    r.lrem(POOL, 0, job)
+    r.rpush(keys.node_taking("b"), job, nudge("a", "default", hops=NUDGE_HOPS - 2), nudge("b", "default"))
+    assert claim.give_back(r, "b") == 1
+    assert not r.llen(keys.node_taking("b"))
+    assert r.lrange(POOL, 0, -1) == [nudge("a", "default", hops=NUDGE_HOPS - 1).encode(), job.encode()]
+    # Passed on no more often than any nudge: one at its last hop is dropped.
+    r.delete(POOL)
+    r.rpush(keys.node_taking("b"), nudge("a", "default", hops=NUDGE_HOPS))
+    assert claim.give_back(r, "b") == 0 and not r.llen(POOL)
