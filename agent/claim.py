@@ -147,7 +147,7 @@ gives back what its waits took, passing another node's nudge on), the job's `gri
 elsewhere?) and its cancel flag; and drop its priority entry (it no longer waits). One round
 trip instead of five."""
 
-_POP_SCRIPT = Lua(_POP)
+_POP_SCRIPT = Lua(_POP, resend=False)  # a lost reply: the slot puts its claim back (requeue_own)
 
 DRAINING = "draining"
 """What `GridWorker`'s pop returns while the node is draining: nothing was taken."""

@@ -87,7 +87,7 @@ if used > tonumber(ARGV[10]) or used > tonumber(ARGV[9]) then
   return {-1, used, {}, 0}
 end
 return {1, used, run_recorded(11), canceled}
-""")
+""", resend=False)  # a lost reply: the slot hands the job back (JobAttempt.give_back_unstarted)
 """Reserve the job's resources, count the attempt, and start it: all or nothing. Also says
 whether the job's cancel flag is set, read in the same atomic step as the start. A job whose
 cancel flag is set is not started at all (nothing written): it never runs; nor is one that no

@@ -9,7 +9,7 @@ took a connection from the pool and gave it back, past redis-py's per-command wr
 (deprecation checks, observability hooks), about a tenth of a trivial job's CPU in the slot.
 So each thread keeps one connection per pool for its scripts and runs them on it directly,
 with the client's retry policy (reconnect and send again once the broker is back), as the
-client itself would.
+client itself would; except a script that takes a job, once it was sent (`Lua`'s `resend`).
 
 For long-lived threads only (a slot's loop, the agent daemon's main and recovery threads): a
 connection goes back to its pool only when it fails, so a thread that ran a script and ended
@@ -67,23 +67,28 @@ def _drop(pool: Any, conn: Any) -> None:
     pool.release(conn)
 
 
-def _run(client: redis.Redis, *args: Any) -> Any:
+def _run(client: redis.Redis, *args: Any, resend: bool = True) -> Any:
     if getattr(client, "connection", None) is not None:  # a single-connection client: its own
         return client.execute_command(*args)
     pool = client.connection_pool
     conn: Any = None
+    sent = False
 
     def once() -> Any:
-        nonlocal conn
+        nonlocal conn, sent
+        sent = False
         conn = _connection(pool)
         conn.send_command(*args)
+        sent = True
         return conn.read_response()
 
-    def failed(_error: Exception) -> None:
+    def failed(error: Exception | None) -> None:
         nonlocal conn
         if conn is not None:
             _drop(pool, conn)
             conn = None
+        if error is not None and sent and not resend:
+            raise error  # it may have run: not again (`Lua`'s `resend`)
 
     try:
         return _retry(client).call_with_retry(once, failed)
@@ -102,17 +107,25 @@ def _retry(client: redis.Redis) -> Any:
 
 class Lua:
     """One script: `script(client, keys, args)` runs it by SHA, loading it first where the
-    broker does not know it (a restarted or flushed broker, a failover)."""
+    broker does not know it (a restarted or flushed broker, a failover).
 
-    __slots__ = ("text", "sha")
+    `resend=False`: a script whose reply was lost once it was sent (a broker restart, a cut
+    link) is not sent again under the client's retry policy: it may have run, and a second run
+    would not answer as the first (a pop takes the next job, a start finds the job started by
+    itself), leaving the first run's job with no slot that knows it. The error goes to the
+    caller, whose outage path knows what such a script may have left. A send that failed is
+    sent again: the script did not run."""
 
-    def __init__(self, text: str):
+    __slots__ = ("text", "sha", "resend")
+
+    def __init__(self, text: str, resend: bool = True):
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()
+        self.resend = resend
 
     def __call__(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
-            return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args)
+            return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend)
         except NoScriptError:
             _run(client, "SCRIPT", "LOAD", self.text)
-            return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args)
+            return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend)

@@ -6,4 +6,5 @@
 - `agents`: `AgentProc`, a real `grid-agent` process, and what marks a test `agents`.
 - `records`: broker records built through `gridcore.records`, never as hand-written JSON.
 - `gates`: `Gate`, a job that blocks until the test creates a file.
+- `proxy`: `ReplyDropper`, a TCP proxy to a broker that loses one chosen reply.
 """

@@ -1,0 +1,108 @@
+"""A reply lost on its way back (a broker restart, a cut link) after the command ran: redis-py
+reconnects and may send the command again. A slot's pop (which claims the job) and its start
+(which counts the attempt and marks the job started) must neither run a job twice nor lose it
+when that happens. A proxy between the agent and the broker loses one chosen reply."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import claim, guarded
+from gridcore.models import JobSpec, JobState
+from tests.chaos.conftest import assert_accounted
+from tests.support.proxy import ReplyDropper
+from tests.support.wait import eventually
+
+
+def _claimed(reply: bytes) -> bool:
+    """The pop's reply when it took a job (its first field, the queue key, is not empty)."""
+    return reply.startswith(b"*8\r\n$") and not reply.startswith(b"*8\r\n$0\r\n")
+
+
+def _started(reply: bytes) -> bool:
+    """The start script's reply when it started the job."""
+    return reply.startswith(b"*4\r\n:1\r\n")
+
+
+@pytest.mark.parametrize("script, lose", [(claim._POP_SCRIPT, _claimed), (guarded.START, _started)],
+                         ids=["pop", "start"])
+def test_a_lost_reply_runs_the_job_once_and_loses_nothing(broker, agents, grid, r, tmp_path, monkeypatch,
+                                                          cleanup_jobs, script, lose):
+    proxy = ReplyDropper(broker.port, script.sha.encode(), lose)
+    monkeypatch.setenv("GRID_REDIS_URL", proxy.url)  # the agent and its slots, not this test's client
+    try:
+        agents("node-a", slots=1)
+        ran = tmp_path / "ran"
+        jid = grid.submit(JobSpec(command=f"echo once >> {ran}"))
+        cleanup_jobs.append(jid)
+        eventually(lambda: proxy.dropped, 20, 0.02, "the proxy to lose the reply")
+        states = assert_accounted(r, grid, [jid], timeout=30)
+        assert states[jid] is JobState.FINISHED
+        assert ran.read_text() == "once\n"
+        assert [a.get("reason") for a in grid.get(jid).attempts] == [None]
+    finally:
+        proxy.close()
+
+
+# ---- a client that sends a command again after a lost reply ---------------------------------
+# The agent's clients (gridcore/connection.py, from a URL) never do with this redis-py; a client
+# built with a retry policy does (redis.Redis(host=...) since redis-py 6). The scripts that take
+# a job must not be sent again, whatever the client: the error reaches the slot, whose outage
+# path knows what a lost pop or start left (claim.requeue_own, JobAttempt.give_back_unstarted).
+
+
+def _resending(proxy: ReplyDropper):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 3), retry_on_error=[redis.ConnectionError])
+
+
+def test_a_pop_whose_reply_was_lost_is_not_sent_again(broker, r):
+    """Sent again, the pop would take the next job (or none) and leave the first one claimed by
+    a slot that does not know it, in no queue, for as long as the node lives."""
+    import redis
+
+    from gridcore import keys
+
+    pool = keys.rq_queue("default")
+    for jid in ("j1", "j2"):
+        r.hset(keys.rq_job(jid), mapping={"origin": "default", "status": "queued"})
+        r.rpush(pool, jid)
+    proxy = ReplyDropper(broker.port, claim._POP_SCRIPT.sha.encode(), _claimed)
+    try:
+        c = _resending(proxy)
+        with pytest.raises(redis.ConnectionError):
+            claim.pop(c, "a", "a.x.0", [keys.rq_queue(keys.node_queue("a")), pool])
+        assert proxy.dropped and r.lrange(pool, 0, -1) == [b"j2"]  # it ran, and took j1 alone
+        assert claim.requeue_own(r, "a", "a.x.0") == 1  # the slot's outage path: back in line
+        assert r.lrange(pool, 0, -1) == [b"j1", b"j2"] and not r.hlen(keys.node_running("a"))
+    finally:
+        proxy.close()
+
+
+def test_a_start_whose_reply_was_lost_is_not_sent_again(broker, r):
+    """Sent again, the start would find the job started (by itself) and say it was taken up
+    elsewhere: the slot would run nothing and the job stay `started` for good."""
+    import redis
+
+    from agent.verify import SPENT
+    from gridcore import keys
+    from gridcore.models import Resources
+    from gridcore.reservations import reserve_args
+
+    r.hset(keys.rq_job("j1"), mapping={"origin": "default", "status": "queued"})
+    pipe = guarded.recorder(r)
+    pipe.hset(keys.rq_job("j1"), "status", "started")
+    sec, _ = r.time()
+    args = [*reserve_args("j1", Resources(), [], 4, 0), sec + 3600, 3, SPENT]
+    start_keys = [keys.node_held("a"), keys.nonce("n1"), keys.cancel("j1"), keys.rq_job("j1")]
+    proxy = ReplyDropper(broker.port, guarded.START.sha.encode(), _started)
+    try:
+        c = _resending(proxy)
+        with pytest.raises(redis.ConnectionError):
+            guarded.START(c, start_keys, [*args, *guarded.packed(c, pipe)])
+        assert proxy.dropped and r.hget(keys.rq_job("j1"), "status") == b"started" and r.get(keys.nonce("n1")) == b"1"
+    finally:
+        proxy.close()
