@@ -43,6 +43,7 @@ from agent.output import OutputSink, reply_errors
 from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import shown_argument
+from agent.runner import NODE_FAULT
 from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
 from gridcore import efficiency, events, history, keys
 from gridcore.dependencies import fail_dependents
@@ -54,6 +55,7 @@ from gridcore.records import (
     CorruptRecord,
     EndMarker,
     JobMeta,
+    NodeRecord,
     OutputEntry,
     Result,
     RunningEntry,
@@ -65,8 +67,9 @@ from gridcore.signing import Refused
 
 log = logging.getLogger("grid.attempt")
 
-HANDED_BACK = ("shutdown", ORPHANED)
-"""Outcomes that put the job back in line instead of ending it: its agent stops or is gone."""
+HANDED_BACK = ("shutdown", ORPHANED, NODE_FAULT)
+"""Outcomes that put the job back in line instead of ending it: its agent stops or is gone, or
+this node could not run it (NODE_FAULT: the node drains itself)."""
 
 
 @dataclass(frozen=True)
@@ -420,17 +423,33 @@ class JobAttempt:
 
     def _hand_back(self, pipe, result: Result, outcome: str = "shutdown") -> None:
         """Cold stop, or the agent stopped heartbeating (orphaned): the job was killed because
-        its agent is going or gone; put it back in line."""
-        why = "agent shutdown" if outcome == "shutdown" else "agent not heartbeating"
-        note = f"attempt on {self.node} stopped by {why}; job handed back to the queue"
+        its agent is going or gone; put it back in line. NODE_FAULT: this node could not run
+        it; the node drains itself in the same step (the operator resumes it once mended) and
+        a job the grid placed goes back to placement, for another node (no placer can put it
+        here again: the node is draining); one a user pinned here waits for the node."""
+        end = result.end or 0.0
+        to = None
+        if outcome == NODE_FAULT:
+            why = result.reason or "not run"
+            note = f"attempt on {self.node} {why}; node drained, job handed back"
+            meta = self.meta
+            to = keys.PENDING_QUEUE if meta.placement is not None and not meta.resources.node else None
+            pipe.hset(keys.node(self.node), mapping=NodeRecord.drain_fields(True, why))
+            events.emit(pipe, end, "node_draining", node=self.node, message=why)
+        else:
+            why = "agent shutdown" if outcome == "shutdown" else "agent not heartbeating"
+            note = f"attempt on {self.node} stopped by {why}; job handed back to the queue"
         if self.sink is not None:
             self.sink.write_last(pipe, OutputEntry.note(note).fields())
         pipe.rpush(keys.attempts(self.id), result.attempt(reason=why).encode())
         pipe.hdel(keys.node_running(self.node), self.id)
         pipe.hdel(keys.ACTIVE, self.id)
-        release(pipe, self.id, self.node)  # its sweep slot stays: the job still counts as placed
-        self.book.hand_back(pipe, self.job, self.queue, self.execution)
-        events.emit(pipe, result.end or 0.0, "requeued", job=self.id, node=self.node, message=note)
+        if to is None:
+            release(pipe, self.id, self.node)  # its sweep slot stays: the job still counts as placed
+        else:  # placed no longer: its sweep slot goes too, and every placement loop is woken
+            release(pipe, self.id, self.node, self.meta.group, requeued=True)
+        self.book.hand_back(pipe, self.job, self.queue, self.execution, to)
+        events.emit(pipe, end, "requeued", job=self.id, node=self.node, message=note)
         history.append(pipe, history.entry(self.id, self.meta, result.model_copy(update={"reason": why}),
                                            "requeued"))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from agent import rerun, runner, usage
+from agent import recovery, rerun, runner, usage
 from agent.admission import Admission
 from agent.journal import EarlierStartRunning
 from agent.attempt import Capacity, JobAttempt
@@ -24,6 +24,7 @@ from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import shown_argument
 from agent.verify import AlreadyRunning, Gatekeeper
+from gridcore import keys
 from gridcore.records import Result
 from gridcore.reservations import wake
 from gridcore.settings import Settings
@@ -209,9 +210,21 @@ class Performer:
                                        final=attempt.ends_job(result, outcome))
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
         attempt.finish(envelope, result, outcome, give_up=self._give_up)
+        if outcome == runner.NODE_FAULT:
+            self._drained()
         if attempt.places_next:
             self._place_next(attempt.meta.group)
         return result, outcome
+
+    def _drained(self) -> None:
+        """This node drained itself with the job it could not run (agent/attempt.py): the jobs
+        the grid placed here that no slot took yet go back to placement too, for other nodes."""
+        try:
+            if self.conn.hget(keys.node(self.node), "draining") == b"1" and \
+                    (n := recovery.replace_queued(self.conn, self.node)):
+                log.warning("node %s drained: %d job(s) placed here went back to placement", self.node, n)
+        except OUTAGE_ERRORS as e:
+            log.warning("node %s drained: its placed jobs wait for it (%s)", self.node, e)
 
     def _place_next(self, group: str | None) -> None:
         """What the ended job gave back may let the next waiting job in (the next cell of its

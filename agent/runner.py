@@ -388,6 +388,12 @@ def _moved_report(fd: int) -> str:
     return text.rpartition(": ")[2] or text
 
 
+NODE_FAULT = "node_fault"
+"""The outcome of a job this node could not run through no fault of the job's (its memory
+cgroup could not be made, or the job not moved into it): the attempt is handed back, counting
+against none of the job's retries, and the node drains itself (agent/attempt.py)."""
+
+
 def _not_run(record: dict[str, Any], sink: OutputSink, ctx: RunContext, start: float,
              why: str) -> tuple[Result, str | None]:
     """The job's command did not run: a node's failure (`why`), not the job's exit."""
@@ -397,7 +403,7 @@ def _not_run(record: dict[str, Any], sink: OutputSink, ctx: RunContext, start: f
     sink.add("e", (msg + "\n").encode())
     record.update(exit_code=None, signal=None, reason=msg, reason_kind="error", end=end,
                   duration=max(0.0, round(end - start, 6)))
-    return _finish(record, sink, ctx, None)
+    return _finish(record, sink, ctx, NODE_FAULT)
 
 
 def _finish(record: dict[str, Any], sink: OutputSink, ctx: RunContext, outcome: str | None) -> tuple[Result, str | None]:

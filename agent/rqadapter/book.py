@@ -232,11 +232,15 @@ class RQBook:
         else:
             queue._enqueue_job(job, pipeline=pipe, at_front=job.enqueue_at_front_on_retry)
 
-    def hand_back(self, pipe, job: Job, queue: GridQueue, execution: Execution | None) -> None:
-        """Queue RQ's side of a cold stop on `pipe`: the job back at the front of its queue."""
+    def hand_back(self, pipe, job: Job, queue: GridQueue, execution: Execution | None,
+                  to: str | None = None) -> None:
+        """Queue RQ's side of a cold stop on `pipe`: the job back at the front of its queue
+        (or of `to`, its new origin)."""
         self._drop_execution(pipe, job, execution)
         job.set_status(JobStatus.QUEUED, pipeline=pipe)
-        pipe.lpush(queue.key, job.id)
+        if to is not None and to != job.origin:
+            pipe.hset(job.key, "origin", to)
+        pipe.lpush(keys.rq_queue(to) if to is not None else queue.key, job.id)
 
     def _drop_execution(self, pipe, job: Job, execution: Execution | None) -> None:
         if execution is not None:

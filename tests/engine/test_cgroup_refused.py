@@ -1,6 +1,7 @@
 """A job with a memory limit never runs outside its memory cgroup on a node that makes them:
-if its group cannot be made, or the job cannot be moved into it, the attempt fails with a
-reason naming the group, and the command does not run. Plain directories stand in for the
+if its group cannot be made, or the job cannot be moved into it, the attempt ends with a
+reason naming the group, as the node's fault (runner.NODE_FAULT: handed back, the node drained;
+tests/chaos/test_cgroup_failure.py), and the command does not run. Plain directories stand in for the
 cgroup hierarchy (a real group's files cannot be made to refuse root's writes on demand)."""
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def test_a_job_that_cannot_enter_its_group_does_not_run(r, tmp_path, slot_groups
     ran = tmp_path / "ran"
     result, outcome = _run(r, tmp_path, f"touch {ran}", 64 * MB)
     assert not ran.exists()  # never ran, limited or not
-    assert outcome is None and result.reason_kind == "error" and result.exit_code is None, result
+    assert outcome == runner.NODE_FAULT and result.reason_kind == "error" and result.exit_code is None, result
     assert result.reason.startswith(f"not run: cannot move the job into its memory cgroup {group}: "), result
     assert "Is a directory" in result.reason and result.memory_peak is None and result.reason in result.stderr
 
@@ -57,7 +58,7 @@ def test_a_job_whose_group_cannot_be_made_does_not_run(r, tmp_path, slot_groups)
     ran = tmp_path / "ran"
     result, outcome = _run(r, tmp_path, f"touch {ran}", 64 * MB)
     assert not ran.exists()
-    assert outcome is None and result.reason_kind == "error" and result.exit_code is None, result
+    assert outcome == runner.NODE_FAULT and result.reason_kind == "error" and result.exit_code is None, result
     assert result.reason.startswith("not run: no memory cgroup for its 64 MiB limit: cannot create "), result
     assert str(tmp_path / "gone" / "grid-jobs") in result.reason and "No such file or directory" in result.reason
 
@@ -86,7 +87,7 @@ def test_a_group_whose_names_are_all_taken_says_why_and_no_earlier_reason(r, tmp
     ran = tmp_path / "ran"
     result, outcome = _run(r, tmp_path, f"touch {ran}", 64 * MB)
     assert not ran.exists()
-    assert outcome is None and result.reason_kind == "error" and result.exit_code is None, result
+    assert outcome == runner.NODE_FAULT and result.reason_kind == "error" and result.exit_code is None, result
     assert result.reason == f"not run: no memory cgroup for its 64 MiB limit: the names n1.test.0.1..3 " \
                             f"are all taken under {base}", result
 

@@ -1,0 +1,51 @@
+"""A node whose memory cgroups fail is the grid's fault, not the job's: the node drains itself
+(saying why), the attempt is handed back without counting against the job's retries, and the
+node's memory jobs run elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from gridcore import keys
+from gridcore.models import JobSpec, JobState, Resources
+from tests.chaos.conftest import NODE_TIMEOUT, TRANSIENT, assert_accounted, have_job_cgroups
+from tests.support.wait import eventually
+
+MB = 1 << 20
+
+
+@pytest.mark.skipif(have_job_cgroups() is not None, reason=f"no job cgroups here: {have_job_cgroups()}")
+def test_a_node_whose_cgroups_fail_drains_itself_and_its_memory_jobs_run_elsewhere(agents, grid, r, cleanup_jobs):
+    from agent import slotnames
+    from agent.cgroup import JobCgroups
+
+    agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
+    worker = slotnames.slot_name("node-a", r.hget(keys.node("node-a"), "agent_id").decode(), 0)
+    # Every name node-a's slot tries for a job's group is taken (cgroup v1: <slot name>.<n>):
+    # each of its memory jobs fails to get a group, as on a node whose cgroup hierarchy broke.
+    taken = [JobCgroups.probe().base / f"{worker}.{i}" for i in (1, 2, 3)]
+    for d in taken:
+        d.mkdir()
+    try:
+        ids = [grid.submit(JobSpec(command="echo ran", resources=Resources(memory=64 * MB))) for _ in range(2)]
+        cleanup_jobs.extend(ids)
+        eventually(lambda: r.hget(keys.node("node-a"), "draining") == b"1", 20, 0.05, "node-a to drain itself",
+                   tolerate=TRANSIENT)
+        [a] = [n for n in grid.nodes() if n.name == "node-a"]
+        assert "memory cgroup" in a.drain_reason and "taken" in a.drain_reason, a.drain_reason
+        assert [e for e in grid.events(count=1000) if e.kind == "node_draining" and e.node == "node-a"]
+        agents("node-b", slots=1, node_timeout=NODE_TIMEOUT)
+        states = assert_accounted(r, grid, ids, timeout=30)
+        assert all(s is JobState.FINISHED for s in states.values()), {j: s.value for j, s in states.items()}
+        for jid in ids:  # no retries asked for: node-a's failure counted against none
+            job = grid.get(jid)
+            assert job.node == "node-b" and job.stdout == "ran\n"
+            assert [x.get("node") for x in job.attempts][-1] == "node-b"
+            assert all("memory cgroup" in (x.get("reason") or "") for x in job.attempts[:-1]), job.attempts
+        assert r.hget(keys.node("node-a"), "draining") == b"1"  # it stays drained: the operator resumes it
+    finally:
+        for d in taken:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
