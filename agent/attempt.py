@@ -434,8 +434,10 @@ class JobAttempt:
             note = f"attempt on {self.node} {why}; node drained, job handed back"
             meta = self.meta
             to = keys.PENDING_QUEUE if meta.placement is not None and not meta.resources.node else None
-            pipe.hset(keys.node(self.node), mapping=NodeRecord.drain_fields(True, why))
-            events.emit(pipe, end, "node_draining", node=self.node, message=why)
+            # Said first: `grid nodes` shows a drain reason's first 30 characters.
+            drained = "job cgroups failing: " + why.removeprefix("not run: ")
+            pipe.hset(keys.node(self.node), mapping=NodeRecord.drain_fields(True, drained))
+            events.emit(pipe, end, "node_draining", node=self.node, message=drained)
         else:
             why = "agent shutdown" if outcome == "shutdown" else "agent not heartbeating"
             note = f"attempt on {self.node} stopped by {why}; job handed back to the queue"
