@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import redis
@@ -38,8 +38,8 @@ WINDOW = 500
 
 PLACE = RESERVE_FN + """
 -- KEYS: the pending queue, the node's RQ queue, the job's RQ hash, RQ's set of queues, grid:why,
---       the node's held hash, the sweep's slots set (any key when the job is in no sweep), then
---       the RQ hashes of the alternates
+--       the node's held hash, the sweep's slots set (any key when the job is in no sweep), the
+--       node's hash, then the RQ hashes of the alternates
 -- ARGV: job id, node queue name, the new meta, sha1 of the meta the placer read,
 --       max_parallel (0: none), '1' if the job is in a sweep, then reserve's cpus, memory,
 --       GPUs (JSON), node cpus, node memory, held entry; the node's pool queue to nudge ('' none)
@@ -48,7 +48,20 @@ PLACE = RESERVE_FN + """
 -- sweep), no GPUs: tried in turn while the one before is no longer waiting (another placer took
 -- it), as the placer would try them one script each.
 -- Returns {code, n}: n alternates were gone before the one the code is for; code 1 placed, 0 no
--- room on the node, -1 no longer waiting, -2 throttled, -3 meta changed.
+-- room on the node, -1 no longer waiting, -2 throttled, -3 meta changed, -4 the node takes no
+-- jobs now (draining, or its heartbeat older than its node_timeout: down).
+-- The placer decided on a view read before this script: the node may have been drained since (by
+-- an operator, or by itself on a fault), or gone down. Checked here, in the step that places, a
+-- job never lands in the queue of a node that takes nothing until resumed.
+local function closed(node)
+  local f = redis.call('HMGET', node, 'draining', 'beat', 'node_timeout')
+  if f[1] == '1' then return true end
+  local beat, timeout = tonumber(f[2]), tonumber(f[3])
+  if beat == nil or timeout == nil then return false end  -- an agent of an earlier version: no beat
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6 - beat > timeout
+end
+if closed(KEYS[8]) then return {-4, 0} end
 local function place(id, job, meta, digest)
   if not redis.call('LPOS', KEYS[1], id) then return -1 end
   if redis.sha1hex(redis.call('HGET', job, 'meta') or '') ~= digest then return -3 end
@@ -68,10 +81,10 @@ local function place(id, job, meta, digest)
 end
 local code = place(ARGV[1], KEYS[3], ARGV[3], ARGV[4])
 local n = 0
-while code == -1 and KEYS[8 + n] do
+while code == -1 and KEYS[9 + n] do
   local a = 15 + 3 * n
   n = n + 1
-  code = place(ARGV[a], KEYS[7 + n], ARGV[a + 1], ARGV[a + 2])
+  code = place(ARGV[a], KEYS[8 + n], ARGV[a + 1], ARGV[a + 2])
 end
 return {code, n}
 """
@@ -82,7 +95,7 @@ gone: on a grid of several nodes, the nodes' ending slots race for the head of a
 slot that lost found the next cell gone too, one script each. Sent only where other nodes may
 race (a one-node grid's slots seldom do, and each alternate costs its meta's encoding)."""
 
-PLACED, NO_ROOM, GONE, THROTTLED, CHANGED = 1, 0, -1, -2, -3
+PLACED, NO_ROOM, GONE, THROTTLED, CHANGED, CLOSED = 1, 0, -1, -2, -3, -4
 
 NUDGE = "grid-placed-nudge"
 """What PLACE pushes onto an empty pool queue of the node it placed a job on, if the node
@@ -254,6 +267,7 @@ class Placer:
         unfit: dict[tuple[Resources, str], str | None] = {}
         racing = sum(n.state is not NodeState.DOWN for n in nodes) > 1  # other nodes' placers: alternates
         skip = 0  # alternates the last PLACE tried: already decided
+        again: list[Waiting] = []  # refused by a node found closed (CLOSED): placed again below
         for i, w in enumerate(order):
             if skip:
                 skip -= 1
@@ -296,7 +310,7 @@ class Placer:
                     running[group] = running.get(group, 0) + gone
                 w = alternates[gone - 1]
             skip = gone
-            out.raced += result != PLACED
+            out.raced += result not in (PLACED, CLOSED)
             if result == PLACED:
                 placed_on[node.name] = before + 1
                 out.placed[w.id] = node.name
@@ -318,6 +332,20 @@ class Placer:
                 out.whys[w.id] = f"throttled: {limit} of this sweep running (max_parallel {limit})"
             elif result == CHANGED:
                 out.changed.append(w.id)
+            elif result == CLOSED:  # drained (or down) since the view was read: no more jobs there
+                shut = replace(node, state=NodeState.DRAINING, draining=True, drain_reason="drained meanwhile")
+                nodes = [shut if n.name == node.name else n for n in nodes]
+                candidates = [shut if n.name == node.name else n for n in candidates]
+                by_name[node.name] = shut
+                again.append(w)
+        if again:  # the jobs a closed node refused: on the nodes left (each round closes one more)
+            more = self.place(again, explain_rest=explain_rest, view=View(nodes, committed, running), onto=onto,
+                              taking=taking)
+            out.placed |= more.placed
+            out.whys |= more.whys
+            out.changed += more.changed
+            out.raced += more.raced
+            out.full |= more.full
         return out
 
     def any_fits(self, shapes: Iterable[Shape], view: View) -> bool:
@@ -371,7 +399,7 @@ class Placer:
             more_args += [a.id, _placed_meta(a, node, gpus), a.digest]
         code, gone = self._place(
             keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
-                  keys.WHY, keys.node_held(node.name), keys.group_slots(group), *more_keys],
+                  keys.WHY, keys.node_held(node.name), keys.group_slots(group), keys.node(node.name), *more_keys],
             args=[w.id, nq, _placed_meta(w, node, gpus), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
                   *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:],
                   *_nudge(node, w.meta, idle_elsewhere), *more_args],

@@ -657,3 +657,44 @@ def test_a_lost_job_put_back_at_the_top_is_placed_by_the_loop_it_wakes_while_the
     finally:
         stop.set()
         loop.join(10)
+
+
+@pytest.mark.parametrize("closing", ["drained", "down"])
+def test_a_node_drained_or_down_since_the_placers_view_gets_no_job(grid, r, closing):
+    """A placer decides on a view read before its PLACE; a node drained meanwhile (by an
+    operator, or by itself on a fault) or gone down is refused by the script itself: the job goes
+    to another node in the same call, or waits, and nothing is held on the closed node."""
+    from gridcore import keys
+    from gridcore.placing import Placer
+
+    jid = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))  # no node yet: it waits
+    _grid_nodes(r, ["node-a", "node-b"], cpus=4, memory=8 * GB, gpus=0)
+    placer = Placer(r)
+    view = placer.view()  # the placer's view, taken before the node closes
+    choice = choose_node(Resources(memory=GB), view.nodes, view.committed)
+    assert choice is not None
+    first = choice.node
+    other = "node-b" if first == "node-a" else "node-a"
+
+    def close(name):
+        if closing == "drained":
+            grid.drain(name, "disk failing")
+        else:  # its last heartbeat older than its node_timeout (30 s in node_record)
+            sec, _ = r.time()
+            r.hset(keys.node(name), "beat", repr(sec - 31.0))
+
+    close(first)
+    out = placer.place(placer.read([jid]), view=view)
+    assert out.placed == {jid: other}, out
+    assert not r.hlen(keys.node_held(first))
+    assert _where(r, ["node-a", "node-b"]) == {jid: other}
+
+    # The only node closed since the view: the job waits, nothing held, nothing queued there.
+    r.delete(keys.rq_queue(keys.node_queue(other)), keys.node_held(other))
+    r.rpush(keys.rq_queue(keys.PENDING_QUEUE), jid)
+    view = placer.view()
+    close(other)
+    out = placer.place(placer.read([jid]), view=view)
+    assert not out.placed and not out.raced, out
+    assert not r.hlen(keys.node_held(other))
+    assert _where(r, ["node-a", "node-b"]) == {jid: "pending"}
