@@ -436,7 +436,13 @@ class JobAttempt:
             to = keys.PENDING_QUEUE if meta.placement is not None and not meta.resources.node else None
             # Said first: `grid nodes` shows a drain reason's first 30 characters.
             drained = "job cgroups failing: " + why.removeprefix("not run: ")
-            pipe.hset(keys.node(self.node), mapping=NodeRecord.drain_fields(True, drained))
+            # A node an operator drained already (between this slot's pop and now) keeps the
+            # operator's reason: HSETNX, as `grid resume` deletes the reason (gridcore/control.py);
+            # the fault is still said, by its event. Decided in the step that writes it: a read
+            # first would let a drain landing in between lose its reason.
+            fields = NodeRecord.drain_fields(True, drained)
+            pipe.hset(keys.node(self.node), "draining", fields["draining"])
+            pipe.hsetnx(keys.node(self.node), "drain_reason", fields["drain_reason"])
             events.emit(pipe, end, "node_draining", node=self.node, message=drained)
         else:
             why = "agent shutdown" if outcome == "shutdown" else "agent not heartbeating"

@@ -159,6 +159,9 @@ class Control:
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.node(node), mapping=NodeRecord.drain_fields(draining, message))
             if not draining:  # a node back in service may take waiting jobs now
+                # No reason left behind: a node that drains itself later writes its own only
+                # where none is (agent/attempt.py), so an operator's drain keeps the operator's.
+                pipe.hdel(keys.node(node), "drain_reason")
                 reservations.wake(pipe, node)
             events.emit(pipe, now, event, node=node, message=message)
             pipe.execute()

@@ -137,7 +137,9 @@ class NodeRecord:
     @staticmethod
     def drain_fields(draining: bool, reason: str = "") -> dict[str, str]:
         """The fields an operator sets to drain a node (with why) or to let it take jobs again."""
-        return {"draining": "1" if draining else "0", "drain_reason": reason[:256] if draining else ""}
+        if not draining:  # the reason goes too (HDEL): see gridcore/control.py
+            return {"draining": "0"}
+        return {"draining": "1", "drain_reason": reason[:256]}
 
     def gpus(self) -> tuple[GpuInfo, ...]:
         """The inventory's GPUs with their live memory and utilization from the load."""

@@ -108,3 +108,41 @@ def test_a_command_with_a_nul_fails_its_attempt_and_keeps_no_descriptor_nor_grou
     assert result.reason == "cannot start '/bin/sh': embedded null byte in its command, arguments, environment " \
                             "or working directory" and result.reason in result.stderr, result
     assert released == ([base / "n1.test.0.1"] if memory else [])
+
+
+def test_a_node_faulting_after_an_operators_drain_keeps_the_operators_reason(r, grid, settings, tmp_path,
+                                                                              slot_groups):
+    """The operator drains n1 while its slot holds a memory job it just took; the job's cgroup
+    then fails (the node's fault): the node stays drained with the operator's reason (what
+    `grid nodes` shows), the fault is an event of its own. `grid resume` clears both, and a fault
+    on a node no one drained names itself."""
+    from gridcore import keys
+    from gridcore.models import JobSpec, Resources
+    from gridcore.placing import Placer
+    from tests.engine.test_reconcile import _slot, _take
+    from tests.support.records import node_record, put_node
+
+    slot_groups(cgroup.JobCgroups(tmp_path / "gone" / "grid-jobs", v2=False))  # no group can be made
+    jid = grid.submit(JobSpec(command="true", resources=Resources(memory=64 * MB)))  # no node yet: it waits
+    put_node(r, "n1", grid.broker_time(), node_record())
+    n1 = _slot(r, settings, "n1")
+
+    def fault():
+        assert Placer(r).place_ids([jid]).placed == {jid: "n1"}
+        return _take(r, n1, keys.node_queue("n1"))
+
+    taken = fault()
+    grid.drain("n1", "disk swap tomorrow")
+    n1.perform(*taken)
+    [node] = [n for n in grid.nodes() if n.name == "n1"]
+    assert node.draining and node.drain_reason == "disk swap tomorrow", node.drain_reason
+    assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [jid.encode()]  # handed back, for another node
+    drains = [e.message for e in grid.events(count=100) if e.kind == "node_draining" and e.node == "n1"]
+    assert sorted(m.split(":")[0] for m in drains) == ["disk swap tomorrow", "job cgroups failing"], drains
+
+    grid.resume("n1")
+    [node] = [n for n in grid.nodes() if n.name == "n1"]
+    assert not node.draining and node.drain_reason is None
+    n1.perform(*fault())
+    [node] = [n for n in grid.nodes() if n.name == "n1"]
+    assert node.draining and node.drain_reason.startswith("job cgroups failing: no memory cgroup"), node.drain_reason
