@@ -15,6 +15,7 @@ import redis
 
 from agent import bounds
 from agent.journal import Journal, Ticket, journal_path
+from agent.runner import NODE_FAULT
 from gridcore import nodekeys
 from gridcore.records import Placement, Result
 from gridcore.settings import AgentSettings
@@ -57,7 +58,13 @@ class Admission:
         return self.signer.attest(result, job_id, nodekeys.claimed_nonce(signed), None, final=True)
 
     def ended(self, ticket: Ticket, now: float, result: Result, outcome: str | None) -> None:
-        """The start ended; one that ran to its end (exit 0, canceled) never starts here again."""
+        """The start ended; one that ran to its end (exit 0, canceled) never starts here again.
+        One whose command never ran (NODE_FAULT: the runner stopped before exec) is withdrawn,
+        as its broker count was given back with its hand-back (JobAttempt._record_end): the
+        journal counts the runs of an envelope here, and this was none."""
+        if outcome == NODE_FAULT:
+            self.withdraw(ticket)
+            return
         final = outcome == "canceled" or (outcome is None and result.exit_code == 0)
         try:
             self.journal.ended(ticket, result.end or now, final)

@@ -44,7 +44,7 @@ from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import shown_argument
 from agent.runner import NODE_FAULT
-from agent.verify import SPENT, judge_attempt, nonce_expiry, spend
+from agent.verify import SPENT, judge_attempt, nonce_expiry, refund, spend
 from gridcore import efficiency, events, history, keys
 from gridcore.dependencies import fail_dependents
 from gridcore.models import LOST_RETRIES, Resources
@@ -372,6 +372,19 @@ class JobAttempt:
                     pipe.multi()
                     if outcome in HANDED_BACK:
                         self._hand_back(pipe, result, outcome)
+                        if outcome == NODE_FAULT and self.started and envelope.get("nonce"):
+                            # Its command never ran (the runner stopped before exec): the attempt
+                            # its start counted is given back with the hand-back, so a job the
+                            # grid could not run here keeps every attempt it was signed for (a
+                            # job without retries, handed back, then on a lost node, would be
+                            # refused as a replay on its rerun). This writes no more runs than
+                            # signed: the command runs at most max_attempts times all the same,
+                            # and only this node, in this owned step, says it did not run it. The
+                            # broker count guards nothing against broker writers (they can
+                            # delete it); the node's journal does, and withdraws only this
+                            # unrun start (Admission.ended). A shutdown or orphaned hand-back
+                            # keeps its count: its command had started (and was killed).
+                            refund(pipe, envelope)
                     else:
                         if self._is_final(result, outcome) and envelope.get("nonce"):
                             # In the same transaction: no replay slips in before the end is visible.

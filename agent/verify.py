@@ -105,6 +105,15 @@ def spend(pipe, envelope: dict[str, Any]) -> None:
     pipe.set(keys.nonce(envelope["nonce"]), SPENT, exat=nonce_expiry(envelope))
 
 
+def refund(pipe, envelope: dict[str, Any]) -> None:
+    """The attempt this node counted (its start) whose command never ran (runner.NODE_FAULT)
+    gives its count back (on `pipe`, in the step that hands the job back). The count keeps its
+    expiry: it is set again, so a counter a broker writer deleted meanwhile does not outlive the
+    envelope. Safe: see JobAttempt._record_end."""
+    pipe.decr(keys.nonce(envelope["nonce"]))
+    pipe.expireat(keys.nonce(envelope["nonce"]), nonce_expiry(envelope))
+
+
 def judge_attempt(used: int, envelope: dict[str, Any]) -> None:
     """Refuse an attempt whose count (after counting it) shows a replay."""
     if used > SPENT:

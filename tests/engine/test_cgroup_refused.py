@@ -146,3 +146,87 @@ def test_a_node_faulting_after_an_operators_drain_keeps_the_operators_reason(r, 
     n1.perform(*fault())
     [node] = [n for n in grid.nodes() if n.name == "n1"]
     assert node.draining and node.drain_reason.startswith("job cgroups failing: no memory cgroup"), node.drain_reason
+
+
+def test_a_job_handed_back_unrun_then_lost_still_has_its_lost_retry(r, grid, settings, tmp_path, slot_groups):
+    """A job with no retries: n1's cgroups fail (its command never runs: handed back, the node's
+    fault), n2 starts it and is lost, n3 runs it. The hand-back took none of the envelope's
+    signed attempts (1 + retries + one for a lost node), so n3's start is no "replay"."""
+    import threading
+
+    from agent import recovery
+    from gridcore import keys
+    from gridcore.models import JobSpec, JobState, Resources
+    from gridcore.placing import Placer
+    from tests.engine.test_reconcile import _slot, _take
+    from tests.support.records import node_record, put_node
+    from tests.support.wait import eventually
+
+    flag = tmp_path / "go"
+    jid = grid.submit(JobSpec(command=f"while [ ! -e {flag} ]; do sleep 0.02; done; echo ran",
+                              resources=Resources(memory=64 * MB), retries=0))
+
+    def on(node):
+        put_node(r, node, grid.broker_time(), node_record())
+        assert Placer(r).place_ids([jid]).placed == {jid: node}
+        slot = _slot(r, settings, node)
+        return slot, _take(r, slot, keys.node_queue(node))
+
+    slot_groups(cgroup.JobCgroups(tmp_path / "gone" / "grid-jobs", v2=False))  # n1: no group can be made
+    n1, taken = on("n1")
+    n1.perform(*taken)
+    assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [jid.encode()]  # handed back, unrun
+
+    (tmp_path / "grid-jobs").mkdir()
+    slot_groups(cgroup.JobCgroups(tmp_path / "grid-jobs", v2=False))  # groups work from here on
+    n2, taken = on("n2")
+    running = threading.Thread(target=n2.perform, args=taken)
+    running.start()
+    try:
+        eventually(lambda: grid.state(jid) is JobState.RUNNING, 20, 0.02, "n2 to start the job")
+        # n2 is lost: its heartbeat is past its node_timeout and another node's sweep reclaims the job.
+        r.hset(keys.node("n2"), "beat", repr(grid.broker_time() - 60))
+        assert recovery.reclaim(r, "n2", grid.broker_time(), "node lost", settings.result_ttl, foreign=True) == [jid]
+    finally:
+        flag.touch()
+        running.join(60)
+    assert not running.is_alive()
+    if r.lpos(keys.rq_queue(keys.PENDING_QUEUE), jid) is None:  # a rerun waits for placement
+        r.rpush(keys.rq_queue(keys.PENDING_QUEUE), jid)
+    n3, taken = on("n3")
+    n3.perform(*taken)
+    job = grid.get(jid)
+    assert grid.state(jid) is JobState.FINISHED, job.attempts
+    assert job.node == "n3" and job.stdout == "ran\n"
+
+
+def test_a_node_that_could_not_run_a_job_twice_runs_it_once_mended(r, grid, settings, tmp_path, slot_groups):
+    """A job with no retries (2 signed attempts: one more for a lost node): n1's cgroups fail
+    twice (resumed after each), then work. Neither unrun start counts, in the broker's count nor
+    in n1's own replay journal: the third start runs the command, once."""
+    from gridcore import keys
+    from gridcore.models import JobSpec, JobState, Resources
+    from gridcore.placing import Placer
+    from tests.engine.test_reconcile import _slot, _take
+    from tests.support.records import node_record, put_node
+
+    jid = grid.submit(JobSpec(command="echo ran", resources=Resources(memory=64 * MB), retries=0))
+    put_node(r, "n1", grid.broker_time(), node_record())
+    n1 = _slot(r, settings, "n1")
+
+    def attempt():
+        assert Placer(r).place_ids([jid]).placed == {jid: "n1"}
+        n1.perform(*_take(r, n1, keys.node_queue("n1")))
+
+    slot_groups(cgroup.JobCgroups(tmp_path / "gone" / "grid-jobs", v2=False))  # no group can be made
+    for _ in range(2):
+        attempt()
+        assert r.hget(keys.node("n1"), "draining") == b"1"
+        assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [jid.encode()]  # handed back, unrun
+        grid.resume("n1")
+    (tmp_path / "grid-jobs").mkdir()
+    slot_groups(cgroup.JobCgroups(tmp_path / "grid-jobs", v2=False))
+    attempt()
+    job = grid.get(jid)
+    assert grid.state(jid) is JobState.FINISHED, job.attempts
+    assert job.stdout == "ran\n"
