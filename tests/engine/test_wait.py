@@ -60,3 +60,34 @@ def test_an_end_without_an_event_is_seen_by_the_poll(grid, r):
 def test_timeout_returns_the_states_as_they_are(grid):
     jid = grid.submit(JobSpec(command="true"))
     assert grid.wait([jid], timeout=0.1, poll=NEVER) == {jid: JobState.QUEUED}
+
+
+def _hgets(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_hget", {}).get("calls", 0))
+
+
+def test_events_that_end_none_of_its_jobs_do_not_make_the_waiter_read_again(grid, r):
+    """Every event of the grid wakes a waiter's XREAD: reading the states again for each (a
+    busy grid's every start and end, and the job's own `started`) was a round trip per event,
+    on the same cores as the jobs being waited for. They are read at the start and once the
+    job's end event came: two reads of one job's status, however many events came between."""
+    other, jid = grid.submit(JobSpec(command="true")), grid.submit(JobSpec(command="true"))
+
+    def busy_then_end() -> None:
+        time.sleep(0.2)  # the waiter is blocked by now
+        for kind, job in [("started", jid)] + [("finished", other)] * 10:
+            with r.pipeline() as pipe:
+                events.emit(pipe, time.time(), kind, job=job)
+                pipe.execute()
+            time.sleep(0.02)  # one wake each
+        with r.pipeline() as pipe:
+            events.emit(pipe, time.time(), "finished", job=jid, message="exit code 0")
+            pipe.hset(keys.rq_job(jid), "status", "finished")
+            pipe.execute()
+
+    r.config_resetstat()
+    t = threading.Thread(target=busy_then_end, daemon=True)
+    t.start()
+    assert grid.wait([jid], timeout=60, poll=NEVER) == {jid: JobState.FINISHED}
+    t.join()
+    assert _hgets(r) == 2
