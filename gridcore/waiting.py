@@ -6,7 +6,8 @@ BLOCK) and reads the jobs' states again when an end entry names one of them, so 
 seen within a round trip of being written rather than at the next tick of a 100 ms poll. Other
 entries (every start and end of a busy grid, the job's own start) only move the read on: a
 re-read for each was a round trip per event, on the cores the awaited jobs run on. The newest
-entry's id and the first states are read in one round trip. RQ's own
+entry's id and the first states are read in one round trip; the states of a few jobs (FEW) are
+sent with each blocking read, queued behind it, so the end is seen with its event. RQ's own
 status can follow the end by a moment (the slot's bookkeeping): after an end event the states
 are read again at short, doubling intervals until they agree. With no end seen for `poll`
 seconds, or a broker that refuses the read (an ACL), the states are read anyway.
@@ -30,6 +31,11 @@ END_EVENTS = frozenset({"finished", "failed", "canceled", "lost", "refused"})
 
 SOON = 0.002
 """Seconds before the first re-read after an end event whose state has not caught up."""
+
+FEW = 32
+"""Up to this many jobs, their states come back with every wake of the waiter's XREAD, in its
+round trip: a job's end is seen with the event that woke the waiter, with no read after it.
+Beyond, a wake by other jobs' events would read every state for nothing."""
 
 
 def states(conn: redis.Redis, job_ids: Sequence[str]) -> dict[str, JobState]:
@@ -70,11 +76,28 @@ def _decoded(job_ids: Sequence[str], raw: Sequence[bytes | None]) -> dict[str, J
     return found
 
 
+def _next_events(conn: redis.Redis, after: str, block_ms: int,
+                 job_ids: Sequence[str]) -> tuple[list, dict[str, JobState] | None]:
+    """The events after `after` (blocking up to `block_ms`) and, when `job_ids` are given, their
+    states read right after the events came: in one round trip, the reads queued on the
+    connection behind the blocking XREAD, which the broker answers as soon as it returns."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.xread({keys.EVENTS: after}, count=1000, block=block_ms)
+        for jid in job_ids:
+            pipe.hget(keys.rq_job(jid), "status")
+        got, *raw = pipe.execute(raise_on_error=False)
+    for reply in (got, *raw):
+        if isinstance(reply, Exception):
+            raise reply
+    return got or [], (_decoded(job_ids, raw) if job_ids else None)
+
+
 def wait(conn: redis.Redis, job_ids: Sequence[str], timeout: float | None = None,
          poll: float = 0.5) -> dict[str, JobState]:
     """Block until every job is terminal (or `timeout` seconds); return their states."""
     deadline = None if timeout is None else time.monotonic() + timeout
     after, now_states = _first_read(conn, job_ids)
+    few = job_ids if len(job_ids) <= FEW else ()
     block = poll
     while True:
         pending = {j for j, s in now_states.items() if not s.terminal}
@@ -85,18 +108,20 @@ def wait(conn: redis.Redis, job_ids: Sequence[str], timeout: float | None = None
             return now_states
         due = time.monotonic() + (block if left is None else min(block, left))
         ended = False
-        # The states are read again only when an end of one of these jobs is seen, or at `due`:
-        # the events of other jobs (and these jobs' own starts) wake the read, not a re-read.
-        while after is not None and not ended:
+        read: dict[str, JobState] | None = None
+        # Beyond FEW jobs the states are read again only when an end of one of them is seen, or
+        # at `due`: the events of other jobs (and these jobs' own starts) wake the read, not a
+        # re-read of every state.
+        while after is not None and not ended and read is None:
             rest = due - time.monotonic()
             if rest <= 0:
                 break
             try:
-                got = conn.xread({keys.EVENTS: after}, count=1000, block=max(1, int(rest * 1000)))
+                got, read = _next_events(conn, after, max(1, int(rest * 1000)), few)
             except redis.ResponseError:
                 after = None
                 break
-            if not got:
+            if not got and read is None:
                 break  # `due`
             for _stream, entries in got:
                 for eid, fields in entries:
@@ -107,5 +132,7 @@ def wait(conn: redis.Redis, job_ids: Sequence[str], timeout: float | None = None
         if after is None:
             time.sleep(max(0.0, due - time.monotonic()))
         # An end seen whose state has not caught up yet: look again soon, then less often.
-        block = SOON if ended else (min(block * 2, poll) if block < poll else poll)
-        now_states = states(conn, job_ids)
+        # A wake by other events that came with the states keeps the interval as it was.
+        if ended or read is None or due <= time.monotonic():
+            block = SOON if ended else (min(block * 2, poll) if block < poll else poll)
+        now_states = read if read is not None else states(conn, job_ids)
