@@ -136,7 +136,8 @@ def idle_cpu(pid: int, broker_pid: int | None, seconds: float) -> float:
 
 def _pcts(name: str, values: list[float]) -> dict:
     values = sorted(values)
-    return {f"{name}_p50_ms": statistics.median(values), f"{name}_p99_ms": values[max(0, int(len(values) * 0.99) - 1)]}
+    return {f"{name}_p50_ms": statistics.median(values), f"{name}_p90_ms": values[max(0, int(len(values) * 0.9) - 1)],
+            f"{name}_p99_ms": values[max(0, int(len(values) * 0.99) - 1)]}
 
 
 def main() -> None:

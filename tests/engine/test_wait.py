@@ -9,7 +9,9 @@ from __future__ import annotations
 import threading
 import time
 
-from gridcore import events, keys
+import redis
+
+from gridcore import events, keys, waiting
 from gridcore.models import JobSpec, JobState
 
 NEVER = 3600.0
@@ -60,3 +62,58 @@ def test_an_end_without_an_event_is_seen_by_the_poll(grid, r):
 def test_timeout_returns_the_states_as_they_are(grid):
     jid = grid.submit(JobSpec(command="true"))
     assert grid.wait([jid], timeout=0.1, poll=NEVER) == {jid: JobState.QUEUED}
+
+
+def _hgets(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_hget", {}).get("calls", 0))
+
+
+def test_events_that_end_none_of_many_jobs_do_not_make_the_waiter_read_again(grid, r):
+    """Every event of the grid wakes a waiter's XREAD: reading the states of many jobs again for
+    each (a busy grid's every start and end, and the jobs' own starts) was a round trip and a
+    read of every state per event, on the same cores as the jobs being waited for. They are read
+    at the start and once an end event of one of them came: however many events came between."""
+    other = grid.submit(JobSpec(command="true"))
+    ids = [grid.submit(JobSpec(command="true")) for _ in range(waiting.FEW + 1)]
+
+    def busy_then_end() -> None:
+        time.sleep(0.2)  # the waiter is blocked by now
+        for kind, job in [("started", ids[0])] + [("finished", other)] * 10:
+            with r.pipeline() as pipe:
+                events.emit(pipe, time.time(), kind, job=job)
+                pipe.execute()
+            time.sleep(0.02)  # one wake each
+        with r.pipeline() as pipe:
+            for jid in ids:
+                events.emit(pipe, time.time(), "finished", job=jid, message="exit code 0")
+                pipe.hset(keys.rq_job(jid), "status", "finished")
+            pipe.execute()
+
+    r.config_resetstat()
+    t = threading.Thread(target=busy_then_end, daemon=True)
+    t.start()
+    assert grid.wait(ids, timeout=60, poll=NEVER) == {jid: JobState.FINISHED for jid in ids}
+    t.join()
+    assert _hgets(r) == 2 * len(ids)
+
+
+def test_a_few_jobs_end_is_seen_in_the_round_trip_its_event_ends(grid, r, monkeypatch):
+    """The states of a few jobs are sent with the waiter's blocking XREAD, queued behind it on
+    the connection: the broker reads them as soon as an event wakes it, so an end is seen in
+    the round trip its event ends, not one more after it (the last one of every `grid wait`).
+    Two round trips in all: the first states with the newest event id, then the wait."""
+    jid = grid.submit(JobSpec(command="true"))
+    waiter = threading.get_ident()
+    sent: list[int] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        if threading.get_ident() == waiter:
+            sent.append(1)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    t = _end_later(r, jid)
+    assert grid.wait([jid], timeout=60, poll=NEVER) == {jid: JobState.FINISHED}
+    t.join()
+    assert len(sent) == 2
