@@ -245,7 +245,7 @@ class Agent:
         capacity = {"cpus": self.inventory.cpus, "memory": self.inventory.memory_total,
                     "gpus": [g.index for g in self.inventory.gpus]}
         payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env,
-                   "capacity": capacity, "pulse_fd": self.pulse.fd}
+                   "capacity": capacity, "pulse_fd": self.pulse.fd, "slots": len(self.slots)}
         slot.proc.stdin.write(json.dumps(payload).encode())
         slot.proc.stdin.close()
 
