@@ -245,7 +245,7 @@ class Agent:
         capacity = {"cpus": self.inventory.cpus, "memory": self.inventory.memory_total,
                     "gpus": [g.index for g in self.inventory.gpus]}
         payload = {"settings": self.settings.model_dump(mode="json"), "marker_env": self.marker_env,
-                   "capacity": capacity, "pulse_fd": self.pulse.fd}
+                   "capacity": capacity, "pulse_fd": self.pulse.fd, "slots": len(self.slots)}
         slot.proc.stdin.write(json.dumps(payload).encode())
         slot.proc.stdin.close()
 
@@ -331,10 +331,11 @@ class Agent:
             log.warning("could not check the shared keys' types: %s", e)
 
     def heartbeat(self, first: bool = False) -> None:
+        reads = None
         if first or self.republish:
             now, back = self._full_heartbeat(first)
         else:
-            now, back = self._beat()
+            now, back, reads = self._beat()
         if back:
             self.reconcile()  # cut off, not restarted: other agents may have recovered its jobs
         self.republish = False
@@ -344,11 +345,16 @@ class Agent:
             # This agent itself was cut off or frozen: what it saw of others meanwhile is void.
             self.watch.reset()
         self.last_beat_ok = mono
-        if now - self.last_sweep >= max(self.cfg.node_timeout / 3, self.cfg.heartbeat_interval):
+        if now - self.last_sweep >= self.sweep_every():
             self.last_sweep = now
-            self._note_broker_restart()
+            server, registry = reads or (None, None)
+            self._note_broker_restart(server)
             recovery.sweep_down_nodes(self.conn, self.node, now, self.cfg.node_timeout, self.settings.result_ttl,
-                                      watch=self.watch, witness=self.witness)
+                                      watch=self.watch, witness=self.witness, registry=registry)
+
+    def sweep_every(self) -> float:
+        """Seconds between two node-loss sweeps (of the broker's time)."""
+        return max(self.cfg.node_timeout / 3, self.cfg.heartbeat_interval)
 
     def _full_heartbeat(self, first: bool) -> tuple[float, bool]:
         """The first heartbeat, or one after an outage: every field, in two round trips."""
@@ -390,10 +396,12 @@ class Agent:
             pipe.execute()
         return now, back
 
-    def _beat(self) -> tuple[float, bool]:
+    def _beat(self) -> tuple[float, bool, tuple | None]:
         """An ordinary heartbeat, in one round trip: the shared keys healed, then the beat written
         at the broker's time by one script (BEAT). Every round trip is a wake of the broker and
-        of this loop, most of an idle node's cost."""
+        of this loop, most of an idle node's cost: so when a node-loss sweep is due, what it
+        reads first (the broker's run id, the registry of nodes) is read in this round trip too,
+        and returned (else None)."""
         fields = _pick(self.node_record(), *BEAT_FIELDS)
         # The registry's score is read by agents of earlier versions only (rolling upgrade); an
         # agent may ZADD it and no more (gridcore/acl.py), so it is no script's key: it is written
@@ -404,7 +412,11 @@ class Agent:
             quarantine.queue_heal(pipe)
             pipe.eval(BEAT, 1, keys.node(self.node), *(x for kv in fields.items() for x in kv))
             pipe.zadd(keys.NODES, {self.node: guess})
-            healed, beat, scored = pipe.execute(raise_on_error=False)
+            sweep = guess - self.last_sweep >= self.sweep_every()
+            if sweep:
+                pipe.info("server")
+                pipe.zrange(keys.NODES, 0, -1, withscores=True)
+            healed, beat, scored, *reads = pipe.execute(raise_on_error=False)
         for x in (beat, scored):
             if isinstance(x, Exception):
                 raise x
@@ -420,7 +432,7 @@ class Agent:
                 if back:
                     events.emit(pipe, now, "node_back", node=self.node, message=f"after {now - prev:.0f}s silent")
                 pipe.execute()
-        return now, back
+        return now, back, tuple(reads) if reads else None
 
     def reconcile(self) -> None:
         """Drop from this node's keys what other agents recovered while it was down or cut off."""
@@ -429,10 +441,15 @@ class Agent:
             log.warning("back after being counted down: %d job(s) taken but not claimed put back in line, "
                         "%d hold(s) of jobs recovered elsewhere dropped", back, dropped)
 
-    def _note_broker_restart(self) -> None:
-        """A restarted broker means every node missed heartbeats: watch them all afresh."""
+    def _note_broker_restart(self, server: dict | Exception | None = None) -> None:
+        """A restarted broker means every node missed heartbeats: watch them all afresh.
+        `server`: the broker's INFO server as the heartbeat read it (None: read it now)."""
         try:
-            run_id = _text(self.conn.info("server").get("run_id") or "")
+            if server is None:
+                server = self.conn.info("server")
+            elif isinstance(server, Exception):
+                raise server
+            run_id = _text(server.get("run_id") or "")
         except redis.ResponseError:
             return  # INFO denied by ACL: the heartbeat-gap and outage checks still apply
         if self.broker_run_id is not None and run_id != self.broker_run_id:

@@ -113,6 +113,7 @@ class Negotiator:
         self.full: set[str] = set()  # sweeps the last pass found at their max_parallel (Outcome.full)
         self._quick_pass = False  # the pass now running looks at one chunk (`_quick`)
         self.beyond = False  # the last quick pass left jobs past its chunk and a slot of its node idle
+        self.waiting = 0  # jobs waiting for placement as the loop's last wait ended (`wait_wake`)
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -337,25 +338,29 @@ class Negotiator:
             self._explained.update(fresh)
         return out, gone
 
-    def _waiting(self) -> int:
-        """How many jobs wait for placement; 0 for a pending queue of another type (anyone can
-        write one: it holds nothing to place, and the pass would only fail on it)."""
-        try:
-            return self.conn.llen(keys.rq_queue(keys.PENDING_QUEUE))
-        except redis.ResponseError as e:
-            if not retyped(e):
-                raise
-            return 0
-
     def wait_wake(self, last: str, timeout: float) -> tuple[str, bool]:
         """Wait up to `timeout` s for wake entries after `last` (`$`: from now on); returns the
-        last entry read and whether one concerns this loop (its node, or any node)."""
-        try:
-            got = self.conn.xread({keys.PLACE_WAKES: last}, count=WAKE_READ, block=max(1, int(timeout * 1000)))
-        except redis.ResponseError as e:  # not a stream (anyone can write the key): the periodic pass stays
-            log.debug("placement wake stream unreadable: %s", e)
+        last entry read and whether one concerns this loop (its node, or any node). How many jobs
+        wait for placement as the wait ends is read in the same round trip, into `waiting` (the
+        broker runs a pipelined command after a blocking one once that one is answered): an idle
+        loop's look at the pending queue at every periodic pass was a round trip of its own. A
+        pending queue of another type (anyone can write one) counts as empty: it holds nothing
+        to place, and the pass would only fail on it."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.xread({keys.PLACE_WAKES: last}, count=WAKE_READ, block=max(1, int(timeout * 1000)))
+            pipe.llen(keys.rq_queue(keys.PENDING_QUEUE))
+            got, waiting = pipe.execute(raise_on_error=False)
+        if isinstance(waiting, redis.ResponseError) and retyped(waiting):
+            waiting = 0
+        elif isinstance(waiting, Exception):
+            raise waiting
+        self.waiting = waiting
+        if isinstance(got, redis.ResponseError):  # not a stream (anyone can write the key): the periodic pass stays
+            log.debug("placement wake stream unreadable: %s", got)
             time.sleep(timeout)
             return last, False
+        if isinstance(got, Exception):
+            raise got
         woke = front = False
         for _stream, entries in got or ():
             for eid, fields in entries:
@@ -390,9 +395,9 @@ class Negotiator:
                     due = time.monotonic() + interval
                 if not (periodic or woke):
                     continue
-                if not self._waiting():
+                if not self.waiting:
                     # Nothing waits (plain jobs, whose every end wakes this loop, or an idle grid):
-                    # one command instead of a pass, on the cores the jobs run on.
+                    # no pass, on the cores the jobs run on (the wait's round trip told).
                     continue
                 self.run_once(full=periodic, wait=LOCK_WAIT if woke else 0.0)
             except redis.RedisError as e:

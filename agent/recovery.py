@@ -155,11 +155,17 @@ def take_reclaim_lock(conn: redis.Redis, node: str, me: str) -> bool:
 
 
 def sweep_down_nodes(conn: redis.Redis, me: str, now: float, node_timeout: float, ttl: int,
-                     watch: NodeWatch | None = None, witness: NodeSigner | None = None) -> list[str]:
+                     watch: NodeWatch | None = None, witness: NodeSigner | None = None,
+                     registry: list | Exception | None = None) -> list[str]:
     """Reclaim the jobs of every other node whose heartbeat is older than `node_timeout`
-    (and, with a `watch`, that this agent has seen stand still for that long)."""
+    (and, with a `watch`, that this agent has seen stand still for that long). `registry`: the
+    registry of nodes with their scores, as the caller read it just now (None: read it here)."""
     reclaimed = []
-    registry = [(text(n), score) for n, score in conn.zrange(keys.NODES, 0, -1, withscores=True) if text(n) != me]
+    if registry is None:
+        registry = conn.zrange(keys.NODES, 0, -1, withscores=True)
+    elif isinstance(registry, Exception):
+        raise registry
+    registry = [(text(n), score) for n, score in registry if text(n) != me]
     names = [n for n, _ in registry]
     fields = ("beat", "agent_id")
     with conn.pipeline(transaction=False) as pipe:

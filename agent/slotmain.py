@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     gate = Gatekeeper(conn, AuthorizedKeys(settings.authorized_keys_path), settings.agent)
     worker = GridWorker(
         queues, connection=conn, name=args.name, node=node, slot=args.slot, settings=settings, gate=gate,
-        marker_env=marker_env, capacity=data.get("capacity"),
+        marker_env=marker_env, capacity=data.get("capacity"), slots=int(data.get("slots") or 1),
     )
     if "pulse_fd" in data:
         node_cfg = settings.agent

@@ -5,13 +5,17 @@ sends the broker (its INFO commandstats over the window).
 Each contender runs a few jobs first (so every process is warm and back in its wait), rests
 2 s, then the CPU time of its process tree and of the broker (every thread, from the kernel's
 schedstat, in nanoseconds) is read before and after `--seconds`. `--rounds` alternates the contenders; the spread is printed.
+`--monitor S` instead watches an idle agent's broker with MONITOR for S seconds (which costs the
+broker CPU of its own, so no CPU is measured): the commands clients sent, per second, by command
+and by sender (the daemon, a slot, the scheduler), and apart from them the commands scripts ran.
 
-    python bench/idle_cost.py [--seconds 60] [--rounds 2] [--only agent|celery]
+    python bench/idle_cost.py [--seconds 60] [--rounds 2] [--only agent|celery] [--monitor 60]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -87,7 +91,8 @@ def _idle(r, pid: int, broker_pid: int, seconds: float) -> dict:
             "broker_calls_per_s": {k: round(v / seconds, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}}
 
 
-def agent_idle(seconds: float, home: Path) -> dict:
+def agent_idle(seconds: float, home: Path, measure=None) -> dict:
+    """The idle agent's figures over `seconds` (`measure(r, agent pid, broker pid, seconds)`: `_idle`'s)."""
     broker = _broker()
     try:
         r = broker.client()
@@ -100,12 +105,51 @@ def agent_idle(seconds: float, home: Path) -> dict:
         try:
             wait_done(r, grid.submit_many([JobSpec(command="true") for _ in range(20)]))
             time.sleep(2)
-            return _idle(r, agent.pid, broker.proc.pid, seconds)
+            return (measure or _idle)(r, agent.pid, broker.proc.pid, seconds)
         finally:
             agent.terminate()
             agent.wait(60)
     finally:
         broker.stop()
+
+
+def _senders(pid: int, broker_port: int) -> dict[int, str]:
+    """Each local port of a connection to the broker -> what holds it: the agent daemon, a slot,
+    the scheduler (a slot's child: it shares the slot's sockets, so the slot's name wins)."""
+    root = psutil.Process(pid)
+    names = {}
+    for p in sorted([root, *root.children(recursive=True)], key=lambda p: p.ppid() != pid):  # slots first
+        with contextlib.suppress(psutil.Error):
+            cmd = p.cmdline()
+            who = ("daemon" if p.pid == pid else f"slot {cmd[cmd.index('--slot') + 1]}" if p.ppid() == pid
+                   else "scheduler")
+            for c in p.net_connections(kind="tcp"):
+                if c.raddr and c.raddr.port == broker_port:
+                    names.setdefault(c.laddr.port, who)
+    return names
+
+
+def _monitor(r, pid: int, broker_pid: int, seconds: float) -> dict:
+    """What an idle agent sends its broker over `seconds`, per second, from MONITOR."""
+    sent, scripts, by_sender = collections.Counter(), collections.Counter(), collections.Counter()
+    seen, deadline = [], time.monotonic() + seconds
+    with r.monitor() as m:
+        for cmd in m.listen():
+            if time.monotonic() >= deadline:
+                break
+            seen.append(cmd)
+    names = _senders(pid, r.connection_pool.connection_kwargs["port"])
+    for cmd in seen:
+        words = cmd["command"].split()
+        name = words[0].upper() + (" " + words[1].upper() if words[0].upper() in ("SCRIPT", "CLIENT") else "")
+        if cmd.get("client_type") == "lua":
+            scripts[name] += 1
+            continue
+        sent[name] += 1
+        by_sender[f"{names.get(int(cmd.get('client_port') or 0), 'other')} {name}"] += 1
+    per_s = lambda c: {k: round(v / seconds, 3) for k, v in c.most_common()}  # noqa: E731
+    return {"sent_per_s": round(sum(sent.values()) / seconds, 3), "sent": per_s(sent), "by_sender": per_s(by_sender),
+            "scripts_ran_per_s": round(sum(scripts.values()) / seconds, 3), "scripts_ran": per_s(scripts)}
 
 
 def celery_idle(seconds: float) -> dict:
@@ -130,12 +174,16 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--only", choices=("agent", "celery"))
+    p.add_argument("--monitor", type=float, metavar="SECONDS", help="MONITOR an idle agent's broker instead")
     a = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="grid-idle-"))
     os.environ["GRID_CONFIG_DIR"] = str(home / "config")
     os.environ["GRID_DATA_DIR"] = str(home / "data")
     generate_key(home / "config" / "keys" / "id_ed25519", "bench")
     (home / "config" / "authorized_keys").write_text((home / "config" / "keys" / "id_ed25519.pub").read_text())
+    if a.monitor:
+        print(json.dumps(agent_idle(a.monitor, home, _monitor), indent=2))
+        return
     rows: dict[str, list[dict]] = {"agent": [], "celery": []}
     for _ in range(a.rounds):
         if a.only != "celery":

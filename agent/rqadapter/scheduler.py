@@ -78,7 +78,9 @@ class GridScheduler(RQScheduler):
                     born = True
                 if self.should_reacquire_locks:
                     self.acquire_locks()
-                if time.monotonic() >= renew_at:
+                # A tick early: the wait below ends a tick before the renewal is due, and the look
+                # that follows it renews too (else the renewal took a look of its own a tick later).
+                if time.monotonic() >= renew_at - self.interval:
                     self.heartbeat()
                     renew_at = time.monotonic() + LOCK_RENEW
                 due, next_at = self._due()

@@ -43,11 +43,22 @@ log = logging.getLogger("grid.slot")
 
 BEAT_EVERY = 1.0
 """Seconds between a slot's own RQ worker heartbeats outside a job's start and end."""
+IDLE_BEAT_MARGIN = 75
+"""Seconds before its worker key would expire that an idle slot heartbeats it again: RQ's rule
+(an idle RQ worker beats once per wait for a job, `worker_ttl - 15` s, and its key lives
+`worker_ttl + 60` s), kept whatever TTL the last beat gave the key (a job's start gives it
+less). `rq info` and rq-dashboard show a worker while its key lives; nothing of the grid reads
+an idle slot's beat, so beating it at every wake (4 writes) was most of an idle slot's load."""
 DEQUEUE_WAKE = 5
-"""Seconds an idle slot blocks waiting for a job before it heartbeats and looks at the node
-queue, the suspend flag and the scheduler again: every wake costs the broker a few commands,
-which were most of an idle node's load at one a second. A job for the slot's pool queue ends
-the wait at once, a placed one nudges it (gridcore/placing.py), a stop signal interrupts it."""
+"""Seconds between two looks of an idle node at its node queue, its pool queues past the one
+its slots block on, the suspend flag and the scheduler (and a heartbeat, when IDLE_BEAT_MARGIN
+says so): every look costs the broker two commands. A job for the slots' pool queue ends their
+wait at once, a placed one nudges them (gridcore/placing.py), a stop signal interrupts it; the
+looks are the safety net for the rest. The node's idle slots take turns (`turn_wait`): each
+wakes once per round of `slots` looks, not every slot at every look."""
+WAIT_MARGIN = 2.0
+"""Seconds a slot's blocking wait ends before its connection's socket timeout (RQ sets that to
+the dequeue timeout + 10 s), so the wait never trips it."""
 SUSPENSION_CHECK = 1.0
 """Seconds between a slot's looks at RQ's suspend flag."""
 DRAIN_POLL = 1.0
@@ -70,16 +81,18 @@ class GridWorker(SimpleWorker):
     dequeue_timeout = DEQUEUE_WAKE  # shadows RQ's property (worker_ttl - 15 seconds)
 
     def __init__(self, queues, *, connection, name: str, node: str, slot: int, settings, gate: Gatekeeper,
-                 marker_env: dict[str, str], capacity: dict[str, Any] | None = None):
+                 marker_env: dict[str, str], capacity: dict[str, Any] | None = None, slots: int = 1):
         super().__init__(queues, connection=connection, name=name, serializer=JSONSerializer,
                          queue_class=GridQueue, job_class=GridJob, default_result_ttl=settings.result_ttl)
         self.node = node
+        self.slot, self.slots = slot, max(1, slots)
         book = RQBook(connection, settings.result_ttl, worker=self, node=node)
         self.performer = Performer(connection, book, node=node, slot=slot, worker=name, settings=settings, gate=gate, marker_env=marker_env,
                                    capacity=capacity)
         self.taken: claim.Taken | None = None  # what the last pop read besides the job
         self._own_queues = {q.key: q for q in self.queues}
         self._beat_at = 0.0
+        self._beat_ttl = 0  # the TTL the last beat gave the worker's key
         self._suspension_checked = 0.0
         self._scheduler_retry_at = 0.0
         self._pubsub_down = False
@@ -131,6 +144,7 @@ class GridWorker(SimpleWorker):
     def heartbeat(self, timeout=None, pipeline=None):
         if pipeline is not None:
             self._beat_at = time.monotonic()
+            self._beat_ttl = timeout or self.worker_ttl + 60  # RQ's default, as super() writes it
             return super().heartbeat(timeout, pipeline)
         # RQ beats before and after every job; its worker key lives for minutes, so once a
         # second is plenty, and a slot running thousands of tiny jobs saves two round trips each.
@@ -138,13 +152,18 @@ class GridWorker(SimpleWorker):
             return None
         try:
             with self.connection.pipeline(transaction=False) as pipe:
-                super().heartbeat(timeout, pipe)
+                self.heartbeat(timeout, pipe)
                 # The state too: set_state skips repeats, and this restores it after a broker loss.
                 pipe.hset(self.key, "state", self._state)
                 pipe.execute()
-            self._beat_at = time.monotonic()
         except OUTAGE_ERRORS as e:
+            self._beat_at = 0.0  # not written: due again
             log.debug("slot heartbeat skipped: %s", e)  # the idle loop waits for the broker
+
+    def idle_beat(self) -> None:
+        """An idle slot's heartbeat: only when its worker key would expire within IDLE_BEAT_MARGIN."""
+        if time.monotonic() - self._beat_at >= self._beat_ttl - IDLE_BEAT_MARGIN:
+            self.heartbeat()
 
     def beat_due(self) -> bool:
         """Whether the worker's heartbeat is older than BEAT_EVERY (a job's start beats only then)."""
@@ -234,7 +253,7 @@ class GridWorker(SimpleWorker):
         stale_claims = False  # a pop failed after it may have claimed a job
         while not self._stop_requested:
             try:
-                self.heartbeat()
+                self.idle_beat()
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 self._revive_scheduler()
@@ -271,7 +290,7 @@ class GridWorker(SimpleWorker):
                         self._waiting = True
                         if self._stop_requested:  # a signal that came just before the flag was set
                             break
-                        came = claim.wait(self.connection, self.node, pool.key, DEQUEUE_WAKE)
+                        came = claim.wait(self.connection, self.node, pool.key, self.turn_wait())
                     finally:
                         self._waiting = False
                     if self.performer.orphaned.is_set() or not came:
@@ -297,11 +316,26 @@ class GridWorker(SimpleWorker):
             if failures:
                 log.warning("slot %s: broker back; taking jobs again", self.name)
                 failures = 0
+                self._beat_at = 0.0  # a broker restarted without its data lost the worker's key: beat now
                 self._pubsub_down = False
             if result is not None:
                 self.reorder_queues(reference_queue=result[1])
                 return result
         return None  # stop requested: RQ's work loop ends
+
+    def turn_wait(self, now: float | None = None) -> float:
+        """Seconds until this slot's next turn to look: the node's slots wake in turn, slot `i` at
+        `i` of `slots` parts of a round (on the monotonic clock every process of the machine
+        shares), so an idle node looks every DEQUEUE_WAKE s, each look by one slot. A round
+        is at most the connection's socket timeout less WAIT_MARGIN (the wait must not trip it);
+        a busy slot's turn passes (it looks at its node queue first at its job's end anyway)."""
+        timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
+        round_ = DEQUEUE_WAKE * self.slots
+        if timeout:
+            round_ = max(DEQUEUE_WAKE, min(round_, timeout - WAIT_MARGIN))
+        now = time.monotonic() if now is None else now
+        wait = (self.slot % self.slots * round_ / self.slots - now) % round_
+        return wait if wait >= 0.05 else wait + round_  # 0 would block for good; a turn just passed: the next
 
     def _pop(self) -> tuple[Job, Queue] | str | None:
         """(job, queue) claimed from the first non-empty queue of this slot; None if all are

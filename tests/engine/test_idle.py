@@ -47,6 +47,40 @@ def test_an_idle_agent_sends_few_commands_yet_stops_and_restarts_slots_at_once(a
     assert time.monotonic() - t0 < 2.5, time.monotonic() - t0
 
 
+def monitored(r, seconds: float) -> list[dict]:
+    """The commands clients sent the broker over `seconds` (not those scripts ran), by MONITOR."""
+    seen, deadline = [], time.monotonic() + seconds
+    with r.monitor() as m:
+        for cmd in m.listen():
+            if time.monotonic() >= deadline:
+                break
+            if cmd.get("client_type") != "lua":
+                seen.append(cmd)
+    return seen
+
+
+def test_an_idle_nodes_slots_take_turns_and_beat_their_worker_keys_by_rqs_rule(agents, r):
+    """An idle node's slots look (a pop and a blocking wait) every DEQUEUE_WAKE s as a node, one
+    slot per look, not each slot every DEQUEUE_WAKE s; they write nothing while their worker keys
+    live long (RQ's rule), and RQ (`rq info`, rq-dashboard) still shows them alive and idle."""
+    from rq import Worker
+
+    from agent.rqadapter.worker import DEQUEUE_WAKE, IDLE_BEAT_MARGIN
+
+    agents("node-a", slots=2, heartbeat_interval=2.0)
+    time.sleep(1.0)  # past the start's own traffic
+    window = 4 * DEQUEUE_WAKE
+    seen = monitored(r, window)
+    waits = [c for c in seen if c["command"].upper().startswith("BLMOVE")]
+    assert len(waits) <= window / DEQUEUE_WAKE + 2, [c["command"] for c in waits]  # was 2 per DEQUEUE_WAKE
+    beats = [c["command"] for c in seen if "rq:worker:node-a" in c["command"]]
+    assert beats == []  # was 4 commands per slot per wake
+    workers = [w for w in Worker.all(connection=r) if w.name.startswith("node-a.")]
+    assert len(workers) == 2 and {w.get_state() for w in workers} == {"idle"}
+    ttl = workers[0].worker_ttl + 60
+    assert all(r.ttl(w.key) > IDLE_BEAT_MARGIN - window for w in workers) and all(r.ttl(w.key) <= ttl for w in workers)
+
+
 def _children(pid: int):
     import psutil
 
@@ -201,3 +235,116 @@ def test_the_schedulers_wait_outlasts_its_connections_socket_timeout(settings):
     t0 = time.monotonic()
     scheduler._wait_for_event(4.0)  # raised TimeoutError at 3 s before
     assert time.monotonic() - t0 >= 3.9 and scheduler._last_event == "0-0"
+
+
+class RoundTrips:
+    """Counts the round trips this process makes to the broker: each command, or each pipeline
+    (packed into one send), is one `send_packed_command` of a connection."""
+
+    def __init__(self, monkeypatch):
+        import redis.connection
+
+        self.sent: list = []
+        real = redis.connection.AbstractConnection.send_packed_command
+
+        def send(conn, command, check_health=True):
+            self.sent.append(command)
+            return real(conn, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+
+def _worker(r, settings, slot: int = 0, slots: int = 1):
+    from agent.rqadapter.worker import GridWorker
+    from agent.verify import Gatekeeper
+    from gridcore.signing import AuthorizedKeys
+
+    return GridWorker(["default"], connection=r, name=f"{settings.agent.node_name}.x.{slot}",
+                      node=settings.agent.node_name, slot=slot, settings=settings,
+                      gate=Gatekeeper(r, AuthorizedKeys(settings.authorized_keys_path), settings.agent),
+                      marker_env={}, slots=slots)
+
+
+def test_a_beat_with_a_sweep_due_reads_what_the_sweep_needs_in_its_own_round_trip(settings, r, monkeypatch):
+    """The node-loss sweep (every node_timeout / 3) reads the broker's run id and the registry of
+    nodes: in the heartbeat's round trip, not in two of its own."""
+    from agent.daemon import Agent
+
+    agent = Agent(settings)
+    agent.read_inventory()
+    agent.heartbeat(first=True)
+    agent.last_sweep = 0.0  # a sweep is due
+    trips = RoundTrips(monkeypatch)
+    agent.heartbeat()
+    assert len(trips) == 1, trips.sent
+    assert agent.last_sweep > 0 and agent.broker_run_id == r.info("server")["run_id"]
+    r.zadd(keys.NODES, {"other": 1.0})  # a node down for long, with nothing to reclaim
+    agent.last_sweep = 0.0
+    before = len(trips)
+    agent.heartbeat()
+    assert len(trips) - before == 2  # and the down node's beat, read by the sweep itself
+
+
+def test_the_placement_loops_wait_reads_what_waits_in_the_same_round_trip(settings, r, monkeypatch):
+    """The loop's periodic look at the pending queue (its safety net) rides on its wait for
+    wake entries: one round trip per wait, and `waiting` is what waits as the wait ends."""
+    from agent.negotiator import Negotiator
+
+    neg = Negotiator(r, owner="n.x", node="n")
+    trips = RoundTrips(monkeypatch)
+    last, woke = neg.wait_wake("0-0", 0.05)
+    assert (woke, neg.waiting, len(trips)) == (False, 0, 1)
+    r.rpush(keys.rq_queue(keys.PENDING_QUEUE), "a", "b")
+    r.xadd(keys.PLACE_WAKES, {"node": "n", "any": "0"})
+    last, woke = neg.wait_wake(last, 0.05)
+    assert (woke, neg.waiting, len(trips)) == (True, 2, 4)  # the two writes above, and the wait
+    r.delete(keys.rq_queue(keys.PENDING_QUEUE))
+    r.set(keys.rq_queue(keys.PENDING_QUEUE), "x")  # retyped by a writer: nothing to place there
+    assert neg.wait_wake(last, 0.05) == (last, False) and neg.waiting == 0
+
+
+def test_an_idle_slot_beats_its_worker_key_by_rqs_rule_not_at_every_wake(settings, r):
+    """An idle slot beats when its worker key would expire within IDLE_BEAT_MARGIN (RQ's own idle
+    worker beats `worker_ttl - 15` s apart, its key living `worker_ttl + 60` s), whatever TTL the
+    last beat gave the key: a job's start gives it less."""
+    from agent.rqadapter.worker import IDLE_BEAT_MARGIN
+
+    worker = _worker(r, settings)
+    worker.idle_beat()  # never beaten: due
+    ttl = worker.worker_ttl + 60
+    assert ttl - 2 <= r.ttl(worker.key) <= ttl
+    r.expire(worker.key, 1000)
+    worker.idle_beat()
+    worker._beat_at -= ttl - IDLE_BEAT_MARGIN - 5  # not due yet
+    worker.idle_beat()
+    assert r.ttl(worker.key) > ttl  # not beaten: still the TTL set by hand
+    worker._beat_at -= 5
+    worker.idle_beat()
+    assert r.ttl(worker.key) <= ttl
+    with r.pipeline() as pipe:  # a job's start: a shorter TTL
+        worker.heartbeat(90, pipeline=pipe)
+        pipe.execute()
+    worker._beat_at -= 90 - IDLE_BEAT_MARGIN
+    worker.idle_beat()
+    assert r.ttl(worker.key) > 90
+
+
+def test_a_nodes_idle_slots_take_turns_to_look(settings, r):
+    """Slot i of n wakes at its part of a round of n looks: the node looks every DEQUEUE_WAKE s,
+    each look by one slot (each slot's wait shorter than its connection's socket timeout)."""
+    from agent.rqadapter.worker import DEQUEUE_WAKE, WAIT_MARGIN
+
+    for n in (1, 2, 3, 5):
+        slots = [_worker(r, settings, i, n) for i in range(n)]
+        timeout = slots[0].connection.connection_pool.connection_kwargs["socket_timeout"]
+        round_ = max(DEQUEUE_WAKE, min(DEQUEUE_WAKE * n, timeout - WAIT_MARGIN))
+        for now in (1000.0, 1003.3, 1011.99):
+            waits = [s.turn_wait(now) for s in slots]
+            assert all(0.05 <= w <= round_ + 0.05 and w < timeout - WAIT_MARGIN + 0.05 for w in waits), waits
+            looks = sorted(now + w + k * round_ for w in waits for k in range(3))
+            gaps = {round(b - a, 6) for a, b in zip(looks, looks[1:])}
+            assert gaps == {round(round_ / n, 6)}, (n, now, waits, gaps)
+            assert round_ / n <= DEQUEUE_WAKE
