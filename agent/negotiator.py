@@ -36,7 +36,7 @@ from gridcore import keys
 from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, idle_slots, take_view
 from gridcore.quarantine import Quarantine
 from gridcore.records import text
-from gridcore.reservations import Corrupt
+from gridcore.reservations import IDLE_WAKE, Corrupt
 
 log = logging.getLogger("grid.negotiator")
 
@@ -113,6 +113,7 @@ class Negotiator:
         self.full: set[str] = set()  # sweeps the last pass found at their max_parallel (Outcome.full)
         self._quick_pass = False  # the pass now running looks at one chunk (`_quick`)
         self.beyond = False  # the last quick pass left jobs past its chunk and a slot of its node idle
+        self.idle_only = False  # every wake the last wait_wake read that concerns this loop was an idle one
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -337,16 +338,6 @@ class Negotiator:
             self._explained.update(fresh)
         return out, gone
 
-    def _waiting(self) -> int:
-        """How many jobs wait for placement; 0 for a pending queue of another type (anyone can
-        write one: it holds nothing to place, and the pass would only fail on it)."""
-        try:
-            return self.conn.llen(keys.rq_queue(keys.PENDING_QUEUE))
-        except redis.ResponseError as e:
-            if not retyped(e):
-                raise
-            return 0
-
     def wait_wake(self, last: str, timeout: float) -> tuple[str, bool]:
         """Wait up to `timeout` s for wake entries after `last` (`$`: from now on); returns the
         last entry read and whether one concerns this loop (its node, or any node)."""
@@ -357,12 +348,17 @@ class Negotiator:
             time.sleep(timeout)
             return last, False
         woke = front = False
+        self.idle_only = True
         for _stream, entries in got or ():
             for eid, fields in entries:
                 last = text(eid)
-                woke = woke or self.node is None or fields.get(b"any") == b"1" \
-                    or fields.get(b"node") == self.node.encode()
+                if self.node is None or fields.get(b"any") == b"1":
+                    woke, self.idle_only = True, False
+                elif fields.get(b"node") == self.node.encode():
+                    woke = True
+                    self.idle_only = self.idle_only and fields.get(IDLE_WAKE.encode()) == b"1"
                 front = front or fields.get(b"front") == b"1"
+        self.idle_only = woke and self.idle_only
         if front:
             # A job went back to the top of the queue (a lost job, `release(requeued=True)`): the
             # next pass reads from the top, as the skip's check cannot see it when jobs of the
@@ -370,6 +366,31 @@ class Negotiator:
             with self._mutex:
                 self._skip = None
         return last, woke
+
+    def worth_a_pass(self, periodic: bool) -> bool:
+        """Whether the loop, due (`periodic`) or woken, runs a pass: not when nothing waits
+        (plain jobs, whose every end wakes it, or an idle grid: one command instead of a pass,
+        on the cores the jobs run on), nor when every wake it read was for an idle slot of its
+        node (`reservations.IDLE_WAKE`) and none is idle any more (read in the same round trip)."""
+        check = not periodic and self.idle_only and self.node is not None
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.llen(keys.rq_queue(keys.PENDING_QUEUE))
+            if check:
+                pipe.hget(keys.node(self.node), "slots")
+                pipe.hlen(keys.node_running(self.node))
+            waiting, *slots = pipe.execute(raise_on_error=False)
+        if isinstance(waiting, Exception):
+            # A pending queue of another type (anyone can write one) holds nothing to place, and
+            # the pass would only fail on it.
+            if not retyped(waiting):
+                raise waiting
+            return False
+        if not waiting or not check:
+            return bool(waiting)
+        total, busy = slots
+        if isinstance(total, Exception) or isinstance(busy, Exception) or not (total or b"").isdigit():
+            return True  # the node's slots unknown (a spoiled key): a pass, as before this check
+        return not int(total) or busy < int(total)
 
     def loop(self, stop: threading.Event, interval: float) -> None:
         """Place at once when woken, and every `interval` s regardless, until `stop` is set."""
@@ -390,9 +411,7 @@ class Negotiator:
                     due = time.monotonic() + interval
                 if not (periodic or woke):
                     continue
-                if not self._waiting():
-                    # Nothing waits (plain jobs, whose every end wakes this loop, or an idle grid):
-                    # one command instead of a pass, on the cores the jobs run on.
+                if not self.worth_a_pass(periodic):
                     continue
                 self.run_once(full=periodic, wait=LOCK_WAIT if woke else 0.0)
             except redis.RedisError as e:

@@ -255,7 +255,10 @@ class Performer:
             return
         try:
             with self.conn.pipeline(transaction=False) as pipe:
-                wake(pipe, self.node, anywhere=not placed and bool(group) and not raced and group not in full)
+                # For an idle slot of this node only (this one if it placed nothing, another if it
+                # did): its loop passes only if one still is when it reads the wake.
+                wake(pipe, self.node, anywhere=not placed and bool(group) and not raced and group not in full,
+                     idle=True)
                 pipe.execute()
         except OUTAGE_ERRORS as e:
             log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)

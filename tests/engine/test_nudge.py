@@ -263,7 +263,7 @@ def test_a_slot_whose_pass_placed_a_job_but_left_jobs_past_its_head_wakes_its_no
 
     jobs = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20))
                              for _ in range(TAKE_WINDOW + 1)])
-    assert slot_ends(jobs, 0, TAKE_WINDOW + 4) == [{b"node": b"a", b"any": b"0"}]
+    assert slot_ends(jobs, 0, TAKE_WINDOW + 4) == [{b"node": b"a", b"any": b"0", b"idle": b"1"}]
     assert slot_ends(jobs, 1, 2) == []
     assert slot_ends(jobs[:1], 0, TAKE_WINDOW + 4) == []
 
@@ -285,3 +285,38 @@ def test_a_node_giving_back_what_its_waits_took_passes_another_nodes_nudge_on(gr
     r.delete(POOL)
     r.rpush(keys.node_taking("b"), nudge("a", "default", hops=NUDGE_HOPS))
     assert claim.give_back(r, "b") == 0 and not r.llen(POOL)
+
+
+def test_a_loop_woken_for_an_idle_slot_passes_only_if_one_is_still_idle(grid, r):
+    """On a grid of several nodes a slot's pass at its job's end often sees its node's other
+    slot idle while that slot is between its own job's end and its own pass (which takes the next
+    cell itself), and wakes its node's loop for it. That loop reads the node's slots first: with
+    none idle any more it runs no pass (on three agents each such wake cost a pass that placed
+    nothing). A wake of any other kind in the same read, a due periodic pass, or a slot still
+    idle: the pass runs. Another node's idle wake does not concern the loop at all."""
+    from agent.negotiator import Negotiator
+    from gridcore.reservations import wake
+
+    def woken(*wakes: dict, busy: int, periodic: bool = False) -> tuple[bool, bool]:
+        """The loop of node a reads `wakes` with `busy` of a's 2 slots running: (woken, passes)."""
+        r.delete(keys.node_running("a"))
+        _nodes(r, grid, {"a": busy, "b": 0})
+        tail = loop._tail()
+        with r.pipeline() as pipe:
+            for w in wakes:
+                wake(pipe, **w)
+            pipe.execute()
+        woke = loop.wait_wake(tail, 0.05)[1]
+        return woke, (woke or periodic) and loop.worth_a_pass(periodic)
+
+    grid.submit(JobSpec(command="true", resources=Resources(memory=10 * 2**20)))  # a job waits
+    loop = Negotiator(r, "a", node="a")
+    idle_a = {"node": "a", "idle": True}
+    assert woken(idle_a, busy=2) == (True, False)
+    assert woken(idle_a, busy=1) == (True, True)
+    assert woken(idle_a, {"node": "a"}, busy=2) == (True, True)
+    assert woken(idle_a, {"node": "b", "anywhere": True}, busy=2) == (True, True)
+    assert woken(idle_a, busy=2, periodic=True) == (True, True)
+    assert woken({"node": "b", "idle": True}, busy=0) == (False, False)
+    r.delete(keys.rq_queue(keys.PENDING_QUEUE))  # nothing waits: no pass, however woken
+    assert woken({"node": "a"}, busy=0) == (True, False)
