@@ -113,6 +113,9 @@ class Negotiator:
         self.full: set[str] = set()  # sweeps the last pass found at their max_parallel (Outcome.full)
         self._quick_pass = False  # the pass now running looks at one chunk (`_quick`)
         self.beyond = False  # the last quick pass left jobs past its chunk and a slot of its node idle
+        self.spoken = False  # the last quick pass found jobs in its node's queue for every idle slot
+        self._queued = 0  # jobs in this node's queue as the survey read them (a quick pass only)
+        self._room = None  # jobs the quick pass now running may still place (None: no bound)
         self.idle_only = False  # every wake the last wait_wake read that concerns this loop was an idle one
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
@@ -128,6 +131,7 @@ class Negotiator:
             self.raced = 0
             self.full = set()
             self.beyond = False
+            self.spoken = False
             while (survey := self._survey(token, full, lock)) is None:
                 if time.monotonic() >= deadline:
                     return 0
@@ -161,12 +165,17 @@ class Negotiator:
             else:
                 pipe.echo("")
             pipe.lrange(pending, offset, offset + self._chunk(full) + self._prefetch(full) - 1)
+            if self._quick(full) and self.node:
+                pipe.llen(keys.rq_queue(keys.node_queue(self.node)))
+            else:
+                pipe.echo("")
             ask_view(pipe, self._names, groups)
-            locked, last, ids, *replies = pipe.execute(raise_on_error=False)
+            locked, last, ids, queued, *replies = pipe.execute(raise_on_error=False)
         if isinstance(locked, Exception):
             raise locked
         if not locked:
             return None
+        self._queued = queued if isinstance(queued, int) else 0
         view = take_view(replies, self._names, groups, mine=self.node)
         if view is None:  # a node joined or left since the last pass, or a bad key or entry
             view = self._careful_view(groups)
@@ -239,6 +248,16 @@ class Negotiator:
         self.full = set()
         self._quick_pass = self._quick(full)
         unread = self._quick_pass and len(ids) > self._chunk(full)
+        mine = next((n for n in view.nodes if n.name == self.node), None)
+        # A slot's pass places for its node's idle slots only (its own among them), less the jobs
+        # already in its node's queue (placed by another pass, not taken yet): a slot that has
+        # just been given a job there but not taken it yet looks idle. On a grid of several nodes
+        # a cell placed past the node's free slots waited there, holding its sweep's slot, while
+        # another node's slot found the sweep full and sat idle.
+        self._room = idle_slots(mine) - self._queued if self._quick_pass and mine is not None else None
+        if self._room is not None and self._room <= 0:
+            self.spoken = True  # this slot takes a job of its node's queue next
+            return 0
         first = True
         while True:
             chunk = ids[:self._chunk(full)]
@@ -284,8 +303,7 @@ class Negotiator:
         # priority order (agent/perform.py wakes it), if a slot of the node is left idle by what
         # it placed (its own slot takes the first). A sweep's cell end that placed the next cell
         # leaves none: a wake there would cost the agent a pass per cell that places nothing.
-        mine = next((n for n in view.nodes if n.name == self.node), None)
-        self.beyond = unread and mine is not None and idle_slots(mine) > placed
+        self.beyond = unread and mine is not None and idle_slots(mine) - self._queued > placed
         if head >= EVENT_WINDOW:
             self._skip = Skip(head, last, frozenset(shapes))
         elif past or full:
@@ -321,7 +339,9 @@ class Negotiator:
                      and w.meta.priority > low and w.shape not in unfit]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node,
-                                taking=self._taking)
+                                taking=self._taking, at_most=self._room)
+        if self._room is not None:
+            self._room -= len(out.placed)
         self._taking = max(0, self._taking - len(out.placed))
         self.raced += out.raced
         self.full |= out.full

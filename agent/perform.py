@@ -253,6 +253,8 @@ class Performer:
             log.exception("placing after a job's end failed")
         if placed and not beyond:
             return
+        if self.placing.spoken and not group:
+            return  # jobs wait in its node's queue for every idle slot: this slot takes one next
         try:
             with self.conn.pipeline(transaction=False) as pipe:
                 # For an idle slot of this node only (this one if it placed nothing, another if it

@@ -320,3 +320,31 @@ def test_a_loop_woken_for_an_idle_slot_passes_only_if_one_is_still_idle(grid, r)
     assert woken({"node": "b", "idle": True}, busy=0) == (False, False)
     r.delete(keys.rq_queue(keys.PENDING_QUEUE))  # nothing waits: no pass, however woken
     assert woken({"node": "a"}, busy=0) == (True, False)
+
+
+def test_a_slots_pass_places_only_for_its_nodes_idle_slots_not_spoken_for(grid, r):
+    """A slot's pass at its job's end places for its node's idle slots only (its own among them),
+    less the jobs already in its node's queue: a slot given a job there that it has not taken yet
+    looks idle. On three agents a cell placed past the node's free slots waited in its queue,
+    holding its sweep's slot, while another node's slot found the sweep full and sat idle. With
+    every idle slot spoken for, the pass places nothing and the slot wakes no loop (it takes a
+    job of its node's queue next); the waiting jobs stay for other nodes."""
+    from types import SimpleNamespace
+
+    from agent.negotiator import Negotiator
+    from agent.perform import Performer
+
+    pending = keys.rq_queue(keys.PENDING_QUEUE)
+    node_queue = keys.rq_queue(keys.node_queue("a"))
+    jobs = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20)) for _ in range(4)])
+    r.delete(pending, node_queue, keys.node_held("a"), keys.PLACE_WAKES)
+    r.rpush(pending, *jobs[1:])  # as if they had waited for room
+    r.rpush(node_queue, jobs[0])  # placed by another pass, not taken yet
+    _nodes(r, grid, {"a": 1, "b": 0}, slots=2)  # a's other slot runs a job: this one is a's only idle slot
+    slot = SimpleNamespace(placing=Negotiator(r, "a.x.0", node="a", taker=True), conn=r, node="a")
+    Performer._place_next(slot, None)
+    assert r.lrange(pending, 0, -1) == [j.encode() for j in jobs[1:]]
+    assert r.xlen(keys.PLACE_WAKES) == 0 and slot.placing.spoken
+    r.delete(keys.node_running("a"))  # both of a's slots idle: one of them is spoken for
+    assert slot.placing.run_once(full=False, lock=False) == 1 and not slot.placing.spoken
+    assert r.lrange(node_queue, 0, -1) == [jobs[0].encode(), jobs[1].encode()]
