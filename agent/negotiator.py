@@ -391,13 +391,15 @@ class Negotiator:
         """Whether the loop, due (`periodic`) or woken, runs a pass: not when nothing waits
         (plain jobs, whose every end wakes it, or an idle grid: one command instead of a pass,
         on the cores the jobs run on), nor when every wake it read was for an idle slot of its
-        node (`reservations.IDLE_WAKE`) and none is idle any more (read in the same round trip)."""
+        node (`reservations.IDLE_WAKE`) and none is idle any more, or a job in its node's queue
+        is there for each (read in the same round trip)."""
         check = not periodic and self.idle_only and self.node is not None
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.llen(keys.rq_queue(keys.PENDING_QUEUE))
             if check:
                 pipe.hget(keys.node(self.node), "slots")
                 pipe.hlen(keys.node_running(self.node))
+                pipe.llen(keys.rq_queue(keys.node_queue(self.node)))
             waiting, *slots = pipe.execute(raise_on_error=False)
         if isinstance(waiting, Exception):
             # A pending queue of another type (anyone can write one) holds nothing to place, and
@@ -407,10 +409,11 @@ class Negotiator:
             return False
         if not waiting or not check:
             return bool(waiting)
-        total, busy = slots
-        if isinstance(total, Exception) or isinstance(busy, Exception) or not (total or b"").isdigit():
+        total, busy, queued = slots
+        if any(isinstance(x, Exception) for x in slots) or not (total or b"").isdigit():
             return True  # the node's slots unknown (a spoiled key): a pass, as before this check
-        return not int(total) or busy < int(total)
+        # Jobs in the node's queue are for its idle slots (as a slot's pass counts them).
+        return not int(total) or busy + queued < int(total)
 
     def loop(self, stop: threading.Event, interval: float) -> None:
         """Place at once when woken, and every `interval` s regardless, until `stop` is set."""

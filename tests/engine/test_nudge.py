@@ -293,7 +293,8 @@ def test_a_loop_woken_for_an_idle_slot_passes_only_if_one_is_still_idle(grid, r)
     cell itself), and wakes its node's loop for it. That loop reads the node's slots first: with
     none idle any more it runs no pass (on three agents each such wake cost a pass that placed
     nothing). A wake of any other kind in the same read, a due periodic pass, or a slot still
-    idle: the pass runs. Another node's idle wake does not concern the loop at all."""
+    idle (and no job in its node's queue for it): the pass runs. Another node's idle wake does
+    not concern the loop at all."""
     from agent.negotiator import Negotiator
     from gridcore.reservations import wake
 
@@ -314,6 +315,9 @@ def test_a_loop_woken_for_an_idle_slot_passes_only_if_one_is_still_idle(grid, r)
     idle_a = {"node": "a", "idle": True}
     assert woken(idle_a, busy=2) == (True, False)
     assert woken(idle_a, busy=1) == (True, True)
+    r.rpush(keys.rq_queue(keys.node_queue("a")), "placed-not-taken")  # the idle slot's next job
+    assert woken(idle_a, busy=1) == (True, False)
+    r.delete(keys.rq_queue(keys.node_queue("a")))
     assert woken(idle_a, {"node": "a"}, busy=2) == (True, True)
     assert woken(idle_a, {"node": "b", "anywhere": True}, busy=2) == (True, True)
     assert woken(idle_a, busy=2, periodic=True) == (True, True)
