@@ -36,7 +36,7 @@ from gridcore import keys
 from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, idle_slots, take_view
 from gridcore.quarantine import Quarantine
 from gridcore.records import text
-from gridcore.reservations import Corrupt
+from gridcore.reservations import IDLE_WAKE, Corrupt
 
 log = logging.getLogger("grid.negotiator")
 
@@ -114,6 +114,10 @@ class Negotiator:
         self._quick_pass = False  # the pass now running looks at one chunk (`_quick`)
         self.beyond = False  # the last quick pass left jobs past its chunk and a slot of its node idle
         self.waiting = 0  # jobs waiting for placement as the loop's last wait ended (`wait_wake`)
+        self.spoken = False  # the last quick pass found jobs in its node's queue for every idle slot
+        self._queued = 0  # jobs in this node's queue as the survey read them (a quick pass only)
+        self._room = None  # jobs the quick pass now running may still place (None: no bound)
+        self.idle_only = False  # every wake the last wait_wake read that concerns this loop was an idle one
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -128,6 +132,7 @@ class Negotiator:
             self.raced = 0
             self.full = set()
             self.beyond = False
+            self.spoken = False
             while (survey := self._survey(token, full, lock)) is None:
                 if time.monotonic() >= deadline:
                     return 0
@@ -161,12 +166,17 @@ class Negotiator:
             else:
                 pipe.echo("")
             pipe.lrange(pending, offset, offset + self._chunk(full) + self._prefetch(full) - 1)
+            if self._quick(full) and self.node:
+                pipe.llen(keys.rq_queue(keys.node_queue(self.node)))
+            else:
+                pipe.echo("")
             ask_view(pipe, self._names, groups)
-            locked, last, ids, *replies = pipe.execute(raise_on_error=False)
+            locked, last, ids, queued, *replies = pipe.execute(raise_on_error=False)
         if isinstance(locked, Exception):
             raise locked
         if not locked:
             return None
+        self._queued = queued if isinstance(queued, int) else 0
         view = take_view(replies, self._names, groups, mine=self.node)
         if view is None:  # a node joined or left since the last pass, or a bad key or entry
             view = self._careful_view(groups)
@@ -239,6 +249,16 @@ class Negotiator:
         self.full = set()
         self._quick_pass = self._quick(full)
         unread = self._quick_pass and len(ids) > self._chunk(full)
+        mine = next((n for n in view.nodes if n.name == self.node), None)
+        # A slot's pass places for its node's idle slots only (its own among them), less the jobs
+        # already in its node's queue (placed by another pass, not taken yet): a slot that has
+        # just been given a job there but not taken it yet looks idle. On a grid of several nodes
+        # a cell placed past the node's free slots waited there, holding its sweep's slot, while
+        # another node's slot found the sweep full and sat idle.
+        self._room = idle_slots(mine) - self._queued if self._quick_pass and mine is not None else None
+        if self._room is not None and self._room <= 0:
+            self.spoken = True  # this slot takes a job of its node's queue next
+            return 0
         first = True
         while True:
             chunk = ids[:self._chunk(full)]
@@ -284,8 +304,7 @@ class Negotiator:
         # priority order (agent/perform.py wakes it), if a slot of the node is left idle by what
         # it placed (its own slot takes the first). A sweep's cell end that placed the next cell
         # leaves none: a wake there would cost the agent a pass per cell that places nothing.
-        mine = next((n for n in view.nodes if n.name == self.node), None)
-        self.beyond = unread and mine is not None and idle_slots(mine) > placed
+        self.beyond = unread and mine is not None and idle_slots(mine) - self._queued > placed
         if head >= EVENT_WINDOW:
             self._skip = Skip(head, last, frozenset(shapes))
         elif past or full:
@@ -321,7 +340,9 @@ class Negotiator:
                      and w.meta.priority > low and w.shape not in unfit]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node,
-                                taking=self._taking)
+                                taking=self._taking, at_most=self._room)
+        if self._room is not None:
+            self._room -= len(out.placed)
         self._taking = max(0, self._taking - len(out.placed))
         self.raced += out.raced
         self.full |= out.full
@@ -362,12 +383,17 @@ class Negotiator:
         if isinstance(got, Exception):
             raise got
         woke = front = False
+        self.idle_only = True
         for _stream, entries in got or ():
             for eid, fields in entries:
                 last = text(eid)
-                woke = woke or self.node is None or fields.get(b"any") == b"1" \
-                    or fields.get(b"node") == self.node.encode()
+                if self.node is None or fields.get(b"any") == b"1":
+                    woke, self.idle_only = True, False
+                elif fields.get(b"node") == self.node.encode():
+                    woke = True
+                    self.idle_only = self.idle_only and fields.get(IDLE_WAKE.encode()) == b"1"
                 front = front or fields.get(b"front") == b"1"
+        self.idle_only = woke and self.idle_only
         if front:
             # A job went back to the top of the queue (a lost job, `release(requeued=True)`): the
             # next pass reads from the top, as the skip's check cannot see it when jobs of the
@@ -375,6 +401,27 @@ class Negotiator:
             with self._mutex:
                 self._skip = None
         return last, woke
+
+    def worth_a_pass(self, periodic: bool) -> bool:
+        """Whether the loop, due (`periodic`) or woken, runs a pass: not when nothing waits
+        (plain jobs, whose every end wakes it, or an idle grid: the wait's round trip told, and
+        no pass runs on the cores the jobs run on), nor when every wake it read was for an idle
+        slot of its node (`reservations.IDLE_WAKE`) and none is idle any more, or a job in its
+        node's queue is there for each (one more round trip, only for such wakes)."""
+        if not self.waiting:
+            return False
+        if periodic or not self.idle_only or self.node is None:
+            return True
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.node(self.node), "slots")
+            pipe.hlen(keys.node_running(self.node))
+            pipe.llen(keys.rq_queue(keys.node_queue(self.node)))
+            slots = pipe.execute(raise_on_error=False)
+        total, busy, queued = slots
+        if any(isinstance(x, Exception) for x in slots) or not (total or b"").isdigit():
+            return True  # the node's slots unknown (a spoiled key): a pass, as before this check
+        # Jobs in the node's queue are for its idle slots (as a slot's pass counts them).
+        return not int(total) or busy + queued < int(total)
 
     def loop(self, stop: threading.Event, interval: float) -> None:
         """Place at once when woken, and every `interval` s regardless, until `stop` is set."""
@@ -395,9 +442,7 @@ class Negotiator:
                     due = time.monotonic() + interval
                 if not (periodic or woke):
                     continue
-                if not self.waiting:
-                    # Nothing waits (plain jobs, whose every end wakes this loop, or an idle grid):
-                    # no pass, on the cores the jobs run on (the wait's round trip told).
+                if not self.worth_a_pass(periodic):
                     continue
                 self.run_once(full=periodic, wait=LOCK_WAIT if woke else 0.0)
             except redis.RedisError as e:

@@ -253,9 +253,14 @@ class Performer:
             log.exception("placing after a job's end failed")
         if placed and not beyond:
             return
+        if self.placing.spoken and not group:
+            return  # jobs wait in its node's queue for every idle slot: this slot takes one next
         try:
             with self.conn.pipeline(transaction=False) as pipe:
-                wake(pipe, self.node, anywhere=not placed and bool(group) and not raced and group not in full)
+                # For an idle slot of this node only (this one if it placed nothing, another if it
+                # did): its loop passes only if one still is when it reads the wake.
+                wake(pipe, self.node, anywhere=not placed and bool(group) and not raced and group not in full,
+                     idle=True)
                 pipe.execute()
         except OUTAGE_ERRORS as e:
             log.warning("waking the placement loops after a job's end: %s (the periodic pass will)", e)

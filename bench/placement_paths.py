@@ -114,18 +114,27 @@ def _drained_run(grid: Grid, r: redis.Redis, nodes: list[str], specs: list[JobSp
 
 
 COUNTED = ("evalsha", "eval", "blmove", "xread", "xadd", "lpop", "lpush")
-"""The broker commands counted per job (INFO commandstats)."""
+"""The broker commands counted per job (INFO commandstats); `wakes` is the placement wakes added."""
+CALLS = (*COUNTED, "wakes")
 
 
 def _calls(r: redis.Redis) -> dict[str, int]:
     stats = r.info("commandstats")
-    return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in COUNTED}
+    out = {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in COUNTED}
+    # The placement wakes added (each wakes every agent's loop to read it): XINFO's entries-added
+    # (Redis/Valkey 7), 0 before the first.
+    try:
+        out["wakes"] = int(r.xinfo_stream(keys.PLACE_WAKES).get("entries-added", 0))
+    except redis.ResponseError:
+        out["wakes"] = 0
+    return out
 
 
-def _cpu(procs: list[subprocess.Popen], broker_pid: int | None) -> dict[str, float]:
+def _cpu(procs: list[subprocess.Popen], broker_pid: int | None, names: list[str] = ()) -> dict[str, float]:
     """CPU seconds (user + system) so far of the broker, the agents' main processes, their slot
     processes, and the jobs those slots ran and reaped: figures that other load on the machine
-    disturbs less than wall-clock rates."""
+    disturbs less than wall-clock rates. With `names` (the agents' nodes, in `procs` order), also
+    each agent's and its slots' own (`agent <node>`, `slots <node>`): where a node's work goes."""
     import psutil
 
     def used(p: psutil.Process, children: bool = False) -> float:
@@ -138,20 +147,25 @@ def _cpu(procs: list[subprocess.Popen], broker_pid: int | None) -> dict[str, flo
     out = {"broker": 0.0, "agent": 0.0, "slots": 0.0, "jobs": 0.0}
     if broker_pid:
         out["broker"] = used(psutil.Process(broker_pid))
-    for proc in procs:
+    for i, proc in enumerate(procs):
         try:
             agent = psutil.Process(proc.pid)
             kids = agent.children()
         except psutil.Error:
             continue
-        out["agent"] += used(agent)
-        for kid in kids:
-            out["slots"] += used(kid)
-            out["jobs"] += used(kid, children=True)
+        own = used(agent)
+        slots = sum(used(kid) for kid in kids)
+        out["agent"] += own
+        out["slots"] += slots
+        out["jobs"] += sum(used(kid, children=True) for kid in kids)
+        if len(names) > 1:
+            out[f"agent {names[i]}"] = own
+            out[f"slots {names[i]}"] = slots
     return out
 
 
 CPU_PARTS = ("broker", "agent", "slots", "jobs")
+"""The CPU figures of every run (several agents add each agent's and its slots' own)."""
 
 
 def _chain(grid: Grid, r: redis.Redis, length: int) -> list[float]:
@@ -230,24 +244,25 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
                 j = grid.get(jid)
                 lat[kind].append((j.started_at - j.enqueued_at) * 1000)
         plain_runs, sweep_runs, label_runs = [], [], []
-        calls = {"plain": dict.fromkeys(COUNTED, 0), "memory": dict.fromkeys(COUNTED, 0),
-                 "label": dict.fromkeys(COUNTED, 0)}
-        cpu = {k: dict.fromkeys(CPU_PARTS, 0.0) for k in calls}
+        calls = {"plain": dict.fromkeys(CALLS, 0), "memory": dict.fromkeys(CALLS, 0),
+                 "label": dict.fromkeys(CALLS, 0)}
+        parts = list(_cpu(procs, broker_pid, names))
+        cpu = {k: dict.fromkeys(parts, 0.0) for k in calls}
         for _ in range(rounds):  # alternated, so that all see the same machine (it is shared)
-            before, cpu0 = _calls(r), _cpu(procs, broker_pid)
+            before, cpu0 = _calls(r), _cpu(procs, broker_pid, names)
             plain_runs.append(_drained_run(grid, r, names, [JobSpec(command="true") for _ in range(jobs)]))
-            after, cpu1 = _calls(r), _cpu(procs, broker_pid)
-            calls["plain"] = {c: calls["plain"][c] + after[c] - before[c] for c in COUNTED}
-            cpu["plain"] = {c: cpu["plain"][c] + cpu1[c] - cpu0[c] for c in CPU_PARTS}
+            after, cpu1 = _calls(r), _cpu(procs, broker_pid, names)
+            calls["plain"] = {c: calls["plain"][c] + after[c] - before[c] for c in CALLS}
+            cpu["plain"] = {c: cpu["plain"][c] + cpu1.get(c, 0.0) - cpu0.get(c, 0.0) for c in parts}
             for kind, runs in (("memory", sweep_runs), ("label", label_runs)):
                 gid = uuid.uuid4().hex
                 sweep = [JobSpec(command="true", resources=KINDS[kind], group=gid, params={"i": i, "_cell": i})
                          for i in range(cells)]
-                before, cpu0 = _calls(r), _cpu(procs, broker_pid)
+                before, cpu0 = _calls(r), _cpu(procs, broker_pid, names)
                 runs.append(_drained_run(grid, r, names, sweep, {gid: {"name": "bench", "max_parallel": slots}}))
-                after, cpu1 = _calls(r), _cpu(procs, broker_pid)
-                calls[kind] = {c: calls[kind][c] + after[c] - before[c] for c in COUNTED}
-                cpu[kind] = {c: cpu[kind][c] + cpu1[c] - cpu0[c] for c in CPU_PARTS}
+                after, cpu1 = _calls(r), _cpu(procs, broker_pid, names)
+                calls[kind] = {c: calls[kind][c] + after[c] - before[c] for c in CALLS}
+                cpu[kind] = {c: cpu[kind][c] + cpu1.get(c, 0.0) - cpu0.get(c, 0.0) for c in parts}
         plain_jobs, sweep_jobs = statistics.median(plain_runs), statistics.median(sweep_runs)
         label_jobs = statistics.median(label_runs)
         # A sweep only the first node can run (a label), its other nodes idle: what their idle
@@ -258,7 +273,7 @@ def run(broker_url: str, home: Path, jobs: int, cells: int, samples: int, rounds
         before = _calls(r)
         one_node = _drained_run(grid, r, names, one, {gid: {"name": "bench", "max_parallel": slots // agents}})
         after = _calls(r)
-        calls["one_node_label"] = {c: after[c] - before[c] for c in COUNTED}
+        calls["one_node_label"] = {c: after[c] - before[c] for c in CALLS}
         gaps = _chain(grid, r, chain) if chain > 1 else []
         freed = _full_then_freed(grid, r, home, slots)
     finally:
@@ -316,7 +331,7 @@ def report(out: dict) -> str:
                      f"ran on {out['ran_on']}")
     for kind, per in out.get("cpu_ms_per_job", {}).items():
         lines.append(f"  CPU ms per job, {kind}: " + ", ".join(f"{c} {n:.2f}" for c, n in per.items())
-                     + f" (all but jobs {sum(n for c, n in per.items() if c != 'jobs'):.2f})")
+                     + f" (all but jobs {sum(n for c, n in per.items() if c in CPU_PARTS and c != 'jobs'):.2f})")
     for kind, per in out.get("calls_per_job", {}).items():
         lines.append(f"  broker calls per job, {kind}: " + ", ".join(f"{c} {n:.2f}" for c, n in per.items()))
     return "\n".join(lines)

@@ -238,7 +238,8 @@ class Placer:
         return out
 
     def place(self, jobs: Iterable[Waiting], *, explain_rest: Iterable[str] | None = None,
-              view: View | None = None, onto: str | None = None, taking: int = 0) -> Outcome:
+              view: View | None = None, onto: str | None = None, taking: int = 0,
+              at_most: int | None = None) -> Outcome:
         """Place what fits now, highest priority then oldest first, throttles respected.
 
         A job that does not fit gets its reason in `Outcome.whys` when its id is in
@@ -248,7 +249,8 @@ class Placer:
         may be placed on (an agent places onto itself only: no agent writes another node's
         reservations); a job that fits another node now gets no reason, that node places it.
         `taking`: how many of the jobs placed onto `onto` the caller's own slot takes itself (a
-        slot placing as its job ends): no nudge is pushed for those."""
+        slot placing as its job ends): no nudge is pushed for those. `at_most`: place that many
+        jobs at most (a slot's pass: its node's idle slots)."""
         order = sorted(jobs, key=lambda w: (-w.meta.priority, w.meta.submitted or 0))
         out = Outcome()
         if not order:
@@ -269,6 +271,8 @@ class Placer:
         skip = 0  # alternates the last PLACE tried: already decided
         again: list[Waiting] = []  # refused by a node found closed (CLOSED): placed again below
         for i, w in enumerate(order):
+            if at_most is not None and len(out.placed) >= at_most:
+                break
             if skip:
                 skip -= 1
                 continue

@@ -153,13 +153,28 @@ def _wake_fields(node: str | None, anywhere: bool) -> dict[str, str]:
     return {"node": node or "", "any": "1" if anywhere else "0"}
 
 
-def wake(pipe, node: str | None = None, *, anywhere: bool = False) -> None:
+def wake(pipe, node: str | None = None, *, anywhere: bool = False, idle: bool = False) -> None:
     """Wake the placement loops concerned, on the caller's pipeline: `node`'s (what it gave
     back fits its waiting jobs), and every agent's if `anywhere` (a sweep's throttle slot came
-    free: the sweep's next cell may go to any node)."""
+    free: the sweep's next cell may go to any node). `idle`: `node`'s loop is woken for an idle
+    slot of its node only (a slot's pass at its job's end left jobs unread and a slot idle):
+    it runs its pass only if a slot of the node is still idle when it reads the wake
+    (`IDLE_WAKE`)."""
     # A plain command, not a script: an attempt's end runs its recorded commands inside a script
     # (agent/guarded.py), where a script may not be called.
-    _add_wake(pipe, _wake_fields(node, anywhere))
+    fields = _wake_fields(node, anywhere)
+    if idle and node and not anywhere:
+        fields[IDLE_WAKE] = "1"
+    _add_wake(pipe, fields)
+
+
+IDLE_WAKE = "idle"
+"""The field of a wake that is for an idle slot of its node only. On a grid of several nodes
+the nodes' slots end cells of a sweep at once; a slot's pass saw the node's other slot idle
+while that slot was between its job's end and its own pass, which takes the next cell itself.
+Each such wake cost the node's loop a pass that placed nothing (on three agents of two slots,
+0.4 wakes per cell and ~1.5 ms of the agents' CPU per cell); the loop reads the node's slots
+first (one round trip) and skips the pass when none is idle any more."""
 
 
 def _add_wake(pipe, entry: dict[str, str]) -> None:

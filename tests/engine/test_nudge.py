@@ -263,7 +263,7 @@ def test_a_slot_whose_pass_placed_a_job_but_left_jobs_past_its_head_wakes_its_no
 
     jobs = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20))
                              for _ in range(TAKE_WINDOW + 1)])
-    assert slot_ends(jobs, 0, TAKE_WINDOW + 4) == [{b"node": b"a", b"any": b"0"}]
+    assert slot_ends(jobs, 0, TAKE_WINDOW + 4) == [{b"node": b"a", b"any": b"0", b"idle": b"1"}]
     assert slot_ends(jobs, 1, 2) == []
     assert slot_ends(jobs[:1], 0, TAKE_WINDOW + 4) == []
 
@@ -285,3 +285,70 @@ def test_a_node_giving_back_what_its_waits_took_passes_another_nodes_nudge_on(gr
     r.delete(POOL)
     r.rpush(keys.node_taking("b"), nudge("a", "default", hops=NUDGE_HOPS))
     assert claim.give_back(r, "b") == 0 and not r.llen(POOL)
+
+
+def test_a_loop_woken_for_an_idle_slot_passes_only_if_one_is_still_idle(grid, r):
+    """On a grid of several nodes a slot's pass at its job's end often sees its node's other
+    slot idle while that slot is between its own job's end and its own pass (which takes the next
+    cell itself), and wakes its node's loop for it. That loop reads the node's slots first: with
+    none idle any more it runs no pass (on three agents each such wake cost a pass that placed
+    nothing). A wake of any other kind in the same read, a due periodic pass, or a slot still
+    idle (and no job in its node's queue for it): the pass runs. Another node's idle wake does
+    not concern the loop at all."""
+    from agent.negotiator import Negotiator
+    from gridcore.reservations import wake
+
+    def woken(*wakes: dict, busy: int, periodic: bool = False) -> tuple[bool, bool]:
+        """The loop of node a reads `wakes` with `busy` of a's 2 slots running: (woken, passes)."""
+        r.delete(keys.node_running("a"))
+        _nodes(r, grid, {"a": busy, "b": 0})
+        tail = loop._tail()
+        with r.pipeline() as pipe:
+            for w in wakes:
+                wake(pipe, **w)
+            pipe.execute()
+        woke = loop.wait_wake(tail, 0.05)[1]
+        return woke, (woke or periodic) and loop.worth_a_pass(periodic)
+
+    grid.submit(JobSpec(command="true", resources=Resources(memory=10 * 2**20)))  # a job waits
+    loop = Negotiator(r, "a", node="a")
+    idle_a = {"node": "a", "idle": True}
+    assert woken(idle_a, busy=2) == (True, False)
+    assert woken(idle_a, busy=1) == (True, True)
+    r.rpush(keys.rq_queue(keys.node_queue("a")), "placed-not-taken")  # the idle slot's next job
+    assert woken(idle_a, busy=1) == (True, False)
+    r.delete(keys.rq_queue(keys.node_queue("a")))
+    assert woken(idle_a, {"node": "a"}, busy=2) == (True, True)
+    assert woken(idle_a, {"node": "b", "anywhere": True}, busy=2) == (True, True)
+    assert woken(idle_a, busy=2, periodic=True) == (True, True)
+    assert woken({"node": "b", "idle": True}, busy=0) == (False, False)
+    r.delete(keys.rq_queue(keys.PENDING_QUEUE))  # nothing waits: no pass, however woken
+    assert woken({"node": "a"}, busy=0) == (True, False)
+
+
+def test_a_slots_pass_places_only_for_its_nodes_idle_slots_not_spoken_for(grid, r):
+    """A slot's pass at its job's end places for its node's idle slots only (its own among them),
+    less the jobs already in its node's queue: a slot given a job there that it has not taken yet
+    looks idle. On three agents a cell placed past the node's free slots waited in its queue,
+    holding its sweep's slot, while another node's slot found the sweep full and sat idle. With
+    every idle slot spoken for, the pass places nothing and the slot wakes no loop (it takes a
+    job of its node's queue next); the waiting jobs stay for other nodes."""
+    from types import SimpleNamespace
+
+    from agent.negotiator import Negotiator
+    from agent.perform import Performer
+
+    pending = keys.rq_queue(keys.PENDING_QUEUE)
+    node_queue = keys.rq_queue(keys.node_queue("a"))
+    jobs = grid.submit_many([JobSpec(command="true", resources=Resources(memory=10 * 2**20)) for _ in range(4)])
+    r.delete(pending, node_queue, keys.node_held("a"), keys.PLACE_WAKES)
+    r.rpush(pending, *jobs[1:])  # as if they had waited for room
+    r.rpush(node_queue, jobs[0])  # placed by another pass, not taken yet
+    _nodes(r, grid, {"a": 1, "b": 0}, slots=2)  # a's other slot runs a job: this one is a's only idle slot
+    slot = SimpleNamespace(placing=Negotiator(r, "a.x.0", node="a", taker=True), conn=r, node="a")
+    Performer._place_next(slot, None)
+    assert r.lrange(pending, 0, -1) == [j.encode() for j in jobs[1:]]
+    assert r.xlen(keys.PLACE_WAKES) == 0 and slot.placing.spoken
+    r.delete(keys.node_running("a"))  # both of a's slots idle: one of them is spoken for
+    assert slot.placing.run_once(full=False, lock=False) == 1 and not slot.placing.spoken
+    assert r.lrange(node_queue, 0, -1) == [jobs[0].encode(), jobs[1].encode()]
