@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import slotnames
+from agent import procfs, slotnames
 
 log = logging.getLogger("grid.cgroup")
 
@@ -342,9 +342,12 @@ def _make(path: Path) -> bool:
 
 def node_oom_kills() -> int | None:
     """The kernel's node-wide count of OOM kills (/proc/vmstat), or None where unreadable."""
-    raw = "\n" + (_read(Path("/proc/vmstat")) or "")
-    at = raw.find("\noom_kill ")  # one search, not a split of its ~180 lines: read at every job's start
+    try:
+        raw = b"\n" + procfs.read("/proc/vmstat")  # read at every job's start: raw bytes, no file object
+    except OSError:
+        return None
+    at = raw.find(b"\noom_kill ")  # one search, not a split of its ~180 lines
     if at < 0:
         return None
-    end = raw.find("\n", at + 1)
-    return int(raw[at + len("\noom_kill ") : end if end >= 0 else None])
+    end = raw.find(b"\n", at + 1)
+    return int(raw[at + len(b"\noom_kill ") : end if end >= 0 else None])

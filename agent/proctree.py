@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 
 import psutil
 
+from agent import procfs
+
 ENV_GRID = "GRID_JOB_GRID"
 """Identity of the grid (broker) the agent serves: `grid:id`."""
 ENV_NODE = "GRID_JOB_NODE"
@@ -184,8 +186,7 @@ def own_children() -> set[int]:
         tids = []
     for tid in tids:
         try:
-            with open(f"/proc/{me}/task/{tid}/children") as f:
-                out.update(int(p) for p in f.read().split())
+            out.update(int(p) for p in procfs.read(f"/proc/{me}/task/{tid}/children").split())
         except FileNotFoundError:
             continue  # the thread has exited
         except OSError:  # no /proc/<pid>/task/<tid>/children on this kernel: ask psutil

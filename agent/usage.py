@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from agent import procfs
 from gridcore.records import Result, Usage
 
 log = logging.getLogger("grid.usage")
@@ -71,10 +72,9 @@ def io_accounting() -> bool:
     return os.path.exists("/proc/self/io")
 
 
-def _read(path: str) -> str | None:
+def _read(path: str) -> bytes | None:
     try:
-        with open(path) as f:
-            return f.read()
+        return procfs.read(path)
     except OSError:
         return None
 
@@ -126,7 +126,7 @@ def is_zombie(pid: int) -> bool:
     raw = _read(f"/proc/{pid}/stat")
     if not raw:
         return False
-    return raw[raw.rfind(")") + 2:].startswith("Z")
+    return raw[raw.rfind(b")") + 2:].startswith(b"Z")
 
 
 class Gpus:
