@@ -228,6 +228,13 @@ def rq_executions(job_id: str) -> str:
     return ExecutionRegistry.key_template.format(job_id)
 
 
+def rq_results(job_id: str) -> str:
+    """RQ's stream of one job's results (newest last, a few kept)."""
+    from rq.results import Result
+
+    return Result.get_key(job_id)
+
+
 def rq_workers_of(queue: str) -> str:
     """RQ's set of worker keys listening on a queue."""
     from rq.worker_registration import WORKERS_BY_QUEUE_KEY

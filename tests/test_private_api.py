@@ -78,6 +78,9 @@ RQ_CLASS_MEMBERS = [
     (Execution, "key", BOOK),
     (Execution, "worker_executions_key", BOOK),
     (ExecutionRegistry, "key_template", "gridcore/keys.py"),
+    (RQResult, "serialize", BOOK),
+    (RQResult, "save", BOOK),
+    (RQResult, "get_key", "gridcore/keys.py"),
     (RQScheduler, "enqueue_scheduled_jobs", SCHEDULER),
     (RQScheduler, "prepare_registries", SCHEDULER),
     (RQScheduler, "acquire_locks", WORKER),
@@ -153,8 +156,6 @@ def test_a_missing_member_fails_naming_it():
 
 RQ_CALL_KEYWORDS = [
     (Execution.__init__, "Execution", ("id", "job_id", "connection", "worker_name")),
-    (RQResult.create, "Result.create", ("job", "type", "ttl", "return_value", "worker_name", "pipeline", "execution_id",
-                                        "execution_started_at", "execution_ended_at")),
 ]
 """RQ's constructors and methods the book calls by keyword, with the keywords it passes."""
 
