@@ -41,10 +41,11 @@ local function run_recorded(i)
     v, k = struct.unpack('<I4', lens, k)
     return v
   end
-  for _ = 1, num() do
-    local argc = num()
+  local argcs = {}
+  for c = 1, num() do argcs[c] = num() end
+  for c = 1, #argcs do
     local cmd = {}
-    for a = 1, argc do
+    for a = 1, argcs[c] do
       local n = num()
       cmd[a] = string.sub(blob, pos, pos + n - 1)
       pos = pos + n
@@ -56,7 +57,7 @@ local function run_recorded(i)
 end
 """
 """Lua: run the recorded commands packed into ARGV[i] (the numbers, as little-endian 32-bit
-integers: command count, then each command's argc and its arguments' lengths; decimal text
+integers: command count, each command's argc, then every argument's length; decimal text
 cost the slot more to write than its commands cost to record) and ARGV[i + 1] (the
 arguments, concatenated).
 Two script arguments instead of one per command argument: redis-py's per-argument packing
@@ -131,15 +132,14 @@ def packed(conn: redis.Redis, pipe: redis.client.Pipeline) -> list[Any]:
     """The pipeline's queued commands as the two script arguments RUN_FN reads."""
     encoder = conn.get_encoder()
     encode, charset, handling = encoder.encode, encoder.encoding, encoder.encoding_errors
-    nums: list[int] = [len(pipe.command_stack)]
-    parts: list[bytes] = []
-    for args, _options in pipe.command_stack:
-        # The common types inline: redis-py's encode checks each argument against five types,
-        # and a job's start and end carry a few hundred arguments.
-        bs = [a if type(a) is bytes else a.encode(charset, handling) if type(a) is str else encode(a) for a in args]
-        nums.append(len(bs))
-        nums.extend(map(len, bs))
-        parts.extend(bs)
+    stack = pipe.command_stack
+    # Every argument in one flat pass, not a pass per command: a start or an end records a few
+    # dozen commands, and the per-command steps cost more than their few arguments. The
+    # common types inline, as redis-py's encode writes them (it checks each against five types).
+    parts = [a.encode(charset, handling) if type(a) is str else a if type(a) is bytes
+             else repr(a).encode() if type(a) is int or type(a) is float else encode(a)
+             for args, _options in stack for a in args]
+    nums = [len(stack), *[len(args) for args, _options in stack], *map(len, parts)]
     pipe.reset()
     return [struct.pack(f"<{len(nums)}I", *nums), b"".join(parts)]
 

@@ -29,6 +29,25 @@ def test_recorded_commands_run_as_they_were_queued(r):
     assert r.lrange("l", 0, -1) == [b"a", b"", b"3"]
 
 
+def test_recorded_arguments_are_what_redis_py_would_send(r):
+    import pytest
+    from redis.exceptions import DataError
+
+    from agent import guarded
+
+    values = ["text", "é", b"\x00", 0, -7, 2**70, 0.1, -1e300, 1e-7, float("inf")]
+    pipe = guarded.recorder(r)
+    pipe.rpush("typed", *values)
+    pipe.expire("typed", 600)
+    run = Lua(guarded.RUN_FN + "return run_recorded(1)")
+    assert guarded.errors(run(r, [], guarded.packed(r, pipe))) == []
+    encode = r.get_encoder().encode
+    assert r.lrange("typed", 0, -1) == [encode(v) for v in values]
+    pipe.rpush("typed", True)  # refused as redis-py refuses it, not sent as "True"
+    with pytest.raises(DataError):
+        guarded.packed(r, pipe)
+
+
 def _client_id(r) -> int:
     from agent import lua
 
