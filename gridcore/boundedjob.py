@@ -7,7 +7,7 @@ from typing import Any
 from rq.job import Job
 
 from gridcore import keys
-from gridcore.records.rqhash import bounded_fields
+from gridcore.records.rqhash import bounded_data
 
 
 class BoundedJob(Job):
@@ -15,4 +15,10 @@ class BoundedJob(Job):
     them: a zlib bomb is a CorruptRecord, not hundreds of megabytes (gridcore/records/rqhash.py)."""
 
     def restore(self, raw_data: Any) -> Any:
-        return super().restore(bounded_fields(raw_data, keys.rq_job(self.id)))
+        # `data` inflated once, here: compressing it again for RQ to inflate cost a job's start
+        # more than the rest of RQ's restore.
+        fields, data = bounded_data(raw_data, keys.rq_job(self.id))
+        restored = super().restore(fields)
+        if data is not None:
+            self.data = data  # RQ's setter: the payload is decoded from it on first use
+        return restored

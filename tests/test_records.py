@@ -122,3 +122,25 @@ def test_drain_fields_round_trip():
     drained = NodeRecord.decode(NodeRecord.drain_fields(True, "maintenance"), "grid:node:a")
     assert drained.draining and drained.drain_reason == "maintenance"
     assert not NodeRecord.decode(NodeRecord.drain_fields(False, "ignored"), "grid:node:a").drain_reason
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_a_job_payload_is_inflated_once_within_its_bound(r, level):
+    """RQ's job hash read through BoundedJob: the payload as stored, inflated once (a nested zlib
+    stream inside it stays compressed: RQ never inflates what the bound did not see)."""
+    import zlib
+
+    from rq.serializers import JSONSerializer
+
+    from gridcore.boundedjob import BoundedJob
+
+    payload = json.dumps(["agent.runner.run_task", None, [{"envelope": "{}", "sig": "s", "kid": "k"}], {}]).encode()
+    nested = zlib.compress(zlib.compress(b"\0" * (1 << 20)), level)
+    for data, want in ((zlib.compress(payload, level), payload), (payload, payload), (nested, zlib.decompress(nested))):
+        job = BoundedJob("jid", connection=r, serializer=JSONSerializer)
+        job.restore({b"data": data, b"origin": b"default", b"status": b"queued", b"exc_info": zlib.compress(b"tb")})
+        assert job.data == want
+        assert job.origin == "default"
+    job = BoundedJob("jid", connection=r, serializer=JSONSerializer)
+    job.restore({b"data": zlib.compress(payload, level), b"origin": b"default"})
+    assert job.func_name == "agent.runner.run_task" and job.args[0]["kid"] == "k"

@@ -4,7 +4,8 @@ RQ inflates both fields whole with `zlib.decompress`, so a 255 KB zlib bomb in `
 reader hundreds of megabytes before anything can refuse it. Here the compressed size is
 checked first, then the field is inflated at most to its bound (`decompressobj(max_length)`),
 and a field past either is a CorruptRecord. What passes is handed to RQ compressed again, so
-RQ's own inflate sees exactly the bounded bytes (never a second, nested bomb).
+RQ's own inflate sees exactly the bounded bytes (never a second, nested bomb); `data`, read at
+every job's start, is handed over inflated instead (`bounded_data`), without RQ's inflate.
 """
 
 from __future__ import annotations
@@ -48,3 +49,19 @@ def bounded_fields(fields: Mapping, key: str) -> dict:
         if plain is not None:
             out[name] = zlib.compress(plain, 1)
     return out
+
+
+def bounded_data(fields: Mapping, key: str) -> tuple[dict, bytes | None]:
+    """`bounded_fields`, but a zlib `data` is not compressed again for RQ to inflate: it comes
+    back inflated, and RQ is given an empty `data` in its place (which RQ's inflate keeps as
+    stored), for the reader to set. (fields for RQ, the inflated data or None)."""
+    for name in (b"data", "data"):
+        value = fields.get(name)
+        if isinstance(value, bytes):
+            plain = inflate(value, DATA_MAX, key, "data")
+            if plain is not None:
+                rest = bounded_fields({k: v for k, v in fields.items() if k != name}, key)
+                rest[name] = b""
+                return rest, plain
+            break
+    return bounded_fields(fields, key), None
