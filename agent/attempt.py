@@ -102,7 +102,8 @@ class JobAttempt:
         self.taken_elsewhere = False  # claimed here, then taken up elsewhere before it started
         self.number = 0  # which start of its envelope this is, once started
         self.sink: OutputSink | None = None
-        self._meta: tuple[dict[str, Any], JobMeta] | None = None  # the raw meta read, and what it read as
+        # The raw meta read, what it read as, and whether it read (a corrupt one reads as empty).
+        self._meta: tuple[dict[str, Any], JobMeta, bool] | None = None
 
     @property
     def meta(self) -> JobMeta:
@@ -113,12 +114,13 @@ class JobAttempt:
         raw = self.job.meta
         if self._meta is not None and self._meta[0] is raw:
             return self._meta[1]
+        read = True
         try:
             meta = JobMeta.from_dict(raw, f"{keys.rq_job(self.id)} meta")
         except CorruptRecord as e:
             log.warning("job %s: %s", self.id, e)
-            meta = JobMeta()
-        self._meta = (raw, meta)
+            meta, read = JobMeta(), False
+        self._meta = (raw, meta, read)
         return meta
 
     @property
@@ -144,7 +146,8 @@ class JobAttempt:
         replayed envelope. RQ's start records are recorded for the script by the RQBook.
         """
         res = Resources.from_dict(envelope.get("resources"))
-        placement = self.meta.placement
+        meta = self.meta
+        placement = meta.placement
         self.gpus = list(placement.gpus) if placement is not None and placement.node == self.node else []
         if res.gpus and len(self.gpus) != res.gpus:
             return False  # GPU jobs come placed by the negotiator; a stray copy waits
@@ -155,7 +158,10 @@ class JobAttempt:
         self.job.meta["run"] = run.model_dump()  # the raw meta: keys this agent does not know stay
         for k in ("lost_on", "lost_at"):  # a rerun started: where it had been lost no longer matters
             self.job.meta.pop(k, None)
-        self._meta = None
+        # What the raw meta now reads as, without reading all of it again (it was just read); a
+        # corrupt one is read again (as empty, logged), as before this edit.
+        self._meta = ((self.job.meta, meta.model_copy(update={"run": run, "lost_on": None, "lost_at": None}), True)
+                      if self._meta is not None and self._meta[2] else None)
         self.book.save_meta(pipe, self.job, started=True)
         pipe.hset(keys.node_running(self.node), self.id, RunningEntry("started", slot=self.slot).encode())
         pipe.hset(keys.ACTIVE, self.id, run.encode())
