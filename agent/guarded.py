@@ -23,6 +23,9 @@ from gridcore import keys
 from gridcore.records import OWNER_FN
 from gridcore.reservations import RESERVE_FN
 
+UNPACK_AT_ONCE = 4000
+"""Numbers the recorded commands' reader unpacks in one call (Lua's C stack holds 8,000 values)."""
+
 RUN_FN = """
 local function run_recorded(i)
   -- A write that changes nothing, first: a broker refusing writes (out of memory,
@@ -35,18 +38,30 @@ local function run_recorded(i)
     -- a DEL first would pass as the script's first write and let it past a full broker).
     redis.call('DEL', '""" + keys.WRITE_PROBE + """')
   end
-  local errs, lens, blob, k, pos = {}, ARGV[i], ARGV[i + 1], 1, 1
-  local function num()
-    local v
-    v, k = struct.unpack('<I4', lens, k)
-    return v
+  local errs, lens, blob, pos = {}, ARGV[i], ARGV[i + 1], 1
+  -- Every number in one unpack, not a call each (a start or an end has a few hundred): the
+  -- calls cost a script more than its commands. In parts past what one call may return.
+  local count, nums = #lens / 4, nil
+  if count <= """ + str(UNPACK_AT_ONCE) + """ then
+    nums = {struct.unpack('<' .. string.rep('I4', count), lens)}
+  else
+    nums = {}
+    local at, got = 1, 0
+    while got < count do
+      local take = math.min(count - got, """ + str(UNPACK_AT_ONCE) + """)
+      local part = {struct.unpack('<' .. string.rep('I4', take), lens, at)}
+      at = part[take + 1]
+      for j = 1, take do nums[got + j] = part[j] end
+      got = got + take
+    end
   end
-  local argcs = {}
-  for c = 1, num() do argcs[c] = num() end
-  for c = 1, #argcs do
+  local ncmd = nums[1]
+  local k = ncmd + 2  -- the first argument's length
+  for c = 1, ncmd do
     local cmd = {}
-    for a = 1, argcs[c] do
-      local n = num()
+    for a = 1, nums[c + 1] do
+      local n = nums[k]
+      k = k + 1
       cmd[a] = string.sub(blob, pos, pos + n - 1)
       pos = pos + n
     end

@@ -48,6 +48,21 @@ def test_recorded_arguments_are_what_redis_py_would_send(r):
         guarded.packed(r, pipe)
 
 
+def test_more_recorded_numbers_than_one_unpack_takes_run_whole(r):
+    from agent import guarded
+
+    n = guarded.UNPACK_AT_ONCE  # 1 + n + 3n numbers: several parts of the reader's unpack
+    pipe = guarded.recorder(r)
+    pipe.set("before", "1")
+    for i in range(n):
+        pipe.rpush("many", str(i))
+    pipe.set("after", b"\x00" * 3)
+    run = Lua(guarded.RUN_FN + "return run_recorded(1)")
+    assert guarded.errors(run(r, [], guarded.packed(r, pipe))) == []
+    assert r.get("before") == b"1" and r.get("after") == b"\x00" * 3
+    assert r.lrange("many", 0, -1) == [str(i).encode() for i in range(n)]
+
+
 def _client_id(r) -> int:
     from agent import lua
 
