@@ -15,6 +15,7 @@ charges is not reused. On v2 (whose peak cannot simply be restarted) each job ge
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -254,7 +255,7 @@ class JobCgroups:
             self.why = f"cannot set a memory limit on {cg.path}"
             cg.remove()
         if self.v2:
-            return self.create(f"{job}.{tag}", limit)
+            return self.create(leaf_name(job, tag), limit)
         for _ in range(3):  # a name a dead slot of the same name left in use is skipped
             self.made += 1
             made = self.create(f"{tag}.{self.made}", limit, fresh=True)
@@ -302,6 +303,19 @@ class JobCgroups:
             return None
         cg.oom_base = cg._oom_total()  # a name reused after a crash may have counted before
         return cg
+
+
+NAME_MAX = 255
+"""The longest name of a directory, a cgroup's included, in bytes."""
+
+
+def leaf_name(job: str, tag: str) -> str:
+    """A v2 job group's name: `<job>.<slot>`, or where that is longer than the kernel takes (a
+    job id may have 256 characters), its digest: else every memory job with such an id would
+    fail for want of a group on every node (and drain it). Nothing reads a v2 group's name
+    back."""
+    name = f"{job}.{tag}"
+    return name if len(name.encode()) <= NAME_MAX else hashlib.sha256(name.encode()).hexdigest()
 
 
 def remove_left_groups(node: str, agent_id: str, worker: str | None = None) -> int:

@@ -14,12 +14,13 @@ from rq.serializers import JSONSerializer
 from gridcore import events, history, keys
 from gridcore.quarantine import Quarantine
 from gridcore.records import CorruptRecord, JobMeta, Result, salvage, text
+from gridcore.records.base import JOB_ID_PATTERN
 from gridcore.boundedjob import BoundedJob
 
 log = logging.getLogger("grid.dependencies")
 
-JOB_ID = re.compile(rb"[A-Za-z0-9_-]{1,256}")
-"""What RQ accepts as a job id (bounded): any other member of a dependents set is set aside."""
+JOB_ID = re.compile(JOB_ID_PATTERN.encode())
+"""A job id (records.base.JOB_ID_PATTERN): any other member of a dependents set is set aside."""
 
 
 def dependents(conn: redis.Redis, job_id: str) -> list[str]:

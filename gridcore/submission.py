@@ -18,6 +18,7 @@ from gridcore.explain import Explainer
 from gridcore.models import LOST_RETRIES, JobSpec, Resources
 from gridcore.placement import is_plain
 from gridcore.jobwrites import JobWrites
+from gridcore.records.base import is_job_id
 from gridcore.records import ENVELOPE_VERSION, Envelope, EventEntry, GroupRecord, JobMeta, ResourcesRecord
 from gridcore.settings import Settings
 from gridcore.signing import Signer
@@ -234,6 +235,10 @@ class Submission:
         self.explainer.check_placeable(specs)
         now = self.clock.now()
         ids = list(job_ids) if job_ids else [uuid.uuid4().hex for _ in specs]
+        for jid in ids:  # before anything is written: RQ, the node's files and cgroups take no other
+            if not is_job_id(jid):
+                raise GridError(f"job id {repr(jid)[:60]} is not one: letters, digits, '_' "
+                                f"and '-' only, 1 to 256 of them")
         groups = groups or {}
         sizes: dict[str, int] = {}
         for spec in specs:

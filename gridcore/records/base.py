@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 
@@ -22,6 +24,15 @@ class CorruptRecord(ValueError):
 
 Name = Annotated[str, StringConstraints(max_length=256)]
 """Ids, node, queue, worker and label names."""
+JOB_ID_PATTERN = r"[A-Za-z0-9_-]{1,256}"
+"""A job id: what RQ accepts as one (bounded), so also a name a node can make a file or a
+cgroup of (no `/`, no `..`, nothing a terminal or a shell reads)."""
+JobId = Annotated[str, StringConstraints(pattern=f"^{JOB_ID_PATTERN}$")]
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
 Line = Annotated[str, StringConstraints(max_length=4096)]
 """A reason, a path, a command preview line."""
 Blob = Annotated[str, StringConstraints(max_length=64 * 1024)]

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, StringConstraints
 
 from gridcore.models import Resources
-from gridcore.records.base import Blob, Count, ExitCode, JsonRecord, Line, Name, Priority, ReasonKind, Seconds, Signal, SlotIndex, Stamp, _int, _text
+from gridcore.records.base import Blob, Count, ExitCode, JobId, JsonRecord, Line, Name, Priority, ReasonKind, Seconds, Signal, SlotIndex, Stamp, _int, _text
 
 
 class ResourcesRecord(JsonRecord):
@@ -40,7 +40,7 @@ class Envelope(JsonRecord):
 
     MAX_BYTES: ClassVar[int] = 1024 * 1024
     v: int
-    job_id: Name
+    job_id: JobId
     command: Annotated[str, StringConstraints(max_length=256 * 1024)] | None = None
     argv: Annotated[list[Annotated[str, StringConstraints(max_length=128 * 1024)]], Field(max_length=4096)] | None = None
     cwd: Line | None = None
