@@ -101,6 +101,9 @@ class JobAttempt:
         self.canceled_at_start = False
         self.taken_elsewhere = False  # claimed here, then taken up elsewhere before it started
         self.number = 0  # which start of its envelope this is, once started
+        # The nonce counter and its expiry while the start is sent and its reply not read: a
+        # lost reply may hide a start that counted an attempt (give_back_unstarted refunds it).
+        self._counting: tuple[str, int] | None = None
         self.sink: OutputSink | None = None
         # The raw meta read, what it read as, and whether it read (a corrupt one reads as empty).
         self._meta: tuple[dict[str, Any], JobMeta, bool] | None = None
@@ -170,9 +173,11 @@ class JobAttempt:
         events.emit(pipe, now, "started", job=self.id, node=self.node, message=f"slot {self.slot}")
         args = [*reserve_args(self.id, res, self.gpus, capacity.cpus, capacity.memory), nonce_expiry(envelope),
                 envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.conn, pipe)]
+        self._counting = (keys.nonce(envelope["nonce"]), nonce_expiry(envelope))
         ok, used, errs, canceled = guarded.START(
             self.conn, [keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id),
                         keys.rq_job(self.id)], args)
+        self._counting = None  # its reply came: what it counted is known
         if ok <= 0:
             self.book.forget(self.execution)
             self.execution = None
@@ -266,13 +271,18 @@ class JobAttempt:
         placed_here = placement is not None and placement.node == self.node
         q = self.queue
 
+        # A start sent whose reply was lost: if it ran, the script gives its count back.
+        counter, expiry = ([self._counting[0]], [self._counting[1]]) if self._counting is not None else ([], [])
+        self._counting = None
+
         def once() -> int:
             return guarded.REQUEUE_UNSTARTED(
                 self.conn,
                 [q.key, keys.rq_job(self.id), keys.node_running(self.node), keys.ACTIVE,
-                 q.intermediate_queue_key, keys.node_held(self.node), keys.rq_registry("running", q.name)],
+                 q.intermediate_queue_key, keys.node_held(self.node), keys.rq_registry("running", q.name),
+                 *counter],
                 [self.id, self.book.execution_member(self.job, self.execution), self.worker,
-                 "0" if placed_here else "1", claim.marker(self.worker)],
+                 "0" if placed_here else "1", claim.marker(self.worker), *expiry],
             )
 
         if until_broker(once, f"job {self.id}: handing back an unstarted job"):

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from agent.lua import Lua
+from agent.verify import REFUND_FN
 from gridcore import keys
 from gridcore.records import OWNER_FN
 from gridcore.reservations import RESERVE_FN
@@ -164,11 +165,13 @@ def errors(reply: Sequence[Any]) -> list[str]:
     return [e.decode(errors="replace") if isinstance(e, bytes) else str(e) for e in reply]
 
 
-REQUEUE_UNSTARTED = Lua(OWNER_FN + """
+REQUEUE_UNSTARTED = Lua(OWNER_FN + REFUND_FN + """
 -- KEYS: the job's queue, its RQ hash, the node's running hash, grid:active, RQ's taken list
---       of the queue, the node's held hash, the queue's started registry
+--       of the queue, the node's held hash, the queue's started registry; and, when this
+--       slot sent the job's start and its reply was lost, the envelope's nonce counter
 -- ARGV: job id, its started-registry member ('' none), this slot's worker name,
---       '1' to give back what it holds on the node, this slot's claim
+--       '1' to give back what it holds on the node, this slot's claim, and with the 8th key
+--       the counter's expiry (agent/verify.py nonce_expiry)
 local id = ARGV[1]
 local owner = owner_of(KEYS[4], id)
 if owner ~= nil then
@@ -178,6 +181,13 @@ if owner ~= nil then
     return 0
   end
   redis.call('HDEL', KEYS[4], id)
+  if KEYS[8] then
+    -- The start whose reply was lost ran (it wrote this slot's entry): it counted an attempt
+    -- of the envelope, and the command never ran (the slot never learned it may spawn it).
+    -- The count goes back with the entry, once (a repeat finds no entry), as a hand-back of
+    -- an unrun command gives it back (agent/verify.py refund).
+    refund(KEYS[8], ARGV[6])
+  end
 end
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[7], ARGV[2]) end
 redis.call('HDEL', KEYS[3], id)

@@ -114,6 +114,17 @@ def refund(pipe, envelope: dict[str, Any]) -> None:
     pipe.expireat(keys.nonce(envelope["nonce"]), nonce_expiry(envelope))
 
 
+REFUND_FN = """
+local function refund(key, expiry)
+  redis.call('DECR', key)
+  redis.call('EXPIREAT', key, expiry)
+end
+"""
+"""Lua: `refund`'s two commands, for a script that decides in the same step whether the count
+goes back (guarded.REQUEUE_UNSTARTED: a start whose reply was lost); ARGV-free, its key and the
+envelope's `nonce_expiry` passed in."""
+
+
 def judge_attempt(used: int, envelope: dict[str, Any]) -> None:
     """Refuse an attempt whose count (after counting it) shows a replay."""
     if used > SPENT:

@@ -106,3 +106,31 @@ def test_a_start_whose_reply_was_lost_is_not_sent_again(broker, r):
         assert proxy.dropped and r.hget(keys.rq_job("j1"), "status") == b"started" and r.get(keys.nonce("n1")) == b"1"
     finally:
         proxy.close()
+
+
+def test_a_start_whose_reply_was_lost_gives_its_attempt_back(broker, r, grid, settings):
+    """The start ran (the attempt counted, the job marked started) but its reply was lost: the
+    slot never ran the command and hands the job back. That hand-back gives the attempt back
+    too, or a job with no retries (2 signed starts: one more for a lost node) whose start replies
+    were lost twice would be refused as a replay at its third start, never having run."""
+    import redis
+
+    from gridcore import keys
+    from gridcore.models import JobSpec, JobState
+    from tests.engine.test_reconcile import _slot, _take
+
+    jid = grid.submit(JobSpec(command="echo ran", retries=0))
+    proxy = ReplyDropper(broker.port, guarded.START.sha.encode(), _started, times=2)
+    try:
+        cut = redis.Redis(host="127.0.0.1", port=proxy.port, password=broker.password)
+        slot = _slot(cut, settings, "n1")
+        for _ in range(3):
+            slot.perform(*_take(r, slot, "default"))
+            if grid.state(jid) is not JobState.QUEUED:
+                break
+        assert len(proxy.dropped) == 2
+        job = grid.get(jid)
+        assert grid.state(jid) is JobState.FINISHED, job.attempts
+        assert job.stdout == "ran\n" and [a.get("reason") for a in job.attempts] == [None]
+    finally:
+        proxy.close()
