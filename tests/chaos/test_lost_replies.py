@@ -115,7 +115,6 @@ def test_a_start_whose_reply_was_lost_gives_its_attempt_back(broker, r, grid, se
     were lost twice would be refused as a replay at its third start, never having run."""
     import redis
 
-    from gridcore import keys
     from gridcore.models import JobSpec, JobState
     from tests.engine.test_reconcile import _slot, _take
 
