@@ -165,6 +165,18 @@ def errors(reply: Sequence[Any]) -> list[str]:
     return [e.decode(errors="replace") if isinstance(e, bytes) else str(e) for e in reply]
 
 
+MOVE_WAITING = Lua(RUN_FN + """
+-- KEYS: the queue the job waits in; ARGV: job id, then the recorded move (2 args)
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then
+  return {0, {}}  -- taken off it since it was read (a slot of its node): not this move's
+end
+return {1, run_recorded(2)}
+""")
+"""Move a waiting job (agent/recovery.py replace_queued): the recorded commands, its removal
+from the queue first, run only while it still waits there, in the step that checks it; else a
+slot that took it meanwhile would run it while it also waits for placement elsewhere."""
+
+
 REQUEUE_UNSTARTED = Lua(OWNER_FN + REFUND_FN + """
 -- KEYS: the job's queue, its RQ hash, the node's running hash, grid:active, RQ's taken list
 --       of the queue, the node's held hash, the queue's started registry; and, when this

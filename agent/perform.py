@@ -19,7 +19,7 @@ from agent.journal import EarlierStartRunning
 from agent.attempt import Capacity, JobAttempt
 from agent.claim import Taken
 from agent.negotiator import Negotiator
-from agent.outage import OUTAGE_ERRORS, OutageClock, retyped
+from agent.outage import OUTAGE_ERRORS, GaveUp, OutageClock, retyped, until_broker
 from agent.pulse import ORPHANED
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import shown_argument
@@ -219,12 +219,18 @@ class Performer:
     def _drained(self) -> None:
         """This node drained itself with the job it could not run (agent/attempt.py): the jobs
         the grid placed here that no slot took yet go back to placement too, for other nodes."""
+        def once() -> int:
+            if self.conn.hget(keys.node(self.node), "draining") != b"1":
+                return 0
+            return recovery.replace_queued(self.conn, self.node, own=True)
+
+        # Until the broker answers: nothing else re-places a live drained node's queue (the
+        # node-loss sweep is for down nodes); each move is safe to repeat.
         try:
-            if self.conn.hget(keys.node(self.node), "draining") == b"1" and \
-                    (n := recovery.replace_queued(self.conn, self.node)):
+            if n := until_broker(once, f"node {self.node} drained: its placed jobs back to placement", self._give_up):
                 log.warning("node %s drained: %d job(s) placed here went back to placement", self.node, n)
-        except OUTAGE_ERRORS as e:
-            log.warning("node %s drained: its placed jobs wait for it (%s)", self.node, e)
+        except GaveUp as e:
+            log.warning("%s; they wait for the node", e)
 
     def _place_next(self, group: str | None) -> None:
         """What the ended job gave back may let the next waiting job in (the next cell of its

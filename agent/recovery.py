@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from agent import claim
+from agent import claim, guarded
 from agent.attempt import JobAttempt
 from agent.outage import retyped
 from agent.rqadapter.book import RQBook
@@ -116,10 +116,14 @@ class NodeWatch:
         return mono - prev[1]
 
 
-def replace_queued(conn: redis.Redis, node: str) -> int:
-    """Send jobs the grid had placed on a down node (not yet started) back to placement; what
-    they hold there stays in its keys (counted as nothing while it is down, dropped by it when
-    it is back), their sweep slots are given back."""
+def replace_queued(conn: redis.Redis, node: str, own: bool = False) -> int:
+    """Send jobs the grid had placed on a node (not yet started) back to placement, their
+    sweep slots given back. A down node's (not `own`): what they hold there stays in its keys
+    (counted as nothing while it is down, dropped by it when it is back). A live node's that
+    drained itself (`own`, its own agent's): given back now, or its resources would stay
+    committed, once resumed, to jobs that run elsewhere. Each move is one step that moves a
+    job only while it still waits in the node queue (a slot of a live node may take it in
+    between), so it is safe to repeat."""
     nq = keys.node_queue(node)
     moved = 0
     for raw in conn.lrange(keys.rq_queue(nq), 0, -1):
@@ -127,11 +131,13 @@ def replace_queued(conn: redis.Redis, node: str) -> int:
         meta = lenient(JobMeta, conn.hget(keys.rq_job(job_id), "meta"), f"{keys.rq_job(job_id)} meta")
         if meta is None or meta.placement is None or meta.resources.node:
             continue  # pinned by the user to this node: it waits for the node
-        with conn.pipeline() as pipe:
-            RQBook.move_waiting(pipe, job_id, nq, keys.PENDING_QUEUE)
-            release(pipe, job_id, None, meta.group, requeued=True)
-            pipe.execute()
-        moved += 1
+        pipe = guarded.recorder(conn)
+        RQBook.move_waiting(pipe, job_id, nq, keys.PENDING_QUEUE)
+        release(pipe, job_id, node if own else None, meta.group, requeued=True)
+        done, errs = guarded.MOVE_WAITING(conn, [keys.rq_queue(nq)], [job_id, *guarded.packed(conn, pipe)])
+        for err in guarded.errors(errs):
+            log.error("job %s: moving it back to placement: %s", job_id, err)
+        moved += done
     return moved
 
 

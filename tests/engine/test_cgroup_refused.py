@@ -230,3 +230,93 @@ def test_a_node_that_could_not_run_a_job_twice_runs_it_once_mended(r, grid, sett
     job = grid.get(jid)
     assert grid.state(jid) is JobState.FINISHED, job.attempts
     assert job.stdout == "ran\n"
+
+
+def _drains_with_a_job_waiting(r, grid, settings, tmp_path, slot_groups, conn=None):
+    """n1 (live) takes a memory job its cgroups cannot hold, while a second job placed on n1
+    waits in its node queue: n1's slot drains the node (its fault) and sends the second job
+    back to placement. `conn`: the slot's client (through a proxy), else `r`."""
+    from gridcore import keys
+    from gridcore.models import JobSpec, Resources
+    from gridcore.placing import Placer
+    from tests.engine.test_reconcile import _slot, _take
+    from tests.support.records import node_record, put_node
+
+    slot_groups(cgroup.JobCgroups(tmp_path / "gone" / "grid-jobs", v2=False))  # no group can be made
+    first, waiting = (grid.submit(JobSpec(command="true", resources=Resources(memory=64 * MB))) for _ in range(2))
+    put_node(r, "n1", grid.broker_time(), node_record())
+    assert Placer(r).place_ids([first, waiting]).placed == {first: "n1", waiting: "n1"}
+    assert r.hexists(keys.node_held("n1"), waiting)
+    n1 = _slot(conn or r, settings, "n1")
+    job, queue, taken = _take(r, n1, keys.node_queue("n1"))
+    assert job.id == first
+    n1.perform(job, queue, taken)
+    return first, waiting
+
+
+def test_a_node_that_drains_itself_gives_back_what_its_moved_jobs_held(r, grid, settings, tmp_path, slot_groups):
+    """The node is live (not down, whose keys another agent may not write): what the jobs it
+    sent back to placement held on it goes with them, or after `grid resume` its CPUs, memory
+    and GPUs would stay committed to jobs that ran elsewhere, until its agent restarts."""
+    from gridcore import keys
+
+    first, waiting = _drains_with_a_job_waiting(r, grid, settings, tmp_path, slot_groups)
+    assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [first.encode(), waiting.encode()]
+    assert not r.llen(keys.rq_queue(keys.node_queue("n1")))
+    assert r.hgetall(keys.node_held("n1")) == {}
+
+
+def test_a_node_that_drains_itself_sends_its_placed_jobs_away_after_an_outage(broker, r, grid, settings, tmp_path,
+                                                                            slot_groups):
+    """The broker is away as the slot reads the node's queue (the reply is lost): nothing else
+    re-places a live drained node's queue, so the slot retries until the broker is back."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from gridcore import keys
+    from tests.support.proxy import ReplyDropper
+
+    # The reply to a read of n1's node queue that lists one job: only the slot's, after the drain.
+    proxy = ReplyDropper(broker.port, keys.rq_queue(keys.node_queue("n1")).encode(),
+                         lambda reply: reply.startswith(b"*1\r\n$"))
+    try:
+        cut = redis.Redis(host="127.0.0.1", port=proxy.port, password=broker.password, retry=Retry(NoBackoff(), 0))
+        first, waiting = _drains_with_a_job_waiting(r, grid, settings, tmp_path, slot_groups, conn=cut)
+        assert proxy.dropped
+        assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == [first.encode(), waiting.encode()]
+        assert not r.llen(keys.rq_queue(keys.node_queue("n1")))
+    finally:
+        proxy.close()
+
+
+def test_a_placed_job_a_slot_takes_as_its_node_drains_is_not_also_sent_to_placement(r, grid, settings, broker):
+    """The drained node's queue is read, then a slot of the node takes one of its jobs before
+    the move: the move finds it gone from the node queue and leaves it be (it is the slot's),
+    not a job both taken and waiting for placement."""
+    from agent import recovery
+    from gridcore import keys
+    from gridcore.models import JobSpec, Resources
+    from gridcore.placing import Placer
+    from tests.engine.test_reconcile import _slot, _take
+    from tests.support.records import node_record, put_node
+
+    jid = grid.submit(JobSpec(command="true", resources=Resources(memory=64 * MB)))
+    put_node(r, "n1", grid.broker_time(), node_record())
+    assert Placer(r).place_ids([jid]).placed == {jid: "n1"}
+    n1 = _slot(r, settings, "n1")
+    took = []
+
+    class SlotTakesMeanwhile(type(r)):
+        """The real broker; a slot of n1 takes the job as the mover reads the job's record."""
+
+        def hget(self, name, key):
+            if name == keys.rq_job(jid) and not took:
+                took.append(_take(r, n1, keys.node_queue("n1")))
+            return super().hget(name, key)
+
+    mover = SlotTakesMeanwhile(host="127.0.0.1", port=broker.port, password=broker.password)
+    recovery.replace_queued(mover, "n1")
+    assert took and took[0][0].id == jid
+    assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == []
+    assert r.hexists(keys.node_held("n1"), jid)  # the slot's job keeps what it holds
