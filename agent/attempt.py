@@ -174,10 +174,15 @@ class JobAttempt:
         args = [*reserve_args(self.id, res, self.gpus, capacity.cpus, capacity.memory), nonce_expiry(envelope),
                 envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.conn, pipe)]
         self._counting = (keys.nonce(envelope["nonce"]), nonce_expiry(envelope))
-        ok, used, errs, canceled = guarded.START(
-            self.conn, [keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id),
-                        keys.rq_job(self.id)], args)
+        try:
+            ok, used, errs, canceled = guarded.START(
+                self.conn, [keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id),
+                            keys.rq_job(self.id)], args)
+        except BaseException:
+            self.book.start_written(False)  # unknown: the slot's beat is due again (a beat more at worst)
+            raise
         self._counting = None  # its reply came: what it counted is known
+        self.book.start_written(ok > 0)
         if ok <= 0:
             self.book.forget(self.execution)
             self.execution = None

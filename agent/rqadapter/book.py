@@ -118,6 +118,12 @@ class RQBook:
         if execution is not None and self.worker is not None:
             self.worker.executions.pop(execution.id, None)
 
+    def start_written(self, written: bool) -> None:
+        """The start's script ran its recorded commands (`written`), or wrote none of them: the
+        worker's heartbeat queued with them counts only if written."""
+        if self.worker is not None:
+            self.worker.beat_recorded(written)
+
     def save_meta(self, pipe, job: Job, started: bool = False) -> None:
         """Queue the job's `meta` as it is now in memory on `pipe`; `started`: with the fields
         `start` set (in the same HSET)."""

@@ -93,6 +93,7 @@ class GridWorker(SimpleWorker):
         self._own_queues = {q.key: q for q in self.queues}
         self._beat_at = 0.0
         self._beat_ttl = 0  # the TTL the last beat gave the worker's key
+        self._beat_queued: tuple[float, int] | None = None  # a beat queued, not yet written (when, TTL)
         self._suspension_checked = 0.0
         self._scheduler_retry_at = 0.0
         self._pubsub_down = False
@@ -143,8 +144,9 @@ class GridWorker(SimpleWorker):
 
     def heartbeat(self, timeout=None, pipeline=None):
         if pipeline is not None:
-            self._beat_at = time.monotonic()
-            self._beat_ttl = timeout or self.worker_ttl + 60  # RQ's default, as super() writes it
+            # Counted once written (`beat_recorded`): a job's start queues it into its script,
+            # which may write nothing (canceled, full, replayed, taken elsewhere, a lost reply).
+            self._beat_queued = (time.monotonic(), timeout or self.worker_ttl + 60)  # RQ's default TTL
             return super().heartbeat(timeout, pipeline)
         # RQ beats before and after every job; its worker key lives for minutes, so once a
         # second is plenty, and a slot running thousands of tiny jobs saves two round trips each.
@@ -156,9 +158,20 @@ class GridWorker(SimpleWorker):
                 # The state too: set_state skips repeats, and this restores it after a broker loss.
                 pipe.hset(self.key, "state", self._state)
                 pipe.execute()
+            self.beat_recorded(True)
         except OUTAGE_ERRORS as e:
             self._beat_at = 0.0  # not written: due again
             log.debug("slot heartbeat skipped: %s", e)  # the idle loop waits for the broker
+
+    def beat_recorded(self, written: bool) -> None:
+        """The pipeline the last beat was queued on ran (`written`), or was dropped unwritten."""
+        if written and self._beat_queued is not None:
+            self._beat_at, self._beat_ttl = self._beat_queued
+        self._beat_queued = None
+
+    def maintain_heartbeats(self, job, execution):
+        super().maintain_heartbeats(job, execution)  # its own pipeline, executed (raises if not)
+        self.beat_recorded(True)
 
     def idle_beat(self) -> None:
         """An idle slot's heartbeat: only when its worker key would expire within IDLE_BEAT_MARGIN."""

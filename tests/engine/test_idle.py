@@ -327,6 +327,7 @@ def test_an_idle_slot_beats_its_worker_key_by_rqs_rule_not_at_every_wake(setting
     with r.pipeline() as pipe:  # a job's start: a shorter TTL
         worker.heartbeat(90, pipeline=pipe)
         pipe.execute()
+        worker.beat_recorded(True)
     worker._beat_at -= 90 - IDLE_BEAT_MARGIN
     worker.idle_beat()
     assert r.ttl(worker.key) > 90
@@ -348,3 +349,23 @@ def test_a_nodes_idle_slots_take_turns_to_look(settings, r):
             gaps = {round(b - a, 6) for a, b in zip(looks, looks[1:])}
             assert gaps == {round(round_ / n, 6)}, (n, now, waits, gaps)
             assert round_ / n <= DEQUEUE_WAKE
+
+
+def test_a_start_that_wrote_nothing_leaves_the_slots_beat_due(settings, r, grid):
+    """A job's start records the slot's heartbeat for its script; a start that wrote nothing (the
+    job canceled before it started, the node full, a replay, taken elsewhere) wrote no beat:
+    the idle slot must not count it, or it would wait `ttl - IDLE_BEAT_MARGIN` s with its worker
+    key possibly gone (`rq info` then lists no worker for a live slot)."""
+    from agent.claim import pop
+    from agent.rqadapter.jobs import GridJob, GridQueue
+    from gridcore.models import JobSpec, JobState
+
+    worker = _worker(r, settings)
+    jid = grid.submit(JobSpec(command="true"))
+    popped = pop(r, worker.node, worker.name, [keys.rq_queue(keys.node_queue(worker.node)), keys.rq_queue("default")])
+    grid.cancel(jid)  # after the slot took it: its start finds it canceled and writes nothing
+    job = GridJob.fetch(jid, connection=r, serializer=worker.serializer)
+    worker.performer.perform(job, GridQueue("default", connection=r, serializer=worker.serializer), popped.taken)
+    assert grid.state(jid) is JobState.CANCELED and not r.exists(worker.key)
+    worker.idle_beat()
+    assert r.exists(worker.key)  # beaten: the start's beat was never written
