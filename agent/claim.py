@@ -134,7 +134,9 @@ for i = 3, n + 1 do
   repeat id = redis.call('LPOP', KEYS[i]) until not id or not nudged(id)
   if id then return passed(claimed(KEYS[i], id)) end
 end
-return passed({'', '', {}, t[1], t[2], '', 0, 0})
+-- Nothing taken: how many jobs the node's slots hold (its running hash), for the slot's turn to
+-- look (agent/rqadapter/worker.py turn_wait): a 9th field, in this reply only.
+return passed({'', '', {}, t[1], t[2], '', 0, 0, redis.call('HLEN', KEYS[n + 2])})
 """
 """Pop and claim: from the slot's first queue (its node's: placed and pinned jobs), else what
 the node's waits took (skipping a job canceled or deleted while it lay there, and passing
@@ -166,11 +168,13 @@ class Taken:
 
 @dataclass(frozen=True)
 class Popped:
-    """What one pop found: broker TIME (sec, usec), the drain flag, and the job it took if any."""
+    """What one pop found: broker TIME (sec, usec), the drain flag, and the job it took if any;
+    when it took none, how many jobs the node's slots hold (claimed, running or ending)."""
 
     time: tuple[int, int]
     draining: bool
     taken: Taken | None
+    held: int = 0
 
 
 _RELEASE = """
@@ -192,7 +196,7 @@ def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
                        keys.rq_queue_prefix(), node, NUDGE_PATTERN, NUDGE_HOPS, NUDGE])
     time = (int(got[3]), int(got[4]))
     if int(got[7]) or not got[1]:
-        return Popped(time, bool(int(got[7])), None)
+        return Popped(time, bool(int(got[7])), None, int(got[8]) if len(got) > 8 else 0)
     job_id = got[1].decode()
     flat = got[2]
     active = lenient(ActiveEntry, got[5] or None, f"{keys.ACTIVE} field {job_id}")

@@ -94,6 +94,7 @@ class GridWorker(SimpleWorker):
         self._beat_at = 0.0
         self._beat_ttl = 0  # the TTL the last beat gave the worker's key
         self._beat_queued: tuple[float, int] | None = None  # a beat queued, not yet written (when, TTL)
+        self._node_busy = False  # the last empty pop found jobs held by the node's slots (`turn_wait`)
         self._suspension_checked = 0.0
         self._scheduler_retry_at = 0.0
         self._pubsub_down = False
@@ -340,12 +341,17 @@ class GridWorker(SimpleWorker):
         """Seconds until this slot's next turn to look: the node's slots wake in turn, slot `i` at
         `i` of `slots` parts of a round (on the monotonic clock every process of the machine
         shares), so an idle node looks every DEQUEUE_WAKE s, each look by one slot. A round
-        is at most the connection's socket timeout less WAIT_MARGIN (the wait must not trip it);
-        a busy slot's turn passes (it looks at its node queue first at its job's end anyway)."""
+        is at most the connection's socket timeout less WAIT_MARGIN (the wait must not trip it).
+        A busy slot's turn passes (it looks at its node queue first at its job's end anyway):
+        while the last pop found a job held on the node, each idle slot looks every
+        DEQUEUE_WAKE s, so the node still looks that often whichever slots are busy (more
+        looks only while a job runs; none more on a fully idle node)."""
         timeout = self.connection.connection_pool.connection_kwargs.get("socket_timeout")
         round_ = DEQUEUE_WAKE * self.slots
         if timeout:
             round_ = max(DEQUEUE_WAKE, min(round_, timeout - WAIT_MARGIN))
+        if self._node_busy:
+            round_ = DEQUEUE_WAKE
         now = time.monotonic() if now is None else now
         wait = (self.slot % self.slots * round_ / self.slots - now) % round_
         return wait if wait >= 0.05 else wait + round_  # 0 would block for good; a turn just passed: the next
@@ -360,6 +366,7 @@ class GridWorker(SimpleWorker):
                 return claim.DRAINING
             taken = popped.taken
             if taken is None:
+                self._node_busy = popped.held > 0
                 return None
             self.taken = taken
             job = restore_job(self.connection, taken.job_id, taken.fields)

@@ -333,6 +333,15 @@ def test_an_idle_slot_beats_its_worker_key_by_rqs_rule_not_at_every_wake(setting
     assert r.ttl(worker.key) > 90
 
 
+def _looks(slot, now: float, until: float) -> list[float]:
+    """When `slot` looks from `now` on, waiting its turn after each look (its idle loop)."""
+    out, t = [], now + slot.turn_wait(now)
+    while t <= until:
+        out.append(t)
+        t += slot.turn_wait(t)
+    return out
+
+
 def test_a_nodes_idle_slots_take_turns_to_look(settings, r):
     """Slot i of n wakes at its part of a round of n looks: the node looks every DEQUEUE_WAKE s,
     each look by one slot (each slot's wait shorter than its connection's socket timeout)."""
@@ -349,6 +358,20 @@ def test_a_nodes_idle_slots_take_turns_to_look(settings, r):
             gaps = {round(b - a, 6) for a, b in zip(looks, looks[1:])}
             assert gaps == {round(round_ / n, 6)}, (n, now, waits, gaps)
             assert round_ / n <= DEQUEUE_WAKE
+        # Some slots busy (a job each, in the node's running hash): their turns pass, and the
+        # idle ones still look often enough that the node looks every DEQUEUE_WAKE s. Each idle
+        # slot learns it from its own (empty) pop, no command more.
+        for busy in range(1, n):
+            r.delete(keys.node_running(settings.agent.node_name))
+            r.hset(keys.node_running(settings.agent.node_name), mapping={f"job{i}": str(i) for i in range(busy)})
+            idle = slots[busy:]
+            for s in idle:
+                assert s._pop() is None
+            for now in (1000.0, 1003.3, 1011.99):
+                looks = sorted(t for s in idle for t in _looks(s, now, now + 60))
+                gaps = [b - a for a, b in zip(looks, looks[1:])]
+                assert looks[0] - now <= DEQUEUE_WAKE + 0.05 and max(gaps) <= DEQUEUE_WAKE + 1e-6, (n, busy, now, gaps)
+        r.delete(keys.node_running(settings.agent.node_name))
 
 
 def test_a_start_that_wrote_nothing_leaves_the_slots_beat_due(settings, r, grid):
