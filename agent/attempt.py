@@ -71,6 +71,13 @@ HANDED_BACK = ("shutdown", ORPHANED, NODE_FAULT)
 """Outcomes that put the job back in line instead of ending it: its agent stops or is gone, or
 this node could not run it (NODE_FAULT: the node drains itself)."""
 
+SET_IF_BLANK = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or v == '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+"""
+"""Lua: HSETNX that also writes over an empty value (KEYS: the hash; ARGV: field, value). Run
+by EVAL inside the hand-back's transaction (a rare step: its text sent each time)."""
+
 
 @dataclass(frozen=True)
 class Capacity:
@@ -471,12 +478,13 @@ class JobAttempt:
             # Said first: `grid nodes` shows a drain reason's first 30 characters.
             drained = "job cgroups failing: " + why.removeprefix("not run: ")
             # A node an operator drained already (between this slot's pop and now) keeps the
-            # operator's reason: HSETNX, as `grid resume` deletes the reason (gridcore/control.py);
-            # the fault is still said, by its event. Decided in the step that writes it: a read
-            # first would let a drain landing in between lose its reason.
+            # operator's reason: written only where there is none, missing (`grid resume`
+            # deletes it: gridcore/control.py) or empty (an older resume wrote ""); the fault
+            # is still said, by its event. Decided in the step that writes it: a read first
+            # would let a drain landing in between lose its reason.
             fields = NodeRecord.drain_fields(True, drained)
             pipe.hset(keys.node(self.node), "draining", fields["draining"])
-            pipe.hsetnx(keys.node(self.node), "drain_reason", fields["drain_reason"])
+            pipe.eval(SET_IF_BLANK, 1, keys.node(self.node), "drain_reason", fields["drain_reason"])
             events.emit(pipe, end, "node_draining", node=self.node, message=drained)
         else:
             why = "agent shutdown" if outcome == "shutdown" else "agent not heartbeating"

@@ -320,3 +320,14 @@ def test_a_placed_job_a_slot_takes_as_its_node_drains_is_not_also_sent_to_placem
     assert took and took[0][0].id == jid
     assert r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1) == []
     assert r.hexists(keys.node_held("n1"), jid)  # the slot's job keeps what it holds
+
+
+def test_a_node_faulting_after_an_older_resume_says_why_it_drained(r, grid, settings, tmp_path, slot_groups):
+    """An older `grid resume` left the drain reason empty (""), not deleted: the node's own
+    drain still writes its reason (what `grid nodes` shows), as when the field is missing."""
+    from gridcore import keys
+
+    r.hset(keys.node("n1"), mapping={"draining": "0", "drain_reason": ""})
+    _drains_with_a_job_waiting(r, grid, settings, tmp_path, slot_groups)
+    [node] = [n for n in grid.nodes() if n.name == "n1"]
+    assert node.draining and (node.drain_reason or "").startswith("job cgroups failing: no memory cgroup"), node
