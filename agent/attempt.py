@@ -50,6 +50,7 @@ from gridcore.dependencies import fail_dependents
 from gridcore.models import LOST_RETRIES, Resources
 from gridcore.nodekeys import NodeSigner, claimed_nonce
 from gridcore.records import (
+    NODE_DRAINING,
     ActiveEntry,
     Attempt,
     CorruptRecord,
@@ -483,7 +484,7 @@ class JobAttempt:
             # is still said, by its event. Decided in the step that writes it: a read first
             # would let a drain landing in between lose its reason.
             fields = NodeRecord.drain_fields(True, drained)
-            pipe.hset(keys.node(self.node), "draining", fields["draining"])
+            pipe.hset(keys.node(self.node), NODE_DRAINING, fields[NODE_DRAINING])
             pipe.eval(SET_IF_BLANK, 1, keys.node(self.node), "drain_reason", fields["drain_reason"])
             events.emit(pipe, end, "node_draining", node=self.node, message=drained)
         else:

@@ -35,8 +35,8 @@ from agent.outage import OUTAGE_ERRORS, retyped
 from gridcore import keys
 from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, idle_slots, take_view
 from gridcore.quarantine import Quarantine
-from gridcore.records import text
-from gridcore.reservations import IDLE_WAKE, Corrupt
+from gridcore.records import NODE_SLOTS, text
+from gridcore.reservations import Corrupt, Wake
 
 log = logging.getLogger("grid.negotiator")
 
@@ -387,12 +387,13 @@ class Negotiator:
         for _stream, entries in got or ():
             for eid, fields in entries:
                 last = text(eid)
-                if self.node is None or fields.get(b"any") == b"1":
+                wake = Wake.read(fields)
+                if self.node is None or wake.anywhere:
                     woke, self.idle_only = True, False
-                elif fields.get(b"node") == self.node.encode():
+                elif wake.node == self.node.encode():
                     woke = True
-                    self.idle_only = self.idle_only and fields.get(IDLE_WAKE.encode()) == b"1"
-                front = front or fields.get(b"front") == b"1"
+                    self.idle_only = self.idle_only and wake.idle
+                front = front or wake.front
         self.idle_only = woke and self.idle_only
         if front:
             # A job went back to the top of the queue (a lost job, `release(requeued=True)`): the
@@ -413,7 +414,7 @@ class Negotiator:
         if periodic or not self.idle_only or self.node is None:
             return True
         with self.conn.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.node(self.node), "slots")
+            pipe.hget(keys.node(self.node), NODE_SLOTS)
             pipe.hlen(keys.node_running(self.node))
             pipe.llen(keys.rq_queue(keys.node_queue(self.node)))
             slots = pipe.execute(raise_on_error=False)

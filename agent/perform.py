@@ -25,7 +25,7 @@ from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import shown_argument
 from agent.verify import AlreadyRunning, Gatekeeper
 from gridcore import keys
-from gridcore.records import Result
+from gridcore.records import NODE_DRAINING, NodeRecord, Result
 from gridcore.reservations import wake
 from gridcore.settings import Settings
 from gridcore.signing import Refused
@@ -220,7 +220,7 @@ class Performer:
         """This node drained itself with the job it could not run (agent/attempt.py): the jobs
         the grid placed here that no slot took yet go back to placement too, for other nodes."""
         def once() -> int:
-            if self.conn.hget(keys.node(self.node), "draining") != b"1":
+            if not NodeRecord.draining_read(self.conn.hget(keys.node(self.node), NODE_DRAINING)):
                 return 0
             return recovery.replace_queued(self.conn, self.node, own=True)
 

@@ -145,12 +145,12 @@ def wake_entry(node: str | None, group: str | None, *, requeued: bool = False) -
     if requeued:
         # The job went back to the top of the waiting queue: a loop's remembered unfit head
         # (agent/negotiator.py Skip) cannot tell it from the head's jobs that left meanwhile.
-        entry["front"] = "1"
+        entry[WAKE_FRONT] = "1"
     return entry
 
 
 def _wake_fields(node: str | None, anywhere: bool) -> dict[str, str]:
-    return {"node": node or "", "any": "1" if anywhere else "0"}
+    return {WAKE_NODE: node or "", WAKE_ANY: "1" if anywhere else "0"}
 
 
 def wake(pipe, node: str | None = None, *, anywhere: bool = False, idle: bool = False) -> None:
@@ -168,6 +168,12 @@ def wake(pipe, node: str | None = None, *, anywhere: bool = False, idle: bool = 
     _add_wake(pipe, fields)
 
 
+WAKE_NODE = "node"
+"""The field of a wake naming the node whose loop it wakes ("" for none)."""
+WAKE_ANY = "any"
+"""The field of a wake for every agent's loop ("1"), else "0"."""
+WAKE_FRONT = "front"
+"""The field of a wake whose job went back to the top of the waiting queue ("1")."""
 IDLE_WAKE = "idle"
 """The field of a wake that is for an idle slot of its node only. On a grid of several nodes
 the nodes' slots end cells of a sweep at once; a slot's pass saw the node's other slot idle
@@ -175,6 +181,24 @@ while that slot was between its job's end and its own pass, which takes the next
 Each such wake cost the node's loop a pass that placed nothing (on three agents of two slots,
 0.4 wakes per cell and ~1.5 ms of the agents' CPU per cell); the loop reads the node's slots
 first (one round trip) and skips the pass when none is idle any more."""
+
+
+class Wake(NamedTuple):
+    """A wake entry as a placement loop reads it (agent/negotiator.py), from its raw fields:
+    anyone may write the stream, so a missing or odd field reads as not set."""
+
+    node: bytes  # the node whose loop it wakes (b"" for none)
+    anywhere: bool  # every loop
+    idle: bool  # `node`'s loop, for an idle slot of it only (IDLE_WAKE)
+    front: bool  # its job went back to the top of the waiting queue
+
+    @classmethod
+    def read(cls, fields: dict[bytes, bytes]) -> Wake:
+        return cls(fields.get(_NODE, b""), fields.get(_ANY) == b"1", fields.get(_IDLE) == b"1",
+                   fields.get(_FRONT) == b"1")
+
+
+_NODE, _ANY, _IDLE, _FRONT = (f.encode() for f in (WAKE_NODE, WAKE_ANY, IDLE_WAKE, WAKE_FRONT))
 
 
 def _add_wake(pipe, entry: dict[str, str]) -> None:

@@ -45,7 +45,7 @@ from gridcore.records.jobs import (
 )
 from gridcore.records.history import FinishedEntry
 from gridcore.records.nodes import (
-    GpuRecord, GroupRecord, Inventory, Load, NODE_FIELDS, NodeRecord,
+    GpuRecord, GroupRecord, Inventory, Load, NODE_DRAINING, NODE_FIELDS, NODE_SLOTS, NodeRecord,
 )
 from gridcore.records.streams import (
     EndMarker, EventEntry, Gaps, OUTPUT_ENTRY_MAX, OUTPUT_KINDS, OutputEntry, decode_output,
@@ -73,7 +73,9 @@ __all__ = [
     "JobMeta",
     "JsonRecord",
     "Load",
+    "NODE_DRAINING",
     "NODE_FIELDS",
+    "NODE_SLOTS",
     "NodeRecord",
     "OUTPUT_ENTRY_MAX",
     "OUTPUT_KINDS",

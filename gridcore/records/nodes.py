@@ -50,8 +50,12 @@ class Load(JsonRecord):
     gpus: Annotated[list[GpuRecord], Field(max_length=1024)] = []
 
 
-NODE_FIELDS = ("inventory", "load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname",
-               "queues", "started", "ready", "draining", "drain_reason", "version", "beat")
+NODE_SLOTS = "slots"
+"""The field of a node's hash with its number of worker slots (its agent writes it)."""
+NODE_DRAINING = "draining"
+"""The field of a node's hash that is "1" while the node takes no new job (`NodeRecord.drain_fields`)."""
+NODE_FIELDS = ("inventory", "load", NODE_SLOTS, "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname",
+               "queues", "started", "ready", NODE_DRAINING, "drain_reason", "version", "beat")
 """The fields of a node's hash."""
 
 
@@ -138,8 +142,13 @@ class NodeRecord:
     def drain_fields(draining: bool, reason: str = "") -> dict[str, str]:
         """The fields an operator sets to drain a node (with why) or to let it take jobs again."""
         if not draining:  # the reason goes too (HDEL): see gridcore/control.py
-            return {"draining": "0"}
-        return {"draining": "1", "drain_reason": reason[:256]}
+            return {NODE_DRAINING: "0"}
+        return {NODE_DRAINING: "1", "drain_reason": reason[:256]}
+
+    @staticmethod
+    def draining_read(raw: bytes | None) -> bool:
+        """Whether the raw `draining` field read off a node's hash says it drains."""
+        return raw == b"1"
 
     def gpus(self) -> tuple[GpuInfo, ...]:
         """The inventory's GPUs with their live memory and utilization from the load."""
