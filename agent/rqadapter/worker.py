@@ -161,7 +161,7 @@ class GridWorker(SimpleWorker):
                 pipe.execute()
             self.beat_recorded(True)
         except OUTAGE_ERRORS as e:
-            self._beat_at = 0.0  # not written: due again
+            self._beat_at, self._beat_queued = 0.0, None  # not written: due again
             log.debug("slot heartbeat skipped: %s", e)  # the idle loop waits for the broker
 
     def beat_recorded(self, written: bool) -> None:
