@@ -157,6 +157,12 @@ class Performer:
             rerun.record(self.conn, attempt.id, meta, self.node, now)
             result, outcome = self._run(attempt, envelope, now)
             self.admission.ended(ticket, now, result, outcome)
+            if outcome == runner.NODE_FAULT:
+                # After the journal has the start's end: a move the broker refuses (it may, out
+                # of memory) must not leave the start open, which would hold a rerun here back.
+                self._drained()
+            if attempt.places_next:
+                self._place_next(attempt.meta.group)
         finally:
             self.busy = False
             self.book.idle()
@@ -210,10 +216,6 @@ class Performer:
                                        final=attempt.ends_job(result, outcome))
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
         attempt.finish(envelope, result, outcome, give_up=self._give_up)
-        if outcome == runner.NODE_FAULT:
-            self._drained()
-        if attempt.places_next:
-            self._place_next(attempt.meta.group)
         return result, outcome
 
     def _drained(self) -> None:

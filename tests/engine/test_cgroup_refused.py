@@ -331,3 +331,33 @@ def test_a_node_faulting_after_an_older_resume_says_why_it_drained(r, grid, sett
     _drains_with_a_job_waiting(r, grid, settings, tmp_path, slot_groups)
     [node] = [n for n in grid.nodes() if n.name == "n1"]
     assert node.draining and (node.drain_reason or "").startswith("job cgroups failing: no memory cgroup"), node
+
+
+def test_a_node_fault_whose_move_of_placed_jobs_fails_still_ends_its_journal_start(r, grid, settings, tmp_path,
+                                                                                  slot_groups, broker):
+    """The broker refuses the move of the drained node's placed jobs (out of memory): the
+    attempt's start in the node's replay journal is still given back (it ran nothing), or a
+    rerun of the job on this node would wait as 'an earlier start still runs' while the slot
+    lives."""
+    import sqlite3
+
+    import redis
+
+    from agent.journal import journal_path
+    from gridcore import keys
+
+    class BrokerOutOfMemory(type(r)):
+        """The real broker, out of memory when the slot reads its node's queue to move it."""
+
+        def lrange(self, name, start, end):
+            if name == keys.rq_queue(keys.node_queue("n1")):
+                raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+            return super().lrange(name, start, end)
+
+    oom = BrokerOutOfMemory(host="127.0.0.1", port=broker.port, password=broker.password)
+    with pytest.raises(redis.ResponseError, match="OOM"):
+        _drains_with_a_job_waiting(r, grid, settings, tmp_path, slot_groups, conn=oom)
+    [first] = [j for j in r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1)]
+    with sqlite3.connect(journal_path("n1")) as db:
+        rows = db.execute("SELECT seq, ended FROM starts WHERE job_id = ?", (first.decode(),)).fetchall()
+    assert rows == []  # withdrawn: the start ran nothing
