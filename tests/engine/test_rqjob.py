@@ -88,11 +88,11 @@ def test_push_keeps_priority_order_with_negative_and_default_priorities(r):
     assert [j.decode() for j in r.lrange(keys.rq_queue("q"), 0, -1)] == expected
 
 
-def test_a_batch_of_pushes_lands_where_one_push_of_each_would(r):
+def _batch_lands_as_one_by_one(r, queued, arrivals) -> None:
+    """`arrivals` pushed as one batch behind `queued` land where a push of each would, in
+    priority order (first come first served within one)."""
     from gridcore.prioritypush import push, push_many
 
-    queued = [("q0", 0), ("q1", 5), ("q2", -1)]
-    arrivals = [("a", 0), ("b", -1), ("c", 0), ("d", 5), ("e", -1), ("f", 0), ("g", -2), ("h", 5), ("i", 0), ("j", 7)]
     for name in ("one-by-one", "batch"):
         for jid, p in queued:  # already waiting there, submitted earlier
             push(r, keys.rq_queue(name), jid, p)
@@ -102,6 +102,12 @@ def test_a_batch_of_pushes_lands_where_one_push_of_each_would(r):
     one_by_one = r.lrange(keys.rq_queue("one-by-one"), 0, -1)
     assert r.lrange(keys.rq_queue("batch"), 0, -1) == one_by_one
     assert [j.decode() for j in one_by_one] == [jid for jid, _ in sorted(queued + arrivals, key=lambda a: -a[1])]
+
+
+def test_a_batch_of_pushes_lands_where_one_push_of_each_would(r):
+    queued = [("q0", 0), ("q1", 5), ("q2", -1)]
+    arrivals = [("a", 0), ("b", -1), ("c", 0), ("d", 5), ("e", -1), ("f", 0), ("g", -2), ("h", 5), ("i", 0), ("j", 7)]
+    _batch_lands_as_one_by_one(r, queued, arrivals)
 
 
 def test_submit_many_queues_each_job_where_its_priority_puts_it(grid, r):
@@ -144,20 +150,10 @@ def test_a_group_submission_records_one_submitted_event_for_the_group(grid, r):
 def test_runs_of_one_priority_in_a_batch_land_where_one_push_of_each_would(r):
     """A batch's runs of equal priorities go in with one RPUSH when a place of each would put
     each last; a run whose first job went in the middle goes job by job."""
-    from gridcore.prioritypush import push, push_many
-
     queued = [("q0", 3), ("q1", 0), ("q2", -3)]  # a -1 arriving goes ahead of q2, not last
     arrivals = [("a", -1), ("b", -1), ("c", -1), ("d", 0), ("e", 0), ("f", 0), ("g", 2), ("h", 2), ("i", -3),
                 ("j", -3), ("k", -4), ("l", -4), ("m", 0), ("n", 0)]
-    for name in ("one-by-one", "batch"):
-        for jid, p in queued:
-            push(r, keys.rq_queue(name), jid, p)
-    for jid, p in arrivals:
-        push(r, keys.rq_queue("one-by-one"), jid, p)
-    assert push_many(r, keys.rq_queue("batch"), arrivals) == len(arrivals)
-    one_by_one = r.lrange(keys.rq_queue("one-by-one"), 0, -1)
-    assert r.lrange(keys.rq_queue("batch"), 0, -1) == one_by_one
-    assert [j.decode() for j in one_by_one] == [jid for jid, _ in sorted(queued + arrivals, key=lambda a: -a[1])]
+    _batch_lands_as_one_by_one(r, queued, arrivals)
     assert r.hgetall(keys.PRIORITY) == {jid.encode(): str(p).encode() for jid, p in queued + arrivals if p}
 
 
