@@ -112,7 +112,7 @@ async def test_requeue_failed_one_and_all(make, grid, agents):
         await settle(app, pilot)
         # Once in CI one row had no exit code (unexplained): the message says why if it recurs.
         assert {r["exit"] for r in rows(app.screen.query_one(JobsTable))} == {"3", "4"}, [
-            (j.id, j.state, j.exit_code, j.reason, j.attempts) for j in map(grid.get, ids)]
+            (j.id, j.state, j.exit_code, j.reason, j.attempts, j.problems) for j in map(grid.get, ids)]
         await pilot.press("r")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
