@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import psutil
 import pytest
 
 from gridcore import keys
@@ -152,6 +153,32 @@ def test_jobs_an_idle_slot_took_as_its_node_drained_go_back_in_line(grid, agents
     started = [grid.get(i).started_at for i in (first, second, third)]
     assert started == sorted(started)
     assert grid.state(canceled) is JobState.CANCELED and not grid.get(canceled).attempts
+
+
+def test_a_job_placed_on_a_node_before_an_operators_drain_waits_for_its_resume(grid, agents, r):
+    """A job already in a node's queue when an operator drains the node (`grid drain`) is not
+    started by the node's slot: its pop reads the same `draining` field the drain writes. The
+    job waits there, not lost, and runs once the node is resumed."""
+    agent = agents("node-a", slots=1)
+    slot = psutil.Process(agent.proc.pid).children()
+    assert slot
+    for p in slot:  # the slot cannot pop while the job is placed and the node drained
+        p.suspend()
+    try:
+        pinned = grid.submit(JobSpec(command="echo ran", name="pinned", resources=Resources(node="node-a")))
+        node_queue = keys.rq_queue(keys.node_queue("node-a"))
+        eventually(lambda: pinned.encode() in r.lrange(node_queue, 0, -1), 10,
+                   message=lambda: f"the pinned job placed: {grid.why(pinned)}")
+        grid.drain("node-a", "maintenance")
+    finally:
+        for p in slot:
+            p.resume()
+    time.sleep(2)  # the resumed slot popped since (it looks at its node queue at once)
+    assert grid.state(pinned) is JobState.QUEUED and not grid.get(pinned).attempts
+    assert [i.decode() for i in r.lrange(node_queue, 0, -1)] == [pinned]
+    grid.resume("node-a")
+    assert grid.wait([pinned], timeout=30)[pinned] is JobState.FINISHED
+    assert grid.get(pinned).stdout == "ran\n"
 
 
 def test_a_stopping_agent_gives_back_what_its_slots_took(grid, agents, r):
