@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import selectors
 import shlex
 import shutil
@@ -32,16 +33,25 @@ from gridcore.records import Result
 log = logging.getLogger("grid.runner")
 
 READ_SIZE = 64 * 1024
-CGROUP_SHIM = '{ echo 0 > "$0"; } 2>&0 || exit 1; exec "$@" </dev/null'
+CGROUP_SHIM = '{ echo 0 > "$0"; } 2>&0 || exit 1; . /dev/fd/0; exec "$@" </dev/null'
 """`sh -c` script that moves itself into the job's cgroup (`$0`: JobCgroup.enter_file), then
-becomes the job. Its stdin is the runner's report pipe (dash takes only descriptors 0-9 in a
-redirection; the job gets /dev/null as every job does): a failed move is written there and the
-job is not run, since unconfined it would run past the memory limit its node promises."""
+becomes the job. It starts with SHIM_ENV, not the job's environment: its stdin is the job's
+environment file (env_file), which it sources only once moved, and a failed move's report is
+written there after it (dash takes only descriptors 0-9 in a redirection; the job gets
+/dev/null as every job does): a failed move is not run, since unconfined it would run past the
+memory limit its node promises."""
 REPORT_MAX = 4096
 """Bytes of a failed move's report the runner reads."""
-CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\nexec </dev/null\n'
+CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\n. /dev/fd/0; exec </dev/null\n'
 """The first lines of a shell command's `sh -c` script that moves the shell itself into the job's
-cgroup before the command runs, as the shim does (the report on stdin, then /dev/null)."""
+cgroup before the command runs, as the shim does (its environment from stdin, then /dev/null)."""
+SHIM_ENV: dict[str, str] = {}
+"""The shim's own environment. The job's would be read by the shell and its loader before the
+move (LD_PRELOAD, ENV...): code of the job's, unconfined, that could also write a failed move's
+report, and so have its attempt handed back as the node's fault, uncounted, the node drained."""
+SHELL_SETS = frozenset({"PWD", "IFS", "OPTIND", "PPID"})
+"""Variables the shell sets itself as it starts, whatever its environment says."""
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REASON_MAX = 4096
 """Characters of a reason a result keeps (a program name in one may be long)."""
 SURVIVORS_MAX = 1024
@@ -180,6 +190,28 @@ def _entering(argv: list[str], envelope: dict[str, Any], enter_file: str) -> lis
     return ["/bin/sh", "-c", CGROUP_SHIM, enter_file, *argv]
 
 
+def env_file(env: dict[str, str]) -> int:
+    """A memory file (its descriptor, at its end) of `export` lines the shim sources once moved:
+    the job's environment reaches its command without being in the shim's own environment, nor
+    in any argv (/proc/PID/cmdline is world-readable). Only names a shell can export are
+    written, as a shell would pass on (dash drops the others from its environment too)."""
+    lines = []
+    for k, v in env.items():
+        if "\0" in k or "\0" in v:
+            raise ValueError("embedded null byte")  # as Popen says of an environment
+        if k not in SHELL_SETS and _NAME.fullmatch(k):
+            lines.append(f"export {k}={shlex.quote(v)}\n")
+    fd = os.memfd_create("grid-job-env", os.MFD_CLOEXEC)
+    try:
+        data = "".join(lines).encode("utf-8", "surrogateescape")
+        while data:
+            data = data[os.write(fd, data):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tuple[Result, str | None]:
     """Run the envelope's command to completion (or cancel/timeout), its output into `sink`.
 
@@ -203,24 +235,23 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     # This slot is the subreaper of what its jobs start (agent/usage.py): a child that
     # escaped the job's session becomes a child of ours, one we did not have before.
     before = ctx.children_before if ctx.children_before is not None else proctree.own_children()
-    report: int | None = None  # read end of the shim's report of a failed move into the group
+    report: int | None = None  # the shim's environment file, where it reports a failed move into the group
+    report_at = 0  # where the report starts in it: after the environment
     try:
         if cg is not None:
             _check_program(argv[0], cwd, env)
-            report, report_w = os.pipe()
-            try:
-                proc = subprocess.Popen(
-                    _entering(argv, envelope, str(cg.enter_file)),
-                    cwd=cwd, env=env, stdin=report_w, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    start_new_session=True, close_fds=True,
-                )
-            finally:
-                os.close(report_w)
+            report = env_file(env)
+            report_at = os.lseek(report, 0, os.SEEK_CUR)
+            proc = subprocess.Popen(
+                _entering(argv, envelope, str(cg.enter_file)),
+                cwd=cwd, env=SHIM_ENV, stdin=report, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, close_fds=True,
+            )
         else:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
     except BaseException as e:
-        # Whatever failed, nothing started: the report's read end and the group go back now,
+        # Whatever failed, nothing started: the environment file and the group go back now,
         # or each such job would keep a descriptor and a group for the agent's life.
         if report is not None:
             os.close(report)
@@ -318,7 +349,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
             if not f.closed:
                 f.close()
     rc = proc.wait()
-    not_moved = _moved_report(report) if report is not None else ""
+    not_moved = _moved_report(report, report_at) if report is not None else ""
     # Leftovers of a finished job (background children, escaped or not) are part of the job:
     # end them too, whatever way it ended.
     after = proctree.own_children()
@@ -373,15 +404,12 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
     return _finish(record, sink, ctx, killed_for if killed_for and killed_for != "timeout" else None)
 
 
-def _moved_report(fd: int) -> str:
-    """What the cgroup shim reported on `fd` (read end; closed here): '' when the job was moved
-    into its group, else why not (the error's last part: "Is a directory", "I/O error")."""
+def _moved_report(fd: int, at: int) -> str:
+    """What the cgroup shim reported in its environment file `fd` from offset `at` (closed
+    here): '' when the job was moved into its group, else why not (the error's last part:
+    "Is a directory", "I/O error")."""
     try:
-        os.set_blocking(fd, False)
-        try:
-            raw = os.read(fd, REPORT_MAX)
-        except BlockingIOError:  # open still somewhere (not expected: the job's exec closes it): no report
-            raw = b""
+        raw = os.pread(fd, REPORT_MAX, at)
     finally:
         os.close(fd)
     text = raw.decode("utf-8", "replace").strip()

@@ -4,6 +4,9 @@ node's memory jobs run elsewhere."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from gridcore import keys
@@ -50,3 +53,34 @@ def test_a_node_whose_cgroups_fail_drains_itself_and_its_memory_jobs_run_elsewhe
                 d.rmdir()
             except OSError:
                 pass
+
+
+_FAKE_REPORT = r"""
+#include <unistd.h>
+/* Loaded into every program of the job's env: a failed move's report written to descriptor 0
+   (where the cgroup shim's report goes), whatever the move did. */
+__attribute__((constructor)) static void fake(void) {
+    static const char msg[] = "sh: 1: cannot create cgroup.procs: Is a directory\n";
+    if (write(0, msg, sizeof msg - 1) < 0) return;
+}
+"""
+
+
+@pytest.mark.skipif(have_job_cgroups() is not None, reason=f"no job cgroups here: {have_job_cgroups()}")
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the preloaded library")
+def test_a_jobs_env_cannot_fake_a_failed_move_into_its_cgroup(agents, grid, r, cleanup_jobs, tmp_path):
+    """The cgroup shim runs with a fixed environment of its own: a signer's LD_PRELOAD that
+    writes a failed move's report cannot make its attempt the node's fault (handed back
+    uncounted, the node drained); the job's env reaches its command, and the job runs."""
+    src, lib = tmp_path / "fake.c", tmp_path / "fake.so"
+    src.write_text(_FAKE_REPORT)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
+    jid = grid.submit(JobSpec(command='echo "ran with $LD_PRELOAD"; /bin/true', env={"LD_PRELOAD": str(lib)},
+                              resources=Resources(memory=64 * MB)))
+    cleanup_jobs.append(jid)
+    states = assert_accounted(r, grid, [jid], timeout=30)
+    job = grid.get(jid)
+    assert states[jid] is JobState.FINISHED, (states, job.attempts, r.hget(keys.node("node-a"), "drain_reason"))
+    assert job.stdout == f"ran with {lib}\n" and len(job.attempts) == 1, job.attempts
+    assert r.hget(keys.node("node-a"), "draining") != b"1"

@@ -29,13 +29,13 @@ def slot_groups(monkeypatch):
     return use
 
 
-def _run(r, tmp_path, command: str, memory: int | None):
+def _run(r, tmp_path, command: str, memory: int | None, **envelope):
     job = uuid.uuid4().hex
     ctx = RunContext(job_id=job, node="n1", slot=0, kill_grace=1.0, marker_env={}, broker_time=time.time,
                      cgroup_tag="n1.test.0", run_id=uuid.uuid4().hex)
     sink = OutputSink(r, job, "n1", time.time(), budget=1 << 20, log_dir=tmp_path / "logs", log_cap=1 << 20, ttl=60)
     resources = {"memory": memory} if memory else {}
-    result, outcome = execute({"command": command, "resources": resources}, ctx, sink)
+    result, outcome = execute({"command": command, "resources": resources, **envelope}, ctx, sink)
     return result, outcome
 
 
@@ -74,6 +74,24 @@ def test_a_job_that_enters_its_group_runs_and_keeps_its_descriptors(r, tmp_path,
     entered = [p for p in (tmp_path / "grid-jobs").iterdir() if (p / "tasks").is_file()]
     assert len(entered) == 1 and (entered[0] / "tasks").read_text() == "0\n"
     assert cgs.idle is None  # a plain directory is not fit for reuse; the runner tried to remove it
+
+
+@pytest.mark.parametrize("form", ["command", "argv"])
+def test_a_grouped_jobs_env_reaches_its_command_and_no_argv(r, tmp_path, slot_groups, form):
+    """The shim starts with an environment of its own and sources the job's once moved: the
+    command sees the job's variables (and the shell's own PWD), and no process's argv, readable
+    by anyone in /proc, holds a value."""
+    base = tmp_path / "grid-jobs"
+    base.mkdir()
+    slot_groups(cgroup.JobCgroups(base, v2=False))
+    script = 'printf "%s|%s|%s\\n--\\n" "$TOKEN" "$QUOTED" "$PWD"; tr "\\0" " " </proc/$$/cmdline'
+    env = {"TOKEN": "s3cret-token", "QUOTED": "it's \"a\" $x\nline", "BAD-NAME": "x"}
+    shape = {"argv": ["/bin/sh", "-c", script]} if form == "argv" else {}
+    result, outcome = _run(r, tmp_path, script, 64 * MB, env=env, cwd=str(tmp_path), **shape)
+    assert outcome is None and result.exit_code == 0, result
+    values, cmdline = result.stdout.split("--\n", 1)
+    assert "s3cret" not in cmdline and "BAD-NAME" not in result.stdout, cmdline
+    assert values == f"s3cret-token|it's \"a\" $x\nline|{tmp_path}\n", values
 
 
 def test_a_group_whose_names_are_all_taken_says_why_and_no_earlier_reason(r, tmp_path, slot_groups):
