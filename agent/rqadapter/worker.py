@@ -171,7 +171,11 @@ class GridWorker(SimpleWorker):
         self._beat_queued = None
 
     def maintain_heartbeats(self, job, execution):
-        super().maintain_heartbeats(job, execution)  # its own pipeline, executed (raises if not)
+        try:
+            super().maintain_heartbeats(job, execution)  # its own pipeline, executed (raises if not)
+        except BaseException:
+            self.beat_recorded(False)  # left queued, a later write would count it as written
+            raise
         self.beat_recorded(True)
 
     def idle_beat(self) -> None:

@@ -392,3 +392,22 @@ def test_a_start_that_wrote_nothing_leaves_the_slots_beat_due(settings, r, grid)
     assert grid.state(jid) is JobState.CANCELED and not r.exists(worker.key)
     worker.idle_beat()
     assert r.exists(worker.key)  # beaten: the start's beat was never written
+
+
+def test_a_job_beat_that_failed_is_not_counted_by_a_later_write(settings, grid, r):
+    """RQ's beat during a job (`maintain_heartbeats`) queues the worker's beat on a pipeline that
+    may fail (here its worker key retyped by a broker writer): the beat is dropped, so a later
+    start's script, written without a beat of its own, does not count it as written."""
+    import redis
+
+    from agent.rqadapter.jobs import GridJob
+    from gridcore.models import JobSpec
+    from rq.executions import Execution
+
+    worker = _worker(r, settings)
+    job = GridJob.fetch(grid.submit(JobSpec(command="true")), connection=r)
+    r.rpush(worker.key, "x")
+    with pytest.raises(redis.ResponseError):
+        worker.maintain_heartbeats(job, Execution("e1", job.id, connection=r, worker_name=worker.name))
+    worker.beat_recorded(True)  # a start's script that wrote, with no beat queued on it
+    assert worker.beat_due() and worker._beat_ttl == 0  # never beaten: its idle beat is still due
