@@ -99,6 +99,14 @@ _POP = _GIVE_BACK + _NUDGES + """
 local n = #KEYS - 3
 local t = redis.call('TIME')
 local nudged, passed = nudge_passer(ARGV[7], ARGV[8], ARGV[9], ARGV[6], ARGV[10])
+local kind = redis.call('TYPE', KEYS[n + 2])['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  -- A writer retyped the node's running hash: every pop would fail on it, each after it took a
+  -- job (lost: in no queue, no claim). It holds nothing the grid wrote, so it goes, named in
+  -- the quarantine (as gridcore/quarantine.py heal names what it removes).
+  redis.call('DEL', KEYS[n + 2])
+  redis.pcall('HSET', ARGV[11], KEYS[n + 2], 'a ' .. kind .. ', not the hash the grid keeps there: removed')
+end
 if redis.call('HGET', KEYS[n + 3], 'draining') == '1' then
   -- Jobs back in line; another node's nudge goes on (dropped, its idle slot would sleep on).
   give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5], nudged)
@@ -193,7 +201,7 @@ def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
     """Pop and claim the first job of `queue_keys` (the node queue first) for `worker`."""
     got = _POP_SCRIPT(conn, [keys.node_taking(node), *queue_keys, keys.node_running(node), keys.node(node)],
                       [marker(worker), keys.rq_job_prefix(), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
-                       keys.rq_queue_prefix(), node, NUDGE_PATTERN, NUDGE_HOPS, NUDGE])
+                       keys.rq_queue_prefix(), node, NUDGE_PATTERN, NUDGE_HOPS, NUDGE, keys.QUARANTINE])
     time = (int(got[3]), int(got[4]))
     if int(got[7]) or not got[1]:
         return Popped(time, bool(int(got[7])), None, int(got[8]) if len(got) > 8 else 0)

@@ -10,6 +10,7 @@ name it in the quarantine; the scripts a slot cannot wait for read past it meanw
 from __future__ import annotations
 
 import signal
+import time
 
 import psutil
 import pytest
@@ -206,3 +207,33 @@ def test_a_reclaim_lock_set_without_expiry_stops_no_recovery(settings, grid, use
     signal_node(victim, r, signal.SIGKILL)
     assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED, grid.get(jid)
     assert grid.get(jid).stdout == f"on {survivor}\n"
+
+
+def test_a_pop_heals_its_nodes_running_hash_retyped(grid, r):
+    """A broker writer sets the node's running hash to another type: the pop (empty or not) would
+    fail every time, after it took a job. It holds nothing the grid wrote: the pop removes it,
+    names it in the quarantine, and the node takes jobs again."""
+    r.set(keys.node_running("n1"), "x")
+    queues = [keys.rq_queue(keys.node_queue("n1")), keys.rq_queue("red3")]
+    assert claim.pop(r, "n1", "n1.w.0", queues).taken is None
+    assert r.type(keys.node_running("n1")) in (b"none", b"hash")
+    assert keys.node_running("n1") in " ".join(quarantine.entries(r))
+    jid = grid.submit(JobSpec(command="true", queue="red3"))
+    r.set(keys.node_running("n1"), "x")
+    popped = claim.pop(r, "n1", "n1.w.0", queues)
+    assert popped.taken is not None and popped.taken.job_id == jid
+    assert r.hget(keys.node_running("n1"), jid) == claim.marker("n1.w.0").encode()
+
+
+
+def test_a_node_takes_jobs_again_after_a_writer_retypes_its_running_hash(grid, agents, r):
+    """A real agent, its idle slot's pops (empty, then one that takes a job) past a running hash
+    a broker writer set to a string: the job runs, nothing is lost, the key is named."""
+    agent = agents("node-a", slots=1)
+    r.set(keys.node_running("node-a"), "x")
+    time.sleep(1)  # the idle slot's pops meet it
+    jid = grid.submit(JobSpec(command="echo ran"))
+    assert grid.wait([jid], timeout=30)[jid] is JobState.FINISHED, agent.log.read_text()[-3000:]
+    assert grid.get(jid).stdout == "ran\n"
+    assert keys.node_running("node-a") in " ".join(quarantine.entries(r))
+    assert agent.proc.poll() is None and "Traceback" not in agent.log.read_text()
