@@ -298,7 +298,10 @@ class JobAttempt:
                  "0" if placed_here else "1", claim.marker(self.worker), *expiry],
             )
 
-        if until_broker(once, f"job {self.id}: handing back an unstarted job"):
+        moved, unrefunded = until_broker(once, f"job {self.id}: handing back an unstarted job")
+        if unrefunded:
+            log.warning("job %s: its start's count not given back (%s: %s)", self.id, counter[0], text(unrefunded))
+        if moved:
             log.warning("job %s: not started here; put back at the front of its queue", self.id)
         self.book.forget(self.execution)
 

@@ -186,11 +186,12 @@ REQUEUE_UNSTARTED = Lua(OWNER_FN + REFUND_FN + """
 --       the counter's expiry (agent/verify.py nonce_expiry)
 local id = ARGV[1]
 local owner = owner_of(KEYS[4], id)
+local unrefunded = ''  -- why the count could not go back (a retyped counter), reported by the slot
 if owner ~= nil then
   if owner ~= ARGV[3] then
     -- Another slot runs this job: ours was a second copy; only our claim goes.
     if redis.call('HGET', KEYS[3], id) == ARGV[5] then redis.call('HDEL', KEYS[3], id) end
-    return 0
+    return {0, ''}
   end
   redis.call('HDEL', KEYS[4], id)
   if KEYS[8] then
@@ -198,7 +199,7 @@ if owner ~= nil then
     -- of the envelope, and the command never ran (the slot never learned it may spawn it).
     -- The count goes back with the entry, once (a repeat finds no entry), as a hand-back of
     -- an unrun command gives it back (agent/verify.py refund).
-    refund(KEYS[8], ARGV[6])
+    unrefunded = refund(KEYS[8], ARGV[6]) or ''
   end
 end
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[7], ARGV[2]) end
@@ -206,10 +207,12 @@ redis.call('HDEL', KEYS[3], id)
 redis.call('LREM', KEYS[5], 0, id)
 if ARGV[4] == '1' then redis.call('HDEL', KEYS[6], id) end
 local status = redis.call('HGET', KEYS[2], 'status')
-if (status ~= 'queued' and status ~= 'started') or redis.call('LPOS', KEYS[1], id) then return 0 end
+if (status ~= 'queued' and status ~= 'started') or redis.call('LPOS', KEYS[1], id) then return {0, unrefunded} end
 redis.call('HSET', KEYS[2], 'status', 'queued')
 redis.call('LPUSH', KEYS[1], id)
-return 1
+return {1, unrefunded}
 """)
 """Put a dequeued job that never started back at the front of its queue, once, undoing what
-its start had already written (started registry, running-here entries). Safe to repeat."""
+its start had already written (started registry, running-here entries). Safe to repeat.
+Replies {1 if it went back else 0, why its count could not be given back ('' if it was or
+none was due)}."""

@@ -116,13 +116,17 @@ def refund(pipe, envelope: dict[str, Any]) -> None:
 
 REFUND_FN = """
 local function refund(key, expiry)
-  redis.call('DECR', key)
+  -- pcall: a counter a broker writer retyped must not fail the hand-back it is part of (the job
+  -- would wait for node-loss recovery); nothing is given back, and the error is returned.
+  local r = redis.pcall('DECR', key)
+  if type(r) == 'table' and r.err then return r.err end
   redis.call('EXPIREAT', key, expiry)
+  return nil
 end
 """
 """Lua: `refund`'s two commands, for a script that decides in the same step whether the count
 goes back (guarded.REQUEUE_UNSTARTED: a start whose reply was lost); ARGV-free, its key and the
-envelope's `nonce_expiry` passed in."""
+envelope's `nonce_expiry` passed in. Returns why the count could not go back, or nil."""
 
 
 def judge_attempt(used: int, envelope: dict[str, Any]) -> None:

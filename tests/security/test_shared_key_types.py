@@ -225,7 +225,6 @@ def test_a_pop_heals_its_nodes_running_hash_retyped(grid, r):
     assert r.hget(keys.node_running("n1"), jid) == claim.marker("n1.w.0").encode()
 
 
-
 def test_a_node_takes_jobs_again_after_a_writer_retypes_its_running_hash(grid, agents, r):
     """A real agent, its idle slot's pops (empty, then one that takes a job) past a running hash
     a broker writer set to a string: the job runs, nothing is lost, the key is named."""
@@ -237,3 +236,27 @@ def test_a_node_takes_jobs_again_after_a_writer_retypes_its_running_hash(grid, a
     assert grid.get(jid).stdout == "ran\n"
     assert keys.node_running("node-a") in " ".join(quarantine.entries(r))
     assert agent.proc.poll() is None and "Traceback" not in agent.log.read_text()
+
+
+def test_an_unstarted_give_back_passes_a_retyped_nonce_counter(grid, r):
+    """A start whose reply was lost is handed back with its count given back; a broker writer who
+    retyped the envelope's nonce counter must not fail the hand-back (the job would wait for
+    node-loss recovery): the job is back in its queue, the counter left as it is."""
+    from agent import guarded
+
+    jid = grid.submit(JobSpec(command="true", queue="red4"))
+    queue = keys.rq_queue("red4")
+    assert r.lpop(queue).decode() == jid  # the slot's pop
+    r.hset(keys.rq_job(jid), "status", "started")
+    r.hset(keys.ACTIVE, jid, ActiveEntry(node="n1", slot=0, worker="n1.w.0", started=1).encode())
+    r.hset(keys.node_running("n1"), jid, "0")
+    counter = keys.nonce("feedface")
+    r.rpush(counter, "x")  # the writer's list where the count is
+    moved = guarded.REQUEUE_UNSTARTED(
+        r, [queue, keys.rq_job(jid), keys.node_running("n1"), keys.ACTIVE, queue + ":taken", keys.node_held("n1"),
+            keys.rq_registry("running", "red4"), counter],
+        [jid, "", "n1.w.0", "1", claim.marker("n1.w.0"), str(2**31)])
+    assert moved == [1, b"WRONGTYPE Operation against a key holding the wrong kind of value"]
+    assert [i.decode() for i in r.lrange(queue, 0, -1)] == [jid] and r.hget(keys.rq_job(jid), "status") == b"queued"
+    assert not r.hexists(keys.ACTIVE, jid) and not r.hexists(keys.node_running("n1"), jid)
+    assert r.type(counter) == b"list"
