@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from agent import claim, guarded, metrics, slotnames
+from agent import claim, guarded, metrics, rerun, slotnames
 from agent.journal import Journal, journal_path
 from agent.outage import GaveUp, until_broker
 from agent.output import OutputSink, reply_errors
@@ -179,6 +179,7 @@ class JobAttempt:
         pipe.zadd(keys.node_jobs(self.node), {self.id: now})
         pipe.delete(keys.output(self.id))
         events.emit(pipe, now, "started", job=self.id, node=self.node, message=f"slot {self.slot}")
+        rerun.record(pipe, self.id, meta, self.node, now)  # `meta`: as read before the start cleared lost_on
         args = [*reserve_args(self.id, res, self.gpus, capacity.cpus, capacity.memory), nonce_expiry(envelope),
                 envelope.get("max_attempts") or 1, SPENT, *guarded.packed(self.conn, pipe)]
         self._counting = (keys.nonce(envelope["nonce"]), nonce_expiry(envelope))

@@ -154,7 +154,6 @@ class Performer:
             return
         self.no_room = False
         try:
-            rerun.record(self.conn, attempt.id, meta, self.node, now)
             result, outcome = self._run(attempt, envelope, now)
             self.admission.ended(ticket, now, result, outcome)
             if outcome == runner.NODE_FAULT:

@@ -51,12 +51,12 @@ def others_serving(conn: redis.Redis, node: str, queue: str, now: float) -> list
     return out
 
 
-def record(conn: redis.Redis, job_id: str, meta: JobMeta, node: str, now: float) -> None:
-    """Say where the rerun of a lost job runs: on another node, or again where it was lost."""
+def record(pipe, job_id: str, meta: JobMeta, node: str, now: float) -> None:
+    """Say where the rerun of a lost job runs (on another node, or again where it was lost), on
+    the start's own pipeline: written with the start or not at all. As a write of its own after
+    the start, a broker lost on it left a started attempt to be handed back as unstarted."""
     if meta.lost_on is None:
         return
     where = (f"rerun on {node} after the loss on {meta.lost_on}" if meta.lost_on != node
              else f"rerun on {node}, where it was lost: no other node took it")
-    with conn.pipeline(transaction=False) as pipe:
-        events.emit(pipe, now, "rerun", job=job_id, node=node, message=where)
-        pipe.execute()
+    events.emit(pipe, now, "rerun", job=job_id, node=node, message=where)

@@ -133,3 +133,38 @@ def test_a_start_whose_reply_was_lost_gives_its_attempt_back(broker, r, grid, se
         assert job.stdout == "ran\n" and [a.get("reason") for a in job.attempts] == [None]
     finally:
         proxy.close()
+
+
+def test_a_rerun_whose_link_drops_right_after_its_start_runs_once_counted_once(broker, r, grid, settings):
+    """A lost job's rerun starts on n1 (the start ran, its attempt counted, the journal holds
+    it) and the link drops on the `rerun` event's write: the job must not be handed back as
+    unstarted while its start stands counted. Handed back, it is uncounted; it runs once."""
+    import json
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from gridcore import keys
+    from tests.engine.test_reconcile import _slot, _take
+
+    jid = grid.submit(JobSpec(command="echo ran", retries=0))
+    meta = json.loads(r.hget(keys.rq_job(jid), "meta"))
+    meta.update(lost_on="n0", lost_at=grid.broker_time() - 100)  # as node-loss recovery left it, long ago
+    r.hset(keys.rq_job(jid), "meta", json.dumps(meta))
+    # The reply to what carries the event: a write of its own (an XADD's id), or a start that ran.
+    proxy = ReplyDropper(broker.port, b"rerun on n1", lambda reply: reply.startswith(b"$") or _started(reply))
+    try:
+        cut = redis.Redis(host="127.0.0.1", port=proxy.port, password=broker.password, retry=Retry(NoBackoff(), 0))
+        slot = _slot(cut, settings, "n1")
+        slot.perform(*_take(r, slot, "default"))
+        assert proxy.dropped
+        [counter] = r.keys(keys.nonce("*"))
+        assert grid.state(jid) is JobState.QUEUED and r.get(counter) == b"0", r.get(counter)  # handed back uncounted
+        slot.perform(*_take(r, slot, "default"))
+        job = grid.get(jid)
+        assert grid.state(jid) is JobState.FINISHED and job.stdout == "ran\n", job.attempts
+        assert [a.get("reason") for a in job.attempts] == [None], job.attempts
+        assert [e.kind for e in grid.events(count=100) if e.job == jid].count("rerun") == 1
+    finally:
+        proxy.close()
