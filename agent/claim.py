@@ -37,7 +37,7 @@ from agent.lua import Lua
 from gridcore import keys
 from gridcore.placing import NUDGE, NUDGE_HOPS, NUDGE_PATTERN
 from gridcore.priority import PUT_BACK
-from gridcore.records import ActiveEntry, CorruptRecord, RunningEntry, lenient
+from gridcore.records import NODE_DRAINING, ActiveEntry, CorruptRecord, RunningEntry, lenient
 
 _GIVE_BACK = PUT_BACK + """
 local function hash_read(cmd, key, ...)
@@ -107,7 +107,7 @@ if kind ~= 'hash' and kind ~= 'none' then
   redis.call('DEL', KEYS[n + 2])
   redis.pcall('HSET', ARGV[11], KEYS[n + 2], 'a ' .. kind .. ', not the hash the grid keeps there: removed')
 end
-if redis.call('HGET', KEYS[n + 3], 'draining') == '1' then
+if redis.call('HGET', KEYS[n + 3], '""" + NODE_DRAINING + """') == '1' then
   -- Jobs back in line; another node's nudge goes on (dropped, its idle slot would sleep on).
   give_back(KEYS[1], ARGV[2], ARGV[6], ARGV[5], nudged)
   return passed({'', '', {}, t[1], t[2], '', 0, 1})

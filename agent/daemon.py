@@ -31,7 +31,7 @@ from agent.pulse import Pulse, silence_limit
 from agent.wakeup import Wakeup
 from gridcore import events, keys, nodekeys, quarantine
 from gridcore.connection import connect, resolve_url
-from gridcore.records import CorruptRecord, Inventory, Load, NodeRecord
+from gridcore.records import NODE_DRAINING, NODE_SLOTS, CorruptRecord, Inventory, Load, NodeRecord
 from gridcore.settings import Settings, data_dir
 from gridcore.version import package_version
 
@@ -45,7 +45,7 @@ BROKER_SOCKET_TIMEOUT = 10.0
 """Seconds the agent waits on one broker reply, so a cut network can't freeze supervision."""
 
 
-BEAT_FIELDS = ("load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
+BEAT_FIELDS = ("load", NODE_SLOTS, "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
                "version")
 """The node hash's fields an ordinary heartbeat rewrites, besides `beat`."""
 
@@ -372,7 +372,7 @@ class Agent:
         self._beat_anchor = (now, time.monotonic())
         prev = _float(last)
         record = self.node_record(started=now if first else None, beat=now)
-        names = ["load", "slots", "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
+        names = ["load", NODE_SLOTS, "hb_interval", "node_timeout", "agent_pid", "agent_id", "hostname", "queues",
                  "version", "beat"]
         if first:
             names += ["inventory", "started", "ready"]
@@ -386,7 +386,7 @@ class Agent:
             pipe.zadd(keys.NODES, {self.node: now})
             pipe.hset(keys.node(self.node), mapping=fields)
             if first or self.republish:
-                pipe.hsetnx(keys.node(self.node), "draining", "0")
+                pipe.hsetnx(keys.node(self.node), NODE_DRAINING, "0")
             if first:
                 kind = "node_joined" if prev is None else "node_back"
                 events.emit(pipe, now, kind, node=self.node,
@@ -555,7 +555,7 @@ class Agent:
             with self.conn.pipeline(transaction=False) as pipe:
                 # An orderly exit is not a node loss: the heartbeat aged past the timeout.
                 aged = now - self.cfg.node_timeout - 1
-                pipe.hset(keys.node(self.node), mapping=_pick(NodeRecord(beat=aged), "ready", "slots", "beat"))
+                pipe.hset(keys.node(self.node), mapping=_pick(NodeRecord(beat=aged), "ready", NODE_SLOTS, "beat"))
                 pipe.zadd(keys.NODES, {self.node: aged})
                 events.emit(pipe, now, "node_left", node=self.node, message="agent stopped")
                 pipe.execute()

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from gridcore import keys
+from gridcore.records import NODE_DRAINING, NODE_SLOTS, NodeRecord
 from gridcore.version import package_version
 
 log = logging.getLogger("grid.metrics")
@@ -112,7 +113,7 @@ class NodeCollector:
                                labels=["node"])
         try:
             with self.conn.pipeline(transaction=False) as pipe:
-                pipe.hmget(keys.node(self.node), ["slots", "draining"])
+                pipe.hmget(keys.node(self.node), [NODE_SLOTS, NODE_DRAINING])
                 pipe.hlen(keys.node_running(self.node))
                 (slots, draining), busy = pipe.execute()
         except redis.RedisError:
@@ -123,7 +124,7 @@ class NodeCollector:
         yield up
         for name, doc, value in (("grid_node_slots", "Worker slots of this node.", int(slots or 0)),
                                  ("grid_node_slots_busy", "Slots running (or starting) a job.", busy),
-                                 ("grid_node_draining", "1 while the node takes no new jobs.", int(draining == b"1"))):
+                                 ("grid_node_draining", "1 while the node takes no new jobs.", int(NodeRecord.draining_read(draining)))):
             g = GaugeMetricFamily(name, doc, labels=["node"])
             g.add_metric([self.node], value)
             yield g

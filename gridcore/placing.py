@@ -27,7 +27,7 @@ from gridcore.models import Node, NodeState, Resources
 from gridcore.placement import Committed, Fit, choose_node, explain
 from gridcore.quarantine import heal
 from gridcore.reads import Reads
-from gridcore.records import NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
+from gridcore.records import NODE_DRAINING, NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
 from gridcore.reservations import RESERVE_FN, Corrupt, Reservations, reserve_args, wake
 from gridcore.views import node_view
 
@@ -54,7 +54,7 @@ PLACE = RESERVE_FN + """
 -- an operator, or by itself on a fault), or gone down. Checked here, in the step that places, a
 -- job never lands in the queue of a node that takes nothing until resumed.
 local function closed(node)
-  local f = redis.call('HMGET', node, 'draining', 'beat', 'node_timeout')
+  local f = redis.call('HMGET', node, '""" + NODE_DRAINING + """', 'beat', 'node_timeout')
   if f[1] == '1' then return true end
   local beat, timeout = tonumber(f[2]), tonumber(f[3])
   if beat == nil or timeout == nil then return false end  -- an agent of an earlier version: no beat

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 from gridcore import keys
 from gridcore.models import RQ_TO_STATE, Job, JobState, Node, NodeState, node_state
-from gridcore.records import Attempt, CorruptRecord, JobMeta, NodeRecord, Result, salvage, text
+from gridcore.records import NODE_DRAINING, Attempt, CorruptRecord, JobMeta, NodeRecord, Result, salvage, text
 from gridcore.signedview import Signed, disagreements, signed_params
 
 JOB_FIELDS = ("status", "origin", "meta", "description", "retries_left")
 """The fields of RQ's job hash a `Job` is made of."""
 
-STATE_FIELDS = ("hb_interval", "node_timeout", "draining", "beat", "agent_id")
+STATE_FIELDS = ("hb_interval", "node_timeout", NODE_DRAINING, "beat", "agent_id")
 """The node hash fields its state needs besides the heartbeat age."""
 
 

@@ -87,7 +87,7 @@ class NodeRecord:
     def encode(self) -> dict[str, str]:
         """The heartbeat's fields (without `draining`, which operators set)."""
         return {
-            "inventory": self.inventory.encode(), "load": self.load.encode(), "slots": str(self.slots),
+            "inventory": self.inventory.encode(), "load": self.load.encode(), NODE_SLOTS: str(self.slots),
             "hb_interval": repr(self.hb_interval), "node_timeout": repr(self.node_timeout),
             "agent_pid": "" if self.agent_pid is None else str(self.agent_pid), "agent_id": self.agent_id or "",
             "hostname": self.hostname or "", "queues": json.dumps(list(self.queues)),
@@ -106,7 +106,7 @@ class NodeRecord:
         load = lenient(Load, h.get("load") or None, f"{key} load", problems)
         if load is not None:
             out["load"] = load
-        for name, conv in (("slots", _count), ("hb_interval", _positive), ("node_timeout", _positive),
+        for name, conv in ((NODE_SLOTS, _count), ("hb_interval", _positive), ("node_timeout", _positive),
                            ("agent_pid", _count), ("started", _positive), ("beat", _positive)):
             raw = h.get(name)
             if raw in (None, ""):
@@ -125,7 +125,7 @@ class NodeRecord:
                 problems.append(str(CorruptRecord(key, "queues", "not a JSON list of names")))
             else:
                 out["queues"] = tuple(str(q)[:256] for q in queues[:256])
-        out["draining"] = h.get("draining") == "1"
+        out["draining"] = h.get(NODE_DRAINING) == "1"
         return cls(**out, problems=tuple(problems))
 
     def age(self, now: float, registered: float | None = None) -> float | None:
