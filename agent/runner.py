@@ -42,6 +42,11 @@ REPORT_MAX = 4096
 CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\nexec </dev/null\n'
 """The first lines of a shell command's `sh -c` script that moves the shell itself into the job's
 cgroup before the command runs, as the shim does (the report on stdin, then /dev/null)."""
+GATE = 'IFS= read -r GRID_JOB_ATTEMPT || exit 1\nexport GRID_JOB_ATTEMPT\nexec </dev/null\n'
+"""The first lines of a held shell command's `sh -c` script (`hold`): the shell waits on its
+stdin, the gate pipe, for its attempt's number, which the slot writes only once the start is
+recorded; at end of file (a refused start, or the slot gone) it exits and the command never
+runs. Then stdin is /dev/null, as every job's is."""
 REASON_MAX = 4096
 """Characters of a reason a result keeps (a program name in one may be long)."""
 SURVIVORS_MAX = 1024
@@ -180,19 +185,105 @@ def _entering(argv: list[str], envelope: dict[str, Any], enter_file: str) -> lis
     return ["/bin/sh", "-c", CGROUP_SHIM, enter_file, *argv]
 
 
-def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tuple[Result, str | None]:
-    """Run the envelope's command to completion (or cancel/timeout), its output into `sink`.
+@dataclass
+class Held:
+    """A job's shell, forked while its start is being recorded and held at the gate (GATE)
+    until `execute` releases it: the fork and the shell's own start-up run while the start's
+    script runs in the broker, off the job's path. `before`: the slot's children before it."""
+
+    proc: subprocess.Popen
+    gate: int  # write end of the shell's stdin
+    before: set[int]
+
+    def release(self, attempt: int) -> None:
+        """Let the command run, as attempt `attempt` of its envelope."""
+        try:
+            os.write(self.gate, b"%d\n" % attempt)
+        except OSError:
+            pass  # the shell is gone already (killed from outside): its exit is the job's
+        finally:
+            self._close_gate()
+
+    @property
+    def waiting(self) -> bool:
+        """Neither released nor ended yet."""
+        return self.gate >= 0
+
+    def abort(self) -> None:
+        """The start was refused (or not sent): the shell ends without running the command."""
+        if not self.waiting:
+            return
+        self._close_gate()  # end of file at the gate: the shell exits, even if the kill failed
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None and not f.closed:
+                f.close()
+
+    def _close_gate(self) -> None:
+        if self.gate >= 0:
+            os.close(self.gate)
+            self.gate = -1
+
+
+def holdable(envelope: dict[str, Any]) -> bool:
+    """Whether a job's command can be forked before its start is recorded (`hold`): a shell
+    command with no memory limit (a limited one enters its cgroup first; an argv job would need
+    a shim's exec more, about as much as it saves)."""
+    return not envelope.get("argv") and isinstance(envelope.get("command"), str) and not _memory_limit(envelope)
+
+
+def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
+    """Fork a `holdable` job's shell, held at its gate; None if it cannot be forked (the
+    ordinary start then reports why, after the start is recorded)."""
+    before = proctree.own_children()
+    env = build_env(envelope, ctx)
+    env.pop("GRID_JOB_ATTEMPT", None)  # not known before the start: the gate gives it
+    gate_r, gate_w = os.pipe()
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", GATE + envelope["command"]], cwd=envelope.get("cwd") or None,
+                                env=env, stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, close_fds=True)
+    except Exception:  # noqa: BLE001 - a bad cwd, a NUL byte: reported by the ordinary start
+        os.close(gate_w)
+        return None
+    finally:
+        os.close(gate_r)
+    return Held(proc, gate_w, before)
+
+
+def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
+            held: Held | None = None) -> tuple[Result, str | None]:
+    """Run the envelope's command to completion (or cancel/timeout), its output into `sink`;
+    `held`: its shell, forked by `hold`, released here (or ended unreleased if the job was
+    stopped before it ran).
 
     Returns the result record and why the job was stopped when that is not a job failure
     (canceled, shutdown, fenced), else None.
     """
     argv = envelope.get("argv") or ["/bin/sh", "-c", envelope["command"]]
-    timeout = envelope.get("timeout")
     cwd = envelope.get("cwd") or None
     limit = _memory_limit(envelope)
     start = ctx.broker_time()
     t0 = time.monotonic()
     record: dict[str, Any] = {"node": ctx.node, "slot": ctx.slot, "start": start}
+    if ctx.cancel.is_set():
+        # Stopped before its command ran (canceled at its start, shutdown): it never runs, not
+        # even for the moment a kill takes to land.
+        if held is not None:
+            held.abort()
+        stopped = ctx.stop_reason[0] if ctx.stop_reason else "canceled"
+        end = ctx.broker_time()
+        record.update(exit_code=None, signal=None, reason=stopped, end=end,
+                      reason_kind="canceled" if stopped == "canceled" else None,
+                      duration=max(0.0, round(end - start, 6)))
+        return _finish(record, sink, ctx, stopped)
+    if held is not None:
+        held.release(ctx.attempt)
+        return _watch(envelope, ctx, sink, held.proc, None, None, None, held.before, record, start, t0)
     env = build_env(envelope, ctx)
     # A group costs a job about a millisecond (the shim's exec, the group's files; see
     # bench/cgroup_steps.py), a lot next to a short job: only a job with a memory limit gets one.
@@ -239,7 +330,15 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         record.update(exit_code=127, signal=None, reason=msg, reason_kind="exit", end=end,
                       duration=max(0.0, round(end - start, 6)))
         return _finish(record, sink, ctx, None)
+    return _watch(envelope, ctx, sink, proc, cg, cgroups, report, before, record, start, t0)
 
+
+def _watch(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink, proc: subprocess.Popen,
+           cg: cgroup.JobCgroup | None, cgroups: cgroup.JobCgroups | None, report: int | None, before: set[int],
+           record: dict[str, Any], start: float, t0: float) -> tuple[Result, str | None]:
+    """The running job, from its start to its result: its output, cancel and timeout, its end."""
+    timeout = envelope.get("timeout")
+    limit = _memory_limit(envelope)
     log.info("started: pid %d, slot %d, attempt %d", proc.pid, ctx.slot, ctx.attempt, extra={"job": ctx.job_id})
     # Most jobs in a big sweep end within milliseconds; their output goes out with the end
     # record. The flusher thread costs a few ms to start and join, so it starts only once a
