@@ -208,7 +208,7 @@ class Performer:
         elif self.orphaned.is_set():  # the agent went silent while this job was being started
             self.stop_reason.append(ORPHANED)
             self.cancel_event.set()
-        if attempt.canceled_at_start:  # canceled while it was being taken: started only to end at once
+        if attempt.canceled_at_start:  # canceled while it was being taken: ended at once, its command not run
             self.stop_reason.append("canceled")
             self.cancel_event.set()
         agent = self.settings.agent

@@ -6,7 +6,8 @@ each contender. Prints a table and, last, one JSON object with every figure.
 Submit->start latency is measured for every contender the same way, from RQ's `enqueued_at`
 to RQ's `started_at` on an idle grid, one job at a time; for the agent also from the start of
 the `Grid.submit` call (before the envelope is signed) to the job's process start (the slot's
-stamp, just before its spawn), and to the command itself running (`date +%s.%N`, its own clock:
+stamp, just before it spawns the command or releases its shell held at the gate: agent/runner.py
+`hold`), and to the command itself running (`date +%s.%N`, its own clock:
 the spawn counted, for Celery as well).
 
 Then the placement paths (bench/placement_paths.py): jobs with a memory request, a label or
