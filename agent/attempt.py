@@ -150,11 +150,14 @@ class JobAttempt:
 
     # ---- start --------------------------------------------------------------------------
 
-    def start(self, envelope: dict[str, Any], now: float, capacity: Capacity) -> bool:
+    def start(self, envelope: dict[str, Any], now: float, capacity: Capacity,
+              meanwhile: Callable[[], None] | None = None) -> bool:
         """Hold the job's resources, count the attempt and mark it started, in one script.
 
         False when the node has no room for it now (nothing written); raises Refused for a
         replayed envelope. RQ's start records are recorded for the script by the RQBook.
+        `meanwhile` is called once the attempt's run id is known, while the broker runs the
+        script (the slot forks the job's held shell then: agent/runner.py `hold`).
         """
         res = Resources.from_dict(envelope.get("resources"))
         meta = self.meta
@@ -186,7 +189,7 @@ class JobAttempt:
         try:
             ok, used, errs, canceled = guarded.START(
                 self.conn, [keys.node_held(self.node), keys.nonce(envelope["nonce"]), keys.cancel(self.id),
-                            keys.rq_job(self.id)], args)
+                            keys.rq_job(self.id)], args, meanwhile)
         except BaseException:
             self.book.start_written(False)  # unknown: the slot's beat is due again (a beat more at worst)
             raise

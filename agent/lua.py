@@ -22,7 +22,7 @@ import hashlib
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -67,12 +67,15 @@ def _drop(pool: Any, conn: Any) -> None:
     pool.release(conn)
 
 
-def _run(client: redis.Redis, *args: Any, resend: bool = True) -> Any:
+def _run(client: redis.Redis, *args: Any, resend: bool = True, meanwhile: Callable[[], None] | None = None) -> Any:
     if getattr(client, "connection", None) is not None:  # a single-connection client: its own
+        if meanwhile is not None:
+            meanwhile()
         return client.execute_command(*args)
     pool = client.connection_pool
     conn: Any = None
     sent = False
+    pending = [meanwhile] if meanwhile is not None else []
 
     def once() -> Any:
         nonlocal conn, sent
@@ -80,6 +83,8 @@ def _run(client: redis.Redis, *args: Any, resend: bool = True) -> Any:
         conn = _connection(pool)
         conn.send_command(*args)
         sent = True
+        while pending:  # once, after the first send that went out
+            pending.pop()()
         return conn.read_response()
 
     def failed(error: Exception | None) -> None:
@@ -123,9 +128,12 @@ class Lua:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
         self.resend = resend
 
-    def __call__(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def __call__(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any],
+                 meanwhile: Callable[[], None] | None = None) -> Any:
+        """The script's reply; `meanwhile` is called once, while the broker runs it (after it
+        was sent, before its reply is read)."""
         try:
-            return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend)
+            return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend, meanwhile=meanwhile)
         except NoScriptError:
             _run(client, "SCRIPT", "LOAD", self.text)
             return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend)

@@ -123,11 +123,18 @@ class Performer:
             envelope, _signer = self.gate.verify(attempt.job, now, taken.active if taken is not None else ...)
             ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
             started = False
+            held: list[runner.Held | None] = []
+
+            def fork() -> None:  # the job's shell starts up while the start's script runs
+                held.append(runner.hold(envelope, self._context(attempt)))
+
             try:
-                started = attempt.start(envelope, now, self.capacity)
+                started = attempt.start(envelope, now, self.capacity, fork if runner.holdable(envelope) else None)
             finally:
                 if not started:
                     self.admission.withdraw(ticket)
+                    if held and held[0] is not None:
+                        held[0].abort()  # refused, canceled, no room, or the broker away: never run
         except EarlierStartRunning as e:
             log.info("job %s: not yet: %s", attempt.id, e)
             attempt.put_back()  # its stale copy's slot kills that copy by its attempt (agent/runner.py)
@@ -154,7 +161,7 @@ class Performer:
             return
         self.no_room = False
         try:
-            result, outcome = self._run(attempt, envelope, now)
+            result, outcome = self._run(attempt, envelope, now, held[0] if held else None)
             self.admission.ended(ticket, now, result, outcome)
             if outcome == runner.NODE_FAULT:
                 # After the journal has the start's end: a move the broker refuses (it may, out
@@ -163,29 +170,19 @@ class Performer:
             if attempt.places_next:
                 self._place_next(attempt.meta.group)
         finally:
+            if held and held[0] is not None:
+                held[0].abort()  # still at its gate if something failed before its release
             self.busy = False
             self.book.idle()
 
-    def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float) -> tuple[Result, str | None]:
-        self.busy = True
-        self.cancel_event.clear()
-        self.stop_reason.clear()
-        if self.cold:  # a cold stop that came before `busy` was set
-            self.stop_reason.append("shutdown")
-            self.cancel_event.set()
-        elif self.orphaned.is_set():  # the agent went silent while this job was being started
-            self.stop_reason.append(ORPHANED)
-            self.cancel_event.set()
-        if attempt.canceled_at_start:  # canceled while it was being taken: started only to end at once
-            self.stop_reason.append("canceled")
-            self.cancel_event.set()
-        agent = self.settings.agent
+    def _context(self, attempt: JobAttempt) -> runner.RunContext:
+        """What the runner needs of the slot for this attempt (its number is set once started)."""
         gpus = attempt.gpus
-        ctx = runner.RunContext(
+        return runner.RunContext(
             job_id=attempt.id,
             node=self.node,
             slot=self.slot,
-            kill_grace=agent.kill_grace,
+            kill_grace=self.settings.agent.kill_grace,
             marker_env=self.marker_env,
             broker_time=self.clock.now,
             heartbeat=attempt.beat,
@@ -198,12 +195,31 @@ class Performer:
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )
+
+    def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float,
+             held: runner.Held | None = None) -> tuple[Result, str | None]:
+        self.busy = True
+        self.cancel_event.clear()
+        self.stop_reason.clear()
+        if self.cold:  # a cold stop that came before `busy` was set
+            self.stop_reason.append("shutdown")
+            self.cancel_event.set()
+        elif self.orphaned.is_set():  # the agent went silent while this job was being started
+            self.stop_reason.append(ORPHANED)
+            self.cancel_event.set()
+        if attempt.canceled_at_start:  # canceled while it was being taken: ended at once, its command not run
+            self.stop_reason.append("canceled")
+            self.cancel_event.set()
+        agent = self.settings.agent
+        ctx = self._context(attempt)
         sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.log_dir, log_cap=agent.log_cap)
-        meter = usage.Meter(gpus)  # what the attempt uses, measured until its tree is gone
+        # What the attempt uses, measured until its tree is gone; a held shell's slot children
+        # were read before its fork.
+        meter = usage.Meter(attempt.gpus, before=held.before if held is not None else None)
         if meter.walk:  # one read of the slot's children for both (where /proc lists them)
             ctx.children_before = meter.before
         try:
-            result, outcome = runner.execute(envelope, ctx, sink)
+            result, outcome = runner.execute(envelope, ctx, sink, held)
         except Exception as e:  # noqa: BLE001 - an agent bug fails the job, loudly, not the slot
             log.exception("job %s: runner error", attempt.id)
             end = self.clock.now()

@@ -35,7 +35,7 @@ log = logging.getLogger("grid.runner")
 READ_SIZE = 64 * 1024
 CGROUP_SHIM = '{ echo 0 > "$0"; } 2>&0 || exit 1; . /dev/fd/0; exec "$@" </dev/null'
 """`sh -c` script that moves itself into the job's cgroup (`$0`: JobCgroup.enter_file), then
-becomes the job. It starts with SHIM_ENV, not the job's environment: its stdin is the job's
+becomes the job. It starts with `shim_env`, not the job's environment: its stdin is the job's
 environment file (env_file), which it sources only once moved, and a failed move's report is
 written there after it (dash takes only descriptors 0-9 in a redirection; the job gets
 /dev/null as every job does): a failed move is not run, since unconfined it would run past the
@@ -45,13 +45,30 @@ REPORT_MAX = 4096
 CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\n. /dev/fd/0; exec </dev/null\n'
 """The first lines of a shell command's `sh -c` script that moves the shell itself into the job's
 cgroup before the command runs, as the shim does (its environment from stdin, then /dev/null)."""
-SHIM_ENV: dict[str, str] = {}
-"""The shim's own environment. The job's would be read by the shell and its loader before the
-move (LD_PRELOAD, ENV...): code of the job's, unconfined, that could also write a failed move's
-report, and so have its attempt handed back as the node's fault, uncounted, the node drained."""
+def shim_env(ctx: RunContext) -> dict[str, str]:
+    """The environment a shell starts with before it has the job's (the cgroup shim, a held
+    shell): the attempt's marker variables alone, the grid's own values, so that the shell is
+    found by its attempt as every process of the job is (agent/proctree.py). The job's would be
+    read by the shell and its loader before the move or the start (LD_PRELOAD, ENV...): code of
+    the job's, run unconfined, or for a start that is then refused (a replayed envelope, a
+    cancel), and one that could write a failed move's report, and so have its attempt handed
+    back as the node's fault, uncounted, the node drained."""
+    return {**ctx.marker_env, **proctree.attempt_marker(ctx.job_id, ctx.run_id), proctree.ENV_WORKER: ctx.worker}
+
+
 SHELL_SETS = frozenset({"PWD", "IFS", "OPTIND", "PPID"})
 """Variables the shell sets itself as it starts, whatever its environment says."""
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+GATE_OPEN = "GRID_GATE_OPEN"
+"""The shell variable (not exported) the gate's last line sets: the shell runs the command only
+once it has read all of what the slot writes at the release."""
+GATE = f'. /dev/fd/0 || exit 1\n[ "${{{GATE_OPEN}-}}" = 1 ] || exit 1\nunset {GATE_OPEN}\nexec </dev/null\n'
+"""The first lines of a held shell command's `sh -c` script (`hold`). The shell starts with
+`shim_env`, and waits on its stdin, the gate pipe, for the job's environment (its attempt's number
+in it), which the slot writes only once the start is recorded, then closes. Nothing of the job's
+(its LD_PRELOAD, its commands) runs before that: a start refused (a replayed envelope, a cancel,
+no room) or a slot gone closes the gate with nothing written, and the shell exits. Then stdin is
+/dev/null, as every job's is."""
 REASON_MAX = 4096
 """Characters of a reason a result keeps (a program name in one may be long)."""
 SURVIVORS_MAX = 1024
@@ -190,20 +207,26 @@ def _entering(argv: list[str], envelope: dict[str, Any], enter_file: str) -> lis
     return ["/bin/sh", "-c", CGROUP_SHIM, enter_file, *argv]
 
 
-def env_file(env: dict[str, str]) -> int:
-    """A memory file (its descriptor, at its end) of `export` lines the shim sources once moved:
-    the job's environment reaches its command without being in the shim's own environment, nor
-    in any argv (/proc/PID/cmdline is world-readable). Only names a shell can export are
-    written, as a shell would pass on (dash drops the others from its environment too)."""
+def env_lines(env: dict[str, str]) -> bytes:
+    """`env` as the `export` lines a shell sources (the cgroup shim's environment file, a held
+    shell's gate). Only names a shell can export are written, as a shell would pass on (dash
+    drops the others from its environment too); the gate's own variable never comes from a job."""
     lines = []
     for k, v in env.items():
         if "\0" in k or "\0" in v:
             raise ValueError("embedded null byte")  # as Popen says of an environment
-        if k not in SHELL_SETS and _NAME.fullmatch(k):
+        if k not in SHELL_SETS and k != GATE_OPEN and _NAME.fullmatch(k):
             lines.append(f"export {k}={shlex.quote(v)}\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+def env_file(env: dict[str, str]) -> int:
+    """A memory file (its descriptor, at its end) of `export` lines the shim sources once moved:
+    the job's environment reaches its command without being in the shim's own environment, nor
+    in any argv (/proc/PID/cmdline is world-readable)."""
+    data = env_lines(env)
     fd = os.memfd_create("grid-job-env", os.MFD_CLOEXEC)
     try:
-        data = "".join(lines).encode("utf-8", "surrogateescape")
         while data:
             data = data[os.write(fd, data):]
     except BaseException:
@@ -212,19 +235,108 @@ def env_file(env: dict[str, str]) -> int:
     return fd
 
 
-def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tuple[Result, str | None]:
-    """Run the envelope's command to completion (or cancel/timeout), its output into `sink`.
+@dataclass
+class Held:
+    """A job's shell, forked while its start is being recorded and held at the gate (GATE)
+    until `execute` releases it: the fork and the shell's own start-up run while the start's
+    script runs in the broker, off the job's path. `before`: the slot's children before it."""
+
+    proc: subprocess.Popen
+    gate: int  # write end of the shell's stdin
+    before: set[int]
+    env: dict[str, str]  # the job's, all but its attempt's number
+
+    def release(self, attempt: int) -> None:
+        """Let the command run, as attempt `attempt` of its envelope."""
+        data = env_lines({**self.env, "GRID_JOB_ATTEMPT": str(attempt)}) + f"{GATE_OPEN}=1\n".encode()
+        try:
+            while data:  # more than a pipe holds: the shell reads as it is written
+                data = data[os.write(self.gate, data):]
+        except OSError:
+            pass  # the shell is gone already (killed from outside): its exit is the job's
+        finally:
+            self._close_gate()
+
+    @property
+    def waiting(self) -> bool:
+        """Neither released nor ended yet."""
+        return self.gate >= 0
+
+    def abort(self) -> None:
+        """The start was refused (or not sent): the shell ends without running the command."""
+        if not self.waiting:
+            return
+        self._close_gate()  # end of file at the gate: the shell exits, even if the kill failed
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None and not f.closed:
+                f.close()
+
+    def _close_gate(self) -> None:
+        if self.gate >= 0:
+            os.close(self.gate)
+            self.gate = -1
+
+
+def holdable(envelope: dict[str, Any]) -> bool:
+    """Whether a job's command can be forked before its start is recorded (`hold`): a shell
+    command with no memory limit (a limited one enters its cgroup first; an argv job would need
+    a shim's exec more, about as much as it saves)."""
+    return not envelope.get("argv") and isinstance(envelope.get("command"), str) and not _memory_limit(envelope)
+
+
+def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
+    """Fork a `holdable` job's shell, held at its gate; None if it cannot be forked (the
+    ordinary start then reports why, after the start is recorded)."""
+    before = proctree.own_children()
+    env = build_env(envelope, ctx)
+    env.pop("GRID_JOB_ATTEMPT", None)  # not known before the start: the gate gives it
+    gate_r, gate_w = os.pipe()
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", GATE + envelope["command"]], cwd=envelope.get("cwd") or None,
+                                env=shim_env(ctx), stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, close_fds=True)
+    except Exception:  # noqa: BLE001 - a bad cwd, a NUL byte: reported by the ordinary start
+        os.close(gate_w)
+        return None
+    finally:
+        os.close(gate_r)
+    return Held(proc, gate_w, before, env)
+
+
+def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
+            held: Held | None = None) -> tuple[Result, str | None]:
+    """Run the envelope's command to completion (or cancel/timeout), its output into `sink`;
+    `held`: its shell, forked by `hold`, released here (or ended unreleased if the job was
+    stopped before it ran).
 
     Returns the result record and why the job was stopped when that is not a job failure
     (canceled, shutdown, fenced), else None.
     """
     argv = envelope.get("argv") or ["/bin/sh", "-c", envelope["command"]]
-    timeout = envelope.get("timeout")
     cwd = envelope.get("cwd") or None
     limit = _memory_limit(envelope)
     start = ctx.broker_time()
     t0 = time.monotonic()
     record: dict[str, Any] = {"node": ctx.node, "slot": ctx.slot, "start": start}
+    if ctx.cancel.is_set():
+        # Stopped before its command ran (canceled at its start, shutdown): it never runs, not
+        # even for the moment a kill takes to land.
+        if held is not None:
+            held.abort()
+        stopped = ctx.stop_reason[0] if ctx.stop_reason else "canceled"
+        end = ctx.broker_time()
+        record.update(exit_code=None, signal=None, reason=stopped, end=end,
+                      reason_kind="canceled" if stopped == "canceled" else None,
+                      duration=max(0.0, round(end - start, 6)))
+        return _finish(record, sink, ctx, stopped)
+    if held is not None:
+        held.release(ctx.attempt)
+        return _watch(envelope, ctx, sink, held.proc, None, None, None, held.before, record, start, t0)
     env = build_env(envelope, ctx)
     # A group costs a job about a millisecond (the shim's exec, the group's files; see
     # bench/cgroup_steps.py), a lot next to a short job: only a job with a memory limit gets one.
@@ -244,7 +356,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
             report_at = os.lseek(report, 0, os.SEEK_CUR)
             proc = subprocess.Popen(
                 _entering(argv, envelope, str(cg.enter_file)),
-                cwd=cwd, env=SHIM_ENV, stdin=report, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=cwd, env=shim_env(ctx), stdin=report, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, close_fds=True,
             )
         else:
@@ -270,7 +382,17 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
         record.update(exit_code=127, signal=None, reason=msg, reason_kind="exit", end=end,
                       duration=max(0.0, round(end - start, 6)))
         return _finish(record, sink, ctx, None)
+    return _watch(envelope, ctx, sink, proc, cg, cgroups, (report, report_at) if report is not None else None,
+                  before, record, start, t0)
 
+
+def _watch(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink, proc: subprocess.Popen,
+           cg: cgroup.JobCgroup | None, cgroups: cgroup.JobCgroups | None, report: tuple[int, int] | None,
+           before: set[int], record: dict[str, Any], start: float, t0: float) -> tuple[Result, str | None]:
+    """The running job, from its start to its result: its output, cancel and timeout, its end.
+    `report`: the cgroup shim's environment file and where a failed move's report starts in it."""
+    timeout = envelope.get("timeout")
+    limit = _memory_limit(envelope)
     log.info("started: pid %d, slot %d, attempt %d", proc.pid, ctx.slot, ctx.attempt, extra={"job": ctx.job_id})
     # Most jobs in a big sweep end within milliseconds; their output goes out with the end
     # record. The flusher thread costs a few ms to start and join, so it starts only once a
@@ -349,7 +471,7 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink) -> tupl
             if not f.closed:
                 f.close()
     rc = proc.wait()
-    not_moved = _moved_report(report, report_at) if report is not None else ""
+    not_moved = _moved_report(*report) if report is not None else ""
     # Leftovers of a finished job (background children, escaped or not) are part of the job:
     # end them too, whatever way it ended.
     after = proctree.own_children()

@@ -197,12 +197,13 @@ class Meter:
     """
 
     def __init__(self, gpus: Iterable[int] = (), *, nv: Any = None, first: float = FIRST_INTERVAL,
-                 most: float = MAX_INTERVAL):
+                 most: float = MAX_INTERVAL, before: Iterable[int] | None = None):
         become_subreaper()
         self.me = os.getpid()
         self.first, self.most = first, most
-        # Children the slot already had (RQ's scheduler process): not the job's.
-        self.before = set(children(self.me))
+        # Children the slot already had (RQ's scheduler process): not the job's. `before`: read
+        # by the caller before it forked the job (agent/runner.py `hold`).
+        self.before = set(children(self.me) if before is None else before)
         self.walk = have_children_lists()
         gpus = list(gpus)
         self.gpus = Gpus(gpus, nv if nv is not None else (nvml() if gpus else None)) if gpus else None

@@ -32,6 +32,11 @@ def available() -> bool:
     return importlib.util.find_spec("celery") is not None
 
 
+COMMAND_CLOCK = "date +%s.%N"
+"""A job that prints when its command ran (its own clock, the submitter's machine): the submit
+call -> command measure, which counts the spawn of the command on every side."""
+
+
 def make_app(url: str):
     """The Celery app of this bench: broker and results on `url`."""
     from celery import Celery
@@ -111,18 +116,23 @@ def run(url: str, jobs: int, workers: int, samples: int, commands: list[str], id
         span = max(r["ended"] for r in rows) - min(r["started"] for r in rows)
         _ready(task)
         time.sleep(1.5)
-        to_process, to_result = [], []
+        to_process, to_result, to_command = [], [], []
         for _ in range(samples):
             t0 = time.time()
             row = task.apply_async(args=("true",)).get(timeout=60)
             to_result.append((time.time() - t0) * 1000)
             to_process.append((row["started"] - t0) * 1000)
+        for _ in range(samples):  # the command's own clock: when it really ran (bench/throughput.py)
+            t0 = time.time()
+            row = task.apply_async(args=(COMMAND_CLOCK,)).get(timeout=60)
+            to_command.append((float(row["stdout"]) - t0) * 1000)
         time.sleep(2)
         idle = idle_cpu(worker.pid, broker_pid, idle_s)
     finally:
         _stop(worker)
     return {"jobs_per_s": jobs / span, "span_s": span, "workers": workers,
             **_pcts("submit_call_to_process", to_process), **_pcts("submit_to_result_visible", to_result),
+            **_pcts("submit_call_to_command", to_command),
             "idle_cpu_pct": idle}
 
 

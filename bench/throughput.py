@@ -5,7 +5,10 @@ each contender. Prints a table and, last, one JSON object with every figure.
 
 Submit->start latency is measured for every contender the same way, from RQ's `enqueued_at`
 to RQ's `started_at` on an idle grid, one job at a time; for the agent also from the start of
-the `Grid.submit` call (before the envelope is signed) to the job's process start.
+the `Grid.submit` call (before the envelope is signed) to the job's process start (the slot's
+stamp, just before it spawns the command or releases its shell held at the gate: agent/runner.py
+`hold`), and to the command itself running (`date +%s.%N`, its own clock:
+the spawn counted, for Celery as well).
 
 Then the placement paths (bench/placement_paths.py): jobs with a memory request, a label or
 2 CPUs, and throttled sweeps, against plain jobs on the same agent, as ratios.
@@ -146,6 +149,15 @@ def agent_run(broker: Broker, n: int, home: Path) -> dict:
             grid.wait([grid.submit(JobSpec(command="true"))], timeout=60)
             visible.append((time.perf_counter() - t0) * 1000)
         v = _pcts(visible)
+        command = []
+        for _ in range(ARGS.latency_samples):
+            # Submit call -> the command itself running (its own clock): the spawn counted, on
+            # every side, wherever a contender stamps its start.
+            t0 = time.time()
+            jid = grid.submit(JobSpec(command=celery_peer.COMMAND_CLOCK))
+            grid.wait([jid], timeout=60)
+            command.append((float(grid.get(jid).stdout) - t0) * 1000)
+        c = _pcts(command)
         time.sleep(2)
         idle = idle_cpu(agent.pid, broker.proc.pid, ARGS.idle_seconds)
         # The agent is up: no "no node" note.
@@ -156,7 +168,9 @@ def agent_run(broker: Broker, n: int, home: Path) -> dict:
                 "submit_call_to_process_p99_ms": s["latency_p99_ms"],
                 "submit_to_result_visible_p50_ms": v["latency_p50_ms"],
                 "submit_to_result_visible_p90_ms": v["latency_p90_ms"],
-                "submit_to_result_visible_p99_ms": v["latency_p99_ms"], "idle_cpu_pct": idle, "cli": cli}
+                "submit_to_result_visible_p99_ms": v["latency_p99_ms"],
+                "submit_call_to_command_p50_ms": c["latency_p50_ms"], "submit_call_to_command_p90_ms": c["latency_p90_ms"],
+                "submit_call_to_command_p99_ms": c["latency_p99_ms"], "idle_cpu_pct": idle, "cli": cli}
     finally:
         agent.terminate()
         agent.wait(60)
@@ -164,13 +178,15 @@ def agent_run(broker: Broker, n: int, home: Path) -> dict:
 
 def peer_table(agent: dict, peer: dict | None) -> str:
     """The agent against Celery: jobs/s, the two latencies and idle CPU, and the ratios."""
-    lines = [f"{'':<34}{'jobs/s':>9}{'submit->process p50/p90':>26}{'->result visible p50/p90':>27}{'idle CPU':>10}"]
+    lines = [f"{'':<34}{'jobs/s':>9}{'submit->process p50/p90':>26}{'->result visible p50/p90':>27}{'idle CPU':>10}"
+             f"{'->command ran p50/p90':>25}"]
     rows = [(f"grid-agent, {agent['slots']} slots", agent)] + ([(f"Celery prefork, {peer['workers']} procs", peer)]
                                                             if peer else [])
     for name, row in rows:
         lines.append(f"{name:<34}{row['jobs_per_s']:>9.1f}{row['submit_call_to_process_p50_ms']:>14.2f} /"
                      f"{row['submit_call_to_process_p90_ms']:>6.2f} ms{row['submit_to_result_visible_p50_ms']:>15.2f} /"
-                     f"{row['submit_to_result_visible_p90_ms']:>6.2f} ms{row['idle_cpu_pct']:>9.2f}%")
+                     f"{row['submit_to_result_visible_p90_ms']:>6.2f} ms{row['idle_cpu_pct']:>9.2f}%"
+                     f"{row['submit_call_to_command_p50_ms']:>13.2f} /{row['submit_call_to_command_p90_ms']:>6.2f} ms")
     if peer:
         lines.append(f"agent / Celery = {agent['jobs_per_s'] / peer['jobs_per_s']:.2f}x jobs/s (idle CPU includes "
                      f"the broker's)")

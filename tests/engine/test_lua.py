@@ -106,3 +106,20 @@ def test_a_forked_child_makes_its_own_connection(r):
     child = int(os.read(read, 64) or b"0")
     os.waitpid(pid, 0)
     assert child and child != parent and _client_id(r) == parent
+
+
+def test_meanwhile_runs_once_while_the_broker_runs_the_script_even_one_it_forgot(r):
+    """What a slot does while its start script runs (agent/lua.py `meanwhile`): called once,
+    after the script was sent and before its reply is read, also when the broker answered
+    NOSCRIPT and the script is sent again."""
+    script = Lua("redis.call('SET', KEYS[1], ARGV[1]); return 1")
+    seen = []
+
+    def meanwhile() -> None:
+        seen.append(r.get("m"))  # another connection: the script it waits on has run or runs now
+
+    for value in ("first", "again"):
+        r.script_flush()
+        assert script(r, ["m"], [value], meanwhile) == 1
+    assert script(r, ["m"], ["loaded"], meanwhile) == 1
+    assert len(seen) == 3 and r.get("m") == b"loaded"
