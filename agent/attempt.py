@@ -419,7 +419,9 @@ class JobAttempt:
                             # broker count guards nothing against broker writers (they can
                             # delete it); the node's journal does, and withdraws only this
                             # unrun start (Admission.ended). A shutdown or orphaned hand-back
-                            # keeps its count: its command had started (and was killed).
+                            # keeps its count: its command may have started (and was killed);
+                            # one stopped before its command ran (agent/runner.py `execute`)
+                            # keeps it too: an attempt spent, never a run more than signed.
                             refund(pipe, envelope)
                     else:
                         if self._is_final(result, outcome) and envelope.get("nonce"):

@@ -33,7 +33,7 @@ from gridcore.records import Result
 log = logging.getLogger("grid.runner")
 
 READ_SIZE = 64 * 1024
-CGROUP_SHIM = '{ echo 0 > "$0"; } 2>&0 || exit 1; . /dev/fd/0; exec "$@" </dev/null'
+CGROUP_SHIM = '{ echo 0 > "$0"; } 2>&0 || exit 1; . /proc/self/fd/0; exec "$@" </dev/null'
 """`sh -c` script that moves itself into the job's cgroup (`$0`: JobCgroup.enter_file), then
 becomes the job. It starts with `shim_env`, not the job's environment: its stdin is the job's
 environment file (env_file), which it sources only once moved, and a failed move's report is
@@ -42,7 +42,7 @@ written there after it (dash takes only descriptors 0-9 in a redirection; the jo
 memory limit its node promises."""
 REPORT_MAX = 4096
 """Bytes of a failed move's report the runner reads."""
-CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\n. /dev/fd/0; exec </dev/null\n'
+CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\n. /proc/self/fd/0; exec </dev/null\n'
 """The first lines of a shell command's `sh -c` script that moves the shell itself into the job's
 cgroup before the command runs, as the shim does (its environment from stdin, then /dev/null)."""
 def shim_env(ctx: RunContext) -> dict[str, str]:
@@ -56,13 +56,14 @@ def shim_env(ctx: RunContext) -> dict[str, str]:
     return {**ctx.marker_env, **proctree.attempt_marker(ctx.job_id, ctx.run_id), proctree.ENV_WORKER: ctx.worker}
 
 
-SHELL_SETS = frozenset({"PWD", "IFS", "OPTIND", "PPID"})
-"""Variables the shell sets itself as it starts, whatever its environment says."""
+SHELL_SETS = frozenset({"PWD", "IFS", "OPTIND", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO"})
+"""Variables the shell sets itself as it starts, whatever its environment says (the last five:
+bash's, read-only where /bin/sh is bash: exporting one would fail the sourcing, and the job)."""
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 GATE_OPEN = "GRID_GATE_OPEN"
 """The shell variable (not exported) the gate's last line sets: the shell runs the command only
 once it has read all of what the slot writes at the release."""
-GATE = f'. /dev/fd/0 || exit 1\n[ "${{{GATE_OPEN}-}}" = 1 ] || exit 1\nunset {GATE_OPEN}\nexec </dev/null\n'
+GATE = f'. /proc/self/fd/0 || exit 1\n[ "${{{GATE_OPEN}-}}" = 1 ] || exit 1\nunset {GATE_OPEN}\nexec </dev/null\n'
 """The first lines of a held shell command's `sh -c` script (`hold`). The shell starts with
 `shim_env`, and waits on its stdin, the gate pipe, for the job's environment (its attempt's number
 in it), which the slot writes only once the start is recorded, then closes. Nothing of the job's
@@ -244,11 +245,11 @@ class Held:
     proc: subprocess.Popen
     gate: int  # write end of the shell's stdin
     before: set[int]
-    env: dict[str, str]  # the job's, all but its attempt's number
+    env: bytes  # the job's environment as `env_lines`, all but its attempt's number
 
     def release(self, attempt: int) -> None:
         """Let the command run, as attempt `attempt` of its envelope."""
-        data = env_lines({**self.env, "GRID_JOB_ATTEMPT": str(attempt)}) + f"{GATE_OPEN}=1\n".encode()
+        data = self.env + env_lines({"GRID_JOB_ATTEMPT": str(attempt)}) + f"{GATE_OPEN}=1\n".encode()
         try:
             while data:  # more than a pipe holds: the shell reads as it is written
                 data = data[os.write(self.gate, data):]
@@ -290,22 +291,31 @@ def holdable(envelope: dict[str, Any]) -> bool:
 
 
 def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
-    """Fork a `holdable` job's shell, held at its gate; None if it cannot be forked (the
-    ordinary start then reports why, after the start is recorded)."""
-    before = proctree.own_children()
-    env = build_env(envelope, ctx)
-    env.pop("GRID_JOB_ATTEMPT", None)  # not known before the start: the gate gives it
-    gate_r, gate_w = os.pipe()
+    """Fork a `holdable` job's shell, held at its gate; None if it is not forked (the ordinary
+    start then runs it, or reports why it cannot, after the start is recorded): an environment
+    a shell cannot take in whole (a name no shell can export, such as bash's exported functions,
+    reaches a command only through exec's environment; a NUL byte), a bad cwd, no descriptors.
+    It never raises: it runs while the start's script is in flight (agent/lua.py `meanwhile`)."""
+    gate_r = gate_w = -1
     try:
+        env = build_env(envelope, ctx)
+        env.pop("GRID_JOB_ATTEMPT", None)  # not known before the start: the gate gives it
+        if any(not _NAME.fullmatch(k) for k in env):
+            return None
+        lines = env_lines(env)  # here, not at the release: a value it refuses is the ordinary start's to report
+        before = proctree.own_children()
+        gate_r, gate_w = os.pipe()
         proc = subprocess.Popen(["/bin/sh", "-c", GATE + envelope["command"]], cwd=envelope.get("cwd") or None,
                                 env=shim_env(ctx), stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, close_fds=True)
-    except Exception:  # noqa: BLE001 - a bad cwd, a NUL byte: reported by the ordinary start
-        os.close(gate_w)
+    except Exception:  # noqa: BLE001 - a bad cwd, a NUL byte, no descriptors: reported by the ordinary start
+        if gate_w >= 0:
+            os.close(gate_w)
         return None
     finally:
-        os.close(gate_r)
-    return Held(proc, gate_w, before, env)
+        if gate_r >= 0:
+            os.close(gate_r)
+    return Held(proc, gate_w, before, lines)
 
 
 def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,

@@ -187,3 +187,16 @@ def test_a_refused_start_runs_nothing_of_the_jobs_environment(tmp_path):
     time.sleep(0.2)
     held.abort()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("env", [{"BASH_FUNC_module%%": "() { :; }"}, {"NUL": "a\0b"}], ids=["non-shell-name", "nul"])
+def test_an_environment_a_shell_cannot_take_in_is_not_held(env):
+    """A name no shell can export (bash's exported functions) would be lost by a sourcing shell,
+    a NUL byte refused at the release: such a job is started the ordinary way, after its start."""
+    assert runner.hold({"command": "true", "env": env}, _ctx()) is None
+
+
+def test_the_names_a_shell_sets_itself_are_not_sourced():
+    """bash as /bin/sh makes these read-only: an `export UID=...` would end the sourcing shell."""
+    lines = runner.env_lines({"UID": "5", "EUID": "5", "SHELLOPTS": "x", "BASHOPTS": "x", "PPID": "1", "KEEP": "1"})
+    assert lines == b"export KEEP=1\n"
