@@ -359,11 +359,13 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
     before = ctx.children_before if ctx.children_before is not None else proctree.own_children()
     report: int | None = None  # the shim's environment file, where it reports a failed move into the group
     report_at = 0  # where the report starts in it: after the environment
+    charged: int | None = None
     try:
         if cg is not None:
             _check_program(argv[0], cwd, env)
             report = env_file(env)
             report_at = os.lseek(report, 0, os.SEEK_CUR)
+            charged = cg.peak()  # what the group held before the job: a member's pages raise it
             proc = subprocess.Popen(
                 _entering(argv, envelope, str(cg.enter_file)),
                 cwd=cwd, env=shim_env(ctx), stdin=report, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -392,15 +394,17 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
         record.update(exit_code=127, signal=None, reason=msg, reason_kind="exit", end=end,
                       duration=max(0.0, round(end - start, 6)))
         return _finish(record, sink, ctx, None)
-    return _watch(envelope, ctx, sink, proc, cg, cgroups, (report, report_at) if report is not None else None,
-                  before, record, start, t0)
+    return _watch(envelope, ctx, sink, proc, cg, cgroups,
+                  (report, report_at, charged) if report is not None else None, before, record, start, t0)
 
 
 def _watch(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink, proc: subprocess.Popen,
-           cg: cgroup.JobCgroup | None, cgroups: cgroup.JobCgroups | None, report: tuple[int, int] | None,
-           before: set[int], record: dict[str, Any], start: float, t0: float) -> tuple[Result, str | None]:
+           cg: cgroup.JobCgroup | None, cgroups: cgroup.JobCgroups | None,
+           report: tuple[int, int, int | None] | None, before: set[int], record: dict[str, Any], start: float,
+           t0: float) -> tuple[Result, str | None]:
     """The running job, from its start to its result: its output, cancel and timeout, its end.
-    `report`: the cgroup shim's environment file and where a failed move's report starts in it."""
+    `report`: the cgroup shim's environment file, where a failed move's report starts in it, and
+    the group's memory peak before the job."""
     timeout = envelope.get("timeout")
     limit = _memory_limit(envelope)
     log.info("started: pid %d, slot %d, attempt %d", proc.pid, ctx.slot, ctx.attempt, extra={"job": ctx.job_id})
@@ -481,7 +485,15 @@ def _watch(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink, proc: su
             if not f.closed:
                 f.close()
     rc = proc.wait()
-    not_moved = _moved_report(*report) if report is not None else ""
+    not_moved = _moved_report(*report[:2]) if report is not None else ""
+    if not_moved and not _never_charged(cg, report[2]):
+        # Pages were charged to the group, so something of the job ran in it: the report is not
+        # the shim's (the channel is the slot's, open to the agent's user through /proc). The
+        # job's own result stands; a false report must not hand its attempt back uncounted as
+        # the node's fault, nor drain the node.
+        log.warning("job %s: a failed move into %s was reported, but the job ran in it: ignored (%s)",
+                    ctx.job_id, cg.path, not_moved, extra={"job": ctx.job_id})
+        not_moved = ""
     # Leftovers of a finished job (background children, escaped or not) are part of the job:
     # end them too, whatever way it ended.
     after = proctree.own_children()
@@ -534,6 +546,14 @@ def _watch(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink, proc: su
         record.update(reason=None, reason_kind=None)
     # canceled / shutdown / fenced: not a job failure
     return _finish(record, sink, ctx, killed_for if killed_for and killed_for != "timeout" else None)
+
+
+def _never_charged(cg: cgroup.JobCgroup, before: int | None) -> bool:
+    """Whether nothing was charged to `cg` since its memory peak was `before`: no process ever
+    ran in it (a member's first page raises the peak; a failed move leaves it as it was).
+    Unknown peaks count as never charged, as the shim's report then says all there is."""
+    after = cg.peak()
+    return before is None or after is None or after <= before
 
 
 def _moved_report(fd: int, at: int) -> str:

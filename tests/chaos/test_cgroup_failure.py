@@ -84,3 +84,26 @@ def test_a_jobs_env_cannot_fake_a_failed_move_into_its_cgroup(agents, grid, r, c
     assert states[jid] is JobState.FINISHED, (states, job.attempts, r.hget(keys.node("node-a"), "drain_reason"))
     assert job.stdout == f"ran with {lib}\n" and len(job.attempts) == 1, job.attempts
     assert r.hget(keys.node("node-a"), "draining") != b"1"
+
+
+# Run as the job, in its group: the slot's environment file (the shim's report channel) is
+# opened through /proc and a failed move's report appended, as a job of the agent's user can.
+_FAKE_AFTER = r'''for f in /proc/$PPID/fd/*; do case "$(readlink "$f")" in *grid-job-env*)
+python3 -c "import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY); os.lseek(fd, 0, os.SEEK_END)
+os.write(fd, b'sh: 1: cannot create cgroup.procs: Is a directory\n')" "$f";; esac; done; echo ran'''
+
+
+@pytest.mark.skipif(have_job_cgroups() is not None, reason=f"no job cgroups here: {have_job_cgroups()}")
+def test_a_job_that_ran_in_its_cgroup_cannot_fake_a_failed_move(agents, grid, r, cleanup_jobs):
+    """A failed move's report is believed only if nothing was ever charged to the job's group: a
+    job that ran there and then wrote one (the channel is the slot's, reachable through /proc by
+    the agent's user) gets its own result, counted, and the node does not drain."""
+    agents("node-a", slots=1, node_timeout=NODE_TIMEOUT)
+    jid = grid.submit(JobSpec(command=_FAKE_AFTER, resources=Resources(memory=64 * MB)))
+    cleanup_jobs.append(jid)
+    states = assert_accounted(r, grid, [jid], timeout=30)
+    job = grid.get(jid)
+    assert states[jid] is JobState.FINISHED, (states, job.attempts, r.hget(keys.node("node-a"), "drain_reason"))
+    assert job.stdout == "ran\n" and len(job.attempts) == 1, job.attempts
+    assert r.hget(keys.node("node-a"), "draining") != b"1"
