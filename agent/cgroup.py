@@ -33,18 +33,28 @@ JOBS_DIR = "grid-jobs"
 
 
 def _read(path: Path) -> str | None:
+    # Raw, like /proc reads (agent/procfs.py): a memory job's slot reads and writes some ten
+    # cgroup files per job, and `Path.read_text`'s text wrapper cost more than the kernel's work.
     try:
-        return path.read_text()
+        return procfs.read(str(path)).decode(errors="replace")
     except OSError:
         return None
 
 
 def _write(path: Path, value: str) -> bool:
+    # A cgroup file takes a value in one write, and tells a refused one there (EINVAL, EBUSY):
+    # no text wrapper. Opened as `Path.write_text` opens it (a cgroup directory refuses a new file).
     try:
-        path.write_text(value)
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return False
+    try:
+        os.write(fd, value.encode())
         return True
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 def _mounts() -> tuple[Path | None, Path | None, str]:
@@ -121,6 +131,7 @@ class JobCgroup:
     path: Path
     v2: bool
     oom_base: int = 0  # the group's OOM kills before this job (a reused group counts on)
+    limit: int | None | bool = False  # the limit this object last set (None: unlimited; False: none set)
 
     @property
     def procs_file(self) -> Path:
@@ -176,14 +187,24 @@ class JobCgroup:
             return False
 
     def set_limit(self, limit: int | None) -> bool:
-        """Memory (and memory+swap, where counted) limited to `limit` bytes, or unlimited."""
+        """Memory (and memory+swap, where counted) limited to `limit` bytes, or unlimited.
+
+        A reused group (v1) that has this limit already is left as it is: only this slot writes
+        its group's limits, and a sweep's cells ask the same one, three writes each."""
+        limit = int(limit) if limit else None
+        if self.limit is not False and self.limit == limit:
+            return True
+        self.limit = False  # unknown until a write is told to have taken
         if self.v2:
-            return _write(self.path / "memory.max", str(int(limit)) if limit else "max")
-        value = str(int(limit)) if limit else "-1"
-        # v1 keeps memory <= memory+swap at every step: lift the latter, set both.
-        _write(self.path / "memory.memsw.limit_in_bytes", "-1")
-        ok = _write(self.path / "memory.limit_in_bytes", value)
-        _write(self.path / "memory.memsw.limit_in_bytes", value)  # absent without swap accounting
+            ok = _write(self.path / "memory.max", str(limit) if limit else "max")
+        else:
+            value = str(limit) if limit else "-1"
+            # v1 keeps memory <= memory+swap at every step: lift the latter, set both.
+            _write(self.path / "memory.memsw.limit_in_bytes", "-1")
+            ok = _write(self.path / "memory.limit_in_bytes", value)
+            _write(self.path / "memory.memsw.limit_in_bytes", value)  # absent without swap accounting
+        if ok:
+            self.limit = limit
         return ok
 
     def recycle(self) -> bool:

@@ -80,6 +80,20 @@ def test_the_next_job_on_a_slot_sees_only_its_own_oom_and_peak(r, tmp_path, grou
     assert groups.idle is not None and groups.idle.path == kept.path
 
 
+def test_a_reused_group_holds_each_jobs_own_limit(r, tmp_path, groups):
+    """The slot writes its group's limit only when the next job asks another one (a sweep's cells
+    ask the same): whatever was skipped, each job runs under its own limit."""
+    for limit in (64 * MB, 64 * MB, 40 * MB, 40 * MB, 64 * MB):
+        result = _run(r, tmp_path, "true", limit)
+        assert result.exit_code == 0, result
+        kept = groups.idle
+        assert kept is not None
+        assert int((kept.path / "memory.limit_in_bytes").read_text()) == limit
+        memsw = kept.path / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            assert int(memsw.read_text()) == limit
+
+
 def test_a_shell_command_enters_its_group_itself_and_runs_as_signed(r, tmp_path, groups):
     """A shell command moves its own shell into the group (no shim process before it): the
     command and what it starts run in the group, with the same `$0`, arguments and exit code
