@@ -89,6 +89,40 @@ end
 return {code, n}
 """
 
+READ_METAS = """
+-- KEYS: the RQ hashes of waiting jobs; ARGV[1]: the most bytes a meta may have.
+-- Returns two values per key: 1 and the meta; 0 and its size when over the bound (never
+-- fetched); 2 and '' when it has none; -1 and the error when the key holds no hash (anyone can
+-- write one).
+local out, bound = {}, tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local n = redis.pcall('HSTRLEN', key, 'meta')
+  if type(n) == 'table' then
+    out[#out + 1] = -1
+    out[#out + 1] = tostring(n.err)
+  elseif n > bound then
+    out[#out + 1] = 0
+    out[#out + 1] = n
+  else
+    local meta = redis.call('HGET', key, 'meta')
+    if meta then
+      out[#out + 1] = 1
+      out[#out + 1] = meta
+    else
+      out[#out + 1] = 2
+      out[#out + 1] = ''
+    end
+  end
+end
+return out
+"""
+"""Lua: the metas of waiting jobs, each within its bound, in one call. Read as two pipelines of
+a command per job (the size, then the meta), a placement pass's read of 64 new records cost
+~2.3 ms, most of it redis-py's per-command work: every agent loop and every slot reads each
+cell of a sweep once, ~13 records per cell on three nodes."""
+
+META_NO_HASH, META_OVERSIZED, META_FOUND, META_MISSING = -1, 0, 1, 2
+
 ALTERNATES = 2
 """Jobs of the same shape tried by one PLACE after the first, each only if the one before was
 gone: on a grid of several nodes, the nodes' ending slots race for the head of a sweep, and a
@@ -185,23 +219,30 @@ class Placer:
         self.reads = Reads(conn)
         self.reservations = Reservations(conn)
         self._place = conn.register_script(PLACE)
+        self._read_metas = conn.register_script(READ_METAS)
 
     def read(self, ids: Sequence[str]) -> list[Waiting | str]:
-        """The records of these waiting jobs (or what is wrong with each): each meta's size is
-        asked first, so an oversized one is never fetched; a job key of another type (anyone
-        can write one) fails its own record, not the read."""
-        with self.conn.pipeline(transaction=False) as pipe:
-            for jid in ids:
-                pipe.hstrlen(keys.rq_job(jid), "meta")
-            sizes = pipe.execute(raise_on_error=False)
-        fits = [isinstance(n, int) and n <= JobMeta.MAX_BYTES for n in sizes]
-        with self.conn.pipeline(transaction=False) as pipe:
-            for jid, ok in zip(ids, fits, strict=True):
-                if ok:
-                    pipe.hget(keys.rq_job(jid), "meta")
-            fetched = iter(pipe.execute(raise_on_error=False))
-        return [waiting(jid, next(fetched)) if ok else str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", _unfit(n)))
-                for jid, ok, n in zip(ids, fits, sizes, strict=True)]
+        """The records of these waiting jobs (or what is wrong with each), in one script call:
+        each meta's size is asked first, so an oversized one is never fetched; a job key of
+        another type (anyone can write one) fails its own record, not the read."""
+        if not ids:
+            return []
+        got = self._read_metas(keys=[keys.rq_job(jid) for jid in ids], args=[JobMeta.MAX_BYTES])
+        # Two values per job (READ_METAS); a reply of another length is no reply of this script.
+        if not isinstance(got, list) or len(got) != 2 * len(ids):
+            raise redis.ResponseError(f"meta read: a reply of {len(got) if isinstance(got, list) else '?'} values")
+        out: list[Waiting | str] = []
+        for jid, code, value in zip(ids, got[::2], got[1::2], strict=True):
+            if code == META_FOUND and isinstance(value, bytes):
+                out.append(waiting(jid, value))
+            elif code == META_MISSING:
+                out.append(waiting(jid, None))
+            elif code == META_OVERSIZED and isinstance(value, int):
+                out.append(str(CorruptRecord(f"{keys.rq_job(jid)} meta", "", _unfit(value))))
+            else:  # META_NO_HASH, or a reply this script does not give
+                out.append(str(CorruptRecord(f"{keys.rq_job(jid)} meta", "",
+                                             _unfit(redis.ResponseError(text(value)[:200])))))
+        return out
 
     def place_ids(self, ids: Sequence[str], *, own: bool = True, onto: str | None = None) -> Outcome:
         """Place these jobs where they fit now (those no longer waiting are skipped), reading

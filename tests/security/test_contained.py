@@ -77,6 +77,22 @@ def test_an_oversized_meta_in_pending_is_set_aside_unread(grid, r, monkeypatch, 
     assert code == 0 and "quarantined" in out
 
 
+def test_a_job_key_of_another_type_in_pending_fails_alone(grid, r):
+    """The records of a pass are read in one script call: a waiting id whose key is no hash (anyone
+    can write one) is set aside, and the jobs beside it are read and placed all the same."""
+    first = grid.submit(JobSpec(command="echo first", resources=Resources(cpus=2)))  # before the node: waits
+    r.lpush(keys.rq_queue(keys.PENDING_QUEUE), "no-hash")
+    r.set(keys.rq_job("no-hash"), "not a hash")
+    last = grid.submit(JobSpec(command="echo last", resources=Resources(cpus=2)))
+    put_node(r, "n1", grid.broker_time())
+    assert Negotiator(r, owner="test").run_once() == 2
+    assert r.lrange(keys.rq_queue(keys.node_queue("n1")), 0, -1) == [first.encode(), last.encode()]
+    assert "no-hash" not in pending(r)  # out of the window for good
+    assert "not a job record" in r.hget(keys.WHY, "no-hash").decode()
+    assert any("no-hash" in m for m in corrupt_events(grid))
+    assert r.get(keys.rq_job("no-hash")) == b"not a hash"  # set aside from the queue, not deleted
+
+
 def test_a_corrupt_held_entry_stops_neither_reserve_nor_placement(grid, r, monkeypatch, capsys, settings):
     jid = grid.submit(JobSpec(command="echo hi", resources=Resources(cpus=2)))  # before the node: it waits
     put_node(r, "n1", grid.broker_time())
