@@ -27,13 +27,16 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from agent.outage import OUTAGE_ERRORS, retyped
 from gridcore import keys
-from gridcore.placing import WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, idle_slots, take_view
+from gridcore.models import Node
+from gridcore.placing import (
+    PLACED, WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, idle_slots, placed_meta, take_view,
+)
 from gridcore.quarantine import Quarantine
 from gridcore.records import NODE_SLOTS, text
 from gridcore.reservations import Corrupt, Wake
@@ -55,9 +58,23 @@ CPU per cell (every record of a big sweep read again by each lost pass)."""
 PREFETCH = 64
 """Waiting jobs past the window whose records a pass reads ahead, so that as the queue moves up
 a pass reads new records once per this many jobs, not at every pass."""
+AHEAD = 64
+"""Waiting jobs a slot's pass reads past what it looks at (TAKE_WINDOW and its prefetch, PREFETCH
+jobs in all), for its `Hint` only: the next cells of a sweep may be placed without reading the
+queue again while every job in its first PREFETCH is one the pass has read, until this many have
+left it."""
+HINT_TTL = 2.0
+"""Seconds a slot's `Hint` serves its next job ends (its node as read: cpus, memory, GPUs)."""
+HINT_TRIES = TAKE_WINDOW
+"""Candidates of a `Hint` sent in one PLACE: the one at the head of the queue is placed (on a grid
+of several nodes the other nodes' slots take the cells before it between two of this slot's ends)."""
 DEPTH = 2000
 """Waiting jobs a pass looks at, at most, while none it looked at fits (the jobs past them are
 looked at by the next passes: each starts past the unfit head the last one found)."""
+RECHECK_FIRST = 0.1
+"""Seconds after a loop's pass that placed nothing for a sweep at its max_parallel until it looks
+again whether a slot of its node is idle (doubled at each such pass, up to the periodic interval;
+reset when a pass places or no slot is idle)."""
 WAKE_READ = 256
 """Wake entries a loop reads at once (a busy grid adds one at every job end)."""
 LOCK_TTL = 15
@@ -92,6 +109,23 @@ class Skip:
     shapes: frozenset[Shape]
 
 
+@dataclass
+class Hint:
+    """What a slot's pass that placed the head of the queue for its own slot read, kept for the
+    slot's next job ends (`Negotiator.take_next`): the next jobs of the queue that are of that
+    job's shape, in the order a pass would place them (no job read sorts before them), the ids
+    read (as PLACE's head check spells them) and its node as read. Placing one of them, PLACE
+    checks that nothing a pass would have looked at is unknown to it: then its decision is the
+    pass's, without the pass's reads of the queue and of every node."""
+
+    node: Node
+    next: list[Waiting]
+    seen: str
+    until: float
+    others: bool = False  # jobs of other shapes among those read
+    metas: dict[str, str] = field(default_factory=dict)  # job id -> its meta placed on `node`
+
+
 class Negotiator:
     def __init__(self, conn: redis.Redis, owner: str, node: str | None = None, taker: bool = False):
         """`node`: the one node this placer places onto (an agent's own; its loop wakes for what
@@ -118,6 +152,9 @@ class Negotiator:
         self._queued = 0  # jobs in this node's queue as the survey read them (a quick pass only)
         self._room = None  # jobs the quick pass now running may still place (None: no bound)
         self.idle_only = False  # every wake the last wait_wake read that concerns this loop was an idle one
+        self._hint: Hint | None = None  # a slot's: the next cells it may place without a read (`take_next`)
+        self._placed: list[Waiting] = []  # the records of the jobs the last chunk placed
+        self.idle_left = 0  # the node's slots the last `take_next` left idle, besides its own
         self._unlock = conn.register_script(_UNLOCK)
         self.quarantine = Quarantine(conn)
 
@@ -165,7 +202,7 @@ class Negotiator:
                 pipe.lpos(pending, skip.last)
             else:
                 pipe.echo("")
-            pipe.lrange(pending, offset, offset + self._chunk(full) + self._prefetch(full) - 1)
+            pipe.lrange(pending, offset, offset + self._chunk(full) + self._prefetch(full) + self._ahead(full) - 1)
             if self._quick(full) and self.node:
                 pipe.llen(keys.rq_queue(keys.node_queue(self.node)))
             else:
@@ -207,6 +244,10 @@ class Negotiator:
     def _prefetch(self, full: bool) -> int:
         return PREFETCH if full or not self.taker else PREFETCH - TAKE_WINDOW
 
+    def _ahead(self, full: bool) -> int:
+        """Ids read past the chunk and its prefetch, for a slot's `Hint` only."""
+        return AHEAD if self._quick(full) else 0
+
     def _quick(self, full: bool) -> bool:
         """Whether this pass looks at one chunk only (a slot's pass at its job's end)."""
         return self.taker and not full
@@ -215,7 +256,7 @@ class Negotiator:
         """The ids of the waiting jobs from `offset` on (a chunk and the prefetch)."""
         try:
             return self.conn.lrange(keys.rq_queue(keys.PENDING_QUEUE), offset,
-                                    offset + self._chunk(full) + self._prefetch(full) - 1)
+                                    offset + self._chunk(full) + self._prefetch(full) + self._ahead(full) - 1)
         except redis.ResponseError as e:
             return e
 
@@ -248,6 +289,7 @@ class Negotiator:
         self.raced = 0
         self.full = set()
         self._quick_pass = self._quick(full)
+        self._hint = None
         unread = self._quick_pass and len(ids) > self._chunk(full)
         mine = next((n for n in view.nodes if n.name == self.node), None)
         # A slot's pass places for its node's idle slots only (its own among them), less the jobs
@@ -305,6 +347,8 @@ class Negotiator:
         # it placed (its own slot takes the first). A sweep's cell end that placed the next cell
         # leaves none: a wake there would cost the agent a pass per cell that places nothing.
         self.beyond = unread and mine is not None and idle_slots(mine) - self._queued > placed
+        if self._quick_pass and placed == 1 and offset == 0 and not self.beyond and mine is not None:
+            self._hint = self._arm(ids, mine)
         if head >= EVENT_WINDOW:
             self._skip = Skip(head, last, frozenset(shapes))
         elif past or full:
@@ -322,7 +366,9 @@ class Negotiator:
         records set aside."""
         if not chunk:
             return Outcome(), set()
-        if any(i not in self._read for i in chunk):  # the prefetch too: one read per PREFETCH new jobs
+        # The prefetch too: one read per PREFETCH new jobs. A slot's pass reads as soon as one of
+        # the jobs its hint's head check covers (PREFETCH) is new: a hint lasts while they are read.
+        if any(i not in self._read for i in (ids[:PREFETCH] if self._quick_pass else chunk)):
             new = [i for i in ids if i not in self._read]
             self._read.update(zip(new, self.placer.read(new), strict=True))
         whys = {i: f"not placed: {w}" for i in chunk if isinstance(w := self._read[i], str)}
@@ -336,7 +382,7 @@ class Negotiator:
             # among the prefetched ones already read, competes for what was given back (a sweep's
             # cells share one priority: nothing is added, nothing read for it).
             low = min(w.meta.priority for w in jobs)
-            jobs += [w for i in ids[len(chunk):] if isinstance(w := self._read.get(i), Waiting)
+            jobs += [w for i in ids[len(chunk):PREFETCH] if isinstance(w := self._read.get(i), Waiting)
                      and w.meta.priority > low and w.shape not in unfit]
         # A woken pass writes no reasons: the periodic one does, and a woken pass must be quick.
         out = self.placer.place(jobs, view=view, explain_rest=None if full else (), onto=self.node,
@@ -346,6 +392,7 @@ class Negotiator:
         self._taking = max(0, self._taking - len(out.placed))
         self.raced += out.raced
         self.full |= out.full
+        self._placed = [w for jid in out.placed if isinstance(w := self._read.get(jid), Waiting)]
         for jid in [*out.placed, *out.changed]:
             self._read.pop(jid, None)
             self._explained.pop(jid, None)
@@ -358,6 +405,82 @@ class Negotiator:
             self.conn.hset(keys.WHY, mapping=fresh)
             self._explained.update(fresh)
         return out, gone
+
+    def _arm(self, ids: list[str], mine: Node) -> Hint | None:
+        """The `Hint` a quick pass leaves when it placed one job (`ids`: the queue read from the
+        top): the jobs right behind it of its shape, in the order a pass would place them, while no
+        other job read would be placed before them. None where GPUs are involved (a pass picks
+        GPUs, and keeps a GPU node for GPU jobs)."""
+        if len(self._placed) != 1 or mine.gpus:
+            return None
+        top = self._placed[0]
+        if top.id not in ids or top.meta.resources.gpus:
+            return None
+        # The jobs before it were taken by other placers as this pass tried them (else it would not
+        # have placed this one): left out, so that the head check fails on any that still waits.
+        ids = ids[ids.index(top.id):]
+        # The ids whose records are read (a pass reads new ones when its chunk has one: those past it
+        # may be unread yet): the hint knows those only, and lasts while the queue's first PREFETCH
+        # jobs are among them.
+        known = next((k for k, i in enumerate(ids) if not isinstance(self._read.get(i), Waiting)
+                      and i != top.id), len(ids))
+        ids = ids[:known]
+        rest = [self._read[i] for i in ids[1:]]
+        key = _order  # as Placer.place sorts, ties kept in queue order
+        nxt: list[Waiting] = []
+        for w in rest:
+            if w.shape != top.shape or w.meta.group != top.meta.group or key(w) < key(nxt[-1] if nxt else top):
+                break
+            nxt.append(w)
+        others = rest[len(nxt):]
+        # A job of another shape that a pass would place before a candidate: the candidates stop there.
+        bound = min((key(w) for w in others), default=None)
+        if bound is not None:
+            if bound < key(top):
+                return None
+            nxt = [w for w in nxt if key(w) <= bound]
+        if not nxt:
+            return None
+        return Hint(mine, nxt, "".join(i + "\n" for i in ids), time.monotonic() + HINT_TTL, others=bool(others))
+
+    def take_next(self) -> bool:
+        """A slot's job ended: place the next job its last pass found (`Hint`) for its own slot,
+        without reading the queue and the grid again, in one PLACE whose head check makes the
+        decision the pass's (agent/perform.py). False where there is no hint or PLACE did not
+        place (anything changed that a pass would look at, the sweep full, no room): the slot's
+        pass runs then, as without a hint."""
+        with self._mutex:
+            hint, self._hint = self._hint, None
+            self.idle_left = 0
+            self.spoken = False
+            if hint is None or not hint.next or time.monotonic() > hint.until:
+                return False
+            tries = hint.next[:HINT_TRIES]
+            metas = [hint.metas.get(w.id) or hint.metas.setdefault(w.id, placed_meta(w, hint.node, ()))
+                     for w in tries]
+            code, gone, idle, running, waiting = self.placer.place_head(tries, metas, hint.node, hint.seen,
+                                                                        PREFETCH)
+            if code != PLACED:
+                return False
+            placed = tries[gone]
+            self._read.pop(placed.id, None)
+            hint.next = hint.next[gone + 1:]  # placements take the head: those before it are gone
+            self._hint = hint
+            # Another slot of the node idle (its queue was empty: this slot takes the one placed) is
+            # worth a wake of its loop only if a job may be placed there: a job of another shape
+            # the pass read, or a cell of a sweep without max_parallel. A throttled sweep's cells
+            # are placed as its cells end, each by the ending slot for itself: the sweep's slot it
+            # gave back is the one it fills (a cell that ends otherwise, canceled or refused, wakes
+            # the loops as it gives its slot back). On three nodes of two slots, the idle slot was
+            # nearly always one between its own job's end and its pass (a sweep below its
+            # max_parallel for that moment): 0.15 wakes per cell, each a loop pass placing a cell
+            # for a slot that then found its node's queue holding it. Jobs past what the pass read
+            # are looked at by the next pass that reads the queue (the hint ran out, its head
+            # check failed), or the loop's periodic one.
+            limit = placed.meta.max_parallel or 0
+            more = hint.others or not (placed.meta.group and limit)
+            self.idle_left = max(0, idle - 1) if more and waiting else 0
+            return True
 
     def wait_wake(self, last: str, timeout: float) -> tuple[str, bool]:
         """Wait up to `timeout` s for wake entries after `last` (`$`: from now on); returns the
@@ -428,24 +551,42 @@ class Negotiator:
         """Place at once when woken, and every `interval` s regardless, until `stop` is set."""
         due = time.monotonic()
         last = "$"
+        recheck: float | None = None  # when to look again: a slot here idle behind a full sweep
+        backoff = RECHECK_FIRST
         while not stop.is_set():
             try:
                 if last == "$":  # the stream's end, read once: no entry added after it is missed
                     last = self._tail()
                 # Each wait is shorter than the connection's socket timeout, so it never trips it.
-                wait = min(max(0.0, due - time.monotonic()), 5.0)
+                wait = min(max(0.0, min(due, recheck or due) - time.monotonic()), 5.0)
                 last, woke = self.wait_wake(last, max(0.1, wait))
                 if stop.is_set():
                     break
                 # A busy grid wakes this loop at every job end: the periodic pass is due all the same.
-                periodic = time.monotonic() >= due
+                now = time.monotonic()
+                periodic = now >= due
                 if periodic:
-                    due = time.monotonic() + interval
-                if not (periodic or woke):
+                    due = now + interval
+                again = not (periodic or woke) and recheck is not None and now >= recheck
+                if again:
+                    self.idle_only = True  # a pass only if a slot of this node is idle still
+                if not (periodic or woke or again):
                     continue
+                recheck = None
                 if not self.worth_a_pass(periodic):
+                    backoff = RECHECK_FIRST
                     continue
-                self.run_once(full=periodic, wait=LOCK_WAIT if woke else 0.0)
+                placed = self.run_once(full=periodic, wait=LOCK_WAIT if woke else 0.0)
+                if placed or not self.full or self.node is None:
+                    backoff = RECHECK_FIRST
+                else:
+                    # A sweep at its max_parallel kept a job from a slot of this node: slots of the
+                    # sweep's other nodes refill the sweep slots their own cells give back (the
+                    # slot's hint), and wake nobody; one lost to a placer elsewhere for a slot that
+                    # then took another job leaves the sweep below its max_parallel with this
+                    # node's slot idle. Look again soon, then less and less often.
+                    recheck = now + backoff
+                    backoff = min(backoff * 2, interval)
             except redis.RedisError as e:
                 # The heartbeat sees (and logs) an outage; this loop only waits it out. A refusal
                 # (NOPERM: an ACL user that does not fit this version) is no outage: it is logged.
@@ -471,3 +612,8 @@ class Negotiator:
         stop = threading.Event()
         threading.Thread(target=self.loop, args=(stop, interval), name="placement", daemon=True).start()
         return stop
+
+
+def _order(w: Waiting) -> tuple[int, float]:
+    """Where a pass places a job among others: priority first, then the oldest (Placer.place)."""
+    return -w.meta.priority, w.meta.submitted or 0

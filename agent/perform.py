@@ -268,8 +268,13 @@ class Performer:
         beyond = False
         full: set[str] = set()
         try:
-            placed = self.placing.run_once(full=False, lock=False)
-            raced, full, beyond = self.placing.raced, self.placing.full, self.placing.beyond
+            # The next cell its last pass found, placed without the pass's reads where nothing a
+            # pass would look at changed (Negotiator.take_next); else the pass.
+            if self.placing.take_next():
+                placed, beyond = 1, self.placing.idle_left > 0
+            else:
+                placed = self.placing.run_once(full=False, lock=False)
+                raced, full, beyond = self.placing.raced, self.placing.full, self.placing.beyond
         except OUTAGE_ERRORS as e:
             log.warning("placing after a job's end: %s (the agents' placement loop will)", e)
         except Exception:  # noqa: BLE001 - a placement bug must not take the slot down; it is logged

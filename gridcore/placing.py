@@ -39,17 +39,25 @@ WINDOW = 500
 PLACE = RESERVE_FN + """
 -- KEYS: the pending queue, the node's RQ queue, the job's RQ hash, RQ's set of queues, grid:why,
 --       the node's held hash, the sweep's slots set (any key when the job is in no sweep), the
---       node's hash, then the RQ hashes of the alternates
+--       node's hash, the node's running hash, then the RQ hashes of the alternates
 -- ARGV: job id, node queue name, the new meta, sha1 of the meta the placer read,
 --       max_parallel (0: none), '1' if the job is in a sweep, then reserve's cpus, memory,
 --       GPUs (JSON), node cpus, node memory, held entry; the node's pool queue to nudge ('' none)
---       and the nudge; then per alternate its id, new meta and sha1 (ARGV[15..])
+--       and the nudge; the head check ('' none, see below); then per alternate its id, new meta
+--       and sha1 (ARGV[16..])
 -- Alternates: the jobs right behind it in the placer's order, of its shape (resources, queue,
 -- sweep), no GPUs: tried in turn while the one before is no longer waiting (another placer took
 -- it), as the placer would try them one script each.
 -- Returns {code, n}: n alternates were gone before the one the code is for; code 1 placed, 0 no
 -- room on the node, -1 no longer waiting, -2 throttled, -3 meta changed, -4 the node takes no
 -- jobs now (draining, or its heartbeat older than its node_timeout: down).
+-- The head check (a slot's next cell without a fresh read: `Placer.place_head`): "<window>\\n"
+-- then the ids the placer has read, each followed by "\\n". Only the job (or alternate) at the
+-- head of the queue is placed, and only if the node's queue is empty (-5: its slots have jobs to
+-- take) and every job in the first <window> of the queue is one the placer has read (-6: one is
+-- not, or no candidate is at the head): then its decision is the one a pass reading the queue
+-- now would make. Returns {code, n, the node's slots, its running jobs, the sweep's placed or
+-- running jobs, the jobs waiting}.
 -- The placer decided on a view read before this script: the node may have been drained since (by
 -- an operator, or by itself on a fault), or gone down. Checked here, in the step that places, a
 -- job never lands in the queue of a node that takes nothing until resumed.
@@ -79,12 +87,32 @@ local function place(id, job, meta, digest)
   if ARGV[13] ~= '' and redis.call('LLEN', ARGV[13]) == 0 then redis.call('RPUSH', ARGV[13], ARGV[14]) end
   return 1
 end
+local head = ARGV[15]
+if head ~= '' then
+  if redis.call('LLEN', KEYS[2]) > 0 then return {-5, 0, 0, 0, 0, 0} end
+  local window = tonumber(string.match(head, '^(%d+)\\n')) or 0
+  local ids = redis.call('LRANGE', KEYS[1], 0, window - 1)
+  for _, id in ipairs(ids) do
+    if not string.find(head, '\\n' .. id .. '\\n', 1, true) then return {-6, 0, 0, 0, 0, 0} end
+  end
+  -- The candidates before the one at the head were ahead of it: gone (jobs join at the ends only).
+  local n, id, job, meta, digest = 0, ARGV[1], KEYS[3], ARGV[3], ARGV[4]
+  while id ~= ids[1] do
+    if not KEYS[10 + n] then return {-6, 0, 0, 0, 0, 0} end
+    local a = 16 + 3 * n
+    id, job, meta, digest = ARGV[a], KEYS[10 + n], ARGV[a + 1], ARGV[a + 2]
+    n = n + 1
+  end
+  local code = place(id, job, meta, digest)
+  return {code, n, tonumber(redis.call('HGET', KEYS[8], 'slots')) or 0, redis.call('HLEN', KEYS[9]),
+          redis.call('SCARD', KEYS[7]), redis.call('LLEN', KEYS[1])}
+end
 local code = place(ARGV[1], KEYS[3], ARGV[3], ARGV[4])
 local n = 0
-while code == -1 and KEYS[9 + n] do
-  local a = 15 + 3 * n
+while code == -1 and KEYS[10 + n] do
+  local a = 16 + 3 * n
   n = n + 1
-  code = place(ARGV[a], KEYS[8 + n], ARGV[a + 1], ARGV[a + 2])
+  code = place(ARGV[a], KEYS[9 + n], ARGV[a + 1], ARGV[a + 2])
 end
 return {code, n}
 """
@@ -129,7 +157,7 @@ gone: on a grid of several nodes, the nodes' ending slots race for the head of a
 slot that lost found the next cell gone too, one script each. Sent only where other nodes may
 race (a one-node grid's slots seldom do, and each alternate costs its meta's encoding)."""
 
-PLACED, NO_ROOM, GONE, THROTTLED, CHANGED, CLOSED = 1, 0, -1, -2, -3, -4
+PLACED, NO_ROOM, GONE, THROTTLED, CHANGED, CLOSED, BUSY, UNSEEN = 1, 0, -1, -2, -3, -4, -5, -6
 
 NUDGE = "grid-placed-nudge"
 """What PLACE pushes onto an empty pool queue of the node it placed a job on, if the node
@@ -441,18 +469,48 @@ class Placer:
         more_keys, more_args = [], []
         for a in alternates:
             more_keys.append(keys.rq_job(a.id))
-            more_args += [a.id, _placed_meta(a, node, gpus), a.digest]
+            more_args += [a.id, placed_meta(a, node, gpus), a.digest]
         code, gone = self._place(
             keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
-                  keys.WHY, keys.node_held(node.name), keys.group_slots(group), keys.node(node.name), *more_keys],
-            args=[w.id, nq, _placed_meta(w, node, gpus), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
+                  keys.WHY, keys.node_held(node.name), keys.group_slots(group), keys.node(node.name),
+                  keys.node_running(node.name), *more_keys],
+            args=[w.id, nq, placed_meta(w, node, gpus), w.digest, w.meta.max_parallel or 0, "1" if group else "0",
                   *reserve_args(w.id, res, gpus, node.cpus or 1e9, node.memory_total)[1:],
-                  *_nudge(node, w.meta, idle_elsewhere), *more_args],
+                  *_nudge(node, w.meta, idle_elsewhere), "", *more_args],
         )
         return int(code), int(gone)
 
+    def place_head(self, candidates: Sequence[Waiting], metas: Sequence[str], node: Node, seen: str,
+                   window: int) -> tuple[int, int, int, int, int]:
+        """A slot's next job without reading the queue and the grid again: the one of `candidates`
+        (jobs of one shape, no GPUs, in the placer's order, `metas` their placed metas on `node`)
+        that is at the head of the waiting queue, by one `PLACE` that checks, atomically, that
+        `node`'s queue is empty and that every job in the first `window` of the queue is in `seen`
+        (the ids the placer has read, as PLACE's head check spells them). PLACE checks all it
+        checks for any placement (still waiting as read, the sweep's max_parallel, the node's room,
+        the node open). Returns the code, how many candidates were gone before the one it is for,
+        the node's idle slots as they are now (its slots less its running jobs), the sweep's jobs
+        placed or running, and the jobs left waiting. No nudge: the caller's own slot takes the
+        job."""
+        w, more = candidates[0], candidates[1:]
+        group = w.meta.group or ""
+        res = w.meta.resources.resources()
+        nq = keys.node_queue(node.name)
+        more_args: list = []
+        for a, meta in zip(more, metas[1:], strict=True):
+            more_args += [a.id, meta, a.digest]
+        code, gone, slots, busy, throttled, waiting = self._place(
+            keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
+                  keys.WHY, keys.node_held(node.name), keys.group_slots(group), keys.node(node.name),
+                  keys.node_running(node.name), *(keys.rq_job(a.id) for a in more)],
+            args=[w.id, nq, metas[0], w.digest, w.meta.max_parallel or 0, "1" if group else "0",
+                  *reserve_args(w.id, res, (), node.cpus or 1e9, node.memory_total)[1:],
+                  "", "", f"{window}\n{seen}", *more_args],
+        )
+        return int(code), int(gone), max(0, int(slots) - int(busy)), int(throttled), int(waiting)
 
-def _placed_meta(w: Waiting, node: Node, gpus: Sequence[int]) -> str:
+
+def placed_meta(w: Waiting, node: Node, gpus: Sequence[int]) -> str:
     """The job's meta as PLACE writes it: where it is placed, no reason why it waits."""
     raw = dict(w.raw)
     raw["placement"] = Placement(node=node.name, gpus=list(gpus)).model_dump()

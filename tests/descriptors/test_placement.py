@@ -268,7 +268,7 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
             start.wait()
             for _ in range(15):
                 if i == 3:
-                    neg.run_once(full=False, lock=False)
+                    neg.take_next() or neg.run_once(full=False, lock=False)  # as a slot at its job's end
                 elif i % 2:
                     neg.run_once(full=bool(_ % 2))
                 else:
@@ -296,7 +296,7 @@ def test_racing_submitters_and_placers_never_overcommit_nor_exceed_max_parallel(
         racers = [threading.Thread(target=lambda: Placer(broker.client()).place_ids(
             [j.decode() for j in r.lrange("rq:queue:grid.pending", 0, -1)])) for _ in range(RACERS - 2)]
         racers += [threading.Thread(target=slot.run_once, kwargs={"full": False, "lock": False}),
-                   threading.Thread(target=taker.run_once, kwargs={"full": False, "lock": False}),
+                   threading.Thread(target=lambda: taker.take_next() or taker.run_once(full=False, lock=False)),
                    threading.Thread(target=agent.run_once, kwargs={"full": False, "wait": 1.0})]
         for t in racers:
             t.start()
@@ -698,3 +698,219 @@ def test_a_node_drained_or_down_since_the_placers_view_gets_no_job(grid, r, clos
     assert not out.placed and not out.raced, out
     assert not r.hlen(keys.node_held(other))
     assert _where(r, ["node-a", "node-b"]) == {jid: "pending"}
+
+
+# ---- a slot's next cell from its hint (agent/negotiator.py Negotiator.take_next) ----------------
+
+def _two_slot_node(r, name="node-a"):
+    """A node of 2 slots, no GPUs, one slot busy with another job (a slot's pass places for the
+    node's idle slots: one, its own)."""
+    from gridcore import keys
+    from gridcore.records import Inventory
+    from tests.support.records import node_record, put_node
+
+    sec, usec = r.time()
+    put_node(r, name, sec + usec / 1e6, node_record(inventory=Inventory(cpus=4, memory_total=8 * GB), slots=2,
+                                                    queues=("default",)))
+    r.hset(keys.node_running(name), "other", "x")
+
+
+def _sweep(grid, cells, max_parallel, **kw):
+    import uuid
+
+    gid = uuid.uuid4().hex
+    ids = grid.submit_many([JobSpec(command="true", resources=Resources(memory=GB), group=gid, params={"_cell": i}, **kw)
+                            for i in range(cells)], groups={gid: {"name": "s", "max_parallel": max_parallel}})
+    return gid, ids
+
+
+def _ran_and_ended(r, node, jid, gid):
+    """A slot took `jid` off its node's queue, ran it, and its end gave back what it held."""
+    from gridcore import keys
+    from gridcore.reservations import release
+
+    assert r.lrem(keys.rq_queue(keys.node_queue(node)), 1, jid) == 1
+    with r.pipeline() as pipe:
+        release(pipe, jid, node, gid, wake_loops=False)
+        pipe.execute()
+
+
+def _back_to_pending(r, node, jid, front=False):
+    """A job placed at its submission, put back to wait (at the end of the queue, or the front)."""
+    from gridcore import keys
+
+    r.lrem(keys.rq_queue(keys.node_queue(node)), 1, jid)
+    r.hdel(keys.node_held(node), jid)
+    (r.lpush if front else r.rpush)(keys.rq_queue(keys.PENDING_QUEUE), jid)
+
+
+def test_a_slots_next_cell_comes_from_its_hint_until_a_job_it_has_not_read_may_come_first(grid, r):
+    """A slot's pass that placed the head of the queue (a sweep's cell) for its own slot leaves a
+    hint: at its job's end the next cell is placed by one PLACE, without a read of the queue and
+    the grid. A job of a higher priority behind the sweep, unread by that pass, stops the hint:
+    the pass runs and places it first (issue 17: priority order at a job's end)."""
+    from agent.negotiator import Negotiator
+
+    gid, cells = _sweep(grid, 5, 2)  # before the node: they wait
+    _two_slot_node(r)
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1
+    assert _where(r, ["node-a"])[cells[0]] == "node-a"
+    _ran_and_ended(r, "node-a", cells[0], gid)
+    assert taker.take_next() and taker.idle_left == 0
+    at = _check_never_overcommitted(r, ["node-a"], cpus=4, memory=8 * GB, gpus=0, sweeps={gid: (2, cells)})
+    assert at[cells[1]] == "node-a" and all(at[c] == "pending" for c in cells[2:]), at
+    high = grid.submit(JobSpec(command="true", resources=Resources(memory=GB), priority=5))
+    _back_to_pending(r, "node-a", high)  # at the end of the queue, in a pass's chunk, unread by the last pass
+    _ran_and_ended(r, "node-a", cells[1], gid)
+    assert not taker.take_next()
+    assert _where(r, ["node-a"])[cells[2]] == "pending"
+    assert taker.run_once(full=False, lock=False) == 1
+    at = _where(r, ["node-a"])
+    assert at[high] == "node-a" and all(at[c] == "pending" for c in cells[2:]), at
+
+
+def test_a_slots_hint_places_nothing_past_a_full_sweep_a_busy_node_queue_or_a_job_pushed_to_the_front(grid, r):
+    """The hint's PLACE checks all a placement checks (max_parallel with racing placers) and that
+    its node's queue is empty (a job there is for its slots); a waiting job put back at the front
+    of the queue (a lost one) stops it: a pass looks at it."""
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.placing import Placer
+    from gridcore.reservations import release
+
+    gid, cells = _sweep(grid, 12, 2)
+    _two_slot_node(r)
+    running, queue = keys.node_running("node-a"), keys.rq_queue(keys.node_queue("node-a"))
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1
+    _ran_and_ended(r, "node-a", cells[0], gid)
+    # Other placers (a submitter, other nodes' slots) take the sweep's two slots meanwhile.
+    out = Placer(r).place_ids(cells[1:3], own=False)
+    assert sorted(out.placed) == sorted(cells[1:3])
+    r.delete(queue, running)  # the node's slots took them
+    r.hset(running, mapping={cells[1]: "x", cells[2]: "x"})
+    assert not taker.take_next()  # the head, cells[3], is one of its candidates: the sweep is full
+    _within(r, gid)
+    assert r.scard(keys.group_slots(gid)) == 2 and _where(r, ["node-a"])[cells[3]] == "pending"
+    r.hdel(running, cells[1])
+    with r.pipeline() as pipe:
+        release(pipe, cells[1], "node-a", gid, wake_loops=False)
+        pipe.execute()
+    assert taker.run_once(full=False, lock=False) == 1  # cells[3], and a hint again
+    _ran_and_ended(r, "node-a", cells[3], gid)
+    r.rpush(queue, "placed-by-another-pass")
+    assert not taker.take_next()  # a job waits in its node's queue: its slots take that one first
+    assert _where(r, ["node-a"])[cells[4]] == "pending"
+    r.delete(queue)
+    assert taker.run_once(full=False, lock=False) == 1  # cells[4], and a hint again
+    _ran_and_ended(r, "node-a", cells[4], gid)
+    lost = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
+    _back_to_pending(r, "node-a", lost, front=True)
+    assert not taker.take_next()
+    assert _where(r, ["node-a"])[cells[5]] == "pending"
+    assert taker.take_next() is False  # one try per hint: the pass that runs now reads the queue
+    _within(r, gid)
+
+
+def _within(r, gid):
+    """node-a holds no more than it declared, the sweep runs no more than 2, no job is placed twice."""
+    from gridcore import keys
+    from gridcore.reservations import Reservations
+
+    _where(r, ["node-a"])
+    held = Reservations(r).held(["node-a"])["node-a"]
+    assert sum(e.memory for e in held.values()) <= 8 * GB and sum(e.cpus for e in held.values()) <= 4
+    assert r.scard(keys.group_slots(gid)) <= 2
+
+
+def test_slots_racing_with_hints_and_submitters_never_overcommit_nor_exceed_max_parallel(grid, broker, r):
+    """Four slots on two nodes, each ending its cell and placing the next from its hint (or its
+    pass), as submitters place a second sweep and one more job at once: every snapshot of a node's
+    reservations is within what it declared (two 3 GB cells of 8 GB), every snapshot of a sweep's
+    slots within its max_parallel, no job is placed twice, and every cell runs."""
+    import threading
+    import time
+
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.client import Grid
+    from gridcore.records import HeldEntry, Inventory
+    from gridcore.reservations import release
+    from tests.support.records import node_record, put_node
+
+    def sweep(cells, mp):
+        import uuid
+
+        gid = uuid.uuid4().hex
+        ids = grid.submit_many([JobSpec(command="true", resources=Resources(memory=3 * GB), group=gid,
+                                        params={"_cell": i}) for i in range(cells)],
+                               groups={gid: {"name": "s", "max_parallel": mp}})
+        return gid, ids
+
+    first = sweep(40, 3)  # before the nodes: they wait
+    names = ["node-a", "node-b"]
+    sec, usec = r.time()
+    for n in names:
+        put_node(r, n, sec + usec / 1e6, node_record(inventory=Inventory(cpus=4, memory_total=8 * GB), slots=2,
+                                                     queues=("default",)))
+    group_of: dict[str, str] = {j: first[0] for j in first[1]}
+    ran: list[str] = []
+    hinted: list[str] = []  # cells placed from a hint
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def snapshot(conn):
+        for n in names:
+            held = conn.hgetall(keys.node_held(n))  # one command: an atomic snapshot
+            assert sum(HeldEntry.decode(v, "held").memory for v in held.values()) <= 8 * GB, (n, held)
+        for gid, mp in ((first[0], 3), (second[0], 2)) if second else ((first[0], 3),):
+            assert conn.scard(keys.group_slots(gid)) <= mp, gid
+
+    def slot(node, i):
+        try:
+            conn = broker.client()
+            me = Negotiator(conn, f"{node}.x.{i}", node=node, taker=True)
+            job = None
+            for _ in range(400):
+                if stop.is_set():
+                    return
+                if job is not None:  # its cell ends: what it held given back
+                    with conn.pipeline() as pipe:
+                        pipe.hdel(keys.node_running(node), job)
+                        release(pipe, job, node, group_of.get(job), wake_loops=False)
+                        pipe.execute()
+                    ran.append(job)
+                    job = None
+                if me.take_next():
+                    hinted.append(node)
+                else:
+                    me.run_once(full=False, lock=False)
+                snapshot(conn)
+                got = conn.lpop(keys.rq_queue(keys.node_queue(node)))  # it takes a job of its node's queue
+                if got is not None:
+                    job = got.decode()
+                    conn.hset(keys.node_running(node), job, "x")
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            errors.append(e)
+
+    second = None
+    threads = [threading.Thread(target=slot, args=(n, i)) for n in names for i in range(2)]
+    for t in threads:
+        t.start()
+    g = Grid(broker.client(), grid.settings)
+    second = sweep(10, 2)  # placed by its submitter as the slots race
+    group_of.update({j: second[0] for j in second[1]})
+    g.submit(JobSpec(command="true", resources=Resources(memory=3 * GB), priority=3))
+    deadline = time.monotonic() + 60
+    while len(ran) < 50 and time.monotonic() < deadline and not errors:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(ran) == len(set(ran))  # no job ran twice
+    running = {j.decode() for n in names for j in r.hkeys(keys.node_running(n))}  # taken as the slots stopped
+    assert set(first[1]) | set(second[1]) <= set(ran) | set(_where(r, names)) | running, "a cell was lost"
+    assert set(first[1]) <= set(ran), len(set(first[1]) - set(ran))
+    assert hinted, "no cell was placed from a hint"
