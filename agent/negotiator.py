@@ -18,7 +18,10 @@ its next job: the next cell of a sweep is then in its node queue already, withou
 the woken loop of the agent, a process that shares the node's cores with the jobs. That pass
 looks at the head of the queue only (TAKE_WINDOW), and at the jobs of a higher priority among
 the prefetched ones it has read; when it places nothing, or jobs wait past what it looked at
-and a slot of its node is left idle, the slot wakes its node's loop, which looks further.
+and a slot of its node is left idle, the slot wakes its node's loop, which looks further. A
+pass that placed one job for its own slot leaves a `Hint` (the next jobs of that shape, and the
+ids it read): at the slot's next job end one PLACE places the one at the head of the queue
+(`take_next`) if nothing a pass would look at changed, without the pass's reads.
 """
 
 from __future__ import annotations

@@ -53,10 +53,10 @@ PLACE = RESERVE_FN + """
 -- jobs now (draining, or its heartbeat older than its node_timeout: down).
 -- The head check (a slot's next cell without a fresh read: `Placer.place_head`): "<window>\\n"
 -- then the ids the placer has read, each followed by "\\n". Only the job (or alternate) at the
--- head of the queue is placed, and only if the node's queue is empty (-5: its slots have jobs to
--- take) and every job in the first <window> of the queue is one the placer has read (-6: one is
--- not, or no candidate is at the head): then its decision is the one a pass reading the queue
--- now would make. Returns {code, n, the node's slots, its running jobs, the sweep's placed or
+-- head of the queue is placed, and only if a slot of the node is idle and its queue is empty
+-- (-5: its slots have jobs to take) and every job in the first <window> of the queue is one the
+-- placer has read (-6: one is not, or no candidate is at the head): then its decision is the
+-- one a pass reading the queue now would make. Returns {code, n, the node's slots, its running jobs, the sweep's placed or
 -- running jobs, the jobs waiting}.
 -- The placer decided on a view read before this script: the node may have been drained since (by
 -- an operator, or by itself on a fault), or gone down. Checked here, in the step that places, a
@@ -89,7 +89,9 @@ local function place(id, job, meta, digest)
 end
 local head = ARGV[15]
 if head ~= '' then
-  if redis.call('LLEN', KEYS[2]) > 0 then return {-5, 0, 0, 0, 0, 0} end
+  local slots, busy = tonumber(redis.call('HGET', KEYS[8], 'slots')) or 0, redis.call('HLEN', KEYS[9])
+  -- As a slot's pass: for an idle slot of the node only (its slots unknown: one), none in its queue.
+  if (slots > 0 and busy >= slots) or redis.call('LLEN', KEYS[2]) > 0 then return {-5, 0, 0, 0, 0, 0} end
   local window = tonumber(string.match(head, '^(%d+)\\n')) or 0
   local ids = redis.call('LRANGE', KEYS[1], 0, window - 1)
   for _, id in ipairs(ids) do
@@ -104,8 +106,7 @@ if head ~= '' then
     n = n + 1
   end
   local code = place(id, job, meta, digest)
-  return {code, n, tonumber(redis.call('HGET', KEYS[8], 'slots')) or 0, redis.call('HLEN', KEYS[9]),
-          redis.call('SCARD', KEYS[7]), redis.call('LLEN', KEYS[1])}
+  return {code, n, slots, busy, redis.call('SCARD', KEYS[7]), redis.call('LLEN', KEYS[1])}
 end
 local code = place(ARGV[1], KEYS[3], ARGV[3], ARGV[4])
 local n = 0

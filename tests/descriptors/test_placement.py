@@ -805,10 +805,16 @@ def test_a_slots_hint_places_nothing_past_a_full_sweep_a_busy_node_queue_or_a_jo
     r.delete(queue)
     assert taker.run_once(full=False, lock=False) == 1  # cells[4], and a hint again
     _ran_and_ended(r, "node-a", cells[4], gid)
+    r.hset(running, "stale", "x")  # every slot of the node running, as its running hash says
+    assert not taker.take_next()
+    assert _where(r, ["node-a"])[cells[5]] == "pending"
+    r.hdel(running, "stale")
+    assert taker.run_once(full=False, lock=False) == 1  # cells[5], and a hint again
+    _ran_and_ended(r, "node-a", cells[5], gid)
     lost = grid.submit(JobSpec(command="true", resources=Resources(memory=GB)))
     _back_to_pending(r, "node-a", lost, front=True)
     assert not taker.take_next()
-    assert _where(r, ["node-a"])[cells[5]] == "pending"
+    assert _where(r, ["node-a"])[cells[6]] == "pending"
     assert taker.take_next() is False  # one try per hint: the pass that runs now reads the queue
     _within(r, gid)
 
