@@ -119,13 +119,15 @@ class Hint:
     job's shape, in the order a pass would place them (no job read sorts before them), the ids
     read (as PLACE's head check spells them) and its node as read. Placing one of them, PLACE
     checks that nothing a pass would have looked at is unknown to it: then its decision is the
-    pass's, without the pass's reads of the queue and of every node."""
+    pass's, without the pass's reads of the queue and of every node. `seen` and `next` lose their
+    heads as the queue's head moves past them (PLACE's arguments shrink with them)."""
 
     node: Node
     next: list[Waiting]
-    seen: str
+    seen: list[str]
     until: float
     others: bool = False  # jobs of other shapes among those read
+    reach: int = HINT_TRIES - 2  # candidates other placers took before the last one this hint placed
     metas: dict[str, str] = field(default_factory=dict)  # job id -> its meta placed on `node`
 
 
@@ -444,7 +446,7 @@ class Negotiator:
             nxt = [w for w in nxt if key(w) <= bound]
         if not nxt:
             return None
-        return Hint(mine, nxt, "".join(i + "\n" for i in ids), time.monotonic() + HINT_TTL, others=bool(others))
+        return Hint(mine, nxt, ids, time.monotonic() + HINT_TTL, others=bool(others))
 
     def take_next(self) -> bool:
         """A slot's job ended: place the next job its last pass found (`Hint`) for its own slot,
@@ -458,16 +460,21 @@ class Negotiator:
             self.spoken = False
             if hint is None or not hint.next or time.monotonic() > hint.until:
                 return False
-            tries = hint.next[:HINT_TRIES]
+            # As many candidates as other placers took cells between two of this slot's ends, and
+            # three more (one node: the head is nearly always the first).
+            tries = hint.next[:min(HINT_TRIES, hint.reach + 3)]
             metas = [hint.metas.get(w.id) or hint.metas.setdefault(w.id, placed_meta(w, hint.node, ()))
                      for w in tries]
-            code, gone, idle, running, waiting = self.placer.place_head(tries, metas, hint.node, hint.seen,
-                                                                        PREFETCH)
+            code, gone, idle, running, waiting = self.placer.place_head(
+                tries, metas, hint.node, "".join(i + "\n" for i in hint.seen), PREFETCH)
             if code != PLACED:
                 return False
             placed = tries[gone]
             self._read.pop(placed.id, None)
-            hint.next = hint.next[gone + 1:]  # placements take the head: those before it are gone
+            # Placements take the head: the jobs before it are gone, and out of what the check needs.
+            hint.next = hint.next[gone + 1:]
+            hint.seen = hint.seen[hint.seen.index(placed.id) + 1:]
+            hint.reach = gone
             self._hint = hint
             # Another slot of the node idle (its queue was empty: this slot takes the one placed) is
             # worth a wake of its loop only if a job may be placed there: a job of another shape
