@@ -920,3 +920,31 @@ def test_slots_racing_with_hints_and_submitters_never_overcommit_nor_exceed_max_
     assert set(first[1]) | set(second[1]) <= set(ran) | set(_where(r, names)) | running, "a cell was lost"
     assert set(first[1]) <= set(ran), len(set(first[1]) - set(ran))
     assert hinted, "no cell was placed from a hint"
+
+
+def test_a_loop_whose_idle_slot_a_full_sweep_kept_out_places_its_cell_when_the_sweep_frees_unwoken(grid, r):
+    """A sweep's cell ran on another node; this node's loop found the sweep full. The cell ends
+    and its slot gives the sweep's slot back without waking anyone (as a slot that then took
+    another job does): the loop, looking again soon after such a pass, places the next cell on
+    its idle slot, long before its periodic pass."""
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+    from gridcore.reservations import release
+    from tests.support.wait import eventually
+
+    gid, cells = _sweep(grid, 3, 1)  # before the nodes: they wait
+    _grid_nodes(r, ["node-a", "node-b"], cpus=4, memory=8 * GB, gpus=0)
+    assert Negotiator(r, "node-b", node="node-b").run_once() == 1
+    assert _where(r, ["node-a", "node-b"])[cells[0]] == "node-b"
+    loop = Negotiator(r, "node-a", node="node-a")
+    stop = loop.start(interval=60.0)  # its first pass now, the next periodic one in a minute
+    try:
+        eventually(lambda: loop.full == {gid}, 10)  # it found the sweep at its max_parallel
+        r.lrem(keys.rq_queue(keys.node_queue("node-b")), 1, cells[0])
+        with r.pipeline() as pipe:
+            release(pipe, cells[0], "node-b", gid, wake_loops=False)
+            pipe.execute()
+        # (.get: the two queues are read one after the other, as the loop moves the job between them)
+        eventually(lambda: _where(r, ["node-a", "node-b"]).get(cells[1]) == "node-a", 10)
+    finally:
+        stop.set()
