@@ -132,6 +132,7 @@ class JobCgroup:
     v2: bool
     oom_base: int = 0  # the group's OOM kills before this job (a reused group counts on)
     limit: int | None | bool = False  # the limit this object last set (None: unlimited; False: none set)
+    limit_read: str | None = None  # the group's limit files as read right after that write
 
     @property
     def procs_file(self) -> Path:
@@ -189,8 +190,9 @@ class JobCgroup:
     def set_limit(self, limit: int | None) -> bool:
         """Memory (and memory+swap, where counted) limited to `limit` bytes, or unlimited.
 
-        A reused group (v1) that has this limit already is left as it is: only this slot writes
-        its group's limits, and a sweep's cells ask the same one, three writes each."""
+        A reused group (v1) that has this limit already is left as it is (a sweep's cells ask the
+        same one, three writes each), if its files still say what they said after that write:
+        the job, of the agent's user, could have written them (`recycle` reads them again)."""
         limit = int(limit) if limit else None
         if self.limit is not False and self.limit == limit:
             return True
@@ -202,10 +204,17 @@ class JobCgroup:
             # v1 keeps memory <= memory+swap at every step: lift the latter, set both.
             _write(self.path / "memory.memsw.limit_in_bytes", "-1")
             ok = _write(self.path / "memory.limit_in_bytes", value)
-            _write(self.path / "memory.memsw.limit_in_bytes", value)  # absent without swap accounting
+            memsw = self.path / "memory.memsw.limit_in_bytes"  # absent without swap accounting
+            if not _write(memsw, value) and memsw.exists():
+                return ok  # set, but not both: not kept as this limit, the next job writes again
         if ok:
-            self.limit = limit
+            self.limit, self.limit_read = limit, self._limit_files()
         return ok
+
+    def _limit_files(self) -> str | None:
+        if self.v2:
+            return _read(self.path / "memory.max")
+        return f"{_read(self.path / 'memory.limit_in_bytes')}/{_read(self.path / 'memory.memsw.limit_in_bytes')}"
 
     def recycle(self) -> bool:
         """v1, after a job: make the group fit for the next one, or say it is not (then remove it).
@@ -227,6 +236,8 @@ class JobCgroup:
             return False
         _write(self.path / "memory.memsw.max_usage_in_bytes", "0")
         self.oom_base = self._oom_total()
+        if self.limit is not False and self._limit_files() != self.limit_read:
+            self.limit = False  # changed since this slot set it (by the job): written again
         return True
 
 

@@ -95,9 +95,13 @@ if head ~= '' then
   local window = tonumber(string.match(head, '^(%d+)\\n')) or 0
   local ids = redis.call('LRANGE', KEYS[1], 0, window - 1)
   for _, id in ipairs(ids) do
-    if not string.find(head, '\\n' .. id .. '\\n', 1, true) then return {-6, 0, 0, 0, 0, 0} end
+    -- An id with a newline could span two read ones in the list's text: never one it read.
+    if string.find(id, '\\n', 1, true) or not string.find(head, '\\n' .. id .. '\\n', 1, true) then
+      return {-6, 0, 0, 0, 0, 0}
+    end
   end
-  -- The candidates before the one at the head were ahead of it: gone (jobs join at the ends only).
+  -- The candidates before the one at the head were ahead of it: gone (a job that joins mid-queue,
+  -- at its priority's place, is in the window and unread: the check above).
   local n, id, job, meta, digest = 0, ARGV[1], KEYS[3], ARGV[3], ARGV[4]
   while id ~= ids[1] do
     if not KEYS[10 + n] then return {-6, 0, 0, 0, 0, 0} end
@@ -500,7 +504,7 @@ class Placer:
         more_args: list = []
         for a, meta in zip(more, metas[1:], strict=True):
             more_args += [a.id, meta, a.digest]
-        code, gone, slots, busy, throttled, waiting = self._place(
+        reply = self._place(
             keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
                   keys.WHY, keys.node_held(node.name), keys.group_slots(group), keys.node(node.name),
                   keys.node_running(node.name), *(keys.rq_job(a.id) for a in more)],
@@ -508,6 +512,8 @@ class Placer:
                   *reserve_args(w.id, res, (), node.cpus or 1e9, node.memory_total)[1:],
                   "", "", f"{window}\n{seen}", *more_args],
         )
+        # A closed node is refused before the head check: its reply has the code alone.
+        code, gone, slots, busy, throttled, waiting = (*reply, 0, 0, 0, 0, 0, 0)[:6]
         return int(code), int(gone), max(0, int(slots) - int(busy)), int(throttled), int(waiting)
 
 

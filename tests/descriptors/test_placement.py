@@ -819,6 +819,38 @@ def test_a_slots_hint_places_nothing_past_a_full_sweep_a_busy_node_queue_or_a_jo
     _within(r, gid)
 
 
+def test_a_slots_hint_on_a_node_drained_since_places_nothing_and_raises_nothing(grid, r):
+    """A hint armed before its node was drained (an operator, a node fault, a late heartbeat):
+    its PLACE refuses the closed node, and the slot is told so, with no error."""
+    from agent.negotiator import Negotiator
+
+    gid, cells = _sweep(grid, 4, 2)
+    _two_slot_node(r)
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1
+    _ran_and_ended(r, "node-a", cells[0], gid)
+    grid.drain("node-a", reason="maintenance")
+    assert not taker.take_next()
+    assert _where(r, ["node-a"])[cells[1]] == "pending"
+
+
+def test_a_slots_hint_is_not_fooled_by_an_id_spanning_two_it_read(grid, r):
+    """The head check looks each id of the queue's window up among those the pass read: a
+    planted entry whose text joins two read ids with a newline is one it did not read."""
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+
+    gid, cells = _sweep(grid, 5, 2)
+    _two_slot_node(r)
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1
+    _ran_and_ended(r, "node-a", cells[0], gid)
+    pending = keys.rq_queue(keys.PENDING_QUEUE)
+    r.linsert(pending, "AFTER", cells[1], f"{cells[2]}\n{cells[3]}")
+    assert not taker.take_next()
+    assert _where(r, ["node-a"])[cells[1]] == "pending"
+
+
 def _within(r, gid):
     """node-a holds no more than it declared, the sweep runs no more than 2, no job is placed twice."""
     from gridcore import keys

@@ -172,3 +172,19 @@ def test_the_group_of_a_killed_slot_is_removed_by_its_agent(agents, grid, groups
     slot = next(p for p in psutil.Process(a.proc.pid).children() if "agent.slotmain" in " ".join(p.cmdline()))
     os.kill(slot.pid, signal.SIGKILL)  # it cannot remove its group: its agent does, once the job is killed
     eventually(lambda: not group.exists(), message=f"{group.name} removed")
+
+
+def test_a_limit_the_job_changed_is_written_again_for_the_next(r, tmp_path, groups):
+    """A job (of the agent's user) can write its own group's limit files: the slot reads them
+    back when it keeps the group, and the next job asking the same limit gets it written again."""
+    assert _run(r, tmp_path, "true", 64 * MB).exit_code == 0
+    kept = groups.idle
+    assert kept is not None
+    raise_own = (f"echo -1 > {kept.path}/memory.memsw.limit_in_bytes 2>/dev/null; "
+                 f"echo -1 > {kept.path}/memory.limit_in_bytes")
+    assert _run(r, tmp_path, raise_own, 64 * MB).exit_code == 0
+    assert groups.idle is not None and groups.idle.path == kept.path  # reused
+    assert int((kept.path / "memory.limit_in_bytes").read_text()) > 64 * MB  # the job did raise it
+    result = _run(r, tmp_path, "true", 64 * MB)
+    assert result.exit_code == 0, result
+    assert int((kept.path / "memory.limit_in_bytes").read_text()) == 64 * MB
