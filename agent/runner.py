@@ -36,7 +36,7 @@ READ_SIZE = 64 * 1024
 CGROUP_SHIM = '{ echo 0 > "$0"; } 2>&0 || exit 1; . /proc/self/fd/0; exec "$@" </dev/null'
 """`sh -c` script that moves itself into the job's cgroup (`$0`: JobCgroup.enter_file), then
 becomes the job. It starts with `shim_env`, not the job's environment: its stdin is the job's
-environment file (env_file), which it sources only once moved, and a failed move's report is
+part of it (`job_part`, as `env_file`), which it sources only once moved, and a failed move's report is
 written there after it (dash takes only descriptors 0-9 in a redirection; the job gets
 /dev/null as every job does): a failed move is not run, since unconfined it would run past the
 memory limit its node promises."""
@@ -47,13 +47,24 @@ CGROUP_ENTER = '{{ echo 0 > {file}; }} 2>&0 || exit 1\n. /proc/self/fd/0; exec <
 cgroup before the command runs, as the shim does (its environment from stdin, then /dev/null)."""
 def shim_env(ctx: RunContext) -> dict[str, str]:
     """The environment a shell starts with before it has the job's (the cgroup shim, a held
-    shell): the attempt's marker variables alone, the grid's own values, so that the shell is
-    found by its attempt as every process of the job is (agent/proctree.py). The job's would be
-    read by the shell and its loader before the move or the start (LD_PRELOAD, ENV...): code of
-    the job's, run unconfined, or for a start that is then refused (a replayed envelope, a
-    cancel), and one that could write a failed move's report, and so have its attempt handed
-    back as the node's fault, uncounted, the node drained."""
-    return {**ctx.marker_env, **proctree.attempt_marker(ctx.job_id, ctx.run_id), proctree.ENV_WORKER: ctx.worker}
+    shell): the agent's own (the operator's, as every job's starts from it) and the attempt's
+    marker variables, so that the shell is found by its attempt as every process of the job is
+    (agent/proctree.py). The job's own variables (its envelope's, the grid's for it) come
+    later, sourced (`job_part`): read by the shell and its loader at its start (LD_PRELOAD,
+    ENV...) they would be code of the job's, run unconfined before the move, or for a start
+    that is then refused (a replayed envelope, a cancel), and could write a failed move's report
+    and so have the attempt handed back as the node's fault, uncounted, the node drained."""
+    env = _agent_env()
+    env.update(ctx.marker_env)
+    env.update(proctree.attempt_marker(ctx.job_id, ctx.run_id))
+    env[proctree.ENV_WORKER] = ctx.worker
+    return env
+
+
+def job_part(env: dict[str, str], start: dict[str, str]) -> dict[str, str]:
+    """What of the job's environment `env` a shell started with `start` must still be given:
+    the variables it lacks or has otherwise (a job's env adds and overrides, never removes)."""
+    return {k: v for k, v in env.items() if start.get(k) != v}
 
 
 SHELL_SETS = frozenset({"PWD", "IFS", "OPTIND", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO"})
@@ -65,7 +76,7 @@ GATE_OPEN = "GRID_GATE_OPEN"
 once it has read all of what the slot writes at the release."""
 GATE = f'. /proc/self/fd/0 || exit 1\n[ "${{{GATE_OPEN}-}}" = 1 ] || exit 1\nunset {GATE_OPEN}\nexec </dev/null\n'
 """The first lines of a held shell command's `sh -c` script (`hold`). The shell starts with
-`shim_env`, and waits on its stdin, the gate pipe, for the job's environment (its attempt's number
+`shim_env`, and waits on its stdin, the gate pipe, for the job's part of its environment (`job_part`: its attempt's number
 in it), which the slot writes only once the start is recorded, then closes. Nothing of the job's
 (its LD_PRELOAD, its commands) runs before that: a start refused (a replayed envelope, a cancel,
 no room) or a slot gone closes the gate with nothing written, and the shell exits. Then stdin is
@@ -245,7 +256,7 @@ class Held:
     proc: subprocess.Popen
     gate: int  # write end of the shell's stdin
     before: set[int]
-    env: bytes  # the job's environment as `env_lines`, all but its attempt's number
+    env: bytes  # the job's part of its environment as `env_lines`, all but its attempt's number
 
     def release(self, attempt: int) -> None:
         """Let the command run, as attempt `attempt` of its envelope."""
@@ -298,15 +309,17 @@ def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
     It never raises: it runs while the start's script is in flight (agent/lua.py `meanwhile`)."""
     gate_r = gate_w = -1
     try:
+        start = shim_env(ctx)
         env = build_env(envelope, ctx)
         env.pop("GRID_JOB_ATTEMPT", None)  # not known before the start: the gate gives it
-        if any(not _NAME.fullmatch(k) for k in env):
+        part = job_part(env, start)
+        if any(not _NAME.fullmatch(k) for k in part):
             return None
-        lines = env_lines(env)  # here, not at the release: a value it refuses is the ordinary start's to report
+        lines = env_lines(part)  # here, not at the release: a value it refuses is the ordinary start's to report
         before = proctree.own_children()
         gate_r, gate_w = os.pipe()
         proc = subprocess.Popen(["/bin/sh", "-c", GATE + envelope["command"]], cwd=envelope.get("cwd") or None,
-                                env=shim_env(ctx), stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=start, stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, close_fds=True)
     except Exception:  # noqa: BLE001 - a bad cwd, a NUL byte, no descriptors: reported by the ordinary start
         if gate_w >= 0:
@@ -363,12 +376,13 @@ def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
     try:
         if cg is not None:
             _check_program(argv[0], cwd, env)
-            report = env_file(env)
+            start_env = shim_env(ctx)
+            report = env_file(job_part(env, start_env))
             report_at = os.lseek(report, 0, os.SEEK_CUR)
             charged = cg.peak()  # what the group held before the job: a member's pages raise it
             proc = subprocess.Popen(
                 _entering(argv, envelope, str(cg.enter_file)),
-                cwd=cwd, env=shim_env(ctx), stdin=report, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=cwd, env=start_env, stdin=report, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, close_fds=True,
             )
         else:

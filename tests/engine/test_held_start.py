@@ -140,9 +140,10 @@ def _exec_done(proc: subprocess.Popen) -> None:
 
 
 def test_a_held_shell_has_only_its_attempts_markers_until_released(r, tmp_path):
-    """Before its start is recorded the held shell has none of the job's environment (a job's
-    LD_PRELOAD would run in it, for a start that may then be refused): only the grid's markers,
-    so that a stale copy is still found by its attempt. Released, the command has all of it."""
+    """Before its start is recorded the held shell has none of the job's own environment (a
+    job's LD_PRELOAD would run in it, for a start that may then be refused): the agent's and the
+    grid's markers, so that a stale copy is still found by its attempt. Released, the command
+    has all of it."""
     out = tmp_path / "out"
     envelope = {"command": f'echo "$SECRET_VALUE $GRID_JOB_ATTEMPT $GRID_JOB_RUN" > {out}',
                 "env": {"SECRET_VALUE": "s3cr3t", "LD_PRELOAD": "/nonexistent/x.so"}}
@@ -151,7 +152,10 @@ def test_a_held_shell_has_only_its_attempts_markers_until_released(r, tmp_path):
     assert held is not None
     _exec_done(held.proc)
     env = _environ(held.proc.pid)
-    assert env == {"GRID_JOB_GRID": "g1", "GRID_JOB_ID": "j1", "GRID_JOB_RUN": "r1", "GRID_JOB_WORKER": "w"}
+    assert "SECRET_VALUE" not in env and "LD_PRELOAD" not in env, env
+    assert {k: env.get(k) for k in ("GRID_JOB_GRID", "GRID_JOB_ID", "GRID_JOB_RUN", "GRID_JOB_WORKER")} == \
+        {"GRID_JOB_GRID": "g1", "GRID_JOB_ID": "j1", "GRID_JOB_RUN": "r1", "GRID_JOB_WORKER": "w"}
+    assert env.get("PATH") == os.environ.get("PATH")  # the agent's own environment, as every job's starts from
     assert b"s3cr3t" not in open(f"/proc/{held.proc.pid}/cmdline", "rb").read()
     result, outcome = runner.execute(envelope, _ctx(attempt=2, marker_env={"GRID_JOB_GRID": "g1"}),
                                      _sink(r, tmp_path), held)
