@@ -292,7 +292,7 @@ class JobAttempt:
         counter, expiry = ([self._counting[0]], [self._counting[1]]) if self._counting is not None else ([], [])
         self._counting = None
 
-        def once() -> int:
+        def once() -> list:  # [1 if put back else 0, why its count was not given back or '']
             return guarded.REQUEUE_UNSTARTED(
                 self.conn,
                 [q.key, keys.rq_job(self.id), keys.node_running(self.node), keys.ACTIVE,

@@ -27,7 +27,7 @@ from gridcore.models import Node, NodeState, Resources
 from gridcore.placement import Committed, Fit, choose_node, explain
 from gridcore.quarantine import heal
 from gridcore.reads import Reads
-from gridcore.records import NODE_DRAINING, NODE_FIELDS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
+from gridcore.records import NODE_DRAINING, NODE_FIELDS, NODE_SLOTS, CorruptRecord, HeldEntry, JobMeta, Placement, salvage, text
 from gridcore.reservations import RESERVE_FN, Corrupt, Reservations, reserve_args, wake
 from gridcore.views import node_view
 
@@ -89,7 +89,7 @@ local function place(id, job, meta, digest)
 end
 local head = ARGV[15]
 if head ~= '' then
-  local slots, busy = tonumber(redis.call('HGET', KEYS[8], 'slots')) or 0, redis.call('HLEN', KEYS[9])
+  local slots, busy = tonumber(redis.call('HGET', KEYS[8], '""" + NODE_SLOTS + """')) or 0, redis.call('HLEN', KEYS[9])
   -- As a slot's pass: for an idle slot of the node only (its slots unknown: one), none in its queue.
   if (slots > 0 and busy >= slots) or redis.call('LLEN', KEYS[2]) > 0 then return {-5, 0, 0, 0, 0, 0} end
   local window = tonumber(string.match(head, '^(%d+)\\n')) or 0
