@@ -9,8 +9,8 @@ node's running hash (`grid:node:<n>:running`, value `claim:<worker>`), where nod
 recovery finds it and puts it back in line.
 
 An idle slot waits on its pool queue (where plain submissions go) with a BLMOVE that takes
-the first job into the node's taking list (`grid:node:<n>:taking`), and the pop script then
-claims it from there. Taking, not just watching: a push wakes one waiting slot, not every
+the first job into the node's taking list (`grid:node:<n>:taking`), and the pop script, sent
+behind it in the same round trip, claims it from there as soon as the wait ends. Taking, not just watching: a push wakes one waiting slot, not every
 idle slot of every node (each of which would run the pop script for nothing, on the same
 cores as the one that got the job). A job in the taking list is in no queue for a moment;
 every slot of the node pops from that list, so a lost BLMOVE reply (broker restart) or a
@@ -197,11 +197,38 @@ def marker(worker: str) -> str:
     return RunningEntry("claimed", worker=worker).encode()
 
 
+def _pop_args(node: str, worker: str, queue_keys: list[str]) -> tuple[list[str], list[Any]]:
+    return ([keys.node_taking(node), *queue_keys, keys.node_running(node), keys.node(node)],
+            [marker(worker), keys.rq_job_prefix(), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
+             keys.rq_queue_prefix(), node, NUDGE_PATTERN, NUDGE_HOPS, NUDGE, keys.QUARANTINE])
+
+
 def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
     """Pop and claim the first job of `queue_keys` (the node queue first) for `worker`."""
-    got = _POP_SCRIPT(conn, [keys.node_taking(node), *queue_keys, keys.node_running(node), keys.node(node)],
-                      [marker(worker), keys.rq_job_prefix(), keys.ACTIVE, keys.cancel(""), keys.PRIORITY,
-                       keys.rq_queue_prefix(), node, NUDGE_PATTERN, NUDGE_HOPS, NUDGE, keys.QUARANTINE])
+    return _popped(_POP_SCRIPT(conn, *_pop_args(node, worker, queue_keys)))
+
+
+def wait_pop(conn, node: str, worker: str, queue_keys: list[str], pool_key: str, timeout: float) -> Popped:
+    """Block until the pool queue `pool_key` has a job, or `timeout` seconds, then pop as `pop`
+    does, in one round trip: the pop goes right behind the wait (a BLMOVE into the node's taking
+    list), and the broker runs it as soon as the wait ends, a job come or not. Two round trips
+    were on the way of every job submitted to an idle grid.
+
+    A lost reply loses nothing, as for either alone: what the wait took is in the taking list,
+    and what the pop claimed the slot puts back (requeue_own). A wait the broker refused (its
+    pool queue retyped) is raised, unless the pop took a job: that goes first, and the next wait
+    meets the error again."""
+    came, got = _POP_SCRIPT.after(conn, ("BLMOVE", pool_key, keys.node_taking(node), "LEFT", "RIGHT", timeout),
+                                  *_pop_args(node, worker, queue_keys))
+    if isinstance(got, redis.ResponseError):
+        raise got
+    popped = _popped(got)
+    if isinstance(came, redis.ResponseError) and popped.taken is None:
+        raise came
+    return popped
+
+
+def _popped(got: Any) -> Popped:
     time = (int(got[3]), int(got[4]))
     if int(got[7]) or not got[1]:
         return Popped(time, bool(int(got[7])), None, int(got[8]) if len(got) > 8 else 0)
@@ -224,13 +251,6 @@ def started_by(fields: dict[bytes, bytes]) -> ActiveEntry | None:
         return None
     name = worker.decode("utf-8", "replace")
     return ActiveEntry(node=f"worker {name}", slot=0, worker=name, started=0)
-
-
-def wait(conn, node: str, queue_key: str, timeout: float) -> bool:
-    """Block until the pool queue `queue_key` has a job, or `timeout` seconds; a job that comes
-    is moved to the node's taking list, for the pop that follows (or any slot's next pop).
-    Whether one came (False: the wait timed out)."""
-    return conn.blmove(queue_key, keys.node_taking(node), timeout, src="LEFT", dest="RIGHT") is not None
 
 
 _GIVE_BACK_ALL = _GIVE_BACK + _NUDGES + """

@@ -72,20 +72,53 @@ def _run(client: redis.Redis, *args: Any, resend: bool = True, meanwhile: Callab
         if meanwhile is not None:
             meanwhile()
         return client.execute_command(*args)
+    pending = [meanwhile] if meanwhile is not None else []
+
+    def read(conn: Any) -> Any:
+        while pending:  # once, after the first send that went out
+            pending.pop()()
+        return conn.read_response()
+
+    return _exchange(client, lambda conn: conn.send_command(*args), read, resend)
+
+
+def _run_all(client: redis.Redis, commands: Sequence[Sequence[Any]], resend: bool = True) -> list[Any]:
+    """Each command's reply, all sent in one round trip; an error the broker answered is the
+    reply in its place, not raised (the replies after it are read, the connection stays usable)."""
+    if getattr(client, "connection", None) is not None:  # a single-connection client: its own
+        out = []
+        for command in commands:
+            try:
+                out.append(client.execute_command(*command))
+            except ResponseError as e:
+                out.append(e)
+        return out
+
+    def read(conn: Any) -> list[Any]:
+        out = []
+        for _ in commands:
+            try:
+                out.append(conn.read_response())
+            except ResponseError as e:
+                out.append(e)
+        return out
+
+    return _exchange(client, lambda conn: conn.send_packed_command(conn.pack_commands(commands)), read, resend)
+
+
+def _exchange(client: redis.Redis, send: Callable[[Any], None], read: Callable[[Any], Any], resend: bool) -> Any:
+    """`send` then `read` on this thread's connection of the client's pool, under its retry policy."""
     pool = client.connection_pool
     conn: Any = None
     sent = False
-    pending = [meanwhile] if meanwhile is not None else []
 
     def once() -> Any:
         nonlocal conn, sent
         sent = False
         conn = _connection(pool)
-        conn.send_command(*args)
+        send(conn)
         sent = True
-        while pending:  # once, after the first send that went out
-            pending.pop()()
-        return conn.read_response()
+        return read(conn)
 
     def failed(error: Exception | None) -> None:
         nonlocal conn
@@ -137,3 +170,16 @@ class Lua:
         except NoScriptError:
             _run(client, "SCRIPT", "LOAD", self.text)
             return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend)
+
+    def after(self, client: redis.Redis, command: Sequence[Any], keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, Any]:
+        """`command`'s reply and the script's, the script sent right behind it in the same round
+        trip: behind a blocking command, the broker runs it as soon as that one is answered (it
+        reads nothing more from a blocked client). Each reply, or the error the broker answered
+        in its place. A script the broker does not know did not run: it is loaded and run alone."""
+        first, reply = _run_all(client, [command, ("EVALSHA", self.sha, len(keys), *keys, *args)], resend=self.resend)
+        if isinstance(reply, NoScriptError):
+            try:
+                reply = self(client, keys, args)
+            except ResponseError as e:
+                reply = e
+        return first, reply

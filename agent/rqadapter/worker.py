@@ -98,7 +98,7 @@ class GridWorker(SimpleWorker):
         self._suspension_checked = 0.0
         self._scheduler_retry_at = 0.0
         self._pubsub_down = False
-        self._waiting = False  # in claim.wait: a stop signal may interrupt it
+        self._waiting = False  # in claim.wait_pop: a stop signal may interrupt it
         GridQueue.result_ttl = settings.result_ttl
 
     # ---- signals and commands -----------------------------------------------------------
@@ -269,7 +269,9 @@ class GridWorker(SimpleWorker):
         self.set_state("idle")
         failures = 0
         stale_claims = False  # a pop failed after it may have claimed a job
+        looked = False  # the last wait's pop took nothing: the next look needs no pop of its own
         while not self._stop_requested:
+            fresh, looked = looked, False
             try:
                 self.idle_beat()
                 if self.should_run_maintenance_tasks:
@@ -292,7 +294,7 @@ class GridWorker(SimpleWorker):
                     claim.give_back(self.connection, self.node)
                     time.sleep(ORPHAN_POLL)
                     continue
-                result = self._pop()
+                result = None if fresh else self._pop()
                 if result is claim.DRAINING:
                     # A draining node finishes what it runs and takes nothing new (until resumed).
                     if timeout is None:
@@ -304,20 +306,22 @@ class GridWorker(SimpleWorker):
                 if result is None:
                     queues = self._ordered_queues
                     pool = queues[1] if len(queues) > 1 else queues[0]
-                    try:
-                        self._waiting = True
-                        if self._stop_requested:  # a signal that came just before the flag was set
-                            break
-                        came = claim.wait(self.connection, self.node, pool.key, self.turn_wait())
-                    finally:
-                        self._waiting = False
-                    if self.performer.orphaned.is_set() or not came:
-                        continue  # a timed-out wait: the loop's top beats and pops (the node queue) anyway
-                    result = self._pop()
+                    result = self._pop(wait=(pool.key, self.turn_wait()))
+                    if result is None:
+                        looked = True  # a timed-out wait: the loop's top beats, and waits again
+                        continue
                     if result is claim.DRAINING:
                         continue
+                    if self.performer.orphaned.is_set():
+                        # The agent went silent while the slot waited: the job goes back in line.
+                        claim.requeue_own(self.connection, self.node, self.name)
+                        continue
             except _StopWaiting:
-                break  # redis-py dropped the interrupted connection: no reply is left half-read
+                # redis-py dropped the interrupted connection: no reply is left half-read, but the
+                # pop behind the wait may have claimed a job whose reply was lost: back in line.
+                # What the wait took is in the taking list, which the agent gives back at its exit.
+                self._requeue_at_stop()
+                break
             except OUTAGE_ERRORS as e:
                 if failures == 0:
                     log.warning("slot %s: broker unreachable (%s); waiting for it", self.name, e)
@@ -360,11 +364,24 @@ class GridWorker(SimpleWorker):
         wait = (self.slot % self.slots * round_ / self.slots - now) % round_
         return wait if wait >= 0.05 else wait + round_  # 0 would block for good; a turn just passed: the next
 
-    def _pop(self) -> tuple[Job, Queue] | str | None:
+    def _pop(self, wait: tuple[str, float] | None = None) -> tuple[Job, Queue] | str | None:
         """(job, queue) claimed from the first non-empty queue of this slot; None if all are
-        empty; claim.DRAINING if the node is draining. Sets `taken` and anchors the clock."""
+        empty; claim.DRAINING if the node is draining. Sets `taken` and anchors the clock.
+        `wait` (pool queue key, seconds): first wait that long for a job to come to the pool
+        queue, in the pop's round trip (claim.wait_pop); a stop signal interrupts it."""
         while True:
-            popped = claim.pop(self.connection, self.node, self.name, [q.key for q in self._ordered_queues])
+            queue_keys = [q.key for q in self._ordered_queues]
+            if wait is None:
+                popped = claim.pop(self.connection, self.node, self.name, queue_keys)
+            else:
+                try:
+                    self._waiting = True
+                    if self._stop_requested:  # a signal that came just before the flag was set
+                        raise _StopWaiting
+                    popped = claim.wait_pop(self.connection, self.node, self.name, queue_keys, *wait)
+                finally:
+                    self._waiting = False
+                wait = None  # a record found gone: the next look pops at once
             self.performer.clock.anchor(*popped.time)
             if popped.draining:
                 return claim.DRAINING
@@ -389,6 +406,15 @@ class GridWorker(SimpleWorker):
             if result is not None:
                 return result
             claim.release(self.connection, self.node, taken.job_id, claim.marker(self.name))  # nothing to start
+
+    def _requeue_at_stop(self) -> None:
+        """Put back a job the interrupted wait's pop may have claimed. A broker away now leaves
+        the claim to the node's next start (its own reclaim) or another node's sweep."""
+        try:
+            if n := claim.requeue_own(self.connection, self.node, self.name):
+                log.info("slot %s: stopped while taking %d job(s); back in line", self.name, n)
+        except redis.RedisError as e:
+            log.warning("slot %s: putting back what its last pop claimed: %s", self.name, e)
 
     # ---- the job ------------------------------------------------------------------------
 

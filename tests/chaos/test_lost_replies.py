@@ -5,6 +5,8 @@ when that happens. A proxy between the agent and the broker loses one chosen rep
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent import claim, guarded
@@ -15,8 +17,9 @@ from tests.support.wait import eventually
 
 
 def _claimed(reply: bytes) -> bool:
-    """The pop's reply when it took a job (its first field, the queue key, is not empty)."""
-    return reply.startswith(b"*8\r\n$") and not reply.startswith(b"*8\r\n$0\r\n")
+    """The pop's reply when it took a job (its first field, the queue key, is not empty); an
+    idle slot's comes behind the reply of the wait it was sent with (a job id, or none)."""
+    return re.match(rb"(\$\d+\r\n[^\r]*\r\n|\*-1\r\n)?\*8\r\n\$(?!0\r\n)", reply) is not None
 
 
 def _started(reply: bytes) -> bool:
@@ -36,6 +39,36 @@ def test_a_lost_reply_runs_the_job_once_and_loses_nothing(broker, agents, grid, 
         jid = grid.submit(JobSpec(command=f"echo once >> {ran}"))
         cleanup_jobs.append(jid)
         eventually(lambda: proxy.dropped, 20, 0.02, "the proxy to lose the reply")
+        states = assert_accounted(r, grid, [jid], timeout=30)
+        assert states[jid] is JobState.FINISHED
+        assert ran.read_text() == "once\n"
+        assert [a.get("reason") for a in grid.get(jid).attempts] == [None]
+    finally:
+        proxy.close()
+
+
+def test_a_stop_while_the_waits_pop_is_answered_puts_its_job_back(broker, agents, grid, r, tmp_path, monkeypatch,
+                                                                 cleanup_jobs):
+    """An idle slot's pop goes behind its wait (claim.wait_pop), and a stop signal interrupts the
+    wait: the pop may have claimed a job whose reply is lost with the connection redis-py drops.
+    The slot puts that job back in line before it exits: not lost, not run twice."""
+    from gridcore import keys
+    from gridcore.records import RunningEntry
+
+    proxy = ReplyDropper(broker.port, claim._POP_SCRIPT.sha.encode(), _claimed, hold=True)
+    monkeypatch.setenv("GRID_REDIS_URL", proxy.url)
+    try:
+        a = agents("node-a", slots=1)
+        ran = tmp_path / "ran"
+        jid = grid.submit(JobSpec(command=f"echo once >> {ran}"))
+        cleanup_jobs.append(jid)
+        eventually(lambda: proxy.dropped, 20, 0.02, "the proxy to hold the pop's reply")
+        assert RunningEntry.decode(r.hget(keys.node_running("node-a"), jid)).phase == "claimed"  # the pop ran
+        assert a.stop() == 0  # SIGTERM: the agent stops its slot, whose wait is interrupted
+        assert r.lrange(keys.rq_queue("default"), 0, -1) == [jid.encode()]  # back in line
+        assert not r.hlen(keys.node_running("node-a")) and not ran.exists()
+        monkeypatch.delenv("GRID_REDIS_URL")
+        agents("node-b", slots=1)
         states = assert_accounted(r, grid, [jid], timeout=30)
         assert states[jid] is JobState.FINISHED
         assert ran.read_text() == "once\n"

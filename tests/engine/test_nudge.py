@@ -15,9 +15,8 @@ POOL = keys.rq_queue("default")
 
 
 def slot_wakes(r, node: str) -> claim.Popped:
-    """An idle slot of `node` woken on the pool queue: its wait, then its pop."""
-    claim.wait(r, node, POOL, 0.1)
-    return claim.pop(r, node, f"{node}.x.0", [keys.rq_queue(keys.node_queue(node)), POOL])
+    """An idle slot of `node` woken on the pool queue: its wait, and the pop behind it."""
+    return claim.wait_pop(r, node, f"{node}.x.0", [keys.rq_queue(keys.node_queue(node)), POOL], POOL, 0.1)
 
 
 def test_another_nodes_idle_slot_passes_the_nudge_on(grid, r):

@@ -5,6 +5,8 @@ reaches the broker and runs; its reply never comes back, and the connection clos
 client sees a connection error after its command ran (redis-py then reconnects, and may send
 it again). Which reply: the first one to a command that names `marker` (a script's SHA) for
 which `lose(reply)` holds (its first bytes, at least 8); every other byte passes as it is.
+`hold=True`: the connection stays open instead, and nothing more comes back on it (a reply
+that never comes: the client waits on until it gives up, or is interrupted).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Callable
 
 
 class ReplyDropper:
-    def __init__(self, port: int, marker: bytes, lose: Callable[[bytes], bool], times: int = 1):
+    def __init__(self, port: int, marker: bytes, lose: Callable[[bytes], bool], times: int = 1, hold: bool = False):
         self.target = ("127.0.0.1", port)
+        self.hold = hold
         self.marker = marker
         self.lose = lose
         self.left = times
@@ -71,8 +74,11 @@ class ReplyDropper:
 
     def _down(self, upstream: socket.socket, client: socket.socket, armed: threading.Event) -> None:
         """Broker to client: everything, except the chosen reply (then both ends close)."""
+        held = False
         try:
             while data := upstream.recv(65536):
+                if held:
+                    continue
                 if armed.is_set():
                     while len(data) < 8 and (more := upstream.recv(65536)):
                         data += more
@@ -82,6 +88,9 @@ class ReplyDropper:
                         if lose:
                             self.left -= 1
                             self.dropped.append(data[:64])
+                    if lose and self.hold:
+                        held = True
+                        continue
                     if lose:
                         break
                 client.sendall(data)
