@@ -8,18 +8,19 @@ So a slot pops and claims in one step: a script moves the first job of its queue
 node's running hash (`grid:node:<n>:running`, value `claim:<worker>`), where node-loss
 recovery finds it and puts it back in line.
 
-An idle slot waits on its pool queue (where plain submissions go) with a BLMOVE that takes
-the first job into the node's taking list (`grid:node:<n>:taking`), and the pop script, sent
-behind it in the same round trip, claims it from there as soon as the wait ends. Taking, not just watching: a push wakes one waiting slot, not every
-idle slot of every node (each of which would run the pop script for nothing, on the same
-cores as the one that got the job). A job in the taking list is in no queue for a moment;
-every slot of the node pops from that list, so a lost BLMOVE reply (broker restart) or a
-slot that died there loses nothing: the node's next pop takes it, a draining node puts it
-back where it was in its queue, and node-loss recovery does the same for a dead node. The
-node queue (placed and pinned jobs) comes before it and is looked at every time a slot
-wakes: a placed job nudges an idle slot, and an idle slot wakes every 5 s anyway
-(rqadapter/worker.py DEQUEUE_WAKE); a job taken from there sends the taken one back to its
-queue rather than keep it waiting on this node.
+An idle slot waits on its pool queue (where plain submissions go) with a BLMOVE that takes the
+first job into the node's taking list (`grid:node:<n>:taking`), and the pop script, sent behind
+it in the same round trip, claims it from there as soon as the wait ends (the broker runs it
+then, even for a slot stopped meanwhile: its claim is the slot's to put back). Taking, not just
+watching: a push wakes one waiting slot, not every idle slot of every node (each of which would
+run the pop script for nothing, on the same cores as the one that got the job). A job in the
+taking list is in no queue for a moment; every slot of the node pops from that list, so a lost
+BLMOVE reply (broker restart) or a slot that died there loses nothing: the node's next pop takes
+it, a draining node puts it back where it was in its queue, and node-loss recovery does the same
+for a dead node. The node queue (placed and pinned jobs) comes before it and is looked at every
+time a slot wakes: a placed job nudges an idle slot, and an idle slot wakes every 5 s anyway
+(rqadapter/worker.py DEQUEUE_WAKE); a job taken from there sends the taken one back to its queue
+rather than keep it waiting on this node.
 
 A job's entry in that hash goes claim -> slot index (started) -> `ended:<worker>` (its end
 is recorded, RQ's bookkeeping not yet done) -> gone. Recovery acts on each: a claim goes back
