@@ -79,6 +79,46 @@ def test_an_idle_slot_claims_a_job_submitted_while_it_waits_in_the_waits_round_t
     assert not r.llen(keys.node_taking(worker.node))
 
 
+def test_a_timed_out_waits_pop_is_the_idle_slots_next_look(settings, r, monkeypatch):
+    """An idle slot's loop pops once, then only behind its waits: a wait that timed out has
+    popped already, so the loop waits again without a pop of its own (one was sent each time)."""
+    worker = _worker(r, settings)
+    worker.register_birth()
+    monkeypatch.setattr(worker, "turn_wait", lambda now=None: 0.05)
+    sends = Sends(monkeypatch)
+    threading.Timer(0.6, lambda: setattr(worker, "_stop_requested", True)).start()
+    assert worker.dequeue_job_and_maintain_ttl(30) is None
+    sha = claim._POP_SCRIPT.sha.encode()
+    waits = [c for c in sends.sent if b"BLMOVE" in c]
+    pops = [c for c in sends.sent if sha in c and b"BLMOVE" not in c]
+    assert len(waits) >= 3 and all(sha in c for c in waits) and len(pops) == 1, (len(waits), len(pops))
+
+
+def test_a_job_claimed_as_the_agent_went_silent_goes_back_in_line(settings, grid, r):
+    """The agent's pulse stopped while the slot waited (agent/pulse.py): the job its wait's pop
+    claimed is not started here but put back, as the waits' takings are."""
+    worker = _worker(r, settings)
+    worker.register_birth()
+    box = {}
+
+    def submit() -> None:
+        for _ in range(500):
+            if int(r.info("clients")["blocked_clients"]):
+                break
+            threading.Event().wait(0.01)
+        worker.performer.orphaned.set()
+        box["jid"] = grid.submit(JobSpec(command="true"))
+        threading.Event().wait(0.3)
+        worker._stop_requested = True
+
+    submitter = threading.Thread(target=submit, daemon=True)
+    submitter.start()
+    assert worker.dequeue_job_and_maintain_ttl(30) is None
+    submitter.join(10)
+    assert r.lrange(POOL, 0, -1) == [box["jid"].encode()]
+    assert not r.hlen(keys.node_running(worker.node)) and not r.llen(keys.node_taking(worker.node))
+
+
 def test_a_wait_that_times_out_pops_the_node_queue_in_its_round_trip(r, monkeypatch):
     sends = Sends(monkeypatch)
     popped = _pop(r)
