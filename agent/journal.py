@@ -20,8 +20,10 @@ the insert one step across them. Any failure to read or write it refuses the job
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,27 @@ CREATE TABLE IF NOT EXISTS starts (
 );
 CREATE INDEX IF NOT EXISTS starts_expires ON starts (expires);
 """
+
+
+OPEN_TIMEOUT = 30.0
+"""Seconds a slot waits for the journal: SQLite's busy timeout, and the wait for the lock under
+which the node's slots open the file one at a time (`Journal._conn`)."""
+_LOCK_POLL = 0.005
+
+
+def _flock(fd: int, timeout: float) -> None:
+    """An exclusive flock on `fd` within `timeout` seconds, else sqlite3.OperationalError (the job
+    is refused, as for a journal SQLite finds locked that long): a slot stopped while it holds
+    the lock must not hang the node's other slots for good."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(f"its open lock held for {timeout:g}s") from None
+            time.sleep(_LOCK_POLL)
 
 
 def journal_path(node: str) -> Path:
@@ -100,7 +123,24 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            # The node's slots open the file at once on their first jobs (a fresh node given two
+            # jobs): one switching it to WAL while another does gets "database is locked" at once
+            # (SQLite's deadlock avoidance: the busy timeout is not waited out), which refused its
+            # job. So each opens it in turn, under a lock file of its own beside it (never the
+            # database file: closing any descriptor of that drops SQLite's POSIX locks on it).
+            lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                _flock(lock, OPEN_TIMEOUT)
+                self._db = self._open()
+            finally:
+                os.close(lock)  # releases the flock
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        """The journal's connection, the file in WAL mode with its schema (once opened, any
+        number of connections share it: `BEGIN IMMEDIATE` waits out the busy timeout)."""
+        db = sqlite3.connect(self.path, timeout=OPEN_TIMEOUT, isolation_level=None)
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL, not FULL: a commit is in the WAL (the OS's page cache) before the job runs,
             # so a crash of this process, the agent or any slot loses nothing; what goes is the
@@ -113,8 +153,10 @@ class Journal:
             # expires: a hostile broker writer and a power cut within the same seconds.
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
-            self._db = db
-        return self._db
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def admit(self, envelope: dict[str, Any], job_id: str, now: float) -> Ticket:
         """Record that this envelope starts here now, or refuse it (a replay, or a twin)."""

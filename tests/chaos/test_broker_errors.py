@@ -21,18 +21,18 @@ def slot_pids(agent) -> set[int]:
     return {p.pid for p in psutil.Process(agent.proc.pid).children() if "agent.slotmain" in " ".join(p.cmdline())}
 
 
-def test_a_broker_out_of_memory_loses_no_output_and_no_end(broker, agents, grid, r, cleanup_jobs):
+def test_a_broker_out_of_memory_loses_no_output_and_no_end(broker, agents, gate, grid, r, cleanup_jobs):
     a = agents("node-a", slots=2, node_timeout=NODE_TIMEOUT)
     slots = slot_pids(a)
-    # The short job outlasts the first lines of the long one by seconds, so both are seen running
-    # at once and both end while writes are refused even when its slot starts it late (a loaded
-    # CI machine once took over a second).
-    ids = [grid.submit(JobSpec(command=STREAM)), grid.submit(JobSpec(command="sleep 2.5; echo short"))]
+    # The short job ends once writes are refused (the gate opens then), however late the long
+    # one's first lines reach the broker on a loaded machine.
+    ids = [grid.submit(JobSpec(command=STREAM)), grid.submit(JobSpec(command=gate.command("echo short")))]
     cleanup_jobs.extend(ids)
     eventually(lambda: all(running_on(r, j) for j in ids), 20, 0.05, "both jobs to run", tolerate=TRANSIENT)
     eventually(lambda: b"line 2" in b"".join(c.data for c in grid.tail(ids[0], count=1000)), 20, 0.05,
                "the first lines of output")
     r.config_set("maxmemory", 1)  # noeviction (the grid's policy): every write is refused
+    gate.open()
     try:
         # Both jobs end while the broker refuses writes; their ends wait for it.
         eventually(lambda: not any(job_procs(j) for j in ids), 20, 0.1, "both jobs to end", tolerate=TRANSIENT)
