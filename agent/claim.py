@@ -397,9 +397,14 @@ def requeue(conn, node: str, job_id: str, value: str) -> bool:
 
 def requeue_own(conn, node: str, worker: str) -> int:
     """An idle slot's claims are stale (a pop whose reply was lost): put those jobs back."""
-    mine = marker(worker)
-    stale = [k.decode() for k, v in conn.hgetall(keys.node_running(node)).items() if v == mine.encode()]
-    return sum(requeue(conn, node, jid, mine) for jid in stale)
+    return requeue_claims(conn, node, [worker])
+
+
+def requeue_claims(conn, node: str, workers: list[str]) -> int:
+    """Put back the jobs claimed, not started, by any of `workers` (slots that are idle or gone)."""
+    mine = {marker(w).encode(): marker(w) for w in workers}
+    stale = [(k.decode(), mine[v]) for k, v in conn.hgetall(keys.node_running(node)).items() if v in mine]
+    return sum(requeue(conn, node, jid, m) for jid, m in stale)
 
 
 _RESTORE_ACTIVE = """

@@ -551,6 +551,10 @@ class Agent:
             # leave it to another node's loss sweep, or to this node's restart.
             if n := claim.give_back(self.conn, self.node):
                 log.info("gave back %d job(s) taken but not started", n)
+            # And what their pops claimed and no slot put back (one killed while its pop's reply
+            # was on its way, or that exited while the broker was away).
+            if n := claim.requeue_claims(self.conn, self.node, [s.name for s in self.slots]):
+                log.info("put back %d job(s) claimed but not started", n)
             now = self.broker_time()
             with self.conn.pipeline(transaction=False) as pipe:
                 # An orderly exit is not a node loss: the heartbeat aged past the timeout.

@@ -323,6 +323,9 @@ class GridWorker(SimpleWorker):
                 self._requeue_at_stop()
                 break
             except OUTAGE_ERRORS as e:
+                if self._stop_requested:
+                    failures += 1  # what the failed pop may have claimed goes back as the loop ends
+                    break
                 if failures == 0:
                     log.warning("slot %s: broker unreachable (%s); waiting for it", self.name, e)
                 time.sleep(RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF) - 1)])
@@ -343,6 +346,12 @@ class GridWorker(SimpleWorker):
             if result is not None:
                 self.reorder_queues(reference_queue=result[1])
                 return result
+        if failures or stale_claims:
+            # Stopping after a pop whose reply never came (a stop does not interrupt a plain
+            # pop's read, only the wait; a hung broker or a cut link ends it at the socket's
+            # timeout): it may have claimed a job, and the loop's next look, which would put
+            # it back, never comes.
+            self._requeue_at_stop()
         return None  # stop requested: RQ's work loop ends
 
     def turn_wait(self, now: float | None = None) -> float:
