@@ -79,6 +79,10 @@ if not v or v == '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 """Lua: HSETNX that also writes over an empty value (KEYS: the hash; ARGV: field, value). Run
 by EVAL inside the hand-back's transaction (a rare step: its text sent each time)."""
 
+Then = tuple[list, Callable[[Any], Any]]
+"""A command to send in the round trip of a job's end script, and what takes its reply (None
+where the end was not recorded by that script: `JobAttempt._end_at_once`)."""
+
 
 @dataclass(frozen=True)
 class Capacity:
@@ -312,19 +316,22 @@ class JobAttempt:
     # ---- end ----------------------------------------------------------------------------
 
     def finish(self, envelope: dict[str, Any], result: Result, outcome: str | None,
-               give_up: Callable[[], bool] | None = None) -> None:
+               give_up: Callable[[], bool] | None = None,
+               then: Callable[[], Then | None] | None = None) -> None:
         """Record how the attempt ended (see the module doc); discard it if the job was reclaimed.
 
         `outcome`: why the job was stopped when that is not a job failure (canceled,
-        shutdown: hand it back, fenced), else None.
+        shutdown: hand it back, fenced), else None. `then`: where the whole end is one script,
+        what to send in its round trip (`_end_at_once`).
         """
         self.book.ended(self.job)
         result = result.model_copy(update={"run_id": self.execution.id})
         what = f"job {self.id}"
         try:
             if outcome is None and result.exit_code == 0:
-                done = until_broker(lambda: self._end_at_once(envelope, result), f"{what}: recording its end",
-                                    give_up)
+                after = [then] if then is not None else []  # sent with the first try only
+                done = until_broker(lambda: self._end_at_once(envelope, result, after.pop() if after else None),
+                                    f"{what}: recording its end", give_up)
                 if done is not None:
                     if not done:
                         log.warning("%s: reclaimed by the grid while running here; result discarded", what)
@@ -366,25 +373,25 @@ class JobAttempt:
         """The attempt is the job's last (what its node signs as `final`): not handed back, not retried."""
         return outcome not in HANDED_BACK and self._is_final(result, outcome)
 
-    def _end_at_once(self, envelope: dict[str, Any], result: Result) -> bool | None:
+    def _end_at_once(self, envelope: dict[str, Any], result: Result,
+                     then: Callable[[], Then | None] | None = None) -> bool | None:
         """The whole end of a successful attempt in one script: the grid's records and RQ's.
 
         True: recorded (now, or by an earlier try whose reply was lost). False: the job was
         reclaimed from this slot; nothing written. None: RQ has more to do than record (the job
         has dependents, or is no longer `started`): the caller takes the stepwise path.
+        `then`: gives what to send in the same round trip, or None (the slot's hint: its next
+        cell's PLACE, agent/negotiator.py `with_end`): a command the broker runs right after the
+        script, and what takes its reply, called with it only where this script recorded the
+        end, else with None (the command ran all the same: it must be safe on its own).
         """
-        pipe = guarded.recorder(self.conn)
-        spend(pipe, envelope)
-        self._write_end(pipe, result, None, rq_done=True, wake_in_script=True)
-        self.book.record_success(pipe, self.job, result, self.execution)
-        self.book.idle(pipe)
-        # The wake the end's release would record, made by the script only if a job waits.
-        entry = None if self.places_next else wake_entry(self.node, self.meta.group)
-        wake = [x for kv in entry.items() for x in kv] if entry else ["", "", "", ""]
-        ok, detail = guarded.END(
-            self.conn, [keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id),
-                        keys.rq_queue(keys.PENDING_QUEUE), keys.PLACE_WAKES],
-            [self.id, self.worker, *wake, *guarded.packed(self.conn, pipe)])
+        after = self._then(then)
+        try:
+            ok, detail, reply = self._end_script(envelope, result, after[0] if after is not None else None)
+        except BaseException:
+            self._settle(after, None)
+            raise
+        self._settle(after, reply if ok == 1 else None)
         if ok == 2:
             return None
         if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
@@ -394,6 +401,42 @@ class JobAttempt:
         for err in guarded.errors(detail):
             log.error("job %s: recording its end: %s", self.id, err)
         return True
+
+    def _then(self, then: Callable[[], Then | None] | None) -> Then | None:
+        """What to send with the end script; none where making it failed (a bug: logged, the end
+        is recorded all the same)."""
+        try:
+            return then() if then is not None else None
+        except Exception:  # noqa: BLE001 - what goes with the end must never keep it from being recorded
+            log.exception("job %s: what goes with its end", self.id)
+            return None
+
+    def _settle(self, after: Then | None, reply: Any) -> None:
+        if after is None:
+            return
+        try:
+            after[1](reply)
+        except Exception:  # noqa: BLE001 - as in `_then`: the end is recorded, this is logged
+            log.exception("job %s: the reply sent with its end", self.id)
+
+    def _end_script(self, envelope: dict[str, Any], result: Result, command: list | None) -> tuple[Any, Any, Any]:
+        """The end script's run: its two replies, and that of `command` where it went with it."""
+        pipe = guarded.recorder(self.conn)
+        spend(pipe, envelope)
+        self._write_end(pipe, result, None, rq_done=True, wake_in_script=True)
+        self.book.record_success(pipe, self.job, result, self.execution)
+        self.book.idle(pipe)
+        # The wake the end's release would record, made by the script only if a job waits.
+        entry = None if self.places_next else wake_entry(self.node, self.meta.group)
+        wake = [x for kv in entry.items() for x in kv] if entry else ["", "", "", ""]
+        end_keys = [keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id),
+                    keys.rq_queue(keys.PENDING_QUEUE), keys.PLACE_WAKES]
+        args = [self.id, self.worker, *wake, *guarded.packed(self.conn, pipe)]
+        if command is None:
+            ok, detail = guarded.END(self.conn, end_keys, args)
+            return ok, detail, None
+        (ok, detail), reply = guarded.END.then(self.conn, end_keys, args, command)
+        return ok, detail, reply
 
     def _record_end(self, envelope: dict[str, Any], result: Result, outcome: str | None) -> bool:
         with self.conn.pipeline() as pipe:

@@ -183,3 +183,39 @@ class Lua:
             except ResponseError as e:
                 reply = e
         return first, reply
+
+    def then(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any],
+             after: Sequence[Any]) -> tuple[Any, Any]:
+        """The script's reply, and the reply of the command `after`, sent in the same write: the
+        broker runs `after` right after this script (each atomic on its own; `after` sees what the
+        script wrote), one round trip for both. The second is the error the broker answered in
+        its place, or None where it is not this try's: `after` goes with the first send only (a
+        send again after a lost connection, or after the broker did not know the script, sends
+        the script alone), and a single-connection client sends the script alone."""
+        if getattr(client, "connection", None) is not None:
+            return self(client, keys, args), None
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        pair = [after]
+        paired = [False]
+
+        def send(conn: Any) -> None:
+            paired[0] = bool(pair)
+            conn.send_packed_command(conn.pack_commands([command, *pair]))
+            pair.clear()
+
+        def read(conn: Any) -> list[Any]:
+            out = []
+            for _ in range(2 if paired[0] else 1):
+                try:  # each reply read, an error one too: the connection stays in step
+                    out.append(conn.read_response())
+                except ResponseError as e:
+                    out.append(e)
+            return out
+
+        first, *second = _exchange(client, send, read, self.resend)
+        if isinstance(first, NoScriptError):
+            _run(client, "SCRIPT", "LOAD", self.text)
+            return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend), None
+        if isinstance(first, ResponseError):
+            raise first
+        return first, second[0] if second else None

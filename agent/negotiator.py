@@ -30,7 +30,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -38,7 +40,7 @@ from agent.outage import OUTAGE_ERRORS, retyped
 from gridcore import keys
 from gridcore.models import Node
 from gridcore.placing import (
-    PLACED, WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, idle_slots, placed_meta, take_view,
+    PLACED, WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, head_reply, idle_slots, placed_meta, take_view,
 )
 from gridcore.quarantine import Quarantine
 from gridcore.records import NODE_SLOTS, text
@@ -455,42 +457,75 @@ class Negotiator:
         place (anything changed that a pass would look at, the sweep full, no room): the slot's
         pass runs then, as without a hint."""
         with self._mutex:
-            hint, self._hint = self._hint, None
-            self.idle_left = 0
-            self.spoken = False
-            if hint is None or not hint.next or time.monotonic() > hint.until:
+            head = self._head()
+            if head is None:
                 return False
-            # As many candidates as other placers took cells between two of this slot's ends, and
-            # three more (one node: the head is nearly always the first).
-            tries = hint.next[:min(HINT_TRIES, hint.reach + 3)]
-            metas = [hint.metas.get(w.id) or hint.metas.setdefault(w.id, placed_meta(w, hint.node, ()))
-                     for w in tries]
-            code, gone, idle, running, waiting = self.placer.place_head(
-                tries, metas, hint.node, "".join(i + "\n" for i in hint.seen), PREFETCH)
-            if code != PLACED:
-                return False
-            placed = tries[gone]
-            self._read.pop(placed.id, None)
-            # Placements take the head: the jobs before it are gone, and out of what the check needs.
-            hint.next = hint.next[gone + 1:]
+            return self._settle(head, self.placer.run_head(head.command))
+
+    def with_end(self) -> tuple[list, Callable[[Any], bool]] | None:
+        """`take_next` in two halves, for a slot to send the hint's PLACE in the round trip of its
+        job's END, which the broker runs right before it (the head check sees what the END gave
+        back): the command, and what takes its reply and says what `take_next` would. The slot
+        passes the reply where that END was recorded by that round trip, and None where not (the
+        END refused, sent again, or its reply lost): False then. A PLACE whose reply is not taken
+        may have placed a job in the node's queue, which is safe (it checked all a placement
+        checks): the hint is gone, and the slot's pass runs as without one. None where there is
+        no hint."""
+        with self._mutex:
+            head = self._head()
+        if head is None:
+            return None
+
+        def settle(reply: Any) -> bool:
+            with self._mutex:
+                return reply is not None and self._settle(head, reply)
+
+        return head.command, settle
+
+    def _head(self) -> _Head | None:
+        """The hint's PLACE (the hint is taken: `_settle` puts it back where the PLACE placed)."""
+        hint, self._hint = self._hint, None
+        self.idle_left = 0
+        self.spoken = False
+        if hint is None or not hint.next or time.monotonic() > hint.until:
+            return None
+        # As many candidates as other placers took cells between two of this slot's ends, and
+        # three more (one node: the head is nearly always the first).
+        tries = hint.next[:min(HINT_TRIES, hint.reach + 3)]
+        metas = [hint.metas.get(w.id) or hint.metas.setdefault(w.id, placed_meta(w, hint.node, ()))
+                 for w in tries]
+        return _Head(hint, tries, self.placer.head_command(tries, metas, hint.node,
+                                                             "".join(i + "\n" for i in hint.seen), PREFETCH))
+
+    def _settle(self, head: _Head, reply: Any) -> bool:
+        """What the hint's PLACE did (its `reply`), taken in: the hint moved on, `idle_left`."""
+        hint, tries = head.hint, head.tries
+        code, gone, idle, _running, waiting = head_reply(reply)
+        if code != PLACED or not 0 <= gone < len(tries):
+            return False
+        placed = tries[gone]
+        self._read.pop(placed.id, None)
+        # Placements take the head: the jobs before it are gone, and out of what the check needs.
+        hint.next = hint.next[gone + 1:]
+        if placed.id in hint.seen:
             hint.seen = hint.seen[hint.seen.index(placed.id) + 1:]
-            hint.reach = gone
-            self._hint = hint
-            # Another slot of the node idle (its queue was empty: this slot takes the one placed) is
-            # worth a wake of its loop only if a job may be placed there: a job of another shape
-            # the pass read, or a cell of a sweep without max_parallel. A throttled sweep's cells
-            # are placed as its cells end, each by the ending slot for itself: the sweep's slot it
-            # gave back is the one it fills (a cell that ends otherwise, canceled or refused, wakes
-            # the loops as it gives its slot back). On three nodes of two slots, the idle slot was
-            # nearly always one between its own job's end and its pass (a sweep below its
-            # max_parallel for that moment): 0.15 wakes per cell, each a loop pass placing a cell
-            # for a slot that then found its node's queue holding it. Jobs past what the pass read
-            # are looked at by the next pass that reads the queue (the hint ran out, its head
-            # check failed), or the loop's periodic one.
-            limit = placed.meta.max_parallel or 0
-            more = hint.others or not (placed.meta.group and limit)
-            self.idle_left = max(0, idle - 1) if more and waiting else 0
-            return True
+        hint.reach = gone
+        self._hint = hint
+        # Another slot of the node idle (its queue was empty: this slot takes the one placed) is
+        # worth a wake of its loop only if a job may be placed there: a job of another shape
+        # the pass read, or a cell of a sweep without max_parallel. A throttled sweep's cells
+        # are placed as its cells end, each by the ending slot for itself: the sweep's slot it
+        # gave back is the one it fills (a cell that ends otherwise, canceled or refused, wakes
+        # the loops as it gives its slot back). On three nodes of two slots, the idle slot was
+        # nearly always one between its own job's end and its pass (a sweep below its
+        # max_parallel for that moment): 0.15 wakes per cell, each a loop pass placing a cell
+        # for a slot that then found its node's queue holding it. Jobs past what the pass read
+        # are looked at by the next pass that reads the queue (the hint ran out, its head
+        # check failed), or the loop's periodic one.
+        limit = placed.meta.max_parallel or 0
+        more = hint.others or not (placed.meta.group and limit)
+        self.idle_left = max(0, idle - 1) if more and waiting else 0
+        return True
 
     def wait_wake(self, last: str, timeout: float) -> tuple[str, bool]:
         """Wait up to `timeout` s for wake entries after `last` (`$`: from now on); returns the
@@ -622,6 +657,15 @@ class Negotiator:
         stop = threading.Event()
         threading.Thread(target=self.loop, args=(stop, interval), name="placement", daemon=True).start()
         return stop
+
+
+@dataclass(frozen=True)
+class _Head:
+    """A hint's PLACE: the hint, the candidates it sends, and the command (EVALSHA) itself."""
+
+    hint: Hint
+    tries: list[Waiting]
+    command: list
 
 
 def _order(w: Waiting) -> tuple[int, float]:

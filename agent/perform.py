@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -16,7 +17,7 @@ import redis
 from agent import recovery, rerun, runner, usage
 from agent.admission import Admission
 from agent.journal import EarlierStartRunning
-from agent.attempt import Capacity, JobAttempt
+from agent.attempt import Capacity, JobAttempt, Then
 from agent.claim import Taken
 from agent.negotiator import Negotiator
 from agent.outage import OUTAGE_ERRORS, GaveUp, OutageClock, retyped, until_broker
@@ -161,14 +162,18 @@ class Performer:
             return
         self.no_room = False
         try:
-            result, outcome = self._run(attempt, envelope, now, held[0] if held else None)
+            # The next cell's PLACE from the slot's hint goes with the job's end, one round trip
+            # for both, where that end is one script (Negotiator.with_end); what it did, if taken.
+            took: list[bool] = []
+            result, outcome = self._run(attempt, envelope, now, held[0] if held else None,
+                                        (lambda: self._with_end(took)) if attempt.places_next else None)
             self.admission.ended(ticket, now, result, outcome)
             if outcome == runner.NODE_FAULT:
                 # After the journal has the start's end: a move the broker refuses (it may, out
                 # of memory) must not leave the start open, which would hold a rerun here back.
                 self._drained()
             if attempt.places_next:
-                self._place_next(attempt.meta.group)
+                self._place_next(attempt.meta.group, took[0] if took else None)
         finally:
             if held and held[0] is not None:
                 held[0].abort()  # still at its gate if something failed before its release
@@ -196,8 +201,16 @@ class Performer:
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )
 
+    def _with_end(self, took: list[bool]) -> Then | None:
+        """The hint's PLACE to send with the job's end, its verdict kept in `took`."""
+        after = self.placing.with_end()
+        if after is None:
+            return None
+        command, settle = after
+        return command, lambda reply: took.append(settle(reply))
+
     def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float,
-             held: runner.Held | None = None) -> tuple[Result, str | None]:
+             held: runner.Held | None = None, then: Callable[[], Then | None] | None = None) -> tuple[Result, str | None]:
         self.busy = True
         self.cancel_event.clear()
         self.stop_reason.clear()
@@ -230,7 +243,7 @@ class Performer:
         result = self.admission.attest(result, attempt.id, envelope, attempt.number,
                                        final=attempt.ends_job(result, outcome))
         # Fenced, final (nonce spent), atomic and repeated through broker outages: agent/attempt.py.
-        attempt.finish(envelope, result, outcome, give_up=self._give_up)
+        attempt.finish(envelope, result, outcome, give_up=self._give_up, then=then)
         return result, outcome
 
     def _drained(self) -> None:
@@ -249,7 +262,7 @@ class Performer:
         except GaveUp as e:
             log.warning("%s; they wait for the node", e)
 
-    def _place_next(self, group: str | None) -> None:
+    def _place_next(self, group: str | None, took: bool | None = None) -> None:
         """What the ended job gave back may let the next waiting job in (the next cell of its
         sweep): place it now, before this slot looks for its next job (agent/negotiator.py).
         Its end woke no placement loop: if this places nothing, the loops it concerns are woken
@@ -263,14 +276,15 @@ class Performer:
         so it is woken (this node's only) also when the pass placed a job but jobs wait past what
         it looked at and a slot of the node is left idle (`Negotiator.beyond`): what else fits is
         placed at once, not at the periodic pass. A sweep's cell end that placed the next cell
-        leaves no slot idle: no wake, no pass per cell that would place nothing."""
+        leaves no slot idle: no wake, no pass per cell that would place nothing. `took`: what the
+        hint's PLACE sent with the job's end did (None: none was, the hint is placed now).""" 
         placed = raced = 0
         beyond = False
         full: set[str] = set()
         try:
             # The next cell its last pass found, placed without the pass's reads where nothing a
             # pass would look at changed (Negotiator.take_next); else the pass.
-            if self.placing.take_next():
+            if took if took is not None else self.placing.take_next():
                 placed, beyond = 1, self.placing.idle_left > 0
             else:
                 placed = self.placing.run_once(full=False, lock=False)

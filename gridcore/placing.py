@@ -51,7 +51,7 @@ PLACE = RESERVE_FN + """
 -- Returns {code, n}: n alternates were gone before the one the code is for; code 1 placed, 0 no
 -- room on the node, -1 no longer waiting, -2 throttled, -3 meta changed, -4 the node takes no
 -- jobs now (draining, or its heartbeat older than its node_timeout: down).
--- The head check (a slot's next cell without a fresh read: `Placer.place_head`): "<window>\\n"
+-- The head check (a slot's next cell without a fresh read: `Placer.head_command`): "<window>\\n"
 -- then the ids the placer has read, each followed by "\\n". Only the job (or alternate) at the
 -- head of the queue is placed, and only if a slot of the node is idle and its queue is empty
 -- (-5: its slots have jobs to take) and every job in the first <window> of the queue is one the
@@ -485,18 +485,17 @@ class Placer:
         )
         return int(code), int(gone)
 
-    def place_head(self, candidates: Sequence[Waiting], metas: Sequence[str], node: Node, seen: str,
-                   window: int) -> tuple[int, int, int, int, int]:
+    def head_command(self, candidates: Sequence[Waiting], metas: Sequence[str], node: Node, seen: str,
+                     window: int) -> list:
         """A slot's next job without reading the queue and the grid again: the one of `candidates`
         (jobs of one shape, no GPUs, in the placer's order, `metas` their placed metas on `node`)
         that is at the head of the waiting queue, by one `PLACE` that checks, atomically, that
         `node`'s queue is empty and that every job in the first `window` of the queue is in `seen`
         (the ids the placer has read, as PLACE's head check spells them). PLACE checks all it
         checks for any placement (still waiting as read, the sweep's max_parallel, the node's room,
-        the node open). Returns the code, how many candidates were gone before the one it is for,
-        the node's idle slots as they are now (its slots less its running jobs), the sweep's jobs
-        placed or running, and the jobs left waiting. No nudge: the caller's own slot takes the
-        job."""
+        the node open). No nudge: the caller's own slot takes the job. As a command (EVALSHA), for
+        `run_head` or for a round trip of the caller's own (a slot sends it with its job's END:
+        agent/attempt.py); `head_reply` reads its reply."""
         w, more = candidates[0], candidates[1:]
         group = w.meta.group or ""
         res = w.meta.resources.resources()
@@ -504,17 +503,30 @@ class Placer:
         more_args: list = []
         for a, meta in zip(more, metas[1:], strict=True):
             more_args += [a.id, meta, a.digest]
-        reply = self._place(
-            keys=[keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
-                  keys.WHY, keys.node_held(node.name), keys.group_slots(group), keys.node(node.name),
-                  keys.node_running(node.name), *(keys.rq_job(a.id) for a in more)],
-            args=[w.id, nq, metas[0], w.digest, w.meta.max_parallel or 0, "1" if group else "0",
-                  *reserve_args(w.id, res, (), node.cpus or 1e9, node.memory_total)[1:],
-                  "", "", f"{window}\n{seen}", *more_args],
-        )
-        # A closed node is refused before the head check: its reply has the code alone.
-        code, gone, slots, busy, throttled, waiting = (*reply, 0, 0, 0, 0, 0, 0)[:6]
-        return int(code), int(gone), max(0, int(slots) - int(busy)), int(throttled), int(waiting)
+        head_keys = [keys.rq_queue(keys.PENDING_QUEUE), keys.rq_queue(nq), keys.rq_job(w.id), keys.rq_queues(),
+                     keys.WHY, keys.node_held(node.name), keys.group_slots(group), keys.node(node.name),
+                     keys.node_running(node.name), *(keys.rq_job(a.id) for a in more)]
+        return ["EVALSHA", self._place.sha, len(head_keys), *head_keys,
+                w.id, nq, metas[0], w.digest, w.meta.max_parallel or 0, "1" if group else "0",
+                *reserve_args(w.id, res, (), node.cpus or 1e9, node.memory_total)[1:],
+                "", "", f"{window}\n{seen}", *more_args]
+
+    def run_head(self, command: Sequence) -> object:
+        """Run a `head_command` (the script loaded first where the broker lacks it); its raw reply."""
+        n = command[2]
+        return self._place(keys=command[3:3 + n], args=command[3 + n:])
+
+
+def head_reply(reply: object) -> tuple[int, int, int, int, int]:
+    """A head-checked PLACE's reply (`Placer.head_command`) as its code, how many candidates were
+    gone before the one it is for, the node's idle slots as they are now (its slots less its
+    running jobs), the sweep's jobs placed or running, and the jobs left waiting; a reply of
+    another shape (the broker's is not trusted) is a refusal (`UNSEEN`)."""
+    if not isinstance(reply, list) or not 2 <= len(reply) <= 6 or not all(isinstance(x, int) for x in reply):
+        return UNSEEN, 0, 0, 0, 0
+    # A closed node is refused before the head check: its reply has the code and a count alone.
+    code, gone, slots, busy, throttled, waiting = (*reply, 0, 0, 0, 0, 0, 0)[:6]
+    return code, gone, max(0, slots - busy), throttled, waiting
 
 
 def placed_meta(w: Waiting, node: Node, gpus: Sequence[int]) -> str:
