@@ -40,7 +40,7 @@ from agent.outage import OUTAGE_ERRORS, retyped
 from gridcore import keys
 from gridcore.models import Node
 from gridcore.placing import (
-    PLACED, WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, head_reply, idle_slots, placed_meta, take_view,
+    BUSY, PLACED, WINDOW, Outcome, Placer, Shape, View, Waiting, ask_view, head_reply, idle_slots, placed_meta, take_view,
 )
 from gridcore.quarantine import Quarantine
 from gridcore.records import NODE_SLOTS, text
@@ -455,7 +455,8 @@ class Negotiator:
         without reading the queue and the grid again, in one PLACE whose head check makes the
         decision the pass's (agent/perform.py). False where there is no hint or PLACE did not
         place (anything changed that a pass would look at, the sweep full, no room): the slot's
-        pass runs then, as without a hint."""
+        pass runs then, as without a hint; except where every idle slot of its node has a job
+        queued (`spoken`), where a pass would place nothing."""
         with self._mutex:
             head = self._head()
             if head is None:
@@ -501,6 +502,14 @@ class Negotiator:
         """What the hint's PLACE did (its `reply`), taken in: the hint moved on, `idle_left`."""
         hint, tries = head.hint, head.tries
         code, gone, idle, _running, waiting = head_reply(reply)
+        if code == BUSY:
+            # Its node's idle slots each have a job queued (placed by another pass, or for a slot
+            # that ended at the same moment): a pass would place nothing either, and this slot
+            # takes one of them next (`spoken`). Nothing the hint knows changed: it serves the
+            # slot's next end.
+            self.spoken = True
+            self._hint = hint
+            return False
         if code != PLACED or not 0 <= gone < len(tries):
             return False
         placed = tries[gone]
@@ -511,7 +520,7 @@ class Negotiator:
             hint.seen = hint.seen[hint.seen.index(placed.id) + 1:]
         hint.reach = gone
         self._hint = hint
-        # Another slot of the node idle (its queue was empty: this slot takes the one placed) is
+        # Another slot of the node idle with no job queued for it (this slot takes one) is
         # worth a wake of its loop only if a job may be placed there: a job of another shape
         # the pass read, or a cell of a sweep without max_parallel. A throttled sweep's cells
         # are placed as its cells end, each by the ending slot for itself: the sweep's slot it

@@ -277,7 +277,7 @@ class Performer:
         it looked at and a slot of the node is left idle (`Negotiator.beyond`): what else fits is
         placed at once, not at the periodic pass. A sweep's cell end that placed the next cell
         leaves no slot idle: no wake, no pass per cell that would place nothing. `took`: what the
-        hint's PLACE sent with the job's end did (None: none was, the hint is placed now).""" 
+        hint's PLACE sent with the job's end did (None: none was, the hint is placed now)."""
         placed = raced = 0
         beyond = False
         full: set[str] = set()
@@ -286,7 +286,7 @@ class Performer:
             # pass would look at changed (Negotiator.take_next); else the pass.
             if took if took is not None else self.placing.take_next():
                 placed, beyond = 1, self.placing.idle_left > 0
-            else:
+            elif not self.placing.spoken:  # (spoken: a job is queued here for every idle slot)
                 placed = self.placing.run_once(full=False, lock=False)
                 raced, full, beyond = self.placing.raced, self.placing.full, self.placing.beyond
         except OUTAGE_ERRORS as e:

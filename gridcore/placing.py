@@ -53,11 +53,12 @@ PLACE = RESERVE_FN + """
 -- jobs now (draining, or its heartbeat older than its node_timeout: down).
 -- The head check (a slot's next cell without a fresh read: `Placer.head_command`): "<window>\\n"
 -- then the ids the placer has read, each followed by "\\n". Only the job (or alternate) at the
--- head of the queue is placed, and only if a slot of the node is idle and its queue is empty
--- (-5: its slots have jobs to take) and every job in the first <window> of the queue is one the
+-- head of the queue is placed, and only if a slot of the node is idle that no job in its queue
+-- is there for (-5: its idle slots have jobs to take, as a slot's pass would find) and every job in the first <window> of the queue is one the
 -- placer has read (-6: one is not, or no candidate is at the head): then its decision is the
--- one a pass reading the queue now would make. Returns {code, n, the node's slots, its running jobs, the sweep's placed or
--- running jobs, the jobs waiting}.
+-- one a pass reading the queue now would make. Returns {code, n, the node's slots, its running
+-- jobs and those in its queue (before this one), the sweep's placed or running jobs, the jobs
+-- waiting}.
 -- The placer decided on a view read before this script: the node may have been drained since (by
 -- an operator, or by itself on a fault), or gone down. Checked here, in the step that places, a
 -- job never lands in the queue of a node that takes nothing until resumed.
@@ -90,8 +91,10 @@ end
 local head = ARGV[15]
 if head ~= '' then
   local slots, busy = tonumber(redis.call('HGET', KEYS[8], '""" + NODE_SLOTS + """')) or 0, redis.call('HLEN', KEYS[9])
-  -- As a slot's pass: for an idle slot of the node only (its slots unknown: one), none in its queue.
-  if (slots > 0 and busy >= slots) or redis.call('LLEN', KEYS[2]) > 0 then return {-5, 0, 0, 0, 0, 0} end
+  -- As a slot's pass: for an idle slot of the node only (its slots unknown: one) that no job in
+  -- its queue is there for (each is for one of its idle slots).
+  local queued = redis.call('LLEN', KEYS[2])
+  if queued >= (slots > 0 and slots - busy or 1) then return {-5, 0, 0, 0, 0, 0} end
   local window = tonumber(string.match(head, '^(%d+)\\n')) or 0
   local ids = redis.call('LRANGE', KEYS[1], 0, window - 1)
   for _, id in ipairs(ids) do
@@ -110,7 +113,7 @@ if head ~= '' then
     n = n + 1
   end
   local code = place(id, job, meta, digest)
-  return {code, n, slots, busy, redis.call('SCARD', KEYS[7]), redis.call('LLEN', KEYS[1])}
+  return {code, n, slots, busy + queued, redis.call('SCARD', KEYS[7]), redis.call('LLEN', KEYS[1])}
 end
 local code = place(ARGV[1], KEYS[3], ARGV[3], ARGV[4])
 local n = 0
@@ -489,8 +492,9 @@ class Placer:
                      window: int) -> list:
         """A slot's next job without reading the queue and the grid again: the one of `candidates`
         (jobs of one shape, no GPUs, in the placer's order, `metas` their placed metas on `node`)
-        that is at the head of the waiting queue, by one `PLACE` that checks, atomically, that
-        `node`'s queue is empty and that every job in the first `window` of the queue is in `seen`
+        that is at the head of the waiting queue, by one `PLACE` that checks, atomically, that a
+        slot of `node` is idle with no job in its queue there for it (as a slot's pass counts:
+        one per job queued) and that every job in the first `window` of the queue is in `seen`
         (the ids the placer has read, as PLACE's head check spells them). PLACE checks all it
         checks for any placement (still waiting as read, the sweep's max_parallel, the node's room,
         the node open). No nudge: the caller's own slot takes the job. As a command (EVALSHA), for
@@ -520,7 +524,7 @@ class Placer:
 def head_reply(reply: object) -> tuple[int, int, int, int, int]:
     """A head-checked PLACE's reply (`Placer.head_command`) as its code, how many candidates were
     gone before the one it is for, the node's idle slots as they are now (its slots less its
-    running jobs), the sweep's jobs placed or running, and the jobs left waiting; a reply of
+    running jobs and those in its queue), the sweep's jobs placed or running, and the jobs left waiting; a reply of
     another shape (the broker's is not trusted) is a refusal (`UNSEEN`)."""
     if not isinstance(reply, list) or not 2 <= len(reply) <= 6 or not all(isinstance(x, int) for x in reply):
         return UNSEEN, 0, 0, 0, 0

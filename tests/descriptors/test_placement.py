@@ -851,6 +851,37 @@ def test_a_slots_hint_is_not_fooled_by_an_id_spanning_two_it_read(grid, r):
     assert _where(r, ["node-a"])[cells[1]] == "pending"
 
 
+def test_a_slots_hint_counts_its_nodes_queue_as_a_pass_does_and_outlives_a_busy_node(grid, r):
+    """The head check places for an idle slot of the node that no queued job is there for (a
+    job in the node's queue is for one idle slot, as a slot's pass counts them): with two idle
+    slots and one job queued, the next cell is placed (two slots ending at once each place their
+    next cell). Where every idle slot has its job, nothing is placed, the slot is told its node's
+    queue holds its next job (`spoken`: no pass), and the hint serves its next end."""
+    from agent.negotiator import Negotiator
+    from gridcore import keys
+
+    gid, cells = _sweep(grid, 6, 2)
+    _two_slot_node(r)
+    running, queue = keys.node_running("node-a"), keys.rq_queue(keys.node_queue("node-a"))
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1
+    _ran_and_ended(r, "node-a", cells[0], gid)
+    r.hdel(running, "other")  # the node's other slot ended too, and a pass placed a job for it
+    r.rpush(queue, "placed-for-the-other-slot")
+    assert taker.take_next() and taker.idle_left == 0
+    assert r.lrange(queue, 0, -1) == [b"placed-for-the-other-slot", cells[1].encode()]
+    r.lrem(queue, 1, "placed-for-the-other-slot")
+    r.hset(running, "other", "x")  # the other slot runs its job; this one ran cells[1]:
+    _ran_and_ended(r, "node-a", cells[1], gid)
+    r.rpush(queue, "placed-for-this-slot")  # one idle slot (this one), one job queued for it
+    assert not taker.take_next() and taker.spoken
+    assert _where(r, ["node-a"])[cells[2]] == "pending"
+    r.delete(queue)  # this slot took it and ran it
+    assert taker.take_next() and not taker.spoken  # the hint kept: cells[2], without a pass
+    assert r.lrange(queue, 0, -1) == [cells[2].encode()]
+    _within(r, gid)
+
+
 def _within(r, gid):
     """node-a holds no more than it declared, the sweep runs no more than 2, no job is placed twice."""
     from gridcore import keys

@@ -204,3 +204,38 @@ def test_a_fenced_ends_paired_place_is_not_acted_on(counted, r, grid, settings, 
     assert r.smembers(keys.group_slots(gid)) == {ids[1].encode(), ids[2].encode()}
     assert set(r.hkeys(keys.node_held(n1))) <= {ids[1].encode(), ids[2].encode()}
     assert [i.decode() for i in r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1)] == ids[3:]
+
+
+def test_a_cells_end_whose_node_has_a_job_queued_for_its_slot_runs_no_pass(counted, r, grid, settings,
+                                                                           monkeypatch, n1):
+    """At cell 1's end a job waits in the node's queue for its one idle slot (placed there by
+    another pass): the PLACE sent with the END places nothing, and the slot's pass, which would
+    find no room either, is not run (its survey was a round trip of its own); the hint is kept
+    for the slot's next end."""
+    from agent.attempt import JobAttempt
+    from agent.negotiator import Negotiator
+
+    gid, ids = _sweep_on_one_node(grid, r, n1)
+    slot = _slot(counted, settings, n1)
+    slot.perform(*_take(counted, slot))  # cell 0: the pass places cell 1, with a hint
+    passes: list[int] = []
+    run_once = Negotiator.run_once
+
+    def counting(self, *a, **kw):
+        passes.append(1)
+        return run_once(self, *a, **kw)
+
+    end_script = JobAttempt._end_script
+
+    def queued(self, *a, **kw):
+        r.hset(keys.node_running(n1), "other", "x")  # the node's other slot runs a job
+        r.rpush(keys.rq_queue(keys.node_queue(n1)), "placed-for-this-slot")
+        return end_script(self, *a, **kw)
+
+    monkeypatch.setattr(Negotiator, "run_once", counting)
+    monkeypatch.setattr(JobAttempt, "_end_script", queued)
+    slot.perform(*_take(counted, slot))
+    assert grid.state(ids[1]) is JobState.FINISHED
+    assert passes == [] and slot.placing.spoken and slot.placing._hint is not None
+    assert r.lrange(keys.rq_queue(keys.node_queue(n1)), 0, -1) == [b"placed-for-this-slot"]
+    assert r.scard(keys.group_slots(gid)) == 0 and ids[2].encode() in r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1)
