@@ -10,6 +10,8 @@ took a connection from the pool and gave it back, past redis-py's per-command wr
 So each thread keeps one connection per pool for its scripts and runs them on it directly,
 with the client's retry policy (reconnect and send again once the broker is back), as the
 client itself would; except a script that takes a job, once it was sent (`Lua`'s `resend`).
+A script may take a second command along in its write (`Lua.then`: a slot's END and the
+next cell's PLACE), which the broker runs right after it: one round trip for both.
 
 For long-lived threads only (a slot's loop, the agent daemon's main and recovery threads): a
 connection goes back to its pool only when it fails, so a thread that ran a script and ended
