@@ -744,6 +744,19 @@ def _back_to_pending(r, node, jid, front=False):
     (r.lpush if front else r.rpush)(keys.rq_queue(keys.PENDING_QUEUE), jid)
 
 
+def _hinted(grid, r, cells):
+    """A sweep of `cells` at max_parallel 2 on a node of 2 slots (one busy): a slot's pass placed
+    its first cell, which ran and ended, and left the slot a hint (its Negotiator, returned)."""
+    from agent.negotiator import Negotiator
+
+    gid, ids = _sweep(grid, cells, 2)
+    _two_slot_node(r)
+    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
+    assert taker.run_once(full=False, lock=False) == 1
+    _ran_and_ended(r, "node-a", ids[0], gid)
+    return gid, ids, taker
+
+
 def test_a_slots_next_cell_comes_from_its_hint_until_a_job_it_has_not_read_may_come_first(grid, r):
     """A slot's pass that placed the head of the queue (a sweep's cell) for its own slot leaves a
     hint: at its job's end the next cell is placed by one PLACE, without a read of the queue and
@@ -772,19 +785,14 @@ def test_a_slots_next_cell_comes_from_its_hint_until_a_job_it_has_not_read_may_c
 
 def test_a_slots_hint_places_nothing_past_a_full_sweep_a_busy_node_queue_or_a_job_pushed_to_the_front(grid, r):
     """The hint's PLACE checks all a placement checks (max_parallel with racing placers) and that
-    its node's queue is empty (a job there is for its slots); a waiting job put back at the front
-    of the queue (a lost one) stops it: a pass looks at it."""
-    from agent.negotiator import Negotiator
+    an idle slot of its node has no job queued for it (a job there is for its slots); a waiting
+    job put back at the front of the queue (a lost one) stops it: a pass looks at it."""
     from gridcore import keys
     from gridcore.placing import Placer
     from gridcore.reservations import release
 
-    gid, cells = _sweep(grid, 12, 2)
-    _two_slot_node(r)
+    gid, cells, taker = _hinted(grid, r, 12)
     running, queue = keys.node_running("node-a"), keys.rq_queue(keys.node_queue("node-a"))
-    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
-    assert taker.run_once(full=False, lock=False) == 1
-    _ran_and_ended(r, "node-a", cells[0], gid)
     # Other placers (a submitter, other nodes' slots) take the sweep's two slots meanwhile.
     out = Placer(r).place_ids(cells[1:3], own=False)
     assert sorted(out.placed) == sorted(cells[1:3])
@@ -857,15 +865,10 @@ def test_a_slots_hint_counts_its_nodes_queue_as_a_pass_does_and_outlives_a_busy_
     slots and one job queued, the next cell is placed (two slots ending at once each place their
     next cell). Where every idle slot has its job, nothing is placed, the slot is told its node's
     queue holds its next job (`spoken`: no pass), and the hint serves its next end."""
-    from agent.negotiator import Negotiator
     from gridcore import keys
 
-    gid, cells = _sweep(grid, 6, 2)
-    _two_slot_node(r)
+    gid, cells, taker = _hinted(grid, r, 6)
     running, queue = keys.node_running("node-a"), keys.rq_queue(keys.node_queue("node-a"))
-    taker = Negotiator(r, "node-a.x.0", node="node-a", taker=True)
-    assert taker.run_once(full=False, lock=False) == 1
-    _ran_and_ended(r, "node-a", cells[0], gid)
     r.hdel(running, "other")  # the node's other slot ended too, and a pass placed a job for it
     r.rpush(queue, "placed-for-the-other-slot")
     assert taker.take_next() and taker.idle_left == 0

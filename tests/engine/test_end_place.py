@@ -239,3 +239,41 @@ def test_a_cells_end_whose_node_has_a_job_queued_for_its_slot_runs_no_pass(count
     assert passes == [] and slot.placing.spoken and slot.placing._hint is not None
     assert r.lrange(keys.rq_queue(keys.node_queue(n1)), 0, -1) == [b"placed-for-this-slot"]
     assert r.scard(keys.group_slots(gid)) == 0 and ids[2].encode() in r.lrange(keys.rq_queue(keys.PENDING_QUEUE), 0, -1)
+
+
+def test_a_pair_whose_reply_was_lost_sends_the_end_again_alone_and_acts_on_no_placement(
+        broker, r, grid, settings, monkeypatch, n1):
+    """The link drops after the END ran, before its reply came back: the END is sent again, alone
+    (it finds its end recorded by the first), and the PLACE sent with it (run or not), whose reply
+    is never read, is not taken as the slot's placement: the slot's pass decides (and finds the
+    next cell in its node's queue where the PLACE ran). The cell is placed once, the sweep within
+    max_parallel, the end recorded once."""
+    from agent.perform import Performer
+    from tests.support.proxy import ReplyDropper
+
+    gid, ids = _sweep_on_one_node(grid, r, n1)
+    armed: list[bool] = []  # from cell 1's end on: the END's reply (ended, no errors) is lost
+    proxy = ReplyDropper(broker.port, guarded.END.sha.encode(), lambda reply: bool(armed)
+                         and reply.startswith(b"*2\r\n:1\r\n*0\r\n"))
+    try:
+        cut = redis.Redis(host="127.0.0.1", port=proxy.port, password=broker.password)
+        slot = _slot(cut, settings, n1)
+        took: list[bool | None] = []
+        place_next = Performer._place_next
+
+        def placing(self, group, taken=None):
+            took.append(taken)
+            return place_next(self, group, taken)
+
+        monkeypatch.setattr(Performer, "_place_next", placing)
+        for k in range(2):
+            armed += [True] * k
+            slot.perform(*_take(cut, slot))
+            assert grid.state(ids[k]) is JobState.FINISHED
+        assert len(proxy.dropped) == 1
+        assert took == [None, False]  # cell 0: no hint (the pass); cell 1: the pair's reply lost
+        assert r.lrange(keys.rq_queue(keys.node_queue(n1)), 0, -1) == [ids[2].encode()]
+        assert r.smembers(keys.group_slots(gid)) == {ids[2].encode()}
+        assert [a.get("reason") for a in grid.get(ids[1]).attempts] == [None]
+    finally:
+        proxy.close()
