@@ -93,6 +93,22 @@ def _take(r, slot):
     return job, GridQueue(nq, connection=r, serializer=JSONSerializer), popped.taken
 
 
+def _took(monkeypatch) -> list[bool | None]:
+    """What each of the slot's placements after a job's end was told the PLACE sent with the END
+    did (None: none was sent), in order."""
+    from agent.perform import Performer
+
+    took: list[bool | None] = []
+    place_next = Performer._place_next
+
+    def placing(self, group, taken=None):
+        took.append(taken)
+        return place_next(self, group, taken)
+
+    monkeypatch.setattr(Performer, "_place_next", placing)
+    return took
+
+
 def _end_sends(monkeypatch, slot):
     """Each job's writes from its end's script to the end of the slot's placement after it (this
     thread's only: the output's sender thread writes on its own)."""
@@ -162,7 +178,6 @@ def test_a_fenced_ends_paired_place_is_not_acted_on(counted, r, grid, settings, 
     import uuid
 
     from agent.attempt import JobAttempt
-    from agent.perform import Performer
 
     gid = uuid.uuid4().hex
     ids = grid.submit_many([JobSpec(command="true", resources=Resources(memory=GB), group=gid, params={"_cell": i})
@@ -174,14 +189,7 @@ def test_a_fenced_ends_paired_place_is_not_acted_on(counted, r, grid, settings, 
     r.hset(running, "other", "x")  # the node's other slot is busy: a slot's pass places one cell, for itself
     slot = _slot(counted, settings, n1)
     assert slot.placing.run_once(full=False, lock=False) == 1  # cell 0, and a hint
-    took: list[bool | None] = []
-    place_next = Performer._place_next
-
-    def placing(self, group, taken=None):
-        took.append(taken)
-        return place_next(self, group, taken)
-
-    monkeypatch.setattr(Performer, "_place_next", placing)
+    took = _took(monkeypatch)
     slot.perform(*_take(counted, slot))
     assert took == [True] and r.lrange(node_queue, 0, -1) == [ids[1].encode()]  # the pair placed cell 1
 
@@ -248,7 +256,6 @@ def test_a_pair_whose_reply_was_lost_sends_the_end_again_alone_and_acts_on_no_pl
     is never read, is not taken as the slot's placement: the slot's pass decides (and finds the
     next cell in its node's queue where the PLACE ran). The cell is placed once, the sweep within
     max_parallel, the end recorded once."""
-    from agent.perform import Performer
     from tests.support.proxy import ReplyDropper
 
     gid, ids = _sweep_on_one_node(grid, r, n1)
@@ -258,14 +265,7 @@ def test_a_pair_whose_reply_was_lost_sends_the_end_again_alone_and_acts_on_no_pl
     try:
         cut = redis.Redis(host="127.0.0.1", port=proxy.port, password=broker.password)
         slot = _slot(cut, settings, n1)
-        took: list[bool | None] = []
-        place_next = Performer._place_next
-
-        def placing(self, group, taken=None):
-            took.append(taken)
-            return place_next(self, group, taken)
-
-        monkeypatch.setattr(Performer, "_place_next", placing)
+        took = _took(monkeypatch)
         for k in range(2):
             armed += [True] * k
             slot.perform(*_take(cut, slot))
