@@ -181,10 +181,13 @@ its node queue. No nudge goes out for a job the placer takes itself (a slot's pa
 end) or for more jobs than the node has idle slots: nobody would drop it, and the other nodes'
 idle slots would pass it around."""
 
-NUDGE_HOPS = 32
+NUDGE_HOPS = 4096
 """How often a nudge is passed on at most before it is dropped. A nudge starts at this less
 the idle slots of the other nodes (`_nudge`): with none of its node's own slots waiting (a slot
-finishing its job looks at its node queue first anyway), the rest is a ping-pong."""
+finishing its job looks at its node queue first anyway), the rest is a ping-pong. Far above any
+lab's count of idle slots: a nudge that starts at 0 (more idle slots elsewhere than this) may be
+dropped before it reaches its node, whose placed job then waits for a slot's periodic look (at
+32, a grid of six 8-slot nodes, idle, did that; a nudge passed on costs the slot it woke one pop)."""
 
 NUDGE_PATTERN = "^grid%-placed%-nudge:(%d+):([^:]+):(.+)$"
 """Lua pattern of a nudge: hops so far, node, pool queue name (the name, never a key: a forged

@@ -37,6 +37,23 @@ def test_another_nodes_idle_slot_passes_the_nudge_on(grid, r):
     assert not r.llen(POOL) and not r.llen(keys.node_taking("a"))
 
 
+def test_a_nudge_reaches_its_node_behind_every_idle_slot_of_a_big_grid(grid, r):
+    """On a lab's grid of many slots, every idle slot of the other nodes may wait ahead of the
+    placed job's node's own in line: the nudge is passed on that often, not dropped at a fixed
+    count, which left the placed job to the node's next periodic look (seconds)."""
+    others = [f"b{i}" for i in range(12)]  # 4 idle slots each: 48 ahead of node a's
+    for n in ("a", *others):
+        put_node(r, n, grid.broker_time(), node_record(queues=("default",)))
+    job = grid.submit(JobSpec(command="true", resources=Resources(memory=10 * 2**20, node="a")))
+    for n in others:
+        for _ in range(4):
+            assert slot_wakes(r, n).taken is None
+    assert r.llen(POOL) == 1  # still on its way
+    popped = slot_wakes(r, "a")
+    assert popped.taken is not None and popped.taken.job_id == job
+    assert not r.llen(POOL)
+
+
 def test_a_nudge_is_passed_on_a_bounded_number_of_times(r):
     r.rpush(POOL, nudge("a", "default", hops=NUDGE_HOPS - 1))
     slot_wakes(r, "b")
