@@ -79,9 +79,11 @@ if not v or v == '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 """Lua: HSETNX that also writes over an empty value (KEYS: the hash; ARGV: field, value). Run
 by EVAL inside the hand-back's transaction (a rare step: its text sent each time)."""
 
-Then = tuple[list, Callable[[Any], Any]]
+Then = tuple[list, Callable[[Any, bool], Any]]
 """A command to send in the round trip of a job's end script, and what takes its reply (None
-where the end was not recorded by that script: `JobAttempt._end_at_once`)."""
+where the end was not recorded by that script: `JobAttempt._end_at_once`) and whether the script
+left the end to RQ's steps after it (the job has dependents: what it holds is given back by those
+steps, after the command ran)."""
 
 
 @dataclass(frozen=True)
@@ -391,7 +393,7 @@ class JobAttempt:
         except BaseException:
             self._settle(after, None)
             raise
-        self._settle(after, reply if ok == 1 else None)
+        self._settle(after, reply if ok in (1, 2) else None, later=ok == 2)
         if ok == 2:
             return None
         if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
@@ -411,11 +413,11 @@ class JobAttempt:
             log.exception("job %s: what goes with its end", self.id)
             return None
 
-    def _settle(self, after: Then | None, reply: Any) -> None:
+    def _settle(self, after: Then | None, reply: Any, later: bool = False) -> None:
         if after is None:
             return
         try:
-            after[1](reply)
+            after[1](reply, later)
         except Exception:  # noqa: BLE001 - as in `_then`: the end is recorded, this is logged
             log.exception("job %s: the reply sent with its end", self.id)
 

@@ -193,7 +193,8 @@ class Lua:
         script wrote), one round trip for both. The second is the error the broker answered in
         its place, or None where it is not this try's: `after` goes with the first send only (a
         send again after a lost connection, or after the broker did not know the script, sends
-        the script alone), and a single-connection client sends the script alone."""
+        the script alone: `after` then ran before it, and must be safe on its own), and a
+        single-connection client sends the script alone."""
         if getattr(client, "connection", None) is not None:
             return self(client, keys, args), None
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)

@@ -463,12 +463,14 @@ class Negotiator:
                 return False
             return self._settle(head, self.placer.run_head(head.command))
 
-    def with_end(self) -> tuple[list, Callable[[Any], bool]] | None:
+    def with_end(self) -> tuple[list, Callable[[Any, bool], bool | None]] | None:
         """`take_next` in two halves, for a slot to send the hint's PLACE in the round trip of its
         job's END, which the broker runs right before it (the head check sees what the END gave
-        back): the command, and what takes its reply and says what `take_next` would. The slot
-        passes the reply where that END was recorded by that round trip, and None where not (the
-        END refused, sent again, or its reply lost): False then. A PLACE whose reply is not taken
+        back; where the broker did not know the END script, right after it): the command, and what
+        takes its reply and says what `take_next` would. The slot passes the reply where that END
+        was recorded by that round trip, and None where not (the END refused, sent again, or its
+        reply lost): False then. Where the END left the end to RQ's steps after it (`later`), a
+        PLACE that did not place keeps the hint for `take_next` after them (None). A PLACE whose reply is not taken
         may have placed a job in the node's queue, which is safe (it checked all a placement
         checks): the hint is gone, and the slot's pass runs as without one. None where there is
         no hint."""
@@ -477,8 +479,15 @@ class Negotiator:
         if head is None:
             return None
 
-        def settle(reply: Any) -> bool:
+        def settle(reply: Any, later: bool = False) -> bool | None:
             with self._mutex:
+                if later and head_reply(reply)[0] != PLACED:
+                    # The END left the job's end to RQ's steps (it has dependents: a gathered
+                    # sweep's every cell): its sweep slot was still held as the PLACE ran, which
+                    # found the sweep full. The hint serves the placement after those steps
+                    # (`take_next`, None: as if none was sent), not a pass per cell.
+                    self._hint = head.hint
+                    return None
                 return reply is not None and self._settle(head, reply)
 
         return head.command, settle

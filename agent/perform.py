@@ -164,7 +164,7 @@ class Performer:
         try:
             # The next cell's PLACE from the slot's hint goes with the job's end, one round trip
             # for both, where that end is one script (Negotiator.with_end); what it did, if taken.
-            took: list[bool] = []
+            took: list[bool | None] = []
             result, outcome = self._run(attempt, envelope, now, held[0] if held else None,
                                         (lambda: self._with_end(took)) if attempt.places_next else None)
             self.admission.ended(ticket, now, result, outcome)
@@ -201,13 +201,13 @@ class Performer:
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )
 
-    def _with_end(self, took: list[bool]) -> Then | None:
+    def _with_end(self, took: list[bool | None]) -> Then | None:
         """The hint's PLACE to send with the job's end, its verdict kept in `took`."""
         after = self.placing.with_end()
         if after is None:
             return None
         command, settle = after
-        return command, lambda reply: took.append(settle(reply))
+        return command, lambda reply, later: took.append(settle(reply, later))
 
     def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float,
              held: runner.Held | None = None, then: Callable[[], Then | None] | None = None) -> tuple[Result, str | None]:

@@ -5,6 +5,14 @@ import pytest
 from gridcore.models import GpuInfo, JobSpec, Node, NodeState, Resources
 from gridcore.placement import Committed, Fit, NodeVerdict, choose_gpus, choose_node, explain, never_fits, verdict
 
+
+@pytest.fixture(autouse=True)
+def _lasting_hints(monkeypatch):
+    """A slot's hint lives HINT_TTL (2 s) from the pass that made it: on a loaded machine a job
+    between two ends may take that long, and the hint these tests follow would be gone."""
+    monkeypatch.setattr("agent.negotiator.HINT_TTL", 60.0)
+
+
 GB = 10**9
 
 

@@ -17,6 +17,14 @@ from gridcore.records import ActiveEntry, Inventory
 from tests.engine.test_reconcile import _slot
 from tests.support.records import node_record, put_node
 
+
+@pytest.fixture(autouse=True)
+def _lasting_hints(monkeypatch):
+    """A slot's hint lives HINT_TTL (2 s) from the pass that made it: on a loaded machine a job
+    between two ends may take that long, and the hint these tests follow would be gone."""
+    monkeypatch.setattr("agent.negotiator.HINT_TTL", 60.0)
+
+
 GB = 10**9
 
 
@@ -277,3 +285,29 @@ def test_a_pair_whose_reply_was_lost_sends_the_end_again_alone_and_acts_on_no_pl
         assert [a.get("reason") for a in grid.get(ids[1]).attempts] == [None]
     finally:
         proxy.close()
+
+
+def test_a_gathered_sweeps_cell_end_places_the_next_cell_from_the_hint(counted, r, grid, settings, monkeypatch, n1):
+    """A sweep with a gather job after it (`after=` its cells): every cell has a dependent, so the
+    END script leaves the end to RQ's steps (the cell holds its sweep slot until they run) and the
+    PLACE sent with it finds the sweep full. The hint is kept for the placement after those steps:
+    one pass for the whole sweep (its first cell's end), not one per cell."""
+    from agent.negotiator import Negotiator
+
+    gid, ids = _sweep_on_one_node(grid, r, n1)
+    grid.submit(JobSpec(command="true", after=tuple(ids)))
+    passes: list[int] = []
+    run_once = Negotiator.run_once
+
+    def counting(self, *a, **kw):
+        passes.append(1)
+        return run_once(self, *a, **kw)
+
+    monkeypatch.setattr(Negotiator, "run_once", counting)
+    slot = _slot(counted, settings, n1)
+    for k in range(4):
+        slot.perform(*_take(counted, slot))
+        assert grid.state(ids[k]) is JobState.FINISHED
+        assert r.lrange(keys.rq_queue(keys.node_queue(n1)), 0, -1) == [ids[k + 1].encode()]
+    assert passes == [1]
+    assert r.scard(keys.group_slots(gid)) == 1
