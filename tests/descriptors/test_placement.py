@@ -893,6 +893,64 @@ def test_a_slots_hint_counts_its_nodes_queue_as_a_pass_does_and_outlives_a_busy_
     _within(r, gid)
 
 
+def test_a_slots_hint_sends_twice_its_reach_and_three_more_candidates(grid, r):
+    """Between two of a slot's ends other nodes' slots take cells ahead of its next one: its PLACE
+    sends the candidates that many others took the last time, twice, and three more. A hint whose
+    reach grew to 2 places the head where it is the 6th candidate (with 2 + 3 sent, a pass ran:
+    on three agents 6% of the cell ends)."""
+    from gridcore import keys
+
+    gid, cells, taker = _hinted(grid, r, 20)
+    pending = keys.rq_queue(keys.PENDING_QUEUE)
+    for c in cells[1:3]:  # taken by other nodes' slots
+        r.lrem(pending, 1, c)
+    assert taker.take_next()  # cells[3], the 3rd candidate: its reach is 2
+    assert _where(r, ["node-a"])[cells[3]] == "node-a"
+    _ran_and_ended(r, "node-a", cells[3], gid)
+    for c in cells[4:9]:
+        r.lrem(pending, 1, c)
+    assert taker.take_next()  # cells[9], the 6th candidate
+    at = _where(r, ["node-a"])
+    assert at[cells[9]] == "node-a" and all(at[c] == "pending" for c in cells[10:]), at
+    _within(r, gid)
+
+
+def test_a_slots_hint_outlasts_a_hundred_cells_of_its_own(grid, r):
+    """The pass that arms a hint reads the queue's ids and records well past what it looks at
+    (AHEAD): the hint places while the queue's first PREFETCH jobs are among them, here a
+    hundred cells in a row (reading 64 past, it ran out after 64: a pass, its reads again)."""
+    gid, cells, taker = _hinted(grid, r, 200)
+    for c in cells[1:101]:
+        assert taker.take_next(), c
+        assert _where(r, ["node-a"])[c] == "node-a"
+        _ran_and_ended(r, "node-a", c, gid)
+    _within(r, gid)
+
+
+def test_the_pass_after_a_hints_lost_reply_nudges_what_it_places(grid, r):
+    """A hint's PLACE sent with a job's END whose reply was lost may have queued the next cell on
+    the node, with no nudge (the slot takes it). The slot's pass that follows places for the
+    node's other idle slot, and nudges for it: the slot's pop takes the head of its node's queue,
+    the cell its PLACE queued, and the other slot, blocked on its pool queue, would look at the
+    node's queue only at its periodic wake (seconds)."""
+    from gridcore import keys
+    from gridcore.placing import NUDGE
+
+    gid, cells, taker = _hinted(grid, r, 6)
+    running, queue = keys.node_running("node-a"), keys.rq_queue(keys.node_queue("node-a"))
+    pool = keys.rq_queue("default")
+    command, settle = taker.with_end()
+    taker.placer.run_head(command)  # the broker ran it, its reply lost on the way back
+    assert settle(None) is False
+    assert r.lrange(queue, 0, -1) == [cells[1].encode()]
+    r.hdel(running, "other")  # the node's other slot ended meanwhile: two idle, one job queued
+    nudges = sum(x.startswith(NUDGE.encode()) for x in r.lrange(pool, 0, -1))
+    assert taker.run_once(full=False, lock=False) == 1
+    assert r.lrange(queue, 0, -1) == [cells[1].encode(), cells[2].encode()]
+    assert sum(x.startswith(NUDGE.encode()) for x in r.lrange(pool, 0, -1)) == nudges + 1
+    _within(r, gid)
+
+
 def _within(r, gid):
     """node-a holds no more than it declared, the sweep runs no more than 2, no job is placed twice."""
     from gridcore import keys
