@@ -96,16 +96,20 @@ def _run_all(client: redis.Redis, commands: Sequence[Sequence[Any]], resend: boo
                 out.append(e)
         return out
 
-    def read(conn: Any) -> list[Any]:
-        out = []
-        for _ in commands:
-            try:
-                out.append(conn.read_response())
-            except ResponseError as e:
-                out.append(e)
-        return out
+    return _exchange(client, lambda conn: conn.send_packed_command(conn.pack_commands(commands)),
+                     lambda conn: _replies(conn, len(commands)), resend)
 
-    return _exchange(client, lambda conn: conn.send_packed_command(conn.pack_commands(commands)), read, resend)
+
+def _replies(conn: Any, n: int) -> list[Any]:
+    """`n` replies read off `conn`, an error the broker answered kept in its reply's place: every
+    reply is read, so the connection stays in step with what was sent."""
+    out = []
+    for _ in range(n):
+        try:
+            out.append(conn.read_response())
+        except ResponseError as e:
+            out.append(e)
+    return out
 
 
 def _exchange(client: redis.Redis, send: Callable[[Any], None], read: Callable[[Any], Any], resend: bool) -> Any:
@@ -206,16 +210,7 @@ class Lua:
             conn.send_packed_command(conn.pack_commands([command, *pair]))
             pair.clear()
 
-        def read(conn: Any) -> list[Any]:
-            out = []
-            for _ in range(2 if paired[0] else 1):
-                try:  # each reply read, an error one too: the connection stays in step
-                    out.append(conn.read_response())
-                except ResponseError as e:
-                    out.append(e)
-            return out
-
-        first, *second = _exchange(client, send, read, self.resend)
+        first, *second = _exchange(client, send, lambda conn: _replies(conn, 2 if paired[0] else 1), self.resend)
         if isinstance(first, NoScriptError):
             _run(client, "SCRIPT", "LOAD", self.text)
             return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend), None
