@@ -68,8 +68,9 @@ class Performer:
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
         self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
         # Set by the slot's RQ worker: the pop of its next job, to send in the round trip of a
-        # successful job's END, given that job's id (agent/rqadapter/worker.py `pop_with_end`).
-        self.next_pop: Callable[[str], Then | None] | None = None
+        # successful job's END, given that job's id and whether it may take only from the node's
+        # queue (agent/rqadapter/worker.py `pop_with_end`).
+        self.next_pop: Callable[[str, bool], Then | None] | None = None
 
     # ---- flags set by signals and RQ commands ---------------------------------------------
 
@@ -206,15 +207,24 @@ class Performer:
         )
 
     def _with_end(self, took: list[bool | None], attempt: JobAttempt) -> list[Then]:
-        """What to send with the job's end, in order: the hint's PLACE where the job places its
-        sweep's next cell (its verdict kept in `took`), then the pop of the slot's next job, which
-        takes the cell the PLACE put in the node's queue."""
+        """What to send with the job's end, in order: the hint's PLACE where the job places the
+        next waiting job (its verdict kept in `took`), then the pop of the slot's next job.
+
+        A job that places the next one pops from its node's queue only, and only behind the
+        hint's PLACE: it takes the cell the PLACE put there (or one another pass placed for this
+        node). Without a hint, or where the PLACE placed nothing, the slot's pass places after
+        the END (`_place_next`) and counts the node's idle slots as it does: a pool job claimed
+        by the END's pop would hold this slot, the pass would find the node full and place
+        nothing, and at every end of the node's jobs the same: a placed job waiting here would
+        wait behind every plain job of the pool queue."""
         out: list[Then] = []
         after = self.placing.with_end() if attempt.places_next else None
         if after is not None:
             command, settle = after
             out.append((command, lambda reply, later: took.append(settle(reply, later))))
-        pop = self.next_pop(attempt.id) if self.next_pop is not None else None
+        if attempt.places_next and after is None:
+            return out
+        pop = self.next_pop(attempt.id, attempt.places_next) if self.next_pop is not None else None
         if pop is not None:
             out.append(pop)
         return out

@@ -27,8 +27,8 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry
 from rq.serializers import JSONSerializer
-from rq.suspension import is_suspended
 from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
 from rq.worker import SimpleWorker
 
 from agent import claim, room
@@ -38,7 +38,7 @@ from agent.rqadapter import scheduler
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import GridJob, GridQueue, restore_job
 from agent.verify import Gatekeeper
-from gridcore import quarantine
+from gridcore import keys, quarantine
 
 log = logging.getLogger("grid.slot")
 
@@ -194,6 +194,14 @@ class GridWorker(SimpleWorker):
         return time.monotonic() - self._beat_at >= BEAT_EVERY
 
     def set_state(self, state, pipeline=None):
+        if state == WorkerStatus.SUSPENDED and (self._next is not None or self._next_lost):
+            # RQ's suspension wait begins (`rq suspend`): it would hold the job the last END's
+            # pop claimed for as long as it lasts. Back in line; a broker away leaves it to the
+            # slot's next look (`_next_lost`).
+            try:
+                self._requeue_own()
+            except OUTAGE_ERRORS as e:
+                log.warning("slot %s: putting back its next job as it is suspended: %s", self.name, e)
         if pipeline is None and state == self._state:
             return  # unchanged; the heartbeat rewrites it at every wake anyway
         try:
@@ -219,8 +227,6 @@ class GridWorker(SimpleWorker):
         if time.monotonic() - self._suspension_checked < SUSPENSION_CHECK:
             return
         try:
-            if self._next is not None and is_suspended(self.connection, self):
-                self._requeue_own()  # RQ's wait below would hold its END's pop's job as long as it lasts
             super().check_for_suspension(burst)
             self._suspension_checked = time.monotonic()
         except OUTAGE_ERRORS:
@@ -278,7 +284,7 @@ class GridWorker(SimpleWorker):
 
     # ---- taking a job -------------------------------------------------------------------
 
-    def pop_with_end(self, ended: str) -> tuple[tuple, Any] | None:
+    def pop_with_end(self, ended: str, node_queue_only: bool = False) -> tuple[tuple, Any] | None:
         """The pop of this slot's next job, to send in the round trip of its job's END (the
         Performer's `next_pop`; agent/attempt.py `_end_at_once`): the command, and what takes its
         reply. A job it claims is this slot's next (`_pop`); a reply not taken (the END refused,
@@ -292,7 +298,11 @@ class GridWorker(SimpleWorker):
         if (self._stop_requested or self.performer.cold or self.performer.orphaned.is_set() or self._next is not None
                 or self._next_lost or getattr(self.connection, "connection", None) is not None):
             return None  # a single-connection client sends the END alone (agent/lua.py `Lua.then`)
-        command = claim.pop_command(self.node, self.name, [q.key for q in self._ordered_queues], ended)
+        queue_keys = [q.key for q in self._ordered_queues]
+        if node_queue_only:  # behind a hint's PLACE (agent/perform.py `_with_end`)
+            node_queue = keys.rq_queue(keys.node_queue(self.node))
+            queue_keys = [k for k in queue_keys if k == node_queue]
+        command = claim.pop_command(self.node, self.name, queue_keys, ended)
 
         def settle(reply: Any, _later: bool) -> None:
             if isinstance(reply, redis.exceptions.NoScriptError):

@@ -41,6 +41,14 @@ class _Sends:
         return sum(1 for s in self.sent if s == names)
 
 
+def _known_scripts(r) -> None:
+    """A broker that knows the slot's scripts, as one does after its first jobs (each is loaded
+    at its first NOSCRIPT; the first END's pop then runs before the END it went with, and takes
+    nothing: claim.pop_command)."""
+    for script in (claim._POP_SCRIPT, guarded.START, guarded.END):
+        r.script_load(script.text)
+
+
 def _finished(grid, ids) -> list[JobState]:
     return [grid.state(i) for i in ids]
 
@@ -51,8 +59,7 @@ def test_a_busy_slot_pops_its_next_job_in_its_jobs_end(settings, r, grid, monkey
     last END's pop found nothing). Before, a pop of its own per job: six."""
     ids = grid.submit_many([JobSpec(command="true") for _ in range(5)])
     worker = _worker(r, settings)
-    for script in (claim._POP_SCRIPT, guarded.START, guarded.END):
-        r.script_load(script.text)  # a broker that knows them (each is loaded once, at its first NOSCRIPT)
+    _known_scripts(r)
     sends = _Sends(monkeypatch)
     worker.work(burst=True)
     assert _finished(grid, ids) == [JobState.FINISHED] * 5
@@ -62,15 +69,26 @@ def test_a_busy_slot_pops_its_next_job_in_its_jobs_end(settings, r, grid, monkey
     assert not r.hlen(keys.node_running(worker.node))
 
 
-def test_the_next_jobs_order_is_the_queues(settings, r, grid):
-    """The job the END's pop takes is the one the slot's own pop would: the queue's first,
-    a higher priority first."""
+def test_the_next_jobs_order_is_the_queues(settings, r, grid, monkeypatch):
+    """The job the END's pop takes is the one the slot's own pop would: the queue's first, one
+    of a higher priority submitted while the first job ran ahead of those queued before it."""
     ids = grid.submit_many([JobSpec(command="true") for _ in range(3)])
-    urgent = grid.submit(JobSpec(command="true", priority=10))
     worker = _worker(r, settings)
+    _known_scripts(r)
+    urgent: list[str] = []
+    perform = worker.performer.perform
+
+    def performing(job, queue, taken):
+        if not urgent:  # the first job is taken: the urgent one comes while it runs
+            urgent.append(grid.submit(JobSpec(command="true", priority=10)))
+        return perform(job, queue, taken)
+
+    worker.performer.perform = performing
     order = _order(worker)
+    sends = _Sends(monkeypatch)
     worker.work(burst=True)
-    assert order == [urgent, *ids]
+    assert order == [ids[0], urgent[0], *ids[1:]]
+    assert sends.count({"end", "pop"}) == 4
 
 
 def test_a_job_with_dependents_lets_them_go_ahead_of_what_its_end_would_pop(settings, r, grid):
@@ -99,8 +117,8 @@ def _stop_at_the_pop(worker, action):
     pop_with_end = worker.pop_with_end
     done: list[bool] = []
 
-    def wrapped(ended):
-        then = pop_with_end(ended)
+    def wrapped(*args):
+        then = pop_with_end(*args)
         if then is None or done:
             return then
         command, settle = then
@@ -122,6 +140,7 @@ def test_a_slot_stopped_after_its_ends_pop_puts_that_job_back(settings, r, grid)
     looks for a job, and the slot puts it back at the front of its queue, unstarted."""
     ids = grid.submit_many([JobSpec(command="true") for _ in range(3)])
     worker = _worker(r, settings)
+    _known_scripts(r)
     done = _stop_at_the_pop(worker, lambda w: setattr(w, "_stop_requested", True))
     worker.work(burst=False)
     assert done
@@ -132,11 +151,17 @@ def test_a_slot_stopped_after_its_ends_pop_puts_that_job_back(settings, r, grid)
 
 def test_a_suspension_after_the_ends_pop_puts_that_job_back(settings, r, grid):
     """`rq suspend` after the END's pop took the next job: RQ's suspension wait would hold that
-    job claimed for as long as it lasts; the slot puts it back first (burst mode: RQ then stops)."""
-    from rq.suspension import suspend
+    job claimed for as long as it lasts; the slot puts it back as the wait begins, and waits."""
+    import threading
+
+    from rq.suspension import resume, suspend
+
+    from tests.support.wait import eventually
 
     ids = grid.submit_many([JobSpec(command="true") for _ in range(2)])
     worker = _worker(r, settings)
+    worker._install_signal_handlers = lambda: None  # not the main thread's loop
+    _known_scripts(r)
     worker._suspension_checked = -1e9
 
     def suspended(w):
@@ -144,11 +169,20 @@ def test_a_suspension_after_the_ends_pop_puts_that_job_back(settings, r, grid):
         w._suspension_checked = -1e9  # due at the loop's next look
 
     done = _stop_at_the_pop(worker, suspended)
-    worker.work(burst=True)
-    assert done
-    assert _finished(grid, ids) == [JobState.FINISHED, JobState.QUEUED]
-    assert r.lrange(keys.rq_queue("default"), 0, -1) == [ids[1].encode()]
-    assert not r.hlen(keys.node_running(worker.node))
+    loop = threading.Thread(target=worker.work, kwargs={"burst": False}, daemon=True)
+    loop.start()
+    try:
+        eventually(lambda: done, 20, 0.02, "the first job's END to pop the next")
+        eventually(lambda: r.lrange(keys.rq_queue("default"), 0, -1) == [ids[1].encode()], 10, 0.02,
+                   "the next job back in line while the slot is suspended")
+        assert loop.is_alive()
+        assert _finished(grid, ids) == [JobState.FINISHED, JobState.QUEUED]
+        assert not r.hlen(keys.node_running(worker.node))
+    finally:
+        worker._stop_requested = True
+        resume(r)
+        loop.join(10)
+    assert not loop.is_alive()
 
 
 @pytest.mark.parametrize("how", ["lost", "refused"])
@@ -161,6 +195,7 @@ def test_an_ends_pop_whose_reply_was_not_taken_is_put_back_and_run_once(settings
 
     ids = grid.submit_many([JobSpec(command="true") for _ in range(3)])
     worker = _worker(r, settings)
+    _known_scripts(r)
     end_script = JobAttempt._end_script
     tripped: list[str] = []
 
@@ -221,3 +256,33 @@ def test_a_sweeps_next_cell_is_placed_and_popped_in_its_cells_end(settings, r, g
     assert most[0] == 1
     trips = [s for s, data in zip(sends.sent, sends.raw) if place.encode() in data and s == {"end", "pop"}]
     assert len(trips) >= 3, [s for s in sends.sent if s]
+
+
+def test_a_placed_jobs_end_without_a_hint_leaves_its_slot_to_the_placed_job_waiting(settings, r, grid):
+    """A placed job ends with no hint of its slot's (the submitter placed it): its END carries no
+    pop, and the slot's pass after it places the job waiting for placement, which its pop then
+    takes ahead of the pool queue's plain jobs. A pop in the END's write would have claimed the
+    first plain job, the pass would have found the node's one slot taken, and the placed job
+    would have waited behind every plain job."""
+    from gridcore.models import Resources
+    from gridcore.records import Inventory
+    from tests.support.records import node_record, put_node
+
+    gb = 10**9
+    node = settings.agent.node_name
+    sec, usec = r.time()
+    put_node(r, node, sec + usec / 1e6, node_record(inventory=Inventory(cpus=4, memory_total=8 * gb), slots=1,
+                                                      queues=("default",)))
+    first = grid.submit(JobSpec(command="true", resources=Resources(memory=5 * gb)))
+    assert r.lrange(keys.rq_queue(keys.node_queue(node)), 0, -1) == [first.encode()]  # placed at once
+    waiting = grid.submit(JobSpec(command="true", resources=Resources(memory=5 * gb)))  # does not fit beside it
+    plain = grid.submit_many([JobSpec(command="true") for _ in range(3)])
+    worker = _worker(r, settings, queues=(keys.node_queue(node), "default"))
+    order = _order(worker)
+    try:
+        worker.work(burst=True)
+    finally:
+        from agent import runner
+
+        runner.close_cgroups()
+    assert order == [first, waiting, *plain]
