@@ -83,7 +83,8 @@ Then = tuple[list, Callable[[Any, bool], Any]]
 """A command to send in the round trip of a job's end script, and what takes its reply (None
 where the end was not recorded by that script: `JobAttempt._end_at_once`) and whether the script
 left the end to RQ's steps after it (the job has dependents: what it holds is given back by those
-steps, after the command ran)."""
+steps, after the command ran). A slot sends a list of them, run in its order (agent/perform.py
+`_with_end`: the hint's PLACE, then the pop of the slot's next job)."""
 
 
 @dataclass(frozen=True)
@@ -319,12 +320,12 @@ class JobAttempt:
 
     def finish(self, envelope: dict[str, Any], result: Result, outcome: str | None,
                give_up: Callable[[], bool] | None = None,
-               then: Callable[[], Then | None] | None = None) -> None:
+               then: Callable[[], list[Then]] | None = None) -> None:
         """Record how the attempt ended (see the module doc); discard it if the job was reclaimed.
 
         `outcome`: why the job was stopped when that is not a job failure (canceled,
         shutdown: hand it back, fenced), else None. `then`: where the whole end is one script,
-        what to send in its round trip (`_end_at_once`).
+        what to send in its round trip (`_end_at_once`); where it is not, `then` is not called.
         """
         self.book.ended(self.job)
         result = result.model_copy(update={"run_id": self.execution.id})
@@ -376,24 +377,25 @@ class JobAttempt:
         return outcome not in HANDED_BACK and self._is_final(result, outcome)
 
     def _end_at_once(self, envelope: dict[str, Any], result: Result,
-                     then: Callable[[], Then | None] | None = None) -> bool | None:
+                     then: Callable[[], list[Then]] | None = None) -> bool | None:
         """The whole end of a successful attempt in one script: the grid's records and RQ's.
 
         True: recorded (now, or by an earlier try whose reply was lost). False: the job was
         reclaimed from this slot; nothing written. None: RQ has more to do than record (the job
         has dependents, or is no longer `started`): the caller takes the stepwise path.
-        `then`: gives what to send in the same round trip, or None (the slot's hint: its next
-        cell's PLACE, agent/negotiator.py `with_end`): a command the broker runs right after the
-        script, and what takes its reply, called with it only where this script recorded the
-        end, else with None (the command ran all the same: it must be safe on its own).
+        `then`: gives what to send in the same round trip (the slot's hint: its next cell's
+        PLACE, agent/negotiator.py `with_end`; the pop of its next job): commands the broker runs
+        right after the script, in order, and what takes each one's reply, called with it only
+        where this script recorded the end, else with None (the command ran all the same, or
+        may have: it must be safe on its own).
         """
         after = self._then(then)
         try:
-            ok, detail, reply = self._end_script(envelope, result, after[0] if after is not None else None)
+            ok, detail, replies = self._end_script(envelope, result, [command for command, _ in after])
         except BaseException:
             self._settle(after, None)
             raise
-        self._settle(after, reply if ok in (1, 2) else None, later=ok == 2)
+        self._settle(after, replies if ok in (1, 2) else None, later=ok == 2)
         if ok == 2:
             return None
         if ok == 0:  # not ours (any more): ours already, if the last attempt recorded is this one
@@ -404,25 +406,26 @@ class JobAttempt:
             log.error("job %s: recording its end: %s", self.id, err)
         return True
 
-    def _then(self, then: Callable[[], Then | None] | None) -> Then | None:
-        """What to send with the end script; none where making it failed (a bug: logged, the end
-        is recorded all the same)."""
+    def _then(self, then: Callable[[], list[Then]] | None) -> list[Then]:
+        """What to send with the end script; nothing where making it failed (a bug: logged, the
+        end is recorded all the same)."""
         try:
-            return then() if then is not None else None
+            return then() if then is not None else []
         except Exception:  # noqa: BLE001 - what goes with the end must never keep it from being recorded
             log.exception("job %s: what goes with its end", self.id)
-            return None
+            return []
 
-    def _settle(self, after: Then | None, reply: Any, later: bool = False) -> None:
-        if after is None:
-            return
-        try:
-            after[1](reply, later)
-        except Exception:  # noqa: BLE001 - as in `_then`: the end is recorded, this is logged
-            log.exception("job %s: the reply sent with its end", self.id)
+    def _settle(self, after: list[Then], replies: list[Any] | None, later: bool = False) -> None:
+        """Each command's reply to what takes it (None for each where there are none)."""
+        for k, (_, settle) in enumerate(after):
+            try:
+                settle(replies[k] if replies is not None else None, later)
+            except Exception:  # noqa: BLE001 - as in `_then`: the end is recorded, this is logged
+                log.exception("job %s: the reply sent with its end", self.id)
 
-    def _end_script(self, envelope: dict[str, Any], result: Result, command: list | None) -> tuple[Any, Any, Any]:
-        """The end script's run: its two replies, and that of `command` where it went with it."""
+    def _end_script(self, envelope: dict[str, Any], result: Result, commands: list[list]) -> tuple[Any, Any, Any]:
+        """The end script's run: its two replies, and those of `commands` where they went with it
+        (else None)."""
         pipe = guarded.recorder(self.conn)
         spend(pipe, envelope)
         self._write_end(pipe, result, None, rq_done=True, wake_in_script=True)
@@ -434,11 +437,11 @@ class JobAttempt:
         end_keys = [keys.ACTIVE, keys.rq_job(self.id), keys.rq_dependents(self.id), keys.attempts(self.id),
                     keys.rq_queue(keys.PENDING_QUEUE), keys.PLACE_WAKES]
         args = [self.id, self.worker, *wake, *guarded.packed(self.conn, pipe)]
-        if command is None:
+        if not commands:
             ok, detail = guarded.END(self.conn, end_keys, args)
             return ok, detail, None
-        (ok, detail), reply = guarded.END.then(self.conn, end_keys, args, command)
-        return ok, detail, reply
+        (ok, detail), replies = guarded.END.then(self.conn, end_keys, args, commands)
+        return ok, detail, replies
 
     def _record_end(self, envelope: dict[str, Any], result: Result, outcome: str | None) -> bool:
         with self.conn.pipeline() as pipe:

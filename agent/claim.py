@@ -99,6 +99,12 @@ end
 _POP = _GIVE_BACK + _NUDGES + """
 local n = #KEYS - 3
 local t = redis.call('TIME')
+if ARGV[12] and ARGV[12] ~= '' and redis.pcall('HGET', ARGV[12], 'status') ~= 'finished' then
+  -- Sent with a job's END (pop_command): that END left the job's end to RQ's steps (it has
+  -- dependents, which those steps release, some maybe ahead of what this would take), or did
+  -- not record it. Nothing taken; the slot's own pop comes after those steps.
+  return {'', '', {}, t[1], t[2], '', 0, 0, 0}
+end
 local nudged, passed = nudge_passer(ARGV[7], ARGV[8], ARGV[9], ARGV[6], ARGV[10])
 local kind = redis.call('TYPE', KEYS[n + 2])['ok']
 if kind ~= 'hash' and kind ~= 'none' then
@@ -206,7 +212,18 @@ def _pop_args(node: str, worker: str, queue_keys: list[str]) -> tuple[list[str],
 
 def pop(conn, node: str, worker: str, queue_keys: list[str]) -> Popped:
     """Pop and claim the first job of `queue_keys` (the node queue first) for `worker`."""
-    return _popped(_POP_SCRIPT(conn, *_pop_args(node, worker, queue_keys)))
+    return popped(_POP_SCRIPT(conn, *_pop_args(node, worker, queue_keys)))
+
+
+def pop_command(node: str, worker: str, queue_keys: list[str], ended: str) -> tuple[Any, ...]:
+    """`pop` as a command to send right behind the END of the job `ended` (agent/lua.py
+    `Lua.then`), its reply read by `popped`: it takes nothing unless that END recorded the job
+    finished (RQ's steps after an END release the job's dependents, which go before what the
+    pop would take where their priority says so). The broker answers NOSCRIPT where it does not
+    know the script (nothing ran); a reply lost once it was sent leaves a claim the slot puts
+    back (requeue_own)."""
+    keys_, args = _pop_args(node, worker, queue_keys)
+    return ("EVALSHA", _POP_SCRIPT.sha, len(keys_), *keys_, *args, keys.rq_job(ended))
 
 
 def wait_pop(conn, node: str, worker: str, queue_keys: list[str], pool_key: str, timeout: float) -> Popped:
@@ -223,13 +240,14 @@ def wait_pop(conn, node: str, worker: str, queue_keys: list[str], pool_key: str,
                                   *_pop_args(node, worker, queue_keys))
     if isinstance(got, redis.ResponseError):
         raise got
-    popped = _popped(got)
-    if isinstance(came, redis.ResponseError) and popped.taken is None:
+    found = popped(got)
+    if isinstance(came, redis.ResponseError) and found.taken is None:
         raise came
-    return popped
+    return found
 
 
-def _popped(got: Any) -> Popped:
+def popped(got: Any) -> Popped:
+    """What a pop script's reply says."""
     time = (int(got[3]), int(got[4]))
     if int(got[7]) or not got[1]:
         return Popped(time, bool(int(got[7])), None, int(got[8]) if len(got) > 8 else 0)

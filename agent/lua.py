@@ -10,8 +10,9 @@ took a connection from the pool and gave it back, past redis-py's per-command wr
 So each thread keeps one connection per pool for its scripts and runs them on it directly,
 with the client's retry policy (reconnect and send again once the broker is back), as the
 client itself would; except a script that takes a job, once it was sent (`Lua`'s `resend`).
-A script may take a second command along in its write (`Lua.then`: a slot's END and the
-next cell's PLACE), which the broker runs right after it: one round trip for both.
+A script may take other commands along in its write (`Lua.then`: a slot's END, the next
+cell's PLACE and the pop of its next job), which the broker runs right after it: one round trip
+for all.
 
 For long-lived threads only (a slot's loop, the agent daemon's main and recovery threads): a
 connection goes back to its pool only when it fails, so a thread that ran a script and ended
@@ -191,29 +192,29 @@ class Lua:
         return first, reply
 
     def then(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any],
-             after: Sequence[Any]) -> tuple[Any, Any]:
-        """The script's reply, and the reply of the command `after`, sent in the same write: the
-        broker runs `after` right after this script (each atomic on its own; `after` sees what the
-        script wrote), one round trip for both. The second is the error the broker answered in
-        its place, or None where it is not this try's: `after` goes with the first send only (a
-        send again after a lost connection, or after the broker did not know the script, sends
-        the script alone: `after` then ran before it, and must be safe on its own), and a
-        single-connection client sends the script alone."""
+             after: Sequence[Sequence[Any]]) -> tuple[Any, list[Any] | None]:
+        """The script's reply, and the replies of the commands `after`, sent in the same write: the
+        broker runs them in order right after this script (each atomic on its own; each sees what
+        those before it wrote), one round trip for all. Each of the others' replies is the error
+        the broker answered in its place; the list is None where they are not this try's: `after`
+        goes with the first send only (a send again after a lost connection, or after the broker
+        did not know the script, sends the script alone: `after` then ran before it, and must be
+        safe on its own), and a single-connection client sends the script alone."""
         if getattr(client, "connection", None) is not None:
             return self(client, keys, args), None
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        pair = [after]
-        paired = [False]
+        pending = [list(after)]
+        sent = [0]
 
         def send(conn: Any) -> None:
-            paired[0] = bool(pair)
-            conn.send_packed_command(conn.pack_commands([command, *pair]))
-            pair.clear()
+            others = pending.pop() if pending else []
+            sent[0] = len(others)
+            conn.send_packed_command(conn.pack_commands([command, *others]))
 
-        first, *second = _exchange(client, send, lambda conn: _replies(conn, 2 if paired[0] else 1), self.resend)
+        first, *others = _exchange(client, send, lambda conn: _replies(conn, 1 + sent[0]), self.resend)
         if isinstance(first, NoScriptError):
             _run(client, "SCRIPT", "LOAD", self.text)
             return _run(client, "EVALSHA", self.sha, len(keys), *keys, *args, resend=self.resend), None
         if isinstance(first, ResponseError):
             raise first
-        return first, second[0] if second else None
+        return first, others if sent[0] else None

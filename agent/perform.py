@@ -67,6 +67,10 @@ class Performer:
         self.placing = Negotiator(conn, owner=worker, node=node, taker=True)
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
         self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
+        # Set by the slot's RQ worker: the pop of its next job, to send in the round trip of a
+        # successful job's END, given that job's id and whether it may take only from the node's
+        # queue (agent/rqadapter/worker.py `pop_with_end`).
+        self.next_pop: Callable[[str, bool], Then | None] | None = None
 
     # ---- flags set by signals and RQ commands ---------------------------------------------
 
@@ -162,11 +166,12 @@ class Performer:
             return
         self.no_room = False
         try:
-            # The next cell's PLACE from the slot's hint goes with the job's end, one round trip
-            # for both, where that end is one script (Negotiator.with_end); what it did, if taken.
+            # The next cell's PLACE from the slot's hint and the pop of the slot's next job go
+            # with the job's end, one round trip for all, where that end is one script
+            # (Negotiator.with_end); what the PLACE did, if taken.
             took: list[bool | None] = []
             result, outcome = self._run(attempt, envelope, now, held[0] if held else None,
-                                        (lambda: self._with_end(took)) if attempt.places_next else None)
+                                        lambda: self._with_end(took, attempt))
             self.admission.ended(ticket, now, result, outcome)
             if outcome == runner.NODE_FAULT:
                 # After the journal has the start's end: a move the broker refuses (it may, out
@@ -201,16 +206,31 @@ class Performer:
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
         )
 
-    def _with_end(self, took: list[bool | None]) -> Then | None:
-        """The hint's PLACE to send with the job's end, its verdict kept in `took`."""
-        after = self.placing.with_end()
-        if after is None:
-            return None
-        command, settle = after
-        return command, lambda reply, later: took.append(settle(reply, later))
+    def _with_end(self, took: list[bool | None], attempt: JobAttempt) -> list[Then]:
+        """What to send with the job's end, in order: the hint's PLACE where the job places the
+        next waiting job (its verdict kept in `took`), then the pop of the slot's next job.
+
+        A job that places the next one pops from its node's queue only, and only behind the
+        hint's PLACE: it takes the cell the PLACE put there (or one another pass placed for this
+        node). Without a hint, or where the PLACE placed nothing, the slot's pass places after
+        the END (`_place_next`) and counts the node's idle slots as it does: a pool job claimed
+        by the END's pop would hold this slot, the pass would find the node full and place
+        nothing, and at every end of the node's jobs the same: a placed job waiting here would
+        wait behind every plain job of the pool queue."""
+        out: list[Then] = []
+        after = self.placing.with_end() if attempt.places_next else None
+        if after is not None:
+            command, settle = after
+            out.append((command, lambda reply, later: took.append(settle(reply, later))))
+        if attempt.places_next and after is None:
+            return out
+        pop = self.next_pop(attempt.id, attempt.places_next) if self.next_pop is not None else None
+        if pop is not None:
+            out.append(pop)
+        return out
 
     def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float,
-             held: runner.Held | None = None, then: Callable[[], Then | None] | None = None) -> tuple[Result, str | None]:
+             held: runner.Held | None = None, then: Callable[[], list[Then]] | None = None) -> tuple[Result, str | None]:
         self.busy = True
         self.cancel_event.clear()
         self.stop_reason.clear()

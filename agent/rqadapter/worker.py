@@ -28,6 +28,7 @@ from rq.queue import Queue
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
 from rq.worker import SimpleWorker
 
 from agent import claim, room
@@ -37,7 +38,7 @@ from agent.rqadapter import scheduler
 from agent.rqadapter.book import RQBook
 from agent.rqadapter.jobs import GridJob, GridQueue, restore_job
 from agent.verify import Gatekeeper
-from gridcore import quarantine
+from gridcore import keys, quarantine
 
 log = logging.getLogger("grid.slot")
 
@@ -99,6 +100,11 @@ class GridWorker(SimpleWorker):
         self._scheduler_retry_at = 0.0
         self._pubsub_down = False
         self._waiting = False  # in claim.wait_pop: a stop signal may interrupt it
+        # The pop sent with the last job's END (`pop_with_end`): what it took, claimed for this
+        # slot; or, where its reply was not taken, that what it may have claimed goes back.
+        self._next: claim.Popped | None = None
+        self._next_lost = False
+        self.performer.next_pop = self.pop_with_end
         GridQueue.result_ttl = settings.result_ttl
 
     # ---- signals and commands -----------------------------------------------------------
@@ -188,6 +194,14 @@ class GridWorker(SimpleWorker):
         return time.monotonic() - self._beat_at >= BEAT_EVERY
 
     def set_state(self, state, pipeline=None):
+        if state == WorkerStatus.SUSPENDED and (self._next is not None or self._next_lost):
+            # RQ's suspension wait begins (`rq suspend`): it would hold the job the last END's
+            # pop claimed for as long as it lasts. Back in line; a broker away leaves it to the
+            # slot's next look (`_next_lost`).
+            try:
+                self._requeue_own()
+            except OUTAGE_ERRORS as e:
+                log.warning("slot %s: putting back its next job as it is suspended: %s", self.name, e)
         if pipeline is None and state == self._state:
             return  # unchanged; the heartbeat rewrites it at every wake anyway
         try:
@@ -263,7 +277,55 @@ class GridWorker(SimpleWorker):
                     queue.release_maintenance_lock()
         self.last_cleaned_at = rq_now()
 
+    def teardown(self):
+        if self._next is not None or self._next_lost:
+            self._requeue_at_stop()  # RQ's loop ended before the slot took its next job
+        super().teardown()
+
     # ---- taking a job -------------------------------------------------------------------
+
+    def pop_with_end(self, ended: str, node_queue_only: bool = False) -> tuple[tuple, Any] | None:
+        """The pop of this slot's next job, to send in the round trip of its job's END (the
+        Performer's `next_pop`; agent/attempt.py `_end_at_once`): the command, and what takes its
+        reply. A job it claims is this slot's next (`_pop`); a reply not taken (the END refused,
+        sent again or lost) leaves a claim that the slot's next look puts back first. A pop that
+        took nothing is not kept: what the slot's end does after its END (placing for its node)
+        may queue a job, and the next look pops as it always has. It takes nothing where the END
+        left the job's end to RQ's steps, which release its dependents (claim.pop_command). None
+        while the slot stops, is
+        orphaned, or already holds such a job. A trivial job's pop cost a round trip of its own
+        between two jobs: a third of a busy slot's round trips."""
+        if (self._stop_requested or self.performer.cold or self.performer.orphaned.is_set() or self._next is not None
+                or self._next_lost or getattr(self.connection, "connection", None) is not None):
+            return None  # a single-connection client sends the END alone (agent/lua.py `Lua.then`)
+        queue_keys = [q.key for q in self._ordered_queues]
+        if node_queue_only:  # behind a hint's PLACE (agent/perform.py `_with_end`)
+            node_queue = keys.rq_queue(keys.node_queue(self.node))
+            queue_keys = [k for k in queue_keys if k == node_queue]
+        command = claim.pop_command(self.node, self.name, queue_keys, ended)
+
+        def settle(reply: Any, _later: bool) -> None:
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                return  # not run: the next look's own pop loads the script
+            self._next_lost = True  # until the reply is read as a pop's
+            if reply is None or isinstance(reply, Exception):
+                return
+            found = claim.popped(reply)
+            self.performer.clock.anchor(*found.time)
+            self._next_lost = False
+            if found.taken is not None or found.draining:
+                self._next = found
+
+        return command, settle
+
+    def _requeue_own(self) -> int:
+        """Put back in line every job this slot claimed and did not start (claim.requeue_own),
+        the one its last END's pop took too; how many. Where the broker fails it, the slot's
+        next look tries again (`_next_lost`)."""
+        self._next, self._next_lost = None, True
+        n = claim.requeue_own(self.connection, self.node, self.name)
+        self._next_lost = False
+        return n
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         self.set_state("idle")
@@ -277,9 +339,9 @@ class GridWorker(SimpleWorker):
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
                 self._revive_scheduler()
-                if failures or stale_claims:
+                if failures or stale_claims or self._next_lost:
                     stale_claims = False
-                    claim.requeue_own(self.connection, self.node, self.name)  # a pop the outage swallowed
+                    self._requeue_own()  # a pop the outage swallowed
                 if self.performer.no_room:
                     held = room.no_room(self.connection, self.node, self.performer.capacity.cpus)
                     if held is not None:
@@ -291,6 +353,8 @@ class GridWorker(SimpleWorker):
                 if self.performer.orphaned.is_set():
                     # The agent went silent (agent/pulse.py): take nothing, and give back what the
                     # node's waits took, before another agent's sweep counts this node lost.
+                    if self._next is not None:
+                        self._requeue_own()
                     claim.give_back(self.connection, self.node)
                     time.sleep(ORPHAN_POLL)
                     continue
@@ -314,7 +378,7 @@ class GridWorker(SimpleWorker):
                         continue
                     if self.performer.orphaned.is_set():
                         # The agent went silent while the slot waited: the job goes back in line.
-                        claim.requeue_own(self.connection, self.node, self.name)
+                        self._requeue_own()
                         continue
             except _StopWaiting:
                 # redis-py dropped the interrupted connection: no reply is left half-read, but the
@@ -346,8 +410,8 @@ class GridWorker(SimpleWorker):
             if result is not None:
                 self.reorder_queues(reference_queue=result[1])
                 return result
-        if failures or stale_claims:
-            # Stopping after a pop whose reply never came (a stop does not interrupt a plain
+        if failures or stale_claims or self._next is not None or self._next_lost:
+            # Stopping after a pop whose reply never came (or with the job its END's pop took) (a stop does not interrupt a plain
             # pop's read, only the wait; a hung broker or a cut link ends it at the socket's
             # timeout): it may have claimed a job, and the loop's next look, which would put
             # it back, never comes.
@@ -380,8 +444,12 @@ class GridWorker(SimpleWorker):
         queue, in the pop's round trip (claim.wait_pop); a stop signal interrupts it."""
         while True:
             queue_keys = [q.key for q in self._ordered_queues]
-            if wait is None:
+            popped, self._next = self._next, None
+            if popped is not None:
+                wait = None  # what the job's END popped (`pop_with_end`), its clock anchored then
+            elif wait is None:
                 popped = claim.pop(self.connection, self.node, self.name, queue_keys)
+                self.performer.clock.anchor(*popped.time)
             else:
                 try:
                     self._waiting = True
@@ -391,7 +459,7 @@ class GridWorker(SimpleWorker):
                 finally:
                     self._waiting = False
                 wait = None  # a record found gone: the next look pops at once
-            self.performer.clock.anchor(*popped.time)
+                self.performer.clock.anchor(*popped.time)
             if popped.draining:
                 return claim.DRAINING
             taken = popped.taken
@@ -420,9 +488,10 @@ class GridWorker(SimpleWorker):
         """Put back a job the interrupted wait's pop may have claimed. A broker away now leaves
         the claim to the node's next start (its own reclaim) or another node's sweep."""
         try:
-            if n := claim.requeue_own(self.connection, self.node, self.name):
+            if n := self._requeue_own():
                 log.info("slot %s: stopped while taking %d job(s); back in line", self.name, n)
         except redis.RedisError as e:
+            self._next_lost = False  # left to the node's next start or another node's sweep, as said
             log.warning("slot %s: putting back what its last pop claimed: %s", self.name, e)
 
     # ---- the job ------------------------------------------------------------------------
@@ -435,7 +504,7 @@ class GridWorker(SimpleWorker):
             if not retyped(e):
                 raise
             self._heal(e)
-            claim.requeue_own(self.connection, self.node, self.name)  # claimed, not started: back in line
+            self._requeue_own()  # claimed, not started: back in line
 
     def _heal(self, e: redis.ResponseError) -> None:
         """A shared key retyped by a broker writer (agent/outage.py `retyped`): remove it now

@@ -88,6 +88,29 @@ def test_a_stop_while_a_pop_is_answered_puts_its_job_back(broker, agents, grid, 
         proxy.close()
 
 
+def test_a_lost_reply_to_an_end_with_the_next_pop_runs_each_job_once(broker, agents, grid, r, tmp_path, monkeypatch,
+                                                                      cleanup_jobs):
+    """A busy slot's END carries the pop of its next job (agent/rqadapter/worker.py
+    `pop_with_end`): the link drops as both replies come back, the pop having claimed the next
+    job. The END is recorded once (sent again alone, it finds its end recorded) and the claimed
+    job goes back in line at the slot's next look: both jobs run once, one attempt each."""
+    proxy = ReplyDropper(broker.port, guarded.END.sha.encode(),
+                         lambda reply: re.search(rb"\*8\r\n\$(?!0\r\n)", reply) is not None)
+    monkeypatch.setenv("GRID_REDIS_URL", proxy.url)
+    try:
+        ran = tmp_path / "ran"
+        ids = grid.submit_many([JobSpec(command=f"echo {x} >> {ran}") for x in "ab"])
+        cleanup_jobs.extend(ids)
+        agents("node-a", slots=1)
+        eventually(lambda: proxy.dropped, 20, 0.02, "the proxy to lose the END's replies")
+        states = assert_accounted(r, grid, ids, timeout=30)
+        assert [states[i] for i in ids] == [JobState.FINISHED] * 2
+        assert sorted(ran.read_text().split()) == ["a", "b"]
+        assert [[a.get("reason") for a in grid.get(i).attempts] for i in ids] == [[None], [None]]
+    finally:
+        proxy.close()
+
+
 # ---- a client that sends a command again after a lost reply ---------------------------------
 # The agent's clients (gridcore/connection.py, from a URL) never do with this redis-py; a client
 # built with a retry policy does (redis.Redis(host=...) since redis-py 6). The scripts that take

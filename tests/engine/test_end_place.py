@@ -168,7 +168,7 @@ def test_the_same_end_without_the_pair_takes_one_round_trip_more(counted, r, gri
 
     gid, ids = _sweep_on_one_node(grid, r, n1)
     slot = _slot(counted, settings, n1)
-    monkeypatch.setattr(Performer, "_with_end", lambda self, took: None)
+    monkeypatch.setattr(Performer, "_with_end", lambda self, took, attempt: [])
     windows = _end_sends(monkeypatch, slot)
     for k in range(3):
         slot.perform(*_take(counted, slot))

@@ -257,12 +257,12 @@ class RoundTrips:
         return len(self.sent)
 
 
-def _worker(r, settings, slot: int = 0, slots: int = 1):
+def _worker(r, settings, slot: int = 0, slots: int = 1, queues=("default",)):
     from agent.rqadapter.worker import GridWorker
     from agent.verify import Gatekeeper
     from gridcore.signing import AuthorizedKeys
 
-    return GridWorker(["default"], connection=r, name=f"{settings.agent.node_name}.x.{slot}",
+    return GridWorker(list(queues), connection=r, name=f"{settings.agent.node_name}.x.{slot}",
                       node=settings.agent.node_name, slot=slot, settings=settings,
                       gate=Gatekeeper(r, AuthorizedKeys(settings.authorized_keys_path), settings.agent),
                       marker_env={}, slots=slots)
