@@ -125,9 +125,11 @@ class Performer:
             ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
             started = False
             held: list[runner.Held | None] = []
+            ctx: list[runner.RunContext] = []  # the held shell's, the run's too (its attempt number set then)
 
             def fork() -> None:  # the job's shell starts up while the start's script runs
-                held.append(runner.hold(envelope, self._context(attempt)))
+                ctx.append(self._context(attempt))
+                held.append(runner.hold(envelope, ctx[0]))
 
             try:
                 started = attempt.start(envelope, now, self.capacity, fork if runner.holdable(envelope) else None)
@@ -166,7 +168,8 @@ class Performer:
             # for both, where that end is one script (Negotiator.with_end); what it did, if taken.
             took: list[bool | None] = []
             result, outcome = self._run(attempt, envelope, now, held[0] if held else None,
-                                        (lambda: self._with_end(took)) if attempt.places_next else None)
+                                        (lambda: self._with_end(took)) if attempt.places_next else None,
+                                        ctx[0] if ctx else None)
             self.admission.ended(ticket, now, result, outcome)
             if outcome == runner.NODE_FAULT:
                 # After the journal has the start's end: a move the broker refuses (it may, out
@@ -210,7 +213,8 @@ class Performer:
         return command, lambda reply, later: took.append(settle(reply, later))
 
     def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float,
-             held: runner.Held | None = None, then: Callable[[], Then | None] | None = None) -> tuple[Result, str | None]:
+             held: runner.Held | None = None, then: Callable[[], Then | None] | None = None,
+             ctx: runner.RunContext | None = None) -> tuple[Result, str | None]:
         self.busy = True
         self.cancel_event.clear()
         self.stop_reason.clear()
@@ -224,15 +228,25 @@ class Performer:
             self.stop_reason.append("canceled")
             self.cancel_event.set()
         agent = self.settings.agent
-        ctx = self._context(attempt)
-        sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.log_dir, log_cap=agent.log_cap)
-        # What the attempt uses, measured until its tree is gone; a held shell's slot children
-        # were read before its fork.
-        meter = usage.Meter(attempt.gpus, before=held.before if held is not None else None)
+        if ctx is None:
+            ctx = self._context(attempt)
+        else:  # the held shell's, made before the start gave the attempt its number
+            ctx.attempt = attempt.number
+        # A held shell runs its command now: the sink and the meter are made while it does.
+        released = runner.release(held, ctx) if held is not None else None
+        try:
+            sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.log_dir, log_cap=agent.log_cap)
+            # What the attempt uses, measured until its tree is gone; a held shell's slot children
+            # were read before its fork.
+            meter = usage.Meter(attempt.gpus, before=held.before if held is not None else None)
+        except BaseException:
+            if released is not None:
+                held.kill()  # running, and nothing would watch it
+            raise
         if meter.walk:  # one read of the slot's children for both (where /proc lists them)
             ctx.children_before = meter.before
         try:
-            result, outcome = runner.execute(envelope, ctx, sink, held)
+            result, outcome = runner.execute(envelope, ctx, sink, held, released)
         except Exception as e:  # noqa: BLE001 - an agent bug fails the job, loudly, not the slot
             log.exception("job %s: runner error", attempt.id)
             end = self.clock.now()

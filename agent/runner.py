@@ -276,9 +276,12 @@ class Held:
 
     def abort(self) -> None:
         """The start was refused (or not sent): the shell ends without running the command."""
-        if not self.waiting:
-            return
-        self._close_gate()  # end of file at the gate: the shell exits, even if the kill failed
+        if self.waiting:
+            self.kill()
+
+    def kill(self) -> None:
+        """End the shell and its session, released or not, and reap it."""
+        self._close_gate()  # end of file at the gate: an unreleased shell exits, even if the kill failed
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except OSError:
@@ -331,21 +334,39 @@ def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
     return Held(proc, gate_w, before, lines)
 
 
+def release(held: Held, ctx: RunContext) -> tuple[float, float] | None:
+    """Let a held shell run its command now, as attempt `ctx.attempt`: (its start by the broker's
+    clock, and by the monotonic one), for `execute`; None, the gate left shut, if the job was
+    stopped before it ran (`execute` ends it unreleased). A slot calls this as soon as the start
+    is recorded, and makes what only the running job needs (its output sink, its meter) while
+    the shell runs the command: not before, on the job's way."""
+    if ctx.cancel.is_set():
+        return None
+    start = ctx.broker_time()
+    t0 = time.monotonic()
+    held.release(ctx.attempt)
+    return start, t0
+
+
 def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
-            held: Held | None = None) -> tuple[Result, str | None]:
+            held: Held | None = None, released: tuple[float, float] | None = None) -> tuple[Result, str | None]:
     """Run the envelope's command to completion (or cancel/timeout), its output into `sink`;
     `held`: its shell, forked by `hold`, released here (or ended unreleased if the job was
-    stopped before it ran).
+    stopped before it ran), or before by `release`, which gave `released`.
 
     Returns the result record and why the job was stopped when that is not a job failure
     (canceled, shutdown, fenced), else None.
     """
+    if held is not None and released is not None:
+        start, t0 = released
+        record: dict[str, Any] = {"node": ctx.node, "slot": ctx.slot, "start": start}
+        return _watch(envelope, ctx, sink, held.proc, None, None, None, held.before, record, start, t0)
     argv = envelope.get("argv") or ["/bin/sh", "-c", envelope["command"]]
     cwd = envelope.get("cwd") or None
     limit = _memory_limit(envelope)
     start = ctx.broker_time()
     t0 = time.monotonic()
-    record: dict[str, Any] = {"node": ctx.node, "slot": ctx.slot, "start": start}
+    record = {"node": ctx.node, "slot": ctx.slot, "start": start}
     if ctx.cancel.is_set():
         # Stopped before its command ran (canceled at its start, shutdown): it never runs, not
         # even for the moment a kill takes to land.
