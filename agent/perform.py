@@ -65,6 +65,7 @@ class Performer:
         self.cold_at = 0.0
         # This slot's quick pass at a placed job's end, onto its own node; it takes the first job itself.
         self.placing = Negotiator(conn, owner=worker, node=node, taker=True)
+        self.forker = runner.Forker()
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
         self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
 
@@ -122,18 +123,32 @@ class Performer:
             return
         try:
             envelope, _signer = self.gate.verify(attempt.job, now, taken.active if taken is not None else ...)
-            ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
             started = False
             held: list[runner.Held | None] = []
             ctx: list[runner.RunContext] = []  # the held shell's, the run's too (its attempt number set then)
-
-            def fork() -> None:  # the job's shell starts up while the start's script runs
+            forking: runner.Forking | None = None
+            if runner.holdable(envelope):
+                # The job's shell is forked (held at its gate) on the slot's forking thread while
+                # this one admits and starts the job: the fork and exec run off the GIL, beside it.
+                attempt.gpus = attempt.placed_gpus()
                 ctx.append(self._context(attempt))
-                held.append(runner.hold(envelope, ctx[0]))
+                forking = self.forker.hold(envelope, ctx[0])
+
+            def forked() -> None:
+                if forking is not None and not held:
+                    held.append(forking.result())
 
             try:
-                started = attempt.start(envelope, now, self.capacity, fork if runner.holdable(envelope) else None)
+                ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
+            except BaseException:
+                forked()
+                if held and held[0] is not None:
+                    held[0].abort()  # not admitted here: never run
+                raise
+            try:
+                started = attempt.start(envelope, now, self.capacity, forked)  # the shell's, while the script runs
             finally:
+                forked()
                 if not started:
                     self.admission.withdraw(ticket)
                     if held and held[0] is not None:
@@ -198,7 +213,7 @@ class Performer:
             stop_reason=self.stop_reason,
             cgroup_tag=self.worker,
             attempt=attempt.number,
-            run_id=attempt.execution.id,
+            run_id=attempt.run_id,
             worker=self.worker,
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},

@@ -348,6 +348,57 @@ def release(held: Held, ctx: RunContext) -> tuple[float, float] | None:
     return start, t0
 
 
+class Forking:
+    """A `hold` under way on the slot's forking thread."""
+
+    def __init__(self, envelope: dict[str, Any], ctx: RunContext):
+        self.envelope, self.ctx = envelope, ctx
+        self._held: Held | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._held = hold(self.envelope, self.ctx)
+        finally:
+            self._done.set()
+
+    def result(self) -> Held | None:
+        """The held shell (None: not forked, the ordinary start runs the job), once forked."""
+        self._done.wait()
+        return self._held
+
+
+class Forker:
+    """The slot's one thread that forks held shells (`hold`), started with its first. The
+    kernel's fork and exec of the shell are most of a hold, and Python releases the GIL for
+    them: on a thread of their own they run beside the slot's admission and start of the job
+    (its journal, the start's script built and sent) instead of after them, on its way."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._todo: list[Forking] = []
+        self._thread: threading.Thread | None = None
+
+    def hold(self, envelope: dict[str, Any], ctx: RunContext) -> Forking:
+        """Fork the job's shell held at its gate, on the forking thread; its `result` is the Held."""
+        forking = Forking(envelope, ctx)
+        with self._cv:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="held-shell-forker", daemon=True)
+                self._thread.start()
+            self._todo.append(forking)
+            self._cv.notify()
+        return forking
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._todo:
+                    self._cv.wait()
+                forking = self._todo.pop(0)
+            forking.run()
+
+
 def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
             held: Held | None = None, released: tuple[float, float] | None = None) -> tuple[Result, str | None]:
     """Run the envelope's command to completion (or cancel/timeout), its output into `sink`;
