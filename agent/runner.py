@@ -249,9 +249,10 @@ def env_file(env: dict[str, str]) -> int:
 
 @dataclass
 class Held:
-    """A job's shell, forked while its start is being recorded and held at the gate (GATE)
-    until `execute` releases it: the fork and the shell's own start-up run while the start's
-    script runs in the broker, off the job's path. `before`: the slot's children before it."""
+    """A job's shell, forked while its start is being admitted and recorded, held at the gate
+    (GATE) until `release` or `execute` lets it run: the fork and the shell's own start-up run
+    beside the slot's admission and the start's script (`Forker`), off the job's path.
+    `before`: the slot's children before it."""
 
     proc: subprocess.Popen
     gate: int  # write end of the shell's stdin
@@ -309,7 +310,8 @@ def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
     start then runs it, or reports why it cannot, after the start is recorded): an environment
     a shell cannot take in whole (a name no shell can export, such as bash's exported functions,
     reaches a command only through exec's environment; a NUL byte), a bad cwd, no descriptors.
-    It never raises: it runs while the start's script is in flight (agent/lua.py `meanwhile`)."""
+    It never raises: it runs on the slot's forking thread (`Forker`), while the slot admits and
+    starts the job."""
     gate_r = gate_w = -1
     try:
         start = shim_env(ctx)
