@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import redis
 
@@ -111,6 +112,7 @@ class JobAttempt:
         self.slot = slot
         self.result_ttl = result_ttl
         self.execution: Any = None
+        self.run_id = uuid4().hex  # its execution's id, known before its start (a held shell's marker)
         self.gpus: list[int] = []
         self.started = False  # its start is recorded: the claim became the start
         self.canceled_at_start = False
@@ -163,17 +165,16 @@ class JobAttempt:
 
         False when the node has no room for it now (nothing written); raises Refused for a
         replayed envelope. RQ's start records are recorded for the script by the RQBook.
-        `meanwhile` is called once the attempt's run id is known, while the broker runs the
-        script (the slot forks the job's held shell then: agent/runner.py `hold`).
+        `meanwhile` is called while the broker runs the script (the slot takes the job's held
+        shell then, forked on its forking thread: agent/runner.py `Forker`).
         """
         res = Resources.from_dict(envelope.get("resources"))
         meta = self.meta
-        placement = meta.placement
-        self.gpus = list(placement.gpus) if placement is not None and placement.node == self.node else []
+        self.gpus = self.placed_gpus()
         if res.gpus and len(self.gpus) != res.gpus:
             return False  # GPU jobs come placed by the negotiator; a stray copy waits
         pipe = guarded.recorder(self.conn)
-        self.execution = self.book.start(pipe, self.job)
+        self.execution = self.book.start(pipe, self.job, self.run_id)
         run = ActiveEntry(node=self.node, slot=self.slot, worker=self.worker, started=now,
                           gpus=[str(g) for g in self.gpus])
         self.job.meta["run"] = run.model_dump()  # the raw meta: keys this agent does not know stay
@@ -222,6 +223,11 @@ class JobAttempt:
         self.number = int(used)  # the envelope's attempt counter: 1 for the first start
         self.canceled_at_start = bool(canceled)
         return True
+
+    def placed_gpus(self) -> list[int]:
+        """The GPUs the job holds here: those its placement on this node gave it."""
+        placement = self.meta.placement
+        return list(placement.gpus) if placement is not None and placement.node == self.node else []
 
     def stream(self, start: float, *, budget: int, log_dir: Path, log_cap: int) -> OutputSink:
         """The sink the attempt's output goes to, its stream entry ids after `start`."""

@@ -65,6 +65,7 @@ class Performer:
         self.cold_at = 0.0
         # This slot's quick pass at a placed job's end, onto its own node; it takes the first job itself.
         self.placing = Negotiator(conn, owner=worker, node=node, taker=True)
+        self.forker = runner.Forker()
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
         self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
         # Set by the slot's RQ worker: the pop of its next job, to send in the round trip of a
@@ -126,16 +127,32 @@ class Performer:
             return
         try:
             envelope, _signer = self.gate.verify(attempt.job, now, taken.active if taken is not None else ...)
-            ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
             started = False
             held: list[runner.Held | None] = []
+            ctx: list[runner.RunContext] = []  # the held shell's, the run's too (its attempt number set then)
+            forking: runner.Forking | None = None
+            if runner.holdable(envelope):
+                # The job's shell is forked (held at its gate) on the slot's forking thread while
+                # this one admits and starts the job: the fork and exec run off the GIL, beside it.
+                attempt.gpus = attempt.placed_gpus()
+                ctx.append(self._context(attempt))
+                forking = self.forker.hold(envelope, ctx[0])
 
-            def fork() -> None:  # the job's shell starts up while the start's script runs
-                held.append(runner.hold(envelope, self._context(attempt)))
+            def forked() -> None:
+                if forking is not None and not held:
+                    held.append(forking.result())
 
             try:
-                started = attempt.start(envelope, now, self.capacity, fork if runner.holdable(envelope) else None)
+                ticket = self.admission.admit(attempt.id, attempt.queue.name, attempt.meta.placement, envelope, now)
+            except BaseException:
+                forked()
+                if held and held[0] is not None:
+                    held[0].abort()  # not admitted here: never run
+                raise
+            try:
+                started = attempt.start(envelope, now, self.capacity, forked)  # the shell's, while the script runs
             finally:
+                forked()
                 if not started:
                     self.admission.withdraw(ticket)
                     if held and held[0] is not None:
@@ -171,7 +188,7 @@ class Performer:
             # (Negotiator.with_end); what the PLACE did, if taken.
             took: list[bool | None] = []
             result, outcome = self._run(attempt, envelope, now, held[0] if held else None,
-                                        lambda: self._with_end(took, attempt))
+                                        lambda: self._with_end(took, attempt), ctx[0] if ctx else None)
             self.admission.ended(ticket, now, result, outcome)
             if outcome == runner.NODE_FAULT:
                 # After the journal has the start's end: a move the broker refuses (it may, out
@@ -200,7 +217,7 @@ class Performer:
             stop_reason=self.stop_reason,
             cgroup_tag=self.worker,
             attempt=attempt.number,
-            run_id=attempt.execution.id,
+            run_id=attempt.run_id,
             worker=self.worker,
             # A job sees exactly the GPUs it holds; one that asked for none sees none.
             extra_env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if self.capacity.gpus or gpus else {},
@@ -230,7 +247,8 @@ class Performer:
         return out
 
     def _run(self, attempt: JobAttempt, envelope: dict[str, Any], now: float,
-             held: runner.Held | None = None, then: Callable[[], list[Then]] | None = None) -> tuple[Result, str | None]:
+             held: runner.Held | None = None, then: Callable[[], list[Then]] | None = None,
+             ctx: runner.RunContext | None = None) -> tuple[Result, str | None]:
         self.busy = True
         self.cancel_event.clear()
         self.stop_reason.clear()
@@ -244,15 +262,25 @@ class Performer:
             self.stop_reason.append("canceled")
             self.cancel_event.set()
         agent = self.settings.agent
-        ctx = self._context(attempt)
-        sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.log_dir, log_cap=agent.log_cap)
-        # What the attempt uses, measured until its tree is gone; a held shell's slot children
-        # were read before its fork.
-        meter = usage.Meter(attempt.gpus, before=held.before if held is not None else None)
+        if ctx is None:
+            ctx = self._context(attempt)
+        else:  # the held shell's, made before the start gave the attempt its number
+            ctx.attempt = attempt.number
+        # A held shell runs its command now: the sink and the meter are made while it does.
+        released = runner.release(held, ctx) if held is not None else None
+        try:
+            sink = attempt.stream(now, budget=agent.output_budget, log_dir=self.log_dir, log_cap=agent.log_cap)
+            # What the attempt uses, measured until its tree is gone; a held shell's slot children
+            # were read before its fork.
+            meter = usage.Meter(attempt.gpus, before=held.before if held is not None else None)
+        except BaseException:
+            if released is not None:
+                held.kill()  # running, and nothing would watch it
+            raise
         if meter.walk:  # one read of the slot's children for both (where /proc lists them)
             ctx.children_before = meter.before
         try:
-            result, outcome = runner.execute(envelope, ctx, sink, held)
+            result, outcome = runner.execute(envelope, ctx, sink, held, released)
         except Exception as e:  # noqa: BLE001 - an agent bug fails the job, loudly, not the slot
             log.exception("job %s: runner error", attempt.id)
             end = self.clock.now()

@@ -249,9 +249,10 @@ def env_file(env: dict[str, str]) -> int:
 
 @dataclass
 class Held:
-    """A job's shell, forked while its start is being recorded and held at the gate (GATE)
-    until `execute` releases it: the fork and the shell's own start-up run while the start's
-    script runs in the broker, off the job's path. `before`: the slot's children before it."""
+    """A job's shell, forked while its start is being admitted and recorded, held at the gate
+    (GATE) until `release` or `execute` lets it run: the fork and the shell's own start-up run
+    beside the slot's admission and the start's script (`Forker`), off the job's path.
+    `before`: the slot's children before it."""
 
     proc: subprocess.Popen
     gate: int  # write end of the shell's stdin
@@ -276,9 +277,12 @@ class Held:
 
     def abort(self) -> None:
         """The start was refused (or not sent): the shell ends without running the command."""
-        if not self.waiting:
-            return
-        self._close_gate()  # end of file at the gate: the shell exits, even if the kill failed
+        if self.waiting:
+            self.kill()
+
+    def kill(self) -> None:
+        """End the shell and its session, released or not, and reap it."""
+        self._close_gate()  # end of file at the gate: an unreleased shell exits, even if the kill failed
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except OSError:
@@ -306,7 +310,8 @@ def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
     start then runs it, or reports why it cannot, after the start is recorded): an environment
     a shell cannot take in whole (a name no shell can export, such as bash's exported functions,
     reaches a command only through exec's environment; a NUL byte), a bad cwd, no descriptors.
-    It never raises: it runs while the start's script is in flight (agent/lua.py `meanwhile`)."""
+    It never raises: it runs on the slot's forking thread (`Forker`), while the slot admits and
+    starts the job."""
     gate_r = gate_w = -1
     try:
         start = shim_env(ctx)
@@ -331,21 +336,90 @@ def hold(envelope: dict[str, Any], ctx: RunContext) -> Held | None:
     return Held(proc, gate_w, before, lines)
 
 
+def release(held: Held, ctx: RunContext) -> tuple[float, float] | None:
+    """Let a held shell run its command now, as attempt `ctx.attempt`: (its start by the broker's
+    clock, and by the monotonic one), for `execute`; None, the gate left shut, if the job was
+    stopped before it ran (`execute` ends it unreleased). A slot calls this as soon as the start
+    is recorded, and makes what only the running job needs (its output sink, its meter) while
+    the shell runs the command: not before, on the job's way."""
+    if ctx.cancel.is_set():
+        return None
+    start = ctx.broker_time()
+    t0 = time.monotonic()
+    held.release(ctx.attempt)
+    return start, t0
+
+
+class Forking:
+    """A `hold` under way on the slot's forking thread."""
+
+    def __init__(self, envelope: dict[str, Any], ctx: RunContext):
+        self.envelope, self.ctx = envelope, ctx
+        self._held: Held | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._held = hold(self.envelope, self.ctx)
+        finally:
+            self._done.set()
+
+    def result(self) -> Held | None:
+        """The held shell (None: not forked, the ordinary start runs the job), once forked."""
+        self._done.wait()
+        return self._held
+
+
+class Forker:
+    """The slot's one thread that forks held shells (`hold`), started with its first. The
+    kernel's fork and exec of the shell are most of a hold, and Python releases the GIL for
+    them: on a thread of their own they run beside the slot's admission and start of the job
+    (its journal, the start's script built and sent) instead of after them, on its way."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._todo: list[Forking] = []
+        self._thread: threading.Thread | None = None
+
+    def hold(self, envelope: dict[str, Any], ctx: RunContext) -> Forking:
+        """Fork the job's shell held at its gate, on the forking thread; its `result` is the Held."""
+        forking = Forking(envelope, ctx)
+        with self._cv:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="held-shell-forker", daemon=True)
+                self._thread.start()
+            self._todo.append(forking)
+            self._cv.notify()
+        return forking
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._todo:
+                    self._cv.wait()
+                forking = self._todo.pop(0)
+            forking.run()
+
+
 def execute(envelope: dict[str, Any], ctx: RunContext, sink: OutputSink,
-            held: Held | None = None) -> tuple[Result, str | None]:
+            held: Held | None = None, released: tuple[float, float] | None = None) -> tuple[Result, str | None]:
     """Run the envelope's command to completion (or cancel/timeout), its output into `sink`;
     `held`: its shell, forked by `hold`, released here (or ended unreleased if the job was
-    stopped before it ran).
+    stopped before it ran), or before by `release`, which gave `released`.
 
     Returns the result record and why the job was stopped when that is not a job failure
     (canceled, shutdown, fenced), else None.
     """
+    if held is not None and released is not None:
+        start, t0 = released
+        record: dict[str, Any] = {"node": ctx.node, "slot": ctx.slot, "start": start}
+        return _watch(envelope, ctx, sink, held.proc, None, None, None, held.before, record, start, t0)
     argv = envelope.get("argv") or ["/bin/sh", "-c", envelope["command"]]
     cwd = envelope.get("cwd") or None
     limit = _memory_limit(envelope)
     start = ctx.broker_time()
     t0 = time.monotonic()
-    record: dict[str, Any] = {"node": ctx.node, "slot": ctx.slot, "start": start}
+    record = {"node": ctx.node, "slot": ctx.slot, "start": start}
     if ctx.cancel.is_set():
         # Stopped before its command ran (canceled at its start, shutdown): it never runs, not
         # even for the moment a kill takes to land.

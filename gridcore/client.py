@@ -214,8 +214,11 @@ class Grid:
 
     def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.5) -> dict[str, JobState]:
         """Block until every job is terminal (or timeout); return their states. Woken by each job's
-        end event; `poll`: seconds between reads when no event comes (gridcore/waiting.py)."""
-        return self.reads.wait(job_ids, timeout=timeout, poll=poll)
+        end event; `poll`: seconds between reads when no event comes (gridcore/waiting.py). Right
+        after this Grid submitted them, it reads on from its submission's last event."""
+        submission = self.__dict__.get("submission")  # made by a submit (cached_property), if any
+        since = submission.since(job_ids) if submission is not None else None
+        return self.reads.wait(job_ids, timeout=timeout, poll=poll, since=since)
 
     def events(self, count: int = 100, before: str = "+") -> list[Event]:
         """The newest grid events, newest first."""

@@ -49,10 +49,11 @@ for i = 1, #event do
 end
 -- pcall: a job whose write fails (its key retyped by a broker writer) leaves the others
 -- written, as in the MULTI of one command each; the first error is the script's reply.
-local ns, failed = #shared, nil
+local ns, failed, last = #shared, nil, 1
 local function run(...)
   local r = redis.pcall(...)
   if type(r) == 'table' and r.err and not failed then failed = r end
+  return r
 end
 while k <= #nums do
   local id = take()
@@ -67,13 +68,15 @@ while k <= #nums do
   if has_event == 1 then
     e[jobat] = id
     e[msgat] = take()
-    run('XADD', unpack(e))
+    local eid = run('XADD', unpack(e))
+    if type(eid) == 'string' then last = eid end
   end
 end
 if failed then return failed end
-return 1
+return last
 """
-"""Write each packed job's hash (the shared fields and its own) and append its event."""
+"""Write each packed job's hash (the shared fields and its own) and append its event; reply the
+last event's id (1: none), which a waiter for these jobs reads on from (gridcore/waiting.py)."""
 
 
 def _bytes(v: Any) -> bytes:
@@ -132,10 +135,12 @@ class JobWrites:
             parts.append(m)
         self.count += 1
 
-    def write(self, pipe) -> None:
-        """The script call, in `pipe`; then none are left."""
+    def write(self, pipe) -> int | None:
+        """The script call, in `pipe`; then none are left. Its place in the pipeline's replies."""
         if not self.count:
-            return
+            return None
+        at = len(pipe.command_stack)
         pipe.eval(WRITE_JOBS, 0, keys.rq_job_prefix(), keys.EVENTS, MAX_EVENTS, *self.head,
                   ",".join(map(str, self.nums)), b"".join(self.parts))
         self.reset()
+        return at

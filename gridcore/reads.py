@@ -152,12 +152,14 @@ class Reads:
             raise JobNotFound(f"no job {job_id!r} on this grid")
         return job_state(job_id, status)
 
-    def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.5) -> dict[str, JobState]:
+    def wait(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.5,
+             since: str | None = None) -> dict[str, JobState]:
         """Block until every job is terminal (or timeout); return their states. Woken by each job's
-        end event; `poll`: seconds between reads when no event comes (gridcore/waiting.py)."""
+        end event; `poll`: seconds between reads when no event comes; `since`: an event before
+        which none of them had ended (gridcore/waiting.py)."""
         from gridcore import waiting
 
-        return waiting.wait(self.redis, job_ids, timeout=timeout, poll=poll)
+        return waiting.wait(self.redis, job_ids, timeout=timeout, poll=poll, since=since)
 
     # ---- listing ------------------------------------------------------------------------
 

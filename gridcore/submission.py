@@ -104,11 +104,12 @@ class _Indexes:
         if spec.group:
             self.group_jobs.setdefault(spec.group, {})[job_id] = int(spec.params.get("_cell", 0))
 
-    def write(self, pipe: redis.client.Pipeline) -> None:
+    def write(self, pipe: redis.client.Pipeline) -> int | None:
+        """Queue the batch's writes on `pipe`; the place of the job writes' reply (their last
+        event's id) among the pipeline's replies, if it has one."""
         if not self.jobs:
-            return
-        if self._writes is not None:
-            self._writes.write(pipe)
+            return None
+        at = self._writes.write(pipe) if self._writes is not None else None
         self.pushes.write(pipe)
         pipe.zadd(keys.JOBS, self.jobs)
         pipe.zadd(keys.JOB_IDS, dict.fromkeys(self.jobs, 0))
@@ -119,6 +120,7 @@ class _Indexes:
         for group, members in self.group_jobs.items():
             pipe.zadd(keys.group_jobs(group), members)
         self._reset()
+        return at
 
 
 class _Batches:
@@ -156,17 +158,17 @@ class _Batches:
             failed, self._failed = self._failed, None
             raise failed
 
-    def send(self, last: bool) -> None:
+    def send(self, last: bool) -> list[Any] | None:
         """Execute the batch built so far, after the one before it; `last`: here and now (the
-        caller goes on with the broker), else on a thread while the caller builds the next."""
+        caller goes on with the broker; its replies returned), else on a thread while the
+        caller builds the next."""
         self.wait()
         pipe, self._pipe = self.pipe, None
         if last or len(pipe.command_stack) == 0:
             try:
-                pipe.execute()
+                return pipe.execute()
             finally:
                 pipe.reset()
-            return
         self._sending = threading.Thread(target=self._execute, args=(pipe,), name="grid-submit", daemon=True)
         self._sending.start()
 
@@ -192,6 +194,9 @@ class Submission:
         self._server_version: tuple[int, int, int] | None = None
         self._queues: dict[tuple[str, int], Queue] = {}
         self._resources: dict[Resources, ResourcesRecord] = {}
+        # The last submission's jobs and the id of the last event its one transaction wrote,
+        # while no wait has taken it (`since`).
+        self._since: tuple[frozenset[str], str] | None = None
 
     def _resources_record(self, res: Resources) -> ResourcesRecord:
         """The record of a job's resources: one per distinct request (a bulk submission's jobs
@@ -259,8 +264,12 @@ class Submission:
         # before it is on its way and the broker writes it.
         batches = _Batches(self.redis)
         indexes = _Indexes(self.settings.result_ttl, now)
+        self._since = None
+        flushed = False
 
         def flush(last: bool) -> None:
+            nonlocal flushed
+            flushed = True
             indexes.write(batches.pipe)
             batches.send(last)
 
@@ -274,16 +283,20 @@ class Submission:
                 self._enqueue(spec, job_id, now, mp, order=now + k * ORDER_STEP, pipe=batches.pipe, indexes=indexes)
                 if len(indexes.jobs) == BATCH:
                     flush(last=k == len(specs) - 1)
-            indexes.write(batches.pipe)  # the last jobs, and their events, before the groups' events
+            at = indexes.write(batches.pipe)  # the last jobs, and their events, before the groups' events
             # A group's jobs are one event: 10,000 of them would push every other event out of
             # the capped log. Each job's submission is in its own record (time, group).
             for gid, n in sizes.items():
                 name = groups.get(gid, {}).get("name") or gid
                 events.emit(batches.pipe, now, "submitted",
                             message=f"group {gid} ({name}): {n} job{'s' if n != 1 else ''}")
-            batches.send(last=True)
+            replies = batches.send(last=True)
         finally:
             batches.close()
+        # Every job queued in this one transaction, each with its own event: nothing of theirs
+        # happened before its last event, so a wait for them can read on from it.
+        if not flushed and at is not None and not sizes and replies and isinstance(replies[at], bytes):
+            self._since = (frozenset(ids), replies[at].decode())
         self._fail_children_of_failed([(spec, job_id) for spec, job_id in zip(specs, ids, strict=True) if spec.after],
                                       now)
         # For placement (a child whose parents have ended is queued already: place_ids skips the rest).
@@ -295,6 +308,16 @@ class Submission:
 
             place_submitted(self.redis, placing)
         return ids
+
+    def since(self, job_ids: Sequence[str]) -> str | None:
+        """The id of the last event the last submission wrote, if it queued every one of
+        `job_ids` (each with its event, in one transaction): from there on, every change of
+        theirs is an event to come, and none of them has ended before it. Taken once: the
+        wait that follows a submission reads on from it without a first read of its own."""
+        since, self._since = self._since, None
+        if since is None or not job_ids or not since[0].issuperset(job_ids):
+            return None
+        return since[1]
 
     def _fail_children_of_failed(self, children: Sequence[tuple[JobSpec, str]], now: float) -> None:
         """A child submitted after a parent it needed to succeed had failed: RQ leaves it deferred

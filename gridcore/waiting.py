@@ -93,10 +93,20 @@ def _next_events(conn: redis.Redis, after: str, block_ms: int,
 
 
 def wait(conn: redis.Redis, job_ids: Sequence[str], timeout: float | None = None,
-         poll: float = 0.5) -> dict[str, JobState]:
-    """Block until every job is terminal (or `timeout` seconds); return their states."""
+         poll: float = 0.5, since: str | None = None) -> dict[str, JobState]:
+    """Block until every job is terminal (or `timeout` seconds); return their states.
+
+    `since`: the id of an event written in the step that queued every one of these jobs (their
+    submission's, gridcore/submission.py): none had ended then and every change since is an
+    event after it, so the first read is skipped and the first blocking read starts there, their
+    states coming with it (the round trip of the first read came while the job was being taken)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    after, now_states = _first_read(conn, job_ids)
+    guessed = since is not None and (timeout is None or timeout > 0)
+    if guessed:
+        # Not terminal, as known at `since`; read at the first wake (or at `poll`), never returned.
+        after, now_states = since, dict.fromkeys(job_ids, JobState.QUEUED)
+    else:
+        after, now_states = _first_read(conn, job_ids)
     few = job_ids if len(job_ids) <= FEW else ()
     block = poll
     while True:
@@ -105,7 +115,7 @@ def wait(conn: redis.Redis, job_ids: Sequence[str], timeout: float | None = None
             return now_states
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            return now_states
+            return states(conn, job_ids) if guessed else now_states
         due = time.monotonic() + (block if left is None else min(block, left))
         ended = False
         read: dict[str, JobState] | None = None
@@ -136,3 +146,4 @@ def wait(conn: redis.Redis, job_ids: Sequence[str], timeout: float | None = None
         if ended or read is None or due <= time.monotonic():
             block = SOON if ended else (min(block * 2, poll) if block < poll else poll)
         now_states = read if read is not None else states(conn, job_ids)
+        guessed = False

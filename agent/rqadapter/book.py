@@ -83,14 +83,14 @@ class RQBook:
 
     # ---- start and run ------------------------------------------------------------------
 
-    def start(self, pipe, job: Job) -> Execution:
+    def start(self, pipe, job: Job, execution_id: str | None = None) -> Execution:
         """Queue RQ's start records (execution, started registry, worker state) on `pipe`; the
         job's own fields are set here and written with its meta (`save_meta(started=True)`)."""
         w = self.worker
         ttl = w.get_heartbeat_ttl(job)
         # RQ's Execution.create, written here: RQ builds two registry objects for it, each
         # resolving the serializer against a runtime Protocol, a few percent of a trivial job.
-        execution = Execution(uuid4().hex, job.id, job.connection, worker_name=w.name)
+        execution = Execution(execution_id or uuid4().hex, job.id, job.connection, worker_name=w.name)
         execution._job = job
         expires = current_timestamp() + ttl
         pipe.hset(execution.key, mapping=execution.serialize())

@@ -12,6 +12,7 @@ import time
 import redis
 
 from gridcore import events, keys, waiting
+from gridcore.client import Grid
 from gridcore.models import JobSpec, JobState
 
 NEVER = 3600.0
@@ -97,12 +98,8 @@ def test_events_that_end_none_of_many_jobs_do_not_make_the_waiter_read_again(gri
     assert _hgets(r) == 2 * len(ids)
 
 
-def test_a_few_jobs_end_is_seen_in_the_round_trip_its_event_ends(grid, r, monkeypatch):
-    """The states of a few jobs are sent with the waiter's blocking XREAD, queued behind it on
-    the connection: the broker reads them as soon as an event wakes it, so an end is seen in
-    the round trip its event ends, not one more after it (the last one of every `grid wait`).
-    Two round trips in all: the first states with the newest event id, then the wait."""
-    jid = grid.submit(JobSpec(command="true"))
+def _counted_sends(monkeypatch) -> list[int]:
+    """Round trips this thread sends from now on (one per pipeline or command)."""
     waiter = threading.get_ident()
     sent: list[int] = []
     send = redis.connection.Connection.send_packed_command
@@ -113,7 +110,60 @@ def test_a_few_jobs_end_is_seen_in_the_round_trip_its_event_ends(grid, r, monkey
         return send(self, command, check_health)
 
     monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    return sent
+
+
+def test_a_few_jobs_end_is_seen_in_the_round_trip_its_event_ends(grid, r, monkeypatch, settings):
+    """The states of a few jobs are sent with the waiter's blocking XREAD, queued behind it on
+    the connection: the broker reads them as soon as an event wakes it, so an end is seen in
+    the round trip its event ends, not one more after it (the last one of every `grid wait`).
+    Two round trips in all for a waiter that did not submit them: the first states with the
+    newest event id, then the wait."""
+    jid = grid.submit(JobSpec(command="true"))
+    sent = _counted_sends(monkeypatch)
+    t = _end_later(r, jid)
+    assert Grid(r, settings).wait([jid], timeout=60, poll=NEVER) == {jid: JobState.FINISHED}
+    t.join()
+    assert len(sent) == 2
+
+
+def test_a_wait_right_after_its_submission_reads_on_from_its_event(grid, r, monkeypatch):
+    """The Grid that submitted the jobs knows the last event its submission wrote, in the step
+    that queued them: its wait starts its blocking read there, with no first read (a round trip
+    on the cores the job is being started on). One round trip in all."""
+    jid = grid.submit(JobSpec(command="true"))
+    sent = _counted_sends(monkeypatch)
     t = _end_later(r, jid)
     assert grid.wait([jid], timeout=60, poll=NEVER) == {jid: JobState.FINISHED}
     t.join()
-    assert len(sent) == 2
+    assert len(sent) == 1
+
+
+def test_an_end_before_the_wait_after_its_submission_is_seen_at_once(grid, r):
+    ids = grid.submit_many([JobSpec(command="true") for _ in range(3)])
+    with r.pipeline() as pipe:
+        for jid in ids:
+            events.emit(pipe, time.time(), "finished", job=jid, message="exit code 0")
+            pipe.hset(keys.rq_job(jid), "status", "finished")
+        pipe.execute()
+    t0 = time.monotonic()
+    assert grid.wait(ids, timeout=60, poll=NEVER) == dict.fromkeys(ids, JobState.FINISHED)
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_wait_without_time_after_its_submission_reads_the_states(grid, r):
+    """No waiting at all (timeout 0, `grid wait`'s look at the states): the states as they are,
+    read, not as the submission left them."""
+    jid = grid.submit(JobSpec(command="true"))
+    r.hset(keys.rq_job(jid), "status", "finished")  # no event: only a read sees it
+    assert grid.wait([jid], timeout=0) == {jid: JobState.FINISHED}
+
+
+def test_only_the_jobs_of_the_last_submission_skip_the_first_read(grid, r, monkeypatch):
+    """A job of an earlier submission may have ended before the last one's event: its wait
+    reads the states first."""
+    first = grid.submit(JobSpec(command="true"))
+    r.hset(keys.rq_job(first), "status", "finished")  # no event: only a read sees it
+    second = grid.submit(JobSpec(command="true"))
+    assert grid.wait([first, second], timeout=0.2, poll=NEVER) == {first: JobState.FINISHED,
+                                                                  second: JobState.QUEUED}
