@@ -66,6 +66,10 @@ class Performer:
         # This slot's quick pass at a placed job's end, onto its own node; it takes the first job itself.
         self.placing = Negotiator(conn, owner=worker, node=node, taker=True)
         self.forker = runner.Forker()
+        if self.capacity.gpus:
+            # NVML's first use takes 100 ms or more; a GPU job's meter is made after its command
+            # was released: then its first samples and its watch would start that much later.
+            usage.nvml()
         self.orphaned = threading.Event()  # set by the slot's PulseWatch (agent/pulse.py)
         self.no_room = False  # the last start found the node full: wait for room (agent/room.py)
         # Set by the slot's RQ worker: the pop of its next job, to send in the round trip of a

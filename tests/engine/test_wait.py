@@ -161,9 +161,11 @@ def test_a_wait_without_time_after_its_submission_reads_the_states(grid, r):
 
 def test_only_the_jobs_of_the_last_submission_skip_the_first_read(grid, r, monkeypatch):
     """A job of an earlier submission may have ended before the last one's event: its wait
-    reads the states first."""
+    reads the states first (a round trip of its own, then the blocking read)."""
     first = grid.submit(JobSpec(command="true"))
     r.hset(keys.rq_job(first), "status", "finished")  # no event: only a read sees it
     second = grid.submit(JobSpec(command="true"))
+    sent = _counted_sends(monkeypatch)
     assert grid.wait([first, second], timeout=0.2, poll=NEVER) == {first: JobState.FINISHED,
                                                                   second: JobState.QUEUED}
+    assert len(sent) == 2
