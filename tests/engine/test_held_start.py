@@ -204,3 +204,64 @@ def test_the_names_a_shell_sets_itself_are_not_sourced():
     """bash as /bin/sh makes these read-only: an `export UID=...` would end the sourcing shell."""
     lines = runner.env_lines({"UID": "5", "EUID": "5", "SHELLOPTS": "x", "BASHOPTS": "x", "PPID": "1", "KEEP": "1"})
     assert lines == b"export KEEP=1\n"
+
+
+# ---- the forking thread (agent/runner.py Forker): a shell forked beside the job's admission ----
+
+
+def _slow_forks(monkeypatch, seconds: float) -> list[int]:
+    """Every hold on the forking thread takes `seconds` more before its fork; the shells' pids."""
+    pids: list[int] = []
+    hold = runner.hold
+
+    def slow(envelope, ctx):
+        time.sleep(seconds)
+        held = hold(envelope, ctx)
+        if held is not None:
+            pids.append(held.proc.pid)
+        return held
+
+    monkeypatch.setattr(runner, "hold", slow)
+    return pids
+
+
+def test_a_job_the_journal_refuses_while_its_shell_is_forked_never_runs(r, grid, settings, tmp_path, monkeypatch):
+    """The journal refuses the job (a replay) while its shell is still being forked on the slot's
+    forking thread: the slot waits for that fork and ends the shell at its gate; the command
+    never runs, the shell is reaped, the job is refused."""
+    from agent.admission import Admission
+    from gridcore.signing import Refused
+    from tests.engine.test_reconcile import _slot, _take
+
+    marker = tmp_path / "ran"
+    jid = grid.submit(JobSpec(command=f"touch {marker}"))
+    pids = _slow_forks(monkeypatch, 0.3)
+
+    def refusing(self, *a, **kw):
+        raise Refused("replayed: this envelope's start is in the node's journal")
+
+    monkeypatch.setattr(Admission, "admit", refusing)
+    slot = _slot(r, settings, "n1")
+    slot.perform(*_take(r, slot, "default"))
+    assert len(pids) == 1 and _gone(pids[0])
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pids[0], os.WNOHANG)  # reaped: no zombie left behind
+    time.sleep(0.2)
+    assert not marker.exists()
+    assert grid.state(jid) is JobState.FAILED and "replayed" in (grid.get(jid).attempts[-1].get("reason") or "")
+
+
+def test_a_fast_job_released_at_its_start_keeps_its_output_and_exit_code(r, grid, settings, monkeypatch):
+    """A command that ends at once, released before its output sink and meter are made: its
+    output and exit code are all there (the pipe holds what it wrote, the exit waits to be
+    reaped), and it ran once."""
+    from tests.engine.test_reconcile import _slot, _take
+
+    jid = grid.submit(JobSpec(command="printf 'a line\\n'; printf 'to stderr' >&2; exit 3"))
+    slot = _slot(r, settings, "n1")
+    slot.perform(*_take(r, slot, "default"))
+    job = grid.get(jid)
+    assert job.state is JobState.FAILED and [a.get("exit_code") for a in job.attempts] == [3]
+    chunks = grid.tail(jid)
+    assert b"".join(c.data for c in chunks if c.stream == "stdout") == b"a line\n"
+    assert b"".join(c.data for c in chunks if c.stream == "stderr") == b"to stderr"
