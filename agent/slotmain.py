@@ -23,10 +23,6 @@ from gridcore.settings import Settings
 from gridcore.signing import AuthorizedKeys
 
 PR_SET_PDEATHSIG = 1
-SWITCH_INTERVAL = 0.0005
-"""Seconds a slot's thread holds the GIL while another waits for it (Python's default: 0.005).
-The held-shell forker (agent/runner.py Forker) and the slot's own thread hand it over several
-times per job's start; each wait of the default's length was longer than the job's start."""
 
 
 def die_with_parent(parent: int) -> None:
@@ -49,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the worker installs its handlers
     die_with_parent(args.parent)
-    sys.setswitchinterval(SWITCH_INTERVAL)
     usage.become_subreaper()  # a job's escaped children become ours, found at its end (agent/runner.py)
     data = json.loads(sys.stdin.read())
     settings = Settings.model_validate(data["settings"])
