@@ -28,8 +28,7 @@ from rq.queue import Queue
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
-from rq.worker import WorkerStatus
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, WorkerStatus
 
 from agent import claim, room
 from agent.outage import OUTAGE_ERRORS, retyped
@@ -292,9 +291,8 @@ class GridWorker(SimpleWorker):
         took nothing is not kept: what the slot's end does after its END (placing for its node)
         may queue a job, and the next look pops as it always has. It takes nothing where the END
         left the job's end to RQ's steps, which release its dependents (claim.pop_command). None
-        while the slot stops, is
-        orphaned, or already holds such a job. A trivial job's pop cost a round trip of its own
-        between two jobs: a third of a busy slot's round trips."""
+        while the slot stops, is orphaned, or already holds such a job. A trivial job's pop cost
+        a round trip of its own between two jobs: a third of a busy slot's round trips."""
         if (self._stop_requested or self.performer.cold or self.performer.orphaned.is_set() or self._next is not None
                 or self._next_lost or getattr(self.connection, "connection", None) is not None):
             return None  # a single-connection client sends the END alone (agent/lua.py `Lua.then`)
@@ -411,10 +409,10 @@ class GridWorker(SimpleWorker):
                 self.reorder_queues(reference_queue=result[1])
                 return result
         if failures or stale_claims or self._next is not None or self._next_lost:
-            # Stopping after a pop whose reply never came (or with the job its END's pop took) (a stop does not interrupt a plain
+            # Stopping after a pop whose reply never came (a stop does not interrupt a plain
             # pop's read, only the wait; a hung broker or a cut link ends it at the socket's
-            # timeout): it may have claimed a job, and the loop's next look, which would put
-            # it back, never comes.
+            # timeout), or holding the job its END's pop took: it may have claimed a job, and
+            # the loop's next look, which would put it back, never comes.
             self._requeue_at_stop()
         return None  # stop requested: RQ's work loop ends
 
